@@ -1,0 +1,49 @@
+//! The `sidetrack` command line (clap): global flags and the subcommands.
+//!
+//! Each subcommand lives in its own file and returns its exit status, so that
+//! the documented contracts (exit 2 on a dtab error, JSON on stdout) are kept
+//! in one place per command.
+
+pub mod dtab;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::logging::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sidetrack",
+    version,
+    about = "Node-level transparent HTTP proxy with dtab routing and eBPF interception",
+    long_about = None,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "SIDETRACK_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log filter in RUST_LOG syntax (RUST_LOG overrides it).
+    #[arg(long, global = true, default_value = "info", env = "SIDETRACK_LOG")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with delegation tables offline: show, eval, resolve, delegate.
+    #[command(subcommand)]
+    Dtab(dtab::DtabCommand),
+}
+
+impl Cli {
+    pub fn run(self) -> ExitCode {
+        match self.command {
+            Command::Dtab(cmd) => cmd.run(),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Delegation tables (being written; see issue 3).

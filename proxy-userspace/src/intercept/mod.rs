@@ -1,0 +1,1 @@
+//! Interception: the eBPF programs that steer sockets to the proxy.
