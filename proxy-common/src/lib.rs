@@ -116,8 +116,21 @@ mod tests {
 
     #[test]
     fn peer_is_an_involution() {
-        let k = SockKey { src_ip4: 1, dst_ip4: 2, src_port: 3, dst_port: 4 };
-        assert_eq!(k.peer(), SockKey { src_ip4: 2, dst_ip4: 1, src_port: 4, dst_port: 3 });
+        let k = SockKey {
+            src_ip4: 1,
+            dst_ip4: 2,
+            src_port: 3,
+            dst_port: 4,
+        };
+        assert_eq!(
+            k.peer(),
+            SockKey {
+                src_ip4: 2,
+                dst_ip4: 1,
+                src_port: 4,
+                dst_port: 3
+            }
+        );
         assert_eq!(k.peer().peer(), k);
     }
 

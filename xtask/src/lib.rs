@@ -1,2 +1,31 @@
-//! Sidetrack's developer commands, shared between the `xtask` binary and the
-//! integration tests.
+//! Sidetrack's developer commands (`cargo xtask ...`), as a library so that
+//! the integration tests can share what the commands set up.
+//!
+//! * `setup`: install, idempotently, what building and testing need on Debian 12.
+//! * `build_ebpf`: build `proxy-ebpf` with Debian's toolchain for the BPF target.
+//! * `test`: everything CI checks.
+//! * `cmd`: running commands with each step printed.
+
+pub mod build_ebpf;
+pub mod cmd;
+pub mod setup;
+pub mod test;
+
+use std::path::PathBuf;
+
+/// The workspace root (this crate lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_path_buf()
+}
+
+/// The shared target directory: `<root>/target`, or `CARGO_TARGET_DIR`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => workspace_root().join("target"),
+    }
+}

@@ -1,0 +1,251 @@
+//! Loads Sidetrack's eBPF programs, attaches them to a cgroup v2, and reads
+//! their maps.
+//!
+//! Attach order matters: `sk_msg` is attached to the SOCKHASH before
+//! `sockops` can put any socket in it, because a socket inserted before the
+//! verdict program exists never runs it. Links are owned by the `Ebpf`
+//! object, so when the process exits (or the [`EbpfDataPath`] is dropped)
+//! the programs detach by themselves: interception fails open.
+
+use std::{
+    fs::File,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, SockHash},
+    programs::{CgroupAttachMode, SkMsg, SockOps},
+};
+use proxy_common::{COUNTER_SLOTS, Counter, MAP_COUNTERS, MAP_SOCKHASH, PROG_SK_MSG, PROG_SOCKOPS, SockKey};
+
+use super::{bpf_log::LogForwarder, cgroup};
+
+/// The object built by `cargo xtask build-ebpf`, embedded at build time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SIDETRACK_EBPF_OBJECT"));
+
+/// Why interception could not start. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum InterceptError {
+    #[error("eBPF interception needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN); run as root or use --intercept none")]
+    NotRoot,
+    #[error("cgroup v2: {0}")]
+    Cgroup(#[source] std::io::Error),
+    #[error("opening cgroup {path}: {source}")]
+    OpenCgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object: {0} (the kernel must have CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF and CONFIG_BPF_STREAM_PARSER)")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source} (the kernel may lack sockops/sk_msg support)")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("the eBPF object has no {0}; rebuild it with `cargo xtask build-ebpf`")]
+    Missing(&'static str),
+}
+
+/// Where and how to attach.
+#[derive(Clone, Debug)]
+pub struct EbpfOptions {
+    /// The cgroup v2 directory whose sockets are handled (its whole subtree).
+    pub cgroup: PathBuf,
+    /// Forward the programs' log lines to `tracing` (needs a thread).
+    pub forward_logs: bool,
+}
+
+impl EbpfOptions {
+    /// Attach at the root of the cgroup v2 hierarchy: every socket on the node.
+    pub fn at_v2_root() -> Result<Self, InterceptError> {
+        Ok(Self {
+            cgroup: cgroup::v2_root().map_err(InterceptError::Cgroup)?,
+            forward_logs: true,
+        })
+    }
+}
+
+/// The loaded and attached programs. Dropping it detaches them.
+pub struct EbpfDataPath {
+    // Dropped first: stop forwarding logs before the maps go away.
+    _logs: Option<LogForwarder>,
+    sockhash: SockHash<MapData, SockKey>,
+    counters: PerCpuArray<MapData, u64>,
+    ebpf: Ebpf,
+    cgroup: PathBuf,
+}
+
+impl EbpfDataPath {
+    /// Loads the programs and attaches them: `sk_msg` to the SOCKHASH first,
+    /// then `sockops` to `opts.cgroup`.
+    pub fn load(opts: &EbpfOptions) -> Result<Self, InterceptError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(InterceptError::NotRoot);
+        }
+        cgroup::check_v2_dir(&opts.cgroup).map_err(InterceptError::Cgroup)?;
+        let cgroup_dir = File::open(&opts.cgroup).map_err(|source| InterceptError::OpenCgroup {
+            path: opts.cgroup.clone(),
+            source,
+        })?;
+
+        let level = ebpf_log_level();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, true)
+            .load(OBJECT)?;
+        let logs = if opts.forward_logs {
+            match LogForwarder::start(&mut ebpf) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(error = %e, "eBPF log lines will not be forwarded");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let sockhash: SockHash<MapData, SockKey> = take_map(&mut ebpf, MAP_SOCKHASH)?;
+        let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, MAP_COUNTERS)?;
+
+        let sk_msg: &mut SkMsg = program(&mut ebpf, PROG_SK_MSG)?;
+        sk_msg.load().map_err(prog_err(PROG_SK_MSG))?;
+        sk_msg.attach(sockhash.fd()).map_err(prog_err(PROG_SK_MSG))?;
+
+        let sockops: &mut SockOps = program(&mut ebpf, PROG_SOCKOPS)?;
+        sockops.load().map_err(prog_err(PROG_SOCKOPS))?;
+        // On kernels with bpf links (5.7+) aya attaches through a link, which
+        // always coexists with other programs on the cgroup (a CNI's, say);
+        // the kernel then rejects any mode flag, so "Single" (no flag) it is.
+        sockops
+            .attach(&cgroup_dir, CgroupAttachMode::Single)
+            .map_err(prog_err(PROG_SOCKOPS))?;
+
+        tracing::info!(cgroup = %opts.cgroup.display(), "eBPF sockops and sk_msg attached");
+        Ok(Self {
+            _logs: logs,
+            sockhash,
+            counters,
+            ebpf,
+            cgroup: opts.cgroup.clone(),
+        })
+    }
+
+    /// The cgroup the programs are attached to.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, InterceptError> {
+        let mut values = [0u64; COUNTER_SLOTS as usize];
+        for counter in Counter::ALL {
+            let per_cpu = self
+                .counters
+                .get(&(counter as u32), 0)
+                .map_err(|source| InterceptError::Map { name: MAP_COUNTERS, source })?;
+            values[counter as usize] = per_cpu.iter().sum();
+        }
+        Ok(Counters(values))
+    }
+
+    /// Every socket currently in the SOCKHASH, as (local, remote) addresses.
+    pub fn sockets(&self) -> Result<Vec<(SocketAddrV4, SocketAddrV4)>, InterceptError> {
+        self.sockhash
+            .keys()
+            .map(|key| key.map(|k| key_addrs(&k)))
+            .collect::<Result<_, _>>()
+            .map_err(|source| InterceptError::Map { name: MAP_SOCKHASH, source })
+    }
+
+    /// The loaded object, for the programs and maps later layers add.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+/// A snapshot of the per-CPU counters, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters([u64; COUNTER_SLOTS as usize]);
+
+impl Counters {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+
+    /// Every counter with its name, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        Counter::ALL.iter().map(|c| (*c, self.get(*c)))
+    }
+}
+
+/// The addresses a SOCKHASH key names: (the socket's local end, its remote end).
+pub fn key_addrs(key: &SockKey) -> (SocketAddrV4, SocketAddrV4) {
+    // IPs are in network byte order in memory: their bytes read in order.
+    let ip = |raw: u32| Ipv4Addr::from(raw.to_ne_bytes());
+    (
+        SocketAddrV4::new(ip(key.src_ip4), key.src_port as u16),
+        SocketAddrV4::new(ip(key.dst_ip4), key.dst_port as u16),
+    )
+}
+
+/// The aya-log level the programs are patched with: what `tracing` would print.
+fn ebpf_log_level() -> u8 {
+    use aya_log::Level;
+    let level = match tracing::level_filters::LevelFilter::current() {
+        f if f >= tracing::Level::TRACE => Level::Trace,
+        f if f >= tracing::Level::DEBUG => Level::Debug,
+        f if f >= tracing::Level::INFO => Level::Info,
+        f if f >= tracing::Level::WARN => Level::Warn,
+        _ => Level::Error,
+    };
+    level as u8
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, InterceptError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(InterceptError::Missing(name))?;
+    T::try_from(map).map_err(|source| InterceptError::Map { name, source })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, InterceptError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(InterceptError::Missing(name))?;
+    prog.try_into().map_err(prog_err(name))
+}
+
+fn prog_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> InterceptError {
+    move |source| InterceptError::Program { name, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_addrs_reads_network_order_ips_and_host_order_ports() {
+        let key = SockKey {
+            src_ip4: u32::from_ne_bytes([198, 18, 0, 1]),
+            dst_ip4: u32::from_ne_bytes([127, 0, 0, 1]),
+            src_port: 40000,
+            dst_port: 8080,
+        };
+        let (local, remote) = key_addrs(&key);
+        assert_eq!(local, "198.18.0.1:40000".parse().unwrap());
+        assert_eq!(remote, "127.0.0.1:8080".parse().unwrap());
+    }
+}

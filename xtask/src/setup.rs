@@ -1,0 +1,191 @@
+//! `cargo xtask setup`: install what building and testing Sidetrack need on
+//! Debian 12, idempotently and only what is missing.
+//!
+//! * Debian packages: the second Rust toolchain that builds the eBPF crate
+//!   (`rustc-web`, `cargo-web`, `rust-web-src`, whose std sources make
+//!   `-Z build-std=core` work), LLVM 22 for bpf-linker, and the network tools
+//!   the tests drive (`bpftool`, `iproute2`, `nftables`, `iptables`).
+//! * bpf-linker 0.13.0 built against LLVM 22 into `<target>/tools`.
+//!
+//! A second run checks and prints, and takes seconds.
+
+use std::{fs, path::PathBuf, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd::{self, note, step};
+
+/// Debian packages every build and test needs.
+pub const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "bpftool",
+    "iproute2",
+    "nftables",
+    "iptables",
+];
+
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Where Debian's llvm-22-dev puts `llvm-config`, which bpf-linker's build needs.
+pub const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+/// `<target>/tools`: tools the project builds for itself.
+pub fn tools_dir() -> PathBuf {
+    crate::target_dir().join("tools")
+}
+
+pub fn bpf_linker() -> PathBuf {
+    tools_dir().join("bin/bpf-linker")
+}
+
+/// Installs whatever is missing; prints what it finds either way.
+pub fn run() -> Result<()> {
+    step("setup: checking the machine");
+    check_os()?;
+    install_packages(PACKAGES)?;
+    install_bpf_linker()?;
+    step("setup: everything is in place");
+    Ok(())
+}
+
+/// True when nothing needs installing (so `test` can skip the printing).
+pub fn is_complete() -> bool {
+    missing_packages(PACKAGES).is_empty() && bpf_linker_ok()
+}
+
+fn check_os() -> Result<()> {
+    let release = fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let field = |name: &str| {
+        release
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    let (id, like, version) = (field("ID"), field("ID_LIKE"), field("VERSION_ID"));
+    if id != "debian" && !like.split_whitespace().any(|w| w == "debian") {
+        bail!(
+            "this is not Debian (ID={id:?}): `cargo xtask setup` knows only apt. Install by hand \
+             the equivalents of {} and bpf-linker {BPF_LINKER_VERSION} (`cargo install bpf-linker \
+             --version {BPF_LINKER_VERSION} --locked --no-default-features --features llvm-22 --root {}`)",
+            PACKAGES.join(", "),
+            tools_dir().display()
+        );
+    }
+    note(format!("OS: {id} {version}"));
+    if id == "debian" && version != "12" {
+        note("warning: only Debian 12 is tested; carrying on");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Packages of `wanted` that dpkg does not report as installed.
+pub fn missing_packages<'a>(wanted: &[&'a str]) -> Vec<&'a str> {
+    wanted
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            let status =
+                cmd::output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", pkg]));
+            status.as_deref() != Some("installed")
+        })
+        .collect()
+}
+
+/// Installs the Debian packages of `wanted` that are missing.
+pub fn install_packages(wanted: &[&str]) -> Result<()> {
+    let missing = missing_packages(wanted);
+    if missing.is_empty() {
+        note(format!(
+            "Debian packages: all present ({})",
+            wanted.join(", ")
+        ));
+        return Ok(());
+    }
+    step(format!(
+        "setup: installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    if !is_root() {
+        bail!(
+            "installing {} needs root: run `sudo -E cargo xtask setup` (or as root), \
+             or install them yourself with apt-get",
+            missing.join(" ")
+        );
+    }
+    cmd::run(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("apt-get update failed: is Debian's package registry reachable from this machine?")?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| {
+        format!(
+            "apt-get could not install {}: check that Debian's registry is reachable and that \
+             the packages exist for this release (`apt-cache policy {}`)",
+            missing.join(" "),
+            missing[0]
+        )
+    })?;
+    let still = missing_packages(wanted);
+    if !still.is_empty() {
+        bail!(
+            "apt-get finished but these are still not installed: {}",
+            still.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn bpf_linker_ok() -> bool {
+    cmd::output(Command::new(bpf_linker()).arg("--version"))
+        .is_some_and(|v| v.split_whitespace().any(|w| w == BPF_LINKER_VERSION))
+}
+
+fn install_bpf_linker() -> Result<()> {
+    if bpf_linker_ok() {
+        note(format!(
+            "bpf-linker {BPF_LINKER_VERSION}: present at {}",
+            bpf_linker().display()
+        ));
+        return Ok(());
+    }
+    step(format!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 90 s)"
+    ));
+    let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
+    cmd::run(
+        cmd::cargo()
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22", "--root"])
+            .arg(tools_dir())
+            .env("PATH", path),
+    )
+    .context("building bpf-linker failed: is crates.io reachable, and is llvm-22-dev installed?")?;
+    if !bpf_linker_ok() {
+        bail!(
+            "bpf-linker was built but {} does not answer --version",
+            bpf_linker().display()
+        );
+    }
+    Ok(())
+}
