@@ -44,7 +44,9 @@ fn unescape_octal(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
@@ -80,7 +82,10 @@ mod tests {
 34 33 0:29 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
 35 33 0:30 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
 ";
-        assert_eq!(parse_v2_root(table), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            parse_v2_root(table),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
     }
 
     #[test]

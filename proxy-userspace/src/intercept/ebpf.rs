@@ -18,7 +18,9 @@ use aya::{
     maps::{MapData, PerCpuArray, SockHash},
     programs::{CgroupAttachMode, SkMsg, SockOps},
 };
-use proxy_common::{COUNTER_SLOTS, Counter, MAP_COUNTERS, MAP_SOCKHASH, PROG_SK_MSG, PROG_SOCKOPS, SockKey};
+use proxy_common::{
+    COUNTER_SLOTS, Counter, MAP_COUNTERS, MAP_SOCKHASH, PROG_SK_MSG, PROG_SOCKOPS, SockKey,
+};
 
 use super::{bpf_log::LogForwarder, cgroup};
 
@@ -28,7 +30,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SIDETRACK_EBPF_OBJECT")
 /// Why interception could not start. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum InterceptError {
-    #[error("eBPF interception needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN); run as root or use --intercept none")]
+    #[error(
+        "eBPF interception needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN); run as root or use --intercept none"
+    )]
     NotRoot,
     #[error("cgroup v2: {0}")]
     Cgroup(#[source] std::io::Error),
@@ -38,7 +42,9 @@ pub enum InterceptError {
         #[source]
         source: std::io::Error,
     },
-    #[error("loading the eBPF object: {0} (the kernel must have CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF and CONFIG_BPF_STREAM_PARSER)")]
+    #[error(
+        "loading the eBPF object: {0} (the kernel must have CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF and CONFIG_BPF_STREAM_PARSER)"
+    )]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {name}: {source} (the kernel may lack sockops/sk_msg support)")]
     Program {
@@ -120,7 +126,9 @@ impl EbpfDataPath {
 
         let sk_msg: &mut SkMsg = program(&mut ebpf, PROG_SK_MSG)?;
         sk_msg.load().map_err(prog_err(PROG_SK_MSG))?;
-        sk_msg.attach(sockhash.fd()).map_err(prog_err(PROG_SK_MSG))?;
+        sk_msg
+            .attach(sockhash.fd())
+            .map_err(prog_err(PROG_SK_MSG))?;
 
         let sockops: &mut SockOps = program(&mut ebpf, PROG_SOCKOPS)?;
         sockops.load().map_err(prog_err(PROG_SOCKOPS))?;
@@ -150,10 +158,13 @@ impl EbpfDataPath {
     pub fn counters(&self) -> Result<Counters, InterceptError> {
         let mut values = [0u64; COUNTER_SLOTS as usize];
         for counter in Counter::ALL {
-            let per_cpu = self
-                .counters
-                .get(&(counter as u32), 0)
-                .map_err(|source| InterceptError::Map { name: MAP_COUNTERS, source })?;
+            let per_cpu =
+                self.counters
+                    .get(&(counter as u32), 0)
+                    .map_err(|source| InterceptError::Map {
+                        name: MAP_COUNTERS,
+                        source,
+                    })?;
             values[counter as usize] = per_cpu.iter().sum();
         }
         Ok(Counters(values))
@@ -165,7 +176,10 @@ impl EbpfDataPath {
             .keys()
             .map(|key| key.map(|k| key_addrs(&k)))
             .collect::<Result<_, _>>()
-            .map_err(|source| InterceptError::Map { name: MAP_SOCKHASH, source })
+            .map_err(|source| InterceptError::Map {
+                name: MAP_SOCKHASH,
+                source,
+            })
     }
 
     /// The loaded object, for the programs and maps later layers add.
@@ -224,7 +238,9 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, I
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let prog = ebpf.program_mut(name).ok_or(InterceptError::Missing(name))?;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(InterceptError::Missing(name))?;
     prog.try_into().map_err(prog_err(name))
 }
 
