@@ -2,10 +2,20 @@
 //! Linkerd-1-style delegation tables and takes its traffic from eBPF programs.
 //!
 //! The modules follow the path of a request (see docs/ARCHITECTURE.md):
-//! `dtab` is the pure routing language, `intercept` loads the eBPF programs
-//! that steer sockets, `cli` is the command line, `logging` sets up `tracing`.
+//! `intercept` loads the eBPF programs that steer sockets; `proxy` accepts
+//! and runs the HTTP/1.1 connection loop over `http` (pure framing);
+//! `route` names a request and binds it with `dtab` (the pure routing
+//! language) and `namer` (file namer, balancer); `admin` serves metrics and
+//! the delegator; `config` holds the settings; `cli` is the command line;
+//! `logging` sets up `tracing`.
 
+pub mod admin;
 pub mod cli;
+pub mod config;
 pub mod dtab;
+pub mod http;
 pub mod intercept;
 pub mod logging;
+pub mod namer;
+pub mod proxy;
+pub mod route;

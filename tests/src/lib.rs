@@ -1,7 +1,10 @@
 //! Helpers shared by Sidetrack's integration tests: checksums, payload
 //! patterns, and the cgroup and child-process handling the root tests need.
 
+pub mod backend;
 pub mod cgroup;
+pub mod client;
+pub mod proxy;
 
 /// FNV-1a, 64-bit: a checksum that needs no dependency and catches any
 /// reordering, loss or corruption in a test payload.
@@ -60,4 +63,56 @@ pub fn require_root() {
         euid, 0,
         "this test loads eBPF programs and makes cgroups: run it as root (cargo xtask test does)"
     );
+}
+
+/// A directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "sidetrack-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub fn str(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    /// Writes a file atomically (write then rename), so a watcher never
+    /// reads half of it.
+    pub fn write(&self, name: &str, contents: &str) {
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, self.0.join(name)).unwrap();
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `f` every 20 ms until it returns true or `secs` pass.
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    f()
 }

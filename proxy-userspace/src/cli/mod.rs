@@ -5,6 +5,7 @@
 //! in one place per command.
 
 pub mod dtab;
+pub mod run;
 
 use std::process::ExitCode;
 
@@ -35,15 +36,25 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the proxy.
+    Run(run::RunArgs),
     /// Work with delegation tables offline: show, eval, resolve, delegate.
     #[command(subcommand)]
     Dtab(dtab::DtabCommand),
+}
+
+/// The `sidetrack` binary: parse the command line, set up logging, run.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::logging::init(cli.log_format, &cli.log_level);
+    cli.run()
 }
 
 impl Cli {
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Dtab(cmd) => cmd.run(),
+            Command::Run(args) => args.run(),
         }
     }
 }

@@ -1,0 +1,427 @@
+//! The proxy's metrics, exported in the Prometheus/OpenMetrics text format
+//! through prometheus-client.
+//!
+//! Labels follow the request: `service` is the logical name (`/svc/world`),
+//! `dst` the bound destination's id (`/#/io.l5d.fs/world-v2`, one per
+//! version), `override` whether the request carried its own dtab entries.
+//! A route's handles ([`RouteStats`]) are looked up once, when a binding is
+//! made and cached, so a request only touches atomics: no label hashing, no
+//! lock. Histograms are our own lock-free ones for the same reason.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, AtomicUsize, Ordering},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+/// Latency bucket bounds in seconds: 50 µs to 10 s.
+const LATENCY_BOUNDS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+/// A histogram of seconds with fixed buckets, updated with atomics only.
+#[derive(Clone, Debug, Default)]
+pub struct Histogram(Arc<HistogramInner>);
+
+#[derive(Debug, Default)]
+struct HistogramInner {
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.0
+            .sum_ns
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut cumulative = 0;
+        let mut buckets = [(0.0, 0u64); LATENCY_BOUNDS.len() + 1];
+        for (i, slot) in buckets.iter_mut().enumerate() {
+            cumulative += self.0.buckets[i].load(Ordering::Relaxed);
+            *slot = (
+                LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY),
+                cumulative,
+            );
+        }
+        let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub service: String,
+    pub dst: String,
+    /// `"true"` when the request carried its own dtab entries.
+    pub r#override: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub service: String,
+    pub dst: String,
+    pub r#override: &'static str,
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub mode: &'static str,
+}
+
+/// Errors the proxy itself answers or sees, as the `kind` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadRequest,
+    HeadTooLarge,
+    UriTooLong,
+    HeadTimeout,
+    Unidentified,
+    BadDtab,
+    Loop,
+    BindFailed,
+    BindNeg,
+    NoEndpoints,
+    ConnectFailed,
+    BackendHead,
+    BackendDied,
+    ClientDied,
+}
+
+impl ErrorKind {
+    pub const fn label(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::HeadTooLarge => "head_too_large",
+            ErrorKind::UriTooLong => "uri_too_long",
+            ErrorKind::HeadTimeout => "head_timeout",
+            ErrorKind::Unidentified => "unidentified",
+            ErrorKind::BadDtab => "bad_dtab",
+            ErrorKind::Loop => "loop",
+            ErrorKind::BindFailed => "bind_failed",
+            ErrorKind::BindNeg => "bind_neg",
+            ErrorKind::NoEndpoints => "no_endpoints",
+            ErrorKind::ConnectFailed => "connect_failed",
+            ErrorKind::BackendHead => "backend_bad_response",
+            ErrorKind::BackendDied => "backend_died",
+            ErrorKind::ClientDied => "client_died",
+        }
+    }
+
+    pub const ALL: [ErrorKind; 14] = [
+        ErrorKind::BadRequest,
+        ErrorKind::HeadTooLarge,
+        ErrorKind::UriTooLong,
+        ErrorKind::HeadTimeout,
+        ErrorKind::Unidentified,
+        ErrorKind::BadDtab,
+        ErrorKind::Loop,
+        ErrorKind::BindFailed,
+        ErrorKind::BindNeg,
+        ErrorKind::NoEndpoints,
+        ErrorKind::ConnectFailed,
+        ErrorKind::BackendHead,
+        ErrorKind::BackendDied,
+        ErrorKind::ClientDied,
+    ];
+}
+
+/// The counters of one (service, dst, override) route, fetched once.
+#[derive(Clone, Debug)]
+pub struct RouteStats {
+    pub requests: Counter,
+    /// Responses by status class: index 0 is 1xx … index 4 is 5xx.
+    pub responses: [Counter; 5],
+    pub latency: Histogram,
+}
+
+impl RouteStats {
+    pub fn response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].inc();
+    }
+}
+
+/// Something else to show at scrape time (dtab cache, eBPF counters): a
+/// name, help and value per line; all counters.
+pub trait ExtraCounters: Send + Sync + 'static {
+    fn counters(&self, out: &mut Vec<(&'static str, &'static str, u64)>);
+}
+
+/// Every metric the proxy keeps.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    errors: [Counter; ErrorKind::ALL.len()],
+    pub connections_active: Gauge,
+    pub connections_total: Counter,
+    pub bytes_copied: Counter,
+    pub bytes_spliced: Counter,
+    extras: Arc<Extras>,
+    route_series: AtomicUsize,
+    max_route_series: usize,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Extras(Mutex<Vec<Arc<dyn ExtraCounters>>>);
+
+impl std::fmt::Debug for Extras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Extras")
+    }
+}
+
+impl Collector for Extras {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut lines = Vec::new();
+        for source in self.0.lock().expect("extras lock").iter() {
+            source.counters(&mut lines);
+        }
+        for (name, help, value) in lines {
+            let counter = ConstCounter(value);
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+struct ConstCounter(u64);
+
+impl EncodeMetric for ConstCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.0, None)
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+impl Metrics {
+    /// `max_route_series` caps the (service, dst, override) label sets: past
+    /// it, new routes are counted under `service="overflow"` so that a flood
+    /// of made-up Host headers cannot grow memory without bound.
+    pub fn new(max_route_series: usize) -> Self {
+        let mut registry = Registry::with_prefix("sidetrack");
+        let requests = Family::<RouteLabels, Counter>::default();
+        let responses = Family::<ResponseLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram>::default();
+        let mut errors: [Counter; ErrorKind::ALL.len()] = Default::default();
+        let error_family = Family::<ErrorLabels, Counter>::default();
+        let connections_active = Gauge::default();
+        let connections_total = Counter::default();
+        let bytes = Family::<ModeLabels, Counter>::default();
+
+        registry.register(
+            "requests",
+            "Requests routed, by logical name and bound destination",
+            requests.clone(),
+        );
+        registry.register("responses", "Responses by status class", responses.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response",
+            latency.clone(),
+        );
+        registry.register(
+            "errors",
+            "Errors the proxy answered or saw, by kind",
+            error_family.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Client connections open now",
+            connections_active.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            connections_total.clone(),
+        );
+        registry.register(
+            "body_bytes",
+            "Body bytes moved, by copying through userspace or by splice(2)",
+            bytes.clone(),
+        );
+        let extras = Arc::new(Extras::default());
+        registry.register_collector(Box::new(extras.clone()));
+
+        // Every error kind is present from the start (at zero) and its
+        // counter is fetched once.
+        for (slot, kind) in errors.iter_mut().zip(ErrorKind::ALL) {
+            *slot = error_family.get_or_create_owned(&ErrorLabels { kind: kind.label() });
+        }
+        let bytes_copied = bytes.get_or_create_owned(&ModeLabels { mode: "copied" });
+        let bytes_spliced = bytes.get_or_create_owned(&ModeLabels { mode: "spliced" });
+        Metrics {
+            registry,
+            requests,
+            responses,
+            latency,
+            errors,
+            connections_active,
+            connections_total,
+            bytes_copied,
+            bytes_spliced,
+            extras,
+            route_series: AtomicUsize::new(0),
+            max_route_series,
+        }
+    }
+
+    /// Adds counters read at scrape time.
+    pub fn add_extra(&self, source: Arc<dyn ExtraCounters>) {
+        self.extras.0.lock().expect("extras lock").push(source);
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+
+    pub fn error_count(&self, kind: ErrorKind) -> u64 {
+        self.errors[kind as usize].get()
+    }
+
+    /// The handles of one route; called when a binding is cached.
+    pub fn route_stats(&self, service: &str, dst: &str, overridden: bool) -> RouteStats {
+        let r#override = if overridden { "true" } else { "false" };
+        let mut labels = RouteLabels {
+            service: service.to_owned(),
+            dst: dst.to_owned(),
+            r#override,
+        };
+        if self.requests.get(&labels).is_none()
+            && self.route_series.fetch_add(1, Ordering::Relaxed) >= self.max_route_series
+        {
+            labels.service = "overflow".into();
+            labels.dst = "overflow".into();
+        }
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        RouteStats {
+            requests: self.requests.get_or_create_owned(&labels),
+            responses: classes.map(|class| {
+                self.responses.get_or_create_owned(&ResponseLabels {
+                    service: labels.service.clone(),
+                    dst: labels.dst.clone(),
+                    r#override,
+                    class,
+                })
+            }),
+            latency: self.latency.get_or_create_owned(&labels),
+        }
+    }
+
+    /// The whole text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed;
+    impl ExtraCounters for Fixed {
+        fn counters(&self, out: &mut Vec<(&'static str, &'static str, u64)>) {
+            out.push(("sidetrack_dtab_cache_hits", "hits", 42));
+        }
+    }
+
+    #[test]
+    fn a_route_shows_up_with_its_labels() {
+        let m = Metrics::new(10);
+        m.add_extra(Arc::new(Fixed));
+        let r = m.route_stats("/svc/world", "/$/inet/127.0.0.1/8080", true);
+        r.requests.inc();
+        r.response(503);
+        r.latency.observe(std::time::Duration::from_micros(300));
+        m.error(ErrorKind::NoEndpoints);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"sidetrack_requests_total{service="/svc/world",dst="/$/inet/127.0.0.1/8080",override="true"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"class="5xx"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"sidetrack_errors_total{kind="no_endpoints"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sidetrack_errors_total{kind="loop"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("sidetrack_request_duration_seconds_count{"),
+            "{text}"
+        );
+        assert!(text.contains(r#"le="0.0005"} 1"#), "{text}");
+        assert!(
+            text.contains("sidetrack_dtab_cache_hits_total 42"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn route_series_are_capped() {
+        let m = Metrics::new(2);
+        for i in 0..5 {
+            m.route_stats(&format!("/svc/h{i}"), "/d", false)
+                .requests
+                .inc();
+        }
+        let text = m.encode();
+        assert!(text.contains(r#"service="overflow""#), "{text}");
+        assert!(!text.contains("/svc/h4"), "{text}");
+    }
+}

@@ -1,0 +1,216 @@
+//! The admin server (hyper): `/metrics`, `/ready`, `/dtab`,
+//! `/delegator.json` and the `/delegator` page.
+//!
+//! It runs on a thread and a single-threaded runtime of its own, so a slow
+//! scrape or a big explanation tree never takes a worker from the data path.
+
+pub mod metrics;
+mod page;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{CONTENT_TYPE, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use crate::{
+    dtab::{self, Dtab, Path},
+    route::Router,
+};
+
+use self::metrics::Metrics;
+
+/// What the admin server shows.
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub router: Arc<Router>,
+    /// True once the proxy listens, false again when it drains.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Starts the admin server on its own thread; returns the bound address.
+pub fn spawn(listener: std::net::TcpListener, admin: Admin) -> std::io::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    let admin = Arc::new(admin);
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("admin runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(listener).expect("admin listener");
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let admin = admin.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| {
+                            let admin = admin.clone();
+                            async move { Ok::<_, Infallible>(handle(&admin, req).await) }
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        })?;
+    Ok(addr)
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+/// The body of `POST /delegator.json`, as Linkerd 1 takes it.
+#[derive(Deserialize)]
+struct DelegateRequest {
+    #[serde(default)]
+    dtab: String,
+    path: String,
+    #[allow(dead_code)]
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            admin.metrics.encode(),
+        ),
+        (&Method::GET, "/ready") => {
+            if admin.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, "/dtab") => text(StatusCode::OK, format!("{}\n", admin.router.base().dtab)),
+        (&Method::GET, "/delegator") => {
+            respond(StatusCode::OK, "text/html; charset=utf-8", page::DELEGATOR)
+        }
+        (&Method::GET, "/delegator.json") => {
+            let query = req.uri().query().unwrap_or("");
+            let param = |name: &str| {
+                query.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == name).then(|| percent_decode(v))
+                })
+            };
+            let (Some(path), dtab) = (param("path"), param("dtab").unwrap_or_default()) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "the path query parameter is required\n",
+                );
+            };
+            delegator_json(admin, &dtab, &path)
+        }
+        (&Method::POST, "/delegator.json") => {
+            let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")),
+            };
+            match serde_json::from_slice::<DelegateRequest>(&body) {
+                Ok(d) => delegator_json(admin, &d.dtab, &d.path),
+                Err(e) => text(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected {{\"dtab\": ..., \"path\": ...}}: {e}\n"),
+                ),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /ready, /dtab, /delegator or /delegator.json\n",
+        ),
+    }
+}
+
+fn delegator_json(admin: &Admin, dtab: &str, path: &str) -> Resp {
+    let local = match Dtab::parse(dtab) {
+        Ok(d) => d,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid dtab: {e}\n")),
+    };
+    let path = match Path::read(path) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid path: {e}\n")),
+    };
+    let base = admin.router.base();
+    let namers = admin.router.namers();
+    let tree = dtab::delegate(&base.compiled, &local, &path, namers.as_ref());
+    match serde_json::to_vec(&tree) {
+        Ok(json) => respond(StatusCode::OK, "application/json", json),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+/// Decodes `%XX` escapes and `+` (a form's space) in a query value.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_query_values() {
+        assert_eq!(percent_decode("%2Fsvc%2Fworld"), "/svc/world");
+        assert_eq!(percent_decode("a+b%3D%3E%20c"), "a b=> c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

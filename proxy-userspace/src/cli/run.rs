@@ -1,0 +1,306 @@
+//! `sidetrack run`: start the proxy.
+//!
+//! Settings come from defaults, then `--config FILE`, then flags. The config
+//! file and the dtab file are watched; a changed dtab or namer setting
+//! applies without a restart, and a file that no longer parses is refused
+//! with a log line while the old settings stay. SIGTERM or SIGINT stops
+//! accepting, lets in-flight requests finish within the grace period, and
+//! exits 0.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use clap::Args;
+use tokio::sync::watch;
+
+use crate::{
+    admin::{
+        self,
+        metrics::{ExtraCounters, Metrics},
+    },
+    config::{IdentifierKind, InterceptMode, Settings, ms},
+    dtab::{Dtab, Namers},
+    namer::fs::{self, FsNamer},
+    proxy::{self, ProxyConfig, Shared},
+    route::{Identifier, Router},
+};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address the proxy listens on [default: 0.0.0.0:4140].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Address of the admin server (/metrics, /delegator) [default: 127.0.0.1:9990].
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// The base dtab, inline.
+    #[arg(long)]
+    pub dtab: Option<String>,
+    /// A file holding the base dtab (watched for changes).
+    #[arg(long)]
+    pub dtab_file: Option<PathBuf>,
+    /// Directory of the file namer: /#/io.l5d.fs/NAME reads DIR/NAME.
+    #[arg(long)]
+    pub fs_dir: Option<PathBuf>,
+    /// YAML settings file (watched for changes); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Worker threads of the data path [default: 1].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// How traffic reaches the proxy [default: none].
+    #[arg(long, value_enum)]
+    pub intercept: Option<InterceptMode>,
+    /// How a request becomes a logical name [default: io.l5d.header.token].
+    #[arg(long, value_enum)]
+    pub identifier: Option<IdentifierKind>,
+}
+
+impl RunArgs {
+    /// The settings: the file's (or defaults), with the flags on top.
+    fn settings(&self) -> Result<Settings, String> {
+        let mut s = match &self.config {
+            Some(path) => Settings::load(path)?,
+            None => Settings::default(),
+        };
+        self.apply(&mut s);
+        Ok(s)
+    }
+
+    fn apply(&self, s: &mut Settings) {
+        if let Some(v) = self.listen {
+            s.listen = v;
+        }
+        if let Some(v) = self.admin {
+            s.admin = v;
+        }
+        if let Some(v) = &self.dtab {
+            s.dtab = v.clone();
+        }
+        if let Some(v) = &self.dtab_file {
+            s.dtab_file = Some(v.clone());
+        }
+        if let Some(v) = &self.fs_dir {
+            s.fs_dir = Some(v.clone());
+        }
+        if let Some(v) = self.workers {
+            s.workers = v;
+        }
+        if let Some(v) = self.intercept {
+            s.intercept = v;
+        }
+        if let Some(v) = self.identifier {
+            s.identifier = v;
+        }
+    }
+
+    pub fn run(self) -> ExitCode {
+        match self.start() {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("sidetrack run: {e}");
+                ExitCode::from(2)
+            }
+        }
+    }
+
+    fn start(self) -> Result<ExitCode, String> {
+        let settings = self.settings()?;
+        if settings.intercept != InterceptMode::None {
+            return Err(format!(
+                "--intercept {:?} is not available yet: run with --intercept none and address the proxy directly",
+                settings.intercept
+            ));
+        }
+        let base = parse_base(&settings)?;
+        let generation = Arc::new(AtomicU64::new(0));
+        let fs_namer = settings
+            .fs_dir
+            .clone()
+            .map(|dir| FsNamer::start(dir, ms(settings.watch_interval_ms), generation.clone()));
+        let metrics = Arc::new(Metrics::new(settings.max_route_series));
+        let router = Arc::new(Router::new(
+            base,
+            namers(&fs_namer),
+            settings.bind_cache_capacity,
+            metrics.clone(),
+            generation,
+        ));
+        metrics.add_extra(Arc::new(CacheCounters(router.clone())));
+
+        let workers = settings.workers.max(1);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("sidetrack-worker")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the runtime: {e}"))?;
+        let listener = runtime
+            .block_on(async { bind(settings.listen) })
+            .map_err(|e| format!("listening on {}: {e}", settings.listen))?;
+        let admin_listener = std::net::TcpListener::bind(settings.admin)
+            .map_err(|e| format!("admin listener on {}: {e}", settings.admin))?;
+        let listen_addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin_addr = admin::spawn(
+            admin_listener,
+            admin::Admin {
+                metrics: metrics.clone(),
+                router: router.clone(),
+                ready: ready.clone(),
+            },
+        )
+        .map_err(|e| format!("admin server: {e}"))?;
+
+        let shared = Arc::new(Shared {
+            cfg: ProxyConfig::from_settings(&settings),
+            router: router.clone(),
+            metrics,
+            identifier: Identifier::new(settings.identifier, &settings.dst_prefix),
+        });
+        let grace = ms(settings.shutdown_grace_ms);
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        spawn_reloader(self, settings, router);
+
+        let drained = runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+            tracing::info!("listening on http://{listen_addr}, admin on http://{admin_addr}, {workers} worker(s)");
+            ready.store(true, Ordering::Release);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutdown requested");
+                ready.store(false, Ordering::Release);
+                let _ = stop_tx.send(true);
+            });
+            Ok::<_, String>(proxy::serve(listener, shared, stop_rx, grace).await)
+        })?;
+        runtime.shutdown_timeout(Duration::from_millis(100));
+        Ok(if drained {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    }
+}
+
+struct CacheCounters(Arc<Router>);
+
+impl ExtraCounters for CacheCounters {
+    fn counters(&self, out: &mut Vec<(&'static str, &'static str, u64)>) {
+        let s = self.0.cache_stats();
+        out.push((
+            "dtab_cache_hits",
+            "Routes found in the binding cache",
+            s.hits,
+        ));
+        out.push(("dtab_cache_misses", "Routes bound afresh", s.misses));
+        out.push((
+            "dtab_cache_evictions",
+            "Routes evicted from the full binding cache",
+            s.evictions,
+        ));
+    }
+}
+
+fn parse_base(s: &Settings) -> Result<Dtab, String> {
+    let text = s.base_dtab_text()?;
+    Dtab::parse(&text).map_err(|e| format!("invalid base dtab: {e}"))
+}
+
+fn namers(fs: &Option<Arc<FsNamer>>) -> Namers {
+    let mut namers = Namers::default();
+    if let Some(fs) = fs {
+        namers = namers.with(fs::KIND, fs.clone());
+    }
+    namers
+}
+
+/// A listener with SO_REUSEADDR (a restart must not wait out TIME_WAIT) and
+/// a deep backlog.
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(4096)?;
+    listener.into_std()
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Watches the config file and the dtab file; applies what changed.
+/// The router holds the namers, so replacing them there stops the old file
+/// namer's watcher.
+fn spawn_reloader(args: RunArgs, mut current: Settings, router: Arc<Router>) {
+    let interval = ms(current.watch_interval_ms);
+    let stamp = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+    };
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            let mut config_stamp = stamp(&args.config);
+            let mut dtab_stamp = stamp(&current.dtab_file);
+            loop {
+                std::thread::sleep(interval);
+                let (c, d) = (stamp(&args.config), stamp(&current.dtab_file));
+                if c == config_stamp && d == dtab_stamp {
+                    continue;
+                }
+                config_stamp = c;
+                dtab_stamp = d;
+                let next = match args.settings() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!("config reload refused, keeping the running settings: {e}");
+                        continue;
+                    }
+                };
+                let base = match parse_base(&next) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!("dtab reload refused, keeping the running dtab: {e}");
+                        continue;
+                    }
+                };
+                if next.fs_dir != current.fs_dir || next.watch_interval_ms != current.watch_interval_ms {
+                    let fs_namer = next.fs_dir.clone().map(|dir| FsNamer::start(dir, ms(next.watch_interval_ms), router.generation().clone()));
+                    router.set_namers(namers(&fs_namer));
+                    tracing::info!(fs_dir = ?next.fs_dir, "namers reloaded");
+                }
+                if base.to_string() != router.base().dtab.to_string() {
+                    tracing::info!(dtab = %base, "base dtab reloaded");
+                    router.set_base(base);
+                }
+                let restart_only = Settings { dtab: next.dtab.clone(), dtab_file: next.dtab_file.clone(), fs_dir: next.fs_dir.clone(), watch_interval_ms: next.watch_interval_ms, ..current.clone() };
+                if restart_only != next {
+                    tracing::warn!("settings other than the dtab and namers changed; they apply at the next restart");
+                }
+                dtab_stamp = stamp(&next.dtab_file);
+                current = next;
+            }
+        })
+        .expect("spawn the reload thread");
+}

@@ -1,0 +1,220 @@
+//! Settings: every `sidetrack run` flag, every limit, and the YAML file that
+//! can hold them all.
+//!
+//! Precedence: built-in defaults, then the file (`--config`), then flags.
+//! The file is watched; when it changes, the parts that can change without
+//! a restart (the dtab, the dtab file, namer settings) are applied, and a
+//! file that no longer parses is refused with a log line while the old
+//! settings stay.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// How a request becomes a logical name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+pub enum IdentifierKind {
+    /// `/svc/<Host>`: the Host header as one element (Linkerd's `io.l5d.header.token`).
+    #[default]
+    #[serde(rename = "io.l5d.header.token")]
+    #[value(name = "io.l5d.header.token")]
+    HeaderToken,
+    /// `/svc/1.1/<METHOD>/<host>` (Linkerd's `io.l5d.methodAndHost`).
+    #[serde(rename = "io.l5d.methodAndHost")]
+    #[value(name = "io.l5d.methodAndHost")]
+    MethodAndHost,
+}
+
+/// How traffic reaches the proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum InterceptMode {
+    /// Clients address the proxy directly (an explicit proxy, like Linkerd's http_proxy use).
+    #[default]
+    None,
+    /// eBPF connect4/sockops/sk_msg steering (not built yet).
+    Ebpf,
+    /// iptables REDIRECT and SO_ORIGINAL_DST (not built yet).
+    Iptables,
+}
+
+/// Everything `sidetrack run` needs. Durations are in milliseconds in the file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    /// The base dtab, inline.
+    pub dtab: String,
+    /// The base dtab, from a file (watched); appended after `dtab`.
+    pub dtab_file: Option<PathBuf>,
+    /// The file namer's directory; `/#/io.l5d.fs/<name>` reads `<fs_dir>/<name>`.
+    pub fs_dir: Option<PathBuf>,
+    /// How often watched files are checked for changes.
+    pub watch_interval_ms: u64,
+    pub workers: usize,
+    pub intercept: InterceptMode,
+    pub identifier: IdentifierKind,
+    /// The prefix of logical names (`/svc`).
+    pub dst_prefix: String,
+    pub limits: Limits,
+    pub pool: Pool,
+    /// Bound names cached per (local dtab, path).
+    pub bind_cache_capacity: usize,
+    /// Label sets kept for per-route metrics before new ones are pooled as "overflow".
+    pub max_route_series: usize,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request or response head; beyond it, 431.
+    pub max_head_bytes: usize,
+    /// Longest request line; beyond it, 414.
+    pub max_request_line_bytes: usize,
+    pub max_headers: usize,
+    /// Time to receive a whole request head once it has started; then 408.
+    pub head_timeout_ms: u64,
+    /// Time a keep-alive client connection may sit idle between requests.
+    pub idle_timeout_ms: u64,
+    /// Time to wait for a backend's response head.
+    pub response_timeout_ms: u64,
+    /// Requests that have passed through more proxies than this (Via) are refused (508).
+    pub max_via_hops: usize,
+    /// Client connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Bodies of known length at least this big move with splice(2).
+    pub splice_threshold_bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Pool {
+    pub max_idle_per_endpoint: usize,
+    pub idle_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// How long an endpoint that refused a connect is kept out of rotation.
+    pub eject_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4140)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9990)),
+            dtab: String::new(),
+            dtab_file: None,
+            fs_dir: None,
+            watch_interval_ms: 500,
+            workers: 1,
+            intercept: InterceptMode::None,
+            identifier: IdentifierKind::HeaderToken,
+            dst_prefix: "/svc".into(),
+            limits: Limits::default(),
+            pool: Pool::default(),
+            bind_cache_capacity: 10_000,
+            max_route_series: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 64 * 1024,
+            max_request_line_bytes: 8 * 1024,
+            max_headers: 100,
+            head_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            response_timeout_ms: 30_000,
+            max_via_hops: 10,
+            max_connections: 10_000,
+            splice_threshold_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            max_idle_per_endpoint: 64,
+            idle_timeout_ms: 30_000,
+            connect_timeout_ms: 3_000,
+            eject_ms: 5_000,
+        }
+    }
+}
+
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+impl Settings {
+    /// Parses a YAML settings file; unknown keys are errors.
+    pub fn from_yaml(text: &str) -> Result<Settings, String> {
+        if text.trim().is_empty() {
+            return Ok(Settings::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Reads and parses a settings file.
+    pub fn load(path: &std::path::Path) -> Result<Settings, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        Settings::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The whole base dtab text: `dtab`, then the dtab file's contents.
+    pub fn base_dtab_text(&self) -> Result<String, String> {
+        let mut text = self.dtab.clone();
+        if let Some(path) = &self.dtab_file {
+            let file = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading dtab file {}: {e}", path.display()))?;
+            if !text.trim().is_empty() && !text.trim_end().ends_with(';') {
+                text.push(';');
+            }
+            text.push_str(&file);
+        }
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_can_be_set_from_yaml() {
+        let s = Settings::from_yaml(
+            "listen: 127.0.0.1:1\nadmin: 127.0.0.1:2\ndtab: /svc => /$/inet/127.1/3\nfs_dir: /tmp/d\n\
+             workers: 2\nidentifier: io.l5d.methodAndHost\nintercept: none\nlimits:\n  max_head_bytes: 100\n  head_timeout_ms: 5\n\
+             pool:\n  connect_timeout_ms: 7\nbind_cache_capacity: 3\n",
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 1);
+        assert_eq!(s.workers, 2);
+        assert_eq!(s.identifier, IdentifierKind::MethodAndHost);
+        assert_eq!(s.limits.max_head_bytes, 100);
+        assert_eq!(
+            s.limits.max_request_line_bytes, 8192,
+            "unset keys keep their defaults"
+        );
+        assert_eq!(s.pool.connect_timeout_ms, 7);
+        assert_eq!(s.bind_cache_capacity, 3);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(
+            Settings::from_yaml("lisen: 1.2.3.4:5\n")
+                .unwrap_err()
+                .contains("lisen")
+        );
+        assert!(Settings::from_yaml("workers: many\n").is_err());
+        assert!(Settings::from_yaml("limits:\n  bogus: 1\n").is_err());
+    }
+}

@@ -1,0 +1,859 @@
+//! One client connection: read a request head, route it, forward it, relay
+//! the response, and loop for the next request on the same connection.
+//!
+//! Buffers live as long as the connection and are reused by every request:
+//! `buf` holds what has been read from the client (a head, the start of a
+//! body, pipelined requests after it), `bbuf` what has been read from the
+//! backend, `out` the heads the proxy writes. Parsed heads are offsets into
+//! those buffers. A request that hits the route cache allocates nothing.
+//!
+//! Requests are answered strictly in order, one at a time: a pipelined
+//! request waits in `buf` until the response before it is complete.
+//!
+//! Error responses the proxy makes carry `l5d-err`; an error before the
+//! response head has gone out is answered, an error after it (a backend
+//! dying mid-body) can only close the client connection.
+
+use std::{io, net::SocketAddr, sync::Arc, time::Instant};
+
+use rand::{SeedableRng, rngs::SmallRng};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::watch,
+    time::timeout,
+};
+
+use super::{Shared, pool, splice::Pipe, tunnel};
+use crate::{
+    admin::metrics::ErrorKind,
+    dtab::Choice,
+    http::{
+        self, BodyLength, ChunkedScanner, HeadError, Parsed, RequestHead, RequestKind, ResponseHead,
+    },
+    namer::balancer::InFlight,
+    route::{self, Dest, Outcome, Route, RouteError},
+};
+
+/// The `Via` entry the proxy adds.
+const VIA: &[u8] = b"1.1 sidetrack";
+/// Dtab headers a request may repeat; more instances are refused.
+const MAX_DTAB_HEADERS: usize = 16;
+/// The first allocation of a connection's read buffers; they grow up to the
+/// head limit when a head needs it.
+const INITIAL_BUF: usize = 8 * 1024;
+/// Chunk size for copying bodies through userspace.
+const COPY_CHUNK: usize = 64 * 1024;
+
+/// Headers the proxy sets itself, so incoming copies are dropped.
+fn is_proxy_header(name: &[u8]) -> bool {
+    const OWN: [&[u8]; 4] = [
+        b"l5d-dtab",
+        b"l5d-ctx-dtab",
+        b"l5d-dst-service",
+        b"l5d-dst-client",
+    ];
+    OWN.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Why a request ended the connection or was answered by the proxy.
+enum Failure {
+    /// Answer with this status and `l5d-err` reason, count it, then close
+    /// (`close`) or go on with the next request.
+    Respond {
+        status: u16,
+        reason: String,
+        kind: ErrorKind,
+        close: bool,
+    },
+    /// Close without a word (the client went away, or a response was
+    /// already under way).
+    Close(Option<ErrorKind>),
+}
+
+impl Failure {
+    fn respond(status: u16, kind: ErrorKind, reason: impl Into<String>) -> Failure {
+        Failure::Respond {
+            status,
+            reason: reason.into(),
+            kind,
+            close: true,
+        }
+    }
+}
+
+impl From<HeadError> for Failure {
+    fn from(e: HeadError) -> Failure {
+        let kind = match e.status() {
+            431 => ErrorKind::HeadTooLarge,
+            414 => ErrorKind::UriTooLong,
+            _ => ErrorKind::BadRequest,
+        };
+        Failure::respond(e.status(), kind, e.reason())
+    }
+}
+
+pub struct Conn {
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    buf: Vec<u8>,
+    bbuf: Vec<u8>,
+    out: Vec<u8>,
+    name: Vec<u8>,
+    key: Vec<u8>,
+    copy: Vec<u8>,
+    req: RequestHead,
+    resp: ResponseHead,
+    pipe: Option<Pipe>,
+    rng: SmallRng,
+}
+
+/// How the exchange of one request ended, for the loop.
+enum Next {
+    /// Keep the client connection for another request.
+    KeepAlive,
+    Close,
+}
+
+impl Conn {
+    pub fn new(
+        client: TcpStream,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Conn {
+        let max_headers = shared.cfg.limits.max_headers;
+        Conn {
+            client,
+            peer,
+            shared,
+            shutdown,
+            buf: Vec::with_capacity(INITIAL_BUF),
+            bbuf: Vec::with_capacity(INITIAL_BUF),
+            out: Vec::with_capacity(1024),
+            name: Vec::with_capacity(128),
+            key: Vec::with_capacity(256),
+            copy: Vec::new(),
+            req: RequestHead::with_capacity(max_headers),
+            resp: ResponseHead::with_capacity(max_headers),
+            pipe: None,
+            rng: SmallRng::from_os_rng(),
+        }
+    }
+
+    pub async fn serve(mut self) {
+        loop {
+            let head_len = match self.read_request_head().await {
+                Ok(Some(n)) => n,
+                Ok(None) => return,
+                Err(f) => {
+                    self.fail(f).await;
+                    return;
+                }
+            };
+            match self.exchange(head_len).await {
+                Ok(Next::KeepAlive) => {}
+                Ok(Next::Close) => return,
+                Err(f) => {
+                    let close =
+                        matches!(f, Failure::Close(_) | Failure::Respond { close: true, .. });
+                    self.fail(f).await;
+                    if close {
+                        return;
+                    }
+                    // Only a refusal before anything was forwarded keeps the
+                    // connection, and only for a request without a body: its
+                    // head is all there is to skip.
+                    self.buf.drain(..head_len);
+                }
+            }
+        }
+    }
+
+    /// Answers or counts a failure. Errors the proxy answers carry `l5d-err`.
+    async fn fail(&mut self, f: Failure) {
+        match f {
+            Failure::Respond {
+                status,
+                reason,
+                kind,
+                close,
+            } => {
+                self.shared.metrics.error(kind);
+                tracing::debug!(peer = %self.peer, status, reason, "request refused");
+                self.out.clear();
+                http::write_error(&mut self.out, status, &reason, close);
+                let _ = self.client.write_all(&self.out).await;
+                if close {
+                    let _ = self.client.shutdown().await;
+                }
+            }
+            Failure::Close(kind) => {
+                if let Some(kind) = kind {
+                    self.shared.metrics.error(kind);
+                }
+            }
+        }
+    }
+
+    /// Reads until `buf` holds a whole request head. `None` when the client
+    /// closed (or idled out, or the proxy is draining) between requests.
+    async fn read_request_head(&mut self) -> Result<Option<usize>, Failure> {
+        let cfg = &self.shared.cfg;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.buf.is_empty() {
+                match self.req.parse(&self.buf, &cfg.limits)? {
+                    Parsed::Complete { head_len } => return Ok(Some(head_len)),
+                    Parsed::Partial => {}
+                }
+                deadline.get_or_insert_with(|| Instant::now() + cfg.head_timeout);
+            }
+            let read = match deadline {
+                // Between requests: wait as long as the idle timeout, and
+                // give up at once when the proxy drains.
+                None => {
+                    if *self.shutdown.borrow() {
+                        return Ok(None);
+                    }
+                    let mut shutdown = self.shutdown.clone();
+                    tokio::select! {
+                        r = timeout(cfg.idle_timeout, read_more(&mut self.client, &mut self.buf, cfg.limits.max_head)) => match r {
+                            Ok(r) => r,
+                            Err(_) => return Ok(None),
+                        },
+                        _ = shutdown.wait_for(|s| *s) => return Ok(None),
+                    }
+                }
+                Some(at) => match tokio::time::timeout_at(
+                    at.into(),
+                    read_more(&mut self.client, &mut self.buf, cfg.limits.max_head),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(Failure::respond(
+                            408,
+                            ErrorKind::HeadTimeout,
+                            "timed out reading the request head",
+                        ));
+                    }
+                },
+            };
+            match read {
+                Ok(0) if self.buf.is_empty() => return Ok(None),
+                Ok(0) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
+                Ok(_) => {}
+                Err(_) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
+            }
+        }
+    }
+
+    /// One request and its response. On return, `buf` starts at the next
+    /// request (if any bytes of it arrived).
+    async fn exchange(&mut self, head_len: usize) -> Result<Next, Failure> {
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        let started = Instant::now();
+
+        // Routing: name, dtab headers, binding (cached).
+        let (route, framing, kind, client_close, expects_continue) = {
+            let buf = &self.buf[..];
+            let req = &self.req;
+            let hops = http::via_hops(req, buf);
+            if hops >= cfg.max_via_hops {
+                return Err(Failure::respond(
+                    508,
+                    ErrorKind::Loop,
+                    format!("request passed through {hops} proxies (Via); refusing a routing loop"),
+                ));
+            }
+            let framing = http::request_body(req, buf)?;
+            shared
+                .identifier
+                .identify(
+                    &mut self.name,
+                    req.method(buf),
+                    req.minor_version(),
+                    req.authority(buf),
+                )
+                .map_err(|e| Failure::Respond {
+                    status: 400,
+                    reason: e.to_string(),
+                    kind: ErrorKind::Unidentified,
+                    close: framing.length != BodyLength::None,
+                })?;
+            let mut ctx: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
+            let mut dtab: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
+            let (mut nctx, mut ndtab) = (0, 0);
+            for (name, value) in req.headers(buf) {
+                let (slots, n) = if name.eq_ignore_ascii_case(b"l5d-ctx-dtab") {
+                    (&mut ctx, &mut nctx)
+                } else if name.eq_ignore_ascii_case(b"l5d-dtab") {
+                    (&mut dtab, &mut ndtab)
+                } else {
+                    continue;
+                };
+                if *n == MAX_DTAB_HEADERS {
+                    return Err(Failure::respond(
+                        400,
+                        ErrorKind::BadDtab,
+                        "too many dtab header lines",
+                    ));
+                }
+                slots[*n] = value;
+                *n += 1;
+            }
+            route::route_key(&mut self.key, &ctx[..nctx], &dtab[..ndtab], &self.name);
+            let route = shared
+                .router
+                .route(&self.key, &ctx[..nctx], &dtab[..ndtab], &self.name)
+                .map_err(|e| match e {
+                    RouteError::BadDtab { .. } => Failure::Respond {
+                        status: 400,
+                        reason: e.to_string(),
+                        kind: ErrorKind::BadDtab,
+                        close: true,
+                    },
+                })?;
+            let client_close =
+                http::wants_close(req.minor_version(), req.get_all(buf, "connection"))
+                    || framing.close;
+            let expects_continue = http::expects_continue(req, buf);
+            (
+                route,
+                framing,
+                RequestKind::of(req, buf),
+                client_close,
+                expects_continue,
+            )
+        };
+        // A refusal after routing keeps the connection only when the request
+        // has no body left to skip.
+        let has_body = framing.length != BodyLength::None;
+        let dest = pick_dest(&route, &mut self.rng, has_body)?;
+        dest.stats.requests.inc();
+
+        // The head to send on.
+        let mut reqid = [0u8; 16];
+        let has_reqid = self.req.get(&self.buf, "l5d-reqid").is_some();
+        if !has_reqid {
+            route::new_request_id(&mut self.rng, &mut reqid);
+        }
+        let mut extra: [(&[u8], &[u8]); 5] = [(b"", b""); 5];
+        let mut n = 0;
+        for (k, v, on) in [
+            (&b"l5d-dst-service"[..], route.name.as_bytes(), true),
+            (b"l5d-dst-client", dest.id.as_bytes(), true),
+            (
+                b"l5d-ctx-dtab",
+                route.local_dtab.as_bytes(),
+                !route.local_dtab.is_empty(),
+            ),
+            (b"l5d-reqid", &reqid[..], !has_reqid),
+            (b"Via", VIA, true),
+        ] {
+            if on {
+                extra[n] = (k, v);
+                n += 1;
+            }
+        }
+        self.out.clear();
+        http::write_request(
+            &mut self.out,
+            &self.req,
+            &self.buf,
+            &framing.length,
+            kind.upgrade,
+            is_proxy_header,
+            &extra[..n],
+        );
+        self.buf.drain(..head_len);
+
+        // A backend: pick, connect (ejecting what refuses), send the head.
+        let (mut backend, in_flight, reused) = self.connect(dest, cfg).await?;
+        let sent = backend.write_all(&self.out).await;
+        if let Err(e) = sent {
+            if reused {
+                // A pooled connection the backend closed meanwhile: one more try on a new one.
+                tracing::debug!(error = %e, "pooled connection failed; reconnecting");
+            }
+            return Err(Failure::respond(
+                502,
+                ErrorKind::BackendDied,
+                format!("writing to {}: {e}", in_flight.endpoint().addr()),
+            ));
+        }
+
+        // Request body, unless the client waits for 100 Continue first.
+        let mut request_body_done = false;
+        if !expects_continue || !self.buf.is_empty() || framing.length == BodyLength::None {
+            self.send_request_body(&backend, &framing.length).await?;
+            request_body_done = true;
+        }
+
+        // Response head (relaying interim 1xx).
+        let mut client_close = client_close;
+        let resp_head_len = loop {
+            let head_len = match timeout(
+                cfg.response_timeout,
+                read_response_head(&mut backend, &mut self.bbuf, &mut self.resp, &cfg.limits),
+            )
+            .await
+            {
+                Err(_) => {
+                    dest.stats.response(504);
+                    return Err(Failure::respond(
+                        504,
+                        ErrorKind::BackendHead,
+                        format!(
+                            "{} did not answer within {:?}",
+                            in_flight.endpoint().addr(),
+                            cfg.response_timeout
+                        ),
+                    ));
+                }
+                Ok(Err(e)) => {
+                    dest.stats.response(502);
+                    return Err(Failure::respond(
+                        502,
+                        ErrorKind::BackendHead,
+                        format!("bad response from {}: {e}", in_flight.endpoint().addr()),
+                    ));
+                }
+                Ok(Ok(n)) => n,
+            };
+            let status = self.resp.status();
+            if (100..200).contains(&status) && status != 101 {
+                // Relay interim responses as they are.
+                self.client
+                    .write_all(&self.bbuf[..head_len])
+                    .await
+                    .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
+                self.bbuf.drain(..head_len);
+                if status == 100 && !request_body_done {
+                    self.send_request_body(&backend, &framing.length).await?;
+                    request_body_done = true;
+                }
+                continue;
+            }
+            break head_len;
+        };
+        if !request_body_done {
+            // A final answer before the body was asked for: the client may or
+            // may not send it, so this connection cannot carry another request.
+            client_close = true;
+        }
+        let status = self.resp.status();
+        let resp_framing = http::response_body(kind, &self.resp, &self.bbuf).map_err(|e| {
+            dest.stats.response(502);
+            Failure::respond(
+                502,
+                ErrorKind::BackendHead,
+                format!(
+                    "bad response framing from {}: {e}",
+                    in_flight.endpoint().addr()
+                ),
+            )
+        })?;
+        let backend_close = http::wants_close(
+            self.resp.minor_version(),
+            self.resp.get_all(&self.bbuf, "connection"),
+        ) || resp_framing.close;
+        let tunnel = resp_framing.length == BodyLength::Tunnel;
+        let close_after = client_close || resp_framing.length == BodyLength::UntilClose;
+        self.out.clear();
+        http::write_response(
+            &mut self.out,
+            &self.resp,
+            &self.bbuf,
+            &resp_framing.length,
+            tunnel,
+            close_after && !tunnel,
+            &[],
+        );
+        self.bbuf.drain(..resp_head_len);
+        dest.stats.response(status);
+        self.client
+            .write_all(&self.out)
+            .await
+            .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
+
+        if tunnel {
+            // Whatever either side sent after the heads goes first.
+            if !self.bbuf.is_empty() {
+                self.client
+                    .write_all(&self.bbuf)
+                    .await
+                    .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
+            }
+            if !self.buf.is_empty() {
+                backend
+                    .write_all(&self.buf)
+                    .await
+                    .map_err(|_| Failure::Close(Some(ErrorKind::BackendDied)))?;
+            }
+            dest.stats.latency.observe(started.elapsed());
+            drop(in_flight);
+            if let Ok((up, down)) = tunnel::run(&self.client, &backend).await {
+                self.shared.metrics.bytes_spliced.inc_by(up + down);
+            }
+            return Ok(Next::Close);
+        }
+
+        self.relay_response_body(&backend, &resp_framing.length)
+            .await?;
+        let endpoint = in_flight.endpoint().clone();
+        dest.stats.latency.observe(in_flight.finish());
+        if !backend_close && resp_framing.length != BodyLength::UntilClose {
+            pool::checkin(&endpoint, backend, &cfg.pool);
+        }
+        if close_after {
+            let _ = self.client.shutdown().await;
+            return Ok(Next::Close);
+        }
+        Ok(Next::KeepAlive)
+    }
+
+    /// Picks a backend of `dest` and connects, trying others when a connect
+    /// fails (each failure ejects that backend for a while).
+    async fn connect(
+        &mut self,
+        dest: &Dest,
+        cfg: &super::ProxyConfig,
+    ) -> Result<(TcpStream, InFlight, bool), Failure> {
+        let attempts = dest.balancer.len().clamp(1, 3);
+        let mut last = String::new();
+        for _ in 0..attempts {
+            let Some(backend) = dest.balancer.pick(&mut self.rng) else {
+                return Err(Failure::Respond {
+                    status: 503,
+                    reason: format!("no endpoints for {}", dest.id),
+                    kind: ErrorKind::NoEndpoints,
+                    close: true,
+                });
+            };
+            match pool::checkout(backend, &cfg.pool).await {
+                Ok((stream, reused)) => return Ok((stream, backend.start(), reused)),
+                Err(e) => {
+                    backend.eject(cfg.eject);
+                    tracing::warn!(dst = %dest.id, error = %e, "connect failed; backend ejected for {:?}", cfg.eject);
+                    last = e.to_string();
+                }
+            }
+        }
+        dest.stats.response(502);
+        Err(Failure::respond(
+            502,
+            ErrorKind::ConnectFailed,
+            format!("{}: {last}", dest.id),
+        ))
+    }
+
+    /// Sends the request body: first what is already in `buf`, then the rest
+    /// from the client, spliced when its length is known and large.
+    async fn send_request_body(
+        &mut self,
+        backend: &TcpStream,
+        body: &BodyLength,
+    ) -> Result<(), Failure> {
+        let threshold = self.shared.cfg.splice_threshold;
+        let metrics = self.shared.metrics.clone();
+        let died = |e: MoveError| match e {
+            MoveError::From(_) => Failure::Close(Some(ErrorKind::ClientDied)),
+            MoveError::To(_) => Failure::Close(Some(ErrorKind::BackendDied)),
+            MoveError::Framing(e) => Failure::from(e),
+        };
+        let moved = move_body(
+            &self.client,
+            backend,
+            &mut self.buf,
+            &mut self.copy,
+            &mut self.pipe,
+            body,
+            threshold,
+        )
+        .await
+        .map_err(died)?;
+        metrics.bytes_copied.inc_by(moved.copied);
+        metrics.bytes_spliced.inc_by(moved.spliced);
+        Ok(())
+    }
+
+    /// Relays the response body from `bbuf` and then the backend.
+    async fn relay_response_body(
+        &mut self,
+        backend: &TcpStream,
+        body: &BodyLength,
+    ) -> Result<(), Failure> {
+        let threshold = self.shared.cfg.splice_threshold;
+        let moved = move_body(
+            backend,
+            &self.client,
+            &mut self.bbuf,
+            &mut self.copy,
+            &mut self.pipe,
+            body,
+            threshold,
+        )
+        .await;
+        match moved {
+            Ok(m) => {
+                self.shared.metrics.bytes_copied.inc_by(m.copied);
+                self.shared.metrics.bytes_spliced.inc_by(m.spliced);
+                Ok(())
+            }
+            Err(MoveError::To(_)) => Err(Failure::Close(Some(ErrorKind::ClientDied))),
+            Err(MoveError::From(_) | MoveError::Framing(_)) => {
+                tracing::warn!(peer = %self.peer, "backend died mid-response; closing the client connection");
+                Err(Failure::Close(Some(ErrorKind::BackendDied)))
+            }
+        }
+    }
+}
+
+/// Chooses the destination of a request from its route, or the refusal.
+fn pick_dest<'r>(
+    route: &'r Route,
+    rng: &mut SmallRng,
+    has_body: bool,
+) -> Result<&'r Dest, Failure> {
+    let refuse = |status: u16, kind: ErrorKind, why: String| Failure::Respond {
+        status,
+        reason: why,
+        kind,
+        close: has_body,
+    };
+    match &route.outcome {
+        Outcome::Bound(tree) => match tree.choose(rng) {
+            Choice::Leaf(dest) => Ok(dest),
+            Choice::Empty => Err(refuse(
+                503,
+                ErrorKind::NoEndpoints,
+                format!("{} is bound to an empty name set", route.name),
+            )),
+            Choice::Neg => Err(refuse(
+                502,
+                ErrorKind::BindNeg,
+                format!("no route to {}: the name is not bound (neg)", route.name),
+            )),
+            Choice::Fail => Err(refuse(
+                502,
+                ErrorKind::BindFailed,
+                format!("no route to {}: the dtab says fail", route.name),
+            )),
+        },
+        Outcome::Neg => Err(refuse(
+            502,
+            ErrorKind::BindNeg,
+            format!("no route to {}: the name is not bound (neg)", route.name),
+        )),
+        Outcome::Fail => Err(refuse(
+            502,
+            ErrorKind::BindFailed,
+            format!("no route to {}: the dtab says fail", route.name),
+        )),
+        Outcome::Empty => Err(refuse(
+            503,
+            ErrorKind::NoEndpoints,
+            format!("{} is bound to an empty name set", route.name),
+        )),
+        Outcome::Error(e) => Err(refuse(
+            502,
+            ErrorKind::BindFailed,
+            format!("binding {} failed: {e}", route.name),
+        )),
+    }
+}
+
+/// Reads into the spare room of `buf`, growing it up to `limit`.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        let want = (buf.capacity() * 2).clamp(INITIAL_BUF, limit.max(INITIAL_BUF) + 1024);
+        buf.reserve(want - buf.len());
+    }
+    stream.read_buf(buf).await
+}
+
+/// Reads until `bbuf` holds a whole response head; returns its length.
+async fn read_response_head(
+    backend: &mut TcpStream,
+    bbuf: &mut Vec<u8>,
+    resp: &mut ResponseHead,
+    limits: &http::Limits,
+) -> Result<usize, String> {
+    loop {
+        if !bbuf.is_empty() {
+            match resp.parse(bbuf, limits).map_err(|e| e.to_string())? {
+                Parsed::Complete { head_len } => return Ok(head_len),
+                Parsed::Partial => {}
+            }
+        }
+        match read_more(backend, bbuf, limits.max_head).await {
+            Ok(0) => {
+                return Err(if bbuf.is_empty() {
+                    "the connection closed before a response".into()
+                } else {
+                    "the connection closed inside the response head".into()
+                });
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Bytes moved by copying and by splicing.
+#[derive(Default)]
+struct Moved {
+    copied: u64,
+    spliced: u64,
+}
+
+enum MoveError {
+    From(#[allow(dead_code)] io::Error),
+    To(#[allow(dead_code)] io::Error),
+    Framing(HeadError),
+}
+
+/// Moves one message body from `from` to `to`. `pending` holds bytes already
+/// read from `from`; on return it holds only what follows the body.
+async fn move_body(
+    from: &TcpStream,
+    to: &TcpStream,
+    pending: &mut Vec<u8>,
+    copy: &mut Vec<u8>,
+    pipe: &mut Option<Pipe>,
+    body: &BodyLength,
+    splice_threshold: u64,
+) -> Result<Moved, MoveError> {
+    let mut moved = Moved::default();
+    match *body {
+        BodyLength::None | BodyLength::Tunnel => {}
+        BodyLength::Length(n) => {
+            let first = (n as usize).min(pending.len());
+            write_all(to, &pending[..first])
+                .await
+                .map_err(MoveError::To)?;
+            pending.drain(..first);
+            moved.copied += first as u64;
+            let rest = n - first as u64;
+            if rest >= splice_threshold && rest > 0 {
+                let p = match pipe {
+                    Some(p) => p,
+                    None => pipe.insert(Pipe::new().map_err(MoveError::To)?),
+                };
+                moved.spliced += p
+                    .transfer(from, to, Some(rest))
+                    .await
+                    .map_err(MoveError::From)?;
+            } else {
+                moved.copied += copy_exact(from, to, copy, rest).await?;
+            }
+        }
+        BodyLength::Chunked => {
+            let mut scanner = ChunkedScanner::new();
+            loop {
+                if !pending.is_empty() {
+                    let k = scanner.scan(pending).map_err(MoveError::Framing)?;
+                    write_all(to, &pending[..k]).await.map_err(MoveError::To)?;
+                    pending.drain(..k);
+                    moved.copied += k as u64;
+                }
+                if scanner.is_done() {
+                    break;
+                }
+                if pending.capacity() - pending.len() < 4096 {
+                    pending.reserve(COPY_CHUNK);
+                }
+                match read_into(from, pending).await {
+                    Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
+                    Ok(_) => {}
+                    Err(e) => return Err(MoveError::From(e)),
+                }
+            }
+        }
+        BodyLength::UntilClose => {
+            write_all(to, pending).await.map_err(MoveError::To)?;
+            moved.copied += pending.len() as u64;
+            pending.clear();
+            let p = match pipe {
+                Some(p) => p,
+                None => pipe.insert(Pipe::new().map_err(MoveError::To)?),
+            };
+            moved.spliced += p.transfer(from, to, None).await.map_err(MoveError::From)?;
+        }
+    }
+    Ok(moved)
+}
+
+/// Copies exactly `n` bytes through userspace, never reading past them.
+async fn copy_exact(
+    from: &TcpStream,
+    to: &TcpStream,
+    copy: &mut Vec<u8>,
+    n: u64,
+) -> Result<u64, MoveError> {
+    if n == 0 {
+        return Ok(0);
+    }
+    if copy.len() < COPY_CHUNK {
+        copy.resize(COPY_CHUNK, 0);
+    }
+    let mut left = n;
+    while left > 0 {
+        let want = (left as usize).min(copy.len());
+        let got = loop {
+            from.readable().await.map_err(MoveError::From)?;
+            match from.try_read(&mut copy[..want]) {
+                Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
+                Ok(k) => break k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(MoveError::From(e)),
+            }
+        };
+        write_all(to, &copy[..got]).await.map_err(MoveError::To)?;
+        left -= got as u64;
+    }
+    Ok(n)
+}
+
+/// Appends what can be read from `from` to `buf`'s spare capacity.
+async fn read_into(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        from.readable().await?;
+        let len = buf.len();
+        let spare = buf.capacity() - len;
+        buf.resize(len + spare, 0);
+        match from.try_read(&mut buf[len..]) {
+            Ok(k) => {
+                buf.truncate(len + k);
+                return Ok(k);
+            }
+            Err(e) => {
+                buf.truncate(len);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// `write_all` over a shared reference (the tokio stream's own needs `&mut`).
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => data = &data[k..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! The proxy: the listener, the per-connection HTTP/1.1 loop, backend pools,
+//! splice and tunnels.
+//!
+//! `serve` accepts until told to stop, bounded by `max_connections` (a
+//! semaphore: past the bound, clients wait in the listen backlog). On
+//! shutdown it stops accepting, lets each connection finish the request it
+//! is in (idle keep-alive connections close at once), and waits for them up
+//! to the grace period.
+
+pub mod conn;
+pub mod pool;
+pub mod splice;
+pub mod tunnel;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
+
+use crate::{
+    admin::metrics::Metrics,
+    config::{Settings, ms},
+    http,
+    route::{Identifier, Router},
+};
+
+use self::pool::PoolConfig;
+
+/// What the connection loop needs from the settings, in the shape it uses.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub limits: http::Limits,
+    pub head_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_via_hops: usize,
+    pub max_connections: usize,
+    pub splice_threshold: u64,
+    pub pool: PoolConfig,
+    pub eject: Duration,
+}
+
+impl ProxyConfig {
+    pub fn from_settings(s: &Settings) -> ProxyConfig {
+        ProxyConfig {
+            limits: http::Limits {
+                max_head: s.limits.max_head_bytes,
+                max_request_line: s.limits.max_request_line_bytes,
+                max_headers: s.limits.max_headers,
+            },
+            head_timeout: ms(s.limits.head_timeout_ms),
+            idle_timeout: ms(s.limits.idle_timeout_ms),
+            response_timeout: ms(s.limits.response_timeout_ms),
+            max_via_hops: s.limits.max_via_hops,
+            max_connections: s.limits.max_connections.max(1),
+            splice_threshold: s.limits.splice_threshold_bytes,
+            pool: PoolConfig {
+                max_idle_per_endpoint: s.pool.max_idle_per_endpoint,
+                idle_timeout: ms(s.pool.idle_timeout_ms),
+                connect_timeout: ms(s.pool.connect_timeout_ms),
+            },
+            eject: ms(s.pool.eject_ms),
+        }
+    }
+}
+
+/// State every connection shares.
+pub struct Shared {
+    pub cfg: ProxyConfig,
+    pub router: Arc<Router>,
+    pub metrics: Arc<Metrics>,
+    pub identifier: Identifier,
+}
+
+/// Accepts and serves until `shutdown` turns true, then drains for at most
+/// `grace`. Returns whether every connection finished in time.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) -> bool {
+    let max = shared.cfg.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shared.metrics.connections_total.inc();
+            shared.metrics.connections_active.inc();
+            conn::Conn::new(stream, peer, shared.clone(), shutdown)
+                .serve()
+                .await;
+            shared.metrics.connections_active.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("stopped accepting; draining connections");
+    let drained = tokio::time::timeout(grace, slots.acquire_many(max as u32))
+        .await
+        .is_ok();
+    if drained {
+        tracing::info!("every connection finished");
+    } else {
+        tracing::warn!("grace period over with connections still open");
+    }
+    drained
+}

@@ -1,0 +1,94 @@
+//! Idle keep-alive connections to backends, kept per endpoint.
+//!
+//! Each [`Backend`] owns its idle list, so a checkout touches one small
+//! mutex and no map. A pooled connection the backend has closed shows up as
+//! readable in tokio's cached readiness: the liveness check below costs no
+//! system call unless the connection is in fact readable (then it is dead or
+//! out of sync, and dropped).
+
+use std::{
+    io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::net::TcpStream;
+
+use crate::namer::balancer::Backend;
+
+/// Pool settings.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolConfig {
+    /// Idle connections kept per endpoint.
+    pub max_idle_per_endpoint: usize,
+    /// An idle connection older than this is closed instead of reused.
+    pub idle_timeout: Duration,
+    /// How long a connect to a backend may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_idle_per_endpoint: 64,
+            idle_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// An idle connection and when it went idle.
+#[derive(Debug)]
+pub struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// Why a backend connection could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {0} timed out")]
+    Timeout(std::net::SocketAddr),
+    #[error("connect to {0}: {1}")]
+    Io(std::net::SocketAddr, #[source] io::Error),
+}
+
+/// A connection to `backend`: a live idle one if there is one, else a new
+/// one. The flag says whether it was reused.
+pub async fn checkout(
+    backend: &Arc<Backend>,
+    cfg: &PoolConfig,
+) -> Result<(TcpStream, bool), ConnectError> {
+    loop {
+        let idle = backend.idle.lock().expect("pool lock").pop();
+        let Some(idle) = idle else { break };
+        if idle.since.elapsed() < cfg.idle_timeout && is_quiet(&idle.stream) {
+            return Ok((idle.stream, true));
+        }
+    }
+    let addr = backend.addr();
+    let stream = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
+        Err(_) => return Err(ConnectError::Timeout(addr)),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok((stream, false))
+}
+
+/// Returns a connection whose last exchange ended cleanly.
+pub fn checkin(backend: &Backend, stream: TcpStream, cfg: &PoolConfig) {
+    let mut idle = backend.idle.lock().expect("pool lock");
+    let now = Instant::now();
+    idle.retain(|i| now.duration_since(i.since) < cfg.idle_timeout);
+    if idle.len() < cfg.max_idle_per_endpoint {
+        idle.push(Idle { stream, since: now });
+    }
+}
+
+/// An idle connection must have nothing to read: bytes or EOF mean the
+/// backend closed it or sent something unasked.
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}

@@ -1,0 +1,196 @@
+//! Moving bytes between sockets with splice(2), through a pipe, so that body
+//! bytes never enter userspace.
+//!
+//! The sockets are tokio's (non-blocking, edge-triggered); every splice is
+//! done inside `try_io`, so that an EAGAIN clears the cached readiness and the
+//! next `readable()`/`writable()` waits for the kernel to say so again.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use tokio::{io::Interest, net::TcpStream};
+
+/// How much one splice call asks for, and the pipe's size.
+const PIPE_SIZE: usize = 1 << 20;
+
+/// A pipe kept per connection for splicing; it may hold bytes between calls
+/// only inside [`Pipe::transfer`].
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    pub fn new() -> io::Result<Pipe> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both are fresh descriptors we own.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // A bigger pipe means fewer round trips; the default (64 KiB) is kept
+        // when the system limit refuses.
+        // SAFETY: fcntl on a descriptor we own.
+        let got = unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_SIZE as libc::c_int,
+            )
+        };
+        let capacity = if got > 0 { got as usize } else { 64 * 1024 };
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
+        })
+    }
+
+    /// Moves exactly `len` bytes from `from` to `to`, or until `from` ends
+    /// when `len` is `None`. Returns the bytes moved; an early end of a known
+    /// length is an `UnexpectedEof` error.
+    pub async fn transfer(
+        &mut self,
+        from: &TcpStream,
+        to: &TcpStream,
+        len: Option<u64>,
+    ) -> io::Result<u64> {
+        let mut moved = 0u64;
+        loop {
+            let want = match len {
+                Some(n) if moved >= n => return Ok(moved),
+                Some(n) => (n - moved).min(self.capacity as u64) as usize,
+                None => self.capacity,
+            };
+            from.readable().await?;
+            let got = match from.try_io(Interest::READABLE, || {
+                splice(from.as_raw_fd(), self.write.as_raw_fd(), want)
+            }) {
+                Ok(0) => {
+                    return match len {
+                        None => Ok(moved),
+                        Some(n) => Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("peer closed with {} of {n} bytes to go", n - moved),
+                        )),
+                    };
+                }
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            let mut left = got;
+            while left > 0 {
+                to.writable().await?;
+                match to.try_io(Interest::WRITABLE, || {
+                    splice(self.read.as_raw_fd(), to.as_raw_fd(), left)
+                }) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => left -= n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            moved += got as u64;
+        }
+    }
+}
+
+fn splice(from: libc::c_int, to: libc::c_int, len: usize) -> io::Result<usize> {
+    // SAFETY: plain descriptors and null offsets (sockets and pipes have none).
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (c, s)
+    }
+
+    #[tokio::test]
+    async fn moves_an_exact_length_and_leaves_the_rest() {
+        let (mut src_w, src_r) = pair().await;
+        let (dst_w, mut dst_r) = pair().await;
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let want = data.clone();
+        let writer = tokio::spawn(async move {
+            src_w.write_all(&data).await.unwrap();
+            src_w.write_all(b"NEXT").await.unwrap();
+            src_w
+        });
+        let mut pipe = Pipe::new().unwrap();
+        let n = pipe
+            .transfer(&src_r, &dst_w, Some(want.len() as u64))
+            .await
+            .unwrap();
+        assert_eq!(n, want.len() as u64);
+        drop(dst_w);
+        let mut got = Vec::new();
+        dst_r.read_to_end(&mut got).await.unwrap();
+        assert!(got == want, "spliced bytes differ");
+        // The bytes after the body are still in the source socket.
+        let mut src_r = src_r;
+        let mut next = [0u8; 4];
+        src_r.read_exact(&mut next).await.unwrap();
+        assert_eq!(&next, b"NEXT");
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_early_end_is_an_error() {
+        let (mut src_w, src_r) = pair().await;
+        let (dst_w, _dst_r) = pair().await;
+        src_w.write_all(b"short").await.unwrap();
+        drop(src_w);
+        let err = Pipe::new()
+            .unwrap()
+            .transfer(&src_r, &dst_w, Some(100))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn until_eof_moves_everything() {
+        let (mut src_w, src_r) = pair().await;
+        let (dst_w, mut dst_r) = pair().await;
+        src_w.write_all(&[7u8; 200_000]).await.unwrap();
+        drop(src_w);
+        let n = Pipe::new()
+            .unwrap()
+            .transfer(&src_r, &dst_w, None)
+            .await
+            .unwrap();
+        assert_eq!(n, 200_000);
+        drop(dst_w);
+        let mut got = Vec::new();
+        dst_r.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 200_000);
+    }
+}

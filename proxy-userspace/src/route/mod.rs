@@ -1,0 +1,289 @@
+//! Routing: from a request's name and dtab headers to a bound destination.
+//!
+//! The [`Router`] holds the compiled base dtab and the namers. A request's
+//! route is cached under the raw bytes that decide it (its `l5d-ctx-dtab`
+//! and `l5d-dtab` values and its logical name), so a repeated request parses
+//! no dtab and binds nothing: a hit costs a hash, a shard read lock and an
+//! `Arc` clone. A cached route carries everything the request path needs
+//! already made: the bound tree mapped to balancers, the metric handles of
+//! each destination, and the combined local dtab to send downstream.
+//!
+//! A change of the base dtab swaps in a new [`Base`] and clears the cache; a
+//! namer change bumps the routing generation, which makes older routes stale.
+
+pub mod identify;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use arc_swap::ArcSwap;
+
+use crate::{
+    admin::metrics::{Metrics, RouteStats},
+    dtab::{self, Bound, ClockCache, CompiledDtab, Dtab, NameTree, NamerSet, Namers, Path},
+    namer::balancer::{BackendRegistry, Balancer},
+};
+
+pub use identify::Identifier;
+
+/// The base dtab, compiled, with the text it came from.
+pub struct Base {
+    pub dtab: Dtab,
+    pub compiled: CompiledDtab,
+}
+
+impl Base {
+    pub fn new(dtab: Dtab) -> Base {
+        Base {
+            compiled: CompiledDtab::new(&dtab),
+            dtab,
+        }
+    }
+}
+
+/// One bound destination of a route: a version of a service.
+#[derive(Debug)]
+pub struct Dest {
+    /// The bound name's id (`/#/io.l5d.fs/world-v2`), the `dst` label and
+    /// the `l5d-dst-client` header.
+    pub id: String,
+    pub residual: Path,
+    pub balancer: Balancer,
+    pub stats: RouteStats,
+}
+
+/// How a name came out of binding.
+#[derive(Debug)]
+pub enum Outcome {
+    Bound(NameTree<Dest>),
+    /// Nothing in the dtab or the namers knows the name: 502.
+    Neg,
+    /// The dtab says fail (`!`): 502.
+    Fail,
+    /// The name exists but has no members (`$`): 503.
+    Empty,
+    /// Binding itself failed (a loop, a namer error): 502.
+    Error(String),
+}
+
+/// Everything the request path needs for one (local dtab, name).
+#[derive(Debug)]
+pub struct Route {
+    /// The logical name (`/svc/world`), the `service` label and `l5d-dst-service`.
+    pub name: String,
+    /// The combined local dtab (`l5d-ctx-dtab` ++ `l5d-dtab`) in canonical
+    /// form, sent downstream as one `l5d-ctx-dtab`; empty when there is none.
+    pub local_dtab: String,
+    /// Whether the request carried its own dtab entries.
+    pub overridden: bool,
+    pub outcome: Outcome,
+    generation: u64,
+}
+
+/// Why a request could not be routed before binding.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("invalid dtab in {header}: {message}")]
+    BadDtab {
+        header: &'static str,
+        message: String,
+    },
+}
+
+/// The routing state shared by every connection.
+pub struct Router {
+    base: ArcSwap<Base>,
+    namers: ArcSwap<Namers>,
+    cache: ClockCache<Box<[u8]>, Arc<Route>>,
+    backends: BackendRegistry,
+    metrics: Arc<Metrics>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Router {
+    pub fn new(
+        base: Dtab,
+        namers: Namers,
+        cache_capacity: usize,
+        metrics: Arc<Metrics>,
+        generation: Arc<AtomicU64>,
+    ) -> Router {
+        Router {
+            base: ArcSwap::from_pointee(Base::new(base)),
+            namers: ArcSwap::from_pointee(namers),
+            cache: ClockCache::new(cache_capacity),
+            backends: BackendRegistry::default(),
+            metrics,
+            generation,
+        }
+    }
+
+    /// The shared routing generation: namers bump it when what they know changes.
+    pub fn generation(&self) -> &Arc<AtomicU64> {
+        &self.generation
+    }
+
+    pub fn base(&self) -> Arc<Base> {
+        self.base.load_full()
+    }
+
+    pub fn namers(&self) -> Arc<Namers> {
+        self.namers.load_full()
+    }
+
+    /// Replaces the base dtab; every cached route is made again.
+    pub fn set_base(&self, dtab: Dtab) {
+        self.base.store(Arc::new(Base::new(dtab)));
+        self.generation.fetch_add(1, Ordering::Release);
+        self.cache.clear();
+    }
+
+    /// Replaces the namers (a changed namer setting).
+    pub fn set_namers(&self, namers: Namers) {
+        self.namers.store(Arc::new(namers));
+        self.generation.fetch_add(1, Ordering::Release);
+        self.cache.clear();
+    }
+
+    pub fn cache_stats(&self) -> dtab::CacheStats {
+        self.cache.stats()
+    }
+
+    /// The route for a request. `key` must be the bytes that decide the
+    /// route, as [`route_key`] writes them; `ctx` and `dtab` are the header
+    /// values, `name` the logical name.
+    pub fn route(
+        &self,
+        key: &[u8],
+        ctx: &[&[u8]],
+        dtab: &[&[u8]],
+        name: &[u8],
+    ) -> Result<Arc<Route>, RouteError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(route) = self.cache.get_borrowed(key)
+            && route.generation == generation
+        {
+            return Ok(route);
+        }
+        let route = Arc::new(self.bind(ctx, dtab, name, generation)?);
+        self.cache.insert(Box::from(key), route.clone());
+        Ok(route)
+    }
+
+    fn bind(
+        &self,
+        ctx: &[&[u8]],
+        dtab: &[&[u8]],
+        name: &[u8],
+        generation: u64,
+    ) -> Result<Route, RouteError> {
+        let ctx = parse_header_dtab("l5d-ctx-dtab", ctx)?;
+        let req = parse_header_dtab("l5d-dtab", dtab)?;
+        let local = ctx.concat(&req);
+        let path = logical_path(name);
+        let base = self.base.load();
+        let namers = self.namers.load();
+        let overridden = !local.is_empty();
+        let name = path.to_string();
+        let outcome = match dtab::bind(
+            &base.compiled,
+            &local,
+            &path,
+            namers.as_ref() as &dyn NamerSet,
+        ) {
+            Err(e) => Outcome::Error(e.to_string()),
+            Ok(NameTree::Neg) => Outcome::Neg,
+            Ok(NameTree::Fail) => Outcome::Fail,
+            Ok(NameTree::Empty) => Outcome::Empty,
+            Ok(tree) => Outcome::Bound(tree.map(&mut |b: &Bound| self.dest(&name, b, overridden))),
+        };
+        let local_dtab = if local.is_empty() {
+            String::new()
+        } else {
+            local.to_string()
+        };
+        Ok(Route {
+            name,
+            local_dtab,
+            overridden,
+            outcome,
+            generation,
+        })
+    }
+
+    fn dest(&self, name: &str, bound: &Bound, overridden: bool) -> Dest {
+        let id = bound.id.to_string();
+        let backends = bound
+            .endpoints
+            .as_slice()
+            .iter()
+            .map(|e| (self.backends.get(e.addr), e.weight))
+            .collect();
+        Dest {
+            stats: self.metrics.route_stats(name, &id, overridden),
+            id,
+            residual: bound.residual.clone(),
+            balancer: Balancer::new(backends),
+        }
+    }
+}
+
+/// Parses the concatenated values of one dtab header (every instance, in
+/// order, joined by `;`, with no comma splitting, as Linkerd does).
+fn parse_header_dtab(header: &'static str, values: &[&[u8]]) -> Result<Dtab, RouteError> {
+    if values.is_empty() {
+        return Ok(Dtab::empty());
+    }
+    let mut text = String::new();
+    for v in values {
+        let v = std::str::from_utf8(v).map_err(|_| RouteError::BadDtab {
+            header,
+            message: "not UTF-8".into(),
+        })?;
+        if !text.is_empty() {
+            text.push(';');
+        }
+        text.push_str(v);
+    }
+    Dtab::parse(&text).map_err(|e| RouteError::BadDtab {
+        header,
+        message: e.to_string(),
+    })
+}
+
+/// `/svc/world` written as bytes by the identifier becomes a path: the
+/// elements between slashes (the identifier has made each element one
+/// label, with any `/` inside a Host value already refused).
+fn logical_path(name: &[u8]) -> Path {
+    Path::from_elems(name.split(|b| *b == b'/').filter(|e| !e.is_empty()))
+}
+
+/// Writes the cache key of a request into `out` (cleared first): the dtab
+/// header values and the logical name, separated by bytes no header value
+/// can hold.
+pub fn route_key(out: &mut Vec<u8>, ctx: &[&[u8]], dtab: &[&[u8]], name: &[u8]) {
+    out.clear();
+    for v in ctx {
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out.push(1);
+    for v in dtab {
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out.push(1);
+    out.extend_from_slice(name);
+}
+
+/// `l5d-reqid` for a request that has none: 16 hex digits, written into a
+/// stack buffer.
+pub fn new_request_id(rng: &mut impl rand::Rng, out: &mut [u8; 16]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let v = rng.random::<u64>();
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}

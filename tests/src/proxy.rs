@@ -1,0 +1,138 @@
+//! A `sidetrack run` process for the tests: started with the given flags on
+//! ephemeral ports, killed (and waited for) when dropped.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+pub struct Proxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    /// Log lines after the start-up line.
+    pub logs: mpsc::Receiver<String>,
+}
+
+/// The `sidetrack` binary built for the tests (a bin of this package, so
+/// cargo builds it for every integration test): next to the test
+/// executable's `deps/` folder.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps/<test>");
+    let bin = dir.join("sidetrack-under-test");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build with `cargo test -p sidetrack-tests`",
+        bin.display()
+    );
+    bin
+}
+
+impl Proxy {
+    /// `sidetrack run --listen 127.0.0.1:0 --admin 127.0.0.1:0 ARGS...`.
+    pub fn start(args: &[&str]) -> Proxy {
+        let mut cmd = Command::new(binary());
+        cmd.args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(args);
+        Self::spawn(cmd)
+    }
+
+    /// Starts `cmd` (a `sidetrack run`) and waits for its listening line.
+    pub fn spawn(mut cmd: Command) -> Proxy {
+        cmd.env("NO_COLOR", "1")
+            .env("RUST_LOG", "info,sidetrack=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start sidetrack");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("[sidetrack] {line}");
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            let line = match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("sidetrack did not start; it said: {seen:#?}");
+                }
+            };
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split(',').next().unwrap().trim().parse().unwrap();
+                let admin = rest
+                    .split("admin on http://")
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                return Proxy {
+                    child,
+                    addr,
+                    admin,
+                    logs: rx,
+                };
+            }
+            seen.push(line);
+        }
+    }
+
+    /// The admin server's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        crate::client::get(self.admin, "admin", "/metrics", &[]).text()
+    }
+
+    /// One sample's value from `/metrics`: the line that starts with
+    /// `name{` and contains every `label="value"` given, or 0.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics(), name, labels)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+}
+
+/// Finds one sample in a Prometheus text exposition.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

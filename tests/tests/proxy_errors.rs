@@ -1,0 +1,180 @@
+//! Every error the proxy answers itself carries `l5d-err`, gets the right
+//! status, is counted, and leaves the proxy serving everyone else.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use sidetrack_tests::{
+    TempDir,
+    backend::Backend,
+    client::{self, Client, Response},
+    proxy::Proxy,
+};
+
+struct Bed {
+    _dir: TempDir,
+    _web: Backend,
+    proxy: Proxy,
+}
+
+fn bed(extra: &[&str]) -> Bed {
+    let dir = TempDir::new("errors");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    dir.write("empty", "");
+    // A port nobody listens on: bind, note, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    dir.write("dead", &format!("127.0.0.1 {}\n", dead.port()));
+    let dtab = "/svc => /#/io.l5d.fs; /svc/failing => !; /svc/nothing => ~";
+    let mut args = vec!["--dtab", dtab, "--fs-dir", dir.str()];
+    args.extend_from_slice(extra);
+    let proxy = Proxy::start(&args);
+    Bed {
+        _dir: dir,
+        _web: web,
+        proxy,
+    }
+}
+
+fn raw(proxy: &Proxy, bytes: &[u8]) -> Response {
+    let mut c = Client::connect(proxy.addr);
+    c.send(bytes).unwrap();
+    c.read_response(false).unwrap()
+}
+
+fn assert_err(r: &Response, status: u16, reason_part: &str) {
+    assert_eq!(r.status, status, "{:?} {}", r.headers, r.text());
+    let err = r
+        .header("l5d-err")
+        .unwrap_or_else(|| panic!("no l5d-err on {status}: {:?}", r.headers));
+    assert!(
+        err.contains(reason_part),
+        "l5d-err {err:?} lacks {reason_part:?}"
+    );
+}
+
+#[test]
+fn refusals_have_their_status_and_l5d_err_and_are_counted() {
+    let b = bed(&[]);
+    let p = &b.proxy;
+    assert_err(&raw(p, b"GARBAGE\r\n\r\n"), 400, "");
+    assert_err(
+        &client::get(p.addr, "web", "/", &["l5d-dtab: /a =>"]),
+        400,
+        "l5d-dtab",
+    );
+    // HTTP/1.1 requires Host (a framing error); HTTP/1.0 without it has no name.
+    assert_err(&raw(p, b"GET / HTTP/1.1\r\n\r\n"), 400, "Host");
+    assert_err(&raw(p, b"GET / HTTP/1.0\r\n\r\n"), 400, "Host");
+    let long = format!("GET /{} HTTP/1.1\r\nHost: web\r\n\r\n", "a".repeat(9000));
+    assert_err(&raw(p, long.as_bytes()), 414, "");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: web\r\nx-big: {}\r\n\r\n",
+        "b".repeat(70_000)
+    );
+    assert_err(&raw(p, big.as_bytes()), 431, "");
+    assert_err(
+        &client::get(p.addr, "unknown", "/", &[]),
+        502,
+        "/svc/unknown",
+    );
+    assert_err(&client::get(p.addr, "failing", "/", &[]), 502, "fail");
+    assert_err(&client::get(p.addr, "nothing", "/", &[]), 502, "neg");
+    assert_err(&client::get(p.addr, "empty", "/", &[]), 503, "no endpoints");
+    assert_err(
+        &client::get(p.addr, "dead", "/", &[]),
+        502,
+        "/#/io.l5d.fs/dead",
+    );
+    let vias: Vec<String> = (0..10).map(|i| format!("Via: 1.1 hop{i}")).collect();
+    let via_refs: Vec<&str> = vias.iter().map(String::as_str).collect();
+    assert_err(&client::get(p.addr, "web", "/", &via_refs), 508, "Via");
+
+    for (kind, n) in [
+        ("bad_request", 2.0),
+        ("bad_dtab", 1.0),
+        ("unidentified", 1.0),
+        ("uri_too_long", 1.0),
+        ("head_too_large", 1.0),
+        ("bind_neg", 2.0),
+        ("bind_failed", 1.0),
+        ("no_endpoints", 1.0),
+        ("loop", 1.0),
+    ] {
+        assert_eq!(
+            p.metric("sidetrack_errors_total", &[("kind", kind)]),
+            n,
+            "errors of kind {kind}"
+        );
+    }
+    assert!(p.metric("sidetrack_errors_total", &[("kind", "connect_failed")]) >= 1.0);
+    // And the proxy still serves.
+    assert_eq!(client::get(p.addr, "web", "/", &[]).status, 200);
+}
+
+#[test]
+fn a_routing_refusal_keeps_a_bodiless_connection_open() {
+    let b = bed(&[]);
+    let mut c = Client::connect(b.proxy.addr);
+    assert_eq!(c.get("unknown", "/", &[]).status, 502);
+    assert_eq!(c.get("web", "/", &[]).status, 200);
+}
+
+#[test]
+fn a_slow_client_gets_408_and_does_not_hold_up_others() {
+    let dir = TempDir::new("slowloris");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    let cfg = dir.path().join("sidetrack.yaml");
+    std::fs::write(&cfg, "limits:\n  head_timeout_ms: 300\n").unwrap();
+    let p = Proxy::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--dtab",
+        "/svc => /#/io.l5d.fs",
+        "--fs-dir",
+        dir.str(),
+    ]);
+    // Slowloris: a head dribbled a byte at a time, never finished.
+    let mut slow = TcpStream::connect(p.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    // Everyone else is served meanwhile.
+    for _ in 0..5 {
+        assert_eq!(client::get(p.addr, "web", "/", &[]).status, 200);
+    }
+    let mut resp = Vec::new();
+    let _ = slow.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("l5d-err:"), "{text}");
+    assert_eq!(
+        p.metric("sidetrack_errors_total", &[("kind", "head_timeout")]),
+        1.0
+    );
+}
+
+#[test]
+fn a_backend_dying_mid_body_closes_the_client_cleanly() {
+    let b = bed(&[]);
+    let mut c = Client::connect(b.proxy.addr);
+    c.send(b"GET /die/100000 HTTP/1.1\r\nHost: web\r\n\r\n")
+        .unwrap();
+    let err = c
+        .read_response(false)
+        .err()
+        .expect("the body cannot complete");
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+    assert!(sidetrack_tests::eventually(5, || b
+        .proxy
+        .metric("sidetrack_errors_total", &[("kind", "backend_died")])
+        == 1.0));
+    // Others are served.
+    assert_eq!(client::get(b.proxy.addr, "web", "/", &[]).status, 200);
+}

@@ -1,0 +1,196 @@
+//! HTTP/1.1 through the proxy: keep-alive, pipelining, bodies of every
+//! framing byte-exact, splice, 100-continue, upgrade tunnels.
+
+use std::io::{Read, Write};
+
+use sidetrack_tests::{Fnv64, TempDir, backend::Backend, client::Client, pattern, proxy::Proxy};
+
+fn proxy_to(backend: &Backend, extra: &[&str]) -> (TempDir, Proxy) {
+    let dir = TempDir::new("http");
+    dir.write("web", &backend.fs_line());
+    let mut args = vec!["--dtab", "/svc => /#/io.l5d.fs", "--fs-dir", dir.str()];
+    args.extend_from_slice(extra);
+    let proxy = Proxy::start(&args);
+    (dir, proxy)
+}
+
+#[test]
+fn keep_alive_reuses_both_connections() {
+    let web = Backend::start("web");
+    let (_dir, proxy) = proxy_to(&web, &[]);
+    let mut c = Client::connect(proxy.addr);
+    for i in 0..50 {
+        let r = c.get("web", &format!("/n/{i}"), &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["target"], format!("/n/{i}"));
+    }
+    assert_eq!(proxy.metric("sidetrack_connections_total", &[]), 1.0);
+    assert_eq!(
+        web.connections.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one pooled backend connection"
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let web = Backend::start("web");
+    let (_dir, proxy) = proxy_to(&web, &[]);
+    let mut c = Client::connect(proxy.addr);
+    let mut batch = Vec::new();
+    for i in 0..20 {
+        // A slow one early on must not let later ones overtake it.
+        let path = if i == 3 {
+            "/slow/200".to_string()
+        } else {
+            format!("/p/{i}")
+        };
+        batch.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: web\r\n\r\n").as_bytes());
+    }
+    batch
+        .extend_from_slice(b"POST /p/body HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello");
+    batch.extend_from_slice(b"GET /p/last HTTP/1.1\r\nHost: web\r\n\r\n");
+    c.send(&batch).unwrap();
+    for i in 0..20 {
+        let want = if i == 3 {
+            "/slow/200".to_string()
+        } else {
+            format!("/p/{i}")
+        };
+        assert_eq!(c.read_response(false).unwrap().json()["target"], want);
+    }
+    let post = c.read_response(false).unwrap().json();
+    assert_eq!(
+        (post["target"].as_str(), post["body_len"].as_u64()),
+        (Some("/p/body"), Some(5))
+    );
+    assert_eq!(c.read_response(false).unwrap().json()["target"], "/p/last");
+}
+
+#[test]
+fn bodies_of_every_framing_arrive_byte_exact() {
+    let web = Backend::start("web");
+    let (_dir, proxy) = proxy_to(&web, &[]);
+    let mut c = Client::connect(proxy.addr);
+    for n in [0usize, 1, 1000, 70_000, 3_000_000] {
+        // Response: Content-Length and chunked.
+        let r = c.get("web", &format!("/bytes/{n}"), &[]);
+        assert_eq!(r.body.len(), n);
+        assert!(r.body == pattern(n), "/bytes/{n} differs");
+        let r = c.get("web", &format!("/chunked/{n}"), &[]);
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+        assert!(r.body == pattern(n), "/chunked/{n} differs");
+        // Request: Content-Length.
+        let body = pattern(n);
+        c.send(format!("POST /up HTTP/1.1\r\nHost: web\r\nContent-Length: {n}\r\n\r\n").as_bytes())
+            .unwrap();
+        c.send(&body).unwrap();
+        let seen = c.read_response(false).unwrap().json();
+        assert_eq!(seen["body_len"].as_u64(), Some(n as u64));
+        assert_eq!(seen["body_fnv"], format!("{:016x}", Fnv64::of(&body)));
+        // Request: chunked, in uneven chunks, with a trailer.
+        let mut req =
+            b"POST /up HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for chunk in body.chunks(12_345) {
+            req.extend_from_slice(format!("{:x};ext=1\r\n", chunk.len()).as_bytes());
+            req.extend_from_slice(chunk);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"0\r\nx-trailer: t\r\n\r\n");
+        c.send(&req).unwrap();
+        let seen = c.read_response(false).unwrap().json();
+        assert_eq!(
+            seen["body_fnv"],
+            format!("{:016x}", Fnv64::of(&body)),
+            "chunked upload of {n}"
+        );
+    }
+}
+
+#[test]
+fn large_known_length_bodies_are_spliced() {
+    let web = Backend::start("web");
+    let (_dir, proxy) = proxy_to(&web, &[]);
+    let before = proxy.metric("sidetrack_body_bytes_total", &[("mode", "spliced")]);
+    let n = 8 << 20;
+    let r = Client::connect(proxy.addr).get("web", &format!("/bytes/{n}"), &[]);
+    assert!(r.body == pattern(n));
+    let spliced = proxy.metric("sidetrack_body_bytes_total", &[("mode", "spliced")]) - before;
+    // All but what arrived with the response head went through the pipe.
+    assert!(
+        spliced >= (n - 64 * 1024) as f64 && spliced <= n as f64,
+        "spliced {spliced} of {n}"
+    );
+}
+
+#[test]
+fn expect_100_continue_is_relayed() {
+    let web = Backend::start("web");
+    let (_dir, proxy) = proxy_to(&web, &[]);
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"PUT /up HTTP/1.1\r\nHost: web\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let interim = c.read_response(false).unwrap();
+    assert_eq!(interim.status, 100);
+    c.send(b"data").unwrap();
+    let done = c.read_response(false).unwrap();
+    assert_eq!(done.json()["body_len"], 4);
+}
+
+#[test]
+fn head_and_no_content_responses_have_no_body() {
+    let web = Backend::start("web");
+    let (_dir, proxy) = proxy_to(&web, &[]);
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"HEAD /bytes/1000 HTTP/1.1\r\nHost: web\r\n\r\n")
+        .unwrap();
+    let r = c.read_response(true).unwrap();
+    assert_eq!((r.status, r.header("content-length")), (200, Some("1000")));
+    // The connection is still in step: the next response parses.
+    assert_eq!(
+        c.get("web", "/after-head", &[]).json()["target"],
+        "/after-head"
+    );
+}
+
+#[test]
+fn an_upgrade_becomes_a_byte_tunnel() {
+    let web = Backend::start("web");
+    let (_dir, proxy) = proxy_to(&web, &[]);
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let r = c.read_response(true).unwrap();
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("upgrade"), Some("echo"));
+    let data = pattern(300_000);
+    let mut writer = c.stream().try_clone().unwrap();
+    let sent = data.clone();
+    let t = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let echoed = c.read_to_end().unwrap();
+    t.join().unwrap();
+    assert!(
+        echoed == data,
+        "echo through the tunnel differs ({} bytes)",
+        echoed.len()
+    );
+}
+
+#[test]
+fn absolute_form_targets_are_routed_by_their_authority() {
+    let web = Backend::start("web");
+    let (_dir, proxy) = proxy_to(&web, &[]);
+    let mut c = Client::connect(proxy.addr);
+    // As an http_proxy client sends it: the authority wins over Host.
+    c.send(b"GET http://web/a?b=c HTTP/1.1\r\nHost: other\r\n\r\n")
+        .unwrap();
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["target"], "/a?b=c");
+    let mut raw = [0u8; 1];
+    c.stream().set_nonblocking(true).unwrap();
+    assert!(c.stream().read(&mut raw).is_err(), "nothing more was sent");
+}

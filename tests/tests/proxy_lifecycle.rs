@@ -1,0 +1,159 @@
+//! The proxy as a process: metrics after a known sequence of requests, the
+//! admin endpoints, and graceful shutdown on SIGTERM.
+
+use std::{thread, time::Duration};
+
+use sidetrack_tests::{
+    TempDir,
+    backend::Backend,
+    client::{self, Client},
+    proxy::{Proxy, metric_value},
+};
+
+#[test]
+fn metrics_count_a_known_sequence_per_version() {
+    let dir = TempDir::new("metrics");
+    let (v1, v2) = (Backend::start("v1"), Backend::start("v2"));
+    dir.write("world-v1", &v1.fs_line());
+    dir.write("world-v2", &v2.fs_line());
+    let proxy = Proxy::start(&[
+        "--dtab",
+        "/svc/world => /#/io.l5d.fs/world-v1",
+        "--fs-dir",
+        dir.str(),
+    ]);
+    let mut c = Client::connect(proxy.addr);
+    for _ in 0..7 {
+        assert_eq!(c.get("world", "/", &[]).status, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            c.get(
+                "world",
+                "/",
+                &["l5d-dtab: /svc/world => /#/io.l5d.fs/world-v2"]
+            )
+            .status,
+            200
+        );
+    }
+    assert_eq!(c.get("nowhere", "/", &[]).status, 502);
+    c.send(b"GET /bytes/100000 HTTP/1.1\r\nHost: world\r\n\r\n")
+        .unwrap();
+    assert_eq!(c.read_response(false).unwrap().body.len(), 100_000);
+
+    let m = proxy.metrics();
+    let v1 = [
+        ("service", "/svc/world"),
+        ("dst", "/#/io.l5d.fs/world-v1"),
+        ("override", "false"),
+    ];
+    let v2 = [
+        ("service", "/svc/world"),
+        ("dst", "/#/io.l5d.fs/world-v2"),
+        ("override", "true"),
+    ];
+    assert_eq!(
+        metric_value(&m, "sidetrack_requests_total", &v1),
+        8.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "sidetrack_requests_total", &v2),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "sidetrack_responses_total",
+            &[v1[0], v1[1], ("class", "2xx")]
+        ),
+        8.0
+    );
+    assert_eq!(
+        metric_value(&m, "sidetrack_responses_total", &[v2[1], ("class", "2xx")]),
+        3.0
+    );
+    assert_eq!(
+        metric_value(&m, "sidetrack_request_duration_seconds_count", &v1),
+        8.0
+    );
+    assert_eq!(
+        metric_value(&m, "sidetrack_errors_total", &[("kind", "bind_neg")]),
+        1.0
+    );
+    assert_eq!(metric_value(&m, "sidetrack_connections_total", &[]), 1.0);
+    assert_eq!(metric_value(&m, "sidetrack_connections_active", &[]), 1.0);
+    // 10 cache lookups hit after the first of each (v1, v2, nowhere, bytes)
+    assert_eq!(
+        metric_value(&m, "sidetrack_dtab_cache_misses_total", &[]),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "sidetrack_dtab_cache_hits_total", &[]),
+        9.0,
+        "{m}"
+    );
+    let spliced = metric_value(&m, "sidetrack_body_bytes_total", &[("mode", "spliced")]);
+    let copied = metric_value(&m, "sidetrack_body_bytes_total", &[("mode", "copied")]);
+    assert!(spliced + copied >= 100_000.0, "{m}");
+}
+
+#[test]
+fn admin_serves_ready_dtab_and_delegator_json() {
+    let proxy = Proxy::start(&["--dtab", "/svc => /$/inet/127.0.0.1/9; /svc/b => /$/fail"]);
+    assert_eq!(client::get(proxy.admin, "a", "/ready", &[]).status, 200);
+    assert_eq!(
+        client::get(proxy.admin, "a", "/dtab", &[]).text().trim(),
+        "/svc=>/$/inet/127.0.0.1/9;/svc/b=>/$/fail"
+    );
+    let tree = client::get(
+        proxy.admin,
+        "a",
+        "/delegator.json?path=%2Fsvc%2Fa&dtab=%2Fsvc%2Fa+%3D%3E+%2F%24%2Fnil",
+        &[],
+    )
+    .json();
+    assert_eq!(tree["path"], "/svc/a");
+    let text = tree.to_string();
+    assert!(text.contains("\"empty\""), "{text}");
+    let mut c = Client::connect(proxy.admin);
+    let body = r#"{"namespace":"default","dtab":"","path":"/svc/b/x"}"#;
+    c.send(format!("POST /delegator.json HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).unwrap();
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("\"fail\""), "{}", r.text());
+    assert!(
+        client::get(proxy.admin, "a", "/delegator", &[])
+            .text()
+            .contains("<title>Sidetrack delegator</title>")
+    );
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+    let dir = TempDir::new("shutdown");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    let mut proxy = Proxy::start(&["--dtab", "/svc => /#/io.l5d.fs", "--fs-dir", dir.str()]);
+    let addr = proxy.addr;
+    // Five requests in flight, each taking 600 ms at the backend.
+    let inflight: Vec<_> = (0..5)
+        .map(|i| thread::spawn(move || client::get(addr, "web", &format!("/slow/600?{i}"), &[])))
+        .collect();
+    // An idle keep-alive connection must not hold the shutdown up.
+    let mut idle = Client::connect(addr);
+    assert_eq!(idle.get("web", "/", &[]).status, 200);
+    thread::sleep(Duration::from_millis(200));
+    proxy.terminate();
+    for t in inflight {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200, "an in-flight request was lost");
+    }
+    let status = proxy.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    // New connections are refused once it is gone.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}

@@ -1,0 +1,233 @@
+//! The explicit proxy routes by dtab: base dtab, per-request `l5d-dtab`,
+//! `l5d-ctx-dtab` across hops, namer fallback, weighted splits, hot reload.
+//! Real sockets on loopback; real backends; the real binary.
+
+use sidetrack_tests::{TempDir, backend::Backend, client, eventually, proxy::Proxy};
+
+/// The tutorial's dtab: /svc/<host> goes to /host/<host>, which the file
+/// namer serves from /srv/<name>.
+const DTAB: &str = "/srv => /#/io.l5d.fs; /host => /srv; /svc => /host";
+
+fn staging() -> (TempDir, Backend, Backend, Backend, Proxy) {
+    let dir = TempDir::new("routing");
+    let (hello, v1, v2) = (
+        Backend::start("hello"),
+        Backend::start("world-v1"),
+        Backend::start("world-v2"),
+    );
+    dir.write("hello", &hello.fs_line());
+    dir.write("world-v1", &v1.fs_line());
+    dir.write("world-v2", &v2.fs_line());
+    let proxy = Proxy::start(&[
+        "--dtab",
+        &format!("{DTAB}; /host/world => /srv/world-v1"),
+        "--fs-dir",
+        dir.str(),
+    ]);
+    (dir, hello, v1, v2, proxy)
+}
+
+#[test]
+fn routes_by_the_base_dtab_and_by_a_request_override() {
+    let (_dir, _hello, _v1, _v2, proxy) = staging();
+    let plain = client::get(proxy.addr, "world", "/", &[]);
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.header("x-backend"), Some("world-v1"));
+    let seen = plain.json();
+    assert_eq!(seen["headers"]["l5d-dst-service"], "/svc/world");
+    assert_eq!(seen["headers"]["l5d-dst-client"], "/#/io.l5d.fs/world-v1");
+    assert!(
+        seen["headers"]["l5d-reqid"]
+            .as_str()
+            .is_some_and(|id| id.len() == 16)
+    );
+    assert!(
+        seen["headers"].get("l5d-ctx-dtab").is_none(),
+        "no local dtab, no ctx header"
+    );
+    assert!(
+        seen["headers"]["via"]
+            .as_str()
+            .unwrap()
+            .contains("sidetrack")
+    );
+
+    let staged = client::get(
+        proxy.addr,
+        "world",
+        "/",
+        &["l5d-dtab: /host/world => /srv/world-v2"],
+    );
+    assert_eq!(staged.header("x-backend"), Some("world-v2"));
+    let seen = staged.json();
+    assert!(
+        seen["headers"].get("l5d-dtab").is_none(),
+        "l5d-dtab is removed"
+    );
+    assert_eq!(
+        seen["headers"]["l5d-ctx-dtab"],
+        "/host/world=>/srv/world-v2"
+    );
+
+    // Only that request: the next plain one goes to v1 again.
+    assert_eq!(
+        client::get(proxy.addr, "world", "/", &[]).header("x-backend"),
+        Some("world-v1")
+    );
+    // Other services are untouched by a world override.
+    let hello = client::get(
+        proxy.addr,
+        "hello",
+        "/",
+        &["l5d-dtab: /host/world => /srv/world-v2"],
+    );
+    assert_eq!(hello.header("x-backend"), Some("hello"));
+}
+
+#[test]
+fn every_dtab_header_instance_counts_and_ctx_comes_first() {
+    let (_dir, _hello, _v1, _v2, proxy) = staging();
+    // l5d-dtab is read after l5d-ctx-dtab, so its entry wins.
+    let r = client::get(
+        proxy.addr,
+        "world",
+        "/",
+        &[
+            "l5d-dtab: /host/world => /srv/world-v2",
+            "l5d-ctx-dtab: /host/world => /srv/world-v1",
+            "l5d-dtab: /host/other => /srv/hello",
+        ],
+    );
+    assert_eq!(r.header("x-backend"), Some("world-v2"));
+    assert_eq!(
+        r.json()["headers"]["l5d-ctx-dtab"],
+        "/host/world=>/srv/world-v1;/host/world=>/srv/world-v2;/host/other=>/srv/hello"
+    );
+}
+
+#[test]
+fn the_context_dtab_crosses_two_proxy_hops() {
+    let (dir, _hello, _v1, _v2, second) = staging();
+    // Hop 1 sends world to hop 2 (the second proxy); hop 2's base sends it to v1.
+    dir.write(
+        "hop2",
+        &format!("{} {}\n", second.addr.ip(), second.addr.port()),
+    );
+    let first = Proxy::start(&[
+        "--dtab",
+        &format!("{DTAB}; /host/world => /srv/hop2"),
+        "--fs-dir",
+        dir.str(),
+    ]);
+
+    let plain = client::get(first.addr, "world", "/", &[]);
+    assert_eq!(plain.header("x-backend"), Some("world-v1"));
+    let via = plain.json()["headers"]["via"].as_str().unwrap().to_owned();
+    assert_eq!(via.matches("sidetrack").count(), 2, "two hops: {via}");
+
+    // The override names a destination only hop 2 reaches: it must travel
+    // there as l5d-ctx-dtab and apply there.
+    let staged = client::get(
+        first.addr,
+        "world",
+        "/",
+        &["l5d-dtab: /srv/world-v1 => /srv/world-v2"],
+    );
+    assert_eq!(
+        staged.header("x-backend"),
+        Some("world-v2"),
+        "hop 2 applied the forwarded context"
+    );
+    let seen = staged.json();
+    assert_eq!(
+        seen["headers"]["l5d-ctx-dtab"],
+        "/srv/world-v1=>/srv/world-v2"
+    );
+    assert!(seen["headers"].get("l5d-dtab").is_none());
+}
+
+#[test]
+fn a_neg_namer_falls_back_to_an_earlier_dentry() {
+    let dir = TempDir::new("fallback");
+    let (stable, canary) = (Backend::start("stable"), Backend::start("canary"));
+    dir.write("web", &stable.fs_line());
+    // /srv/web-canary has no file yet: neg, so the earlier /srv/web dentry takes over.
+    let proxy = Proxy::start(&[
+        "--dtab",
+        "/svc/web => /srv/web; /svc/web => /srv/web-canary; /srv => /#/io.l5d.fs",
+        "--fs-dir",
+        dir.str(),
+    ]);
+    assert_eq!(
+        client::get(proxy.addr, "web", "/", &[]).header("x-backend"),
+        Some("stable")
+    );
+    dir.write("web-canary", &canary.fs_line());
+    assert!(eventually(10, || client::get(proxy.addr, "web", "/", &[])
+        .header("x-backend")
+        == Some("canary")));
+    std::fs::remove_file(dir.path().join("web-canary")).unwrap();
+    assert!(eventually(10, || client::get(proxy.addr, "web", "/", &[])
+        .header("x-backend")
+        == Some("stable")));
+}
+
+#[test]
+fn weighted_unions_split_requests_in_proportion() {
+    let dir = TempDir::new("weights");
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    dir.write("a", &a.fs_line());
+    dir.write("b", &b.fs_line());
+    let proxy = Proxy::start(&[
+        "--dtab",
+        "/svc/web => 0.8 * /#/io.l5d.fs/a & 0.2 * /#/io.l5d.fs/b",
+        "--fs-dir",
+        dir.str(),
+    ]);
+    let mut c = client::Client::connect(proxy.addr);
+    const N: usize = 1000;
+    let to_a = (0..N)
+        .filter(|_| c.get("web", "/", &[]).header("x-backend") == Some("a"))
+        .count();
+    // 800 expected; with p = 0.8 the standard deviation is about 12.6, so
+    // ±63 is five of them.
+    assert!((737..=863).contains(&to_a), "{to_a} of {N} went to a");
+    assert_eq!(
+        proxy.metric("sidetrack_requests_total", &[("dst", "/#/io.l5d.fs/a")]) as usize,
+        to_a,
+        "metrics count the same split"
+    );
+}
+
+#[test]
+fn a_changed_dtab_file_applies_without_restart_and_a_broken_one_is_refused() {
+    let dir = TempDir::new("reload");
+    let (v1, v2) = (Backend::start("v1"), Backend::start("v2"));
+    dir.write("v1", &v1.fs_line());
+    dir.write("v2", &v2.fs_line());
+    let dtab = dir.path().join("base.dtab");
+    std::fs::write(&dtab, "/svc/web => /#/io.l5d.fs/v1\n").unwrap();
+    let proxy = Proxy::start(&["--dtab-file", dtab.to_str().unwrap(), "--fs-dir", dir.str()]);
+    assert_eq!(
+        client::get(proxy.addr, "web", "/", &[]).header("x-backend"),
+        Some("v1")
+    );
+
+    dir.write("base.dtab", "/svc/web => /#/io.l5d.fs/v2\n");
+    assert!(eventually(10, || client::get(proxy.addr, "web", "/", &[])
+        .header("x-backend")
+        == Some("v2")));
+
+    dir.write("base.dtab", "/svc/web => /#/io.l5d.fs/v1 |\n");
+    assert!(eventually(10, || proxy
+        .logs
+        .try_iter()
+        .any(|l| l.contains("reload refused"))));
+    assert_eq!(
+        client::get(proxy.addr, "web", "/", &[]).header("x-backend"),
+        Some("v2"),
+        "the old dtab stays"
+    );
+    let admin_dtab = client::get(proxy.admin, "admin", "/dtab", &[]).text();
+    assert_eq!(admin_dtab.trim(), "/svc/web=>/#/io.l5d.fs/v2");
+}
