@@ -10,6 +10,7 @@
 //! - `/die/N`: announces 2N bytes, sends N, then closes.
 //! - `/slow/MS`: answers after MS milliseconds.
 //! - `/close`: answers with `Connection: close` and closes.
+//! - `/then-close`: answers as keep-alive, then closes 20 ms later.
 //! - a request with `Upgrade: echo`: 101, then echoes every byte back.
 //!
 //! The server counts connections and requests, and stops when dropped.
@@ -155,6 +156,17 @@ fn serve(stream: TcpStream, name: &str, requests: &AtomicU64, stop: &AtomicBool)
             )?;
             out.write_all(&pattern(n))?;
             out.flush()?;
+            let _ = out.shutdown(Shutdown::Both);
+            return Ok(());
+        } else if path == "/then-close" {
+            // Keep-alive by the headers, yet closed right after: what a
+            // backend with a short idle timeout does to a pooled connection.
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nx-backend: {name}\r\nContent-Length: 2\r\n\r\nok"
+            )?;
+            out.flush()?;
+            thread::sleep(Duration::from_millis(20));
             let _ = out.shutdown(Shutdown::Both);
             return Ok(());
         } else if path == "/close" {

@@ -33,6 +33,40 @@ fn keep_alive_reuses_both_connections() {
 }
 
 #[test]
+fn a_pooled_connection_the_backend_closed_is_not_reused() {
+    let web = Backend::start("web");
+    let (_dir, proxy) = proxy_to(&web, &[]);
+    let mut c = Client::connect(proxy.addr);
+    for _ in 0..5 {
+        assert_eq!(c.get("web", "/then-close", &[]).status, 200);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(
+            c.get("web", "/after", &[]).status,
+            200,
+            "a dead pooled connection was used"
+        );
+    }
+}
+
+#[test]
+fn http_1_0_clients_keep_alive_only_when_asked() {
+    let web = Backend::start("web");
+    let (_dir, proxy) = proxy_to(&web, &[]);
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"GET /a HTTP/1.0\r\nHost: web\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    c.send(b"GET /b HTTP/1.0\r\nHost: web\r\n\r\n").unwrap();
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.json()["target"], "/b");
+    assert!(
+        c.read_to_end().unwrap().is_empty(),
+        "closed after a plain HTTP/1.0 request"
+    );
+}
+
+#[test]
 fn pipelined_requests_are_answered_in_order() {
     let web = Backend::start("web");
     let (_dir, proxy) = proxy_to(&web, &[]);

@@ -334,6 +334,7 @@ impl Conn {
         // A refusal after routing keeps the connection only when the request
         // has no body left to skip.
         let has_body = framing.length != BodyLength::None;
+        let client_minor = self.req.minor_version();
         let dest = pick_dest(&route, &mut self.rng, has_body)?;
         dest.stats.requests.inc();
 
@@ -374,18 +375,27 @@ impl Conn {
         self.buf.drain(..head_len);
 
         // A backend: pick, connect (ejecting what refuses), send the head.
-        let (mut backend, in_flight, reused) = self.connect(dest, cfg).await?;
-        let sent = backend.write_all(&self.out).await;
-        if let Err(e) = sent {
-            if reused {
-                // A pooled connection the backend closed meanwhile: one more try on a new one.
-                tracing::debug!(error = %e, "pooled connection failed; reconnecting");
+        let (mut backend, in_flight, mut reused) = self.connect(dest, cfg).await?;
+        // A pooled connection can die between checkout and use (the backend
+        // closed it as idle just then). A request without a body is then
+        // sent again, once, on a new connection: its head is still in `out`.
+        let retryable = framing.length == BodyLength::None;
+        loop {
+            match backend.write_all(&self.out).await {
+                Ok(()) => break,
+                Err(e) if reused && retryable => {
+                    tracing::debug!(error = %e, "pooled connection failed; retrying on a new one");
+                    (backend, reused) = (self.reconnect(dest, &in_flight, cfg).await?, false);
+                }
+                Err(e) => {
+                    dest.stats.response(502);
+                    return Err(Failure::respond(
+                        502,
+                        ErrorKind::BackendDied,
+                        format!("writing to {}: {e}", in_flight.endpoint().addr()),
+                    ));
+                }
             }
-            return Err(Failure::respond(
-                502,
-                ErrorKind::BackendDied,
-                format!("writing to {}: {e}", in_flight.endpoint().addr()),
-            ));
         }
 
         // Request body, unless the client waits for 100 Continue first.
@@ -397,6 +407,7 @@ impl Conn {
 
         // Response head (relaying interim 1xx).
         let mut client_close = client_close;
+        let mut relayed_interim = false;
         let resp_head_len = loop {
             let head_len = match timeout(
                 cfg.response_timeout,
@@ -416,6 +427,23 @@ impl Conn {
                         ),
                     ));
                 }
+                Ok(Err(ReadHeadError::ClosedBeforeResponse))
+                    if reused && retryable && !relayed_interim =>
+                {
+                    tracing::debug!(
+                        "pooled connection closed before answering; retrying on a new one"
+                    );
+                    (backend, reused) = (self.reconnect(dest, &in_flight, cfg).await?, false);
+                    if let Err(e) = backend.write_all(&self.out).await {
+                        dest.stats.response(502);
+                        return Err(Failure::respond(
+                            502,
+                            ErrorKind::BackendDied,
+                            format!("writing to {}: {e}", in_flight.endpoint().addr()),
+                        ));
+                    }
+                    continue;
+                }
                 Ok(Err(e)) => {
                     dest.stats.response(502);
                     return Err(Failure::respond(
@@ -434,6 +462,7 @@ impl Conn {
                     .await
                     .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
                 self.bbuf.drain(..head_len);
+                relayed_interim = true;
                 if status == 100 && !request_body_done {
                     self.send_request_body(&backend, &framing.length).await?;
                     request_body_done = true;
@@ -465,6 +494,12 @@ impl Conn {
         ) || resp_framing.close;
         let tunnel = resp_framing.length == BodyLength::Tunnel;
         let close_after = client_close || resp_framing.length == BodyLength::UntilClose;
+        // An HTTP/1.0 client keeps its connection only when told so.
+        let keep_alive_1_0: &[(&[u8], &[u8])] = if client_minor == 0 && !close_after && !tunnel {
+            &[(b"Connection", b"keep-alive")]
+        } else {
+            &[]
+        };
         self.out.clear();
         http::write_response(
             &mut self.out,
@@ -473,7 +508,7 @@ impl Conn {
             &resp_framing.length,
             tunnel,
             close_after && !tunnel,
-            &[],
+            keep_alive_1_0,
         );
         self.bbuf.drain(..resp_head_len);
         dest.stats.response(status);
@@ -551,6 +586,22 @@ impl Conn {
             ErrorKind::ConnectFailed,
             format!("{}: {last}", dest.id),
         ))
+    }
+
+    /// A new connection to the backend `in_flight` is for (bypassing the pool).
+    async fn reconnect(
+        &mut self,
+        dest: &Dest,
+        in_flight: &InFlight,
+        cfg: &super::ProxyConfig,
+    ) -> Result<TcpStream, Failure> {
+        pool::connect(in_flight.endpoint(), &cfg.pool)
+            .await
+            .map_err(|e| {
+                in_flight.endpoint().eject(cfg.eject);
+                dest.stats.response(502);
+                Failure::respond(502, ErrorKind::ConnectFailed, format!("{}: {e}", dest.id))
+            })
     }
 
     /// Sends the request body: first what is already in `buf`, then the rest
@@ -678,30 +729,49 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, limit: usize) -> i
     stream.read_buf(buf).await
 }
 
+/// Why no response head could be read from a backend.
+#[derive(Debug)]
+enum ReadHeadError {
+    /// The connection ended before the first byte (a pooled connection the
+    /// backend had closed, usually).
+    ClosedBeforeResponse,
+    Closed,
+    Io(io::Error),
+    Bad(HeadError),
+}
+
+impl std::fmt::Display for ReadHeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadHeadError::ClosedBeforeResponse => {
+                f.write_str("the connection closed before a response")
+            }
+            ReadHeadError::Closed => f.write_str("the connection closed inside the response head"),
+            ReadHeadError::Io(e) => write!(f, "{e}"),
+            ReadHeadError::Bad(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// Reads until `bbuf` holds a whole response head; returns its length.
 async fn read_response_head(
     backend: &mut TcpStream,
     bbuf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     limits: &http::Limits,
-) -> Result<usize, String> {
+) -> Result<usize, ReadHeadError> {
     loop {
         if !bbuf.is_empty() {
-            match resp.parse(bbuf, limits).map_err(|e| e.to_string())? {
+            match resp.parse(bbuf, limits).map_err(ReadHeadError::Bad)? {
                 Parsed::Complete { head_len } => return Ok(head_len),
                 Parsed::Partial => {}
             }
         }
         match read_more(backend, bbuf, limits.max_head).await {
-            Ok(0) => {
-                return Err(if bbuf.is_empty() {
-                    "the connection closed before a response".into()
-                } else {
-                    "the connection closed inside the response head".into()
-                });
-            }
+            Ok(0) if bbuf.is_empty() => return Err(ReadHeadError::ClosedBeforeResponse),
+            Ok(0) => return Err(ReadHeadError::Closed),
             Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(ReadHeadError::Io(e)),
         }
     }
 }

@@ -66,6 +66,11 @@ pub async fn checkout(
             return Ok((idle.stream, true));
         }
     }
+    Ok((connect(backend, cfg).await?, false))
+}
+
+/// A new connection to `backend`, with the connect timeout.
+pub async fn connect(backend: &Backend, cfg: &PoolConfig) -> Result<TcpStream, ConnectError> {
     let addr = backend.addr();
     let stream = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
@@ -73,7 +78,7 @@ pub async fn checkout(
         Err(_) => return Err(ConnectError::Timeout(addr)),
     };
     let _ = stream.set_nodelay(true);
-    Ok((stream, false))
+    Ok(stream)
 }
 
 /// Returns a connection whose last exchange ended cleanly.
