@@ -4,7 +4,8 @@
 //! * Debian packages: the second Rust toolchain that builds the eBPF crate
 //!   (`rustc-web`, `cargo-web`, `rust-web-src`, whose std sources make
 //!   `-Z build-std=core` work), LLVM 22 for bpf-linker, and the network tools
-//!   the tests drive (`bpftool`, `iproute2`, `nftables`, `iptables`).
+//!   the tests drive (`bpftool`, `iproute2`, `nftables`, `iptables`), and
+//!   Chromium for the test of the admin page.
 //! * bpf-linker 0.13.0 built against LLVM 22 into `<target>/tools`.
 //!
 //! A second run checks and prints, and takes seconds.
@@ -25,6 +26,8 @@ pub const PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
     "iptables",
+    // The admin page's test drives it headless.
+    "chromium",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -16,7 +16,7 @@ pub const DELEGATOR: &str = r#"<!doctype html>
  label { display: block; margin: .6em 0 .2em; font-weight: 600; }
  input, textarea { width: 100%; max-width: 60em; font: 13px ui-monospace, monospace; padding: .3em; }
  textarea { height: 6em; }
- button { margin-top: .8em; padding: .3em 1.2em; }
+ button { display: block; margin-top: .8em; padding: .3em 1.2em; }
  #base { white-space: pre-wrap; background: #f4f4f4; padding: .5em; max-width: 60em; font: 12px ui-monospace, monospace; }
  ul.tree, ul.tree ul { list-style: none; padding-left: 1.2em; border-left: 1px dotted #aaa; }
  .node { font: 13px ui-monospace, monospace; }
