@@ -1,0 +1,113 @@
+//! Heap allocations per proxied keep-alive request, counted on the proxy's
+//! own worker thread with a counting global allocator. The proxy runs in
+//! this process (the library's `proxy::serve`), the client and the backend
+//! on plain threads that are not counted.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    cell::Cell,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use sidetrack::{
+    admin::metrics::Metrics,
+    config::{IdentifierKind, Settings},
+    dtab::{Dtab, Namers},
+    proxy::{self, ProxyConfig, Shared},
+    route::{Identifier, Router},
+};
+use sidetrack_tests::{backend::Backend, client::Client};
+
+struct Counting;
+
+thread_local! {
+    static COUNTED: Cell<bool> = const { Cell::new(false) };
+}
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTED.try_with(Cell::get).unwrap_or(false) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTED.try_with(Cell::get).unwrap_or(false) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+#[test]
+fn a_keep_alive_request_allocates_nothing_on_the_proxy() {
+    let backend = Backend::start("web");
+    let metrics = Arc::new(Metrics::new(100));
+    let dtab = Dtab::parse(&format!(
+        "/svc/web => /$/inet/{}/{}",
+        backend.addr.ip(),
+        backend.addr.port()
+    ))
+    .unwrap();
+    let router = Arc::new(Router::new(
+        dtab,
+        Namers::default(),
+        100,
+        metrics.clone(),
+        Default::default(),
+    ));
+    let shared = Arc::new(Shared {
+        cfg: ProxyConfig::from_settings(&Settings::default()),
+        router,
+        metrics,
+        identifier: Identifier::new(IdentifierKind::HeaderToken, "/svc"),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .on_thread_start(|| COUNTED.with(|c| c.set(true)))
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let server = runtime.spawn(proxy::serve(
+        listener,
+        shared,
+        stop_rx,
+        std::time::Duration::from_secs(1),
+    ));
+
+    let mut c = Client::connect(addr);
+    let request = b"GET /a HTTP/1.1\r\nHost: web\r\nl5d-dtab: /svc/other => /svc/web\r\n\r\n";
+    // Warm-up: buffers reach their size, the route is cached, the backend
+    // connection is pooled.
+    for _ in 0..200 {
+        c.send(request).unwrap();
+        assert_eq!(c.read_response(false).unwrap().status, 200);
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    const N: u64 = 2000;
+    for _ in 0..N {
+        c.send(request).unwrap();
+        assert_eq!(c.read_response(false).unwrap().status, 200);
+    }
+    let per_request = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64;
+    eprintln!("heap allocations per proxied keep-alive request: {per_request:.3}");
+    stop.send(true).unwrap();
+    drop(c);
+    runtime.block_on(server).unwrap();
+    assert!(per_request < 0.01, "{per_request} allocations per request");
+}
