@@ -11,7 +11,8 @@
 //! - `/slow/MS`: answers after MS milliseconds.
 //! - `/close`: answers with `Connection: close` and closes.
 //! - `/then-close`: answers as keep-alive, then closes 20 ms later.
-//! - a request with `Upgrade: echo`: 101, then echoes every byte back.
+//! - a request with `Upgrade: echo`: 101, then echoes every byte back;
+//!   CONNECT: 200, then the same.
 //!
 //! The server counts connections and requests, and stops when dropped.
 
@@ -105,14 +106,23 @@ fn serve(stream: TcpStream, name: &str, requests: &AtomicU64, stop: &AtomicBool)
         };
         requests.fetch_add(1, Ordering::Relaxed);
         let path = req.target.clone();
-        if req
-            .header("upgrade")
-            .is_some_and(|u| u.eq_ignore_ascii_case("echo"))
+        let connect = req.method == "CONNECT";
+        if connect
+            || req
+                .header("upgrade")
+                .is_some_and(|u| u.eq_ignore_ascii_case("echo"))
         {
-            write!(
-                out,
-                "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\nx-backend: {name}\r\n\r\n"
-            )?;
+            if connect {
+                write!(
+                    out,
+                    "HTTP/1.1 200 Connection Established\r\nx-backend: {name}\r\n\r\n"
+                )?;
+            } else {
+                write!(
+                    out,
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\nx-backend: {name}\r\n\r\n"
+                )?;
+            }
             let mut buf = [0u8; 16384];
             loop {
                 let n = r.read(&mut buf)?;

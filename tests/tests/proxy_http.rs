@@ -214,6 +214,38 @@ fn an_upgrade_becomes_a_byte_tunnel() {
 }
 
 #[test]
+fn connect_becomes_a_byte_tunnel_to_the_routed_backend() {
+    let web = Backend::start("web");
+    let dir = TempDir::new("connect");
+    dir.write("web", &web.fs_line());
+    let proxy = Proxy::start(&[
+        "--dtab",
+        "/svc/web:443 => /#/io.l5d.fs/web",
+        "--fs-dir",
+        dir.str(),
+    ]);
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"CONNECT web:443 HTTP/1.1\r\nHost: web:443\r\n\r\n")
+        .unwrap();
+    let r = c.read_response(true).unwrap();
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("web")));
+    let data = pattern(100_000);
+    let mut writer = c.stream().try_clone().unwrap();
+    let sent = data.clone();
+    let t = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let echoed = c.read_to_end().unwrap();
+    t.join().unwrap();
+    assert!(
+        echoed == data,
+        "echo through the CONNECT tunnel differs ({} bytes)",
+        echoed.len()
+    );
+}
+
+#[test]
 fn absolute_form_targets_are_routed_by_their_authority() {
     let web = Backend::start("web");
     let (_dir, proxy) = proxy_to(&web, &[]);

@@ -102,6 +102,85 @@ fn metrics_count_a_known_sequence_per_version() {
 }
 
 #[test]
+fn a_changed_config_file_applies_and_a_broken_one_is_refused() {
+    let dir = TempDir::new("config");
+    let (v1, v2) = (Backend::start("v1"), Backend::start("v2"));
+    dir.write("v1", &v1.fs_line());
+    dir.write("v2", &v2.fs_line());
+    let cfg = dir.path().join("sidetrack.yaml");
+    let write_cfg = |dtab: &str| {
+        dir.write(
+            "sidetrack.yaml",
+            &format!(
+                "dtab: {dtab}\nfs_dir: {}\nwatch_interval_ms: 100\n",
+                dir.str()
+            ),
+        )
+    };
+    write_cfg("/svc/web => /#/io.l5d.fs/v1");
+    let mut cmd = std::process::Command::new(sidetrack_tests::proxy::binary());
+    cmd.args([
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let proxy = Proxy::spawn(cmd);
+    assert_eq!(
+        client::get(proxy.addr, "web", "/", &[]).header("x-backend"),
+        Some("v1")
+    );
+    write_cfg("/svc/web => /#/io.l5d.fs/v2");
+    assert!(sidetrack_tests::eventually(10, || client::get(
+        proxy.addr,
+        "web",
+        "/",
+        &[]
+    )
+    .header("x-backend")
+        == Some("v2")));
+    dir.write("sidetrack.yaml", "dtab: [unclosed\n");
+    assert!(sidetrack_tests::eventually(10, || proxy
+        .logs
+        .try_iter()
+        .any(|l| l.contains("config reload refused"))));
+    assert_eq!(
+        client::get(proxy.addr, "web", "/", &[]).header("x-backend"),
+        Some("v2"),
+        "the old settings stay"
+    );
+}
+
+#[test]
+fn logs_can_be_json() {
+    let mut cmd = std::process::Command::new(sidetrack_tests::proxy::binary());
+    cmd.args([
+        "--log-format",
+        "json",
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--dtab",
+        "/svc => /$/nil",
+    ]);
+    let proxy = Proxy::spawn(cmd);
+    assert_eq!(client::get(proxy.addr, "x", "/", &[]).status, 503);
+    proxy.terminate();
+    let lines: Vec<String> = proxy.logs.iter().collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}
+
+#[test]
 fn admin_serves_ready_dtab_and_delegator_json() {
     let proxy = Proxy::start(&["--dtab", "/svc => /$/inet/127.0.0.1/9; /svc/b => /$/fail"]);
     assert_eq!(client::get(proxy.admin, "a", "/ready", &[]).status, 200);
