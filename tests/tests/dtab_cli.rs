@@ -1,8 +1,7 @@
 //! The `sidetrack dtab` contract that tools rely on (docs/ARCHITECTURE.md):
 //! exact stdout JSON, errors on stderr with exit status 2. Checked in
-//! process through `DtabCommand::execute`, and through the real binary.
+//! process through `DtabCommand::execute`, and through the built binary.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use sidetrack::cli::dtab::DtabCommand;
@@ -128,21 +127,12 @@ fn delegate_prints_the_explanation_tree() {
     assert!(delegate("/a =>", "/a").is_err());
 }
 
-/// The `sidetrack` binary beside this test's own executable (target/<profile>/).
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let bin = dir.join("sidetrack");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p sidetrack` (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
-}
-
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(binary()).args(args).output().unwrap();
+    // The binary this package builds for its integration tests, so it is fresh.
+    let out = Command::new(sidetrack_tests::proxy::binary())
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),

@@ -1,0 +1,258 @@
+//! A bounded cache of binding results, keyed by (local dtab, path), for one
+//! base dtab and one set of namers (replace the cache when either changes).
+//!
+//! Requests choose their local dtab, so the key space is theirs to grow: the
+//! cache holds at most `capacity` entries and evicts with CLOCK (second
+//! chance) beyond that. It is split into shards, each behind a read-write
+//! lock; a hit takes only the read lock, sets the entry's reference bit and
+//! clones an `Arc`. Binding on a miss happens outside any lock.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use super::bind::BindResult;
+use super::entry::Dtab;
+use super::path::Path;
+
+const MAX_SHARDS: usize = 16;
+
+/// Counters and size of a cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub len: usize,
+    pub capacity: usize,
+}
+
+/// Binding results by (local dtab, path).
+pub struct BindCache {
+    inner: ClockCache<(Dtab, Path), Arc<BindResult>>,
+}
+
+impl BindCache {
+    /// A cache of at most `capacity` results (0 caches nothing).
+    pub fn new(capacity: usize) -> BindCache {
+        BindCache {
+            inner: ClockCache::new(capacity),
+        }
+    }
+
+    /// The cached result for (`local`, `path`), or `bind()`'s, which is then cached.
+    pub fn get_or_bind(
+        &self,
+        local: &Dtab,
+        path: &Path,
+        bind: impl FnOnce() -> BindResult,
+    ) -> Arc<BindResult> {
+        let key = (local.clone(), path.clone());
+        self.inner.get_or_insert_with(key, || Arc::new(bind()))
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        self.inner.stats()
+    }
+
+    /// Forgets every entry (counters are kept).
+    pub fn clear(&self) {
+        self.inner.clear()
+    }
+}
+
+/// A thread-safe map of bounded size with CLOCK eviction.
+pub struct ClockCache<K, V> {
+    shards: Box<[RwLock<Shard<K, V>>]>,
+    hasher: RandomState,
+    capacity: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+}
+
+struct Shard<K, V> {
+    map: HashMap<K, usize>,
+    slots: Vec<Slot<K, V>>,
+    hand: usize,
+    capacity: usize,
+}
+
+struct Slot<K, V> {
+    key: K,
+    value: V,
+    referenced: AtomicBool,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> ClockCache<K, V> {
+    pub fn new(capacity: usize) -> ClockCache<K, V> {
+        // Shards hold at least 64 entries (so small caches evict exactly by
+        // CLOCK); they get capacity / n each, the first capacity % n one more.
+        let n = (capacity / 64).clamp(1, MAX_SHARDS);
+        let shards = (0..n)
+            .map(|i| {
+                let capacity = capacity / n + usize::from(i < capacity % n);
+                RwLock::new(Shard {
+                    map: HashMap::with_capacity(capacity),
+                    slots: Vec::with_capacity(capacity),
+                    hand: 0,
+                    capacity,
+                })
+            })
+            .collect();
+        ClockCache {
+            shards,
+            hasher: RandomState::new(),
+            capacity,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: &K) -> &RwLock<Shard<K, V>> {
+        let h = self.hasher.hash_one(key);
+        &self.shards[(h as usize) % self.shards.len()]
+    }
+
+    pub fn get(&self, key: &K) -> Option<V> {
+        let shard = self.shard(key).read().unwrap_or_else(|e| e.into_inner());
+        let found = shard.map.get(key).map(|&i| {
+            let slot = &shard.slots[i];
+            slot.referenced.store(true, Ordering::Relaxed);
+            slot.value.clone()
+        });
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// [`ClockCache::get`] by a borrowed form of the key (`&[u8]` for a
+    /// `Box<[u8]>` key), so a lookup need not build an owned key.
+    pub fn get_borrowed<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let h = self.hasher.hash_one(key);
+        let shard = self.shards[(h as usize) % self.shards.len()]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let found = shard.map.get(key).map(|&i| {
+            let slot = &shard.slots[i];
+            slot.referenced.store(true, Ordering::Relaxed);
+            slot.value.clone()
+        });
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
+        if let Some(v) = self.get(&key) {
+            return v;
+        }
+        let value = make();
+        self.insert(key, value.clone());
+        value
+    }
+
+    /// Stores `value` under `key` (keeping an entry another thread stored
+    /// meanwhile), evicting an unreferenced entry when the shard is full.
+    pub fn insert(&self, key: K, value: V) {
+        let mut shard = self.shard(&key).write().unwrap_or_else(|e| e.into_inner());
+        let shard = &mut *shard;
+        if shard.capacity == 0 || shard.map.contains_key(&key) {
+            return;
+        }
+        let slot = Slot {
+            key: key.clone(),
+            value,
+            referenced: AtomicBool::new(false),
+        };
+        if shard.slots.len() < shard.capacity {
+            shard.map.insert(key, shard.slots.len());
+            shard.slots.push(slot);
+            return;
+        }
+        // Sweep: clear reference bits until an unreferenced entry turns up.
+        loop {
+            let hand = shard.hand;
+            shard.hand = (hand + 1) % shard.slots.len();
+            if !shard.slots[hand].referenced.swap(false, Ordering::Relaxed) {
+                let old = std::mem::replace(&mut shard.slots[hand], slot);
+                shard.map.remove(&old.key);
+                shard.map.insert(key, hand);
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).slots.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&self) {
+        for s in self.shards.iter() {
+            let mut s = s.write().unwrap_or_else(|e| e.into_inner());
+            s.map.clear();
+            s.slots.clear();
+            s.hand = 0;
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            len: self.len(),
+            capacity: self.capacity,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_gives_referenced_entries_a_second_chance() {
+        let c = ClockCache::<u32, u32>::new(2);
+        c.insert(1, 10);
+        c.insert(2, 20);
+        assert_eq!(c.get(&1), Some(10));
+        c.insert(3, 30); // 1 was referenced and is spared; 2 goes
+        assert_eq!(c.get(&1), Some(10));
+        assert_eq!(c.get(&2), None);
+        assert_eq!(c.get(&3), Some(30));
+        assert_eq!(c.stats().evictions, 1);
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn zero_capacity_stores_nothing() {
+        let c = ClockCache::<u32, u32>::new(0);
+        assert_eq!(c.get_or_insert_with(1, || 5), 5);
+        assert_eq!(c.get(&1), None);
+        assert_eq!(c.len(), 0);
+    }
+}
