@@ -10,6 +10,7 @@ pub mod build_ebpf;
 pub mod cmd;
 pub mod setup;
 pub mod test;
+pub mod testbed;
 
 use std::path::PathBuf;
 

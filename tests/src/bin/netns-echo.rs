@@ -1,0 +1,124 @@
+//! A TCP echo server and client for the netns test bed's tests.
+//!
+//! * `netns-echo serve IP`: listens on IP (any port), prints `listening <addr>`,
+//!   then `peer <addr>` for each connection it accepts, and echoes every
+//!   connection until the client closes it. Runs until killed.
+//! * `netns-echo send ADDR BYTES`: connects, sends BYTES of the test pattern,
+//!   closes its sending side, reads the echo to the end and prints
+//!   `echoed <n> <fnv1a64 of what came back> from <local addr>`.
+//! * `netns-echo abandon-node`: makes a test bed node with one pod running a
+//!   server, prints `ready <pod netns> <host veth> <pod cgroup> <node ip>`,
+//!   then sleeps (up to 10 minutes) so that the test can kill it and find
+//!   its leftovers.
+//! * `netns-echo hold-node`: the same, with the test bed's signal handler
+//!   installed first, so SIGINT or SIGTERM tears the node down.
+//!
+//! Reads retry on EAGAIN: a socket in a SOCKHASH can report it even in
+//! blocking mode.
+
+use std::{
+    io::{self, ErrorKind, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    process::Stdio,
+    thread,
+    time::Duration,
+};
+
+use sidetrack_tests::{Fnv64, pattern};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends back everything read until the peer closes its side, then closes ours.
+fn echo(mut stream: TcpStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return stream.shutdown(Shutdown::Write),
+            Ok(n) => stream.write_all(&buf[..n])?,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::yield_now(),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn serve(ip: &str) -> io::Result<()> {
+    let listener = TcpListener::bind((ip, 0))?;
+    println!("listening {}", listener.local_addr()?);
+    io::stdout().flush()?;
+    loop {
+        let (stream, peer) = listener.accept()?;
+        println!("peer {peer}");
+        io::stdout().flush()?;
+        thread::spawn(move || echo(stream));
+    }
+}
+
+fn send(addr: SocketAddr, bytes: usize) -> io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let local = stream.local_addr()?;
+    let mut writer = stream.try_clone()?;
+    let sender = thread::spawn(move || -> io::Result<()> {
+        writer.write_all(&pattern(bytes))?;
+        writer.shutdown(Shutdown::Write)
+    });
+    let mut hash = Fnv64::new();
+    let mut n = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(got) => {
+                hash.update(&buf[..got]);
+                n += got;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::yield_now(),
+            Err(e) => return Err(e),
+        }
+    }
+    sender.join().expect("sender thread")?;
+    println!("echoed {n} {:016x} from {local}", hash.finish());
+    Ok(())
+}
+
+fn node_then_sleep() -> anyhow::Result<()> {
+    let mut node = xtask::testbed::Node::new("abandoned")?;
+    let pod = node.add_pod("left")?;
+    let me = std::env::current_exe()?;
+    pod.command(me)
+        .args(["serve", &pod.ip().to_string()])
+        .stdout(Stdio::null())
+        .spawn()?;
+    println!(
+        "ready {} {} {} {}",
+        pod.netns_name(),
+        pod.host_veth(),
+        pod.cgroup_path().display(),
+        node.ip()
+    );
+    io::stdout().flush()?;
+    thread::sleep(Duration::from_secs(600));
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args[..] {
+        ["serve", ip] => serve(ip)?,
+        ["send", addr, bytes] => send(addr.parse()?, bytes.parse()?)?,
+        ["abandon-node"] => node_then_sleep()?,
+        ["hold-node"] => {
+            xtask::testbed::teardown_on_signal()?;
+            node_then_sleep()?
+        }
+        _ => {
+            anyhow::bail!("usage: netns-echo serve IP | send ADDR BYTES | abandon-node | hold-node")
+        }
+    }
+    Ok(())
+}

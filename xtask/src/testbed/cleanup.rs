@@ -1,0 +1,74 @@
+//! Removing what earlier runs left behind when they died before their
+//! teardown (SIGKILL, a crash, a power cut of the test runner): everything
+//! whose name carries the pid of a process that is gone.
+
+use std::fs;
+
+use anyhow::{Context, Result, bail};
+
+use super::{addr, cgroup, lock::BedLock, names, netns, run::ip, run::log, sysctl};
+
+/// Whether a process with this pid exists (a reused pid counts as alive: its
+/// leftovers are kept, never someone else's live node removed).
+pub(crate) fn alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return true; // kill(0 or -1, ..) would mean a group: never ours to judge
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    exists || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Removes the cgroups (killing what is left in them), veths, namespaces and
+/// `lo` addresses of dead runs, and restores the sysctls when no live node
+/// remains. Returns how many things it removed. `Node::new` calls it.
+pub fn cleanup_stale() -> Result<usize> {
+    let _lock = BedLock::take()?;
+    let dead = |owner: Option<u32>| owner.is_some_and(|pid| !alive(pid));
+    let mut removed = 0;
+    let mut errors = Vec::new();
+    let mut tally = |what: &str, name: &str, r: Result<()>| match r {
+        Ok(()) => {
+            log(format_args!("removed stale {what} {name}"));
+            removed += 1;
+        }
+        Err(e) => errors.push(format!("{e:#}")),
+    };
+
+    // Processes first, so that nothing keeps a namespace alive.
+    let root = cgroup::cgroup2_root()?;
+    let entries = fs::read_dir(&root).with_context(|| format!("list {}", root.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if dead(names::cgroup_owner(&name)) {
+            tally("cgroup", &name, cgroup::kill_and_remove(&entry.path()));
+        }
+    }
+    for link in netns::links() {
+        if dead(names::veth_owner(&link)) {
+            tally("veth", &link, netns::delete_link(&link));
+        }
+    }
+    for ns in netns::list() {
+        if dead(names::netns_owner(&ns)) {
+            tally("network namespace", &ns, netns::delete(&ns));
+        }
+    }
+    for (addr, label) in addr::lo_addresses()? {
+        if dead(names::lo_label_owner(&label)) {
+            let cidr = format!("{addr}/32");
+            let r = ip(&["addr", "del", &cidr, "dev", "lo"]).map(drop);
+            tally("lo address", &format!("{cidr} ({label})"), r);
+        }
+    }
+    if addr::live_node_owners()?.is_empty() {
+        sysctl::restore()?;
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
+    }
+    Ok(removed)
+}
