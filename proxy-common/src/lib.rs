@@ -11,12 +11,73 @@ pub const MAP_SOCKHASH: &str = "SOCKHASH";
 /// Name of the per-CPU array of `u64` counters indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
+/// Name of the one-slot array holding the [`InterceptConfig`].
+pub const MAP_CONFIG: &str = "CONFIG";
+/// Name of the LPM trie of intercepted IPv4 destinations: key
+/// `(prefix_len, address in network byte order)`, value 1.
+pub const MAP_CIDRS: &str = "CIDRS";
+/// Name of the hash of port policies: key a port in host byte order, value a
+/// [`PortPolicy`].
+pub const MAP_PORTS: &str = "PORTS";
+/// Name of the LRU hash from socket cookie to [`OrigDst`], written at
+/// connect and moved to [`MAP_ORIG_DST`] at ESTABLISHED.
+pub const MAP_COOKIE_DST: &str = "COOKIE_DST";
+/// Name of the LRU hash from the client socket's [`SockKey`] (client end
+/// first) to its [`OrigDst`]; the proxy reads it at accept.
+pub const MAP_ORIG_DST: &str = "ORIG_DST";
+
 /// Capacity of the SOCKHASH: two entries per proxied connection.
 pub const SOCKHASH_CAPACITY: u32 = 65_536;
+/// Capacity of the original-destination maps (LRU: the oldest go first).
+pub const ORIG_DST_CAPACITY: u32 = 65_536;
+/// Capacity of the CIDR trie and of the port policy hash.
+pub const CIDRS_CAPACITY: u32 = 1024;
+pub const PORTS_CAPACITY: u32 = 1024;
 
 /// Program names as they appear in the object file.
 pub const PROG_SOCKOPS: &str = "sidetrack_sockops";
 pub const PROG_SK_MSG: &str = "sidetrack_sk_msg";
+pub const PROG_CONNECT4: &str = "sidetrack_connect4";
+
+/// [`InterceptConfig::flags`]: interception is on. Without it, connect4
+/// rewrites nothing and sockops files every IPv4 socket it sees.
+pub const FLAG_ENABLED: u32 = 1;
+/// [`InterceptConfig::flags`]: every port of an intercepted CIDR is
+/// intercepted unless excluded; without it only ports marked
+/// [`PortPolicy::Intercept`] are.
+pub const FLAG_ALL_PORTS: u32 = 2;
+
+/// What userspace tells the programs; one slot of [`MAP_CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterceptConfig {
+    /// The proxy's listener, where intercepted connects go: address in
+    /// network byte order, port in host byte order. Sockets with this
+    /// address at either end are the ones sockops files.
+    pub proxy_ip4: u32,
+    pub proxy_port: u32,
+    /// The proxy marks its own sockets (SO_MARK) with this; connect4 leaves
+    /// marked sockets alone, so the proxy's connects are never rewritten.
+    pub mark: u32,
+    pub flags: u32,
+}
+
+/// Values of [`MAP_PORTS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortPolicy {
+    Intercept = 1,
+    Exclude = 2,
+}
+
+/// Where an intercepted connect was going: address in network byte order,
+/// port in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    pub ip4: u32,
+    pub port: u32,
+}
 
 /// `AF_INET`, as `bpf_sock_ops.family` reports it.
 pub const AF_INET: u32 = 2;
@@ -70,11 +131,17 @@ pub enum Counter {
     MsgPassed = 6,
     /// Bytes carried by passed messages.
     BytesPassed = 7,
+    /// A connect was rewritten to the proxy.
+    ConnectIntercepted = 8,
+    /// A connect by the proxy itself (marked) was left alone.
+    ConnectOwn = 9,
+    /// An original destination was filed under a 4-tuple for the proxy.
+    OrigDstFiled = 10,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 11] = [
         Counter::EstablishedActive,
         Counter::EstablishedPassive,
         Counter::SockhashAdded,
@@ -83,7 +150,28 @@ impl Counter {
         Counter::BytesRedirected,
         Counter::MsgPassed,
         Counter::BytesPassed,
+        Counter::ConnectIntercepted,
+        Counter::ConnectOwn,
+        Counter::OrigDstFiled,
     ];
+
+    /// The metric this counter is exported as (`sidetrack_` and `_total`
+    /// are added by the exporter).
+    pub const fn metric_name(self) -> &'static str {
+        match self {
+            Counter::EstablishedActive => "ebpf_established_active",
+            Counter::EstablishedPassive => "ebpf_established_passive",
+            Counter::SockhashAdded => "ebpf_sockhash_added",
+            Counter::SockhashAddFailed => "ebpf_sockhash_add_failed",
+            Counter::MsgRedirected => "ebpf_msg_redirected",
+            Counter::BytesRedirected => "ebpf_bytes_redirected",
+            Counter::MsgPassed => "ebpf_msg_passed",
+            Counter::BytesPassed => "ebpf_bytes_passed",
+            Counter::ConnectIntercepted => "ebpf_connect_intercepted",
+            Counter::ConnectOwn => "ebpf_connect_own",
+            Counter::OrigDstFiled => "ebpf_orig_dst_filed",
+        }
+    }
 
     /// A stable snake_case name, used for metrics and logs.
     pub const fn name(self) -> &'static str {
@@ -96,6 +184,9 @@ impl Counter {
             Counter::BytesRedirected => "bytes_redirected",
             Counter::MsgPassed => "msg_passed",
             Counter::BytesPassed => "bytes_passed",
+            Counter::ConnectIntercepted => "connect_intercepted",
+            Counter::ConnectOwn => "connect_own",
+            Counter::OrigDstFiled => "orig_dst_filed",
         }
     }
 }
@@ -108,6 +199,10 @@ mod user {
     // SAFETY: `SockKey` is `repr(C)`, `Copy`, made only of `u32`s, so every bit
     // pattern is valid and it has no padding.
     unsafe impl aya::Pod for super::SockKey {}
+    // SAFETY: as above, `repr(C)` plain `u32`s.
+    unsafe impl aya::Pod for super::InterceptConfig {}
+    // SAFETY: as above, `repr(C)` plain `u32`s.
+    unsafe impl aya::Pod for super::OrigDst {}
 }
 
 #[cfg(test)]

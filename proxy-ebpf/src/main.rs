@@ -1,8 +1,17 @@
 //! Sidetrack's eBPF programs.
 //!
+//! * `sidetrack_connect4` (cgroup/connect4): a TCP connect to an intercepted
+//!   destination (CIDRs and ports userspace put in `CIDRS` and `PORTS`) is
+//!   rewritten to the proxy's listener, and the original destination is
+//!   kept under the socket's cookie. Loopback, excluded ports and the
+//!   proxy's own sockets (marked with SO_MARK) are left alone.
 //! * `sidetrack_sockops` (sockops, attached to a cgroup v2): when an IPv4 TCP
-//!   socket of the cgroup reaches ESTABLISHED, file it in the SOCKHASH under
-//!   its own 4-tuple.
+//!   socket reaches ESTABLISHED, file it in the SOCKHASH under its own
+//!   4-tuple (with interception on: only sockets with the proxy's address at
+//!   one end, that is app-to-proxy and proxy-to-pod connections). An
+//!   intercepted connect's original destination moves from its cookie to
+//!   its 4-tuple, where the proxy looks it up at accept; it is removed when
+//!   the socket closes.
 //! * `sidetrack_sk_msg` (sk_msg, attached to the SOCKHASH): when a socket in
 //!   the map sends, look for the peer socket (the same 4-tuple seen from the
 //!   other end); if it is in the map, put the bytes straight into the peer's
@@ -16,22 +25,93 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{
-        BPF_ANY, BPF_F_INGRESS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, sk_action::SK_PASS,
+        BPF_ANY, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE, sk_action::SK_PASS,
     },
-    macros::{map, sk_msg, sock_ops},
-    maps::{PerCpuArray, SockHash},
-    programs::{SkMsgContext, SockOpsContext},
+    helpers::bpf_get_socket_cookie,
+    macros::{cgroup_sock_addr, map, sk_msg, sock_ops},
+    maps::{Array, HashMap, LruHashMap, LpmTrie, PerCpuArray, SockHash, lpm_trie::Key},
+    programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
 use aya_log_ebpf::debug;
-use proxy_common::{AF_INET, COUNTER_SLOTS, Counter, SOCKHASH_CAPACITY, SockKey};
+use proxy_common::{
+    AF_INET, CIDRS_CAPACITY, COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED, InterceptConfig,
+    ORIG_DST_CAPACITY, OrigDst, PORTS_CAPACITY, PortPolicy, SOCKHASH_CAPACITY, SockKey,
+};
+
+const IPPROTO_TCP: u32 = 6;
 
 #[map(name = "SOCKHASH")]
 static SOCKHASH: SockHash<SockKey> = SockHash::with_max_entries(SOCKHASH_CAPACITY, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+#[map(name = "CONFIG")]
+static CONFIG: Array<InterceptConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "CIDRS")]
+static CIDRS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(CIDRS_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "PORTS")]
+static PORTS: HashMap<u32, u32> = HashMap::with_max_entries(PORTS_CAPACITY, 0);
+
+#[map(name = "COOKIE_DST")]
+static COOKIE_DST: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(ORIG_DST_CAPACITY, 0);
+
+#[map(name = "ORIG_DST")]
+static ORIG_DST: LruHashMap<SockKey, OrigDst> = LruHashMap::with_max_entries(ORIG_DST_CAPACITY, 0);
+
+#[inline(always)]
+fn config() -> Option<&'static InterceptConfig> {
+    CONFIG.get(0).filter(|c| c.flags & FLAG_ENABLED != 0)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sidetrack_connect4(ctx: SockAddrContext) -> i32 {
+    // Returning 1 lets the connect go on (rewritten or not).
+    // SAFETY: `ctx.sock_addr` is the live bpf_sock_addr the kernel passed in.
+    let addr = unsafe { &mut *ctx.sock_addr };
+    if addr.protocol != IPPROTO_TCP {
+        return 1;
+    }
+    let Some(cfg) = config() else { return 1 };
+    // SAFETY: in connect4 `sk` is always a valid socket pointer.
+    let mark = unsafe { (*addr.__bindgen_anon_1.sk).mark };
+    if mark == cfg.mark && cfg.mark != 0 {
+        count(Counter::ConnectOwn, 1);
+        return 1;
+    }
+    let ip = addr.user_ip4;
+    // The first octet of a network-order address is its lowest byte here.
+    if ip & 0xff == 127 {
+        return 1;
+    }
+    let port = u32::from(u16::from_be(addr.user_port as u16));
+    match PORTS.get_ptr(port).map(|p| unsafe { *p }) {
+        Some(p) if p == PortPolicy::Exclude as u32 => return 1,
+        Some(p) if p == PortPolicy::Intercept as u32 => {}
+        _ if cfg.flags & FLAG_ALL_PORTS != 0 => {}
+        _ => return 1,
+    }
+    if CIDRS.get(Key::new(32, ip)).is_none() {
+        return 1;
+    }
+    // SAFETY: the context is a socket address context, which has a cookie.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let dst = OrigDst { ip4: ip, port };
+    if COOKIE_DST.insert(&cookie, &dst, BPF_ANY as u64).is_err() {
+        return 1;
+    }
+    addr.user_ip4 = cfg.proxy_ip4;
+    addr.user_port = u32::from((cfg.proxy_port as u16).to_be());
+    count(Counter::ConnectIntercepted, 1);
+    debug!(&ctx, "connect to {:i}:{} sent to the proxy", u32::from_be(ip), port);
+    1
+}
 
 #[inline(always)]
 fn count(counter: Counter, by: u64) {
@@ -51,30 +131,58 @@ fn remote_port_host(raw: u32) -> u32 {
 #[sock_ops]
 pub fn sidetrack_sockops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
-    let active = match op {
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => true,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => false,
-        _ => return 0,
-    };
     if ctx.family() != AF_INET {
         return 0;
     }
-    count(
-        if active { Counter::EstablishedActive } else { Counter::EstablishedPassive },
-        1,
-    );
-    let mut key = SockKey {
+    let key = SockKey {
         src_ip4: ctx.local_ip4(),
         dst_ip4: ctx.remote_ip4(),
         src_port: ctx.local_port(),
         dst_port: remote_port_host(ctx.remote_port()),
     };
+    match op {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(&ctx, key, true),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx, key, false),
+        // arg 1 is the new TCP state.
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            let _ = ORIG_DST.remove(&key);
+        }
+        _ => {}
+    }
+    0
+}
+
+#[inline(always)]
+fn established(ctx: &SockOpsContext, mut key: SockKey, active: bool) {
+    count(
+        if active { Counter::EstablishedActive } else { Counter::EstablishedPassive },
+        1,
+    );
+    if let Some(cfg) = config() {
+        if key.src_ip4 != cfg.proxy_ip4 && key.dst_ip4 != cfg.proxy_ip4 {
+            return;
+        }
+        if active {
+            // SAFETY: the context is a sock_ops context, which has a cookie.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            if let Some(dst) = COOKIE_DST.get_ptr(&cookie) {
+                // SAFETY: a value pointer from a map lookup, read at once.
+                let dst = unsafe { *dst };
+                if ORIG_DST.insert(&key, &dst, BPF_ANY as u64).is_ok() {
+                    count(Counter::OrigDstFiled, 1);
+                    // Ask for state changes, to forget the entry at close.
+                    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+                }
+                let _ = COOKIE_DST.remove(&cookie);
+            }
+        }
+    }
     // SAFETY: `ctx.ops` is the live bpf_sock_ops the kernel passed in.
     match SOCKHASH.update(&mut key, unsafe { &mut *ctx.ops }, BPF_ANY as u64) {
         Ok(()) => {
             count(Counter::SockhashAdded, 1);
             debug!(
-                &ctx,
+                ctx,
                 "sockhash add {:i}:{} -> {:i}:{} active={}",
                 u32::from_be(key.src_ip4),
                 key.src_port,
@@ -85,7 +193,6 @@ pub fn sidetrack_sockops(ctx: SockOpsContext) -> u32 {
         }
         Err(_) => count(Counter::SockhashAddFailed, 1),
     }
-    0
 }
 
 #[sk_msg]

@@ -32,9 +32,11 @@ pub enum InterceptMode {
     /// Clients address the proxy directly (an explicit proxy, like Linkerd's http_proxy use).
     #[default]
     None,
-    /// eBPF connect4/sockops/sk_msg steering (not built yet).
+    /// eBPF steering: cgroup/connect4 rewrites connects to the proxy,
+    /// sockops and sk_msg let same-node hops skip the TCP/IP stack.
     Ebpf,
-    /// iptables REDIRECT and SO_ORIGINAL_DST (not built yet).
+    /// nftables DNAT to the proxy and SO_ORIGINAL_DST, for nodes without
+    /// eBPF and for comparison.
     Iptables,
 }
 
@@ -65,6 +67,54 @@ pub struct Settings {
     pub max_route_series: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.
     pub shutdown_grace_ms: u64,
+    /// What transparent interception (`intercept: ebpf|iptables`) takes.
+    pub interception: Interception,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Interception {
+    /// Destinations whose connects go to the proxy (service CIDRs), like
+    /// `10.96.0.0/12`.
+    pub cidrs: Vec<String>,
+    /// Ports to intercept; empty means every port not excluded.
+    pub ports: Vec<u16>,
+    /// Ports never intercepted (server-first protocols, say).
+    pub exclude_ports: Vec<u16>,
+    /// The cgroup v2 directory the eBPF programs attach to; default: the
+    /// kubelet's pods cgroup when found, else the cgroup v2 root.
+    pub cgroup: Option<PathBuf>,
+    /// SO_MARK on the proxy's own sockets, which interception leaves alone.
+    pub mark: u32,
+}
+
+impl Default for Interception {
+    fn default() -> Self {
+        Interception {
+            cidrs: vec!["10.96.0.0/12".into()],
+            ports: Vec::new(),
+            exclude_ports: Vec::new(),
+            cgroup: None,
+            mark: 0x5354,
+        }
+    }
+}
+
+/// Parses `a.b.c.d/len` (a bare address is a /32).
+pub fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
+    let ip: std::net::Ipv4Addr = ip
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 CIDR"))?;
+    let len: u8 = len
+        .trim()
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| format!("{s:?} has a bad prefix length"))?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Ok((std::net::Ipv4Addr::from(u32::from(ip) & mask), len))
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -117,6 +167,7 @@ impl Default for Settings {
             bind_cache_capacity: 10_000,
             max_route_series: 10_000,
             shutdown_grace_ms: 10_000,
+            interception: Interception::default(),
         }
     }
 }
@@ -205,6 +256,25 @@ mod tests {
         );
         assert_eq!(s.pool.connect_timeout_ms, 7);
         assert_eq!(s.bind_cache_capacity, 3);
+    }
+
+    #[test]
+    fn cidrs_parse_and_normalise() {
+        assert_eq!(
+            parse_cidr("10.96.0.1/12").unwrap(),
+            ("10.96.0.0".parse().unwrap(), 12)
+        );
+        assert_eq!(
+            parse_cidr("198.19.0.7").unwrap(),
+            ("198.19.0.7".parse().unwrap(), 32)
+        );
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("nope/8").is_err());
+        let s =
+            Settings::from_yaml("interception:\n  cidrs: [198.19.0.0/16]\n  exclude_ports: [22]\n")
+                .unwrap();
+        assert_eq!(s.interception.exclude_ports, vec![22]);
+        assert_eq!(s.interception.mark, 0x5354);
     }
 
     #[test]

@@ -70,6 +70,7 @@ impl Proxy {
                 Ok(l) => l,
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("sidetrack did not start; it said: {seen:#?}");
                 }
             };

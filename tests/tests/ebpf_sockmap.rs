@@ -76,6 +76,7 @@ fn attach(cgroup: &TestCgroup) -> EbpfDataPath {
     EbpfDataPath::load(&EbpfOptions {
         cgroup: cgroup.path().to_owned(),
         forward_logs: true,
+        intercept: None,
     })
     .expect("load and attach the eBPF programs")
 }

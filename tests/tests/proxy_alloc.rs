@@ -71,6 +71,7 @@ fn a_keep_alive_request_allocates_nothing_on_the_proxy() {
         router,
         metrics,
         identifier: Identifier::new(IdentifierKind::HeaderToken, "/svc"),
+        orig_dst: None,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

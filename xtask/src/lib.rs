@@ -5,10 +5,16 @@
 //! * `build_ebpf`: build `proxy-ebpf` with Debian's toolchain for the BPF target.
 //! * `test`: everything CI checks.
 //! * `cmd`: running commands with each step printed.
+//! * `testbed`: a node with pods (network namespaces, veths, cgroups).
+//! * `staging` and `apps`: the ad-hoc staging scenario of the demo and the
+//!   interception tests, and the small servers it runs.
 
+pub mod apps;
 pub mod build_ebpf;
 pub mod cmd;
+pub mod demo;
 pub mod setup;
+pub mod staging;
 pub mod test;
 pub mod testbed;
 

@@ -18,6 +18,18 @@ enum Cmd {
     BuildEbpf,
     /// Everything CI checks: setup, build-ebpf, fmt, clippy, every test.
     Test,
+    /// The ad-hoc staging demo on a netns test bed, the proxy in eBPF mode.
+    Demo {
+        /// Keep the test bed running until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run one of the demo's apps (used inside the demo's pods).
+    #[command(hide = true)]
+    App {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -25,6 +37,8 @@ fn main() -> ExitCode {
         Cmd::Setup => xtask::setup::run(),
         Cmd::BuildEbpf => xtask::build_ebpf::run(),
         Cmd::Test => xtask::test::run(),
+        Cmd::Demo { keep } => xtask::demo::run(keep),
+        Cmd::App { args } => xtask::apps::run(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

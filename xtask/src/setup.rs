@@ -28,6 +28,8 @@ pub const PACKAGES: &[&str] = &[
     "iptables",
     // The admin page's test drives it headless.
     "chromium",
+    // The demo's client pod calls its services with it.
+    "curl",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

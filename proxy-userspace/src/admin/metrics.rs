@@ -198,6 +198,8 @@ pub struct Metrics {
     pub connections_total: Counter,
     pub bytes_copied: Counter,
     pub bytes_spliced: Counter,
+    /// Intercepted connections that did not speak HTTP and were tunnelled.
+    pub opaque_connections: Counter,
     extras: Arc<Extras>,
     route_series: AtomicUsize,
     max_route_series: usize,
@@ -257,6 +259,7 @@ impl Metrics {
         let error_family = Family::<ErrorLabels, Counter>::default();
         let connections_active = Gauge::default();
         let connections_total = Counter::default();
+        let opaque_connections = Counter::default();
         let bytes = Family::<ModeLabels, Counter>::default();
 
         registry.register(
@@ -279,6 +282,11 @@ impl Metrics {
             "connections_active",
             "Client connections open now",
             connections_active.clone(),
+        );
+        registry.register(
+            "opaque_connections",
+            "Intercepted connections that were not HTTP, tunnelled to their original destination",
+            opaque_connections.clone(),
         );
         registry.register(
             "connections",
@@ -310,6 +318,7 @@ impl Metrics {
             connections_total,
             bytes_copied,
             bytes_spliced,
+            opaque_connections,
             extras,
             route_series: AtomicUsize::new(0),
             max_route_series,

@@ -21,13 +21,16 @@ use std::{
 use clap::Args;
 use tokio::sync::watch;
 
+use std::net::IpAddr;
+
 use crate::{
     admin::{
         self,
         metrics::{ExtraCounters, Metrics},
     },
-    config::{IdentifierKind, InterceptMode, Settings, ms},
+    config::{IdentifierKind, InterceptMode, Settings, ms, parse_cidr},
     dtab::{Dtab, Namers},
+    intercept::{EbpfDataPath, EbpfOptions, InterceptSpec, OrigDst, cgroup, nft::NftRules},
     namer::fs::{self, FsNamer},
     proxy::{self, ProxyConfig, Shared},
     route::{Identifier, Router},
@@ -115,12 +118,6 @@ impl RunArgs {
 
     fn start(self) -> Result<ExitCode, String> {
         let settings = self.settings()?;
-        if settings.intercept != InterceptMode::None {
-            return Err(format!(
-                "--intercept {:?} is not available yet: run with --intercept none and address the proxy directly",
-                settings.intercept
-            ));
-        }
         let base = parse_base(&settings)?;
         let generation = Arc::new(AtomicU64::new(0));
         let fs_namer = settings
@@ -161,11 +158,14 @@ impl RunArgs {
         )
         .map_err(|e| format!("admin server: {e}"))?;
 
+        let mut cfg = ProxyConfig::from_settings(&settings);
+        let (orig_dst, _interception) = start_interception(&settings, &mut cfg, &metrics)?;
         let shared = Arc::new(Shared {
-            cfg: ProxyConfig::from_settings(&settings),
+            cfg,
             router: router.clone(),
             metrics,
             identifier: Identifier::new(settings.identifier, &settings.dst_prefix),
+            orig_dst,
         });
         let grace = ms(settings.shutdown_grace_ms);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -190,6 +190,97 @@ impl RunArgs {
         } else {
             ExitCode::from(1)
         })
+    }
+}
+
+/// What keeps interception in place while the proxy runs: dropping it
+/// detaches the eBPF programs or deletes the nftables rules.
+enum Interception {
+    None,
+    Ebpf(#[allow(dead_code)] Arc<EbpfDataPath>),
+    Nft(#[allow(dead_code)] NftRules),
+}
+
+/// Sets up the `--intercept` mode: the eBPF programs or the nftables rules,
+/// the proxy's own-socket mark and source address, and where original
+/// destinations are looked up.
+fn start_interception(
+    s: &Settings,
+    cfg: &mut ProxyConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<(Option<OrigDst>, Interception), String> {
+    if s.intercept == InterceptMode::None {
+        return Ok((None, Interception::None));
+    }
+    let proxy = match s.listen {
+        SocketAddr::V4(a) if !a.ip().is_unspecified() => a,
+        other => {
+            return Err(format!(
+                "--intercept {:?} needs --listen with the node's own IPv4 address (not {other}): \
+                 intercepted connections are sent there",
+                s.intercept
+            ));
+        }
+    };
+    let i = &s.interception;
+    let cidrs = i
+        .cidrs
+        .iter()
+        .map(|c| parse_cidr(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    cfg.pool.mark = Some(i.mark);
+    match s.intercept {
+        InterceptMode::Ebpf => {
+            let cgroup = match &i.cgroup {
+                Some(c) => c.clone(),
+                None => cgroup::default_attach_point().map_err(|e| format!("cgroup v2: {e}"))?,
+            };
+            let spec = InterceptSpec {
+                proxy,
+                cidrs,
+                ports: i.ports.clone(),
+                exclude_ports: i.exclude_ports.clone(),
+                mark: i.mark,
+            };
+            let mut datapath = EbpfDataPath::load(&EbpfOptions {
+                cgroup,
+                forward_logs: true,
+                intercept: Some(spec),
+            })
+            .map_err(|e| format!("eBPF interception: {e}"))?;
+            let map = datapath
+                .take_orig_dst()
+                .ok_or("the eBPF object has no original-destination map")?;
+            let datapath = Arc::new(datapath);
+            metrics.add_extra(Arc::new(EbpfCounters(datapath.clone())));
+            // Backend sockets come from the node address, so sockops files
+            // proxy-to-pod connections; their bytes arrive through the
+            // SOCKHASH, which splice(2) cannot read.
+            cfg.pool.source = Some(IpAddr::V4(*proxy.ip()));
+            cfg.splice_threshold = u64::MAX;
+            Ok((Some(OrigDst::Ebpf(map)), Interception::Ebpf(datapath)))
+        }
+        InterceptMode::Iptables => {
+            let rules = NftRules::install(proxy, &cidrs, &i.ports, &i.exclude_ports, i.mark)?;
+            Ok((Some(OrigDst::Conntrack), Interception::Nft(rules)))
+        }
+        InterceptMode::None => unreachable!("handled above"),
+    }
+}
+
+struct EbpfCounters(Arc<EbpfDataPath>);
+
+impl ExtraCounters for EbpfCounters {
+    fn counters(&self, out: &mut Vec<(&'static str, &'static str, u64)>) {
+        if let Ok(counters) = self.0.counters() {
+            for (counter, value) in counters.iter() {
+                out.push((
+                    counter.metric_name(),
+                    "eBPF data path counter (summed over CPUs)",
+                    value,
+                ));
+            }
+        }
     }
 }
 

@@ -59,6 +59,18 @@ fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Where interception attaches by default: the kubelet's pods cgroup
+/// (`kubepods.slice` with the systemd driver, `kubepods` with cgroupfs)
+/// when there is one, else the root of the hierarchy.
+pub fn default_attach_point() -> io::Result<PathBuf> {
+    let root = v2_root()?;
+    Ok(["kubepods.slice", "kubepods"]
+        .iter()
+        .map(|name| root.join(name))
+        .find(|p| p.join("cgroup.procs").is_file())
+        .unwrap_or(root))
+}
+
 /// Checks that `path` is a directory inside a cgroup v2 hierarchy.
 pub fn check_v2_dir(path: &Path) -> io::Result<()> {
     if !path.join("cgroup.procs").is_file() || !path.join("cgroup.controllers").is_file() {

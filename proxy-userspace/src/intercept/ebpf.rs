@@ -3,9 +3,12 @@
 //!
 //! Attach order matters: `sk_msg` is attached to the SOCKHASH before
 //! `sockops` can put any socket in it, because a socket inserted before the
-//! verdict program exists never runs it. Links are owned by the `Ebpf`
-//! object, so when the process exits (or the [`EbpfDataPath`] is dropped)
-//! the programs detach by themselves: interception fails open.
+//! verdict program exists never runs it; `connect4` comes last, after its
+//! maps are filled, and interception is switched on by writing the config
+//! slot at the very end. Links are owned by the `Ebpf` object, so when the
+//! process exits (or the [`EbpfDataPath`] is dropped) the programs detach by
+//! themselves: interception fails open, and new connections go straight to
+//! their original destinations.
 
 use std::{
     fs::File,
@@ -15,11 +18,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, SockHash},
-    programs::{CgroupAttachMode, SkMsg, SockOps},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray, SockHash,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps},
 };
 use proxy_common::{
-    COUNTER_SLOTS, Counter, MAP_COUNTERS, MAP_SOCKHASH, PROG_SK_MSG, PROG_SOCKOPS, SockKey,
+    COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED, InterceptConfig, MAP_CIDRS, MAP_CONFIG,
+    MAP_COUNTERS, MAP_ORIG_DST, MAP_PORTS, MAP_SOCKHASH, OrigDst, PROG_CONNECT4, PROG_SK_MSG,
+    PROG_SOCKOPS, PortPolicy, SockKey,
 };
 
 use super::{bpf_log::LogForwarder, cgroup};
@@ -46,7 +54,9 @@ pub enum InterceptError {
         "loading the eBPF object: {0} (the kernel must have CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF and CONFIG_BPF_STREAM_PARSER)"
     )]
     Load(#[from] aya::EbpfError),
-    #[error("eBPF program {name}: {source} (the kernel may lack sockops/sk_msg support)")]
+    #[error(
+        "eBPF program {name}: {source} (a kernel without sockops, sk_msg or cgroup/connect4 support refuses them)"
+    )]
     Program {
         name: &'static str,
         #[source]
@@ -69,6 +79,24 @@ pub struct EbpfOptions {
     pub cgroup: PathBuf,
     /// Forward the programs' log lines to `tracing` (needs a thread).
     pub forward_logs: bool,
+    /// Rewrite connects to the proxy (`connect4`). Without it only the
+    /// sockmap shortcut runs, for every IPv4 socket of the cgroup.
+    pub intercept: Option<InterceptSpec>,
+}
+
+/// What to intercept and where to send it.
+#[derive(Clone, Debug)]
+pub struct InterceptSpec {
+    /// The proxy's listener.
+    pub proxy: SocketAddrV4,
+    /// Destinations to intercept (service CIDRs).
+    pub cidrs: Vec<(Ipv4Addr, u8)>,
+    /// Ports to intercept; empty means every port not excluded.
+    pub ports: Vec<u16>,
+    /// Ports never intercepted.
+    pub exclude_ports: Vec<u16>,
+    /// The SO_MARK the proxy puts on its own sockets.
+    pub mark: u32,
 }
 
 impl EbpfOptions {
@@ -77,6 +105,7 @@ impl EbpfOptions {
         Ok(Self {
             cgroup: cgroup::v2_root().map_err(InterceptError::Cgroup)?,
             forward_logs: true,
+            intercept: None,
         })
     }
 }
@@ -87,8 +116,31 @@ pub struct EbpfDataPath {
     _logs: Option<LogForwarder>,
     sockhash: SockHash<MapData, SockKey>,
     counters: PerCpuArray<MapData, u64>,
+    orig_dst: Option<OrigDstMap>,
     ebpf: Ebpf,
     cgroup: PathBuf,
+}
+
+/// The original destinations of intercepted connections, by the client
+/// socket's 4-tuple. Shared with the connection loop.
+pub struct OrigDstMap(HashMap<MapData, SockKey, OrigDst>);
+
+impl OrigDstMap {
+    /// Where the client `peer` meant to connect, given the proxy's `local`
+    /// end of the accepted connection. One map lookup (a system call).
+    pub fn lookup(&self, peer: SocketAddrV4, local: SocketAddrV4) -> Option<SocketAddrV4> {
+        let key = SockKey {
+            src_ip4: u32::from_ne_bytes(peer.ip().octets()),
+            dst_ip4: u32::from_ne_bytes(local.ip().octets()),
+            src_port: u32::from(peer.port()),
+            dst_port: u32::from(local.port()),
+        };
+        let dst = self.0.get(&key, 0).ok()?;
+        Some(SocketAddrV4::new(
+            Ipv4Addr::from(dst.ip4.to_ne_bytes()),
+            dst.port as u16,
+        ))
+    }
 }
 
 impl EbpfDataPath {
@@ -130,6 +182,16 @@ impl EbpfDataPath {
             .attach(sockhash.fd())
             .map_err(prog_err(PROG_SK_MSG))?;
 
+        // Maps the programs read are filled before the programs run.
+        let mut config: Array<MapData, InterceptConfig> = take_map(&mut ebpf, MAP_CONFIG)?;
+        let orig_dst = match &opts.intercept {
+            Some(spec) => {
+                fill_policy(&mut ebpf, spec)?;
+                Some(OrigDstMap(take_map(&mut ebpf, MAP_ORIG_DST)?))
+            }
+            None => None,
+        };
+
         let sockops: &mut SockOps = program(&mut ebpf, PROG_SOCKOPS)?;
         sockops.load().map_err(prog_err(PROG_SOCKOPS))?;
         // On kernels with bpf links (5.7+) aya attaches through a link, which
@@ -139,14 +201,52 @@ impl EbpfDataPath {
             .attach(&cgroup_dir, CgroupAttachMode::Single)
             .map_err(prog_err(PROG_SOCKOPS))?;
 
-        tracing::info!(cgroup = %opts.cgroup.display(), "eBPF sockops and sk_msg attached");
+        if let Some(spec) = &opts.intercept {
+            let connect4: &mut CgroupSockAddr = program(&mut ebpf, PROG_CONNECT4)?;
+            connect4.load().map_err(prog_err(PROG_CONNECT4))?;
+            connect4
+                .attach(&cgroup_dir, CgroupAttachMode::Single)
+                .map_err(prog_err(PROG_CONNECT4))?;
+            let flags = FLAG_ENABLED
+                | if spec.ports.is_empty() {
+                    FLAG_ALL_PORTS
+                } else {
+                    0
+                };
+            let value = InterceptConfig {
+                proxy_ip4: u32::from_ne_bytes(spec.proxy.ip().octets()),
+                proxy_port: u32::from(spec.proxy.port()),
+                mark: spec.mark,
+                flags,
+            };
+            config
+                .set(0, value, 0)
+                .map_err(|source| InterceptError::Map {
+                    name: MAP_CONFIG,
+                    source,
+                })?;
+            tracing::info!(
+                cgroup = %opts.cgroup.display(),
+                proxy = %spec.proxy,
+                cidrs = ?spec.cidrs,
+                "eBPF interception on: connect4, sockops and sk_msg attached"
+            );
+        } else {
+            tracing::info!(cgroup = %opts.cgroup.display(), "eBPF sockops and sk_msg attached");
+        }
         Ok(Self {
             _logs: logs,
             sockhash,
             counters,
+            orig_dst,
             ebpf,
             cgroup: opts.cgroup.clone(),
         })
+    }
+
+    /// The original-destination table, when interception is on.
+    pub fn take_orig_dst(&mut self) -> Option<OrigDstMap> {
+        self.orig_dst.take()
     }
 
     /// The cgroup the programs are attached to.
@@ -224,6 +324,38 @@ fn ebpf_log_level() -> u8 {
         _ => Level::Error,
     };
     level as u8
+}
+
+/// Writes the CIDRs and port policies `connect4` consults. The maps are
+/// borrowed, not taken: a map taken out of `ebpf` and dropped closes its
+/// descriptor before the programs that use it are loaded.
+fn fill_policy(ebpf: &mut Ebpf, spec: &InterceptSpec) -> Result<(), InterceptError> {
+    let map_err = |name| move |source| InterceptError::Map { name, source };
+    let mut cidrs: LpmTrie<&mut MapData, u32, u32> = LpmTrie::try_from(
+        ebpf.map_mut(MAP_CIDRS)
+            .ok_or(InterceptError::Missing(MAP_CIDRS))?,
+    )
+    .map_err(map_err(MAP_CIDRS))?;
+    for (ip, len) in &spec.cidrs {
+        let key = Key::new(u32::from(*len), u32::from_ne_bytes(ip.octets()));
+        cidrs.insert(&key, 1, 0).map_err(map_err(MAP_CIDRS))?;
+    }
+    let mut ports: HashMap<&mut MapData, u32, u32> = HashMap::try_from(
+        ebpf.map_mut(MAP_PORTS)
+            .ok_or(InterceptError::Missing(MAP_PORTS))?,
+    )
+    .map_err(map_err(MAP_PORTS))?;
+    let policies = spec
+        .ports
+        .iter()
+        .map(|p| (p, PortPolicy::Intercept))
+        .chain(spec.exclude_ports.iter().map(|p| (p, PortPolicy::Exclude)));
+    for (port, policy) in policies {
+        ports
+            .insert(u32::from(*port), policy as u32, 0)
+            .map_err(map_err(MAP_PORTS))?;
+    }
+    Ok(())
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, InterceptError>

@@ -3,10 +3,41 @@
 //!
 //! `ebpf` loads and attaches the programs (aya) and reads their maps;
 //! `cgroup` finds and handles cgroup v2 directories; `bpf_log` forwards the
-//! programs' aya-log lines to `tracing`.
+//! programs' aya-log lines to `tracing`; `nft` is the iptables-mode
+//! fallback. [`OrigDst`] is the one question the proxy asks of either mode:
+//! where was this accepted connection going?
 
 mod bpf_log;
 pub mod cgroup;
 pub mod ebpf;
+pub mod nft;
 
-pub use ebpf::{Counters, EbpfDataPath, EbpfOptions, InterceptError};
+use std::net::{SocketAddr, SocketAddrV4};
+
+use tokio::net::TcpStream;
+
+/// Where the proxy learns an intercepted connection's original destination.
+pub enum OrigDst {
+    /// The eBPF programs' map, keyed by the client's 4-tuple.
+    Ebpf(ebpf::OrigDstMap),
+    /// Conntrack, through getsockopt(SO_ORIGINAL_DST) (iptables mode).
+    Conntrack,
+}
+
+impl OrigDst {
+    /// The original destination of the accepted `stream` from `peer`.
+    pub fn lookup(&self, stream: &TcpStream, peer: SocketAddr) -> Option<SocketAddrV4> {
+        match self {
+            OrigDst::Ebpf(map) => {
+                let (SocketAddr::V4(peer), Ok(SocketAddr::V4(local))) = (peer, stream.local_addr())
+                else {
+                    return None;
+                };
+                map.lookup(peer, local)
+            }
+            OrigDst::Conntrack => nft::so_original_dst(stream),
+        }
+    }
+}
+
+pub use ebpf::{Counters, EbpfDataPath, EbpfOptions, InterceptError, InterceptSpec, OrigDstMap};

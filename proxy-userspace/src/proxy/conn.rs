@@ -14,7 +14,12 @@
 //! response head has gone out is answered, an error after it (a backend
 //! dying mid-body) can only close the client connection.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    io,
+    net::{SocketAddr, SocketAddrV4},
+    sync::Arc,
+    time::Instant,
+};
 
 use rand::{SeedableRng, rngs::SmallRng};
 use tokio::{
@@ -24,7 +29,13 @@ use tokio::{
     time::timeout,
 };
 
-use super::{Shared, pool, splice::Pipe, tunnel};
+use super::{
+    Shared,
+    io::{copy_until_eof, read_into, write_all},
+    pool,
+    splice::Pipe,
+    tunnel,
+};
 use crate::{
     admin::metrics::ErrorKind,
     dtab::Choice,
@@ -108,6 +119,10 @@ pub struct Conn {
     resp: ResponseHead,
     pipe: Option<Pipe>,
     rng: SmallRng,
+    /// Where the client meant to connect (transparent modes).
+    orig_dst: Option<SocketAddrV4>,
+    /// Requests answered so far on this connection.
+    served: u64,
 }
 
 /// How the exchange of one request ended, for the loop.
@@ -140,19 +155,33 @@ impl Conn {
             resp: ResponseHead::with_capacity(max_headers),
             pipe: None,
             rng: SmallRng::from_os_rng(),
+            orig_dst: None,
+            served: 0,
         }
     }
 
     pub async fn serve(mut self) {
+        if let Some(orig) = &self.shared.orig_dst {
+            self.orig_dst = orig.lookup(&self.client, self.peer);
+        }
         loop {
             let head_len = match self.read_request_head().await {
                 Ok(Some(n)) => n,
                 Ok(None) => return,
+                // Not HTTP, on an intercepted connection: pass it on untouched.
+                Err(Failure::Respond {
+                    kind: ErrorKind::BadRequest,
+                    ..
+                }) if self.served == 0 && self.orig_dst.is_some() => {
+                    self.tunnel_opaque().await;
+                    return;
+                }
                 Err(f) => {
                     self.fail(f).await;
                     return;
                 }
             };
+            self.served += 1;
             match self.exchange(head_len).await {
                 Ok(Next::KeepAlive) => {}
                 Ok(Next::Close) => return,
@@ -169,6 +198,36 @@ impl Conn {
                     self.buf.drain(..head_len);
                 }
             }
+        }
+    }
+
+    /// Tunnels a connection that does not speak HTTP to where its client
+    /// was connecting, with what was read so far sent first.
+    async fn tunnel_opaque(&mut self) {
+        let Some(dst) = self.orig_dst else { return };
+        let cfg = &self.shared.cfg;
+        let backend = match pool::connect_to(SocketAddr::V4(dst), &cfg.pool).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.shared.metrics.error(ErrorKind::ConnectFailed);
+                tracing::debug!(peer = %self.peer, %dst, error = %e, "opaque connection: connect failed");
+                return;
+            }
+        };
+        self.shared.metrics.opaque_connections.inc();
+        tracing::debug!(peer = %self.peer, %dst, "not HTTP: tunnelling to the original destination");
+        if write_all(&backend, &self.buf).await.is_err() {
+            return;
+        }
+        let splice = cfg.splice_threshold != u64::MAX;
+        if let Ok((up, down)) = tunnel::run(&self.client, &backend, splice).await {
+            let moved = &self.shared.metrics;
+            let n = up + down + self.buf.len() as u64;
+            if splice {
+                moved.bytes_spliced.inc_by(n)
+            } else {
+                moved.bytes_copied.inc_by(n)
+            };
         }
     }
 
@@ -272,13 +331,14 @@ impl Conn {
                 ));
             }
             let framing = http::request_body(req, buf)?;
+            let mut orig_text = [0u8; 21];
             shared
                 .identifier
                 .identify(
                     &mut self.name,
                     req.method(buf),
                     req.minor_version(),
-                    req.authority(buf),
+                    name_authority(req.authority(buf), self.orig_dst, &mut orig_text),
                 )
                 .map_err(|e| Failure::Respond {
                     status: 400,
@@ -533,7 +593,8 @@ impl Conn {
             }
             dest.stats.latency.observe(started.elapsed());
             drop(in_flight);
-            if let Ok((up, down)) = tunnel::run(&self.client, &backend).await {
+            let splice = cfg.splice_threshold != u64::MAX;
+            if let Ok((up, down)) = tunnel::run(&self.client, &backend, splice).await {
                 self.shared.metrics.bytes_spliced.inc_by(up + down);
             }
             return Ok(Next::Close);
@@ -664,6 +725,42 @@ impl Conn {
             }
         }
     }
+}
+
+/// The authority a request is named by: its own, unless it has none or
+/// names a bare IP address and the connection was intercepted, in which
+/// case the original destination `ip:port` (written into `scratch`) stands in.
+fn name_authority<'a>(
+    authority: Option<&'a [u8]>,
+    orig: Option<SocketAddrV4>,
+    scratch: &'a mut [u8; 21],
+) -> Option<&'a [u8]> {
+    let is_address = |a: &[u8]| {
+        let text = std::str::from_utf8(a).unwrap_or("");
+        let host = text
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(text, |(h, _)| h);
+        host.parse::<std::net::IpAddr>().is_ok()
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok()
+    };
+    match (authority, orig) {
+        (Some(a), Some(dst)) if is_address(a) => Some(write_addr(scratch, dst)),
+        (None, Some(dst)) => Some(write_addr(scratch, dst)),
+        (a, _) => a,
+    }
+}
+
+/// `ip:port` into a stack buffer (21 bytes hold the longest IPv4 one).
+fn write_addr(scratch: &mut [u8; 21], addr: SocketAddrV4) -> &[u8] {
+    use std::io::Write as _;
+    let mut cursor = std::io::Cursor::new(&mut scratch[..]);
+    let _ = write!(cursor, "{addr}");
+    let n = cursor.position() as usize;
+    &scratch[..n]
 }
 
 /// Chooses the destination of a request from its route, or the refusal.
@@ -846,6 +943,17 @@ async fn move_body(
                 }
             }
         }
+        BodyLength::UntilClose if splice_threshold == u64::MAX => {
+            write_all(to, pending).await.map_err(MoveError::To)?;
+            moved.copied += pending.len() as u64;
+            pending.clear();
+            if copy.len() < COPY_CHUNK {
+                copy.resize(COPY_CHUNK, 0);
+            }
+            moved.copied += copy_until_eof(from, to, copy)
+                .await
+                .map_err(MoveError::From)?;
+        }
         BodyLength::UntilClose => {
             write_all(to, pending).await.map_err(MoveError::To)?;
             moved.copied += pending.len() as u64;
@@ -889,41 +997,4 @@ async fn copy_exact(
         left -= got as u64;
     }
     Ok(n)
-}
-
-/// Appends what can be read from `from` to `buf`'s spare capacity.
-async fn read_into(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    loop {
-        from.readable().await?;
-        let len = buf.len();
-        let spare = buf.capacity() - len;
-        buf.resize(len + spare, 0);
-        match from.try_read(&mut buf[len..]) {
-            Ok(k) => {
-                buf.truncate(len + k);
-                return Ok(k);
-            }
-            Err(e) => {
-                buf.truncate(len);
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    continue;
-                }
-                return Err(e);
-            }
-        }
-    }
-}
-
-/// `write_all` over a shared reference (the tokio stream's own needs `&mut`).
-async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        to.writable().await?;
-        match to.try_write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(k) => data = &data[k..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

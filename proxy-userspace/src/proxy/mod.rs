@@ -8,6 +8,7 @@
 //! to the grace period.
 
 pub mod conn;
+mod io;
 pub mod pool;
 pub mod splice;
 pub mod tunnel;
@@ -37,6 +38,8 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     pub max_via_hops: usize,
     pub max_connections: usize,
+    /// Bodies of known length at least this big are spliced; `u64::MAX`
+    /// turns splicing off (eBPF mode: see `tunnel`).
     pub splice_threshold: u64,
     pub pool: PoolConfig,
     pub eject: Duration,
@@ -60,6 +63,8 @@ impl ProxyConfig {
                 max_idle_per_endpoint: s.pool.max_idle_per_endpoint,
                 idle_timeout: ms(s.pool.idle_timeout_ms),
                 connect_timeout: ms(s.pool.connect_timeout_ms),
+                mark: None,
+                source: None,
             },
             eject: ms(s.pool.eject_ms),
         }
@@ -72,6 +77,8 @@ pub struct Shared {
     pub router: Arc<Router>,
     pub metrics: Arc<Metrics>,
     pub identifier: Identifier,
+    /// Where intercepted connections were going (transparent modes only).
+    pub orig_dst: Option<crate::intercept::OrigDst>,
 }
 
 /// Accepts and serves until `shutdown` turns true, then drains for at most

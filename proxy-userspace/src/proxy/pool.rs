@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::net::TcpStream;
+use std::{net::SocketAddr, os::fd::AsRawFd};
+
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::namer::balancer::Backend;
 
@@ -25,6 +27,11 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// How long a connect to a backend may take.
     pub connect_timeout: Duration,
+    /// SO_MARK for backend sockets, so interception leaves them alone.
+    pub mark: Option<u32>,
+    /// Source address for backend sockets (the node address in eBPF mode,
+    /// so that sockops recognises proxy-to-pod connections).
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Default for PoolConfig {
@@ -33,6 +40,8 @@ impl Default for PoolConfig {
             max_idle_per_endpoint: 64,
             idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
+            mark: None,
+            source: None,
         }
     }
 }
@@ -69,16 +78,56 @@ pub async fn checkout(
     Ok((connect(backend, cfg).await?, false))
 }
 
-/// A new connection to `backend`, with the connect timeout.
+/// A new connection to `backend`, with the connect timeout, marked and
+/// bound as configured.
 pub async fn connect(backend: &Backend, cfg: &PoolConfig) -> Result<TcpStream, ConnectError> {
     let addr = backend.addr();
-    let stream = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
+    connect_to(addr, cfg).await
+}
+
+/// A new connection to `addr` (a backend, or an opaque connection's
+/// original destination).
+pub async fn connect_to(addr: SocketAddr, cfg: &PoolConfig) -> Result<TcpStream, ConnectError> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| ConnectError::Io(addr, e))?;
+    if let Some(mark) = cfg.mark {
+        set_mark(&socket, mark).map_err(|e| ConnectError::Io(addr, e))?;
+    }
+    if let Some(ip) = cfg.source
+        && ip.is_ipv4() == addr.is_ipv4()
+    {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| ConnectError::Io(addr, e))?;
+    }
+    let stream = match tokio::time::timeout(cfg.connect_timeout, socket.connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
         Err(_) => return Err(ConnectError::Timeout(addr)),
     };
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+fn set_mark(socket: &TcpSocket, mark: u32) -> io::Result<()> {
+    // SAFETY: setsockopt with a valid descriptor and a u32 option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Returns a connection whose last exchange ended cleanly.

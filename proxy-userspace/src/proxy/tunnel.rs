@@ -1,28 +1,47 @@
 //! Byte tunnels: after a 101 (Upgrade) or a 2xx to CONNECT, and for opaque
-//! connections, both directions are spliced until each side closes.
+//! connections, both directions move until each side closes: spliced, or
+//! copied through userspace where splice cannot read (sockets in the eBPF
+//! SOCKHASH receive redirected bytes into a queue splice does not see).
 
 use std::{io, os::fd::AsRawFd};
 
 use tokio::net::TcpStream;
 
-use super::splice::Pipe;
+use super::{io::copy_until_eof, splice::Pipe};
 
-/// Splices `a` to `b` and `b` to `a` at once until both directions end; when
+/// Moves `a` to `b` and `b` to `a` at once until both directions end; when
 /// one direction ends, the write side of its destination is shut down so
 /// the peer sees the end too. Returns the bytes moved each way.
-pub async fn run(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
-    let (mut ab, mut ba) = (Pipe::new()?, Pipe::new()?);
-    let forward = async {
-        let n = ab.transfer(a, b, None).await;
-        shutdown_write(b);
-        n
+pub async fn run(a: &TcpStream, b: &TcpStream, splice: bool) -> io::Result<(u64, u64)> {
+    let (x, y) = if splice {
+        let (mut ab, mut ba) = (Pipe::new()?, Pipe::new()?);
+        tokio::join!(
+            async {
+                let n = ab.transfer(a, b, None).await;
+                shutdown_write(b);
+                n
+            },
+            async {
+                let n = ba.transfer(b, a, None).await;
+                shutdown_write(a);
+                n
+            }
+        )
+    } else {
+        let (mut ab, mut ba) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
+        tokio::join!(
+            async {
+                let n = copy_until_eof(a, b, &mut ab).await;
+                shutdown_write(b);
+                n
+            },
+            async {
+                let n = copy_until_eof(b, a, &mut ba).await;
+                shutdown_write(a);
+                n
+            }
+        )
     };
-    let backward = async {
-        let n = ba.transfer(b, a, None).await;
-        shutdown_write(a);
-        n
-    };
-    let (x, y) = tokio::join!(forward, backward);
     Ok((x?, y?))
 }
 

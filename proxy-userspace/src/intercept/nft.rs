@@ -1,0 +1,139 @@
+//! iptables mode: nftables rules that DNAT intercepted connections to the
+//! proxy, and SO_ORIGINAL_DST to learn where they were going.
+//!
+//! Pods' packets enter the node through their veths (the `prerouting`
+//! hook); processes of the node itself go through `output`. Both chains
+//! skip packets of sockets carrying the proxy's mark, so the proxy's own
+//! connects are never sent back to it. DNAT rather than REDIRECT: REDIRECT
+//! sends to the address of the interface a packet came in on, and a pod's
+//! host-side veth has none.
+//!
+//! The rules live in a table of their own, made on start and deleted when
+//! the [`NftRules`] guard is dropped. A proxy killed with SIGKILL leaves
+//! them behind: unlike eBPF mode, iptables mode fails closed.
+
+use std::{
+    io::Write,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::AsRawFd,
+    process::{Command, Stdio},
+};
+
+/// The installed rules; dropping deletes them.
+pub struct NftRules {
+    table: String,
+}
+
+impl NftRules {
+    /// Installs DNAT rules for `cidrs` (and `ports`, all when empty, minus
+    /// `exclude_ports`) to `proxy`.
+    pub fn install(
+        proxy: SocketAddrV4,
+        cidrs: &[(Ipv4Addr, u8)],
+        ports: &[u16],
+        exclude_ports: &[u16],
+        mark: u32,
+    ) -> Result<NftRules, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("iptables interception needs root (CAP_NET_ADMIN)".into());
+        }
+        if cidrs.is_empty() {
+            return Err("no CIDRs to intercept (interception.cidrs is empty)".into());
+        }
+        let table = format!("sidetrack_{}", proxy.port());
+        let set = |items: Vec<String>| format!("{{ {} }}", items.join(", "));
+        let daddr = set(cidrs
+            .iter()
+            .map(|(ip, len)| format!("{ip}/{len}"))
+            .collect());
+        let mut matches = format!("ip daddr {daddr} meta l4proto tcp");
+        if !ports.is_empty() {
+            matches.push_str(&format!(
+                " tcp dport {}",
+                set(ports.iter().map(u16::to_string).collect())
+            ));
+        }
+        if !exclude_ports.is_empty() {
+            matches.push_str(&format!(
+                " tcp dport != {}",
+                set(exclude_ports.iter().map(u16::to_string).collect())
+            ));
+        }
+        let script = format!(
+            "table ip {table} {{\n\
+             \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+             \t\tmeta mark {mark:#x} return\n\t\t{matches} dnat to {proxy}\n\t}}\n\
+             \tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n\
+             \t\tmeta mark {mark:#x} return\n\t\t{matches} dnat to {proxy}\n\t}}\n}}\n"
+        );
+        // A table left by an earlier proxy on the same port goes first.
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &table])
+            .stderr(Stdio::null())
+            .status();
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("running nft (is nftables installed?): {e}"))?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(script.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "nft refused the rules: {}\n{script}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        tracing::info!(table, %proxy, "nftables interception rules installed");
+        Ok(NftRules { table })
+    }
+}
+
+impl Drop for NftRules {
+    fn drop(&mut self) {
+        let ok = Command::new("nft")
+            .args(["delete", "table", "ip", &self.table])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            tracing::info!(table = self.table, "nftables interception rules removed");
+        } else {
+            tracing::warn!(
+                table = self.table,
+                "could not remove the nftables rules; remove them with `nft delete table ip {}`",
+                self.table
+            );
+        }
+    }
+}
+
+/// The destination a DNATed connection was addressed to, from conntrack.
+pub fn so_original_dst(socket: &impl AsRawFd) -> Option<SocketAddrV4> {
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    // SAFETY: a zeroed sockaddr_in is a valid value to be overwritten.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `addr` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then(|| {
+        SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+            u16::from_be(addr.sin_port),
+        )
+    })
+}

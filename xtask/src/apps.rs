@@ -1,0 +1,118 @@
+//! The demo's applications, small HTTP/1.1 servers on std threads:
+//!
+//! * `world WORD`: answers every request with `<WORD> (<its own address>)`.
+//!   `world-v1` says "world", the staged `world-v2` "earth".
+//! * `hello WORLD_ADDR`: on each request calls `http://world/` at
+//!   `WORLD_ADDR` (a service address the node intercepts) and answers
+//!   `Hello (<its own address>) <what world said>!!`. Like any application
+//!   behind Linkerd, it copies the `l5d-ctx-*` headers of the request it
+//!   serves onto the request it makes: that is how a per-request dtab
+//!   override reaches the next hop.
+//!
+//! They run as `cargo xtask app hello|world LISTEN ARG` (the demo starts its
+//! own binary that way) and as the tests' `demo-app` binary.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    thread,
+};
+
+/// Runs an app from `[hello|world, LISTEN, ARG]`; returns only on error.
+pub fn run(args: &[String]) -> std::io::Result<()> {
+    match args {
+        [app, listen, arg] if app == "hello" => serve_forever(listen, arg, hello_serve),
+        [app, listen, arg] if app == "world" => serve_forever(listen, arg, world_serve),
+        _ => Err(std::io::Error::other(
+            "usage: app hello LISTEN WORLD_ADDR | app world LISTEN WORD",
+        )),
+    }
+}
+
+fn serve_forever(
+    listen: &str,
+    arg: &str,
+    serve: fn(TcpStream, &str) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen)?;
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let arg = arg.to_owned();
+        thread::spawn(move || serve(stream, &arg));
+    }
+    Ok(())
+}
+
+/// Reads one request head; returns its `l5d-ctx-*` lines, or `None` at the
+/// end of the connection. The demo's requests have no body.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut context = String::new();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header == "\r\n" {
+            return Ok(Some(context));
+        }
+        if header.to_ascii_lowercase().starts_with("l5d-ctx-") {
+            context.push_str(&header);
+        }
+    }
+}
+
+fn respond(out: &mut impl Write, body: &str) -> std::io::Result<()> {
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn world_serve(stream: TcpStream, word: &str) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let me = stream.local_addr()?.ip();
+    let mut out = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    while read_head(&mut reader)?.is_some() {
+        respond(&mut out, &format!("{word} ({me})"))?;
+    }
+    Ok(())
+}
+
+fn hello_serve(stream: TcpStream, world: &str) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let me = stream.local_addr()?.ip();
+    let mut out = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    while let Some(context) = read_head(&mut reader)? {
+        let body = match call_world(world, &context) {
+            Ok(said) => format!("Hello ({me}) {said}!!"),
+            Err(e) => format!("Hello ({me}), but world did not answer: {e}"),
+        };
+        respond(&mut out, &body)?;
+    }
+    Ok(())
+}
+
+/// `GET /` to world with the context headers; returns the response body.
+fn call_world(addr: &str, context: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: world\r\nConnection: close\r\n{context}\r\n"
+    )?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    if status != "200" {
+        let err = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("l5d-err:"))
+            .unwrap_or(head);
+        return Err(std::io::Error::other(format!("status {status}: {err}")));
+    }
+    Ok(body.to_owned())
+}

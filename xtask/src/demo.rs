@@ -1,0 +1,121 @@
+//! `cargo xtask demo`: the ad-hoc staging tutorial, end to end, on the netns
+//! test bed with the proxy in eBPF mode.
+//!
+//! A client pod calls `http://hello/` with plain `connect()`s; `hello` calls
+//! `http://world/`. Neither knows the proxy: `cgroup/connect4` sends their
+//! connects to it, and the dtab routes `world` to `world-v1`, or, for a
+//! request carrying `l5d-dtab: /host/world => /srv/world-v2`, to the staged
+//! `world-v2`. Everything is torn down at the end (or on Ctrl-C).
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+
+use crate::{
+    build_ebpf, cmd, setup,
+    staging::{self, Bins, Mode, STAGE_V2, Staging},
+    testbed,
+};
+
+pub fn run(keep: bool) -> Result<()> {
+    // First, before any thread exists: Ctrl-C tears the test bed down.
+    testbed::teardown_on_signal()?;
+    if !setup::is_complete() {
+        setup::run()?;
+    }
+    build_ebpf::run()?;
+    cmd::step("building sidetrack");
+    cmd::run(cmd::cargo().args([
+        "build",
+        "--locked",
+        "--package",
+        "sidetrack",
+        "--bin",
+        "sidetrack",
+    ]))?;
+    let bins = Bins {
+        sidetrack: crate::target_dir().join("debug/sidetrack"),
+        // The apps are a subcommand of this very binary.
+        app: std::env::current_exe()?,
+        app_args: vec!["app".into()],
+    };
+
+    cmd::step(
+        "starting a node with pods client, hello, world-v1, world-v2, and sidetrack in eBPF mode",
+    );
+    let s = Staging::start("demo", Mode::Ebpf, bins)?;
+    for pod in [&s.client, &s.hello, &s.world_v1, &s.world_v2] {
+        cmd::note(format!("pod {:<9} {}", pod.name(), pod.ip()));
+    }
+    cmd::note(format!(
+        "sidetrack listens on {} (admin {}); hello is {}, world is {}",
+        s.proxy_addr,
+        s.admin_addr,
+        staging::hello_service(),
+        staging::world_service()
+    ));
+    cmd::note(format!("base dtab: {}", staging::DTAB.replace('\n', " ")));
+
+    cmd::step("a plain request, from pod client");
+    println!("$ curl http://hello/");
+    let plain = s.get_hello(&[])?;
+    println!("{plain}");
+    let want = format!("Hello ({}) world ({})!!", s.hello.ip(), s.world_v1.ip());
+    ensure!(plain == want, "expected {want:?}");
+
+    cmd::step("the same request, staging world-v2 for itself only");
+    println!("$ curl -H '{STAGE_V2}' http://hello/");
+    let staged = s.get_hello(&[STAGE_V2])?;
+    println!("{staged}");
+    let want = format!("Hello ({}) earth ({})!!", s.hello.ip(), s.world_v2.ip());
+    ensure!(staged == want, "expected {want:?}");
+
+    cmd::step("what the proxy saw");
+    let m = s.metrics()?;
+    let intercepted = staging::metric(&m, "sidetrack_ebpf_connect_intercepted_total", &[]);
+    let redirected = staging::metric(&m, "sidetrack_ebpf_bytes_redirected_total", &[]);
+    let msgs = staging::metric(&m, "sidetrack_ebpf_msg_redirected_total", &[]);
+    println!("connections intercepted by connect4:      {intercepted}");
+    println!(
+        "bytes that skipped the TCP/IP stack:      {redirected} ({msgs} messages redirected by sk_msg)"
+    );
+    println!("requests per destination:");
+    for line in m
+        .lines()
+        .filter(|l| l.starts_with("sidetrack_requests_total{"))
+    {
+        let label = |k: &str| {
+            line.split(&format!("{k}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let n = line.rsplit(' ').next().unwrap_or("0");
+        let overridden = if label("override") == "true" {
+            "  (l5d-dtab override)"
+        } else {
+            ""
+        };
+        println!(
+            "  {:<12} -> {:<24} {n}{overridden}",
+            label("service"),
+            label("dst")
+        );
+    }
+    println!(
+        "delegator: http://{}/delegator?path=/svc/world",
+        s.admin_addr
+    );
+
+    if keep {
+        cmd::step("running until Ctrl-C (try the delegator page, or curl from the client pod)");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    cmd::step("tearing the node down");
+    drop(s);
+    cmd::step("demo done");
+    Ok(())
+}

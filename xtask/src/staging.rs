@@ -1,0 +1,388 @@
+//! The ad-hoc staging scenario on the netns test bed, shared by
+//! `cargo xtask demo` and the interception tests.
+//!
+//! Pods `client`, `hello`, `world-v1` and `world-v2` run the demo apps
+//! (`apps.rs`); the proxy runs in the node's root network namespace, in a
+//! cgroup of the node (so the eBPF programs, attached to the node's cgroup,
+//! see its sockets too), listening on the node address. Services have
+//! addresses nothing owns (`hello` 198.19.0.1:80, `world` 198.19.0.2:80):
+//! only interception gets a connect there anywhere. The file namer's
+//! directory says where each version runs; the base dtab sends `world` to
+//! `world-v1`, and a request's `l5d-dtab: /host/world => /srv/world-v2`
+//! stages `world-v2` for that request alone.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::testbed::{Node, Pod, SERVICE_RANGE};
+
+/// The base dtab of the Linkerd tutorial this scenario follows.
+pub const DTAB: &str =
+    "/srv => /#/io.l5d.fs;\n/host => /srv;\n/svc => /host;\n/host/world => /srv/world-v1;\n";
+/// The override that stages world-v2.
+pub const STAGE_V2: &str = "l5d-dtab: /host/world => /srv/world-v2";
+/// Where the apps listen in their pods.
+pub const APP_PORT: u16 = 8080;
+/// A port the interception leaves alone (excluded), served by `hello` too.
+pub const EXCLUDED_PORT: u16 = 9091;
+pub const PROXY_PORT: u16 = 4140;
+pub const ADMIN_PORT: u16 = 9990;
+pub const PROXY_MARK: u32 = 0x5354;
+
+/// The service addresses.
+pub fn hello_service() -> SocketAddrV4 {
+    SocketAddrV4::new(service_ip(1), 80)
+}
+
+pub fn world_service() -> SocketAddrV4 {
+    SocketAddrV4::new(service_ip(2), 80)
+}
+
+fn service_ip(n: u8) -> Ipv4Addr {
+    let [a, b, _, _] = SERVICE_RANGE.0.octets();
+    Ipv4Addr::new(a, b, 0, n)
+}
+
+/// How traffic reaches the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Ebpf,
+    Iptables,
+}
+
+impl Mode {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Mode::Ebpf => "ebpf",
+            Mode::Iptables => "iptables",
+        }
+    }
+}
+
+/// The programs the scenario runs: the proxy, and the apps (a program plus
+/// leading arguments, before `hello|world LISTEN ARG`).
+#[derive(Clone, Debug)]
+pub struct Bins {
+    pub sidetrack: PathBuf,
+    pub app: PathBuf,
+    pub app_args: Vec<String>,
+}
+
+/// The running scenario. Dropping it stops every process and tears the node
+/// down.
+pub struct Staging {
+    pub client: Pod,
+    pub hello: Pod,
+    pub world_v1: Pod,
+    pub world_v2: Pod,
+    pub proxy_addr: SocketAddrV4,
+    pub admin_addr: SocketAddrV4,
+    pub dir: PathBuf,
+    pub mode: Mode,
+    bins: Bins,
+    apps: Vec<Child>,
+    proxy: Option<Child>,
+    proxy_log: PathBuf,
+    // Last: dropped after the processes are gone.
+    pub node: Node,
+}
+
+impl Staging {
+    /// Makes the node and its pods, starts the apps and the proxy, and waits
+    /// until the proxy is ready.
+    pub fn start(tag: &str, mode: Mode, bins: Bins) -> Result<Staging> {
+        let mut node = Node::new(tag)?;
+        let client = node.add_pod("client")?;
+        let hello = node.add_pod("hello")?;
+        let world_v1 = node.add_pod("world-v1")?;
+        let world_v2 = node.add_pod("world-v2")?;
+        let dir =
+            std::env::temp_dir().join(format!("sidetrack-staging-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("disco"))?;
+        let node_ip = node.ip();
+        let mut staging = Staging {
+            proxy_addr: SocketAddrV4::new(node_ip, PROXY_PORT),
+            admin_addr: SocketAddrV4::new(node_ip, ADMIN_PORT),
+            client,
+            hello,
+            world_v1,
+            world_v2,
+            dir,
+            mode,
+            bins,
+            apps: Vec::new(),
+            proxy: None,
+            proxy_log: PathBuf::new(),
+            node,
+        };
+        staging.start_apps()?;
+        staging.write_namer_files()?;
+        staging.start_proxy()?;
+        Ok(staging)
+    }
+
+    fn app(&self, pod: &Pod, args: &[String]) -> Result<Child> {
+        let mut cmd = pod.command(&self.bins.app);
+        cmd.args(&self.bins.app_args)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        cmd.spawn()
+            .with_context(|| format!("start {args:?} in pod {}", pod.name()))
+    }
+
+    fn start_apps(&mut self) -> Result<()> {
+        let listen = |port: u16| format!("0.0.0.0:{port}");
+        let world = world_service().to_string();
+        let specs: Vec<(Pod, Vec<String>)> = vec![
+            (
+                self.hello.clone(),
+                vec!["hello".into(), listen(APP_PORT), world.clone()],
+            ),
+            (
+                self.hello.clone(),
+                vec!["world".into(), listen(EXCLUDED_PORT), "hello-aside".into()],
+            ),
+            (
+                self.world_v1.clone(),
+                vec!["world".into(), listen(APP_PORT), "world".into()],
+            ),
+            (
+                self.world_v2.clone(),
+                vec!["world".into(), listen(APP_PORT), "earth".into()],
+            ),
+        ];
+        for (pod, args) in specs {
+            let child = self.app(&pod, &args)?;
+            self.apps.push(child);
+        }
+        for pod in [&self.hello, &self.world_v1, &self.world_v2] {
+            wait_listening(pod, APP_PORT)?;
+        }
+        Ok(())
+    }
+
+    fn write_namer_files(&self) -> Result<()> {
+        for pod in [&self.hello, &self.world_v1, &self.world_v2] {
+            fs::write(
+                self.dir.join("disco").join(pod.name()),
+                format!("{} {APP_PORT}\n", pod.ip()),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The proxy's settings file.
+    fn config(&self) -> String {
+        let (svc, svc_len) = SERVICE_RANGE;
+        let mut dtab = String::new();
+        for line in DTAB.lines() {
+            dtab.push_str("  ");
+            dtab.push_str(line);
+            dtab.push('\n');
+        }
+        format!(
+            "listen: {proxy}\nadmin: {admin}\nintercept: {mode}\nfs_dir: {disco}\nwatch_interval_ms: 200\n\
+             dtab: |\n{dtab}\
+             interception:\n  cidrs: [{svc}/{svc_len}, {hello}/32, {v1}/32]\n  exclude_ports: [{EXCLUDED_PORT}]\n  \
+             cgroup: {cgroup}\n  mark: {PROXY_MARK}\n",
+            proxy = self.proxy_addr,
+            admin = self.admin_addr,
+            mode = self.mode.flag(),
+            disco = self.dir.join("disco").display(),
+            hello = self.hello.ip(),
+            v1 = self.world_v1.ip(),
+            cgroup = self.node.cgroup_path().display(),
+        )
+    }
+
+    /// Starts the proxy (again, after `kill_proxy`) and waits for /ready.
+    pub fn start_proxy(&mut self) -> Result<()> {
+        let config = self.dir.join("sidetrack.yaml");
+        fs::write(&config, self.config())?;
+        let proxy_cgroup = self.node.cgroup_path().join("sidetrack");
+        if !proxy_cgroup.is_dir() {
+            fs::create_dir(&proxy_cgroup)?;
+        }
+        self.proxy_log = self.dir.join("sidetrack.log");
+        let log = fs::File::create(&self.proxy_log)?;
+        let mut cmd = Command::new(&self.bins.sidetrack);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        join_cgroup(&mut cmd, &proxy_cgroup)?;
+        let child = cmd.spawn().context("start sidetrack")?;
+        self.proxy = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = &mut self.proxy
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("sidetrack exited ({status}):\n{}", self.proxy_log());
+            }
+            if http_get(SocketAddr::V4(self.admin_addr), "/ready")
+                .is_ok_and(|(status, _)| status == 200)
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("sidetrack did not become ready:\n{}", self.proxy_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the proxy with SIGKILL (no cleanup of its own) and waits for it.
+    pub fn kill_proxy(&mut self) -> Result<()> {
+        if let Some(mut child) = self.proxy.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// What the proxy logged so far.
+    pub fn proxy_log(&self) -> String {
+        fs::read_to_string(&self.proxy_log).unwrap_or_default()
+    }
+
+    /// `curl http://hello/` from the client pod, with extra header lines;
+    /// returns the body.
+    pub fn get_hello(&self, headers: &[&str]) -> Result<String> {
+        let out = self.curl("http://hello:80/", hello_service(), headers)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// `curl` from the client pod to `url`, whose host resolves to `addr`
+    /// (the pods have no DNS); returns the body. Fails on a non-2xx status.
+    pub fn curl(&self, url: &str, addr: SocketAddrV4, headers: &[&str]) -> Result<Vec<u8>> {
+        let host_port = url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let mut cmd = self.client.command("curl");
+        cmd.args([
+            "--silent",
+            "--show-error",
+            "--fail-with-body",
+            "--max-time",
+            "10",
+        ])
+        .arg("--connect-to")
+        .arg(format!("{host_port}:{}:{}", addr.ip(), addr.port()));
+        for h in headers {
+            cmd.arg("-H").arg(h);
+        }
+        cmd.arg(url);
+        let out: Output = cmd.output().context("run curl in the client pod")?;
+        ensure!(
+            out.status.success(),
+            "curl {url} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        Ok(out.stdout)
+    }
+
+    /// The proxy's /metrics.
+    pub fn metrics(&self) -> Result<String> {
+        let (status, body) = http_get(SocketAddr::V4(self.admin_addr), "/metrics")?;
+        ensure!(status == 200, "/metrics answered {status}");
+        Ok(body)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = self.kill_proxy();
+        for child in &mut self.apps {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Makes `cmd` join the cgroup `dir` between fork and exec (it stays in the
+/// root network namespace).
+pub fn join_cgroup(cmd: &mut Command, dir: &Path) -> Result<()> {
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"))?;
+    // SAFETY: between fork and exec the closure only calls write(2) on a
+    // descriptor opened before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::os::fd::AsRawFd;
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    Ok(())
+}
+
+/// Waits until something in `pod` accepts connections on `port`.
+fn wait_listening(pod: &Pod, port: u16) -> Result<()> {
+    let addr = SocketAddr::from((pod.ip(), port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listens on {addr} in pod {}", pod.name())
+}
+
+/// A plain GET from the root namespace; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no response head")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    Ok((status, body.to_owned()))
+}
+
+/// The sum of a metric's samples whose line contains every `label="value"`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
