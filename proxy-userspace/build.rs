@@ -24,6 +24,11 @@ fn main() {
         );
         return;
     }
-    let object = object.canonicalize().expect("canonical path of the eBPF object");
-    println!("cargo::rustc-env=SIDETRACK_EBPF_OBJECT={}", object.display());
+    let object = object
+        .canonicalize()
+        .expect("canonical path of the eBPF object");
+    println!(
+        "cargo::rustc-env=SIDETRACK_EBPF_OBJECT={}",
+        object.display()
+    );
 }
