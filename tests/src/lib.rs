@@ -40,20 +40,8 @@ impl Fnv64 {
     }
 }
 
-/// A deterministic payload of `n` bytes that is not periodic at any small
-/// stride, so a dropped or duplicated chunk changes the checksum.
-pub fn pattern(n: usize) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9;
-    (0..n)
-        .map(|_| {
-            // xorshift32
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+/// The payload the tests and the demo apps agree on.
+pub use xtask::apps::pattern;
 
 /// Fails the test unless it runs as root: root tests must run, never skip.
 pub fn require_root() {

@@ -1,7 +1,8 @@
 //! The demo's applications, small HTTP/1.1 servers on std threads:
 //!
 //! * `world WORD`: answers every request with `<WORD> (<its own address>)`.
-//!   `world-v1` says "world", the staged `world-v2` "earth".
+//!   `world-v1` says "world", the staged `world-v2` "earth". `GET /bytes/N`
+//!   answers N bytes of [`pattern`] instead (large bodies for the tests).
 //! * `hello WORLD_ADDR`: on each request calls `http://world/` at
 //!   `WORLD_ADDR` (a service address the node intercepts) and answers
 //!   `Hello (<its own address>) <what world said>!!`. Like any application
@@ -43,18 +44,39 @@ fn serve_forever(
     Ok(())
 }
 
-/// Reads one request head; returns its `l5d-ctx-*` lines, or `None` at the
-/// end of the connection. The demo's requests have no body.
-fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
+/// A deterministic payload of `n` bytes that no small shift repeats, so
+/// that a lost, doubled or reordered chunk changes it (xorshift32).
+pub fn pattern(n: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// One request head: its target and its `l5d-ctx-*` lines.
+struct Head {
+    target: String,
+    context: String,
+}
+
+/// Reads one request head, or `None` at the end of the connection. The
+/// demo's requests have no body.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<Head>> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
         return Ok(None);
     }
+    let target = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
     let mut context = String::new();
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 || header == "\r\n" {
-            return Ok(Some(context));
+            return Ok(Some(Head { target, context }));
         }
         if header.to_ascii_lowercase().starts_with("l5d-ctx-") {
             context.push_str(&header);
@@ -75,8 +97,18 @@ fn world_serve(stream: TcpStream, word: &str) -> std::io::Result<()> {
     let me = stream.local_addr()?.ip();
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    while read_head(&mut reader)?.is_some() {
-        respond(&mut out, &format!("{word} ({me})"))?;
+    while let Some(head) = read_head(&mut reader)? {
+        match head
+            .target
+            .strip_prefix("/bytes/")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => {
+                write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n")?;
+                out.write_all(&pattern(n))?;
+            }
+            None => respond(&mut out, &format!("{word} ({me})"))?,
+        }
     }
     Ok(())
 }
@@ -86,8 +118,8 @@ fn hello_serve(stream: TcpStream, world: &str) -> std::io::Result<()> {
     let me = stream.local_addr()?.ip();
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    while let Some(context) = read_head(&mut reader)? {
-        let body = match call_world(world, &context) {
+    while let Some(head) = read_head(&mut reader)? {
+        let body = match call_world(world, &head.context) {
             Ok(said) => format!("Hello ({me}) {said}!!"),
             Err(e) => format!("Hello ({me}), but world did not answer: {e}"),
         };

@@ -246,6 +246,30 @@ impl Staging {
         }
     }
 
+    /// Stops the proxy with SIGTERM (it drains, detaches or removes its
+    /// interception, and exits) and waits for it.
+    pub fn stop_proxy(&mut self) -> Result<std::process::ExitStatus> {
+        let Some(mut child) = self.proxy.take() else {
+            bail!("the proxy is not running")
+        };
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                bail!(
+                    "the proxy did not stop within 15 s of SIGTERM:\n{}",
+                    self.proxy_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the proxy with SIGKILL (no cleanup of its own) and waits for it.
     pub fn kill_proxy(&mut self) -> Result<()> {
         if let Some(mut child) = self.proxy.take() {
@@ -270,11 +294,18 @@ impl Staging {
     /// `curl` from the client pod to `url`, whose host resolves to `addr`
     /// (the pods have no DNS); returns the body. Fails on a non-2xx status.
     pub fn curl(&self, url: &str, addr: SocketAddrV4, headers: &[&str]) -> Result<Vec<u8>> {
-        let host_port = url
+        let authority = url
             .trim_start_matches("http://")
             .split('/')
             .next()
             .unwrap_or("");
+        // --connect-to must match host and port exactly, or curl would ask
+        // DNS for the name: spell the default port out.
+        let host_port = if authority.contains(':') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
         let mut cmd = self.client.command("curl");
         cmd.args([
             "--silent",
@@ -310,7 +341,10 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        let _ = self.kill_proxy();
+        // Gracefully, so that iptables mode removes its rules.
+        if self.proxy.is_some() && self.stop_proxy().is_err() {
+            let _ = self.kill_proxy();
+        }
         for child in &mut self.apps {
             let _ = child.kill();
             let _ = child.wait();

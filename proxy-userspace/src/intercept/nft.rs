@@ -8,7 +8,8 @@
 //! sends to the address of the interface a packet came in on, and a pod's
 //! host-side veth has none.
 //!
-//! The rules live in a table of their own, made on start and deleted when
+//! The rules live in a table of their own (named for the proxy's address),
+//! made on start and deleted when
 //! the [`NftRules`] guard is dropped. A proxy killed with SIGKILL leaves
 //! them behind: unlike eBPF mode, iptables mode fails closed.
 
@@ -41,7 +42,11 @@ impl NftRules {
         if cidrs.is_empty() {
             return Err("no CIDRs to intercept (interception.cidrs is empty)".into());
         }
-        let table = format!("sidetrack_{}", proxy.port());
+        let table = format!(
+            "sidetrack_{}_{}",
+            proxy.ip().to_string().replace('.', "_"),
+            proxy.port()
+        );
         let set = |items: Vec<String>| format!("{{ {} }}", items.join(", "));
         let daddr = set(cidrs
             .iter()
