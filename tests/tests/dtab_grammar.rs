@@ -269,6 +269,10 @@ fn weights_print_with_two_decimals_rounding_half_up() {
     assert_eq!(show("/a=>0.994*/b & /c"), "/a=>0.99*/b & /c");
     assert_eq!(show("/a=>9.995*/b & /c"), "/a=>10.00*/b & /c");
     assert_eq!(show("/a=>0*/b & /c"), "/a=>0.00*/b & /c");
+    // As in Finagle, only a weight of exactly 1 goes unprinted; 0.999 prints
+    // as 1.00 and so reads back as the default.
+    assert_eq!(show("/a=>.999*/b & /c"), "/a=>1.00*/b & /c");
+    assert_eq!(show("/a=>1.00*/b & /c"), "/a=>/b & /c");
 }
 
 #[test]
