@@ -38,7 +38,7 @@ pub enum Parsed {
 pub enum TargetForm {
     /// `/path?query`
     Origin,
-    /// `http://authority/path?query`, sent to proxies.
+    /// `http://authority/path?query`, sent to proxies (no `#fragment`).
     Absolute,
     /// `host:port`, CONNECT only.
     Authority,
@@ -226,13 +226,13 @@ impl RequestHead {
                 Some(at) => auth.start + at + 1..auth.end,
                 None => auth,
             };
-            if !is_authority(&target[hostport.clone()]) {
+            // An empty host is invalid in an http(s) URI (RFC 9110 §4.2.1).
+            if hostport.is_empty() || !is_authority(&target[hostport.clone()]) {
                 return Err(HeadError::Malformed("invalid authority in request target"));
             }
             self.form = TargetForm::Absolute;
             // The target's authority overrides Host (RFC 9112 §3.2.2).
-            self.authority = Some(Span::new(base + hostport.start, base + hostport.end))
-                .filter(|s| !s.is_empty());
+            self.authority = Some(Span::new(base + hostport.start, base + hostport.end));
             self.path = Span::new(base + path.start, base + path.end);
         }
         Ok(())
@@ -506,7 +506,9 @@ fn split_absolute(target: &[u8]) -> Option<(std::ops::Range<usize>, std::ops::Ra
         && scheme
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
-    if !scheme_ok || !target[colon + 1..].starts_with(b"//") {
+    // absolute-URI has no fragment (RFC 9112 §3.2.2); refusing `#` keeps the
+    // path we forward a path.
+    if !scheme_ok || !target[colon + 1..].starts_with(b"//") || target.contains(&b'#') {
         return None;
     }
     let auth_start = colon + 3;
@@ -923,7 +925,7 @@ mod tests {
     #[test]
     fn absolute_form_authority_overrides_host() {
         type Case = (&'static [u8], &'static [u8], Option<&'static [u8]>);
-        let cases: [Case; 6] = [
+        let cases: [Case; 5] = [
             (
                 b"GET http://user:pw@example.com:8080/p?q HTTP/1.1\r\nHost: other\r\n\r\n",
                 b"/p?q",
@@ -944,7 +946,6 @@ mod tests {
                 b"?x=1",
                 Some(b"example.com"),
             ),
-            (b"GET http:///p HTTP/1.1\r\nHost: a\r\n\r\n", b"/p", None),
             (
                 b"GET http://[::1]:9/p HTTP/1.1\r\nHost: a\r\n\r\n",
                 b"/p",
@@ -967,8 +968,20 @@ mod tests {
             b"GET x HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET 1http://x/ HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET mailto:x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http://h#f HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http://h/p#f HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             assert_eq!(req_err(buf), HeadError::Malformed("invalid request target"));
+        }
+        for buf in [
+            &b"GET http:///p HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET http://u@/p HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http://a:b/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(
+                req_err(buf),
+                HeadError::Malformed("invalid authority in request target")
+            );
         }
         // The authority ends at the first '/', so an '@' in the path is no userinfo.
         let buf = b"GET http://a/x@evil/ HTTP/1.1\r\nHost: a\r\n\r\n";
