@@ -219,46 +219,126 @@ fn nft_tables() -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `sidetrack run --intercept ebpf --listen LISTEN --admin 127.0.0.1:0 EXTRA...`
+/// that is expected to refuse to start: its exit code and stderr.
+fn refused_run(listen: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(sidetrack_tests::proxy::binary())
+        .args([
+            "run",
+            "--intercept",
+            "ebpf",
+            "--listen",
+            listen,
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn interception_needs_a_node_address_and_root_checks_are_clear() {
     require_root();
     // eBPF mode on 0.0.0.0 cannot tell where to send connects.
-    let out = Command::new(sidetrack_tests::proxy::binary())
-        .args([
-            "run",
-            "--intercept",
-            "ebpf",
-            "--listen",
-            "0.0.0.0:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("node's own IPv4 address"));
+    let (code, stderr) = refused_run("0.0.0.0:0", &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("node's own IPv4 address"), "{stderr}");
     // A cgroup that is not one is refused with its path named.
     let cfg = std::env::temp_dir().join(format!("sidetrack-badcg-{}.yaml", std::process::id()));
     std::fs::write(&cfg, "interception:\n  cgroup: /tmp\n").unwrap();
-    let out = Command::new(sidetrack_tests::proxy::binary())
-        .args([
-            "run",
-            "--intercept",
-            "ebpf",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&cfg)
+    let (code, stderr) = refused_run("127.0.0.1:0", &["--config", cfg.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&cfg);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("/tmp is not a cgroup v2 directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_address_for_a_host_is_named_by_the_original_destination() {
+    let s = start("ebpf-ident", Mode::Ebpf);
+    // Host is the service address itself: the name falls back to the
+    // original destination, /svc/198.19.0.2:80, which the file namer knows.
+    let svc = world_service();
+    std::fs::write(
+        s.dir.join("disco").join(svc.to_string()),
+        format!("{} {APP_PORT}\n", s.world_v2.ip()),
+    )
+    .unwrap();
+    let url = format!("http://{}:{}/", svc.ip(), svc.port());
+    // The file namer reads the new file at its next look (every 200 ms).
+    let mut body = Vec::new();
+    assert!(sidetrack_tests::eventually(10, || match s.curl(&url, svc, &[]) {
+        Ok(b) => {
+            body = b;
+            true
+        }
+        Err(_) => false,
+    }));
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("earth ({})", s.world_v2.ip())
+    );
+    let m = s.metrics().unwrap();
+    assert_eq!(
+        metric(
+            &m,
+            "sidetrack_requests_total",
+            &[("service", &format!("/svc/{svc}"))]
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn a_connection_that_is_not_http_is_tunnelled_to_its_destination() {
+    use std::io::{BufRead, BufReader};
+    let s = start("ebpf-opaque", Mode::Ebpf);
+    let echo_bin = sidetrack_tests::proxy::binary()
+        .parent()
+        .unwrap()
+        .join("netns-echo");
+    // An echo server on world-v1's (intercepted) address, any port.
+    let mut server = s.world_v1.command(&echo_bin);
+    server
+        .args(["serve", &s.world_v1.ip().to_string()])
+        .stdout(std::process::Stdio::piped());
+    let mut server = server.spawn().unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    let addr = listening
+        .strip_prefix("listening ")
+        .expect("listening line")
+        .to_owned();
+    let n = 200_000;
+    let out = s
+        .client
+        .command(&echo_bin)
+        .args(["send", &addr, &n.to_string()])
         .output()
         .unwrap();
-    let _ = std::fs::remove_file(&cfg);
-    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = server.kill();
+    let _ = server.wait();
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("/tmp is not a cgroup v2 directory"),
-        "{}",
+        out.status.success(),
+        "{said} {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let want = format!("echoed {n} {:016x}", Fnv64::of(&pattern(n)));
+    assert!(said.starts_with(&want), "{said}");
+    // It went through the proxy: the server saw the node's address.
+    let peer = lines.next().unwrap().unwrap();
+    assert!(
+        peer.starts_with(&format!("peer {}:", s.proxy_addr.ip())),
+        "{peer}"
+    );
+    assert_eq!(counter(&s, "sidetrack_opaque_connections_total"), 1.0);
 }

@@ -5,6 +5,25 @@ use std::io::{Read, Write};
 
 use sidetrack_tests::{Fnv64, TempDir, backend::Backend, client::Client, pattern, proxy::Proxy};
 
+/// Sends `n` pattern bytes through an established tunnel (in a thread, then
+/// closes the sending side) and checks the echo that comes back.
+fn assert_echoes(c: &mut Client, n: usize) {
+    let data = pattern(n);
+    let mut writer = c.stream().try_clone().unwrap();
+    let sent = data.clone();
+    let t = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let echoed = c.read_to_end().unwrap();
+    t.join().unwrap();
+    assert!(
+        echoed == data,
+        "the echo through the tunnel differs ({} of {n} bytes)",
+        echoed.len()
+    );
+}
+
 fn proxy_to(backend: &Backend, extra: &[&str]) -> (TempDir, Proxy) {
     let dir = TempDir::new("http");
     dir.write("web", &backend.fs_line());
@@ -197,20 +216,7 @@ fn an_upgrade_becomes_a_byte_tunnel() {
     let r = c.read_response(true).unwrap();
     assert_eq!(r.status, 101);
     assert_eq!(r.header("upgrade"), Some("echo"));
-    let data = pattern(300_000);
-    let mut writer = c.stream().try_clone().unwrap();
-    let sent = data.clone();
-    let t = std::thread::spawn(move || {
-        writer.write_all(&sent).unwrap();
-        writer.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    let echoed = c.read_to_end().unwrap();
-    t.join().unwrap();
-    assert!(
-        echoed == data,
-        "echo through the tunnel differs ({} bytes)",
-        echoed.len()
-    );
+    assert_echoes(&mut c, 300_000);
 }
 
 #[test]
@@ -229,20 +235,7 @@ fn connect_becomes_a_byte_tunnel_to_the_routed_backend() {
         .unwrap();
     let r = c.read_response(true).unwrap();
     assert_eq!((r.status, r.header("x-backend")), (200, Some("web")));
-    let data = pattern(100_000);
-    let mut writer = c.stream().try_clone().unwrap();
-    let sent = data.clone();
-    let t = std::thread::spawn(move || {
-        writer.write_all(&sent).unwrap();
-        writer.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    let echoed = c.read_to_end().unwrap();
-    t.join().unwrap();
-    assert!(
-        echoed == data,
-        "echo through the CONNECT tunnel differs ({} bytes)",
-        echoed.len()
-    );
+    assert_echoes(&mut c, 100_000);
 }
 
 #[test]

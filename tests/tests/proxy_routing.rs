@@ -69,6 +69,19 @@ fn routes_by_the_base_dtab_and_by_a_request_override() {
         "/host/world=>/srv/world-v2"
     );
 
+    // dtab-local is not ours to read or drop.
+    let local = client::get(
+        proxy.addr,
+        "world",
+        "/",
+        &["dtab-local: /host/world => /srv/world-v2"],
+    );
+    assert_eq!(local.header("x-backend"), Some("world-v1"));
+    assert_eq!(
+        local.json()["headers"]["dtab-local"],
+        "/host/world => /srv/world-v2"
+    );
+
     // Only that request: the next plain one goes to v1 again.
     assert_eq!(
         client::get(proxy.addr, "world", "/", &[]).header("x-backend"),

@@ -64,17 +64,16 @@ impl prometheus_client::metrics::TypedMetric for Histogram {
 
 impl EncodeMetric for Histogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let mut cumulative = 0;
+        // The encoder takes each bucket's own count and accumulates them.
+        let mut count = 0;
         let mut buckets = [(0.0, 0u64); LATENCY_BOUNDS.len() + 1];
         for (i, slot) in buckets.iter_mut().enumerate() {
-            cumulative += self.0.buckets[i].load(Ordering::Relaxed);
-            *slot = (
-                LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY),
-                cumulative,
-            );
+            let n = self.0.buckets[i].load(Ordering::Relaxed);
+            count += n;
+            *slot = (LATENCY_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY), n);
         }
         let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {
@@ -414,7 +413,20 @@ mod tests {
             text.contains("sidetrack_request_duration_seconds_count{"),
             "{text}"
         );
-        assert!(text.contains(r#"le="0.0005"} 1"#), "{text}");
+        // 300 µs falls in the 500 µs bucket (cumulative buckets, `le` first).
+        let bucket = |le: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "sidetrack_request_duration_seconds_bucket{{le=\"{le}\""
+                    ))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(bucket("0.00025").as_deref(), Some("0"), "{text}");
+        assert_eq!(bucket("0.0005").as_deref(), Some("1"), "{text}");
+        assert_eq!(bucket("+Inf").as_deref(), Some("1"), "{text}");
         assert!(
             text.contains("sidetrack_dtab_cache_hits_total 42"),
             "{text}"

@@ -112,25 +112,13 @@ impl<K: Hash + Eq + Clone, V: Clone> ClockCache<K, V> {
         }
     }
 
-    fn shard(&self, key: &K) -> &RwLock<Shard<K, V>> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &RwLock<Shard<K, V>> {
         let h = self.hasher.hash_one(key);
         &self.shards[(h as usize) % self.shards.len()]
     }
 
     pub fn get(&self, key: &K) -> Option<V> {
-        let shard = self.shard(key).read().unwrap_or_else(|e| e.into_inner());
-        let found = shard.map.get(key).map(|&i| {
-            let slot = &shard.slots[i];
-            slot.referenced.store(true, Ordering::Relaxed);
-            slot.value.clone()
-        });
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
+        self.get_borrowed(key)
     }
 
     /// [`ClockCache::get`] by a borrowed form of the key (`&[u8]` for a
@@ -140,10 +128,8 @@ impl<K: Hash + Eq + Clone, V: Clone> ClockCache<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let h = self.hasher.hash_one(key);
-        let shard = self.shards[(h as usize) % self.shards.len()]
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        // Borrow's contract: a key and its borrowed form hash alike.
+        let shard = self.shard(key).read().unwrap_or_else(|e| e.into_inner());
         let found = shard.map.get(key).map(|&i| {
             let slot = &shard.slots[i];
             slot.referenced.store(true, Ordering::Relaxed);
