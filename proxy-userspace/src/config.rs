@@ -133,7 +133,8 @@ pub struct Limits {
     pub response_timeout_ms: u64,
     /// Requests that have passed through more proxies than this (Via) are refused (508).
     pub max_via_hops: usize,
-    /// Client connections served at once; more wait in the listen backlog.
+    /// Client connections served at once (shared out among the workers);
+    /// more wait in the listen backlog.
     pub max_connections: usize,
     /// Bodies of known length at least this big move with splice(2).
     pub splice_threshold_bytes: u64,

@@ -236,3 +236,26 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     // New connections are refused once it is gone.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+#[test]
+fn several_workers_share_the_port_and_drain_together() {
+    let dir = TempDir::new("workers");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    let mut proxy = Proxy::start(&[
+        "--workers",
+        "3",
+        "--dtab",
+        "/svc => /#/io.l5d.fs",
+        "--fs-dir",
+        dir.str(),
+    ]);
+    // Connections spread over the workers' listeners; every one is served.
+    for i in 0..30 {
+        let r = client::get(proxy.addr, "web", &format!("/{i}"), &[]);
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(proxy.metric("sidetrack_connections_total", &[]), 30.0);
+    proxy.terminate();
+    assert!(proxy.child.wait().unwrap().success());
+}

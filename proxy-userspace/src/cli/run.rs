@@ -15,7 +15,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use clap::Args;
@@ -135,18 +135,11 @@ impl RunArgs {
         metrics.add_extra(Arc::new(CacheCounters(router.clone())));
 
         let workers = settings.workers.max(1);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("sidetrack-worker")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("starting the runtime: {e}"))?;
-        let listener = runtime
-            .block_on(async { bind(settings.listen) })
+        let listeners = bind_workers(settings.listen, workers)
             .map_err(|e| format!("listening on {}: {e}", settings.listen))?;
         let admin_listener = std::net::TcpListener::bind(settings.admin)
             .map_err(|e| format!("admin listener on {}: {e}", settings.admin))?;
-        let listen_addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let listen_addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
         let ready = Arc::new(AtomicBool::new(false));
         let admin_addr = admin::spawn(
             admin_listener,
@@ -159,6 +152,8 @@ impl RunArgs {
         .map_err(|e| format!("admin server: {e}"))?;
 
         let mut cfg = ProxyConfig::from_settings(&settings);
+        // Each worker accepts on its own listener, so each takes its share.
+        cfg.max_connections = cfg.max_connections.div_ceil(workers);
         let (orig_dst, _interception) = start_interception(&settings, &mut cfg, &metrics)?;
         let shared = Arc::new(Shared {
             cfg,
@@ -172,19 +167,48 @@ impl RunArgs {
 
         spawn_reloader(self, settings, router);
 
-        let drained = runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-            tracing::info!("listening on http://{listen_addr}, admin on http://{admin_addr}, {workers} worker(s)");
-            ready.store(true, Ordering::Release);
-            tokio::spawn(async move {
-                wait_for_signal().await;
-                tracing::info!("shutdown requested");
-                ready.store(false, Ordering::Release);
-                let _ = stop_tx.send(true);
-            });
-            Ok::<_, String>(proxy::serve(listener, shared, stop_rx, grace).await)
-        })?;
-        runtime.shutdown_timeout(Duration::from_millis(100));
+        // One single-threaded runtime per worker, each with its own
+        // SO_REUSEPORT listener: the kernel spreads connections, and a
+        // connection never leaves its thread (no work stealing, no
+        // cross-thread wake-ups on the data path).
+        let mut handles = Vec::with_capacity(workers);
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("sidetrack-worker-{i}"))
+                .spawn(move || -> Result<bool, String> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| format!("starting worker {i}: {e}"))?;
+                    runtime.block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(listener)
+                            .map_err(|e| e.to_string())?;
+                        Ok(proxy::serve(listener, shared, stop_rx, grace).await)
+                    })
+                })
+                .map_err(|e| format!("starting worker {i}: {e}"))?;
+            handles.push(handle);
+        }
+        // Ready before the line that tells the world where to connect.
+        ready.store(true, Ordering::Release);
+        tracing::info!(
+            "listening on http://{listen_addr}, admin on http://{admin_addr}, {workers} worker(s)"
+        );
+        let signals = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the signal runtime: {e}"))?;
+        signals.block_on(wait_for_signal());
+        tracing::info!("shutdown requested");
+        ready.store(false, Ordering::Release);
+        let _ = stop_tx.send(true);
+        let mut drained = true;
+        for handle in handles {
+            drained &= handle
+                .join()
+                .map_err(|_| "a worker panicked".to_string())??;
+        }
         Ok(if drained {
             ExitCode::SUCCESS
         } else {
@@ -316,17 +340,100 @@ fn namers(fs: &Option<Arc<FsNamer>>) -> Namers {
     namers
 }
 
-/// A listener with SO_REUSEADDR (a restart must not wait out TIME_WAIT) and
-/// a deep backlog.
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+/// One listener per worker on `addr`, all with SO_REUSEPORT (and
+/// SO_REUSEADDR: a restart must not wait out TIME_WAIT) and a deep backlog.
+/// With port 0, the first picks the port and the others take the same.
+fn bind_workers(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_one(addr)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(bind_one(addr)?);
+    }
+    Ok(listeners)
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
     };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(4096)?;
-    listener.into_std()
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nothing else owns.
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt with an int option on a valid descriptor.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let listener = std::net::TcpListener::from(socket);
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: `storage` holds a sockaddr of `len` bytes for this family.
+    if unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: listen on a bound socket.
+    if unsafe { libc::listen(fd, 4096) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(listener)
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
 }
 
 async fn wait_for_signal() {

@@ -433,13 +433,16 @@ impl Conn {
             &extra[..n],
         );
         self.buf.drain(..head_len);
+        // A body that arrived whole with the head goes out with it.
+        let body_with_head =
+            take_whole_body(&mut self.buf, &framing.length, &mut self.out, &shared);
 
         // A backend: pick, connect (ejecting what refuses), send the head.
         let (mut backend, in_flight, mut reused) = self.connect(dest, cfg).await?;
         // A pooled connection can die between checkout and use (the backend
-        // closed it as idle just then). A request without a body is then
-        // sent again, once, on a new connection: its head is still in `out`.
-        let retryable = framing.length == BodyLength::None;
+        // closed it as idle just then). A request that is whole in `out`
+        // (head and body) is then sent again, once, on a new connection.
+        let retryable = body_with_head;
         loop {
             match backend.write_all(&self.out).await {
                 Ok(()) => break,
@@ -459,8 +462,8 @@ impl Conn {
         }
 
         // Request body, unless the client waits for 100 Continue first.
-        let mut request_body_done = false;
-        if !expects_continue || !self.buf.is_empty() || framing.length == BodyLength::None {
+        let mut request_body_done = body_with_head;
+        if !body_with_head && (!expects_continue || !self.buf.is_empty()) {
             self.send_request_body(&backend, &framing.length).await?;
             request_body_done = true;
         }
@@ -572,6 +575,15 @@ impl Conn {
         );
         self.bbuf.drain(..resp_head_len);
         dest.stats.response(status);
+        // A body already read whole goes out with the head: one write, one
+        // wake-up of the client.
+        let body_with_head = !tunnel
+            && take_whole_body(
+                &mut self.bbuf,
+                &resp_framing.length,
+                &mut self.out,
+                &self.shared,
+            );
         self.client
             .write_all(&self.out)
             .await
@@ -600,8 +612,10 @@ impl Conn {
             return Ok(Next::Close);
         }
 
-        self.relay_response_body(&backend, &resp_framing.length)
-            .await?;
+        if !body_with_head {
+            self.relay_response_body(&backend, &resp_framing.length)
+                .await?;
+        }
         let endpoint = in_flight.endpoint().clone();
         dest.stats.latency.observe(in_flight.finish());
         if !backend_close && resp_framing.length != BodyLength::UntilClose {
@@ -761,6 +775,32 @@ fn write_addr(scratch: &mut [u8; 21], addr: SocketAddrV4) -> &[u8] {
     let _ = write!(cursor, "{addr}");
     let n = cursor.position() as usize;
     &scratch[..n]
+}
+
+/// Moves a body that `pending` holds whole (or an absent one) to `out`, so
+/// it is written with its head; false when the body is still to come.
+fn take_whole_body(
+    pending: &mut Vec<u8>,
+    body: &BodyLength,
+    out: &mut Vec<u8>,
+    shared: &Shared,
+) -> bool {
+    let len = match *body {
+        BodyLength::None => return true,
+        BodyLength::Length(n) if n <= pending.len() as u64 => n as usize,
+        BodyLength::Chunked => {
+            let mut scanner = ChunkedScanner::new();
+            match scanner.scan(pending) {
+                Ok(k) if scanner.is_done() => k,
+                _ => return false,
+            }
+        }
+        _ => return false,
+    };
+    out.extend_from_slice(&pending[..len]);
+    pending.drain(..len);
+    shared.metrics.bytes_copied.inc_by(len as u64);
+    true
 }
 
 /// Chooses the destination of a request from its route, or the refusal.
