@@ -274,12 +274,14 @@ fn an_address_for_a_host_is_named_by_the_original_destination() {
     let url = format!("http://{}:{}/", svc.ip(), svc.port());
     // The file namer reads the new file at its next look (every 200 ms).
     let mut body = Vec::new();
-    assert!(sidetrack_tests::eventually(10, || match s.curl(&url, svc, &[]) {
-        Ok(b) => {
-            body = b;
-            true
+    assert!(sidetrack_tests::eventually(10, || {
+        match s.curl(&url, svc, &[]) {
+            Ok(b) => {
+                body = b;
+                true
+            }
+            Err(_) => false,
         }
-        Err(_) => false,
     }));
     assert_eq!(
         String::from_utf8(body).unwrap(),
