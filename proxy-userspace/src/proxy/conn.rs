@@ -25,8 +25,6 @@ use rand::{SeedableRng, rngs::SmallRng};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    sync::watch,
-    time::timeout,
 };
 
 use super::{
@@ -35,6 +33,7 @@ use super::{
     pool,
     splice::Pipe,
     tunnel,
+    watchdog::{Deadline, Elapsed, Watchdog},
 };
 use crate::{
     admin::metrics::ErrorKind,
@@ -108,7 +107,8 @@ pub struct Conn {
     client: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
+    dog: Arc<Watchdog>,
+    deadline: Arc<Deadline>,
     buf: Vec<u8>,
     bbuf: Vec<u8>,
     out: Vec<u8>,
@@ -137,14 +137,15 @@ impl Conn {
         client: TcpStream,
         peer: SocketAddr,
         shared: Arc<Shared>,
-        shutdown: watch::Receiver<bool>,
+        dog: Arc<Watchdog>,
     ) -> Conn {
         let max_headers = shared.cfg.limits.max_headers;
         Conn {
             client,
             peer,
             shared,
-            shutdown,
+            deadline: dog.deadline(),
+            dog,
             buf: Vec::with_capacity(INITIAL_BUF),
             bbuf: Vec::with_capacity(INITIAL_BUF),
             out: Vec::with_capacity(1024),
@@ -270,37 +271,35 @@ impl Conn {
                 }
                 deadline.get_or_insert_with(|| Instant::now() + cfg.head_timeout);
             }
+            let max_head = cfg.limits.max_head;
             let read = match deadline {
                 // Between requests: wait as long as the idle timeout, and
                 // give up at once when the proxy drains.
                 None => {
-                    if *self.shutdown.borrow() {
-                        return Ok(None);
-                    }
-                    let mut shutdown = self.shutdown.clone();
-                    tokio::select! {
-                        r = timeout(cfg.idle_timeout, read_more(&mut self.client, &mut self.buf, cfg.limits.max_head)) => match r {
-                            Ok(r) => r,
-                            Err(_) => return Ok(None),
-                        },
-                        _ = shutdown.wait_for(|s| *s) => return Ok(None),
+                    let wait = read_more(&mut self.client, &mut self.buf, max_head);
+                    match self
+                        .deadline
+                        .within(&self.dog, cfg.idle_timeout, true, wait)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(Elapsed) => return Ok(None),
                     }
                 }
-                Some(at) => match tokio::time::timeout_at(
-                    at.into(),
-                    read_more(&mut self.client, &mut self.buf, cfg.limits.max_head),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err(Failure::respond(
-                            408,
-                            ErrorKind::HeadTimeout,
-                            "timed out reading the request head",
-                        ));
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    let wait = read_more(&mut self.client, &mut self.buf, max_head);
+                    match self.deadline.within(&self.dog, left, false, wait).await {
+                        Ok(r) => r,
+                        Err(Elapsed) => {
+                            return Err(Failure::respond(
+                                408,
+                                ErrorKind::HeadTimeout,
+                                "timed out reading the request head",
+                            ));
+                        }
                     }
-                },
+                }
             };
             match read {
                 Ok(0) if self.buf.is_empty() => return Ok(None),
@@ -472,13 +471,14 @@ impl Conn {
         let mut client_close = client_close;
         let mut relayed_interim = false;
         let resp_head_len = loop {
-            let head_len = match timeout(
-                cfg.response_timeout,
-                read_response_head(&mut backend, &mut self.bbuf, &mut self.resp, &cfg.limits),
-            )
-            .await
+            let wait =
+                read_response_head(&mut backend, &mut self.bbuf, &mut self.resp, &cfg.limits);
+            let head_len = match self
+                .deadline
+                .within(&self.dog, cfg.response_timeout, false, wait)
+                .await
             {
-                Err(_) => {
+                Err(Elapsed) => {
                     dest.stats.response(504);
                     return Err(Failure::respond(
                         504,

@@ -12,6 +12,7 @@ mod io;
 pub mod pool;
 pub mod splice;
 pub mod tunnel;
+pub mod watchdog;
 
 use std::{sync::Arc, time::Duration};
 
@@ -91,6 +92,8 @@ pub async fn serve(
 ) -> bool {
     let max = shared.cfg.max_connections;
     let slots = Arc::new(Semaphore::new(max));
+    let dog = Arc::new(watchdog::Watchdog::default());
+    let sweeper = tokio::spawn(dog.clone().run());
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -111,22 +114,24 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        let shutdown = shutdown.clone();
+        let dog = dog.clone();
         tokio::spawn(async move {
             shared.metrics.connections_total.inc();
             shared.metrics.connections_active.inc();
-            conn::Conn::new(stream, peer, shared.clone(), shutdown)
+            conn::Conn::new(stream, peer, shared.clone(), dog)
                 .serve()
                 .await;
             shared.metrics.connections_active.dec();
             drop(permit);
         });
     }
+    dog.drain();
     drop(listener);
     tracing::info!("stopped accepting; draining connections");
     let drained = tokio::time::timeout(grace, slots.acquire_many(max as u32))
         .await
         .is_ok();
+    sweeper.abort();
     if drained {
         tracing::info!("every connection finished");
     } else {

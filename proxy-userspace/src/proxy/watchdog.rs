@@ -1,0 +1,237 @@
+//! Connection deadlines without a timer per wait.
+//!
+//! A tokio timer per read (idle keep-alive, request head, backend response)
+//! costs a trip through the timer wheel, and, whenever the new deadline is
+//! earlier than the one the runtime sleeps towards, a write to the
+//! runtime's eventfd to wake it: a system call per request. Instead each
+//! connection owns a [`Deadline`]: arming it is two atomic stores, waiting
+//! under it an atomic waker registration. One sweeper task per worker wakes
+//! every [`TICK`], advances a coarse clock, and fires the deadlines that
+//! have passed, and, once the proxy drains, those of idle connections.
+//! Deadlines are therefore honoured to within a tick.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use atomic_waker::AtomicWaker;
+
+/// How often the sweeper looks: the precision of every deadline.
+pub const TICK: Duration = Duration::from_millis(50);
+
+/// A connection's current deadline.
+#[derive(Default)]
+pub struct Deadline {
+    /// Milliseconds on the watchdog's clock; 0 when disarmed.
+    at_ms: AtomicU64,
+    /// Waiting between requests: fired at once when the proxy drains.
+    idle: AtomicBool,
+    fired: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// The deadline passed while waiting.
+#[derive(Debug)]
+pub struct Elapsed;
+
+impl Deadline {
+    /// Runs `fut` until it completes or the deadline, armed `after` from
+    /// now on `dog`'s clock, passes. `idle` marks a wait between requests.
+    pub async fn within<F: Future>(
+        &self,
+        dog: &Watchdog,
+        after: Duration,
+        idle: bool,
+        fut: F,
+    ) -> Result<F::Output, Elapsed> {
+        self.fired.store(false, Ordering::Relaxed);
+        self.idle.store(idle, Ordering::Relaxed);
+        self.at_ms
+            .store(dog.now_ms() + after.as_millis() as u64, Ordering::Release);
+        if idle && dog.draining() {
+            return Err(Elapsed);
+        }
+        let out = Within {
+            deadline: self,
+            fut,
+        }
+        .await;
+        self.at_ms.store(0, Ordering::Relaxed);
+        self.idle.store(false, Ordering::Relaxed);
+        out
+    }
+}
+
+struct Within<'a, F> {
+    deadline: &'a Deadline,
+    fut: F,
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `fut` is structurally pinned: never moved out of `self`.
+        let this = unsafe { self.get_unchecked_mut() };
+        let fut = unsafe { Pin::new_unchecked(&mut this.fut) };
+        if let Poll::Ready(v) = fut.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        this.deadline.waker.register(cx.waker());
+        if this.deadline.fired.load(Ordering::Acquire) {
+            return Poll::Ready(Err(Elapsed));
+        }
+        Poll::Pending
+    }
+}
+
+/// The deadlines of one worker's connections and the coarse clock they use.
+pub struct Watchdog {
+    start: Instant,
+    now_ms: AtomicU64,
+    draining: AtomicBool,
+    deadlines: Mutex<Vec<Weak<Deadline>>>,
+}
+
+impl Default for Watchdog {
+    fn default() -> Self {
+        Watchdog {
+            start: Instant::now(),
+            // Starts at one tick so that 0 can mean "disarmed".
+            now_ms: AtomicU64::new(TICK.as_millis() as u64),
+            draining: AtomicBool::new(false),
+            deadlines: Mutex::default(),
+        }
+    }
+}
+
+impl Watchdog {
+    /// A deadline for a new connection (one lock per connection).
+    pub fn deadline(&self) -> Arc<Deadline> {
+        let d = Arc::new(Deadline::default());
+        self.deadlines
+            .lock()
+            .expect("watchdog lock")
+            .push(Arc::downgrade(&d));
+        d
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// From now on, idle connections are closed (now, and as they go idle).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.sweep();
+    }
+
+    /// Advances the clock and fires what is due; forgets closed connections.
+    pub fn sweep(&self) {
+        let now = TICK.as_millis() as u64 + self.start.elapsed().as_millis() as u64;
+        self.now_ms.store(now, Ordering::Relaxed);
+        let draining = self.draining();
+        let mut deadlines = self.deadlines.lock().expect("watchdog lock");
+        deadlines.retain(|weak| {
+            let Some(d) = weak.upgrade() else {
+                return false;
+            };
+            let at = d.at_ms.load(Ordering::Acquire);
+            if at != 0 && (at <= now || (draining && d.idle.load(Ordering::Relaxed))) {
+                d.fired.store(true, Ordering::Release);
+                d.waker.wake();
+            }
+            true
+        });
+    }
+
+    /// Sweeps every [`TICK`] until the worker stops.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            self.sweep();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_passed_deadline_ends_the_wait_within_a_tick() {
+        let dog = Arc::new(Watchdog::default());
+        let sweeper = tokio::spawn(dog.clone().run());
+        let d = dog.deadline();
+        let started = Instant::now();
+        let r = d
+            .within(
+                &dog,
+                Duration::from_millis(100),
+                false,
+                std::future::pending::<()>(),
+            )
+            .await;
+        assert!(r.is_err());
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_millis(100) + 4 * TICK,
+            "{took:?}"
+        );
+        // A wait that finishes first is not disturbed, and the deadline is disarmed after.
+        let r = d
+            .within(&dog, Duration::from_secs(5), false, async { 7 })
+            .await;
+        assert_eq!(r.unwrap(), 7);
+        assert_eq!(d.at_ms.load(Ordering::Relaxed), 0);
+        sweeper.abort();
+    }
+
+    #[tokio::test]
+    async fn draining_ends_idle_waits_only() {
+        let dog = Arc::new(Watchdog::default());
+        let (idle, busy) = (dog.deadline(), dog.deadline());
+        let d2 = dog.clone();
+        let idle_wait = tokio::spawn(async move {
+            idle.within(
+                &d2,
+                Duration::from_secs(60),
+                true,
+                std::future::pending::<()>(),
+            )
+            .await
+            .is_err()
+        });
+        let d3 = dog.clone();
+        let busy_wait = tokio::spawn(async move {
+            busy.within(
+                &d3,
+                Duration::from_secs(60),
+                false,
+                tokio::time::sleep(Duration::from_millis(200)),
+            )
+            .await
+            .is_ok()
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        dog.drain();
+        assert!(idle_wait.await.unwrap(), "the idle wait ended");
+        assert!(busy_wait.await.unwrap(), "the busy wait finished normally");
+        // Closed connections are forgotten at the next sweep.
+        dog.sweep();
+        assert!(dog.deadlines.lock().unwrap().is_empty());
+    }
+}
