@@ -12,6 +12,14 @@
 //!
 //! They run as `cargo xtask app hello|world LISTEN ARG` (the demo starts its
 //! own binary that way) and as the tests' `demo-app` binary.
+//!
+//! For `cargo xtask bench`:
+//!
+//! * `bench-server LISTEN`: the benchmark's upstream, as cheap as a server
+//!   can be so that the proxies' costs show: `GET /bytes/N` answers N bytes
+//!   from a buffer made once, anything else a 13-byte body, each response
+//!   in one write, over keep-alive connections (a thread each).
+//! * `loadgen ...`: the load generator (`bench/loadgen.rs`).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -24,8 +32,13 @@ pub fn run(args: &[String]) -> std::io::Result<()> {
     match args {
         [app, listen, arg] if app == "hello" => serve_forever(listen, arg, hello_serve),
         [app, listen, arg] if app == "world" => serve_forever(listen, arg, world_serve),
+        [app, listen] if app == "bench-server" => serve_forever(listen, "", bench_serve),
+        [app, rest @ ..] if app == "loadgen" => {
+            crate::bench::loadgen::main(rest).map_err(|e| std::io::Error::other(format!("{e:#}")))
+        }
         _ => Err(std::io::Error::other(
-            "usage: app hello LISTEN WORLD_ADDR | app world LISTEN WORD",
+            "usage: app hello LISTEN WORLD_ADDR | app world LISTEN WORD | app bench-server LISTEN \
+             | app loadgen ARGS",
         )),
     }
 }
@@ -147,4 +160,64 @@ fn call_world(addr: &str, context: &str) -> std::io::Result<String> {
         return Err(std::io::Error::other(format!("status {status}: {err}")));
     }
     Ok(body.to_owned())
+}
+
+/// The largest `/bytes/N` body the bench server sends from its buffer in
+/// one piece; bigger bodies repeat it.
+const BENCH_CHUNK: usize = 1 << 20;
+
+fn bench_serve(mut stream: TcpStream, _: &str) -> std::io::Result<()> {
+    static CHUNK: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let chunk = CHUNK.get_or_init(|| pattern(BENCH_CHUNK));
+    let _ = stream.set_nodelay(true);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut filled = 0;
+    let mut out = Vec::with_capacity(256);
+    loop {
+        // Serve every complete head in the buffer, then read more.
+        while let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+            let end = end + 4;
+            let target = buf[..end].split(|&b| b == b' ').nth(1).unwrap_or(b"/");
+            let n = std::str::from_utf8(target)
+                .ok()
+                .and_then(|t| t.strip_prefix("/bytes/"))
+                .and_then(|n| n.parse::<usize>().ok());
+            out.clear();
+            match n {
+                Some(n) => {
+                    write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n")?;
+                    let first = n.min(BENCH_CHUNK);
+                    if first <= 64 * 1024 {
+                        out.extend_from_slice(&chunk[..first]);
+                        stream.write_all(&out)?;
+                    } else {
+                        stream.write_all(&out)?;
+                        stream.write_all(&chunk[..first])?;
+                    }
+                    let mut left = n - first;
+                    while left > 0 {
+                        let k = left.min(BENCH_CHUNK);
+                        stream.write_all(&chunk[..k])?;
+                        left -= k;
+                    }
+                }
+                None => {
+                    out.extend_from_slice(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nhello, bench\n",
+                    );
+                    stream.write_all(&out)?;
+                }
+            }
+            buf.copy_within(end..filled, 0);
+            filled -= end;
+        }
+        if filled == buf.len() {
+            return Err(std::io::Error::other("request head too large"));
+        }
+        let n = stream.read(&mut buf[filled..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        filled += n;
+    }
 }

@@ -8,8 +8,10 @@
 //! * `testbed`: a node with pods (network namespaces, veths, cgroups).
 //! * `staging` and `apps`: the ad-hoc staging scenario of the demo and the
 //!   interception tests, and the small servers it runs.
+//! * `bench`: `cargo xtask bench`, Sidetrack against the limit and its peers.
 
 pub mod apps;
+pub mod bench;
 pub mod build_ebpf;
 pub mod cmd;
 pub mod demo;

@@ -24,6 +24,13 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Benchmark every scenario on the netns test bed (issue 6): latency,
+    /// throughput, CPU and memory against direct, nginx and haproxy.
+    Bench {
+        /// A short run (one round, shorter phases, no dtab bench): under 2 minutes.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run one of the demo's apps (used inside the demo's pods).
     #[command(hide = true)]
     App {
@@ -38,6 +45,7 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf => xtask::build_ebpf::run(),
         Cmd::Test => xtask::test::run(),
         Cmd::Demo { keep } => xtask::demo::run(keep),
+        Cmd::Bench { quick } => xtask::bench::run(quick),
         Cmd::App { args } => xtask::apps::run(&args).map_err(Into::into),
     };
     match result {

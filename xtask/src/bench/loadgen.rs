@@ -1,0 +1,383 @@
+//! The benchmark's load generator, run inside the client pod as
+//! `xtask app loadgen ...`; it prints one JSON [`LoadResult`] on stdout.
+//!
+//! Two shapes, both over keep-alive HTTP/1.1 connections, one thread each
+//! (blocking std sockets: the generator must cost less than what it measures,
+//! and a thread per connection has no scheduler of its own in the way):
+//!
+//! * closed loop: each connection sends, waits for the whole response, sends
+//!   again. Latency is send to last byte.
+//! * open loop: requests are due at a fixed rate, spread over the
+//!   connections in turn; latency runs from the time a request was *due*, so
+//!   a stall that delays the following sends counts against them too (no
+//!   coordinated omission).
+//!
+//! Every loop stops at a deadline and at a request count. Latencies go into
+//! HDR histograms in nanoseconds, shipped as (value, count) pairs so that the
+//! parent merges the rounds exactly.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// `xtask app loadgen` arguments.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "loadgen")]
+pub struct Args {
+    /// Where to connect (the server, a proxy, or a service address).
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// The Host header.
+    #[arg(long, default_value = "bench")]
+    pub host: String,
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// Connections (one thread each).
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+    /// Requests per second over all connections (open loop); none: closed loop.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Measured time, after the warm-up.
+    #[arg(long, default_value_t = 2.0)]
+    pub secs: f64,
+    /// Unmeasured time first (closed loop; the open loop warms each
+    /// connection with one request).
+    #[arg(long, default_value_t = 0.3)]
+    pub warmup_secs: f64,
+    /// At most this many measured requests.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub max_requests: u64,
+    /// Pin the generator to this CPU.
+    #[arg(long)]
+    pub cpu: Option<usize>,
+}
+
+/// What one run measured.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct LoadResult {
+    /// Measured requests that got a whole 2xx response.
+    pub requests: u64,
+    /// Every request sent, warm-up included (for CPU per request).
+    pub sent_total: u64,
+    pub errors: u64,
+    /// The measured interval.
+    pub secs: f64,
+    /// Response body bytes received in the measured interval.
+    pub body_bytes: u64,
+    /// Latency histogram, nanoseconds: (value, count).
+    pub hist: Vec<(u64, u64)>,
+}
+
+/// The histogram every latency goes into: 1 µs to 60 s, 3 digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    let args =
+        Args::try_parse_from(std::iter::once("loadgen".to_owned()).chain(args.iter().cloned()))?;
+    if let Some(cpu) = args.cpu {
+        pin_self(cpu)?;
+    }
+    // Sleeps wake on time, not up to 50 µs late (the default slack), which
+    // matters to the open loop's schedule.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
+    let result = run(&args)?;
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+/// Pins the calling thread (and the threads it starts later) to `cpu`.
+pub fn pin_self(cpu: usize) -> Result<()> {
+    set_affinity(0, Some(cpu))
+}
+
+/// Sets the CPU mask of thread `tid` (0: the caller) to one CPU, or to
+/// every CPU of the machine.
+pub fn set_affinity(tid: i32, cpu: Option<usize>) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; the CPU_* helpers index inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        match cpu {
+            Some(c) => libc::CPU_SET(c, &mut set),
+            None => {
+                let n = thread::available_parallelism().map_or(1, |n| n.get());
+                for c in 0..n {
+                    libc::CPU_SET(c, &mut set);
+                }
+            }
+        }
+        if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context(format!("sched_setaffinity({tid})"));
+        }
+    }
+    Ok(())
+}
+
+/// Per-connection tallies, merged at the end.
+struct Tally {
+    hist: Histogram<u64>,
+    requests: u64,
+    sent: u64,
+    errors: u64,
+    bytes: u64,
+}
+
+pub fn run(args: &Args) -> Result<LoadResult> {
+    if args.conns == 0 {
+        bail!("--conns must be at least 1");
+    }
+    let request = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", args.path, args.host).into_bytes();
+    let request = Arc::new(request);
+    let measured = Duration::from_secs_f64(args.secs);
+    let warmup = if args.rate.is_some() {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(args.warmup_secs)
+    };
+    // Connections are made before the clock starts.
+    let mut streams = Vec::with_capacity(args.conns);
+    for _ in 0..args.conns {
+        streams.push(connect(args.addr)?);
+    }
+    // Open loop: one unmeasured request per connection first.
+    if args.rate.is_some() {
+        let mut buf = vec![0u8; 64 * 1024];
+        for s in &mut streams {
+            exchange(s, &request, &mut buf).context("warm-up request")?;
+        }
+    }
+    let budget = Arc::new(AtomicU64::new(args.max_requests));
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_from = start + warmup;
+    let deadline = measure_from + measured;
+    let handles: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, stream)| {
+            let request = Arc::clone(&request);
+            let budget = Arc::clone(&budget);
+            let addr = args.addr;
+            let schedule = args.rate.map(|rate| {
+                let every = Duration::from_secs_f64(args.conns as f64 / rate as f64);
+                let offset = Duration::from_secs_f64(i as f64 / rate as f64);
+                (every, offset)
+            });
+            thread::spawn(move || {
+                let mut tally = Tally {
+                    hist: new_histogram(),
+                    requests: 0,
+                    sent: 0,
+                    errors: 0,
+                    bytes: 0,
+                };
+                connection_loop(
+                    stream,
+                    addr,
+                    &request,
+                    &budget,
+                    (start, measure_from, deadline),
+                    schedule,
+                    &mut tally,
+                );
+                tally
+            })
+        })
+        .collect();
+    let mut hist = new_histogram();
+    let mut out = LoadResult {
+        secs: measured.as_secs_f64(),
+        ..LoadResult::default()
+    };
+    let mut last_end = measure_from;
+    for h in handles {
+        let t = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))?;
+        hist.add(&t.hist).context("merge histograms")?;
+        out.requests += t.requests;
+        out.sent_total += t.sent;
+        out.errors += t.errors;
+        out.body_bytes += t.bytes;
+        last_end = last_end.max(Instant::now().min(deadline));
+    }
+    // A count bound may end the run before the deadline.
+    if budget.load(Ordering::Relaxed) == 0 {
+        out.secs = last_end
+            .saturating_duration_since(measure_from)
+            .as_secs_f64()
+            .max(1e-6);
+    }
+    out.hist = hist
+        .iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect();
+    Ok(out)
+}
+
+fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .with_context(|| format!("connect to {addr}"))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
+}
+
+/// Takes one request from the shared budget; false when it is spent.
+fn take(budget: &AtomicU64) -> bool {
+    budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+fn connection_loop(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    request: &[u8],
+    budget: &AtomicU64,
+    (start, measure_from, deadline): (Instant, Instant, Instant),
+    schedule: Option<(Duration, Duration)>,
+    tally: &mut Tally,
+) {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut k: u32 = 0;
+    sleep_until(start);
+    loop {
+        // When the request is due, and so where its latency starts.
+        let due = match schedule {
+            Some((every, offset)) => {
+                let due = measure_from + offset + every * k;
+                k += 1;
+                if due >= deadline {
+                    return;
+                }
+                sleep_until(due);
+                due
+            }
+            None => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return;
+                }
+                now
+            }
+        };
+        let measured = due >= measure_from;
+        if measured && !take(budget) {
+            return;
+        }
+        tally.sent += 1;
+        match exchange(&mut stream, request, &mut buf) {
+            Ok(body) => {
+                let done = Instant::now();
+                if measured && done <= deadline + Duration::from_secs(1) {
+                    tally.requests += 1;
+                    tally.bytes += body;
+                    tally
+                        .hist
+                        .saturating_record(done.duration_since(due).as_nanos() as u64);
+                }
+            }
+            Err(_) => {
+                tally.errors += 1;
+                if Instant::now() >= deadline {
+                    return;
+                }
+                // A fresh connection, at most one try per 10 ms.
+                thread::sleep(Duration::from_millis(10));
+                match connect(addr) {
+                    Ok(s) => stream = s,
+                    Err(_) => continue,
+                }
+            }
+        }
+    }
+}
+
+fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        thread::sleep(t - now);
+    }
+}
+
+/// Sends one request and reads its whole response; returns the body length.
+/// Fails on anything but a 2xx with a Content-Length.
+pub fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> Result<u64> {
+    stream.write_all(request)?;
+    let mut filled = 0;
+    let (head_len, body_len) = loop {
+        let n = stream.read(&mut buf[filled..])?;
+        if n == 0 {
+            bail!("connection closed before the response head");
+        }
+        filled += n;
+        if let Some(end) = find_head_end(&buf[..filled]) {
+            break (end, parse_head(&buf[..end])?);
+        }
+        if filled == buf.len() {
+            bail!("response head too large");
+        }
+    };
+    let mut left = (body_len as usize).saturating_sub(filled - head_len);
+    while left > 0 {
+        let want = left.min(buf.len());
+        let n = stream.read(&mut buf[..want])?;
+        if n == 0 {
+            bail!("connection closed in the body");
+        }
+        left -= n;
+    }
+    Ok(body_len)
+}
+
+fn find_head_end(b: &[u8]) -> Option<usize> {
+    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// The status must be 2xx; returns the Content-Length.
+fn parse_head(head: &[u8]) -> Result<u64> {
+    let text = std::str::from_utf8(head).context("response head is not UTF-8")?;
+    let mut lines = text.split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).unwrap_or("");
+    if !status.starts_with('2') {
+        bail!("status {status}");
+    }
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            return value.trim().parse().context("bad Content-Length");
+        }
+    }
+    bail!("response without Content-Length")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_parsing() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n";
+        assert_eq!(find_head_end(head), Some(head.len()));
+        assert_eq!(parse_head(head).unwrap(), 12);
+        assert!(parse_head(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n").is_err());
+    }
+}

@@ -1,0 +1,550 @@
+//! `cargo xtask bench [--quick]`: Sidetrack against the physical limit and
+//! its peers, in one run on the netns test bed (issue 6).
+//!
+//! One client pod, one server pod, one request (`GET /` with `Host: bench`,
+//! keep-alive, a 13-byte answer). The scenarios (`scenarios.rs`) take turns:
+//! each round starts a scenario's proxy, runs every phase against it, stops
+//! it and goes to the next, starting one scenario later each round, so that
+//! drift hits all alike. The phases:
+//!
+//! * `c1`: closed loop, one connection (latency);
+//! * `c1_pinned`: the same with client, proxy and server on one CPU, since
+//!   on a 2-vCPU VM a cross-CPU wake-up costs more than a proxy hop;
+//! * `c32`: closed loop, 32 connections (throughput; CPU per request);
+//! * `open_1k`, `open_high`: open loop at fixed rates over 100 connections,
+//!   latency from the intended send time; memory is sampled meanwhile.
+//!
+//! Then large bodies (1 MiB, 64 MiB) through Sidetrack with splice and with
+//! copying, and through eBPF mode, in GB/s; then (not with `--quick`) the
+//! dtab criterion bench. `report.rs` prints the table, checks the issue's
+//! targets and writes `target/bench/results.json` and `latency.svg`.
+//!
+//! Everything runs from release builds: Sidetrack, and the xtask binary
+//! whose `app bench-server` and `app loadgen` run in the pods.
+
+pub mod loadgen;
+mod proc;
+mod report;
+mod scenarios;
+
+use std::{path::PathBuf, process::Command, time::Instant};
+
+use anyhow::{Context, Result, ensure};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{build_ebpf, cmd, setup, testbed};
+use scenarios::{Bed, Bins, LoadArgs, NO_SPLICE, Proxy, Scenario};
+
+/// The CPU the pinned phase puts client, proxy and server on.
+const PINNED_CPU: usize = 1;
+const OPEN_CONNS: usize = 100;
+
+/// How long each part runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub rounds: usize,
+    pub c1_secs: f64,
+    pub c32_secs: f64,
+    pub open_secs: f64,
+    pub open_low_rps: u64,
+    pub open_high_rps: u64,
+    pub large_secs: f64,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                rounds: 1,
+                c1_secs: 1.5,
+                c32_secs: 2.0,
+                open_secs: 1.5,
+                open_low_rps: 1_000,
+                open_high_rps: 5_000,
+                large_secs: 1.0,
+            }
+        } else {
+            Plan {
+                rounds: 3,
+                c1_secs: 3.0,
+                c32_secs: 4.0,
+                open_secs: 3.5,
+                open_low_rps: 1_000,
+                open_high_rps: 5_000,
+                large_secs: 3.0,
+            }
+        }
+    }
+}
+
+/// The phases measured against each scenario, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    C1,
+    C1Pinned,
+    C32,
+    OpenLow,
+    OpenHigh,
+}
+
+impl Phase {
+    const ALL: [Phase; 5] = [
+        Phase::C1,
+        Phase::C1Pinned,
+        Phase::C32,
+        Phase::OpenLow,
+        Phase::OpenHigh,
+    ];
+
+    fn args(self, plan: &Plan) -> LoadArgs {
+        match self {
+            Phase::C1 => LoadArgs::closed(1, plan.c1_secs),
+            Phase::C1Pinned => LoadArgs {
+                cpu: Some(PINNED_CPU),
+                ..LoadArgs::closed(1, plan.c1_secs)
+            },
+            Phase::C32 => LoadArgs::closed(32, plan.c32_secs),
+            Phase::OpenLow => LoadArgs::open(plan.open_low_rps, OPEN_CONNS, plan.open_secs),
+            Phase::OpenHigh => LoadArgs::open(plan.open_high_rps, OPEN_CONNS, plan.open_secs),
+        }
+    }
+}
+
+/// One phase's measurements, merged over the rounds.
+struct PhaseAcc {
+    hist: Histogram<u64>,
+    requests: u64,
+    sent: u64,
+    errors: u64,
+    secs: f64,
+    body_bytes: u64,
+    cpu_secs: Option<f64>,
+    peak_rss_kb: u64,
+}
+
+impl PhaseAcc {
+    fn new() -> PhaseAcc {
+        PhaseAcc {
+            hist: loadgen::new_histogram(),
+            requests: 0,
+            sent: 0,
+            errors: 0,
+            secs: 0.0,
+            body_bytes: 0,
+            cpu_secs: None,
+            peak_rss_kb: 0,
+        }
+    }
+
+    fn add(&mut self, r: &loadgen::LoadResult, cpu: Option<f64>, peak_rss_kb: u64) {
+        for &(v, n) in &r.hist {
+            self.hist.saturating_record_n(v, n);
+        }
+        self.requests += r.requests;
+        self.sent += r.sent_total;
+        self.errors += r.errors;
+        self.secs += r.secs;
+        self.body_bytes += r.body_bytes;
+        if let Some(c) = cpu {
+            *self.cpu_secs.get_or_insert(0.0) += c;
+        }
+        self.peak_rss_kb = self.peak_rss_kb.max(peak_rss_kb);
+    }
+
+    fn result(&self) -> PhaseResult {
+        let us = |q: f64| self.hist.value_at_quantile(q) as f64 / 1e3;
+        PhaseResult {
+            requests: self.requests,
+            errors: self.errors,
+            secs: self.secs,
+            rps: self.requests as f64 / self.secs.max(1e-9),
+            p50_us: us(0.5),
+            p90_us: us(0.9),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+            max_us: self.hist.max() as f64 / 1e3,
+            mean_us: self.hist.mean() / 1e3,
+            cpu_s_per_1k_requests: self.cpu_secs.map(|c| c / self.sent.max(1) as f64 * 1000.0),
+            peak_rss_kb: (self.peak_rss_kb > 0).then_some(self.peak_rss_kb),
+            gb_per_s: self.body_bytes as f64 / self.secs.max(1e-9) / 1e9,
+        }
+    }
+}
+
+/// One phase's numbers.
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseResult {
+    pub requests: u64,
+    pub errors: u64,
+    pub secs: f64,
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub mean_us: f64,
+    /// The proxy's CPU seconds (user + system, all its processes) per 1,000
+    /// requests sent, warm-up included.
+    pub cpu_s_per_1k_requests: Option<f64>,
+    /// The proxy's VmRSS, sampled every 25 ms, at its highest (kB).
+    pub peak_rss_kb: Option<u64>,
+    /// Response body bytes per second (the large-body part).
+    pub gb_per_s: f64,
+}
+
+struct ScenarioAcc {
+    scenario: Scenario,
+    phases: Vec<PhaseAcc>,
+    idle_rss_kb: u64,
+    hwm_kb: u64,
+}
+
+/// One scenario's numbers.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioResult {
+    pub name: &'static str,
+    pub c1: PhaseResult,
+    pub c1_pinned: PhaseResult,
+    pub c32: PhaseResult,
+    pub open_low: PhaseResult,
+    pub open_high: PhaseResult,
+    /// VmRSS after start and one warm-up request, before load (kB).
+    pub idle_rss_kb: Option<u64>,
+    /// VmHWM when stopped: the most it ever held (kB).
+    pub peak_hwm_kb: Option<u64>,
+}
+
+/// One large-body case.
+#[derive(Clone, Debug, Serialize)]
+pub struct LargeResult {
+    pub name: String,
+    pub body_bytes: u64,
+    pub result: PhaseResult,
+}
+
+/// Everything one run measured (`target/bench/results.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Results {
+    pub machine: String,
+    pub kernel: String,
+    pub cpus: usize,
+    pub quick: bool,
+    pub plan: Plan,
+    /// Building eBPF, Sidetrack and xtask (and the dtab bench), seconds.
+    pub build_secs: f64,
+    /// Everything after the builds, seconds.
+    pub measure_secs: f64,
+    pub scenarios: Vec<ScenarioResult>,
+    pub large: Vec<LargeResult>,
+    /// Criterion's summary lines, or why there are none.
+    pub dtab: Vec<String>,
+    pub targets: Vec<report::Target>,
+    /// /proc/loadavg before and after measuring: other work on the machine
+    /// skews every number.
+    pub loadavg_before: String,
+    pub loadavg_after: String,
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `cargo xtask bench`.
+pub fn run(quick: bool) -> Result<()> {
+    // First, before any thread exists: Ctrl-C tears the test bed down.
+    testbed::teardown_on_signal()?;
+    if !setup::is_complete() {
+        setup::run()?;
+    }
+    setup::install_packages(&["nginx", "haproxy"])?;
+
+    let built = Instant::now();
+    build_ebpf::run()?;
+    cmd::step("building sidetrack and xtask (release)");
+    cmd::run(cmd::cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "sidetrack",
+        "--bin",
+        "sidetrack",
+    ]))?;
+    cmd::run(cmd::cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "xtask",
+        "--bin",
+        "xtask",
+    ]))?;
+    let dtab_bench = crate::workspace_root().join("proxy-userspace/benches/dtab.rs");
+    let run_dtab = !quick && dtab_bench.is_file();
+    if run_dtab {
+        cmd::run(cmd::cargo().args(dtab_bench_args(true)))?;
+    }
+    let build_secs = built.elapsed().as_secs_f64();
+    cmd::note(format!("builds took {build_secs:.1} s"));
+
+    let measured = Instant::now();
+    let loadavg_before = loadavg();
+    let plan = Plan::new(quick);
+    let release = crate::target_dir().join("release");
+    let bins = Bins {
+        sidetrack: release.join("sidetrack"),
+        xtask: release.join("xtask"),
+    };
+    cmd::step(format!(
+        "test bed: pods client and server; {} round(s) of {} scenarios",
+        plan.rounds,
+        Scenario::ALL.len()
+    ));
+    let bed = Bed::start(bins)?;
+    cmd::note(format!(
+        "client {}, server {}:{}, node {}, service {}",
+        bed.client.ip(),
+        bed.server.ip(),
+        scenarios::SERVER_PORT,
+        bed.node.ip(),
+        bed.service_addr()
+    ));
+    let mut accs: Vec<ScenarioAcc> = Scenario::ALL
+        .iter()
+        .map(|&scenario| ScenarioAcc {
+            scenario,
+            phases: Phase::ALL.iter().map(|_| PhaseAcc::new()).collect(),
+            idle_rss_kb: 0,
+            hwm_kb: 0,
+        })
+        .collect();
+    for round in 0..plan.rounds {
+        for j in 0..accs.len() {
+            let i = (round + j) % accs.len();
+            let acc = &mut accs[i];
+            cmd::step(format!(
+                "round {}/{}: {}",
+                round + 1,
+                plan.rounds,
+                acc.scenario.name()
+            ));
+            measure_scenario(&bed, &plan, acc)?;
+        }
+    }
+    let large = measure_large(&bed, &plan)?;
+    drop(bed);
+
+    let dtab = if run_dtab {
+        run_dtab_bench()?
+    } else if quick {
+        vec!["skipped with --quick".to_owned()]
+    } else {
+        vec!["skipped: proxy-userspace/benches/dtab.rs does not exist".to_owned()]
+    };
+
+    let scenarios: Vec<ScenarioResult> = accs
+        .iter()
+        .map(|a| {
+            let real = a.scenario != Scenario::Direct;
+            ScenarioResult {
+                name: a.scenario.name(),
+                c1: a.phases[0].result(),
+                c1_pinned: a.phases[1].result(),
+                c32: a.phases[2].result(),
+                open_low: a.phases[3].result(),
+                open_high: a.phases[4].result(),
+                idle_rss_kb: real.then_some(a.idle_rss_kb),
+                peak_hwm_kb: real.then_some(a.hwm_kb),
+            }
+        })
+        .collect();
+    let targets = report::targets(&scenarios, &plan);
+    let uname = |flag: &str| {
+        cmd::output(Command::new("uname").arg(flag))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let results = Results {
+        machine: report::machine(),
+        kernel: uname("-r"),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        quick,
+        plan,
+        build_secs,
+        measure_secs: measured.elapsed().as_secs_f64(),
+        scenarios,
+        large,
+        dtab,
+        targets,
+        loadavg_before,
+        loadavg_after: loadavg(),
+    };
+    report::write(&results, &out_dir())?;
+    Ok(())
+}
+
+/// Starts the scenario's proxy, runs every phase, stops it.
+fn measure_scenario(bed: &Bed, plan: &Plan, acc: &mut ScenarioAcc) -> Result<()> {
+    let scenario = acc.scenario;
+    let mut proxy = bed.start_proxy(scenario, None)?;
+    warm_up(bed, scenario, &proxy, "/")?;
+    acc.idle_rss_kb = acc.idle_rss_kb.max(proxy.memory().rss_kb);
+    for (k, phase) in Phase::ALL.iter().enumerate() {
+        let args = phase.args(plan);
+        if args.cpu.is_some() {
+            bed.pin(&proxy, args.cpu)?;
+        }
+        let cpu_before = proxy.cpu_secs();
+        let loaded = bed.load(scenario, &proxy, &args);
+        let cpu_after = proxy.cpu_secs();
+        if args.cpu.is_some() {
+            bed.pin(&proxy, None)?;
+        }
+        let (r, peak) = loaded?;
+        let cpu = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
+        cmd::note(format!(
+            "{:<10} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  errors {}",
+            format!("{phase:?}"),
+            r.requests as f64 / r.secs,
+            quantile_us(&r, 0.5),
+            quantile_us(&r, 0.99),
+            r.errors
+        ));
+        acc.phases[k].add(&r, cpu, peak);
+    }
+    acc.hwm_kb = acc.hwm_kb.max(proxy.memory().hwm_kb);
+    proxy.stop()?;
+    Ok(())
+}
+
+/// A short unmeasured run that also proves the path works end to end.
+fn warm_up(bed: &Bed, scenario: Scenario, proxy: &Proxy, path: &str) -> Result<()> {
+    let args = LoadArgs {
+        path: path.to_owned(),
+        ..LoadArgs::closed(1, 0.2)
+    };
+    let (r, _) = bed.load(scenario, proxy, &args)?;
+    ensure!(
+        r.requests > 0 && r.errors == 0,
+        "{}: the warm-up got {} answers and {} errors:\n{}",
+        scenario.name(),
+        r.requests,
+        r.errors,
+        proxy.log_text()
+    );
+    Ok(())
+}
+
+fn quantile_us(r: &loadgen::LoadResult, q: f64) -> f64 {
+    let mut h = loadgen::new_histogram();
+    for &(v, n) in &r.hist {
+        h.saturating_record_n(v, n);
+    }
+    h.value_at_quantile(q) as f64 / 1e3
+}
+
+/// Large bodies: one connection, back to back, through each case.
+fn measure_large(bed: &Bed, plan: &Plan) -> Result<Vec<LargeResult>> {
+    let cases: [(&str, Scenario, Option<u64>); 4] = [
+        ("direct", Scenario::Direct, None),
+        (
+            "sidetrack-explicit splice",
+            Scenario::SidetrackExplicit,
+            None,
+        ),
+        (
+            "sidetrack-explicit copy",
+            Scenario::SidetrackExplicit,
+            Some(NO_SPLICE),
+        ),
+        ("sidetrack-ebpf", Scenario::SidetrackEbpf, None),
+    ];
+    let sizes: [u64; 2] = [1 << 20, 64 << 20];
+    let mut out = Vec::new();
+    for (name, scenario, splice) in cases {
+        cmd::step(format!("large bodies: {name}"));
+        let mut proxy = bed.start_proxy(scenario, splice)?;
+        warm_up(bed, scenario, &proxy, "/bytes/65536")?;
+        for size in sizes {
+            let args = LoadArgs {
+                path: format!("/bytes/{size}"),
+                ..LoadArgs::closed(1, plan.large_secs)
+            };
+            let cpu_before = proxy.cpu_secs();
+            let (r, peak) = bed.load(scenario, &proxy, &args)?;
+            let cpu = proxy.cpu_secs().zip(cpu_before).map(|(b, a)| b - a);
+            let mut acc = PhaseAcc::new();
+            acc.add(&r, cpu, peak);
+            let result = acc.result();
+            cmd::note(format!(
+                "{:>6} MiB: {:.2} GB/s ({} responses, {} errors)",
+                size >> 20,
+                result.gb_per_s,
+                result.requests,
+                result.errors
+            ));
+            out.push(LargeResult {
+                name: name.to_owned(),
+                body_bytes: size,
+                result,
+            });
+        }
+        proxy.stop()?;
+    }
+    Ok(out)
+}
+
+fn dtab_bench_args(no_run: bool) -> Vec<String> {
+    let mut a: Vec<String> = ["bench", "--locked", "-p", "sidetrack", "--bench", "dtab"]
+        .map(String::from)
+        .to_vec();
+    if no_run {
+        a.push("--no-run".into());
+    } else {
+        // Bounded: short warm-up and measurement per benchmark.
+        a.extend(["--", "--warm-up-time", "1", "--measurement-time", "2"].map(String::from));
+    }
+    a
+}
+
+/// Runs the dtab criterion bench; returns its `name time: [...]` lines.
+fn run_dtab_bench() -> Result<Vec<String>> {
+    cmd::step("dtab criterion bench");
+    let started = Instant::now();
+    let out = cmd::cargo()
+        .args(dtab_bench_args(false))
+        .current_dir(crate::workspace_root())
+        .output()
+        .context("run cargo bench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Ok(vec![format!(
+            "failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        )]);
+    }
+    let lines = report::criterion_summary(&text);
+    cmd::note(format!(
+        "{} benchmarks in {:.0} s",
+        lines.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(lines)
+}
+
+/// Where the results go.
+pub fn out_dir() -> PathBuf {
+    crate::target_dir().join("bench")
+}

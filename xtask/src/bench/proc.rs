@@ -1,0 +1,95 @@
+//! What the bench reads about processes from /proc and cgroup v2: the
+//! processes of a cgroup, their threads, CPU time and memory.
+
+use std::{fs, ops::Add, path::Path};
+
+/// Pids listed in `<cgroup>/cgroup.procs`.
+pub fn cgroup_pids(cgroup: &Path) -> Vec<u32> {
+    fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Thread ids of `pid`.
+pub fn threads(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// utime + stime of `pid` (all its threads), in seconds; 0 when it is gone.
+/// The kernel counts in clock ticks (10 ms), so phases of seconds are
+/// precise to a percent or so.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name may hold spaces and parentheses: fields count from
+    // the last ')'. utime and stime are fields 14 and 15, so the 12th and
+    // 13th after the name.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) as f64 / hz
+}
+
+/// Resident memory, kB.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Memory {
+    /// VmRSS: resident now.
+    pub rss_kb: u64,
+    /// VmHWM: the most ever resident.
+    pub hwm_kb: u64,
+}
+
+impl Add for Memory {
+    type Output = Memory;
+    fn add(self, o: Memory) -> Memory {
+        Memory {
+            rss_kb: self.rss_kb + o.rss_kb,
+            hwm_kb: self.hwm_kb + o.hwm_kb,
+        }
+    }
+}
+
+pub fn memory(pid: u32) -> Memory {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Memory {
+        rss_kb: field("VmRSS:"),
+        hwm_kb: field("VmHWM:"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(memory(me).rss_kb > 0);
+        assert!(memory(me).hwm_kb >= memory(me).rss_kb / 2);
+        assert!(!threads(me).is_empty());
+        assert!(cpu_secs(me) >= 0.0);
+    }
+}

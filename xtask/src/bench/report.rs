@@ -1,0 +1,414 @@
+//! The bench's output: Markdown tables on stdout (also saved as
+//! `target/bench/table.md`, ready for the README), the issue's targets as
+//! pass/fail lines with the measured ratios, `results.json`, and
+//! `latency.svg` (latency percentiles per scenario, unpinned and pinned).
+
+use std::{fmt::Write as _, fs, path::Path};
+
+use anyhow::{Context, Result, anyhow};
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::{PhaseResult, Plan, Results, ScenarioResult};
+
+/// One of the issue's targets.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub measured: String,
+    /// "PASS", "FAIL", or "N/A" when a denominator is not above zero (a
+    /// peer added nothing measurable over direct, as happens unpinned,
+    /// where cross-CPU wake-ups swamp a hop's cost).
+    pub verdict: &'static str,
+}
+
+fn verdict(pass: bool, measurable: bool) -> &'static str {
+    match (measurable, pass) {
+        (false, _) => "N/A",
+        (true, true) => "PASS",
+        (true, false) => "FAIL",
+    }
+}
+
+/// "model name" from /proc/cpuinfo, with the CPU count.
+pub fn machine() -> String {
+    let info = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cpus} vCPU, {model}")
+}
+
+fn find<'a>(s: &'a [ScenarioResult], name: &str) -> Option<&'a ScenarioResult> {
+    s.iter().find(|x| x.name == name)
+}
+
+/// What `s` adds at p50 over `direct`, unpinned or pinned (µs).
+fn added(s: &ScenarioResult, direct: &ScenarioResult, pinned: bool) -> f64 {
+    if pinned {
+        s.c1_pinned.p50_us - direct.c1_pinned.p50_us
+    } else {
+        s.c1.p50_us - direct.c1.p50_us
+    }
+}
+
+/// 1 MB is 10^6 bytes; /proc counts KiB.
+fn mb(kb: u64) -> f64 {
+    kb as f64 * 1024.0 / 1e6
+}
+
+/// The issue's targets, from one run's numbers.
+pub fn targets(s: &[ScenarioResult], plan: &Plan) -> Vec<Target> {
+    let (Some(direct), Some(ebpf), Some(ipt), Some(nginx), Some(haproxy)) = (
+        find(s, "direct"),
+        find(s, "sidetrack-ebpf"),
+        find(s, "sidetrack-iptables"),
+        find(s, "nginx"),
+        find(s, "haproxy"),
+    ) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for pinned in [false, true] {
+        let how = if pinned { "pinned" } else { "unpinned" };
+        let (e, n, h, i) = (
+            added(ebpf, direct, pinned),
+            added(nginx, direct, pinned),
+            added(haproxy, direct, pinned),
+            added(ipt, direct, pinned),
+        );
+        out.push(Target {
+            name: format!("ebpf adds <= 1/3 of nginx's and haproxy's p50 ({how}, c=1)"),
+            measured: format!(
+                "ebpf +{e:.1} µs, nginx +{n:.1} µs, haproxy +{h:.1} µs: ebpf/nginx {:.2}, ebpf/haproxy {:.2} (need <= 0.33)",
+                e / n,
+                e / h
+            ),
+            verdict: verdict(e <= n / 3.0 && e <= h / 3.0, n > 0.0 && h > 0.0),
+        });
+        out.push(Target {
+            name: format!("ebpf adds >= 20% less than iptables at p50 ({how}, c=1)"),
+            measured: format!(
+                "ebpf +{e:.1} µs, iptables +{i:.1} µs: ebpf/iptables {:.2} (need <= 0.80)",
+                e / i
+            ),
+            verdict: verdict(e <= 0.8 * i, i > 0.0),
+        });
+    }
+    let ratio = ebpf.c32.rps / haproxy.c32.rps;
+    out.push(Target {
+        name: "ebpf >= 1.25x haproxy's requests/s at c=32, one worker".into(),
+        measured: format!(
+            "ebpf {:.0} req/s, haproxy {:.0} req/s: {ratio:.2}x",
+            ebpf.c32.rps, haproxy.c32.rps
+        ),
+        verdict: verdict(ratio >= 1.25, haproxy.c32.rps > 0.0),
+    });
+    let idle = ebpf.idle_rss_kb.unwrap_or(0);
+    out.push(Target {
+        name: "idle RSS < 10 MB (sidetrack-ebpf)".into(),
+        measured: format!("{:.1} MB", mb(idle)),
+        verdict: verdict(mb(idle) < 10.0, idle > 0),
+    });
+    let loaded = ebpf.open_low.peak_rss_kb.unwrap_or(0);
+    out.push(Target {
+        name: format!(
+            "RSS < 20 MB at {} req/s over 100 connections (sidetrack-ebpf)",
+            plan.open_low_rps
+        ),
+        measured: format!("{:.1} MB (peak of VmRSS sampled every 25 ms)", mb(loaded)),
+        verdict: verdict(mb(loaded) < 20.0, loaded > 0),
+    });
+    out
+}
+
+/// Criterion's results as `name: [low est high]` lines. Criterion prints
+/// the name and `time:` on one line, or the name alone on the line before
+/// when it is long.
+pub fn criterion_summary(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut name = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if let Some((head, time)) = line.split_once("time:") {
+            let head = head.trim();
+            let n = if head.is_empty() { name.as_str() } else { head };
+            out.push(format!("{n}: {}", time.trim()));
+        } else if !line.starts_with(' ')
+            && !trimmed.is_empty()
+            && !trimmed.starts_with("Benchmarking")
+        {
+            name = trimmed.to_owned();
+        }
+    }
+    out
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".into(), |v| format!("{v:.digits$}"))
+}
+
+/// The tables, in Markdown.
+pub fn tables(r: &Results) -> String {
+    let mut t = String::new();
+    let s = &r.scenarios;
+    let direct = find(s, "direct");
+    let (nginx, haproxy) = (find(s, "nginx"), find(s, "haproxy"));
+    let _ = writeln!(
+        t,
+        "Machine: {}, Linux {}. {} round(s); c=1 phases {} s each per round, c=32 {} s, open loop {} s. \
+         Load average before / after: {} / {}.\n",
+        r.machine,
+        r.kernel,
+        r.plan.rounds,
+        r.plan.c1_secs,
+        r.plan.c32_secs,
+        r.plan.open_secs,
+        r.loadavg_before,
+        r.loadavg_after
+    );
+    let _ = writeln!(
+        t,
+        "Latency, closed loop, 1 keep-alive connection (µs; +p50: added over direct):\n"
+    );
+    let _ = writeln!(
+        t,
+        "| scenario | p50 | p90 | p99 | p99.9 | +p50 | pinned p50 | pinned p99 | pinned p99.9 | pinned +p50 |"
+    );
+    let _ = writeln!(t, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for x in s {
+        let (a, ap) = direct.map_or((0.0, 0.0), |d| (added(x, d, false), added(x, d, true)));
+        let _ = writeln!(
+            t,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {a:+.1} | {:.1} | {:.1} | {:.1} | {ap:+.1} |",
+            x.name,
+            x.c1.p50_us,
+            x.c1.p90_us,
+            x.c1.p99_us,
+            x.c1.p999_us,
+            x.c1_pinned.p50_us,
+            x.c1_pinned.p99_us,
+            x.c1_pinned.p999_us
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nThroughput and cost (c=32 closed loop; open loop over 100 connections, latency from the intended send time):\n"
+    );
+    let _ = writeln!(
+        t,
+        "| scenario | req/s c=32 | p99 c=32 µs | CPU ms / 1k req (c=32) | {lo} rps p50 / p99 µs | {hi} rps p50 / p99 µs | {hi} rps achieved | idle RSS MB | RSS MB @ {lo} rps | peak RSS MB |",
+        lo = r.plan.open_low_rps,
+        hi = r.plan.open_high_rps
+    );
+    let _ = writeln!(t, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for x in s {
+        let _ = writeln!(
+            t,
+            "| {} | {:.0} | {:.1} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} | {} | {} | {} |",
+            x.name,
+            x.c32.rps,
+            x.c32.p99_us,
+            opt(x.c32.cpu_s_per_1k_requests.map(|c| c * 1e3), 1),
+            x.open_low.p50_us,
+            x.open_low.p99_us,
+            x.open_high.p50_us,
+            x.open_high.p99_us,
+            x.open_high.rps,
+            opt(x.idle_rss_kb.map(mb), 1),
+            opt(x.open_low.peak_rss_kb.map(mb), 1),
+            opt(x.peak_hwm_kb.map(mb), 1),
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nRatios (added p50 latency over direct, and c=32 throughput):\n"
+    );
+    let _ = writeln!(
+        t,
+        "| scenario | +p50 / nginx's | +p50 / haproxy's | pinned +p50 / nginx's | pinned +p50 / haproxy's | req/s / nginx's | req/s / haproxy's |"
+    );
+    let _ = writeln!(t, "|---|--:|--:|--:|--:|--:|--:|");
+    if let (Some(d), Some(n), Some(h)) = (direct, nginx, haproxy) {
+        for x in s.iter().filter(|x| x.name != "direct") {
+            let _ = writeln!(
+                t,
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                x.name,
+                added(x, d, false) / added(n, d, false),
+                added(x, d, false) / added(h, d, false),
+                added(x, d, true) / added(n, d, true),
+                added(x, d, true) / added(h, d, true),
+                x.c32.rps / n.c32.rps,
+                x.c32.rps / h.c32.rps,
+            );
+        }
+    }
+    let _ = writeln!(
+        t,
+        "\nLarge bodies, one connection, back to back (GB/s of response body):\n"
+    );
+    let mut sizes: Vec<u64> = r.large.iter().map(|l| l.body_bytes).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut names: Vec<&str> = r.large.iter().map(|l| l.name.as_str()).collect();
+    names.dedup();
+    let _ = write!(t, "| path |");
+    for size in &sizes {
+        let _ = write!(t, " {} MiB |", size >> 20);
+    }
+    let _ = writeln!(t, "\n|---|{}", "--:|".repeat(sizes.len()));
+    for name in names {
+        let _ = write!(t, "| {name} |");
+        for size in &sizes {
+            let v = r
+                .large
+                .iter()
+                .find(|l| l.name == name && l.body_bytes == *size)
+                .map(|l| &l.result);
+            let _ = write!(t, " {} |", opt(v.map(|p: &PhaseResult| p.gb_per_s), 2));
+        }
+        let _ = writeln!(t);
+    }
+    let _ = writeln!(
+        t,
+        "\nDtab (criterion, `cargo bench -p sidetrack --bench dtab`):\n"
+    );
+    for line in &r.dtab {
+        let _ = writeln!(t, "    {line}");
+    }
+    let _ = writeln!(t, "\nTargets (issue 6):\n");
+    for target in &r.targets {
+        let _ = writeln!(
+            t,
+            "- {} {}: {}",
+            target.verdict, target.name, target.measured
+        );
+    }
+    let errors: u64 = s
+        .iter()
+        .flat_map(|x| [&x.c1, &x.c1_pinned, &x.c32, &x.open_low, &x.open_high])
+        .map(|p| p.errors)
+        .sum::<u64>()
+        + r.large.iter().map(|l| l.result.errors).sum::<u64>();
+    let _ = writeln!(
+        t,
+        "\nErrors: {errors}. Builds {:.0} s, measuring {:.0} s.",
+        r.build_secs, r.measure_secs
+    );
+    t
+}
+
+/// Prints the tables and writes table.md, results.json and latency.svg.
+pub fn write(r: &Results, dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    let text = tables(r);
+    println!("{text}");
+    fs::write(dir.join("table.md"), &text)?;
+    let json = serde_json::to_string_pretty(r)?;
+    fs::write(dir.join("results.json"), json)?;
+    plot(&r.scenarios, &dir.join("latency.svg")).context("plot latency.svg")?;
+    crate::cmd::note(format!(
+        "wrote {0}/results.json, {0}/latency.svg, {0}/table.md",
+        dir.display()
+    ));
+    Ok(())
+}
+
+/// Which phase a plot panel shows.
+type Pick = fn(&ScenarioResult) -> &PhaseResult;
+
+const PERCENTILES: [&str; 4] = ["p50", "p90", "p99", "p99.9"];
+
+fn points(p: &PhaseResult) -> [f64; 4] {
+    [p.p50_us, p.p90_us, p.p99_us, p.p999_us]
+}
+
+/// Two panels (c=1 unpinned, c=1 pinned): one line per scenario over the
+/// percentiles, log scale.
+fn plot(s: &[ScenarioResult], path: &Path) -> Result<()> {
+    let err = |e: &dyn std::fmt::Debug| anyhow!("{e:?}");
+    let root = SVGBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let panels = root.split_evenly((1, 2));
+    let sides: [(&str, Pick); 2] = [
+        ("c=1 latency, unpinned (µs)", |x| &x.c1),
+        (
+            "c=1 latency, client + proxy + server on one CPU (µs)",
+            |x| &x.c1_pinned,
+        ),
+    ];
+    for (panel, (title, pick)) in panels.iter().zip(sides) {
+        let all: Vec<f64> = s.iter().flat_map(|x| points(pick(x))).collect();
+        let lo = all.iter().copied().fold(f64::MAX, f64::min).max(1.0) * 0.8;
+        let hi = all.iter().copied().fold(1.0, f64::max) * 1.25;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0i32..3i32, (lo..hi).log_scale())
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_labels(4)
+            .x_label_formatter(&|x| PERCENTILES.get(*x as usize).unwrap_or(&"").to_string())
+            .y_labels(20)
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .y_desc("µs")
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (k, x) in s.iter().enumerate() {
+            let color = Palette99::pick(k).to_rgba();
+            let pts: Vec<(i32, f64)> = points(pick(x))
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (i as i32, v))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(x.name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criterion_lines() {
+        let text = "Benchmarking dtab/parse\ndtab/parse             time:   [1.0 µs 1.1 µs 1.2 µs]\n\
+                    dtab/a/very/long/benchmark/name\n                        time:   [5.0 ns 5.1 ns 5.2 ns]\n\
+                    Found 3 outliers\n";
+        assert_eq!(
+            criterion_summary(text),
+            vec![
+                "dtab/parse: [1.0 µs 1.1 µs 1.2 µs]",
+                "dtab/a/very/long/benchmark/name: [5.0 ns 5.1 ns 5.2 ns]"
+            ]
+        );
+    }
+}

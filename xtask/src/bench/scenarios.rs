@@ -1,0 +1,537 @@
+//! The benchmark's test bed and its scenarios: one node with a `client` and a
+//! `server` pod, and, one at a time, the proxy a scenario puts between them.
+//!
+//! Every proxy runs in the node's root namespace, listens on the node
+//! address, and lives in the cgroup `<node>/proxy`: its processes are read
+//! from that cgroup's `cgroup.procs` (nginx's master and worker alike), and
+//! the node's teardown kills whatever is left there on every path. Sidetrack
+//! is configured as `staging.rs` does it (one worker); nginx and haproxy get
+//! files of their own in the bench's temporary directory (their own pid
+//! files, ports and logs: the system's services are neither used nor
+//! touched).
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{loadgen, proc};
+use crate::{
+    staging::{http_get, join_cgroup},
+    testbed::{Node, Pod, SERVICE_RANGE},
+};
+
+pub const SERVER_PORT: u16 = 8080;
+pub const SIDETRACK_PORT: u16 = 4140;
+pub const SIDETRACK_ADMIN_PORT: u16 = 9990;
+pub const NGINX_PORT: u16 = 4141;
+pub const HAPROXY_PORT: u16 = 4142;
+/// The service the transparent scenarios call: an address nothing owns.
+pub const SERVICE_PORT: u16 = 80;
+pub const PROXY_MARK: u32 = 0x5354;
+/// "Never splice": the copy variant of the large-body part.
+pub const NO_SPLICE: u64 = 1 << 40;
+
+/// How the client reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    Direct,
+    SidetrackExplicit,
+    SidetrackIptables,
+    SidetrackEbpf,
+    Nginx,
+    Haproxy,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Direct,
+        Scenario::SidetrackExplicit,
+        Scenario::SidetrackIptables,
+        Scenario::SidetrackEbpf,
+        Scenario::Nginx,
+        Scenario::Haproxy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Direct => "direct",
+            Scenario::SidetrackExplicit => "sidetrack-explicit",
+            Scenario::SidetrackIptables => "sidetrack-iptables",
+            Scenario::SidetrackEbpf => "sidetrack-ebpf",
+            Scenario::Nginx => "nginx",
+            Scenario::Haproxy => "haproxy",
+        }
+    }
+
+    fn sidetrack_mode(self) -> Option<&'static str> {
+        match self {
+            Scenario::SidetrackExplicit => Some("none"),
+            Scenario::SidetrackIptables => Some("iptables"),
+            Scenario::SidetrackEbpf => Some("ebpf"),
+            _ => None,
+        }
+    }
+}
+
+/// The programs the bench runs.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    pub sidetrack: PathBuf,
+    /// The xtask binary whose `app` subcommand runs the server and the load.
+    pub xtask: PathBuf,
+}
+
+/// The node, its two pods, the server, and the scratch directory. Dropping
+/// it stops everything and removes the directory (the node then tears
+/// itself down).
+pub struct Bed {
+    pub client: Pod,
+    pub server: Pod,
+    pub bins: Bins,
+    pub dir: PathBuf,
+    proxy_cgroup: PathBuf,
+    server_child: Option<Child>,
+    // Last: dropped after the processes are gone.
+    pub node: Node,
+}
+
+impl Bed {
+    pub fn start(bins: Bins) -> Result<Bed> {
+        let mut node = Node::new("bench")?;
+        let client = node.add_pod("client")?;
+        let server = node.add_pod("server")?;
+        let dir = std::env::temp_dir().join(format!("sidetrack-bench-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let proxy_cgroup = node.cgroup_path().join("proxy");
+        let mut bed = Bed {
+            client,
+            server,
+            bins,
+            dir,
+            proxy_cgroup,
+            server_child: None,
+            node,
+        };
+        fs::create_dir(&bed.proxy_cgroup).context("make the proxies' cgroup")?;
+        let mut cmd = bed.server.command(&bed.bins.xtask);
+        cmd.args(["app", "bench-server", &format!("0.0.0.0:{SERVER_PORT}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        bed.server_child = Some(cmd.spawn().context("start the bench server")?);
+        wait_listening(SocketAddr::from((bed.server.ip(), SERVER_PORT)))?;
+        Ok(bed)
+    }
+
+    pub fn server_pid(&self) -> u32 {
+        self.server_child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn service_addr(&self) -> SocketAddrV4 {
+        let [a, b, _, _] = SERVICE_RANGE.0.octets();
+        SocketAddrV4::new(Ipv4Addr::new(a, b, 0, 1), SERVICE_PORT)
+    }
+
+    /// Where the client sends its requests in `scenario`.
+    pub fn target(&self, scenario: Scenario) -> SocketAddr {
+        let node = self.node.ip();
+        SocketAddr::V4(match scenario {
+            Scenario::Direct => SocketAddrV4::new(self.server.ip(), SERVER_PORT),
+            Scenario::SidetrackExplicit => SocketAddrV4::new(node, SIDETRACK_PORT),
+            Scenario::SidetrackIptables | Scenario::SidetrackEbpf => self.service_addr(),
+            Scenario::Nginx => SocketAddrV4::new(node, NGINX_PORT),
+            Scenario::Haproxy => SocketAddrV4::new(node, HAPROXY_PORT),
+        })
+    }
+
+    /// Starts the scenario's proxy (none for `direct`) and waits until it
+    /// answers. `splice_threshold` overrides Sidetrack's default.
+    pub fn start_proxy(&self, scenario: Scenario, splice_threshold: Option<u64>) -> Result<Proxy> {
+        let name = scenario.name();
+        let log_path = self.dir.join(format!("{name}.log"));
+        let mut cmd = match scenario {
+            Scenario::Direct => {
+                return Ok(Proxy {
+                    child: None,
+                    cgroup: self.proxy_cgroup.clone(),
+                    log: log_path,
+                    name,
+                });
+            }
+            Scenario::Nginx => {
+                let conf = self.write_nginx_conf()?;
+                let mut c = Command::new("nginx");
+                c.arg("-c").arg(conf).arg("-p").arg(self.dir.join("nginx"));
+                c.arg("-e").arg(&log_path);
+                c
+            }
+            Scenario::Haproxy => {
+                let conf = self.dir.join("haproxy.cfg");
+                fs::write(&conf, self.haproxy_conf())?;
+                let mut c = Command::new("haproxy");
+                // -db: foreground, one process, no daemon.
+                c.arg("-db").arg("-f").arg(conf);
+                c
+            }
+            _ => {
+                let conf = self.dir.join(format!("{name}.yaml"));
+                fs::write(&conf, self.sidetrack_conf(scenario, splice_threshold))?;
+                let mut c = Command::new(&self.bins.sidetrack);
+                c.arg("run")
+                    .arg("--config")
+                    .arg(conf)
+                    .env("NO_COLOR", "1")
+                    .env("RUST_LOG", "warn");
+                c
+            }
+        };
+        let log = fs::File::create(&log_path)?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        join_cgroup(&mut cmd, &self.proxy_cgroup)?;
+        unblock_signals(&mut cmd);
+        let child = cmd.spawn().with_context(|| format!("start {name}"))?;
+        let mut proxy = Proxy {
+            child: Some(child),
+            cgroup: self.proxy_cgroup.clone(),
+            log: log_path,
+            name,
+        };
+        let ready = match scenario {
+            Scenario::SidetrackExplicit | Scenario::SidetrackIptables | Scenario::SidetrackEbpf => {
+                SocketAddr::from((self.node.ip(), SIDETRACK_ADMIN_PORT))
+            }
+            _ => self.target(scenario),
+        };
+        let path = if scenario.sidetrack_mode().is_some() {
+            "/ready"
+        } else {
+            "/"
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = &mut proxy.child
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("{name} exited ({status}):\n{}", proxy.log_text());
+            }
+            if http_get(ready, path).is_ok_and(|(status, _)| status == 200) {
+                return Ok(proxy);
+            }
+            if Instant::now() > deadline {
+                bail!("{name} did not become ready:\n{}", proxy.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn upstream(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.server.ip(), SERVER_PORT)
+    }
+
+    fn sidetrack_conf(&self, scenario: Scenario, splice_threshold: Option<u64>) -> String {
+        let (svc, svc_len) = SERVICE_RANGE;
+        let node = self.node.ip();
+        let mut conf = format!(
+            "listen: {node}:{SIDETRACK_PORT}\nadmin: {node}:{SIDETRACK_ADMIN_PORT}\nworkers: 1\n\
+             intercept: {mode}\ndtab: |\n  /svc/bench => /$/inet/{ip}/{port};\n\
+             interception:\n  cidrs: [{svc}/{svc_len}]\n  cgroup: {cgroup}\n  mark: {PROXY_MARK}\n\
+             shutdown_grace_ms: 2000\n",
+            mode = scenario.sidetrack_mode().unwrap_or("none"),
+            ip = self.server.ip(),
+            port = SERVER_PORT,
+            cgroup = self.node.cgroup_path().display(),
+        );
+        if let Some(t) = splice_threshold {
+            conf.push_str(&format!("limits:\n  splice_threshold_bytes: {t}\n"));
+        }
+        conf
+    }
+
+    /// One worker, keep-alive both ways (64 idle upstream connections, like
+    /// Sidetrack's pool), no logging, no buffering to disk.
+    fn write_nginx_conf(&self) -> Result<PathBuf> {
+        let prefix = self.dir.join("nginx");
+        fs::create_dir_all(prefix.join("tmp"))?;
+        let tmp = prefix.join("tmp");
+        let tmp = tmp.display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {log} warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n  \
+             fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n  \
+             keepalive_requests 1000000;\n  keepalive_timeout 60s;\n  tcp_nodelay on;\n  \
+             upstream bench {{\n    server {up};\n    keepalive 64;\n    keepalive_requests 1000000;\n  }}\n  \
+             server {{\n    listen {node}:{NGINX_PORT};\n    location / {{\n      proxy_pass http://bench;\n      \
+             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+            pid = self.dir.join("nginx.pid").display(),
+            log = self.dir.join("nginx-error.log").display(),
+            up = self.upstream(),
+            node = self.node.ip(),
+        );
+        let path = self.dir.join("nginx.conf");
+        fs::write(&path, conf)?;
+        Ok(path)
+    }
+
+    /// One thread, HTTP mode with keep-alive both ways and server-side
+    /// connection reuse, no logging.
+    fn haproxy_conf(&self) -> String {
+        format!(
+            "global\n  nbthread 1\n  maxconn 4096\n  pidfile {pid}\n\
+             defaults\n  mode http\n  option http-keep-alive\n  http-reuse always\n  timeout connect 5s\n  \
+             timeout client 60s\n  timeout server 60s\n  timeout http-keep-alive 60s\n\
+             frontend fe\n  bind {node}:{HAPROXY_PORT}\n  default_backend be\n\
+             backend be\n  server s1 {up}\n",
+            pid = self.dir.join("haproxy.pid").display(),
+            node = self.node.ip(),
+            up = self.upstream(),
+        )
+    }
+
+    /// Runs the load generator in the client pod against `scenario` while
+    /// sampling `proxy`'s memory; returns its result and the peak resident
+    /// set seen meanwhile (kB).
+    pub fn load(
+        &self,
+        scenario: Scenario,
+        proxy: &Proxy,
+        args: &LoadArgs,
+    ) -> Result<(loadgen::LoadResult, u64)> {
+        let out_path = self.dir.join("loadgen.json");
+        let err_path = self.dir.join("loadgen.err");
+        let mut cmd = self.client.command(&self.bins.xtask);
+        cmd.args(["app", "loadgen", "--addr"])
+            .arg(self.target(scenario).to_string())
+            .args(["--path", &args.path])
+            .args(["--conns", &args.conns.to_string()])
+            .args(["--secs", &args.secs.to_string()])
+            .args(["--max-requests", &args.max_requests.to_string()])
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out_path)?)
+            .stderr(fs::File::create(&err_path)?);
+        if let Some(rate) = args.rate {
+            cmd.args(["--rate", &rate.to_string()]);
+        }
+        if let Some(cpu) = args.cpu {
+            cmd.args(["--cpu", &cpu.to_string()]);
+        }
+        let mut child = cmd.spawn().context("start the load generator")?;
+        let limit = Instant::now() + Duration::from_secs_f64(args.secs + 30.0);
+        let mut peak_rss = 0;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            peak_rss = peak_rss.max(proxy.memory().rss_kb);
+            if Instant::now() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the load generator ran past its time bound ({scenario:?})");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+        if !status.success() {
+            bail!(
+                "loadgen against {} failed ({status}): {stderr}\n{}",
+                scenario.name(),
+                proxy.log_text()
+            );
+        }
+        let text = fs::read_to_string(&out_path)?;
+        let result =
+            serde_json::from_str(&text).with_context(|| format!("loadgen printed {text:?}"))?;
+        Ok((result, peak_rss))
+    }
+
+    /// Pins the server's and the proxy's threads to `cpu`, or frees them.
+    pub fn pin(&self, proxy: &Proxy, cpu: Option<usize>) -> Result<()> {
+        let mut pids = proxy.pids();
+        pids.push(self.server_pid());
+        for pid in pids {
+            for tid in proc::threads(pid) {
+                // A thread may end meanwhile.
+                let _ = loadgen::set_affinity(tid as i32, cpu);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.server_child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One load generator run.
+#[derive(Clone, Debug)]
+pub struct LoadArgs {
+    pub path: String,
+    pub conns: usize,
+    pub rate: Option<u64>,
+    pub secs: f64,
+    pub max_requests: u64,
+    pub cpu: Option<usize>,
+}
+
+impl LoadArgs {
+    pub fn closed(conns: usize, secs: f64) -> LoadArgs {
+        LoadArgs {
+            path: "/".into(),
+            conns,
+            rate: None,
+            secs,
+            max_requests: 5_000_000,
+            cpu: None,
+        }
+    }
+
+    pub fn open(rate: u64, conns: usize, secs: f64) -> LoadArgs {
+        LoadArgs {
+            rate: Some(rate),
+            max_requests: (rate as f64 * secs).ceil() as u64 + 1,
+            ..LoadArgs::closed(conns, secs)
+        }
+    }
+}
+
+/// A running proxy; stop it with [`Proxy::stop`] (dropping it stops it too).
+pub struct Proxy {
+    child: Option<Child>,
+    cgroup: PathBuf,
+    log: PathBuf,
+    pub name: &'static str,
+}
+
+impl Proxy {
+    /// Its processes (empty for `direct`).
+    pub fn pids(&self) -> Vec<u32> {
+        if self.child.is_none() {
+            return Vec::new();
+        }
+        proc::cgroup_pids(&self.cgroup)
+    }
+
+    /// CPU seconds used so far by its processes; `None` for `direct`.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        self.child.as_ref()?;
+        Some(self.pids().into_iter().map(proc::cpu_secs).sum())
+    }
+
+    pub fn memory(&self) -> proc::Memory {
+        self.pids()
+            .into_iter()
+            .map(proc::memory)
+            .fold(proc::Memory::default(), |a, b| a + b)
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM (Sidetrack then removes its nftables rules or detaches its
+    /// programs; nginx's master stops its worker), then waits until the
+    /// cgroup is empty; SIGKILL after 15 s.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut clean = true;
+        let mut diagnosis = String::new();
+        loop {
+            let exited = child.try_wait()?.is_some();
+            if exited && proc::cgroup_pids(&self.cgroup).is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                clean = false;
+                for pid in proc::cgroup_pids(&self.cgroup) {
+                    for tid in proc::threads(pid) {
+                        let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"));
+                        let wchan = fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan"));
+                        diagnosis.push_str(&format!(
+                            "  {pid}/{tid}: {} wchan {}\n",
+                            stat.unwrap_or_default().trim(),
+                            wchan.unwrap_or_default()
+                        ));
+                    }
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                kill_cgroup(&self.cgroup);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !clean {
+            bail!(
+                "{} did not stop within 15 s of SIGTERM; its threads were:\n{diagnosis}log:\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.child.is_some() && self.stop().is_err() {
+            kill_cgroup(&self.cgroup);
+        }
+    }
+}
+
+/// `teardown_on_signal` blocks SIGTERM, SIGINT and SIGHUP in this process
+/// (a thread takes them with `sigwait`), and a child inherits the mask: the
+/// proxies would never see the SIGTERM that stops them gracefully.
+fn unblock_signals(cmd: &mut Command) {
+    // SAFETY: sigemptyset and sigprocmask are async-signal-safe and touch
+    // only the child's own mask and a local set.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+}
+
+fn kill_cgroup(cgroup: &Path) {
+    let _ = fs::write(cgroup.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !proc::cgroup_pids(cgroup).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_listening(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listens on {addr}")
+}
