@@ -224,7 +224,7 @@ impl Staging {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        join_cgroup(&mut cmd, &proxy_cgroup)?;
+        node_process(&mut cmd, &proxy_cgroup)?;
         let child = cmd.spawn().context("start sidetrack")?;
         self.proxy = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -353,18 +353,28 @@ impl Drop for Staging {
     }
 }
 
-/// Makes `cmd` join the cgroup `dir` between fork and exec (it stays in the
-/// root network namespace).
-pub fn join_cgroup(cmd: &mut Command, dir: &Path) -> Result<()> {
+/// Makes `cmd` a process of the node itself: between fork and exec it joins
+/// the cgroup `dir` (it stays in the root network namespace) and unblocks
+/// every signal. `teardown_on_signal` blocks SIGTERM, SIGINT and SIGHUP in
+/// this process (a thread takes them with `sigwait`) and a child inherits
+/// the mask: without this, a proxy would never see the SIGTERM that stops it
+/// gracefully.
+pub fn node_process(cmd: &mut Command, dir: &Path) -> Result<()> {
     let procs = fs::OpenOptions::new()
         .write(true)
         .open(dir.join("cgroup.procs"))?;
-    // SAFETY: between fork and exec the closure only calls write(2) on a
-    // descriptor opened before the fork.
+    // SAFETY: between fork and exec the closure only calls write(2),
+    // sigemptyset and sigprocmask (async-signal-safe) on a descriptor opened
+    // before the fork and a local set.
     unsafe {
         cmd.pre_exec(move || {
             use std::os::fd::AsRawFd;
             if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

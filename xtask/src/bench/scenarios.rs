@@ -13,7 +13,6 @@
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -23,7 +22,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{loadgen, proc};
 use crate::{
-    staging::{http_get, join_cgroup},
+    staging::{http_get, node_process},
     testbed::{Node, Pod, SERVICE_RANGE},
 };
 
@@ -196,8 +195,7 @@ impl Bed {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        join_cgroup(&mut cmd, &self.proxy_cgroup)?;
-        unblock_signals(&mut cmd);
+        node_process(&mut cmd, &self.proxy_cgroup)?;
         let child = cmd.spawn().with_context(|| format!("start {name}"))?;
         let mut proxy = Proxy {
             child: Some(child),
@@ -497,24 +495,6 @@ impl Drop for Proxy {
             kill_cgroup(&self.cgroup);
         }
     }
-}
-
-/// `teardown_on_signal` blocks SIGTERM, SIGINT and SIGHUP in this process
-/// (a thread takes them with `sigwait`), and a child inherits the mask: the
-/// proxies would never see the SIGTERM that stops them gracefully.
-fn unblock_signals(cmd: &mut Command) {
-    // SAFETY: sigemptyset and sigprocmask are async-signal-safe and touch
-    // only the child's own mask and a local set.
-    unsafe {
-        cmd.pre_exec(|| {
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
 }
 
 fn kill_cgroup(cgroup: &Path) {
