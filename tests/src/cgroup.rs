@@ -4,9 +4,7 @@
 //! process still in it is killed first so that the removal succeeds.
 
 use std::{
-    ffi::CString,
     fs, io,
-    os::unix::{ffi::OsStrExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command},
     sync::atomic::{AtomicU32, Ordering},
@@ -39,25 +37,7 @@ impl TestCgroup {
     /// Makes `cmd` join this cgroup between fork and exec, so that every
     /// socket it creates belongs to the cgroup from the start.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<Child> {
-        let procs = CString::new(self.path.join("cgroup.procs").as_os_str().as_bytes())?;
-        // SAFETY: the closure only calls async-signal-safe libc functions on
-        // data prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // "0" means the writing process itself.
-                let n = libc::write(fd, b"0\n".as_ptr().cast(), 2);
-                let err = io::Error::last_os_error();
-                libc::close(fd);
-                if n != 2 {
-                    return Err(err);
-                }
-                Ok(())
-            })
-        };
+        xtask::staging::node_process(cmd, &self.path).map_err(io::Error::other)?;
         cmd.spawn()
     }
 
