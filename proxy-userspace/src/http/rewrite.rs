@@ -20,17 +20,40 @@ use super::framing::contains_token;
 use super::head::TargetForm;
 use super::{BodyLength, RequestHead, ResponseHead, Span, reason_phrase};
 
+/// The fields the rewriter treats specially, told apart by one switch on
+/// the name's length and at most two comparisons: this runs for every
+/// field of every head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    ContentLength,
+    TransferEncoding,
+    Host,
+    Upgrade,
+    /// Connection, Keep-Alive, Proxy-Connection, TE.
+    HopByHop,
+    Other,
+}
+
+fn classify(name: &[u8]) -> Field {
+    let is = |wanted: &[u8]| name.eq_ignore_ascii_case(wanted);
+    match name.len() {
+        2 if is(b"te") => Field::HopByHop,
+        4 if is(b"host") => Field::Host,
+        7 if is(b"upgrade") => Field::Upgrade,
+        10 if is(b"connection") || is(b"keep-alive") => Field::HopByHop,
+        14 if is(b"content-length") => Field::ContentLength,
+        16 if is(b"proxy-connection") => Field::HopByHop,
+        17 if is(b"transfer-encoding") => Field::TransferEncoding,
+        _ => Field::Other,
+    }
+}
+
 /// Is `name` a field that RFC 9110 §7.6.1 says never goes past one hop?
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP_BY_HOP: [&[u8]; 6] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
-    ];
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+    matches!(
+        classify(name),
+        Field::HopByHop | Field::TransferEncoding | Field::Upgrade
+    )
 }
 
 /// Appends `METHOD target HTTP/1.1`, the forwarded header fields, `extra`
@@ -116,11 +139,10 @@ fn write_fields(
     skip_host: bool,
     drop: impl Fn(&[u8]) -> bool,
 ) {
-    let is = |name: &[u8], wanted: &str| name.eq_ignore_ascii_case(wanted.as_bytes());
     let connection_values = || {
         fields
             .iter()
-            .filter(|(n, _)| is(n.of(buf), "connection"))
+            .filter(|(n, _)| n.of(buf).eq_ignore_ascii_case(b"connection"))
             .map(|(_, v)| v.of(buf))
     };
     // Usually Connection says only close, keep-alive or upgrade, which name
@@ -131,16 +153,13 @@ fn write_fields(
     let verbatim_framing = matches!(body, BodyLength::Chunked | BodyLength::UntilClose);
     for (name, value) in fields {
         let name = name.of(buf);
-        let keep = if is(name, "content-length") {
-            matches!(body, BodyLength::None | BodyLength::Length(_))
-        } else if is(name, "transfer-encoding") {
-            verbatim_framing
-        } else if is(name, "host") {
-            !skip_host
-        } else if is(name, "upgrade") {
-            upgrade
-        } else {
-            !(is_hop_by_hop(name) || names_fields && contains_token(connection_values(), name))
+        let keep = match classify(name) {
+            Field::ContentLength => matches!(body, BodyLength::None | BodyLength::Length(_)),
+            Field::TransferEncoding => verbatim_framing,
+            Field::Host => !skip_host,
+            Field::Upgrade => upgrade,
+            Field::HopByHop => false,
+            Field::Other => !(names_fields && contains_token(connection_values(), name)),
         };
         if keep && !drop(name) {
             push_field(out, name, value.of(buf));
