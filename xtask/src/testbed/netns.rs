@@ -34,7 +34,12 @@ pub(crate) fn delete(name: &str) -> Result<()> {
 
 /// The names under /run/netns.
 pub(crate) fn list() -> Vec<String> {
-    fs::read_dir(NETNS_DIR)
+    entry_names(NETNS_DIR)
+}
+
+/// The names of a directory's entries; none when it cannot be read.
+fn entry_names(dir: &str) -> Vec<String> {
+    fs::read_dir(dir)
         .map(|entries| {
             entries
                 .flatten()
@@ -60,14 +65,7 @@ pub(crate) fn enter(ns: &File) -> io::Result<()> {
 
 /// The interfaces of the root namespace (as seen by this thread).
 pub(crate) fn links() -> Vec<String> {
-    fs::read_dir("/sys/class/net")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    entry_names("/sys/class/net")
 }
 
 /// Deletes an interface of the root namespace (a veth takes its peer along);
