@@ -177,8 +177,10 @@ impl RunArgs {
             let handle = std::thread::Builder::new()
                 .name(format!("sidetrack-worker-{i}"))
                 .spawn(move || -> Result<bool, String> {
+                    // I/O only: deadlines live on the watchdog, so the
+                    // event loop never reads the clock or walks a timer wheel.
                     let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
+                        .enable_io()
                         .build()
                         .map_err(|e| format!("starting worker {i}: {e}"))?;
                     runtime.block_on(async move {

@@ -8,8 +8,14 @@
 //! clones an `Arc`. Binding on a miss happens outside any lock.
 
 use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
+
+/// foldhash rather than std's SipHash: the router hashes its key (the raw
+/// dtab headers and the name) on every request, twice (shard, then map),
+/// and SipHash was a few percent of the proxy's instructions. foldhash is
+/// seeded per instance and only "minimally" HashDoS-resistant; the cache is
+/// bounded, so colliding keys can slow at most `capacity` entries' shard.
+type RandomState = foldhash::quality::RandomState;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -74,7 +80,7 @@ pub struct ClockCache<K, V> {
 }
 
 struct Shard<K, V> {
-    map: HashMap<K, usize>,
+    map: HashMap<K, usize, RandomState>,
     slots: Vec<Slot<K, V>>,
     hand: usize,
     capacity: usize,
@@ -95,7 +101,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ClockCache<K, V> {
             .map(|i| {
                 let capacity = capacity / n + usize::from(i < capacity % n);
                 RwLock::new(Shard {
-                    map: HashMap::with_capacity(capacity),
+                    map: HashMap::with_capacity_and_hasher(capacity, RandomState::default()),
                     slots: Vec::with_capacity(capacity),
                     hand: 0,
                     capacity,
@@ -104,7 +110,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ClockCache<K, V> {
             .collect();
         ClockCache {
             shards,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             capacity,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),

@@ -16,7 +16,7 @@
 //! guessed at; Transfer-Encoding with Content-Length is accepted (TE wins)
 //! but the connection is closed afterwards.
 
-use super::{HeadError, RequestHead, ResponseHead, list_elements, trim_ows};
+use super::{HeadError, Known, RequestHead, ResponseHead, list_elements, trim_ows};
 
 /// How the body after a head is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +143,7 @@ fn content_length<'b>(values: impl Iterator<Item = &'b [u8]>) -> Result<Option<u
 
 /// The request body's framing (RFC 9112 §6.3, items 3 to 6).
 pub fn request_body(head: &RequestHead, buf: &[u8]) -> Result<Framing, HeadError> {
-    let te = transfer_coding(head.get_all(buf, "transfer-encoding"))?;
+    let te = transfer_coding(head.get_all(buf, Known::TransferEncoding))?;
     match te {
         // An HTTP/1.0 recipient cannot know chunked; someone along the way
         // may frame this differently (RFC 9112 §6.1).
@@ -151,7 +151,7 @@ pub fn request_body(head: &RequestHead, buf: &[u8]) -> Result<Framing, HeadError
             "Transfer-Encoding in an HTTP/1.0 request",
         )),
         Some(Coding::Chunked) => {
-            let with_length = head.get(buf, "content-length").is_some();
+            let with_length = head.get(buf, Known::ContentLength).is_some();
             Ok(Framing {
                 length: BodyLength::Chunked,
                 close: with_length,
@@ -160,7 +160,7 @@ pub fn request_body(head: &RequestHead, buf: &[u8]) -> Result<Framing, HeadError
         Some(Coding::NotChunked) => Err(HeadError::BadFraming(
             "final transfer coding of a request is not chunked",
         )),
-        None => match content_length(head.get_all(buf, "content-length"))? {
+        None => match content_length(head.get_all(buf, Known::ContentLength))? {
             Some(n) => Ok(Framing::keep(BodyLength::Length(n))),
             None => Ok(Framing::keep(BodyLength::None)),
         },
@@ -194,15 +194,15 @@ pub fn response_body(
     if request.head || status == 204 || status == 304 {
         return Ok(Framing::keep(BodyLength::None));
     }
-    match transfer_coding(head.get_all(buf, "transfer-encoding"))? {
+    match transfer_coding(head.get_all(buf, Known::TransferEncoding))? {
         // Faulty framing on HTTP/1.0: trust only the close.
         Some(_) if head.minor_version() == 0 => Ok(Framing::close(BodyLength::UntilClose)),
         Some(Coding::Chunked) => Ok(Framing {
             length: BodyLength::Chunked,
-            close: head.get(buf, "content-length").is_some(),
+            close: head.get(buf, Known::ContentLength).is_some(),
         }),
         Some(Coding::NotChunked) => Ok(Framing::close(BodyLength::UntilClose)),
-        None => match content_length(head.get_all(buf, "content-length"))? {
+        None => match content_length(head.get_all(buf, Known::ContentLength))? {
             Some(n) => Ok(Framing::keep(BodyLength::Length(n))),
             None => Ok(Framing::close(BodyLength::UntilClose)),
         },
@@ -238,15 +238,15 @@ pub(crate) fn contains_token<'b>(values: impl IntoIterator<Item = &'b [u8]>, tok
 /// `Expect: 100-continue` on an HTTP/1.1 request; HTTP/1.0 requests' are
 /// ignored (RFC 9110 §10.1.1).
 pub fn expects_continue(head: &RequestHead, buf: &[u8]) -> bool {
-    head.minor_version() == 1 && has_token(head.get_all(buf, "expect"), "100-continue")
+    head.minor_version() == 1 && has_token(head.get_all(buf, Known::Expect), "100-continue")
 }
 
 /// An HTTP/1.1 request with an Upgrade header that its Connection header
 /// names (RFC 9110 §7.8; HTTP/1.0 requests' Upgrade is ignored).
 pub fn is_upgrade(head: &RequestHead, buf: &[u8]) -> bool {
     head.minor_version() == 1
-        && head.get(buf, "upgrade").is_some_and(|v| !v.is_empty())
-        && has_token(head.get_all(buf, "connection"), "upgrade")
+        && head.get(buf, Known::Upgrade).is_some_and(|v| !v.is_empty())
+        && has_token(head.get_all(buf, Known::Connection), "upgrade")
 }
 
 /// Longest chunk-size line (size and extensions) we read; real ones are a

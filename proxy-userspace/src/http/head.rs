@@ -48,26 +48,138 @@ pub enum TargetForm {
 
 /// Header field lines as (name, value) spans, in order. Values are trimmed
 /// of surrounding white space (httparse does it).
+///
+/// The fields the proxy asks about on every message (framing, persistence,
+/// routing) are noted once while the spans are taken: a lookup of one of
+/// them that is absent costs no pass over the lines, and one that is
+/// present starts at its first line.
 #[derive(Clone, Debug, Default)]
 struct Fields {
     lines: Vec<(Span, Span)>,
+    /// Bit `k as u16`: a line named [`Known`] `k` is present.
+    present: u16,
+    /// The index of the first line named `k`, when present.
+    first: [u16; Known::ALL.len()],
+}
+
+/// The header fields the proxy asks about on every message (framing,
+/// persistence, routing): [`Fields`] notes where they are while parsing.
+/// Look them up by this name, not by string, to use that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    Via,
+    Host,
+    Expect,
+    Upgrade,
+    L5dDtab,
+    L5dReqid,
+    Connection,
+    L5dCtxDtab,
+    ContentLength,
+    TransferEncoding,
+}
+
+impl Known {
+    const ALL: [Known; 10] = [
+        Known::Via,
+        Known::Host,
+        Known::Expect,
+        Known::Upgrade,
+        Known::L5dDtab,
+        Known::L5dReqid,
+        Known::Connection,
+        Known::L5dCtxDtab,
+        Known::ContentLength,
+        Known::TransferEncoding,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Known::Via => "via",
+            Known::Host => "host",
+            Known::Expect => "expect",
+            Known::Upgrade => "upgrade",
+            Known::L5dDtab => "l5d-dtab",
+            Known::L5dReqid => "l5d-reqid",
+            Known::Connection => "connection",
+            Known::L5dCtxDtab => "l5d-ctx-dtab",
+            Known::ContentLength => "content-length",
+            Known::TransferEncoding => "transfer-encoding",
+        }
+    }
+
+    /// Which one `name` is (ASCII case-insensitive). Their lengths differ,
+    /// so one comparison decides.
+    fn of(name: &[u8]) -> Option<Known> {
+        let k = match name.len() {
+            3 => Known::Via,
+            4 => Known::Host,
+            6 => Known::Expect,
+            7 => Known::Upgrade,
+            8 => Known::L5dDtab,
+            9 => Known::L5dReqid,
+            10 => Known::Connection,
+            12 => Known::L5dCtxDtab,
+            14 => Known::ContentLength,
+            17 => Known::TransferEncoding,
+            _ => return None,
+        };
+        name.eq_ignore_ascii_case(k.name().as_bytes()).then_some(k)
+    }
+
+    const fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}
+
+/// A header field name to look up: any string (every line is compared), or
+/// a [`Known`] field (found through the index taken at parse time).
+pub trait FieldName: Copy {
+    fn name_bytes(&self) -> &[u8];
+    fn known(self) -> Option<Known>;
+}
+
+impl FieldName for &str {
+    fn name_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn known(self) -> Option<Known> {
+        None
+    }
+}
+
+impl FieldName for Known {
+    fn name_bytes(&self) -> &[u8] {
+        self.name().as_bytes()
+    }
+    fn known(self) -> Option<Known> {
+        Some(self)
+    }
 }
 
 impl Fields {
     fn with_capacity(n: usize) -> Fields {
         Fields {
             lines: Vec::with_capacity(n),
+            ..Fields::default()
         }
     }
 
     fn fill(&mut self, buf: &[u8], parsed: &[httparse::Header<'_>]) {
         self.lines.clear();
-        self.lines.extend(parsed.iter().map(|h| {
-            (
-                Span::within(buf, h.name.as_bytes()),
-                Span::within(buf, h.value),
-            )
-        }));
+        self.present = 0;
+        for (i, h) in parsed.iter().enumerate() {
+            let name = h.name.as_bytes();
+            if let Some(k) = Known::of(name)
+                && self.present & k.bit() == 0
+            {
+                self.present |= k.bit();
+                // Lines are at most MAX_HEADERS_CAP, well within u16.
+                self.first[k as usize] = i as u16;
+            }
+            self.lines
+                .push((Span::within(buf, name), Span::within(buf, h.value)));
+        }
     }
 
     fn iter<'a, 'b: 'a>(
@@ -77,18 +189,33 @@ impl Fields {
         self.lines.iter().map(move |(n, v)| (n.of(buf), v.of(buf)))
     }
 
-    fn get<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
-        self.get_all(buf, name).next()
+    /// Where lines named `name` may start: all of them for an unindexed
+    /// name, none when a known one is absent.
+    fn first_line<N: FieldName>(&self, name: N) -> usize {
+        match name.known() {
+            Some(k) if self.present & k.bit() == 0 => self.lines.len(),
+            Some(k) => usize::from(self.first[k as usize]),
+            None => 0,
+        }
     }
 
-    fn get_all<'a, 'b: 'a>(
+    fn get<'b, N: FieldName>(&self, buf: &'b [u8], name: N) -> Option<&'b [u8]> {
+        match name.known() {
+            Some(k) if self.present & k.bit() == 0 => None,
+            Some(k) => Some(self.lines[usize::from(self.first[k as usize])].1.of(buf)),
+            None => self.get_all(buf, name).next(),
+        }
+    }
+
+    fn get_all<'a, 'b: 'a, N: FieldName + 'a>(
         &'a self,
         buf: &'b [u8],
-        name: &'a str,
+        name: N,
     ) -> impl Iterator<Item = &'b [u8]> + 'a {
-        self.iter(buf)
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
+        self.lines[self.first_line(name)..]
+            .iter()
+            .filter(move |(n, _)| n.of(buf).eq_ignore_ascii_case(name.name_bytes()))
+            .map(move |(_, v)| v.of(buf))
     }
 }
 
@@ -183,7 +310,8 @@ impl RequestHead {
     /// §3.2 tells a server to refuse.
     fn check_target_and_host(&mut self, buf: &[u8]) -> Result<(), HeadError> {
         let mut host = None;
-        for (name, value) in &self.fields.lines {
+        let from = self.fields.first_line(Known::Host);
+        for (name, value) in &self.fields.lines[from..] {
             if name.of(buf).eq_ignore_ascii_case(b"host") {
                 if host.is_some() {
                     return Err(HeadError::Malformed("more than one Host header"));
@@ -270,15 +398,15 @@ impl RequestHead {
     }
 
     /// The first value of header `name` (ASCII case-insensitive).
-    pub fn get<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
+    pub fn get<'b, N: FieldName>(&self, buf: &'b [u8], name: N) -> Option<&'b [u8]> {
         self.fields.get(buf, name)
     }
 
     /// Every value of header `name`, in order.
-    pub fn get_all<'a, 'b: 'a>(
+    pub fn get_all<'a, 'b: 'a, N: FieldName + 'a>(
         &'a self,
         buf: &'b [u8],
-        name: &'a str,
+        name: N,
     ) -> impl Iterator<Item = &'b [u8]> + 'a {
         self.fields.get_all(buf, name)
     }
@@ -412,14 +540,14 @@ impl ResponseHead {
         self.fields.iter(buf)
     }
 
-    pub fn get<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
+    pub fn get<'b, N: FieldName>(&self, buf: &'b [u8], name: N) -> Option<&'b [u8]> {
         self.fields.get(buf, name)
     }
 
-    pub fn get_all<'a, 'b: 'a>(
+    pub fn get_all<'a, 'b: 'a, N: FieldName + 'a>(
         &'a self,
         buf: &'b [u8],
-        name: &'a str,
+        name: N,
     ) -> impl Iterator<Item = &'b [u8]> + 'a {
         self.fields.get_all(buf, name)
     }
@@ -640,6 +768,44 @@ mod tests {
         assert_eq!(all, [&b"1"[..], b"2"]);
         assert!(!head.is_head_method(GET));
         assert!(!head.is_connect(GET));
+    }
+
+    #[test]
+    fn indexed_lookups_agree_with_a_plain_scan() {
+        let buf = b"GET / HTTP/1.1\r\nX-A: 1\r\nCONNECTION: a\r\nhost: h\r\nConnection: b\r\n\
+                    Via: 1.1 p\r\nL5D-Dtab: /a=>/b\r\nx-a: 2\r\nconnection: c\r\nVIA: 1.0 q\r\n\r\n";
+        let head = complete(buf);
+        let plain = |name: &str| -> Vec<&[u8]> {
+            head.headers(buf)
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v)| v)
+                .collect()
+        };
+        for k in Known::ALL {
+            let want = plain(k.name());
+            assert_eq!(head.get_all(buf, k).collect::<Vec<_>>(), want, "{k:?}");
+            assert_eq!(head.get(buf, k), want.first().copied(), "{k:?}");
+            assert_eq!(head.get_all(buf, k.name()).collect::<Vec<_>>(), want);
+        }
+        for name in ["x-a", "missing", "HOST", "Via"] {
+            assert_eq!(head.get_all(buf, name).collect::<Vec<_>>(), plain(name));
+        }
+        assert_eq!(
+            head.get_all(buf, Known::Connection).collect::<Vec<_>>(),
+            [&b"a"[..], b"b", b"c"]
+        );
+        assert_eq!(Known::of(b"Content-LENGTH"), Some(Known::ContentLength));
+        assert_eq!(Known::of(b"content-lengtx"), None);
+        // Reused for a head without them: nothing is left over.
+        let second = b"GET / HTTP/1.0\r\nX-B: 1\r\n\r\n";
+        let mut head = head;
+        assert!(matches!(
+            head.parse(second, &limits()),
+            Ok(Parsed::Complete { .. })
+        ));
+        for k in Known::ALL {
+            assert_eq!(head.get(second, k), None, "{k:?}");
+        }
     }
 
     #[test]

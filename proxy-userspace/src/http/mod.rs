@@ -41,7 +41,7 @@ pub use framing::{
     BodyLength, ChunkedScanner, Framing, RequestKind, expects_continue, has_token, is_upgrade,
     request_body, response_body, wants_close,
 };
-pub use head::{Parsed, RequestHead, ResponseHead, TargetForm};
+pub use head::{FieldName, Known, Parsed, RequestHead, ResponseHead, TargetForm};
 pub use rewrite::{is_hop_by_hop, via_hops, write_request, write_response};
 
 /// Bounds on what a peer may make the proxy hold or scan.

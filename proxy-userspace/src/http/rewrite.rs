@@ -17,7 +17,7 @@
 //! one request into two upstream.
 
 use super::framing::contains_token;
-use super::head::TargetForm;
+use super::head::{Known, TargetForm};
 use super::{BodyLength, RequestHead, ResponseHead, Span, reason_phrase};
 
 /// The fields the rewriter treats specially, told apart by one switch on
@@ -202,7 +202,7 @@ pub(crate) fn push_status(out: &mut Vec<u8>, status: u16) {
 /// How many proxies the request has passed: the entries of every Via line
 /// (RFC 9110 §7.6.3). Commas inside a comment `( ... )` separate nothing.
 pub fn via_hops(head: &RequestHead, buf: &[u8]) -> usize {
-    head.get_all(buf, "via").map(count_via_entries).sum()
+    head.get_all(buf, Known::Via).map(count_via_entries).sum()
 }
 
 fn count_via_entries(value: &[u8]) -> usize {

@@ -32,8 +32,14 @@ const EWMA_TAU_NS: f64 = 10e9;
 const EWMA_INITIAL_NS: f64 = 1e6;
 
 fn clock_ns() -> u64 {
+    clock_ns_at(Instant::now())
+}
+
+/// `at` in nanoseconds since the first use of the clock.
+fn clock_ns_at(at: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    at.saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_nanos() as u64
 }
 
 /// One backend address and what the proxy knows of it.
@@ -74,13 +80,19 @@ impl Backend {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Marks a request as started; the guard records its latency when it is
-    /// told the request finished, and always ends the in-flight count.
+    /// Marks a request as started now; the guard records its latency when
+    /// it is told the request finished, and always ends the in-flight count.
     pub fn start(self: &Arc<Self>) -> InFlight {
+        self.start_at(Instant::now())
+    }
+
+    /// [`Backend::start`] for a request that started at `started` (the
+    /// proxy reads the clock once when a request arrives).
+    pub fn start_at(self: &Arc<Self>, started: Instant) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             endpoint: self.clone(),
-            started: Instant::now(),
+            started,
         }
     }
 
@@ -88,8 +100,13 @@ impl Backend {
     /// average replaces it at once (peak), a lower one is blended in with a
     /// weight that grows with the time since the last observation.
     pub fn observe(&self, latency: Duration) {
+        self.observe_at(latency, Instant::now());
+    }
+
+    /// [`Backend::observe`] for a latency that ended at `now`.
+    pub fn observe_at(&self, latency: Duration, now: Instant) {
         let rtt = latency.as_nanos() as f64;
-        let now = clock_ns();
+        let now = clock_ns_at(now);
         let then = self.stamp_ns.swap(now, Ordering::Relaxed);
         let old = self.ewma_ns();
         let new = if rtt > old {
@@ -109,7 +126,9 @@ impl Backend {
     }
 
     pub fn is_ejected(&self) -> bool {
-        self.ejected_until_ns.load(Ordering::Relaxed) > clock_ns()
+        // Never ejected (the usual case) needs no clock.
+        let until = self.ejected_until_ns.load(Ordering::Relaxed);
+        until != 0 && until > clock_ns()
     }
 
     fn cost(&self, weight: f64) -> f64 {
@@ -128,9 +147,10 @@ impl InFlight {
         &self.endpoint
     }
 
-    pub fn finish(self) -> Duration {
-        let took = self.started.elapsed();
-        self.endpoint.observe(took);
+    /// Ends the request at `now`: records and returns its latency.
+    pub fn finish(self, now: Instant) -> Duration {
+        let took = now.saturating_duration_since(self.started);
+        self.endpoint.observe_at(took, now);
         took
     }
 }

@@ -39,7 +39,8 @@ use crate::{
     admin::metrics::ErrorKind,
     dtab::Choice,
     http::{
-        self, BodyLength, ChunkedScanner, HeadError, Parsed, RequestHead, RequestKind, ResponseHead,
+        self, BodyLength, ChunkedScanner, HeadError, Known, Parsed, RequestHead, RequestKind,
+        ResponseHead,
     },
     namer::balancer::InFlight,
     route::{self, Dest, Outcome, Route, RouteError},
@@ -209,7 +210,7 @@ impl Conn {
     async fn tunnel_opaque(&mut self) {
         let Some(dst) = self.orig_dst else { return };
         let cfg = &self.shared.cfg;
-        let backend = match pool::connect_to(SocketAddr::V4(dst), &cfg.pool).await {
+        let backend = match pool::connect_to(SocketAddr::V4(dst), &cfg.pool, &self.dog).await {
             Ok(b) => b,
             Err(e) => {
                 self.shared.metrics.error(ErrorKind::ConnectFailed);
@@ -350,13 +351,15 @@ impl Conn {
             let mut ctx: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
             let mut dtab: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
             let (mut nctx, mut ndtab) = (0, 0);
-            for (name, value) in req.headers(buf) {
-                let (slots, n) = if name.eq_ignore_ascii_case(b"l5d-ctx-dtab") {
+            let lines = req
+                .get_all(buf, "l5d-ctx-dtab")
+                .map(|v| (true, v))
+                .chain(req.get_all(buf, Known::L5dDtab).map(|v| (false, v)));
+            for (is_ctx, value) in lines {
+                let (slots, n) = if is_ctx {
                     (&mut ctx, &mut nctx)
-                } else if name.eq_ignore_ascii_case(b"l5d-dtab") {
-                    (&mut dtab, &mut ndtab)
                 } else {
-                    continue;
+                    (&mut dtab, &mut ndtab)
                 };
                 if *n == MAX_DTAB_HEADERS {
                     return Err(Failure::respond(
@@ -381,7 +384,7 @@ impl Conn {
                     },
                 })?;
             let client_close =
-                http::wants_close(req.minor_version(), req.get_all(buf, "connection"))
+                http::wants_close(req.minor_version(), req.get_all(buf, Known::Connection))
                     || framing.close;
             let expects_continue = http::expects_continue(req, buf);
             (
@@ -401,7 +404,7 @@ impl Conn {
 
         // The head to send on.
         let mut reqid = [0u8; 16];
-        let has_reqid = self.req.get(&self.buf, "l5d-reqid").is_some();
+        let has_reqid = self.req.get(&self.buf, Known::L5dReqid).is_some();
         if !has_reqid {
             route::new_request_id(&mut self.rng, &mut reqid);
         }
@@ -439,7 +442,7 @@ impl Conn {
             take_whole_body(&mut self.buf, &framing.length, &mut self.out, &shared);
 
         // A backend: pick, connect (ejecting what refuses), send the head.
-        let (mut backend, in_flight, mut reused) = self.connect(dest, cfg).await?;
+        let (mut backend, in_flight, mut reused) = self.connect(dest, cfg, started).await?;
         // A pooled connection can die between checkout and use (the backend
         // closed it as idle just then). A request that is whole in `out`
         // (head and body) is then sent again, once, on a new connection.
@@ -555,7 +558,7 @@ impl Conn {
         })?;
         let backend_close = http::wants_close(
             self.resp.minor_version(),
-            self.resp.get_all(&self.bbuf, "connection"),
+            self.resp.get_all(&self.bbuf, Known::Connection),
         ) || resp_framing.close;
         let tunnel = resp_framing.length == BodyLength::Tunnel;
         let close_after = client_close || resp_framing.length == BodyLength::UntilClose;
@@ -619,9 +622,9 @@ impl Conn {
                 .await?;
         }
         let endpoint = in_flight.endpoint().clone();
-        dest.stats.latency.observe(in_flight.finish());
+        dest.stats.latency.observe(in_flight.finish(Instant::now()));
         if !backend_close && resp_framing.length != BodyLength::UntilClose {
-            pool::checkin(&endpoint, backend, &cfg.pool);
+            pool::checkin(&endpoint, backend, &cfg.pool, &self.dog);
         }
         if close_after {
             let _ = self.client.shutdown().await;
@@ -636,6 +639,7 @@ impl Conn {
         &mut self,
         dest: &Dest,
         cfg: &super::ProxyConfig,
+        started: Instant,
     ) -> Result<(TcpStream, InFlight, bool), Failure> {
         let attempts = dest.balancer.len().clamp(1, 3);
         let mut last = String::new();
@@ -648,8 +652,8 @@ impl Conn {
                     close: true,
                 });
             };
-            match pool::checkout(backend, &cfg.pool).await {
-                Ok((stream, reused)) => return Ok((stream, backend.start(), reused)),
+            match pool::checkout(backend, &cfg.pool, &self.dog).await {
+                Ok((stream, reused)) => return Ok((stream, backend.start_at(started), reused)),
                 Err(e) => {
                     backend.eject(cfg.eject);
                     tracing::warn!(dst = %dest.id, error = %e, "connect failed; backend ejected for {:?}", cfg.eject);
@@ -672,7 +676,7 @@ impl Conn {
         in_flight: &InFlight,
         cfg: &super::ProxyConfig,
     ) -> Result<TcpStream, Failure> {
-        pool::connect(in_flight.endpoint(), &cfg.pool)
+        pool::connect(in_flight.endpoint(), &cfg.pool, &self.dog)
             .await
             .map_err(|e| {
                 in_flight.endpoint().eject(cfg.eject);

@@ -93,7 +93,10 @@ pub async fn serve(
     let max = shared.cfg.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let dog = Arc::new(watchdog::Watchdog::default());
-    let sweeper = tokio::spawn(dog.clone().run());
+    if let Err(e) = dog.start_sweeper("sidetrack-watchdog".into()) {
+        tracing::error!(error = %e, "cannot start the deadline sweeper; not serving");
+        return false;
+    }
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -108,7 +111,9 @@ pub async fn serve(
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = dog
+                    .timeout(Duration::from_millis(50), std::future::pending::<()>())
+                    .await;
                 continue;
             }
         };
@@ -128,10 +133,10 @@ pub async fn serve(
     dog.drain();
     drop(listener);
     tracing::info!("stopped accepting; draining connections");
-    let drained = tokio::time::timeout(grace, slots.acquire_many(max as u32))
+    let drained = dog
+        .timeout(grace, slots.acquire_many(max as u32))
         .await
         .is_ok();
-    sweeper.abort();
     if drained {
         tracing::info!("every connection finished");
     } else {

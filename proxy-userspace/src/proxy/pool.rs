@@ -6,16 +6,13 @@
 //! system call unless the connection is in fact readable (then it is dead or
 //! out of sync, and dropped).
 
-use std::{
-    io,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{io, sync::Arc, time::Duration};
 
 use std::{net::SocketAddr, os::fd::AsRawFd};
 
 use tokio::net::{TcpSocket, TcpStream};
 
+use super::watchdog::Watchdog;
 use crate::namer::balancer::Backend;
 
 /// Pool settings.
@@ -46,11 +43,12 @@ impl Default for PoolConfig {
     }
 }
 
-/// An idle connection and when it went idle.
+/// An idle connection and when it went idle (on the worker's coarse
+/// clock, [`Watchdog::now_ms`]: idle timeouts are seconds long).
 #[derive(Debug)]
 pub struct Idle {
     stream: TcpStream,
-    since: Instant,
+    since_ms: u64,
 }
 
 /// Why a backend connection could not be had.
@@ -67,27 +65,41 @@ pub enum ConnectError {
 pub async fn checkout(
     backend: &Arc<Backend>,
     cfg: &PoolConfig,
+    dog: &Watchdog,
 ) -> Result<(TcpStream, bool), ConnectError> {
+    let now = dog.now_ms();
     loop {
         let idle = backend.idle.lock().expect("pool lock").pop();
         let Some(idle) = idle else { break };
-        if idle.since.elapsed() < cfg.idle_timeout && is_quiet(&idle.stream) {
+        if !expired(idle.since_ms, now, cfg) && is_quiet(&idle.stream) {
             return Ok((idle.stream, true));
         }
     }
-    Ok((connect(backend, cfg).await?, false))
+    Ok((connect(backend, cfg, dog).await?, false))
+}
+
+fn expired(since_ms: u64, now_ms: u64, cfg: &PoolConfig) -> bool {
+    now_ms.saturating_sub(since_ms) >= cfg.idle_timeout.as_millis() as u64
 }
 
 /// A new connection to `backend`, with the connect timeout, marked and
 /// bound as configured.
-pub async fn connect(backend: &Backend, cfg: &PoolConfig) -> Result<TcpStream, ConnectError> {
+pub async fn connect(
+    backend: &Backend,
+    cfg: &PoolConfig,
+    dog: &Watchdog,
+) -> Result<TcpStream, ConnectError> {
     let addr = backend.addr();
-    connect_to(addr, cfg).await
+    connect_to(addr, cfg, dog).await
 }
 
 /// A new connection to `addr` (a backend, or an opaque connection's
 /// original destination).
-pub async fn connect_to(addr: SocketAddr, cfg: &PoolConfig) -> Result<TcpStream, ConnectError> {
+pub async fn connect_to(
+    addr: SocketAddr,
+    cfg: &PoolConfig,
+    dog: &Watchdog,
+) -> Result<TcpStream, ConnectError> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
@@ -103,7 +115,7 @@ pub async fn connect_to(addr: SocketAddr, cfg: &PoolConfig) -> Result<TcpStream,
             .bind(SocketAddr::new(ip, 0))
             .map_err(|e| ConnectError::Io(addr, e))?;
     }
-    let stream = match tokio::time::timeout(cfg.connect_timeout, socket.connect(addr)).await {
+    let stream = match dog.timeout(cfg.connect_timeout, socket.connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
         Err(_) => return Err(ConnectError::Timeout(addr)),
@@ -131,12 +143,15 @@ fn set_mark(socket: &TcpSocket, mark: u32) -> io::Result<()> {
 }
 
 /// Returns a connection whose last exchange ended cleanly.
-pub fn checkin(backend: &Backend, stream: TcpStream, cfg: &PoolConfig) {
+pub fn checkin(backend: &Backend, stream: TcpStream, cfg: &PoolConfig, dog: &Watchdog) {
+    let now = dog.now_ms();
     let mut idle = backend.idle.lock().expect("pool lock");
-    let now = Instant::now();
-    idle.retain(|i| now.duration_since(i.since) < cfg.idle_timeout);
+    idle.retain(|i| !expired(i.since_ms, now, cfg));
     if idle.len() < cfg.max_idle_per_endpoint {
-        idle.push(Idle { stream, since: now });
+        idle.push(Idle {
+            stream,
+            since_ms: now,
+        });
     }
 }
 
