@@ -124,7 +124,7 @@ impl Known {
             17 => Known::TransferEncoding,
             _ => return None,
         };
-        name.eq_ignore_ascii_case(k.name().as_bytes()).then_some(k)
+        super::eq_ignore_case_lower(name, k.name().as_bytes()).then_some(k)
     }
 
     const fn bit(self) -> u16 {
@@ -135,13 +135,14 @@ impl Known {
 /// A header field name to look up: any string (every line is compared), or
 /// a [`Known`] field (found through the index taken at parse time).
 pub trait FieldName: Copy {
-    fn name_bytes(&self) -> &[u8];
+    /// Is a line named `name` one of these?
+    fn matches(&self, name: &[u8]) -> bool;
     fn known(self) -> Option<Known>;
 }
 
 impl FieldName for &str {
-    fn name_bytes(&self) -> &[u8] {
-        self.as_bytes()
+    fn matches(&self, name: &[u8]) -> bool {
+        name.eq_ignore_ascii_case(self.as_bytes())
     }
     fn known(self) -> Option<Known> {
         None
@@ -149,8 +150,8 @@ impl FieldName for &str {
 }
 
 impl FieldName for Known {
-    fn name_bytes(&self) -> &[u8] {
-        self.name().as_bytes()
+    fn matches(&self, name: &[u8]) -> bool {
+        super::eq_ignore_case_lower(name, self.name().as_bytes())
     }
     fn known(self) -> Option<Known> {
         Some(self)
@@ -214,7 +215,7 @@ impl Fields {
     ) -> impl Iterator<Item = &'b [u8]> + 'a {
         self.lines[self.first_line(name)..]
             .iter()
-            .filter(move |(n, _)| n.of(buf).eq_ignore_ascii_case(name.name_bytes()))
+            .filter(move |(n, _)| name.matches(n.of(buf)))
             .map(move |(_, v)| v.of(buf))
     }
 }
@@ -312,7 +313,7 @@ impl RequestHead {
         let mut host = None;
         let from = self.fields.first_line(Known::Host);
         for (name, value) in &self.fields.lines[from..] {
-            if name.of(buf).eq_ignore_ascii_case(b"host") {
+            if super::eq_ignore_case_lower(name.of(buf), b"host") {
                 if host.is_some() {
                     return Err(HeadError::Malformed("more than one Host header"));
                 }

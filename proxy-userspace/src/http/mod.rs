@@ -158,6 +158,50 @@ impl Span {
     }
 }
 
+/// `name` equals `lower` ignoring ASCII case, where `lower` is ASCII with
+/// no uppercase letter (the proxy's own field names). `name` may be
+/// anything. The same answer as `name.eq_ignore_ascii_case(lower)`, eight
+/// bytes at a time: header names are compared on every field of every head.
+#[inline]
+pub fn eq_ignore_case_lower(name: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(
+        lower
+            .iter()
+            .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+    );
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    if n < 8 {
+        return name
+            .iter()
+            .zip(lower)
+            .all(|(&a, &b)| a == b || (a ^ 0x20 == b && b.is_ascii_lowercase()));
+    }
+    // Whole words, the last one overlapping the one before when n is not a
+    // multiple of 8.
+    let word = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+    let mut i = 0;
+    loop {
+        let (a, b) = (word(name, i), word(lower, i));
+        // 0x20 in each byte of `b` that is a lowercase letter: a byte of
+        // `name` may differ from it in that bit only. `b`'s bytes are ASCII,
+        // so the adds below carry into no neighbour.
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        let ge_a = b.wrapping_add(ONES * (0x80 - u64::from(b'a')));
+        let gt_z = b.wrapping_add(ONES * (0x80 - u64::from(b'z') - 1));
+        let letters = (ge_a & !gt_z & (ONES * 0x80)) >> 2;
+        if a | letters != b {
+            return false;
+        }
+        if i + 8 == n {
+            return true;
+        }
+        i = (i + 8).min(n - 8);
+    }
+}
+
 /// Is `b` optional white space (RFC 9110 §5.6.3)?
 #[inline]
 pub(crate) fn is_ows(b: u8) -> bool {
@@ -221,6 +265,75 @@ mod tests {
         assert_eq!(v, [&b"a"[..], b"b", b"c"]);
         assert_eq!(list_elements(b" , ").count(), 0);
         assert_eq!(trim_ows(b"  "), b"");
+    }
+
+    #[test]
+    fn fast_case_insensitive_comparison() {
+        let lower = [
+            "te",
+            "via",
+            "host",
+            "upgrade",
+            "l5d-dtab",
+            "connection",
+            "keep-alive",
+            "l5d-ctx-dtab",
+            "content-length",
+            "proxy-connection",
+            "transfer-encoding",
+            "l5d-dst-service",
+            "a-9-z-0-y",
+            "12345678",
+        ];
+        for l in lower {
+            let b = l.as_bytes();
+            assert!(eq_ignore_case_lower(b, b), "{l}");
+            assert!(
+                eq_ignore_case_lower(l.to_ascii_uppercase().as_bytes(), b),
+                "{l}"
+            );
+            for i in 0..b.len() {
+                // Each byte flipped in the case bit: equal only for letters.
+                let mut v = b.to_vec();
+                v[i] ^= 0x20;
+                assert_eq!(
+                    eq_ignore_case_lower(&v, b),
+                    v.eq_ignore_ascii_case(b),
+                    "{l} {i}"
+                );
+                // Each byte replaced by a near neighbour or a high byte.
+                for d in [1u8, 0x40, 0x80, 0xa0] {
+                    let mut v = b.to_vec();
+                    v[i] = v[i].wrapping_add(d);
+                    assert_eq!(
+                        eq_ignore_case_lower(&v, b),
+                        v.eq_ignore_ascii_case(b),
+                        "{l} {i} {d}"
+                    );
+                }
+            }
+            assert!(!eq_ignore_case_lower(&b[1..], b));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_comparison_agrees_with_std(
+            lower in "[a-z0-9!#$%&'*+.^_`|~-]{0,40}",
+            name in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            flips in proptest::collection::vec(proptest::prelude::any::<bool>(), 40),
+        ) {
+            let l = lower.as_bytes();
+            proptest::prop_assert_eq!(eq_ignore_case_lower(&name, l), name.eq_ignore_ascii_case(l));
+            // And the interesting case: the same letters in mixed case.
+            let mixed: Vec<u8> = l.iter().zip(&flips).map(|(&b, &f)| if f { b.to_ascii_uppercase() } else { b }).collect();
+            proptest::prop_assert!(eq_ignore_case_lower(&mixed, l));
+            let mut caret = mixed.clone();
+            for b in caret.iter_mut() {
+                if *b == b'~' { *b = b'^'; } else if *b == b'-' { *b = b'\r'; }
+            }
+            proptest::prop_assert_eq!(eq_ignore_case_lower(&caret, l), caret.eq_ignore_ascii_case(l));
+        }
     }
 
     #[test]

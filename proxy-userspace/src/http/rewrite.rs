@@ -35,7 +35,7 @@ enum Field {
 }
 
 fn classify(name: &[u8]) -> Field {
-    let is = |wanted: &[u8]| name.eq_ignore_ascii_case(wanted);
+    let is = |wanted: &[u8]| super::eq_ignore_case_lower(name, wanted);
     match name.len() {
         2 if is(b"te") => Field::HopByHop,
         4 if is(b"host") => Field::Host,

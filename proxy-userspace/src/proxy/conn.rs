@@ -59,7 +59,7 @@ const COPY_CHUNK: usize = 64 * 1024;
 /// Headers the proxy sets itself, so incoming copies are dropped (checked
 /// for every field: one length switch, then one comparison).
 fn is_proxy_header(name: &[u8]) -> bool {
-    let is = |wanted: &[u8]| name.eq_ignore_ascii_case(wanted);
+    let is = |wanted: &[u8]| http::eq_ignore_case_lower(name, wanted);
     match name.len() {
         8 => is(b"l5d-dtab"),
         12 => is(b"l5d-ctx-dtab"),
