@@ -22,6 +22,7 @@
 //! Everything runs from release builds: Sidetrack, and the xtask binary
 //! whose `app bench-server` and `app loadgen` run in the pods.
 
+mod haltpoll;
 pub mod loadgen;
 mod proc;
 mod report;
@@ -66,10 +67,10 @@ impl Plan {
             }
         } else {
             Plan {
-                rounds: 3,
-                c1_secs: 3.0,
-                c32_secs: 4.0,
-                open_secs: 3.5,
+                rounds: 4,
+                c1_secs: 2.5,
+                c32_secs: 3.0,
+                open_secs: 2.5,
                 open_low_rps: 1_000,
                 open_high_rps: 5_000,
                 large_secs: 3.0,
@@ -121,11 +122,14 @@ struct PhaseAcc {
     body_bytes: u64,
     cpu_secs: Option<f64>,
     peak_rss_kb: u64,
+    /// Each round's p50 (µs), in round order.
+    round_p50_us: Vec<f64>,
 }
 
 impl PhaseAcc {
     fn new() -> PhaseAcc {
         PhaseAcc {
+            round_p50_us: Vec::new(),
             hist: loadgen::new_histogram(),
             requests: 0,
             sent: 0,
@@ -150,6 +154,7 @@ impl PhaseAcc {
             *self.cpu_secs.get_or_insert(0.0) += c;
         }
         self.peak_rss_kb = self.peak_rss_kb.max(peak_rss_kb);
+        self.round_p50_us.push(quantile_us(r, 0.5));
     }
 
     fn result(&self) -> PhaseResult {
@@ -168,6 +173,7 @@ impl PhaseAcc {
             cpu_s_per_1k_requests: self.cpu_secs.map(|c| c / self.sent.max(1) as f64 * 1000.0),
             peak_rss_kb: (self.peak_rss_kb > 0).then_some(self.peak_rss_kb),
             gb_per_s: self.body_bytes as f64 / self.secs.max(1e-9) / 1e9,
+            p50_rounds_us: self.round_p50_us.clone(),
         }
     }
 }
@@ -192,6 +198,10 @@ pub struct PhaseResult {
     pub peak_rss_kb: Option<u64>,
     /// Response body bytes per second (the large-body part).
     pub gb_per_s: f64,
+    /// Each round's own p50 (µs), in round order: the targets compare
+    /// scenarios round by round and take the median, so that one disturbed
+    /// round does not decide.
+    pub p50_rounds_us: Vec<f64>,
 }
 
 struct ScenarioAcc {
@@ -241,6 +251,8 @@ pub struct Results {
     /// Criterion's summary lines, or why there are none.
     pub dtab: Vec<String>,
     pub targets: Vec<report::Target>,
+    /// Guest halt polling before and during the run (see `haltpoll.rs`).
+    pub halt_poll: haltpoll::HaltPoll,
     /// /proc/loadavg before and after measuring: other work on the machine
     /// skews every number.
     pub loadavg_before: String,
@@ -294,6 +306,14 @@ pub fn run(quick: bool) -> Result<()> {
     let build_secs = built.elapsed().as_secs_f64();
     cmd::note(format!("builds took {build_secs:.1} s"));
 
+    let halt_poll = haltpoll::enable();
+    match (halt_poll.state.before_ns, halt_poll.state.during_ns) {
+        (Some(b), Some(d)) if b != d => cmd::note(format!(
+            "guest halt polling {d} ns for the run (was {b} ns; restored after)"
+        )),
+        (Some(b), _) => cmd::note(format!("guest halt polling: {b} ns, left as it is")),
+        (None, _) => cmd::note("no guest halt polling knob on this machine"),
+    }
     let measured = Instant::now();
     let loadavg_before = loadavg();
     let plan = Plan::new(quick);
@@ -340,6 +360,8 @@ pub fn run(quick: bool) -> Result<()> {
     }
     let large = measure_large(&bed, &plan)?;
     drop(bed);
+    let halt_poll_state = halt_poll.state.clone();
+    drop(halt_poll);
 
     let dtab = if run_dtab {
         run_dtab_bench()?
@@ -384,6 +406,7 @@ pub fn run(quick: bool) -> Result<()> {
         large,
         dtab,
         targets,
+        halt_poll: halt_poll_state,
         loadavg_before,
         loadavg_after: loadavg(),
     };

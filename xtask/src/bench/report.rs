@@ -49,12 +49,44 @@ fn find<'a>(s: &'a [ScenarioResult], name: &str) -> Option<&'a ScenarioResult> {
     s.iter().find(|x| x.name == name)
 }
 
-/// What `s` adds at p50 over `direct`, unpinned or pinned (µs).
+/// What `s` adds at p50 over `direct`, unpinned or pinned (µs), from the
+/// p50 over all rounds.
 fn added(s: &ScenarioResult, direct: &ScenarioResult, pinned: bool) -> f64 {
     if pinned {
         s.c1_pinned.p50_us - direct.c1_pinned.p50_us
     } else {
         s.c1.p50_us - direct.c1.p50_us
+    }
+}
+
+/// What `s` adds at p50 over `direct`: round by round, then the median of
+/// the rounds (the targets use this).
+fn added_median(s: &ScenarioResult, direct: &ScenarioResult, pinned: bool) -> f64 {
+    let (x, d) = if pinned {
+        (&s.c1_pinned, &direct.c1_pinned)
+    } else {
+        (&s.c1, &direct.c1)
+    };
+    let mut per_round: Vec<f64> = x
+        .p50_rounds_us
+        .iter()
+        .zip(&d.p50_rounds_us)
+        .map(|(a, b)| a - b)
+        .collect();
+    if per_round.is_empty() {
+        return added(s, direct, pinned);
+    }
+    median(&mut per_round)
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
@@ -78,10 +110,10 @@ pub fn targets(s: &[ScenarioResult], plan: &Plan) -> Vec<Target> {
     for pinned in [false, true] {
         let how = if pinned { "pinned" } else { "unpinned" };
         let (e, n, h, i) = (
-            added(ebpf, direct, pinned),
-            added(nginx, direct, pinned),
-            added(haproxy, direct, pinned),
-            added(ipt, direct, pinned),
+            added_median(ebpf, direct, pinned),
+            added_median(nginx, direct, pinned),
+            added_median(haproxy, direct, pinned),
+            added_median(ipt, direct, pinned),
         );
         out.push(Target {
             name: format!("ebpf adds <= 1/3 of nginx's and haproxy's p50 ({how}, c=1)"),
@@ -163,7 +195,7 @@ pub fn tables(r: &Results) -> String {
     let _ = writeln!(
         t,
         "Machine: {}, Linux {}. {} round(s); c=1 phases {} s each per round, c=32 {} s, open loop {} s. \
-         Load average before / after: {} / {}.\n",
+         Load average before / after: {} / {}. Guest halt polling: {}.\n",
         r.machine,
         r.kernel,
         r.plan.rounds,
@@ -171,7 +203,12 @@ pub fn tables(r: &Results) -> String {
         r.plan.c32_secs,
         r.plan.open_secs,
         r.loadavg_before,
-        r.loadavg_after
+        r.loadavg_after,
+        match (r.halt_poll.before_ns, r.halt_poll.during_ns) {
+            (Some(b), Some(d)) if b != d => format!("{d} ns during the run (was {b} ns)"),
+            (Some(b), _) => format!("{b} ns"),
+            (None, _) => "no knob".to_owned(),
+        }
     );
     let _ = writeln!(
         t,
@@ -283,7 +320,11 @@ pub fn tables(r: &Results) -> String {
     for line in &r.dtab {
         let _ = writeln!(t, "    {line}");
     }
-    let _ = writeln!(t, "\nTargets (issue 6):\n");
+    let _ = writeln!(
+        t,
+        "\nTargets (issue 6; added latency: per round against direct's same round, median of {} round(s)):\n",
+        r.plan.rounds
+    );
     for target in &r.targets {
         let _ = writeln!(
             t,

@@ -37,4 +37,4 @@ pub use cleanup::cleanup_stale;
 pub use node::Node;
 pub use pod::Pod;
 pub use run::set_verbose;
-pub use signals::teardown_on_signal;
+pub use signals::{at_signal, teardown_on_signal};

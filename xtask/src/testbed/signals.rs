@@ -1,7 +1,7 @@
 //! Ctrl-C for programs that run the bed (`cargo xtask demo`, `bench`):
 //! SIGINT, SIGTERM or SIGHUP tears down every live node, then exits.
 
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 use anyhow::{Result, bail};
 
@@ -16,6 +16,16 @@ use super::node;
 /// would take the default action (die without a teardown). Children started
 /// with `Command` get an empty mask again (std resets it). Calling it again
 /// does nothing.
+/// Cleanups to run on a signal before the bed is torn down (a bench's
+/// system tunables, say).
+static AT_SIGNAL: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
+
+/// Runs `f` when a signal stops the program (see [`teardown_on_signal`]).
+/// Programs restore on their normal paths themselves; this is for Ctrl-C.
+pub fn at_signal(f: fn()) {
+    AT_SIGNAL.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+}
+
 pub fn teardown_on_signal() -> Result<()> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
@@ -48,6 +58,10 @@ fn install() -> Result<()> {
                 sig = libc::SIGTERM;
             }
             eprintln!("signal {sig}: tearing down the test bed");
+            let hooks = AT_SIGNAL.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for f in hooks {
+                f();
+            }
             node::teardown_all();
             std::process::exit(128 + sig);
         })?;
