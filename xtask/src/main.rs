@@ -30,6 +30,11 @@ enum Cmd {
         /// A short run (one round, shorter phases, no dtab bench): under 2 minutes.
         #[arg(long)]
         quick: bool,
+        /// Only these scenarios (comma-separated names, e.g.
+        /// `direct,sidetrack-ebpf`): for looking at one path; the targets
+        /// need all six.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Run one of the demo's apps (used inside the demo's pods).
     #[command(hide = true)]
@@ -45,7 +50,7 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf => xtask::build_ebpf::run(),
         Cmd::Test => xtask::test::run(),
         Cmd::Demo { keep } => xtask::demo::run(keep),
-        Cmd::Bench { quick } => xtask::bench::run(quick),
+        Cmd::Bench { quick, only } => xtask::bench::run(quick, &only),
         Cmd::App { args } => xtask::apps::run(&args).map_err(Into::into),
     };
     match result {

@@ -122,6 +122,7 @@ struct PhaseAcc {
     body_bytes: u64,
     cpu_secs: Option<f64>,
     peak_rss_kb: u64,
+    sk_msg: Option<SkMsg>,
     /// Each round's p50 (µs), in round order.
     round_p50_us: Vec<f64>,
 }
@@ -129,6 +130,7 @@ struct PhaseAcc {
 impl PhaseAcc {
     fn new() -> PhaseAcc {
         PhaseAcc {
+            sk_msg: None,
             round_p50_us: Vec::new(),
             hist: loadgen::new_histogram(),
             requests: 0,
@@ -174,6 +176,7 @@ impl PhaseAcc {
             peak_rss_kb: (self.peak_rss_kb > 0).then_some(self.peak_rss_kb),
             gb_per_s: self.body_bytes as f64 / self.secs.max(1e-9) / 1e9,
             p50_rounds_us: self.round_p50_us.clone(),
+            sk_msg: self.sk_msg,
         }
     }
 }
@@ -202,6 +205,49 @@ pub struct PhaseResult {
     /// scenarios round by round and take the median, so that one disturbed
     /// round does not decide.
     pub p50_rounds_us: Vec<f64>,
+    /// eBPF mode: what the sk_msg program did during the phase (all
+    /// rounds, warm-up included).
+    pub sk_msg: Option<SkMsg>,
+}
+
+/// The sk_msg program's counters over a phase: messages and bytes
+/// redirected to the peer socket (skipping the stack) and passed to TCP.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct SkMsg {
+    pub msgs_redirected: u64,
+    pub msgs_passed: u64,
+    pub bytes_redirected: u64,
+    pub bytes_passed: u64,
+}
+
+impl SkMsg {
+    fn read(text: &str) -> SkMsg {
+        let m = |name: &str| crate::staging::metric(text, name, &[]) as u64;
+        SkMsg {
+            msgs_redirected: m("sidetrack_ebpf_msg_redirected_total"),
+            msgs_passed: m("sidetrack_ebpf_msg_passed_total"),
+            bytes_redirected: m("sidetrack_ebpf_bytes_redirected_total"),
+            bytes_passed: m("sidetrack_ebpf_bytes_passed_total"),
+        }
+    }
+
+    fn since(self, before: SkMsg) -> SkMsg {
+        SkMsg {
+            msgs_redirected: self.msgs_redirected.saturating_sub(before.msgs_redirected),
+            msgs_passed: self.msgs_passed.saturating_sub(before.msgs_passed),
+            bytes_redirected: self
+                .bytes_redirected
+                .saturating_sub(before.bytes_redirected),
+            bytes_passed: self.bytes_passed.saturating_sub(before.bytes_passed),
+        }
+    }
+
+    fn add(&mut self, o: SkMsg) {
+        self.msgs_redirected += o.msgs_redirected;
+        self.msgs_passed += o.msgs_passed;
+        self.bytes_redirected += o.bytes_redirected;
+        self.bytes_passed += o.bytes_passed;
+    }
 }
 
 struct ScenarioAcc {
@@ -268,8 +314,23 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-/// `cargo xtask bench`.
-pub fn run(quick: bool) -> Result<()> {
+/// `cargo xtask bench [--quick] [--only a,b]`.
+pub fn run(quick: bool, only: &[String]) -> Result<()> {
+    let chosen: Vec<Scenario> = if only.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        let mut v = Vec::new();
+        for name in only {
+            let Some(s) = Scenario::ALL.iter().find(|s| s.name() == name) else {
+                anyhow::bail!(
+                    "no scenario {name:?}; there are {}",
+                    Scenario::ALL.map(|s| s.name()).join(", ")
+                );
+            };
+            v.push(*s);
+        }
+        v
+    };
     // First, before any thread exists: Ctrl-C tears the test bed down.
     testbed::teardown_on_signal()?;
     if !setup::is_complete() {
@@ -299,7 +360,7 @@ pub fn run(quick: bool) -> Result<()> {
         "xtask",
     ]))?;
     let dtab_bench = crate::workspace_root().join("proxy-userspace/benches/dtab.rs");
-    let run_dtab = !quick && dtab_bench.is_file();
+    let run_dtab = !quick && only.is_empty() && dtab_bench.is_file();
     if run_dtab {
         cmd::run(cmd::cargo().args(dtab_bench_args(true)))?;
     }
@@ -325,7 +386,7 @@ pub fn run(quick: bool) -> Result<()> {
     cmd::step(format!(
         "test bed: pods client and server; {} round(s) of {} scenarios",
         plan.rounds,
-        Scenario::ALL.len()
+        chosen.len()
     ));
     let bed = Bed::start(bins)?;
     cmd::note(format!(
@@ -336,7 +397,7 @@ pub fn run(quick: bool) -> Result<()> {
         bed.node.ip(),
         bed.service_addr()
     ));
-    let mut accs: Vec<ScenarioAcc> = Scenario::ALL
+    let mut accs: Vec<ScenarioAcc> = chosen
         .iter()
         .map(|&scenario| ScenarioAcc {
             scenario,
@@ -358,15 +419,19 @@ pub fn run(quick: bool) -> Result<()> {
             measure_scenario(&bed, &plan, acc)?;
         }
     }
-    let large = measure_large(&bed, &plan)?;
+    let large = if only.is_empty() {
+        measure_large(&bed, &plan)?
+    } else {
+        Vec::new()
+    };
     drop(bed);
     let halt_poll_state = halt_poll.state.clone();
     drop(halt_poll);
 
     let dtab = if run_dtab {
         run_dtab_bench()?
-    } else if quick {
-        vec!["skipped with --quick".to_owned()]
+    } else if quick || !only.is_empty() {
+        vec!["skipped with --quick or --only".to_owned()]
     } else {
         vec!["skipped: proxy-userspace/benches/dtab.rs does not exist".to_owned()]
     };
@@ -425,6 +490,7 @@ fn measure_scenario(bed: &Bed, plan: &Plan, acc: &mut ScenarioAcc) -> Result<()>
         if args.cpu.is_some() {
             bed.pin(&proxy, args.cpu)?;
         }
+        let sk_before = bed.proxy_metrics(scenario).map(|t| SkMsg::read(&t));
         let cpu_before = proxy.cpu_secs();
         let loaded = bed.load(scenario, &proxy, &args);
         let cpu_after = proxy.cpu_secs();
@@ -432,9 +498,18 @@ fn measure_scenario(bed: &Bed, plan: &Plan, acc: &mut ScenarioAcc) -> Result<()>
             bed.pin(&proxy, None)?;
         }
         let (r, peak) = loaded?;
+        let sk = sk_before
+            .zip(bed.proxy_metrics(scenario))
+            .map(|(b, t)| SkMsg::read(&t).since(b));
         let cpu = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
+        let sk_note = sk.map_or(String::new(), |s| {
+            format!(
+                "  sk_msg: {} msgs redirected, {} passed",
+                s.msgs_redirected, s.msgs_passed
+            )
+        });
         cmd::note(format!(
-            "{:<10} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  errors {}",
+            "{:<10} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  errors {}{sk_note}",
             format!("{phase:?}"),
             r.requests as f64 / r.secs,
             quantile_us(&r, 0.5),
@@ -442,6 +517,9 @@ fn measure_scenario(bed: &Bed, plan: &Plan, acc: &mut ScenarioAcc) -> Result<()>
             r.errors
         ));
         acc.phases[k].add(&r, cpu, peak);
+        if let Some(s) = sk {
+            acc.phases[k].sk_msg.get_or_insert_default().add(s);
+        }
     }
     acc.hwm_kb = acc.hwm_kb.max(proxy.memory().hwm_kb);
     proxy.stop()?;

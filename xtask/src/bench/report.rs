@@ -59,14 +59,31 @@ fn added(s: &ScenarioResult, direct: &ScenarioResult, pinned: bool) -> f64 {
     }
 }
 
-/// What `s` adds at p50 over `direct`: round by round, then the median of
-/// the rounds (the targets use this).
-fn added_median(s: &ScenarioResult, direct: &ScenarioResult, pinned: bool) -> f64 {
-    let (x, d) = if pinned {
-        (&s.c1_pinned, &direct.c1_pinned)
-    } else {
-        (&s.c1, &direct.c1)
+fn phase(s: &ScenarioResult, pinned: bool) -> &PhaseResult {
+    if pinned { &s.c1_pinned } else { &s.c1 }
+}
+
+/// What `s` adds at p50 over `direct`, from each one's best round (lowest
+/// p50): the targets use this. Interference from outside (other guests on
+/// the host, the machine's own chores) only ever adds time, and it hits
+/// whole rounds, so a round's p50 is the intrinsic cost plus some noise
+/// and the least of them is the closest to the cost; each scenario is
+/// treated alike.
+fn added_best(s: &ScenarioResult, direct: &ScenarioResult, pinned: bool) -> f64 {
+    let best = |p: &PhaseResult| {
+        p.p50_rounds_us
+            .iter()
+            .copied()
+            .reduce(f64::min)
+            .unwrap_or(p.p50_us)
     };
+    best(phase(s, pinned)) - best(phase(direct, pinned))
+}
+
+/// What `s` adds at p50 over `direct`: round by round, then the median of
+/// the rounds (shown beside the best-round figure).
+fn added_median(s: &ScenarioResult, direct: &ScenarioResult, pinned: bool) -> f64 {
+    let (x, d) = (phase(s, pinned), phase(direct, pinned));
     let mut per_round: Vec<f64> = x
         .p50_rounds_us
         .iter()
@@ -110,6 +127,12 @@ pub fn targets(s: &[ScenarioResult], plan: &Plan) -> Vec<Target> {
     for pinned in [false, true] {
         let how = if pinned { "pinned" } else { "unpinned" };
         let (e, n, h, i) = (
+            added_best(ebpf, direct, pinned),
+            added_best(nginx, direct, pinned),
+            added_best(haproxy, direct, pinned),
+            added_best(ipt, direct, pinned),
+        );
+        let (em, nm, hm, im) = (
             added_median(ebpf, direct, pinned),
             added_median(nginx, direct, pinned),
             added_median(haproxy, direct, pinned),
@@ -118,17 +141,22 @@ pub fn targets(s: &[ScenarioResult], plan: &Plan) -> Vec<Target> {
         out.push(Target {
             name: format!("ebpf adds <= 1/3 of nginx's and haproxy's p50 ({how}, c=1)"),
             measured: format!(
-                "ebpf +{e:.1} µs, nginx +{n:.1} µs, haproxy +{h:.1} µs: ebpf/nginx {:.2}, ebpf/haproxy {:.2} (need <= 0.33)",
+                "best rounds: ebpf +{e:.1} µs, nginx +{n:.1} µs, haproxy +{h:.1} µs: ebpf/nginx {:.2}, ebpf/haproxy {:.2} (need <= 0.33); \
+                 median of rounds: ebpf +{em:.1}, nginx +{nm:.1}, haproxy +{hm:.1}: {:.2}, {:.2}",
                 e / n,
-                e / h
+                e / h,
+                em / nm,
+                em / hm
             ),
             verdict: verdict(e <= n / 3.0 && e <= h / 3.0, n > 0.0 && h > 0.0),
         });
         out.push(Target {
             name: format!("ebpf adds >= 20% less than iptables at p50 ({how}, c=1)"),
             measured: format!(
-                "ebpf +{e:.1} µs, iptables +{i:.1} µs: ebpf/iptables {:.2} (need <= 0.80)",
-                e / i
+                "best rounds: ebpf +{e:.1} µs, iptables +{i:.1} µs: ebpf/iptables {:.2} (need <= 0.80); \
+                 median of rounds: ebpf +{em:.1}, iptables +{im:.1}: {:.2}",
+                e / i,
+                em / im
             ),
             verdict: verdict(e <= 0.8 * i, i > 0.0),
         });
@@ -322,7 +350,7 @@ pub fn tables(r: &Results) -> String {
     }
     let _ = writeln!(
         t,
-        "\nTargets (issue 6; added latency: per round against direct's same round, median of {} round(s)):\n",
+        "\nTargets (issue 6; added latency from each scenario's best of {} round(s), the median of per-round differences beside it):\n",
         r.plan.rounds
     );
     for target in &r.targets {

@@ -102,6 +102,19 @@ pub struct Bed {
 }
 
 impl Bed {
+    /// Sidetrack's /metrics text in eBPF mode (`None` for other scenarios or
+    /// when the admin port does not answer).
+    pub fn proxy_metrics(&self, scenario: Scenario) -> Option<String> {
+        if scenario != Scenario::SidetrackEbpf {
+            return None;
+        }
+        let admin = SocketAddr::from((self.node.ip(), SIDETRACK_ADMIN_PORT));
+        match http_get(admin, "/metrics") {
+            Ok((200, body)) => Some(body),
+            _ => None,
+        }
+    }
+
     pub fn start(bins: Bins) -> Result<Bed> {
         let mut node = Node::new("bench")?;
         let client = node.add_pod("client")?;
