@@ -120,7 +120,7 @@ struct PhaseAcc {
     errors: u64,
     secs: f64,
     body_bytes: u64,
-    cpu_secs: Option<f64>,
+    cpu: Option<proc::Cpu>,
     peak_rss_kb: u64,
     sk_msg: Option<SkMsg>,
     /// Each round's p50 (µs), in round order.
@@ -138,12 +138,12 @@ impl PhaseAcc {
             errors: 0,
             secs: 0.0,
             body_bytes: 0,
-            cpu_secs: None,
+            cpu: None,
             peak_rss_kb: 0,
         }
     }
 
-    fn add(&mut self, r: &loadgen::LoadResult, cpu: Option<f64>, peak_rss_kb: u64) {
+    fn add(&mut self, r: &loadgen::LoadResult, cpu: Option<proc::Cpu>, peak_rss_kb: u64) {
         for &(v, n) in &r.hist {
             self.hist.saturating_record_n(v, n);
         }
@@ -153,7 +153,8 @@ impl PhaseAcc {
         self.secs += r.secs;
         self.body_bytes += r.body_bytes;
         if let Some(c) = cpu {
-            *self.cpu_secs.get_or_insert(0.0) += c;
+            let sum = self.cpu.get_or_insert_default();
+            *sum = *sum + c;
         }
         self.peak_rss_kb = self.peak_rss_kb.max(peak_rss_kb);
         self.round_p50_us.push(quantile_us(r, 0.5));
@@ -172,7 +173,13 @@ impl PhaseAcc {
             p999_us: us(0.999),
             max_us: self.hist.max() as f64 / 1e3,
             mean_us: self.hist.mean() / 1e3,
-            cpu_s_per_1k_requests: self.cpu_secs.map(|c| c / self.sent.max(1) as f64 * 1000.0),
+            cpu_s_per_1k_requests: self
+                .cpu
+                .map(|c| c.total() / self.sent.max(1) as f64 * 1000.0),
+            cpu_us_per_request: self.cpu.map(|c| proc::Cpu {
+                user: c.user / self.sent.max(1) as f64 * 1e6,
+                sys: c.sys / self.sent.max(1) as f64 * 1e6,
+            }),
             peak_rss_kb: (self.peak_rss_kb > 0).then_some(self.peak_rss_kb),
             gb_per_s: self.body_bytes as f64 / self.secs.max(1e-9) / 1e9,
             p50_rounds_us: self.round_p50_us.clone(),
@@ -197,6 +204,8 @@ pub struct PhaseResult {
     /// The proxy's CPU seconds (user + system, all its processes) per 1,000
     /// requests sent, warm-up included.
     pub cpu_s_per_1k_requests: Option<f64>,
+    /// The same per request sent, split into user space and kernel (µs).
+    pub cpu_us_per_request: Option<proc::Cpu>,
     /// The proxy's VmRSS, sampled every 25 ms, at its highest (kB).
     pub peak_rss_kb: Option<u64>,
     /// Response body bytes per second (the large-body part).
@@ -491,9 +500,9 @@ fn measure_scenario(bed: &Bed, plan: &Plan, acc: &mut ScenarioAcc) -> Result<()>
             bed.pin(&proxy, args.cpu)?;
         }
         let sk_before = bed.proxy_metrics(scenario).map(|t| SkMsg::read(&t));
-        let cpu_before = proxy.cpu_secs();
+        let cpu_before = proxy.cpu();
         let loaded = bed.load(scenario, &proxy, &args);
-        let cpu_after = proxy.cpu_secs();
+        let cpu_after = proxy.cpu();
         if args.cpu.is_some() {
             bed.pin(&proxy, None)?;
         }
@@ -501,7 +510,7 @@ fn measure_scenario(bed: &Bed, plan: &Plan, acc: &mut ScenarioAcc) -> Result<()>
         let sk = sk_before
             .zip(bed.proxy_metrics(scenario))
             .map(|(b, t)| SkMsg::read(&t).since(b));
-        let cpu = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
+        let cpu = cpu_before.zip(cpu_after).map(|(a, b)| b.minus(a));
         let sk_note = sk.map_or(String::new(), |s| {
             format!(
                 "  sk_msg: {} msgs redirected, {} passed",
@@ -579,9 +588,9 @@ fn measure_large(bed: &Bed, plan: &Plan) -> Result<Vec<LargeResult>> {
                 path: format!("/bytes/{size}"),
                 ..LoadArgs::closed(1, plan.large_secs)
             };
-            let cpu_before = proxy.cpu_secs();
+            let cpu_before = proxy.cpu();
             let (r, peak) = bed.load(scenario, &proxy, &args)?;
-            let cpu = proxy.cpu_secs().zip(cpu_before).map(|(b, a)| b - a);
+            let cpu = proxy.cpu().zip(cpu_before).map(|(b, a)| b.minus(a));
             let mut acc = PhaseAcc::new();
             acc.add(&r, cpu, peak);
             let result = acc.result();

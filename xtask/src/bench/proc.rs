@@ -21,18 +21,48 @@ pub fn threads(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// utime + stime of `pid` (all its threads), in seconds; 0 when it is gone.
-/// The kernel counts in clock ticks (10 ms), so phases of seconds are
-/// precise to a percent or so.
-pub fn cpu_secs(pid: u32) -> f64 {
+/// CPU time, seconds: in user space and in the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Cpu {
+    pub user: f64,
+    pub sys: f64,
+}
+
+impl Cpu {
+    pub fn total(self) -> f64 {
+        self.user + self.sys
+    }
+
+    pub fn minus(self, before: Cpu) -> Cpu {
+        Cpu {
+            user: self.user - before.user,
+            sys: self.sys - before.sys,
+        }
+    }
+}
+
+impl Add for Cpu {
+    type Output = Cpu;
+    fn add(self, o: Cpu) -> Cpu {
+        Cpu {
+            user: self.user + o.user,
+            sys: self.sys + o.sys,
+        }
+    }
+}
+
+/// utime and stime of `pid` (all its threads); zero when it is gone. The
+/// kernel counts in clock ticks (10 ms), so phases of seconds are precise
+/// to a percent or so.
+pub fn cpu(pid: u32) -> Cpu {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
+        return Cpu::default();
     };
     // The command name may hold spaces and parentheses: fields count from
     // the last ')'. utime and stime are fields 14 and 15, so the 12th and
     // 13th after the name.
     let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
+        return Cpu::default();
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| {
@@ -43,7 +73,10 @@ pub fn cpu_secs(pid: u32) -> f64 {
     };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) as f64 / hz
+    Cpu {
+        user: ticks(11) as f64 / hz,
+        sys: ticks(12) as f64 / hz,
+    }
 }
 
 /// Resident memory, kB.
@@ -90,6 +123,14 @@ mod tests {
         assert!(memory(me).rss_kb > 0);
         assert!(memory(me).hwm_kb >= memory(me).rss_kb / 2);
         assert!(!threads(me).is_empty());
-        assert!(cpu_secs(me) >= 0.0);
+        // Burn some user time: it must show (in ticks of 10 ms).
+        let before = cpu(me);
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let used = cpu(me).minus(before);
+        assert!(used.user > 0.0 && used.sys >= 0.0, "{used:?}");
     }
 }

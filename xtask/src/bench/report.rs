@@ -317,6 +317,27 @@ pub fn tables(r: &Results) -> String {
     }
     let _ = writeln!(
         t,
+        "\nProxy CPU per request (µs; user space / kernel, all the proxy's processes, per request sent):\n"
+    );
+    let _ = writeln!(
+        t,
+        "| scenario | c=1 pinned user | c=1 pinned kernel | c=32 user | c=32 kernel |"
+    );
+    let _ = writeln!(t, "|---|--:|--:|--:|--:|");
+    for x in s.iter().filter(|x| x.c32.cpu_us_per_request.is_some()) {
+        let (p, c) = (x.c1_pinned.cpu_us_per_request, x.c32.cpu_us_per_request);
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} |",
+            x.name,
+            opt(p.map(|c| c.user), 2),
+            opt(p.map(|c| c.sys), 2),
+            opt(c.map(|c| c.user), 2),
+            opt(c.map(|c| c.sys), 2)
+        );
+    }
+    let _ = writeln!(
+        t,
         "\nLarge bodies, one connection, back to back (GB/s of response body):\n"
     );
     let mut sizes: Vec<u64> = r.large.iter().map(|l| l.body_bytes).collect();

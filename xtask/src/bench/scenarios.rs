@@ -438,9 +438,15 @@ impl Proxy {
     }
 
     /// CPU seconds used so far by its processes; `None` for `direct`.
-    pub fn cpu_secs(&self) -> Option<f64> {
+    /// The CPU time of its processes (`None` for `direct`).
+    pub fn cpu(&self) -> Option<proc::Cpu> {
         self.child.as_ref()?;
-        Some(self.pids().into_iter().map(proc::cpu_secs).sum())
+        Some(
+            self.pids()
+                .into_iter()
+                .map(proc::cpu)
+                .fold(proc::Cpu::default(), |a, b| a + b),
+        )
     }
 
     pub fn memory(&self) -> proc::Memory {
