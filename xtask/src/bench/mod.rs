@@ -517,8 +517,16 @@ fn measure_scenario(bed: &Bed, plan: &Plan, acc: &mut ScenarioAcc) -> Result<()>
                 s.msgs_redirected, s.msgs_passed
             )
         });
+        let cpu_note = cpu.map_or(String::new(), |c| {
+            let per = 1e6 / r.sent_total.max(1) as f64;
+            format!(
+                "  cpu/req user {:.2} µs kernel {:.2} µs",
+                c.user * per,
+                c.sys * per
+            )
+        });
         cmd::note(format!(
-            "{:<10} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  errors {}{sk_note}",
+            "{:<10} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  errors {}{cpu_note}{sk_note}",
             format!("{phase:?}"),
             r.requests as f64 / r.secs,
             quantile_us(&r, 0.5),
