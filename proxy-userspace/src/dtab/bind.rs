@@ -107,14 +107,54 @@ pub(crate) fn goes_to_namers(lookup: &impl DtabLookup, matches: &[u32]) -> bool 
     }
 }
 
+/// What one binding (or explanation) may spend: the depth limit is
+/// Finagle's, the lookup and nesting limits are ours (a request's own
+/// `l5d-dtab` must not be able to stall the proxy). Binding and `delegate`
+/// count the same way, so they agree on what is too deep or too complex.
+#[derive(Default)]
+pub(crate) struct Budget {
+    lookups: usize,
+    nested: usize,
+}
+
+impl Budget {
+    /// Before looking `path` up at `depth`: one lookup more, one level of
+    /// nesting more (until [`Budget::leave`]).
+    pub(crate) fn enter_lookup(&mut self, path: &Path, depth: usize) -> Result<(), BindError> {
+        if depth > MAX_DEPTH {
+            return Err(BindError::DepthExceeded { path: path.clone() });
+        }
+        self.lookups += 1;
+        if self.lookups > MAX_LOOKUPS || self.nested >= MAX_NESTED_STEPS {
+            return Err(BindError::TooComplex { path: path.clone() });
+        }
+        self.nested += 1;
+        Ok(())
+    }
+
+    /// Before a step into a rewrite's tree, reached from `at`: one level of
+    /// nesting more (until [`Budget::leave`]).
+    pub(crate) fn enter_step(&mut self, at: &Path) -> Result<(), BindError> {
+        if self.nested >= MAX_NESTED_STEPS {
+            return Err(BindError::TooComplex { path: at.clone() });
+        }
+        self.nested += 1;
+        Ok(())
+    }
+
+    /// Ends what the matching `enter_*` began.
+    pub(crate) fn leave(&mut self) {
+        self.nested -= 1;
+    }
+}
+
 struct Binder<'a, L> {
     lookup: &'a L,
     namers: &'a dyn NamerSet,
     /// A stack of match lists: each lookup pushes its matches and pops them
     /// when done, so one buffer serves the whole recursion.
     matches: Vec<u32>,
-    lookups: usize,
-    nested: usize,
+    budget: Budget,
 }
 
 impl<'a, L: DtabLookup> Binder<'a, L> {
@@ -123,24 +163,16 @@ impl<'a, L: DtabLookup> Binder<'a, L> {
             lookup,
             namers,
             matches: Vec::new(),
-            lookups: 0,
-            nested: 0,
+            budget: Budget::default(),
         }
     }
 
     /// Binds the leaf `path` found at `depth`: look it up, bind the result
     /// one level deeper.
     fn path(&mut self, path: Path, depth: usize) -> BindResult {
-        if depth > MAX_DEPTH {
-            return Err(BindError::DepthExceeded { path });
-        }
-        self.lookups += 1;
-        if self.lookups > MAX_LOOKUPS || self.nested >= MAX_NESTED_STEPS {
-            return Err(BindError::TooComplex { path });
-        }
-        self.nested += 1;
+        self.budget.enter_lookup(&path, depth)?;
         let result = self.lookup_and_bind(path, depth);
-        self.nested -= 1;
+        self.budget.leave();
         result
     }
 
@@ -192,12 +224,9 @@ impl<'a, L: DtabLookup> Binder<'a, L> {
         suffix: &Path,
         depth: usize,
     ) -> BindResult {
-        if self.nested >= MAX_NESTED_STEPS {
-            return Err(BindError::TooComplex { path: at.clone() });
-        }
-        self.nested += 1;
+        self.budget.enter_step(at)?;
         let result = self.tree_inner(tree, at, suffix, depth);
-        self.nested -= 1;
+        self.budget.leave();
         result
     }
 

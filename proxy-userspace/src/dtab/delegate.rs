@@ -15,9 +15,7 @@
 
 use serde::Serialize;
 
-use super::bind::{
-    BindError, MAX_DEPTH, MAX_LOOKUPS, MAX_NESTED_STEPS, goes_to_namers, lookup_namers,
-};
+use super::bind::{BindError, Budget, MAX_DEPTH, goes_to_namers, lookup_namers};
 use super::entry::{Dentry, Dtab};
 use super::lookup::{DtabLookup, Layered, Scan};
 use super::namer::{Bound, NamerSet};
@@ -137,8 +135,7 @@ fn explain<L: DtabLookup>(lookup: &L, path: &Path, namers: &dyn NamerSet) -> Del
     let mut d = Delegator {
         lookup,
         namers,
-        lookups: 0,
-        nested: 0,
+        budget: Budget::default(),
     };
     let root = match d.leaf(path.clone(), None, 0) {
         Ok(node) => node,
@@ -318,8 +315,7 @@ fn bound_json(b: &Bound) -> BoundJson {
 struct Delegator<'a, L> {
     lookup: &'a L,
     namers: &'a dyn NamerSet,
-    lookups: usize,
-    nested: usize,
+    budget: Budget,
 }
 
 impl<'a, L: DtabLookup> Delegator<'a, L> {
@@ -330,16 +326,9 @@ impl<'a, L: DtabLookup> Delegator<'a, L> {
         dentry: Option<&'a Dentry>,
         depth: usize,
     ) -> Result<Node<'a>, BindError> {
-        if depth > MAX_DEPTH {
-            return Err(BindError::DepthExceeded { path });
-        }
-        self.lookups += 1;
-        if self.lookups > MAX_LOOKUPS || self.nested >= MAX_NESTED_STEPS {
-            return Err(BindError::TooComplex { path });
-        }
-        self.nested += 1;
+        self.budget.enter_lookup(&path, depth)?;
         let result = self.lookup_leaf(path, dentry, depth);
-        self.nested -= 1;
+        self.budget.leave();
         result
     }
 
@@ -391,12 +380,9 @@ impl<'a, L: DtabLookup> Delegator<'a, L> {
         suffix: &Path,
         depth: usize,
     ) -> Result<Node<'a>, BindError> {
-        if self.nested >= MAX_NESTED_STEPS {
-            return Err(BindError::TooComplex { path: path.clone() });
-        }
-        self.nested += 1;
+        self.budget.enter_step(path)?;
         let result = self.dst_inner(path, d, tree, suffix, depth);
-        self.nested -= 1;
+        self.budget.leave();
         result
     }
 
