@@ -86,6 +86,46 @@ fn http_1_0_clients_keep_alive_only_when_asked() {
 }
 
 #[test]
+fn http_1_0_clients_get_chunked_responses_decoded() {
+    let web = Backend::start("web");
+    let (_dir, proxy) = proxy_to(&web, &[]);
+    for n in [0usize, 5, 7919, 7920, 100_000] {
+        let mut c = Client::connect(proxy.addr);
+        // Even when asking to keep the connection: its end ends the body.
+        c.send(
+            format!("GET /chunked/{n} HTTP/1.0\r\nHost: web\r\nConnection: keep-alive\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let raw = c.read_to_end().unwrap();
+        let at = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head");
+        let head = String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200 "), "{head}");
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        assert!(!head.contains("content-length"), "{head}");
+        assert!(head.contains("\r\nconnection: close"), "{head}");
+        assert!(
+            raw[at + 4..] == pattern(n)[..],
+            "/chunked/{n}: {} bytes of body, want {n}",
+            raw.len() - at - 4
+        );
+    }
+    // The proxy read each chunked body to its exact end: the one backend
+    // connection went back to the pool every time.
+    assert_eq!(
+        web.connections.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // HTTP/1.1 clients still get the chunks as they are.
+    let r = Client::connect(proxy.addr).get("web", "/chunked/10", &[]);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert!(r.body == pattern(10));
+}
+
+#[test]
 fn pipelined_requests_are_answered_in_order() {
     let web = Backend::start("web");
     let (_dir, proxy) = proxy_to(&web, &[]);

@@ -317,21 +317,46 @@ impl ChunkedScanner {
     /// the next message). After the end, returns 0. An error is final: every
     /// later call returns it again.
     pub fn scan(&mut self, data: &[u8]) -> Result<usize, HeadError> {
+        self.decode(data, |_| {})
+    }
+
+    /// [`ChunkedScanner::scan`] that also hands each run of chunk data to
+    /// `data`, in order: the body without its chunked coding (sizes,
+    /// extensions and trailers dropped). How `input` is cut into pieces
+    /// never changes the data handed out.
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, HeadError> {
         if let State::Failed(e) = self.state {
             return Err(HeadError::BadChunk(e));
         }
         let mut i = 0;
-        while i < data.len() {
-            if self.state == State::Data {
-                let take = self.size.min((data.len() - i) as u64);
-                self.skip_data(take);
-                i += take as usize;
+        while i < input.len() {
+            let take = self.data_remaining().min((input.len() - i) as u64) as usize;
+            if take > 0 {
+                data(&input[i..i + take]);
+                self.skip_data(take as u64);
+                i += take;
                 continue;
             }
-            if self.state == State::Done {
-                return Ok(i);
+            // Framing bytes up to the next chunk data (or the end).
+            let n = self.scan_framing(&input[i..])?;
+            if n == 0 {
+                break;
             }
-            if let Err(e) = self.step(data[i]) {
+            i += n;
+        }
+        Ok(i)
+    }
+
+    /// Scans framing bytes until chunk data starts, the body ends or `input`
+    /// does; returns how many it took.
+    fn scan_framing(&mut self, input: &[u8]) -> Result<usize, HeadError> {
+        let mut i = 0;
+        while i < input.len() && self.state != State::Data && self.state != State::Done {
+            if let Err(e) = self.step(input[i]) {
                 self.state = State::Failed(e);
                 return Err(HeadError::BadChunk(e));
             }
@@ -896,6 +921,31 @@ mod tests {
     }
 
     #[test]
+    fn decoding_drops_sizes_extensions_and_trailers() {
+        let cases: [(&[u8], &[u8]); 4] = [
+            (b"0\r\n\r\n", b""),
+            (b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", b"hello world"),
+            (b"5;x=\"a;b\"\r\nhello\r\n0\r\nX-Sum: abc\r\n\r\n", b"hello"),
+            (b"3\r\n\r\n\r\r\n0\r\n\r\n", b"\r\n\r"),
+        ];
+        for (body, data) in cases {
+            let mut input = body.to_vec();
+            input.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            let mut out = Vec::new();
+            let mut scanner = ChunkedScanner::new();
+            let n = scanner
+                .decode(&input, |d| out.extend_from_slice(d))
+                .unwrap();
+            assert_eq!((n, scanner.is_done()), (body.len(), true));
+            assert_eq!(out, data, "{:?}", String::from_utf8_lossy(body));
+        }
+        // An error stays.
+        let mut scanner = ChunkedScanner::new();
+        assert!(scanner.decode(b"x\r\n", |_| {}).is_err());
+        assert!(scanner.decode(b"", |_| {}).is_err());
+    }
+
+    #[test]
     fn chunked_bodies_end_where_they_should() {
         let bodies: [&[u8]; 8] = [
             b"0\r\n\r\n",
@@ -1017,7 +1067,8 @@ mod tests {
         use proptest::prelude::*;
 
         /// A valid chunked body built from chunk sizes, extensions and trailers.
-        fn chunked_body() -> impl Strategy<Value = Vec<u8>> {
+        /// A chunked body and the data it carries.
+        fn chunked_body() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
             let chunk = (
                 1usize..300,
                 proptest::option::of("[a-z]{1,5}(=[a-z0-9]{0,5})?"),
@@ -1026,6 +1077,7 @@ mod tests {
             let trailers = proptest::collection::vec(("[A-Za-z-]{1,10}", "[ -~]{0,20}"), 0..3);
             (proptest::collection::vec(chunk, 0..6), trailers).prop_map(|(chunks, trailers)| {
                 let mut out = Vec::new();
+                let mut data = Vec::new();
                 for (i, (size, ext, upper)) in chunks.into_iter().enumerate() {
                     let hex = if upper {
                         format!("{size:X}")
@@ -1037,7 +1089,9 @@ mod tests {
                         out.extend_from_slice(format!(";{ext}").as_bytes());
                     }
                     out.extend_from_slice(b"\r\n");
-                    out.extend((0..size).map(|j| b"\r\n0;\x00xyz"[(i + j) % 8]));
+                    let bytes = (0..size).map(|j| b"\r\n0;\x00xyz"[(i + j) % 8]);
+                    data.extend(bytes.clone());
+                    out.extend(bytes);
                     out.extend_from_slice(b"\r\n");
                 }
                 out.extend_from_slice(b"0\r\n");
@@ -1045,14 +1099,14 @@ mod tests {
                     out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
                 }
                 out.extend_from_slice(b"\r\n");
-                out
+                (out, data)
             })
         }
 
         proptest! {
             #[test]
             fn valid_bodies_end_at_their_end_however_split(
-                body in chunked_body(),
+                (body, _) in chunked_body(),
                 tail in proptest::collection::vec(any::<u8>(), 0..20),
                 mut cuts in proptest::collection::vec(0usize..2000, 0..8),
             ) {
@@ -1060,6 +1114,31 @@ mod tests {
                 input.extend_from_slice(&tail);
                 cuts.sort_unstable();
                 prop_assert_eq!(scan_pieces(&input, &cuts), (body.len(), true, None));
+            }
+
+            #[test]
+            fn decoding_gives_the_data_however_split(
+                (body, data) in chunked_body(),
+                tail in proptest::collection::vec(any::<u8>(), 0..20),
+                mut cuts in proptest::collection::vec(0usize..2000, 0..8),
+            ) {
+                let mut input = body.clone();
+                input.extend_from_slice(&tail);
+                cuts.sort_unstable();
+                let mut scanner = ChunkedScanner::new();
+                let (mut used, mut from, mut out) = (0, 0, Vec::new());
+                for &to in cuts.iter().chain([input.len()].iter()) {
+                    let to = to.clamp(from, input.len());
+                    let n = scanner.decode(&input[from..to], |d| out.extend_from_slice(d)).unwrap();
+                    used += n;
+                    if n < to - from {
+                        break;
+                    }
+                    from = to;
+                }
+                prop_assert!(scanner.is_done());
+                prop_assert_eq!(used, body.len());
+                prop_assert_eq!(out, data);
             }
 
             #[test]

@@ -42,7 +42,9 @@ pub use framing::{
     request_body, response_body, wants_close,
 };
 pub use head::{FieldName, Known, Parsed, RequestHead, ResponseHead, TargetForm};
-pub use rewrite::{is_hop_by_hop, via_hops, write_request, write_response};
+pub use rewrite::{
+    is_hop_by_hop, via_hops, write_request, write_response, write_response_dechunked,
+};
 
 /// Bounds on what a peer may make the proxy hold or scan.
 #[derive(Clone, Debug, PartialEq, Eq)]

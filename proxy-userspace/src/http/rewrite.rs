@@ -86,7 +86,18 @@ pub fn write_request(
     if absolute && let Some(authority) = head.authority(buf) {
         push_field(out, b"Host", authority);
     }
-    write_fields(out, head.spans(), buf, body, upgrade, absolute, drop);
+    let connection = head.get(buf, Known::Connection).is_some();
+    let framing = Framing::of(body);
+    write_fields(
+        out,
+        head.spans(),
+        buf,
+        connection,
+        framing,
+        upgrade,
+        absolute,
+        drop,
+    );
     if upgrade {
         push_field(out, b"Connection", b"upgrade");
     }
@@ -109,6 +120,31 @@ pub fn write_response(
     close: bool,
     extra: &[(&[u8], &[u8])],
 ) {
+    write_response_as(out, head, buf, Framing::of(body), upgrade, close, extra);
+}
+
+/// [`write_response`] for a chunked response the proxy decodes on the way
+/// (to an HTTP/1.0 client, which knows no chunked coding): without
+/// Transfer-Encoding or Content-Length, with `Connection: close`, since
+/// closing the connection is what ends the body then (RFC 9112 §6.3).
+pub fn write_response_dechunked(
+    out: &mut Vec<u8>,
+    head: &ResponseHead,
+    buf: &[u8],
+    extra: &[(&[u8], &[u8])],
+) {
+    write_response_as(out, head, buf, Framing::Neither, false, true, extra);
+}
+
+fn write_response_as(
+    out: &mut Vec<u8>,
+    head: &ResponseHead,
+    buf: &[u8],
+    framing: Framing,
+    upgrade: bool,
+    close: bool,
+    extra: &[(&[u8], &[u8])],
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_status(out, head.status());
     out.push(b' ');
@@ -119,7 +155,17 @@ pub fn write_response(
         out.extend_from_slice(reason);
     }
     out.extend_from_slice(b"\r\n");
-    write_fields(out, head.spans(), buf, body, upgrade, false, |_| false);
+    let connection = head.get(buf, Known::Connection).is_some();
+    write_fields(
+        out,
+        head.spans(),
+        buf,
+        connection,
+        framing,
+        upgrade,
+        false,
+        |_| false,
+    );
     match (upgrade, close) {
         (true, true) => push_field(out, b"Connection", b"upgrade, close"),
         (true, false) => push_field(out, b"Connection", b"upgrade"),
@@ -129,12 +175,37 @@ pub fn write_response(
     finish(out, extra);
 }
 
+/// Which of the received framing fields go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// Content-Length (the body goes as it came, or there is none).
+    Length,
+    /// Transfer-Encoding (chunked, or ended by the close).
+    Coding,
+    /// Neither: a tunnel, or a body the proxy decodes.
+    Neither,
+}
+
+impl Framing {
+    fn of(body: &BodyLength) -> Framing {
+        match body {
+            BodyLength::None | BodyLength::Length(_) => Framing::Length,
+            BodyLength::Chunked | BodyLength::UntilClose => Framing::Coding,
+            BodyLength::Tunnel => Framing::Neither,
+        }
+    }
+}
+
 /// The received fields that go on, in their order and spelling.
+/// `connection`: the head has a Connection field (fields it names are
+/// dropped too).
+#[allow(clippy::too_many_arguments)]
 fn write_fields(
     out: &mut Vec<u8>,
     fields: &[(Span, Span)],
     buf: &[u8],
-    body: &BodyLength,
+    connection: bool,
+    framing: Framing,
     upgrade: bool,
     skip_host: bool,
     drop: impl Fn(&[u8]) -> bool,
@@ -147,15 +218,15 @@ fn write_fields(
     };
     // Usually Connection says only close, keep-alive or upgrade, which name
     // no field that is not dropped anyway: then skip the per-field lookup.
-    let names_fields = connection_values().any(|v| {
-        super::list_elements(v).any(|o| !is_hop_by_hop(o) && !o.eq_ignore_ascii_case(b"close"))
-    });
-    let verbatim_framing = matches!(body, BodyLength::Chunked | BodyLength::UntilClose);
+    let names_fields = connection
+        && connection_values().any(|v| {
+            super::list_elements(v).any(|o| !is_hop_by_hop(o) && !o.eq_ignore_ascii_case(b"close"))
+        });
     for (name, value) in fields {
         let name = name.of(buf);
         let keep = match classify(name) {
-            Field::ContentLength => matches!(body, BodyLength::None | BodyLength::Length(_)),
-            Field::TransferEncoding => verbatim_framing,
+            Field::ContentLength => framing == Framing::Length,
+            Field::TransferEncoding => framing == Framing::Coding,
             Field::Host => !skip_host,
             Field::Upgrade => upgrade,
             Field::HopByHop => false,

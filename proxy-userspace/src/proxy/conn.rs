@@ -561,7 +561,10 @@ impl Conn {
             self.resp.get_all(&self.bbuf, Known::Connection),
         ) || resp_framing.close;
         let tunnel = resp_framing.length == BodyLength::Tunnel;
-        let close_after = client_close || resp_framing.length == BodyLength::UntilClose;
+        // An HTTP/1.0 client knows no chunked coding: it gets the body
+        // decoded, ended by closing the connection.
+        let dechunk = client_minor == 0 && resp_framing.length == BodyLength::Chunked;
+        let close_after = client_close || resp_framing.length == BodyLength::UntilClose || dechunk;
         // An HTTP/1.0 client keeps its connection only when told so.
         let keep_alive_1_0: &[(&[u8], &[u8])] = if client_minor == 0 && !close_after && !tunnel {
             &[(b"Connection", b"keep-alive")]
@@ -569,20 +572,25 @@ impl Conn {
             &[]
         };
         self.out.clear();
-        http::write_response(
-            &mut self.out,
-            &self.resp,
-            &self.bbuf,
-            &resp_framing.length,
-            tunnel,
-            close_after && !tunnel,
-            keep_alive_1_0,
-        );
+        if dechunk {
+            http::write_response_dechunked(&mut self.out, &self.resp, &self.bbuf, &[]);
+        } else {
+            http::write_response(
+                &mut self.out,
+                &self.resp,
+                &self.bbuf,
+                &resp_framing.length,
+                tunnel,
+                close_after && !tunnel,
+                keep_alive_1_0,
+            );
+        }
         self.bbuf.drain(..resp_head_len);
         dest.stats.response(status);
         // A body already read whole goes out with the head: one write, one
         // wake-up of the client.
         let body_with_head = !tunnel
+            && !dechunk
             && take_whole_body(
                 &mut self.bbuf,
                 &resp_framing.length,
@@ -617,7 +625,9 @@ impl Conn {
             return Ok(Next::Close);
         }
 
-        if !body_with_head {
+        if dechunk {
+            self.relay_dechunked(&backend).await?;
+        } else if !body_with_head {
             self.relay_response_body(&backend, &resp_framing.length)
                 .await?;
         }
@@ -716,6 +726,21 @@ impl Conn {
     }
 
     /// Relays the response body from `bbuf` and then the backend.
+    /// Relays a chunked response body as its bare data.
+    async fn relay_dechunked(&mut self, backend: &TcpStream) -> Result<(), Failure> {
+        match dechunk_body(backend, &self.client, &mut self.bbuf, &mut self.copy).await {
+            Ok(n) => {
+                self.shared.metrics.bytes_copied.inc_by(n);
+                Ok(())
+            }
+            Err(MoveError::To(_)) => Err(Failure::Close(Some(ErrorKind::ClientDied))),
+            Err(MoveError::From(_) | MoveError::Framing(_)) => {
+                tracing::warn!(peer = %self.peer, "backend died mid-response; closing the client connection");
+                Err(Failure::Close(Some(ErrorKind::BackendDied)))
+            }
+        }
+    }
+
     async fn relay_response_body(
         &mut self,
         backend: &TcpStream,
@@ -1012,6 +1037,42 @@ async fn move_body(
         }
     }
     Ok(moved)
+}
+
+/// Moves a chunked body from `from` to `to` as its bare data (sizes,
+/// extensions and trailers dropped), starting with what is in `pending`;
+/// `decoded` is scratch space. Returns the data bytes moved; `pending`
+/// keeps what follows the body.
+async fn dechunk_body(
+    from: &TcpStream,
+    to: &TcpStream,
+    pending: &mut Vec<u8>,
+    decoded: &mut Vec<u8>,
+) -> Result<u64, MoveError> {
+    let mut scanner = ChunkedScanner::new();
+    let mut moved = 0;
+    loop {
+        if !pending.is_empty() {
+            decoded.clear();
+            let k = scanner
+                .decode(pending, |d| decoded.extend_from_slice(d))
+                .map_err(MoveError::Framing)?;
+            write_all(to, decoded).await.map_err(MoveError::To)?;
+            pending.drain(..k);
+            moved += decoded.len() as u64;
+        }
+        if scanner.is_done() {
+            return Ok(moved);
+        }
+        if pending.capacity() - pending.len() < 4096 {
+            pending.reserve(COPY_CHUNK);
+        }
+        match read_into(from, pending).await {
+            Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(e) => return Err(MoveError::From(e)),
+        }
+    }
 }
 
 /// Copies exactly `n` bytes through userspace, never reading past them.
