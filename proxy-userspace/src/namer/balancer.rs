@@ -31,6 +31,17 @@ const EWMA_TAU_NS: f64 = 10e9;
 /// looks neither free nor dead.
 const EWMA_INITIAL_NS: f64 = 1e6;
 
+/// e^-x for x >= 0. Between a backend's requests x is usually tiny (µs
+/// over a 10 s decay time), where three terms of the series are exact to
+/// within x³/6 < 2e-7 of the weight and cost far less than `exp`.
+fn decay(x: f64) -> f64 {
+    if x < 0.01 {
+        1.0 - x + x * x / 2.0
+    } else {
+        (-x).exp()
+    }
+}
+
 fn clock_ns() -> u64 {
     clock_ns_at(Instant::now())
 }
@@ -112,7 +123,7 @@ impl Backend {
         let new = if rtt > old {
             rtt
         } else {
-            let w = (-((now.saturating_sub(then)) as f64) / EWMA_TAU_NS).exp();
+            let w = decay(now.saturating_sub(then) as f64 / EWMA_TAU_NS);
             old * w + rtt * (1.0 - w)
         };
         // A lost race only loses one sample.

@@ -9,25 +9,15 @@ use std::io;
 
 use tokio::net::TcpStream;
 
-/// Appends what can be read from `from` to `buf`'s spare capacity.
+/// Appends what can be read from `from` to `buf`'s spare capacity (which
+/// is not zeroed first: tokio reads into it as uninitialised memory).
 pub async fn read_into(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     loop {
         from.readable().await?;
-        let len = buf.len();
-        let spare = buf.capacity() - len;
-        buf.resize(len + spare, 0);
-        match from.try_read(&mut buf[len..]) {
-            Ok(k) => {
-                buf.truncate(len + k);
-                return Ok(k);
-            }
-            Err(e) => {
-                buf.truncate(len);
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    continue;
-                }
-                return Err(e);
-            }
+        match from.try_read_buf(buf) {
+            Ok(k) => return Ok(k),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
         }
     }
 }
