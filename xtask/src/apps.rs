@@ -33,14 +33,124 @@ pub fn run(args: &[String]) -> std::io::Result<()> {
         [app, listen, arg] if app == "hello" => serve_forever(listen, arg, hello_serve),
         [app, listen, arg] if app == "world" => serve_forever(listen, arg, world_serve),
         [app, listen] if app == "bench-server" => serve_forever(listen, "", bench_serve),
+        [app, listen, to] if app == "relay" => relay(listen, to),
         [app, rest @ ..] if app == "loadgen" => {
             crate::bench::loadgen::main(rest).map_err(|e| std::io::Error::other(format!("{e:#}")))
         }
         _ => Err(std::io::Error::other(
             "usage: app hello LISTEN WORLD_ADDR | app world LISTEN WORD | app bench-server LISTEN \
-             | app loadgen ARGS",
+             | app relay LISTEN TO | app loadgen ARGS",
         )),
     }
+}
+
+/// The bench's floor for an epoll-based userspace hop: one thread, one
+/// epoll set (level-triggered), and for each message one `epoll_wait`, one
+/// `read` and one `write`, the system calls Sidetrack makes, with nothing
+/// in between: no HTTP, no routing, no metrics. Accepts on `listen` and
+/// connects to `to` for each connection; a short write waits with poll(2).
+fn relay(listen: &str, to: &str) -> std::io::Result<()> {
+    use std::{io, os::fd::AsRawFd};
+    let cvt = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    let listener = TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    // SAFETY: plain system calls on descriptors this function owns.
+    let ep = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    let watch = |fd: i32| {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: fd as u64,
+        };
+        // SAFETY: `ev` is a valid event for a live descriptor.
+        cvt(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
+    };
+    watch(listener.as_raw_fd())?;
+    // Indexed by descriptor: the stream and its peer's descriptor.
+    let mut conns: Vec<Option<(TcpStream, i32)>> = Vec::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: `events` has room for 64 entries.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), 64, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for ev in &events[..n as usize] {
+            let fd = ev.u64 as i32;
+            if fd == listener.as_raw_fd() {
+                while let Ok((client, _)) = listener.accept() {
+                    let Ok(server) = TcpStream::connect(to) else {
+                        continue;
+                    };
+                    for s in [&client, &server] {
+                        s.set_nodelay(true)?;
+                        s.set_nonblocking(true)?;
+                    }
+                    let (c, s) = (client.as_raw_fd(), server.as_raw_fd());
+                    let top = c.max(s) as usize;
+                    if conns.len() <= top {
+                        conns.resize_with(top + 1, || None);
+                    }
+                    watch(c)?;
+                    watch(s)?;
+                    conns[c as usize] = Some((client, s));
+                    conns[s as usize] = Some((server, c));
+                }
+                continue;
+            }
+            let Some(Some((from, peer))) = conns.get(fd as usize) else {
+                continue;
+            };
+            let peer = *peer;
+            let got = (&*from).read(&mut buf);
+            let ok = match got {
+                Ok(0) => false,
+                Ok(k) => match &conns[peer as usize] {
+                    Some((to, _)) => write_fully(to, &buf[..k]).is_ok(),
+                    None => false,
+                },
+                Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            };
+            if !ok {
+                // Dropping both closes them, which also takes them out of
+                // the epoll set.
+                conns[fd as usize] = None;
+                conns[peer as usize] = None;
+            }
+        }
+    }
+}
+
+/// Writes all of `data` to a non-blocking stream, waiting with poll(2)
+/// when its buffer is full.
+fn write_fully(mut to: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while !data.is_empty() {
+        match to.write(data) {
+            Ok(k) => data = &data[k..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut p = libc::pollfd {
+                    fd: to.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut p, 1, 1000) };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn serve_forever(

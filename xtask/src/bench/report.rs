@@ -315,6 +315,18 @@ pub fn tables(r: &Results) -> String {
             );
         }
     }
+    if let (Some(d), Some(explicit), Some(relay)) =
+        (direct, find(s, "sidetrack-explicit"), find(s, "tcp-relay"))
+    {
+        let _ = writeln!(
+            t,
+            "\nSidetrack's HTTP handling over a bare epoll byte pump (`tcp-relay`, the same system calls), pinned: \
+             +{:.1} µs per request (sidetrack-explicit +{:.1}, tcp-relay +{:.1}; best rounds).",
+            added_best(explicit, d, true) - added_best(relay, d, true),
+            added_best(explicit, d, true),
+            added_best(relay, d, true)
+        );
+    }
     let _ = writeln!(
         t,
         "\nProxy CPU per request (µs; user space / kernel, all the proxy's processes, per request sent):\n"

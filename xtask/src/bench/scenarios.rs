@@ -31,6 +31,7 @@ pub const SIDETRACK_PORT: u16 = 4140;
 pub const SIDETRACK_ADMIN_PORT: u16 = 9990;
 pub const NGINX_PORT: u16 = 4141;
 pub const HAPROXY_PORT: u16 = 4142;
+pub const RELAY_PORT: u16 = 4143;
 /// The service the transparent scenarios call: an address nothing owns.
 pub const SERVICE_PORT: u16 = 80;
 pub const PROXY_MARK: u32 = 0x5354;
@@ -46,16 +47,20 @@ pub enum Scenario {
     SidetrackEbpf,
     Nginx,
     Haproxy,
+    /// The floor of an epoll-based userspace hop: a byte pump with the
+    /// system calls Sidetrack makes and nothing else (`xtask app relay`).
+    TcpRelay,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Direct,
         Scenario::SidetrackExplicit,
         Scenario::SidetrackIptables,
         Scenario::SidetrackEbpf,
         Scenario::Nginx,
         Scenario::Haproxy,
+        Scenario::TcpRelay,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +71,7 @@ impl Scenario {
             Scenario::SidetrackEbpf => "sidetrack-ebpf",
             Scenario::Nginx => "nginx",
             Scenario::Haproxy => "haproxy",
+            Scenario::TcpRelay => "tcp-relay",
         }
     }
 
@@ -160,6 +166,7 @@ impl Bed {
             Scenario::SidetrackIptables | Scenario::SidetrackEbpf => self.service_addr(),
             Scenario::Nginx => SocketAddrV4::new(node, NGINX_PORT),
             Scenario::Haproxy => SocketAddrV4::new(node, HAPROXY_PORT),
+            Scenario::TcpRelay => SocketAddrV4::new(node, RELAY_PORT),
         })
     }
 
@@ -190,6 +197,13 @@ impl Bed {
                 let mut c = Command::new("haproxy");
                 // -db: foreground, one process, no daemon.
                 c.arg("-db").arg("-f").arg(conf);
+                c
+            }
+            Scenario::TcpRelay => {
+                let mut c = Command::new(&self.bins.xtask);
+                c.args(["app", "relay"])
+                    .arg(self.target(scenario).to_string())
+                    .arg(SocketAddrV4::new(self.server.ip(), SERVER_PORT).to_string());
                 c
             }
             _ => {
@@ -234,7 +248,15 @@ impl Bed {
             {
                 bail!("{name} exited ({status}):\n{}", proxy.log_text());
             }
-            if http_get(ready, path).is_ok_and(|(status, _)| status == 200) {
+            // The relay passes `Connection: close` to a server that keeps
+            // the connection anyway: for it, accepting is being ready (the
+            // warm-up then proves the path).
+            let up = if scenario == Scenario::TcpRelay {
+                TcpStream::connect_timeout(&ready, Duration::from_millis(200)).is_ok()
+            } else {
+                http_get(ready, path).is_ok_and(|(status, _)| status == 200)
+            };
+            if up {
                 return Ok(proxy);
             }
             if Instant::now() > deadline {
