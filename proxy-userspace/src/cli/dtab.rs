@@ -131,11 +131,7 @@ fn resolve(dtab: &str, path: &str) -> Result<String, String> {
                 let endpoints = b.endpoints.as_slice();
                 let total: f64 = endpoints.iter().map(|e| e.weight).sum();
                 for e in endpoints {
-                    let part = if total > 0.0 {
-                        e.weight / total
-                    } else {
-                        1.0 / endpoints.len() as f64
-                    };
+                    let part = crate::dtab::weight_share(e.weight, total, endpoints.len());
                     leaves.push(LeafOut {
                         id: b.id.to_string(),
                         addr: e.addr.to_string(),

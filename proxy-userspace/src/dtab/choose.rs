@@ -12,6 +12,16 @@ use rand::Rng;
 
 use super::tree::{Eval, NameTree, Weighted};
 
+/// The part of the traffic one of `count` siblings gets: its weight over
+/// their `total`, or an even part when the weights add up to nothing.
+pub fn weight_share(weight: f64, total: f64, count: usize) -> f64 {
+    if total > 0.0 {
+        weight / total
+    } else {
+        1.0 / count as f64
+    }
+}
+
 /// The outcome of choosing.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Choice<'a, T> {
@@ -79,12 +89,8 @@ impl<T> NameTree<T> {
             NameTree::Union(ws) => {
                 let total: f64 = ws.iter().map(|w| w.weight).sum();
                 for w in ws {
-                    let part = if total > 0.0 {
-                        w.weight / total
-                    } else {
-                        1.0 / ws.len() as f64
-                    };
-                    w.tree.shares(share * part, out);
+                    w.tree
+                        .shares(share * weight_share(w.weight, total, ws.len()), out);
                 }
             }
         }

@@ -41,7 +41,7 @@ pub use bind::{
     BindError, BindResult, MAX_DEPTH, MAX_LOOKUPS, MAX_NESTED_STEPS, bind, bind_reference,
 };
 pub use cache::{BindCache, CacheStats, ClockCache};
-pub use choose::Choice;
+pub use choose::{Choice, weight_share};
 pub use delegate::{
     AddrJson, AddressJson, BoundJson, DelegateTree, DentryJson, WeightedJson, delegate,
     delegate_reference,

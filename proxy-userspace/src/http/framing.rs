@@ -462,21 +462,8 @@ impl ChunkedScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{Limits, Parsed};
 
-    fn req(buf: &[u8]) -> RequestHead {
-        let mut head = RequestHead::with_capacity(100);
-        let res = head.parse(buf, &Limits::default());
-        assert!(matches!(res, Ok(Parsed::Complete { .. })), "{res:?}");
-        head
-    }
-
-    fn res(buf: &[u8]) -> ResponseHead {
-        let mut head = ResponseHead::with_capacity(100);
-        let res = head.parse(buf, &Limits::default());
-        assert!(matches!(res, Ok(Parsed::Complete { .. })), "{res:?}");
-        head
-    }
+    use crate::http::parsed::{request as req, response as res};
 
     /// A request with `fields` (CRLF-separated lines) and HTTP/1.`minor`.
     fn request_framing(minor: u8, fields: &str) -> Result<Framing, HeadError> {

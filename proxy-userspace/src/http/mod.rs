@@ -226,6 +226,28 @@ pub(crate) fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|e| !e.is_empty())
 }
 
+/// Heads parsed whole, for the http modules' tests.
+#[cfg(test)]
+pub(crate) mod parsed {
+    use super::{Limits, Parsed, RequestHead, ResponseHead};
+
+    /// `buf`'s request head; panics unless it parses complete.
+    pub fn request(buf: &[u8]) -> RequestHead {
+        let mut head = RequestHead::with_capacity(100);
+        let res = head.parse(buf, &Limits::default());
+        assert!(matches!(res, Ok(Parsed::Complete { .. })), "{res:?}");
+        head
+    }
+
+    /// `buf`'s response head; panics unless it parses complete.
+    pub fn response(buf: &[u8]) -> ResponseHead {
+        let mut head = ResponseHead::with_capacity(100);
+        let res = head.parse(buf, &Limits::default());
+        assert!(matches!(res, Ok(Parsed::Complete { .. })), "{res:?}");
+        head
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -307,14 +307,9 @@ fn count_via_entries(value: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{Limits, Parsed, RequestKind, request_body, response_body};
+    use crate::http::{Limits, RequestKind, request_body, response_body};
 
-    fn req(buf: &[u8]) -> RequestHead {
-        let mut head = RequestHead::with_capacity(100);
-        let res = head.parse(buf, &Limits::default());
-        assert!(matches!(res, Ok(Parsed::Complete { .. })), "{res:?}");
-        head
-    }
+    use crate::http::parsed::request as req;
 
     /// Rewrites a request the way the proxy would: framing from the head,
     /// upgrade when asked, l5d-dtab dropped, one extra field.
@@ -339,11 +334,7 @@ mod tests {
 
     fn rewrite_response(request: RequestKind, buf: &str, close: bool) -> String {
         let buf = buf.as_bytes();
-        let mut head = ResponseHead::with_capacity(100);
-        assert!(matches!(
-            head.parse(buf, &Limits::default()),
-            Ok(Parsed::Complete { .. })
-        ));
+        let head = crate::http::parsed::response(buf);
         let body = response_body(request, &head, buf).unwrap().length;
         let mut out = Vec::new();
         write_response(

@@ -846,44 +846,37 @@ fn pick_dest<'r>(
         kind,
         close: has_body,
     };
-    match &route.outcome {
-        Outcome::Bound(tree) => match tree.choose(rng) {
-            Choice::Leaf(dest) => Ok(dest),
-            Choice::Empty => Err(refuse(
-                503,
-                ErrorKind::NoEndpoints,
-                format!("{} is bound to an empty name set", route.name),
-            )),
-            Choice::Neg => Err(refuse(
-                502,
-                ErrorKind::BindNeg,
-                format!("no route to {}: the name is not bound (neg)", route.name),
-            )),
-            Choice::Fail => Err(refuse(
+    // A bound tree chooses per request; the other outcomes are the same
+    // answers a choice can come to.
+    let choice = match &route.outcome {
+        Outcome::Bound(tree) => tree.choose(rng),
+        Outcome::Neg => Choice::Neg,
+        Outcome::Fail => Choice::Fail,
+        Outcome::Empty => Choice::Empty,
+        Outcome::Error(e) => {
+            return Err(refuse(
                 502,
                 ErrorKind::BindFailed,
-                format!("no route to {}: the dtab says fail", route.name),
-            )),
-        },
-        Outcome::Neg => Err(refuse(
-            502,
-            ErrorKind::BindNeg,
-            format!("no route to {}: the name is not bound (neg)", route.name),
-        )),
-        Outcome::Fail => Err(refuse(
-            502,
-            ErrorKind::BindFailed,
-            format!("no route to {}: the dtab says fail", route.name),
-        )),
-        Outcome::Empty => Err(refuse(
+                format!("binding {} failed: {e}", route.name),
+            ));
+        }
+    };
+    match choice {
+        Choice::Leaf(dest) => Ok(dest),
+        Choice::Empty => Err(refuse(
             503,
             ErrorKind::NoEndpoints,
             format!("{} is bound to an empty name set", route.name),
         )),
-        Outcome::Error(e) => Err(refuse(
+        Choice::Neg => Err(refuse(
+            502,
+            ErrorKind::BindNeg,
+            format!("no route to {}: the name is not bound (neg)", route.name),
+        )),
+        Choice::Fail => Err(refuse(
             502,
             ErrorKind::BindFailed,
-            format!("binding {} failed: {e}", route.name),
+            format!("no route to {}: the dtab says fail", route.name),
         )),
     }
 }
