@@ -8,6 +8,8 @@
 //! - `/bytes/N`: N bytes of `pattern(N)` with Content-Length.
 //! - `/chunked/N`: the same bytes in chunks of 7919 bytes.
 //! - `/die/N`: announces 2N bytes, sends N, then closes.
+//! - `/chunked-die/N`: chunked; announces a chunk of 2N bytes, sends N,
+//!   then closes.
 //! - `/slow/MS`: answers after MS milliseconds.
 //! - `/close`: answers with `Connection: close` and closes.
 //! - `/then-close`: answers as keep-alive, then closes 20 ms later.
@@ -158,6 +160,19 @@ fn serve(stream: TcpStream, name: &str, requests: &AtomicU64, stop: &AtomicBool)
                 out.write_all(b"\r\n")?;
             }
             out.write_all(b"0\r\n\r\n")?;
+        } else if let Some(n) = path
+            .strip_prefix("/chunked-die/")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nx-backend: {name}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                2 * n
+            )?;
+            out.write_all(&pattern(n))?;
+            out.flush()?;
+            let _ = out.shutdown(Shutdown::Both);
+            return Ok(());
         } else if let Some(n) = path
             .strip_prefix("/die/")
             .and_then(|n| n.parse::<usize>().ok())

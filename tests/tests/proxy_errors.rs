@@ -161,6 +161,33 @@ fn a_slow_client_gets_408_and_does_not_hold_up_others() {
 }
 
 #[test]
+fn a_backend_dying_mid_chunked_body_for_an_http_1_0_client_is_counted() {
+    let b = bed(&[]);
+    let mut c = Client::connect(b.proxy.addr);
+    // The body is decoded on the way; the close that should end it comes
+    // early, so the client sees fewer bytes than the backend announced.
+    c.send(b"GET /chunked-die/50000 HTTP/1.0\r\nHost: web\r\n\r\n")
+        .unwrap();
+    let raw = c.read_to_end().unwrap();
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("the head went out");
+    assert!(raw.starts_with(b"HTTP/1.1 200 "));
+    let body = &raw[at + 4..];
+    assert!(
+        sidetrack_tests::pattern(50_000).starts_with(body),
+        "the {} bytes that came are the data, decoded",
+        body.len()
+    );
+    assert!(sidetrack_tests::eventually(5, || b
+        .proxy
+        .metric("sidetrack_errors_total", &[("kind", "backend_died")])
+        == 1.0));
+    assert_eq!(client::get(b.proxy.addr, "web", "/", &[]).status, 200);
+}
+
+#[test]
 fn a_backend_dying_mid_body_closes_the_client_cleanly() {
     let b = bed(&[]);
     let mut c = Client::connect(b.proxy.addr);
