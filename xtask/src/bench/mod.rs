@@ -24,6 +24,7 @@
 
 mod haltpoll;
 pub mod loadgen;
+mod machine;
 mod proc;
 mod report;
 mod scenarios;
@@ -176,9 +177,13 @@ impl PhaseAcc {
             cpu_s_per_1k_requests: self
                 .cpu
                 .map(|c| c.total() / self.sent.max(1) as f64 * 1000.0),
-            cpu_us_per_request: self.cpu.map(|c| proc::Cpu {
-                user: c.user / self.sent.max(1) as f64 * 1e6,
-                sys: c.sys / self.sent.max(1) as f64 * 1e6,
+            cpu_us_per_request: self.cpu.map(|c| {
+                let p = c.per(self.sent.max(1) as f64);
+                proc::Cpu {
+                    user: p.user * 1e6,
+                    sys: p.sys * 1e6,
+                    ..p
+                }
             }),
             peak_rss_kb: (self.peak_rss_kb > 0).then_some(self.peak_rss_kb),
             gb_per_s: self.body_bytes as f64 / self.secs.max(1e-9) / 1e9,
@@ -308,6 +313,9 @@ pub struct Results {
     pub targets: Vec<report::Target>,
     /// Guest halt polling before and during the run (see `haltpoll.rs`).
     pub halt_poll: haltpoll::HaltPoll,
+    /// A system call and a context switch on the pinned CPU (`machine.rs`),
+    /// measured before the test bed starts.
+    pub machine_costs: Option<machine::Costs>,
     /// /proc/loadavg before and after measuring: other work on the machine
     /// skews every number.
     pub loadavg_before: String,
@@ -386,6 +394,21 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
     }
     let measured = Instant::now();
     let loadavg_before = loadavg();
+    let machine_costs = match machine::measure(PINNED_CPU) {
+        Ok(c) => {
+            cmd::note(format!(
+                "CPU {PINNED_CPU}: a system call {:.0} ns, a context switch {:.0} ns",
+                c.syscall_ns, c.switch_ns
+            ));
+            Some(c)
+        }
+        Err(e) => {
+            cmd::note(format!(
+                "could not measure system call and switch costs: {e:#}"
+            ));
+            None
+        }
+    };
     let plan = Plan::new(quick);
     let release = crate::target_dir().join("release");
     let bins = Bins {
@@ -481,6 +504,7 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
         dtab,
         targets,
         halt_poll: halt_poll_state,
+        machine_costs,
         loadavg_before,
         loadavg_after: loadavg(),
     };
@@ -520,9 +544,11 @@ fn measure_scenario(bed: &Bed, plan: &Plan, acc: &mut ScenarioAcc) -> Result<()>
         let cpu_note = cpu.map_or(String::new(), |c| {
             let per = 1e6 / r.sent_total.max(1) as f64;
             format!(
-                "  cpu/req user {:.2} µs kernel {:.2} µs",
+                "  cpu/req user {:.2} µs kernel {:.2} µs, switches/req {:.2} + {:.2} preempted",
                 c.user * per,
-                c.sys * per
+                c.sys * per,
+                c.voluntary_switches / r.sent_total.max(1) as f64,
+                c.involuntary_switches / r.sent_total.max(1) as f64
             )
         });
         cmd::note(format!(

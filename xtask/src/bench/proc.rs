@@ -21,11 +21,15 @@ pub fn threads(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// CPU time, seconds: in user space and in the kernel.
+/// CPU time, seconds: in user space and in the kernel; and how often the
+/// threads were switched out: voluntarily (blocked, e.g. in `epoll_wait`)
+/// and not (preempted).
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Cpu {
     pub user: f64,
     pub sys: f64,
+    pub voluntary_switches: f64,
+    pub involuntary_switches: f64,
 }
 
 impl Cpu {
@@ -37,6 +41,18 @@ impl Cpu {
         Cpu {
             user: self.user - before.user,
             sys: self.sys - before.sys,
+            voluntary_switches: self.voluntary_switches - before.voluntary_switches,
+            involuntary_switches: self.involuntary_switches - before.involuntary_switches,
+        }
+    }
+
+    /// Every field divided by `n`.
+    pub fn per(self, n: f64) -> Cpu {
+        Cpu {
+            user: self.user / n,
+            sys: self.sys / n,
+            voluntary_switches: self.voluntary_switches / n,
+            involuntary_switches: self.involuntary_switches / n,
         }
     }
 }
@@ -47,13 +63,15 @@ impl Add for Cpu {
         Cpu {
             user: self.user + o.user,
             sys: self.sys + o.sys,
+            voluntary_switches: self.voluntary_switches + o.voluntary_switches,
+            involuntary_switches: self.involuntary_switches + o.involuntary_switches,
         }
     }
 }
 
-/// utime and stime of `pid` (all its threads); zero when it is gone. The
-/// kernel counts in clock ticks (10 ms), so phases of seconds are precise
-/// to a percent or so.
+/// utime and stime of `pid` (all its threads) and its threads' context
+/// switches; zero when it is gone. The kernel counts time in clock ticks
+/// (10 ms), so phases of seconds are precise to a percent or so.
 pub fn cpu(pid: u32) -> Cpu {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return Cpu::default();
@@ -73,10 +91,36 @@ pub fn cpu(pid: u32) -> Cpu {
     };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let (voluntary_switches, involuntary_switches) = threads(pid)
+        .into_iter()
+        .map(|tid| switches(pid, tid))
+        .fold((0, 0), |(v, n), (tv, tn)| (v + tv, n + tn));
     Cpu {
         user: ticks(11) as f64 / hz,
         sys: ticks(12) as f64 / hz,
+        voluntary_switches: voluntary_switches as f64,
+        involuntary_switches: involuntary_switches as f64,
     }
+}
+
+/// One thread's voluntary and involuntary context switches (the process's
+/// `status` shows only its main thread's).
+fn switches(pid: u32, tid: u32) -> (u64, u64) {
+    let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+    (
+        status_field(&status, "voluntary_ctxt_switches:"),
+        status_field(&status, "nonvoluntary_ctxt_switches:"),
+    )
+}
+
+/// A numeric field of a `status` file (a trailing "kB" dropped); 0 when
+/// absent.
+fn status_field(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Resident memory, kB.
@@ -100,16 +144,9 @@ impl Add for Memory {
 
 pub fn memory(pid: u32) -> Memory {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
     Memory {
-        rss_kb: field("VmRSS:"),
-        hwm_kb: field("VmHWM:"),
+        rss_kb: status_field(&status, "VmRSS:"),
+        hwm_kb: status_field(&status, "VmHWM:"),
     }
 }
 
@@ -132,5 +169,8 @@ mod tests {
         }
         let used = cpu(me).minus(before);
         assert!(used.user > 0.0 && used.sys >= 0.0, "{used:?}");
+        // Sleeping is a voluntary switch, counted on this thread.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(cpu(me).minus(before).voluntary_switches >= 1.0);
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
 use serde::Serialize;
 
-use super::{PhaseResult, Plan, Results, ScenarioResult};
+use super::{PINNED_CPU, PhaseResult, Plan, Results, ScenarioResult, proc};
 
 /// One of the issue's targets.
 #[derive(Clone, Debug, Serialize)]
@@ -327,25 +327,53 @@ pub fn tables(r: &Results) -> String {
             added_best(relay, d, true)
         );
     }
+    if let Some(c) = r.machine_costs {
+        let _ = write!(
+            t,
+            "\nWhat a hop through a process costs here before it does any work (CPU {PINNED_CPU}, measured at the start): \
+             a context switch {:.2} µs, a system call {:.2} µs. Pinned, a proxied request takes two more switches than a \
+             direct one (client → proxy → server → proxy → client), {:.1} µs, and an epoll hop's six system calls {:.1} µs.",
+            c.switch_ns / 1e3,
+            c.syscall_ns / 1e3,
+            2.0 * c.switch_ns / 1e3,
+            6.0 * c.syscall_ns / 1e3
+        );
+        if let (Some(d), Some(n)) = (direct, nginx) {
+            let _ = write!(
+                t,
+                " A third of nginx's pinned hop is {:.1} µs (best round).",
+                added_best(n, d, true) / 3.0
+            );
+        }
+        let _ = writeln!(t);
+    }
     let _ = writeln!(
         t,
-        "\nProxy CPU per request (µs; user space / kernel, all the proxy's processes, per request sent):\n"
+        "\nProxy CPU per request (µs; user space / kernel, all the proxy's processes, per request sent) and its threads' context switches per request (blocked + preempted):\n"
     );
     let _ = writeln!(
         t,
-        "| scenario | c=1 pinned user | c=1 pinned kernel | c=32 user | c=32 kernel |"
+        "| scenario | c=1 pinned user | c=1 pinned kernel | c=1 pinned switches | c=32 user | c=32 kernel | c=32 switches |"
     );
-    let _ = writeln!(t, "|---|--:|--:|--:|--:|");
+    let _ = writeln!(t, "|---|--:|--:|--:|--:|--:|--:|");
     for x in s.iter().filter(|x| x.c32.cpu_us_per_request.is_some()) {
         let (p, c) = (x.c1_pinned.cpu_us_per_request, x.c32.cpu_us_per_request);
+        let switches = |c: proc::Cpu| {
+            format!(
+                "{:.2} + {:.2}",
+                c.voluntary_switches, c.involuntary_switches
+            )
+        };
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             x.name,
             opt(p.map(|c| c.user), 2),
             opt(p.map(|c| c.sys), 2),
+            p.map_or("–".to_owned(), switches),
             opt(c.map(|c| c.user), 2),
-            opt(c.map(|c| c.sys), 2)
+            opt(c.map(|c| c.sys), 2),
+            c.map_or("–".to_owned(), switches)
         );
     }
     let _ = writeln!(
