@@ -115,8 +115,10 @@ pub fn set_affinity(tid: i32, cpu: Option<usize>) -> Result<()> {
         match cpu {
             Some(c) => libc::CPU_SET(c, &mut set),
             None => {
-                let n = thread::available_parallelism().map_or(1, |n| n.get());
-                for c in 0..n {
+                // Every online CPU (not `available_parallelism`, which
+                // counts only the CPUs the calling thread may use now).
+                let n = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
+                for c in 0..n.min(libc::CPU_SETSIZE as usize) {
                     libc::CPU_SET(c, &mut set);
                 }
             }
@@ -372,6 +374,31 @@ fn parse_head(head: &[u8]) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unpinning_a_pinned_thread_frees_every_online_cpu() {
+        let allowed = || {
+            // SAFETY: cpu_set_t is plain data, filled in by the kernel.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                assert_eq!(
+                    libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+                    0
+                );
+                libc::CPU_COUNT(&set) as usize
+            }
+        };
+        // SAFETY: sysconf has no preconditions.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as usize;
+        thread::spawn(move || {
+            set_affinity(0, Some(0)).unwrap();
+            assert_eq!(allowed(), 1);
+            set_affinity(0, None).unwrap();
+            assert_eq!(allowed(), online);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn head_parsing() {

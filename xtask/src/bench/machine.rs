@@ -31,26 +31,31 @@ pub struct Costs {
 const REPEATS: usize = 5;
 const ROUNDS: u32 = 20_000;
 
-/// Measures on `cpu`, then leaves this thread free to run anywhere again.
+/// Measures on `cpu`, from a thread of its own (the caller's CPU affinity,
+/// which the processes it starts inherit, stays as it is).
 pub fn measure(cpu: usize) -> Result<Costs> {
-    set_affinity(0, Some(cpu))?;
-    let costs = (|| {
-        let syscall_ns = least(syscall_once);
-        let pair_ns = least(|| pipe_pair_once().unwrap_or(f64::INFINITY));
-        let round_trip_ns = least(|| ping_pong_once(cpu).unwrap_or(f64::INFINITY));
-        ensure!(
-            pair_ns.is_finite() && round_trip_ns.is_finite(),
-            "the pipe measurements failed"
-        );
-        // A round trip is two switches plus, on each side, one write and one
-        // read; `pair_ns` is a write and a read with nobody to switch to.
-        Ok(Costs {
-            syscall_ns,
-            switch_ns: ((round_trip_ns - 2.0 * pair_ns) / 2.0).max(0.0),
-        })
-    })();
-    set_affinity(0, None)?;
-    costs
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                set_affinity(0, Some(cpu))?;
+                let syscall_ns = least(syscall_once);
+                let pair_ns = least(|| pipe_pair_once().unwrap_or(f64::INFINITY));
+                let round_trip_ns = least(|| ping_pong_once(cpu).unwrap_or(f64::INFINITY));
+                ensure!(
+                    pair_ns.is_finite() && round_trip_ns.is_finite(),
+                    "the pipe measurements failed"
+                );
+                // A round trip is two switches plus, on each side, one write
+                // and one read; `pair_ns` is a write and a read with nobody
+                // to switch to.
+                Ok(Costs {
+                    syscall_ns,
+                    switch_ns: ((round_trip_ns - 2.0 * pair_ns) / 2.0).max(0.0),
+                })
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))?
+    })
 }
 
 fn least(mut f: impl FnMut() -> f64) -> f64 {
@@ -132,9 +137,24 @@ fn ping_pong_once(cpu: usize) -> Result<f64> {
 mod tests {
     use super::*;
 
+    fn allowed_cpus() -> usize {
+        // SAFETY: cpu_set_t is plain data, filled in by the kernel.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+                0
+            );
+            libc::CPU_COUNT(&set) as usize
+        }
+    }
+
     #[test]
     fn costs_are_positive_and_ordered() {
+        let before = allowed_cpus();
         let c = measure(0).unwrap();
+        // The caller's own affinity is untouched.
+        assert_eq!(allowed_cpus(), before);
         assert!(c.syscall_ns > 1.0 && c.syscall_ns < 100_000.0, "{c:?}");
         // A switch goes through the scheduler: dearer than a bare syscall.
         assert!(c.switch_ns > c.syscall_ns, "{c:?}");
