@@ -81,9 +81,12 @@ pub struct LoadResult {
     pub hist: Vec<(u64, u64)>,
 }
 
-/// The histogram every latency goes into: 1 µs to 60 s, 3 digits.
+/// The histogram every latency goes into: nanoseconds up to 60 s, 3
+/// significant digits (8 ns steps around 10 µs). The lowest discernible value
+/// must stay 1: HdrHistogram rounds it down to a power of two and counts in
+/// units of it, so a bound of 1 µs would bucket everything in 512 ns steps.
 pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid histogram bounds")
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
 }
 
 pub fn main(args: &[String]) -> Result<()> {
@@ -374,6 +377,19 @@ fn parse_head(head: &[u8]) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histograms_tell_a_tenth_of_a_microsecond_apart_near_ten() {
+        for (a, b) in [(13_000u64, 13_100u64), (8_200, 8_300), (5_000, 5_100)] {
+            let p50 = |v: u64| {
+                let mut h = new_histogram();
+                h.record_n(v, 10).unwrap();
+                h.value_at_quantile(0.5)
+            };
+            assert!(p50(a) < p50(b), "{a} and {b} ns fall in one bucket");
+            assert!(p50(a).abs_diff(a) <= 10, "{a} ns read back as {}", p50(a));
+        }
+    }
 
     #[test]
     fn unpinning_a_pinned_thread_frees_every_online_cpu() {
