@@ -134,6 +134,20 @@ pub fn set_affinity(tid: i32, cpu: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// How many CPUs the calling thread may run on.
+#[cfg(test)]
+pub fn allowed_cpus() -> usize {
+    // SAFETY: cpu_set_t is plain data, filled in by the kernel.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        libc::CPU_COUNT(&set) as usize
+    }
+}
+
 /// Per-connection tallies, merged at the end.
 struct Tally {
     hist: Histogram<u64>,
@@ -393,24 +407,13 @@ mod tests {
 
     #[test]
     fn unpinning_a_pinned_thread_frees_every_online_cpu() {
-        let allowed = || {
-            // SAFETY: cpu_set_t is plain data, filled in by the kernel.
-            unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                assert_eq!(
-                    libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
-                    0
-                );
-                libc::CPU_COUNT(&set) as usize
-            }
-        };
         // SAFETY: sysconf has no preconditions.
         let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as usize;
         thread::spawn(move || {
             set_affinity(0, Some(0)).unwrap();
-            assert_eq!(allowed(), 1);
+            assert_eq!(allowed_cpus(), 1);
             set_affinity(0, None).unwrap();
-            assert_eq!(allowed(), online);
+            assert_eq!(allowed_cpus(), online);
         })
         .join()
         .unwrap();

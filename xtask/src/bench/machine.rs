@@ -135,19 +135,8 @@ fn ping_pong_once(cpu: usize) -> Result<f64> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::loadgen::allowed_cpus;
     use super::*;
-
-    fn allowed_cpus() -> usize {
-        // SAFETY: cpu_set_t is plain data, filled in by the kernel.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            assert_eq!(
-                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
-                0
-            );
-            libc::CPU_COUNT(&set) as usize
-        }
-    }
 
     #[test]
     fn costs_are_positive_and_ordered() {
