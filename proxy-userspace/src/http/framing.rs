@@ -241,6 +241,16 @@ pub fn expects_continue(head: &RequestHead, buf: &[u8]) -> bool {
     head.minor_version() == 1 && has_token(head.get_all(buf, Known::Expect), "100-continue")
 }
 
+/// Whether a request method is idempotent (RFC 9110 §9.2.2): the methods
+/// a proxy may send again by itself after a connection failed under them.
+/// Methods are case-sensitive.
+pub fn is_idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
 /// An HTTP/1.1 request with an Upgrade header that its Connection header
 /// names (RFC 9110 §7.8; HTTP/1.0 requests' Upgrade is ignored).
 pub fn is_upgrade(head: &RequestHead, buf: &[u8]) -> bool {
@@ -492,6 +502,16 @@ mod tests {
             length,
             close: true,
         })
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(is_idempotent(m.as_bytes()), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT", "get", "PURGE", ""] {
+            assert!(!is_idempotent(m.as_bytes()), "{m}");
+        }
     }
 
     #[test]

@@ -38,8 +38,8 @@ pub mod rewrite;
 
 pub use error::{reason_phrase, write_error};
 pub use framing::{
-    BodyLength, ChunkedScanner, Framing, RequestKind, expects_continue, has_token, is_upgrade,
-    request_body, response_body, wants_close,
+    BodyLength, ChunkedScanner, Framing, RequestKind, expects_continue, has_token, is_idempotent,
+    is_upgrade, request_body, response_body, wants_close,
 };
 pub use head::{FieldName, Known, Parsed, RequestHead, ResponseHead, TargetForm};
 pub use rewrite::{

@@ -408,10 +408,16 @@ impl Conn {
         if !has_reqid {
             route::new_request_id(&mut self.rng, &mut reqid);
         }
-        let mut extra: [(&[u8], &[u8]); 5] = [(b"", b""); 5];
+        // HTTP/1.1 requires Host (RFC 9112 §3.2): an HTTP/1.0 request
+        // without one (routed by its original destination in the
+        // transparent modes) gets that address, or an empty value.
+        let mut host_text = [0u8; 21];
+        let host = missing_host(self.req.authority(&self.buf), self.orig_dst, &mut host_text);
+        let mut extra: [(&[u8], &[u8]); 6] = [(b"", b""); 6];
         let mut n = 0;
         for (k, v, on) in [
-            (&b"l5d-dst-service"[..], route.name.as_bytes(), true),
+            (&b"Host"[..], host.unwrap_or_default(), host.is_some()),
+            (b"l5d-dst-service", route.name.as_bytes(), true),
             (b"l5d-dst-client", dest.id.as_bytes(), true),
             (
                 b"l5d-ctx-dtab",
@@ -436,6 +442,7 @@ impl Conn {
             is_proxy_header,
             &extra[..n],
         );
+        let idempotent = http::is_idempotent(self.req.method(&self.buf));
         self.buf.drain(..head_len);
         // A body that arrived whole with the head goes out with it.
         let body_with_head =
@@ -445,7 +452,11 @@ impl Conn {
         let (mut backend, in_flight, mut reused) = self.connect(dest, cfg, started).await?;
         // A pooled connection can die between checkout and use (the backend
         // closed it as idle just then). A request that is whole in `out`
-        // (head and body) is then sent again, once, on a new connection.
+        // (head and body) is then sent again, once, on a new connection:
+        // when writing it failed (the backend cannot have had all of it),
+        // and, for idempotent methods only, when the connection closed
+        // before an answer (the backend may have acted on it; RFC 9110
+        // §9.2.2: a proxy must not retry other requests by itself).
         let retryable = body_with_head;
         loop {
             match backend.write_all(&self.out).await {
@@ -496,7 +507,7 @@ impl Conn {
                     ));
                 }
                 Ok(Err(ReadHeadError::ClosedBeforeResponse))
-                    if reused && retryable && !relayed_interim =>
+                    if reused && retryable && idempotent && !relayed_interim =>
                 {
                     tracing::debug!(
                         "pooled connection closed before answering; retrying on a new one"
@@ -524,11 +535,15 @@ impl Conn {
             };
             let status = self.resp.status();
             if (100..200).contains(&status) && status != 101 {
-                // Relay interim responses as they are.
-                self.client
-                    .write_all(&self.bbuf[..head_len])
-                    .await
-                    .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
+                // Relay interim responses as they are, except to an HTTP/1.0
+                // client, which cannot tell them from the final one (RFC
+                // 9110 §15.2).
+                if client_minor > 0 {
+                    self.client
+                        .write_all(&self.bbuf[..head_len])
+                        .await
+                        .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
+                }
                 self.bbuf.drain(..head_len);
                 relayed_interim = true;
                 if status == 100 && !request_body_done {
@@ -633,7 +648,27 @@ impl Conn {
         }
         let endpoint = in_flight.endpoint().clone();
         dest.stats.latency.observe(in_flight.finish(Instant::now()));
-        if !backend_close && resp_framing.length != BodyLength::UntilClose {
+        // Bytes after the response's end belong to no request: a backend
+        // that sent them is out of step, and they must not be read as the
+        // next response (the buffer is this client's, whichever backend the
+        // next request goes to).
+        let stray = !self.bbuf.is_empty();
+        if stray {
+            tracing::warn!(
+                backend = %endpoint.addr(),
+                bytes = self.bbuf.len(),
+                "backend sent bytes after its response; connection dropped"
+            );
+            self.bbuf.clear();
+        }
+        // Pooled only when clean: the whole exchange done on both sides (a
+        // backend that answered before taking the request body may still
+        // read it, and would take the next request's bytes for its rest).
+        if !backend_close
+            && !stray
+            && request_body_done
+            && resp_framing.length != BodyLength::UntilClose
+        {
             pool::checkin(&endpoint, backend, &cfg.pool, &self.dog);
         }
         if close_after {
@@ -797,6 +832,23 @@ fn name_authority<'a>(
         (None, Some(dst)) => Some(write_addr(scratch, dst)),
         (a, _) => a,
     }
+}
+
+/// The Host field for a request that has none (an HTTP/1.0 one; HTTP/1.1
+/// requires it, RFC 9112 §3.2): the original destination in the
+/// transparent modes, else empty. `None` when the request has an authority.
+fn missing_host<'a>(
+    authority: Option<&[u8]>,
+    orig: Option<SocketAddrV4>,
+    scratch: &'a mut [u8; 21],
+) -> Option<&'a [u8]> {
+    if authority.is_some() {
+        return None;
+    }
+    Some(match orig {
+        Some(dst) => write_addr(scratch, dst),
+        None => b"",
+    })
 }
 
 /// `ip:port` into a stack buffer (21 bytes hold the longest IPv4 one).
@@ -1097,4 +1149,26 @@ async fn copy_exact(
         left -= got as u64;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_without_host_gets_its_original_destination_or_an_empty_one() {
+        let mut scratch = [0u8; 21];
+        assert_eq!(missing_host(Some(b"web:80"), None, &mut scratch), None);
+        let dst = SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 3, 4), 8080);
+        assert_eq!(
+            missing_host(Some(b"web"), Some(dst), &mut scratch),
+            None,
+            "a request's own Host stays"
+        );
+        assert_eq!(
+            missing_host(None, Some(dst), &mut scratch),
+            Some(&b"198.18.3.4:8080"[..])
+        );
+        assert_eq!(missing_host(None, None, &mut scratch), Some(&b""[..]));
+    }
 }

@@ -35,12 +35,36 @@ pub const TICK: Duration = Duration::from_millis(50);
 /// A connection's current deadline.
 #[derive(Default)]
 pub struct Deadline {
-    /// Milliseconds on the watchdog's clock; 0 when disarmed.
-    at_ms: AtomicU64,
-    /// Waiting between requests: fired at once when the proxy drains.
-    idle: AtomicBool,
-    fired: AtomicBool,
+    /// One word, so that the sweeper decides on a snapshot of a wait and
+    /// fires it with a compare-and-swap: a wait that ended meanwhile (and
+    /// the next one armed) is never fired by a decision about the last.
+    /// Bits 0–61: milliseconds on the watchdog's clock, 0 when disarmed;
+    /// [`IDLE`]: waiting between requests (fired at once when the proxy
+    /// drains); [`FIRED`]: the sweeper fired this wait.
+    state: AtomicU64,
     waker: AtomicWaker,
+}
+
+const IDLE: u64 = 1 << 62;
+const FIRED: u64 = 1 << 63;
+const AT_MASK: u64 = IDLE - 1;
+
+impl Deadline {
+    /// Fires the wait `state` describes if it is due at `now`, unless that
+    /// wait is over; returns whether it fired.
+    fn fire_if_due(&self, state: u64, now: u64, draining: bool) -> bool {
+        let at = state & AT_MASK;
+        let due = at != 0 && state & FIRED == 0 && (at <= now || (draining && state & IDLE != 0));
+        let fired = due
+            && self
+                .state
+                .compare_exchange(state, state | FIRED, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        if fired {
+            self.waker.wake();
+        }
+        fired
+    }
 }
 
 /// The deadline passed while waiting.
@@ -57,10 +81,9 @@ impl Deadline {
         idle: bool,
         fut: F,
     ) -> Result<F::Output, Elapsed> {
-        self.fired.store(false, Ordering::Relaxed);
-        self.idle.store(idle, Ordering::Relaxed);
-        self.at_ms
-            .store(dog.now_ms() + after.as_millis() as u64, Ordering::Release);
+        let at = (dog.now_ms() + after.as_millis() as u64).min(AT_MASK);
+        self.state
+            .store(at | if idle { IDLE } else { 0 }, Ordering::Release);
         if idle && dog.draining() {
             return Err(Elapsed);
         }
@@ -69,8 +92,7 @@ impl Deadline {
             fut,
         }
         .await;
-        self.at_ms.store(0, Ordering::Relaxed);
-        self.idle.store(false, Ordering::Relaxed);
+        self.state.store(0, Ordering::Relaxed);
         out
     }
 }
@@ -91,7 +113,7 @@ impl<F: Future> Future for Within<'_, F> {
             return Poll::Ready(Ok(v));
         }
         this.deadline.waker.register(cx.waker());
-        if this.deadline.fired.load(Ordering::Acquire) {
+        if this.deadline.state.load(Ordering::Acquire) & FIRED != 0 {
             return Poll::Ready(Err(Elapsed));
         }
         Poll::Pending
@@ -162,11 +184,7 @@ impl Watchdog {
             let Some(d) = weak.upgrade() else {
                 return false;
             };
-            let at = d.at_ms.load(Ordering::Acquire);
-            if at != 0 && (at <= now || (draining && d.idle.load(Ordering::Relaxed))) {
-                d.fired.store(true, Ordering::Release);
-                d.waker.wake();
-            }
+            d.fire_if_due(d.state.load(Ordering::Acquire), now, draining);
             true
         });
     }
@@ -215,7 +233,28 @@ mod tests {
             .within(&dog, Duration::from_secs(5), false, async { 7 })
             .await;
         assert_eq!(r.unwrap(), 7);
-        assert_eq!(d.at_ms.load(Ordering::Relaxed), 0);
+        assert_eq!(d.state.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_decision_about_an_ended_wait_does_not_fire_the_next() {
+        let d = Deadline::default();
+        // A wait due at 100 ms; the sweeper reads it at 150 ms...
+        d.state.store(100, Ordering::Release);
+        let seen = d.state.load(Ordering::Acquire);
+        // ...the wait ends and the next one is armed before it fires.
+        d.state.store(5_000, Ordering::Release);
+        assert!(!d.fire_if_due(seen, 150, false));
+        assert_eq!(d.state.load(Ordering::Relaxed) & FIRED, 0);
+        // On a fresh look the new wait is not due; at its time it fires once.
+        assert!(!d.fire_if_due(d.state.load(Ordering::Acquire), 150, false));
+        assert!(d.fire_if_due(d.state.load(Ordering::Acquire), 5_000, false));
+        assert!(!d.fire_if_due(d.state.load(Ordering::Acquire), 5_050, false));
+        // Draining fires an idle wait at once, and only an idle one.
+        d.state.store(9_000 | IDLE, Ordering::Release);
+        assert!(d.fire_if_due(d.state.load(Ordering::Acquire), 150, true));
+        d.state.store(9_000, Ordering::Release);
+        assert!(!d.fire_if_due(d.state.load(Ordering::Acquire), 150, true));
     }
 
     #[test]

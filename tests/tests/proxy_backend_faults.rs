@@ -1,0 +1,291 @@
+//! Backends that break the rules or die at awkward moments, scripted byte
+//! by byte: whatever they do, no client gets another request's response, no
+//! backend connection is reused out of step, a request that may have been
+//! acted on is not sent twice, and HTTP/1.0 clients get no interim
+//! responses.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use sidetrack_tests::{
+    TempDir,
+    client::{Client, Response},
+    proxy::Proxy,
+};
+
+/// What the scripted backend does with one request.
+enum Reply {
+    /// Writes these bytes (in one write) and reads the next request.
+    Send(&'static [u8]),
+    /// Writes these bytes before reading the request's body, then reads
+    /// on (taking whatever comes next as the next request).
+    SendBeforeBody(&'static [u8]),
+    /// Reads the body, then closes without a word.
+    Close,
+}
+
+/// A request as the scripted backend saw it: on which of its connections
+/// (0 for the first accepted), and its request line.
+#[derive(Clone, Debug, PartialEq)]
+struct Seen {
+    conn: usize,
+    line: String,
+}
+
+/// A backend on loopback that answers as `script(conn, nth request on that
+/// connection, request line)` says; stops when dropped.
+struct Scripted {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Scripted {
+    fn start(script: fn(usize, usize, &str) -> Reply) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut conn = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let seen = seen2.clone();
+                        let n = conn;
+                        conn += 1;
+                        thread::spawn(move || serve(s, n, script, &seen));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Scripted { addr, seen, stop }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(
+    s: TcpStream,
+    conn: usize,
+    script: fn(usize, usize, &str) -> Reply,
+    seen: &Mutex<Vec<Seen>>,
+) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    for nth in 0.. {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let line = line.trim_end().to_owned();
+        let mut length = 0usize;
+        loop {
+            let mut field = String::new();
+            if r.read_line(&mut field).unwrap_or(0) == 0 {
+                return;
+            }
+            if field == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = field.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        seen.lock().unwrap().push(Seen {
+            conn,
+            line: line.clone(),
+        });
+        let mut body = vec![0; length];
+        match script(conn, nth, &line) {
+            Reply::Send(bytes) => {
+                if r.read_exact(&mut body).is_err() || out.write_all(bytes).is_err() {
+                    return;
+                }
+            }
+            Reply::SendBeforeBody(bytes) => {
+                if out.write_all(bytes).is_err() {
+                    return;
+                }
+            }
+            Reply::Close => {
+                let _ = r.read_exact(&mut body);
+                return;
+            }
+        }
+    }
+}
+
+/// A proxy routing `/svc/x` to the scripted backend.
+fn proxy_to(b: &Scripted) -> (TempDir, Proxy) {
+    let dir = TempDir::new("faults");
+    dir.write("x", &format!("127.0.0.1 {}\n", b.addr.port()));
+    let proxy = Proxy::start(&["--dtab", "/svc => /#/io.l5d.fs", "--fs-dir", dir.str()]);
+    (dir, proxy)
+}
+
+fn send(c: &mut Client, request: &str) -> Response {
+    c.send(request.as_bytes()).unwrap();
+    c.read_response(false).unwrap()
+}
+
+const FRESH: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh";
+
+#[test]
+fn bytes_after_a_response_are_not_the_next_response() {
+    // The first answer carries a second, unasked-for response behind it.
+    let b = Scripted::start(|conn, nth, _| {
+        match (conn, nth) {
+        (0, 0) => Reply::Send(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil",
+        ),
+        _ => Reply::Send(FRESH),
+    }
+    });
+    let (_dir, p) = proxy_to(&b);
+    let mut c = Client::connect(p.addr);
+    let get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(send(&mut c, get).text(), "ok");
+    assert_eq!(send(&mut c, get).text(), "fresh");
+    // The connection that sent the stray bytes was not reused.
+    let seen = b.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].conn, 1, "{seen:?}");
+}
+
+#[test]
+fn a_backend_that_answered_before_the_body_is_not_pooled() {
+    let b = Scripted::start(|_, _, line| {
+        if line.starts_with("POST") {
+            Reply::SendBeforeBody(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+        } else {
+            Reply::Send(FRESH)
+        }
+    });
+    let (_dir, p) = proxy_to(&b);
+    // The client waits for 100 Continue; the backend refuses at once.
+    let mut c = Client::connect(p.addr);
+    let r = send(
+        &mut c,
+        "POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    );
+    assert_eq!(r.status, 401);
+    // Another client's request must not go down that connection, where the
+    // backend may still be reading the first one's body.
+    let r = send(
+        &mut Client::connect(p.addr),
+        "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(r.text(), "fresh");
+    let seen = b.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        seen[1].conn, 1,
+        "the GET went down the refused POST's connection: {seen:?}"
+    );
+}
+
+/// The first request on the first connection is answered (so that the
+/// connection is pooled); the second is read and met with a close.
+fn answer_once_then_close(conn: usize, nth: usize, _: &str) -> Reply {
+    match (conn, nth) {
+        (0, 0) => Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"),
+        (0, _) => Reply::Close,
+        _ => Reply::Send(FRESH),
+    }
+}
+
+#[test]
+fn a_post_is_not_sent_twice_when_a_pooled_connection_closes_under_it() {
+    let b = Scripted::start(answer_once_then_close);
+    let (_dir, p) = proxy_to(&b);
+    let mut c = Client::connect(p.addr);
+    assert_eq!(
+        send(&mut c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "first"
+    );
+    let r = send(
+        &mut Client::connect(p.addr),
+        "POST /pay HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+    );
+    assert_eq!(r.status, 502, "{:?} {}", r.headers, r.text());
+    assert!(r.header("l5d-err").is_some(), "{:?}", r.headers);
+    let posts = b
+        .seen()
+        .iter()
+        .filter(|s| s.line.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1, "the POST reached the backend {posts} times");
+}
+
+#[test]
+fn a_get_is_sent_again_when_a_pooled_connection_closes_under_it() {
+    let b = Scripted::start(answer_once_then_close);
+    let (_dir, p) = proxy_to(&b);
+    let mut c = Client::connect(p.addr);
+    assert_eq!(
+        send(&mut c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "first"
+    );
+    let r = send(
+        &mut Client::connect(p.addr),
+        "GET /again HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(r.text(), "fresh");
+    let seen = b.seen();
+    let again: Vec<usize> = seen
+        .iter()
+        .filter(|s| s.line.starts_with("GET /again"))
+        .map(|s| s.conn)
+        .collect();
+    assert_eq!(again, [0, 1], "{seen:?}");
+}
+
+#[test]
+fn interim_responses_reach_http_1_1_clients_only() {
+    let b = Scripted::start(|_, _, _| {
+        Reply::Send(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        )
+    });
+    let (_dir, p) = proxy_to(&b);
+    let read_all = |request: &str| {
+        let mut s = TcpStream::connect(p.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    let v11 = read_all("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(v11.starts_with("HTTP/1.1 103 "), "{v11}");
+    assert!(
+        v11.contains("\r\n\r\nHTTP/1.1 200 OK\r\n") && v11.ends_with("ok"),
+        "{v11}"
+    );
+    let v10 = read_all("GET / HTTP/1.0\r\nHost: x\r\n\r\n");
+    assert!(v10.starts_with("HTTP/1.1 200 OK\r\n"), "{v10}");
+    assert!(!v10.contains("103") && v10.ends_with("ok"), "{v10}");
+}
