@@ -131,6 +131,10 @@ pub struct Limits {
     pub idle_timeout_ms: u64,
     /// Time to wait for a backend's response head.
     pub response_timeout_ms: u64,
+    /// Longest a request or response body may go without a byte moving;
+    /// then a request body gets 408 (before any response) and a response
+    /// body's client connection is closed.
+    pub body_timeout_ms: u64,
     /// Requests that have passed through more proxies than this (Via) are refused (508).
     pub max_via_hops: usize,
     /// Client connections served at once (shared out among the workers);
@@ -182,6 +186,7 @@ impl Default for Limits {
             head_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             response_timeout_ms: 30_000,
+            body_timeout_ms: 60_000,
             max_via_hops: 10,
             max_connections: 10_000,
             splice_threshold_bytes: 64 * 1024,

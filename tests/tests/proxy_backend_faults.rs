@@ -1,8 +1,9 @@
 //! Backends that break the rules or die at awkward moments, scripted byte
 //! by byte: whatever they do, no client gets another request's response, no
 //! backend connection is reused out of step, a request that may have been
-//! acted on is not sent twice, and HTTP/1.0 clients get no interim
-//! responses.
+//! acted on is not sent twice, HTTP/1.0 clients get no interim responses,
+//! and a body that stops moving (either way) ends after
+//! `limits.body_timeout_ms` while a slow one that keeps moving does not.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -12,7 +13,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sidetrack_tests::{
@@ -140,9 +141,23 @@ fn serve(
 
 /// A proxy routing `/svc/x` to the scripted backend.
 fn proxy_to(b: &Scripted) -> (TempDir, Proxy) {
+    proxy_with(b, "")
+}
+
+/// The same, with `config` as its config file.
+fn proxy_with(b: &Scripted, config: &str) -> (TempDir, Proxy) {
     let dir = TempDir::new("faults");
     dir.write("x", &format!("127.0.0.1 {}\n", b.addr.port()));
-    let proxy = Proxy::start(&["--dtab", "/svc => /#/io.l5d.fs", "--fs-dir", dir.str()]);
+    dir.write("config.yaml", config);
+    let config = dir.path().join("config.yaml");
+    let proxy = Proxy::start(&[
+        "--dtab",
+        "/svc => /#/io.l5d.fs",
+        "--fs-dir",
+        dir.str(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     (dir, proxy)
 }
 
@@ -288,4 +303,99 @@ fn interim_responses_reach_http_1_1_clients_only() {
     let v10 = read_all("GET / HTTP/1.0\r\nHost: x\r\n\r\n");
     assert!(v10.starts_with("HTTP/1.1 200 OK\r\n"), "{v10}");
     assert!(!v10.contains("103") && v10.ends_with("ok"), "{v10}");
+}
+
+const BODY_TIMEOUT: &str = "limits:\n  body_timeout_ms: 300\n";
+
+/// Sends `head` and `first` body bytes, then nothing; returns the answer
+/// and how long after the last byte it came.
+fn stall_request(p: &Proxy, head: &str, first: usize) -> (Response, Duration) {
+    let mut c = Client::connect(p.addr);
+    c.send(head.as_bytes()).unwrap();
+    c.send(&vec![b'a'; first]).unwrap();
+    let stalled = Instant::now();
+    let r = c.read_response(false).unwrap();
+    (r, stalled.elapsed())
+}
+
+#[test]
+fn a_request_body_that_stops_gets_408_copied_or_spliced() {
+    let b = Scripted::start(|_, _, _| Reply::Send(FRESH));
+    let (_dir, p) = proxy_with(&b, BODY_TIMEOUT);
+    for (length, first) in [(10, 3), (1_000_000, 70_000)] {
+        let head = format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n");
+        let (r, after) = stall_request(&p, &head, first);
+        assert_eq!(r.status, 408, "{length}: {:?} {}", r.headers, r.text());
+        assert!(
+            r.header("l5d-err").is_some_and(|e| e.contains("stalled")),
+            "{:?}",
+            r.headers
+        );
+        assert!(
+            after >= Duration::from_millis(250) && after < Duration::from_secs(3),
+            "{length}: answered {after:?} after the body stopped"
+        );
+        // Others are served meanwhile and after.
+        assert_eq!(
+            send(
+                &mut Client::connect(p.addr),
+                "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            .text(),
+            "fresh"
+        );
+    }
+    assert_eq!(
+        p.metric("sidetrack_errors_total", &[("kind", "body_timeout")]),
+        2.0
+    );
+}
+
+#[test]
+fn a_slow_body_that_keeps_moving_is_not_cut_off() {
+    let b = Scripted::start(|_, _, _| Reply::Send(FRESH));
+    let (_dir, p) = proxy_with(&b, BODY_TIMEOUT);
+    let mut c = Client::connect(p.addr);
+    c.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n")
+        .unwrap();
+    // 1.2 s in all, four times the timeout, a byte every 100 ms.
+    for _ in 0..12 {
+        thread::sleep(Duration::from_millis(100));
+        c.send(b"z").unwrap();
+    }
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.text(), "fresh", "{:?}", r.headers);
+    assert_eq!(
+        p.metric("sidetrack_errors_total", &[("kind", "body_timeout")]),
+        0.0
+    );
+}
+
+#[test]
+fn a_response_body_that_stops_closes_the_client_connection() {
+    // Announces 100 bytes, sends 10, then waits for a request that never comes.
+    let b = Scripted::start(|_, _, _| {
+        Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+    });
+    let (_dir, p) = proxy_with(&b, BODY_TIMEOUT);
+    let mut s = TcpStream::connect(p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("0123456789"),
+        "{text}"
+    );
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    assert_eq!(
+        p.metric("sidetrack_errors_total", &[("kind", "body_timeout")]),
+        1.0
+    );
 }

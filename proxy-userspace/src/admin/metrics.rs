@@ -114,6 +114,7 @@ pub enum ErrorKind {
     HeadTooLarge,
     UriTooLong,
     HeadTimeout,
+    BodyTimeout,
     Unidentified,
     BadDtab,
     Loop,
@@ -133,6 +134,7 @@ impl ErrorKind {
             ErrorKind::HeadTooLarge => "head_too_large",
             ErrorKind::UriTooLong => "uri_too_long",
             ErrorKind::HeadTimeout => "head_timeout",
+            ErrorKind::BodyTimeout => "body_timeout",
             ErrorKind::Unidentified => "unidentified",
             ErrorKind::BadDtab => "bad_dtab",
             ErrorKind::Loop => "loop",
@@ -146,11 +148,12 @@ impl ErrorKind {
         }
     }
 
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::BadRequest,
         ErrorKind::HeadTooLarge,
         ErrorKind::UriTooLong,
         ErrorKind::HeadTimeout,
+        ErrorKind::BodyTimeout,
         ErrorKind::Unidentified,
         ErrorKind::BadDtab,
         ErrorKind::Loop,

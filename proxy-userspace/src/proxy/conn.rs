@@ -744,17 +744,32 @@ impl Conn {
             MoveError::To(_) => Failure::Close(Some(ErrorKind::BackendDied)),
             MoveError::Framing(e) => Failure::from(e),
         };
-        let moved = move_body(
+        let after = self.shared.cfg.body_timeout;
+        let (deadline, dog) = (&*self.deadline, &*self.dog);
+        let progress = || deadline.extend(dog, after);
+        let moving = move_body(
             &self.client,
             backend,
             &mut self.buf,
             &mut self.copy,
             &mut self.pipe,
             body,
-            threshold,
-        )
-        .await
-        .map_err(died)?;
+            Moving {
+                splice_threshold: threshold,
+                progress: &progress,
+            },
+        );
+        let moved = match deadline.within(dog, after, false, moving).await {
+            Ok(moved) => moved.map_err(died)?,
+            // Before any response: the client hears why.
+            Err(Elapsed) => {
+                return Err(Failure::respond(
+                    408,
+                    ErrorKind::BodyTimeout,
+                    format!("the request body stalled for {after:?}"),
+                ));
+            }
+        };
         metrics.bytes_copied.inc_by(moved.copied);
         metrics.bytes_spliced.inc_by(moved.spliced);
         Ok(())
@@ -763,7 +778,20 @@ impl Conn {
     /// Relays the response body from `bbuf` and then the backend.
     /// Relays a chunked response body as its bare data.
     async fn relay_dechunked(&mut self, backend: &TcpStream) -> Result<(), Failure> {
-        match dechunk_body(backend, &self.client, &mut self.bbuf, &mut self.copy).await {
+        let after = self.shared.cfg.body_timeout;
+        let (deadline, dog) = (&*self.deadline, &*self.dog);
+        let progress = || deadline.extend(dog, after);
+        let moving = dechunk_body(
+            backend,
+            &self.client,
+            &mut self.bbuf,
+            &mut self.copy,
+            &progress,
+        );
+        let Ok(moved) = deadline.within(dog, after, false, moving).await else {
+            return Err(body_stalled(&self.peer, after));
+        };
+        match moved {
             Ok(n) => {
                 self.shared.metrics.bytes_copied.inc_by(n);
                 Ok(())
@@ -782,16 +810,24 @@ impl Conn {
         body: &BodyLength,
     ) -> Result<(), Failure> {
         let threshold = self.shared.cfg.splice_threshold;
-        let moved = move_body(
+        let after = self.shared.cfg.body_timeout;
+        let (deadline, dog) = (&*self.deadline, &*self.dog);
+        let progress = || deadline.extend(dog, after);
+        let moving = move_body(
             backend,
             &self.client,
             &mut self.bbuf,
             &mut self.copy,
             &mut self.pipe,
             body,
-            threshold,
-        )
-        .await;
+            Moving {
+                splice_threshold: threshold,
+                progress: &progress,
+            },
+        );
+        let Ok(moved) = deadline.within(dog, after, false, moving).await else {
+            return Err(body_stalled(&self.peer, after));
+        };
         match moved {
             Ok(m) => {
                 self.shared.metrics.bytes_copied.inc_by(m.copied);
@@ -832,6 +868,13 @@ fn name_authority<'a>(
         (None, Some(dst)) => Some(write_addr(scratch, dst)),
         (a, _) => a,
     }
+}
+
+/// A response body that stopped moving: the client has its head already,
+/// so all it can be told is the closed connection.
+fn body_stalled(peer: &SocketAddr, after: std::time::Duration) -> Failure {
+    tracing::warn!(%peer, "response body stalled for {after:?}; closing the client connection");
+    Failure::Close(Some(ErrorKind::BodyTimeout))
 }
 
 /// The Host field for a request that has none (an HTTP/1.0 one; HTTP/1.1
@@ -1002,17 +1045,28 @@ enum MoveError {
     Framing(HeadError),
 }
 
+/// How a body moves: spliced from `splice_threshold` bytes on, with
+/// `progress` called whenever bytes arrive (it pushes the body timeout on).
+struct Moving<'a, P> {
+    splice_threshold: u64,
+    progress: &'a P,
+}
+
 /// Moves one message body from `from` to `to`. `pending` holds bytes already
 /// read from `from`; on return it holds only what follows the body.
-async fn move_body(
+async fn move_body<P: Fn()>(
     from: &TcpStream,
     to: &TcpStream,
     pending: &mut Vec<u8>,
     copy: &mut Vec<u8>,
     pipe: &mut Option<Pipe>,
     body: &BodyLength,
-    splice_threshold: u64,
+    how: Moving<'_, P>,
 ) -> Result<Moved, MoveError> {
+    let Moving {
+        splice_threshold,
+        progress,
+    } = how;
     let mut moved = Moved::default();
     match *body {
         BodyLength::None | BodyLength::Tunnel => {}
@@ -1030,11 +1084,11 @@ async fn move_body(
                     None => pipe.insert(Pipe::new().map_err(MoveError::To)?),
                 };
                 moved.spliced += p
-                    .transfer(from, to, Some(rest))
+                    .transfer(from, to, Some(rest), progress)
                     .await
                     .map_err(MoveError::From)?;
             } else {
-                moved.copied += copy_exact(from, to, copy, rest).await?;
+                moved.copied += copy_exact(from, to, copy, rest, progress).await?;
             }
         }
         BodyLength::Chunked => {
@@ -1054,7 +1108,7 @@ async fn move_body(
                 }
                 match read_into(from, pending).await {
                     Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
-                    Ok(_) => {}
+                    Ok(_) => progress(),
                     Err(e) => return Err(MoveError::From(e)),
                 }
             }
@@ -1066,7 +1120,7 @@ async fn move_body(
             if copy.len() < COPY_CHUNK {
                 copy.resize(COPY_CHUNK, 0);
             }
-            moved.copied += copy_until_eof(from, to, copy)
+            moved.copied += copy_until_eof(from, to, copy, progress)
                 .await
                 .map_err(MoveError::From)?;
         }
@@ -1078,7 +1132,10 @@ async fn move_body(
                 Some(p) => p,
                 None => pipe.insert(Pipe::new().map_err(MoveError::To)?),
             };
-            moved.spliced += p.transfer(from, to, None).await.map_err(MoveError::From)?;
+            moved.spliced += p
+                .transfer(from, to, None, progress)
+                .await
+                .map_err(MoveError::From)?;
         }
     }
     Ok(moved)
@@ -1093,6 +1150,7 @@ async fn dechunk_body(
     to: &TcpStream,
     pending: &mut Vec<u8>,
     decoded: &mut Vec<u8>,
+    progress: &impl Fn(),
 ) -> Result<u64, MoveError> {
     let mut scanner = ChunkedScanner::new();
     let mut moved = 0;
@@ -1114,7 +1172,7 @@ async fn dechunk_body(
         }
         match read_into(from, pending).await {
             Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
-            Ok(_) => {}
+            Ok(_) => progress(),
             Err(e) => return Err(MoveError::From(e)),
         }
     }
@@ -1126,6 +1184,7 @@ async fn copy_exact(
     to: &TcpStream,
     copy: &mut Vec<u8>,
     n: u64,
+    progress: &impl Fn(),
 ) -> Result<u64, MoveError> {
     if n == 0 {
         return Ok(0);
@@ -1140,7 +1199,10 @@ async fn copy_exact(
             from.readable().await.map_err(MoveError::From)?;
             match from.try_read(&mut copy[..want]) {
                 Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
-                Ok(k) => break k,
+                Ok(k) => {
+                    progress();
+                    break k;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(MoveError::From(e)),
             }

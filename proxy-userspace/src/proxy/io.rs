@@ -37,14 +37,20 @@ pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
 }
 
 /// Copies from `from` to `to` until `from` ends, then shuts `to`'s write
-/// side. Returns the bytes copied.
-pub async fn copy_until_eof(from: &TcpStream, to: &TcpStream, buf: &mut [u8]) -> io::Result<u64> {
+/// side; calls `progress` after each read. Returns the bytes copied.
+pub async fn copy_until_eof(
+    from: &TcpStream,
+    to: &TcpStream,
+    buf: &mut [u8],
+    progress: &impl Fn(),
+) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
         from.readable().await?;
         match from.try_read(buf) {
             Ok(0) => return Ok(total),
             Ok(n) => {
+                progress();
                 write_all(to, &buf[..n]).await?;
                 total += n as u64;
             }

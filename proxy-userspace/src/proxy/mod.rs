@@ -37,6 +37,7 @@ pub struct ProxyConfig {
     pub head_timeout: Duration,
     pub idle_timeout: Duration,
     pub response_timeout: Duration,
+    pub body_timeout: Duration,
     pub max_via_hops: usize,
     pub max_connections: usize,
     /// Bodies of known length at least this big are spliced; `u64::MAX`
@@ -57,6 +58,7 @@ impl ProxyConfig {
             head_timeout: ms(s.limits.head_timeout_ms),
             idle_timeout: ms(s.limits.idle_timeout_ms),
             response_timeout: ms(s.limits.response_timeout_ms),
+            body_timeout: ms(s.limits.body_timeout_ms),
             max_via_hops: s.limits.max_via_hops,
             max_connections: s.limits.max_connections.max(1),
             splice_threshold: s.limits.splice_threshold_bytes,

@@ -58,6 +58,7 @@ impl Pipe {
         from: &TcpStream,
         to: &TcpStream,
         len: Option<u64>,
+        progress: &impl Fn(),
     ) -> io::Result<u64> {
         let mut moved = 0u64;
         loop {
@@ -79,7 +80,10 @@ impl Pipe {
                         )),
                     };
                 }
-                Ok(got) => got,
+                Ok(got) => {
+                    progress();
+                    got
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             };
@@ -146,7 +150,7 @@ mod tests {
         });
         let mut pipe = Pipe::new().unwrap();
         let n = pipe
-            .transfer(&src_r, &dst_w, Some(want.len() as u64))
+            .transfer(&src_r, &dst_w, Some(want.len() as u64), &|| {})
             .await
             .unwrap();
         assert_eq!(n, want.len() as u64);
@@ -170,7 +174,7 @@ mod tests {
         drop(src_w);
         let err = Pipe::new()
             .unwrap()
-            .transfer(&src_r, &dst_w, Some(100))
+            .transfer(&src_r, &dst_w, Some(100), &|| {})
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
@@ -184,7 +188,7 @@ mod tests {
         drop(src_w);
         let n = Pipe::new()
             .unwrap()
-            .transfer(&src_r, &dst_w, None)
+            .transfer(&src_r, &dst_w, None, &|| {})
             .await
             .unwrap();
         assert_eq!(n, 200_000);

@@ -17,12 +17,12 @@ pub async fn run(a: &TcpStream, b: &TcpStream, splice: bool) -> io::Result<(u64,
         let (mut ab, mut ba) = (Pipe::new()?, Pipe::new()?);
         tokio::join!(
             async {
-                let n = ab.transfer(a, b, None).await;
+                let n = ab.transfer(a, b, None, &|| {}).await;
                 shutdown_write(b);
                 n
             },
             async {
-                let n = ba.transfer(b, a, None).await;
+                let n = ba.transfer(b, a, None, &|| {}).await;
                 shutdown_write(a);
                 n
             }
@@ -31,12 +31,12 @@ pub async fn run(a: &TcpStream, b: &TcpStream, splice: bool) -> io::Result<(u64,
         let (mut ab, mut ba) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
         tokio::join!(
             async {
-                let n = copy_until_eof(a, b, &mut ab).await;
+                let n = copy_until_eof(a, b, &mut ab, &|| {}).await;
                 shutdown_write(b);
                 n
             },
             async {
-                let n = copy_until_eof(b, a, &mut ba).await;
+                let n = copy_until_eof(b, a, &mut ba, &|| {}).await;
                 shutdown_write(a);
                 n
             }

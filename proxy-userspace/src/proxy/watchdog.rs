@@ -50,6 +50,23 @@ const FIRED: u64 = 1 << 63;
 const AT_MASK: u64 = IDLE - 1;
 
 impl Deadline {
+    /// Moves the current wait's deadline to `after` from now: progress on
+    /// a body. A wait already fired stays fired; with no wait, nothing.
+    pub fn extend(&self, dog: &Watchdog, after: Duration) {
+        let state = self.state.load(Ordering::Relaxed);
+        let at = (dog.now_ms() + after.as_millis() as u64).min(AT_MASK);
+        if state & AT_MASK == 0 || state & FIRED != 0 || state & AT_MASK == at {
+            return;
+        }
+        // Lost only to the sweeper firing it, which stands.
+        let _ = self.state.compare_exchange(
+            state,
+            at | (state & IDLE),
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+    }
+
     /// Fires the wait `state` describes if it is due at `now`, unless that
     /// wait is over; returns whether it fired.
     fn fire_if_due(&self, state: u64, now: u64, draining: bool) -> bool {
