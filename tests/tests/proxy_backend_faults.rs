@@ -399,3 +399,29 @@ fn a_response_body_that_stops_closes_the_client_connection() {
         1.0
     );
 }
+
+#[test]
+fn a_body_sent_without_waiting_for_100_continue_reaches_a_backend_that_never_sends_it() {
+    // The backend reads the whole body before it answers, and sends no 100.
+    let b = Scripted::start(|_, _, _| Reply::Send(FRESH));
+    let (_dir, p) = proxy_to(&b);
+    let mut c = Client::connect(p.addr);
+    c.send(b"PUT /doc HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .unwrap();
+    // No 100 comes; like curl, the client sends the body after a while.
+    thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    c.send(b"hello").unwrap();
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.text(), "fresh", "{:?}", r.headers);
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    // The connection goes on serving.
+    assert_eq!(
+        send(&mut c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "fresh"
+    );
+}

@@ -487,13 +487,47 @@ impl Conn {
         let mut client_close = client_close;
         let mut relayed_interim = false;
         let resp_head_len = loop {
-            let wait =
+            // While the body waits for a 100 Continue, the client may send
+            // it anyway (it need not wait long, RFC 9110 §10.1.1): watch
+            // for that too, or a backend that waits for the body and a
+            // client that waits for an answer would wait on each other.
+            let body_held = !request_body_done;
+            let client = &self.client;
+            let head =
                 read_response_head(&mut backend, &mut self.bbuf, &mut self.resp, &cfg.limits);
-            let head_len = match self
+            let wait = async {
+                if body_held {
+                    tokio::select! {
+                        biased;
+                        head = head => Waited::Head(head),
+                        _ = client.readable() => Waited::Client,
+                    }
+                } else {
+                    Waited::Head(head.await)
+                }
+            };
+            let waited = self
                 .deadline
                 .within(&self.dog, cfg.response_timeout, false, wait)
-                .await
-            {
+                .await;
+            let head = match waited {
+                Ok(Waited::Head(head)) => Ok(head),
+                Ok(Waited::Client) => {
+                    // Readiness can be stale: only bytes mean a body.
+                    match self.client.try_read_buf(&mut self.buf) {
+                        Ok(0) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
+                        Ok(_) => {
+                            self.send_request_body(&backend, &framing.length).await?;
+                            request_body_done = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
+                    }
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
+            let head_len = match head {
                 Err(Elapsed) => {
                     dest.stats.response(504);
                     return Err(Failure::respond(
@@ -983,6 +1017,13 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, limit: usize) -> i
         buf.reserve(want - buf.len());
     }
     stream.read_buf(buf).await
+}
+
+/// What came first while a request body waited for 100 Continue.
+enum Waited<T> {
+    Head(T),
+    /// The client became readable: perhaps it sends the body anyway.
+    Client,
 }
 
 /// Why no response head could be read from a backend.
