@@ -31,6 +31,9 @@ enum Reply {
     SendBeforeBody(&'static [u8]),
     /// Reads the body, then closes without a word.
     Close,
+    /// Writes these bytes at once and closes with the body unread (the
+    /// kernel answers what comes next with a reset).
+    Refuse(&'static [u8]),
 }
 
 /// A request as the scripted backend saw it: on which of its connections
@@ -133,6 +136,10 @@ fn serve(
             }
             Reply::Close => {
                 let _ = r.read_exact(&mut body);
+                return;
+            }
+            Reply::Refuse(bytes) => {
+                let _ = out.write_all(bytes);
                 return;
             }
         }
@@ -422,6 +429,59 @@ fn a_body_sent_without_waiting_for_100_continue_reaches_a_backend_that_never_sen
     // The connection goes on serving.
     assert_eq!(
         send(&mut c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "fresh"
+    );
+}
+
+#[test]
+fn a_backend_that_stops_taking_a_body_still_gets_the_client_an_answer() {
+    // Refuses an upload at its head and closes with the body unread.
+    let b = Scripted::start(|_, _, line| {
+        if line.starts_with("POST") {
+            Reply::Refuse(
+                b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+        } else {
+            Reply::Send(FRESH)
+        }
+    });
+    let (_dir, p) = proxy_to(&b);
+    let mut s = TcpStream::connect(p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let length = 8 << 20;
+    s.write_all(
+        format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    // The body goes on from another thread until the proxy stops reading.
+    let mut w = s.try_clone().unwrap();
+    let uploader = thread::spawn(move || {
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..length / chunk.len() {
+            if w.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    uploader.join().unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    // The backend's own answer when it got through, else a 502 saying why:
+    // never a silent close.
+    assert!(
+        text.starts_with("HTTP/1.1 413 ")
+            || (text.starts_with("HTTP/1.1 502 ")
+                && text.to_ascii_lowercase().contains("l5d-err:")),
+        "{text:?}"
+    );
+    // And others are served.
+    assert_eq!(
+        send(
+            &mut Client::connect(p.addr),
+            "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .text(),
         "fresh"
     );
 }

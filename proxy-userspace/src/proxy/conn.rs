@@ -31,7 +31,7 @@ use super::{
     Shared,
     io::{copy_until_eof, read_into, write_all},
     pool,
-    splice::Pipe,
+    splice::{Broken, Pipe},
     tunnel,
     watchdog::{Deadline, Elapsed, Watchdog},
 };
@@ -478,8 +478,11 @@ impl Conn {
 
         // Request body, unless the client waits for 100 Continue first.
         let mut request_body_done = body_with_head;
+        // The backend stopped taking the body: its answer (if any) is read
+        // and relayed, and neither connection is kept.
+        let mut body_cut = false;
         if !body_with_head && (!expects_continue || !self.buf.is_empty()) {
-            self.send_request_body(&backend, &framing.length).await?;
+            body_cut = !self.send_request_body(&backend, &framing.length).await?;
             request_body_done = true;
         }
 
@@ -517,7 +520,7 @@ impl Conn {
                     match self.client.try_read_buf(&mut self.buf) {
                         Ok(0) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
                         Ok(_) => {
-                            self.send_request_body(&backend, &framing.length).await?;
+                            body_cut = !self.send_request_body(&backend, &framing.length).await?;
                             request_body_done = true;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -581,16 +584,17 @@ impl Conn {
                 self.bbuf.drain(..head_len);
                 relayed_interim = true;
                 if status == 100 && !request_body_done {
-                    self.send_request_body(&backend, &framing.length).await?;
+                    body_cut = !self.send_request_body(&backend, &framing.length).await?;
                     request_body_done = true;
                 }
                 continue;
             }
             break head_len;
         };
-        if !request_body_done {
-            // A final answer before the body was asked for: the client may or
-            // may not send it, so this connection cannot carry another request.
+        if !request_body_done || body_cut {
+            // A final answer before the body was asked for (or taken whole):
+            // the client may or may not send the rest, so this connection
+            // cannot carry another request.
             client_close = true;
         }
         let status = self.resp.status();
@@ -701,6 +705,7 @@ impl Conn {
         if !backend_close
             && !stray
             && request_body_done
+            && !body_cut
             && resp_framing.length != BodyLength::UntilClose
         {
             pool::checkin(&endpoint, backend, &cfg.pool, &self.dog);
@@ -765,19 +770,16 @@ impl Conn {
     }
 
     /// Sends the request body: first what is already in `buf`, then the rest
-    /// from the client, spliced when its length is known and large.
+    /// from the client, spliced when its length is known and large. `false`
+    /// when the backend stopped taking it (it may have answered already,
+    /// say 413, and closed): the caller reads what it said.
     async fn send_request_body(
         &mut self,
         backend: &TcpStream,
         body: &BodyLength,
-    ) -> Result<(), Failure> {
+    ) -> Result<bool, Failure> {
         let threshold = self.shared.cfg.splice_threshold;
         let metrics = self.shared.metrics.clone();
-        let died = |e: MoveError| match e {
-            MoveError::From(_) => Failure::Close(Some(ErrorKind::ClientDied)),
-            MoveError::To(_) => Failure::Close(Some(ErrorKind::BackendDied)),
-            MoveError::Framing(e) => Failure::from(e),
-        };
         let after = self.shared.cfg.body_timeout;
         let (deadline, dog) = (&*self.deadline, &*self.dog);
         let progress = || deadline.extend(dog, after);
@@ -794,7 +796,13 @@ impl Conn {
             },
         );
         let moved = match deadline.within(dog, after, false, moving).await {
-            Ok(moved) => moved.map_err(died)?,
+            Ok(Ok(moved)) => moved,
+            Ok(Err(MoveError::To(e))) => {
+                tracing::debug!(peer = %self.peer, error = %e, "backend stopped taking the request body");
+                return Ok(false);
+            }
+            Ok(Err(MoveError::From(_))) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
+            Ok(Err(MoveError::Framing(e))) => return Err(Failure::from(e)),
             // Before any response: the client hears why.
             Err(Elapsed) => {
                 return Err(Failure::respond(
@@ -806,7 +814,7 @@ impl Conn {
         };
         metrics.bytes_copied.inc_by(moved.copied);
         metrics.bytes_spliced.inc_by(moved.spliced);
-        Ok(())
+        Ok(true)
     }
 
     /// Relays the response body from `bbuf` and then the backend.
@@ -1093,6 +1101,15 @@ struct Moving<'a, P> {
     progress: &'a P,
 }
 
+impl From<Broken> for MoveError {
+    fn from(b: Broken) -> MoveError {
+        match b {
+            Broken::From(e) => MoveError::From(e),
+            Broken::To(e) => MoveError::To(e),
+        }
+    }
+}
+
 /// Moves one message body from `from` to `to`. `pending` holds bytes already
 /// read from `from`; on return it holds only what follows the body.
 async fn move_body<P: Fn()>(
@@ -1127,7 +1144,7 @@ async fn move_body<P: Fn()>(
                 moved.spliced += p
                     .transfer(from, to, Some(rest), progress)
                     .await
-                    .map_err(MoveError::From)?;
+                    .map_err(MoveError::from)?;
             } else {
                 moved.copied += copy_exact(from, to, copy, rest, progress).await?;
             }
@@ -1176,7 +1193,7 @@ async fn move_body<P: Fn()>(
             moved.spliced += p
                 .transfer(from, to, None, progress)
                 .await
-                .map_err(MoveError::From)?;
+                .map_err(MoveError::from)?;
         }
     }
     Ok(moved)

@@ -23,6 +23,21 @@ pub struct Pipe {
     capacity: usize,
 }
 
+/// Which end of a transfer failed: reading `from` or writing `to`.
+#[derive(Debug)]
+pub enum Broken {
+    From(io::Error),
+    To(io::Error),
+}
+
+impl From<Broken> for io::Error {
+    fn from(b: Broken) -> io::Error {
+        match b {
+            Broken::From(e) | Broken::To(e) => e,
+        }
+    }
+}
+
 impl Pipe {
     pub fn new() -> io::Result<Pipe> {
         let mut fds = [0; 2];
@@ -59,7 +74,7 @@ impl Pipe {
         to: &TcpStream,
         len: Option<u64>,
         progress: &impl Fn(),
-    ) -> io::Result<u64> {
+    ) -> Result<u64, Broken> {
         let mut moved = 0u64;
         loop {
             let want = match len {
@@ -67,17 +82,17 @@ impl Pipe {
                 Some(n) => (n - moved).min(self.capacity as u64) as usize,
                 None => self.capacity,
             };
-            from.readable().await?;
+            from.readable().await.map_err(Broken::From)?;
             let got = match from.try_io(Interest::READABLE, || {
                 splice(from.as_raw_fd(), self.write.as_raw_fd(), want)
             }) {
                 Ok(0) => {
                     return match len {
                         None => Ok(moved),
-                        Some(n) => Err(io::Error::new(
+                        Some(n) => Err(Broken::From(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             format!("peer closed with {} of {n} bytes to go", n - moved),
-                        )),
+                        ))),
                     };
                 }
                 Ok(got) => {
@@ -85,18 +100,18 @@ impl Pipe {
                     got
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(Broken::From(e)),
             };
             let mut left = got;
             while left > 0 {
-                to.writable().await?;
+                to.writable().await.map_err(Broken::To)?;
                 match to.try_io(Interest::WRITABLE, || {
                     splice(self.read.as_raw_fd(), to.as_raw_fd(), left)
                 }) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(0) => return Err(Broken::To(io::ErrorKind::WriteZero.into())),
                     Ok(n) => left -= n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(Broken::To(e)),
                 }
             }
             moved += got as u64;
@@ -177,7 +192,10 @@ mod tests {
             .transfer(&src_r, &dst_w, Some(100), &|| {})
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(
+            matches!(&err, Broken::From(e) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]

@@ -17,12 +17,18 @@ pub async fn run(a: &TcpStream, b: &TcpStream, splice: bool) -> io::Result<(u64,
         let (mut ab, mut ba) = (Pipe::new()?, Pipe::new()?);
         tokio::join!(
             async {
-                let n = ab.transfer(a, b, None, &|| {}).await;
+                let n = ab
+                    .transfer(a, b, None, &|| {})
+                    .await
+                    .map_err(io::Error::from);
                 shutdown_write(b);
                 n
             },
             async {
-                let n = ba.transfer(b, a, None, &|| {}).await;
+                let n = ba
+                    .transfer(b, a, None, &|| {})
+                    .await
+                    .map_err(io::Error::from);
                 shutdown_write(a);
                 n
             }
