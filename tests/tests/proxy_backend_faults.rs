@@ -239,8 +239,10 @@ fn answer_once_then_close(conn: usize, nth: usize, _: &str) -> Reply {
     }
 }
 
-#[test]
-fn a_post_is_not_sent_twice_when_a_pooled_connection_closes_under_it() {
+/// One GET answered (so that its connection is pooled), then `request` on a
+/// new client connection, which the proxy sends down the pooled one, where
+/// the backend reads it and closes.
+fn after_a_pooled_answer(request: &str) -> (Scripted, Response) {
     let b = Scripted::start(answer_once_then_close);
     let (_dir, p) = proxy_to(&b);
     let mut c = Client::connect(p.addr);
@@ -248,10 +250,14 @@ fn a_post_is_not_sent_twice_when_a_pooled_connection_closes_under_it() {
         send(&mut c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
         "first"
     );
-    let r = send(
-        &mut Client::connect(p.addr),
-        "POST /pay HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
-    );
+    let r = send(&mut Client::connect(p.addr), request);
+    (b, r)
+}
+
+#[test]
+fn a_post_is_not_sent_twice_when_a_pooled_connection_closes_under_it() {
+    let (b, r) =
+        after_a_pooled_answer("POST /pay HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx");
     assert_eq!(r.status, 502, "{:?} {}", r.headers, r.text());
     assert!(r.header("l5d-err").is_some(), "{:?}", r.headers);
     let posts = b
@@ -264,17 +270,7 @@ fn a_post_is_not_sent_twice_when_a_pooled_connection_closes_under_it() {
 
 #[test]
 fn a_get_is_sent_again_when_a_pooled_connection_closes_under_it() {
-    let b = Scripted::start(answer_once_then_close);
-    let (_dir, p) = proxy_to(&b);
-    let mut c = Client::connect(p.addr);
-    assert_eq!(
-        send(&mut c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
-        "first"
-    );
-    let r = send(
-        &mut Client::connect(p.addr),
-        "GET /again HTTP/1.1\r\nHost: x\r\n\r\n",
-    );
+    let (b, r) = after_a_pooled_answer("GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.text(), "fresh");
     let seen = b.seen();
     let again: Vec<usize> = seen

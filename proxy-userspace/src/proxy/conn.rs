@@ -817,7 +817,6 @@ impl Conn {
         Ok(true)
     }
 
-    /// Relays the response body from `bbuf` and then the backend.
     /// Relays a chunked response body as its bare data.
     async fn relay_dechunked(&mut self, backend: &TcpStream) -> Result<(), Failure> {
         let after = self.shared.cfg.body_timeout;
@@ -846,6 +845,7 @@ impl Conn {
         }
     }
 
+    /// Relays the response body from `bbuf` and then the backend.
     async fn relay_response_body(
         &mut self,
         backend: &TcpStream,
