@@ -310,6 +310,10 @@ fn interim_responses_reach_http_1_1_clients_only() {
 
 const BODY_TIMEOUT: &str = "limits:\n  body_timeout_ms: 300\n";
 
+fn body_timeouts(p: &Proxy) -> f64 {
+    p.metric("sidetrack_errors_total", &[("kind", "body_timeout")])
+}
+
 /// Sends `head` and `first` body bytes, then nothing; returns the answer
 /// and how long after the last byte it came.
 fn stall_request(p: &Proxy, head: &str, first: usize) -> (Response, Duration) {
@@ -348,10 +352,7 @@ fn a_request_body_that_stops_gets_408_copied_or_spliced() {
             "fresh"
         );
     }
-    assert_eq!(
-        p.metric("sidetrack_errors_total", &[("kind", "body_timeout")]),
-        2.0
-    );
+    assert_eq!(body_timeouts(&p), 2.0);
 }
 
 #[test]
@@ -368,10 +369,7 @@ fn a_slow_body_that_keeps_moving_is_not_cut_off() {
     }
     let r = c.read_response(false).unwrap();
     assert_eq!(r.text(), "fresh", "{:?}", r.headers);
-    assert_eq!(
-        p.metric("sidetrack_errors_total", &[("kind", "body_timeout")]),
-        0.0
-    );
+    assert_eq!(body_timeouts(&p), 0.0);
 }
 
 #[test]
@@ -397,10 +395,7 @@ fn a_response_body_that_stops_closes_the_client_connection() {
         took >= Duration::from_millis(250) && took < Duration::from_secs(3),
         "closed after {took:?}"
     );
-    assert_eq!(
-        p.metric("sidetrack_errors_total", &[("kind", "body_timeout")]),
-        1.0
-    );
+    assert_eq!(body_timeouts(&p), 1.0);
 }
 
 #[test]
