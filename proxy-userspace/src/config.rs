@@ -135,6 +135,11 @@ pub struct Limits {
     /// then a request body gets 408 (before any response) and a response
     /// body's client connection is closed.
     pub body_timeout_ms: u64,
+    /// After an error response that closes the connection, how long the
+    /// proxy goes on reading (and dropping) what the client still sends,
+    /// so that closing does not reset the connection under the response
+    /// (RFC 9112 §9.6).
+    pub linger_ms: u64,
     /// Requests that have passed through more proxies than this (Via) are refused (508).
     pub max_via_hops: usize,
     /// Client connections served at once (shared out among the workers);
@@ -187,6 +192,7 @@ impl Default for Limits {
             idle_timeout_ms: 60_000,
             response_timeout_ms: 30_000,
             body_timeout_ms: 60_000,
+            linger_ms: 2_000,
             max_via_hops: 10,
             max_connections: 10_000,
             splice_threshold_bytes: 64 * 1024,

@@ -161,6 +161,34 @@ fn a_slow_client_gets_408_and_does_not_hold_up_others() {
 }
 
 #[test]
+fn an_error_that_ends_the_connection_is_not_reset_under_the_client() {
+    let b = bed(&[]);
+    let mut s = TcpStream::connect(b.proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Refused at its head (a bad l5d-dtab) while its body is on the way:
+    // the body cannot be skipped, so the proxy answers and ends the
+    // connection.
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: web\r\nl5d-dtab: /a =>\r\nContent-Length: 1000000\r\n\r\n",
+    )
+    .unwrap();
+    s.write_all(&[b'x'; 10_000]).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(text.to_ascii_lowercase().contains("l5d-err:"), "{text}");
+    // A client still uploading is not reset meanwhile: the proxy goes on
+    // reading (and dropping) what comes, so its close finds nothing unread
+    // (a reset can destroy a response the client has not read yet).
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(50));
+        s.write_all(&[b'x'; 10_000])
+            .expect("the proxy reset the connection after its answer");
+    }
+}
+
+#[test]
 fn a_backend_dying_mid_chunked_body_for_an_http_1_0_client_is_counted() {
     let b = bed(&[]);
     let mut c = Client::connect(b.proxy.addr);

@@ -235,6 +235,37 @@ impl Conn {
         }
     }
 
+    /// After an error response and our FIN: reads and drops what the
+    /// client still sends (the rest of a body, say) until it closes too or
+    /// `linger` passes. Closing a socket with unread bytes resets the
+    /// connection, and a reset can destroy the response before the client
+    /// reads it (RFC 9112 §9.6). Idle-marked: a draining proxy stops at once.
+    async fn linger(&mut self) {
+        let after = self.shared.cfg.linger;
+        if after.is_zero() {
+            return;
+        }
+        let client = &self.client;
+        let scratch = &mut self.copy;
+        if scratch.len() < COPY_CHUNK {
+            scratch.resize(COPY_CHUNK, 0);
+        }
+        let drain = async {
+            loop {
+                if client.readable().await.is_err() {
+                    return;
+                }
+                match client.try_read(scratch) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = self.deadline.within(&self.dog, after, true, drain).await;
+    }
+
     /// Answers or counts a failure. Errors the proxy answers carry `l5d-err`.
     async fn fail(&mut self, f: Failure) {
         match f {
@@ -251,6 +282,7 @@ impl Conn {
                 let _ = self.client.write_all(&self.out).await;
                 if close {
                     let _ = self.client.shutdown().await;
+                    self.linger().await;
                 }
             }
             Failure::Close(kind) => {
@@ -712,6 +744,10 @@ impl Conn {
         }
         if close_after {
             let _ = self.client.shutdown().await;
+            if body_cut || !request_body_done {
+                // The client may still be sending the body nobody took.
+                self.linger().await;
+            }
             return Ok(Next::Close);
         }
         Ok(Next::KeepAlive)

@@ -38,6 +38,7 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     pub response_timeout: Duration,
     pub body_timeout: Duration,
+    pub linger: Duration,
     pub max_via_hops: usize,
     pub max_connections: usize,
     /// Bodies of known length at least this big are spliced; `u64::MAX`
@@ -59,6 +60,7 @@ impl ProxyConfig {
             idle_timeout: ms(s.limits.idle_timeout_ms),
             response_timeout: ms(s.limits.response_timeout_ms),
             body_timeout: ms(s.limits.body_timeout_ms),
+            linger: ms(s.limits.linger_ms),
             max_via_hops: s.limits.max_via_hops,
             max_connections: s.limits.max_connections.max(1),
             splice_threshold: s.limits.splice_threshold_bytes,
