@@ -140,6 +140,10 @@ pub struct Limits {
     /// so that closing does not reset the connection under the response
     /// (RFC 9112 §9.6).
     pub linger_ms: u64,
+    /// A byte tunnel (after a 101 or a 2xx to CONNECT, or an intercepted
+    /// connection that is not HTTP) in which nothing moves either way for
+    /// this long is closed; 0: never.
+    pub tunnel_idle_timeout_ms: u64,
     /// Requests that have passed through more proxies than this (Via) are refused (508).
     pub max_via_hops: usize,
     /// Client connections served at once (shared out among the workers);
@@ -193,6 +197,7 @@ impl Default for Limits {
             response_timeout_ms: 30_000,
             body_timeout_ms: 60_000,
             linger_ms: 2_000,
+            tunnel_idle_timeout_ms: 3_600_000,
             max_via_hops: 10,
             max_connections: 10_000,
             splice_threshold_bytes: 64 * 1024,

@@ -118,6 +118,11 @@ impl Client {
         Ok(r)
     }
 
+    /// Exactly `buf.len()` bytes (after a response head: a tunnel's).
+    pub fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.reader.read_exact(buf)
+    }
+
     /// Whatever the server sends until it closes.
     pub fn read_to_end(&mut self) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();

@@ -282,10 +282,10 @@ fn a_get_is_sent_again_when_a_pooled_connection_closes_under_it() {
 }
 
 #[test]
-fn interim_responses_reach_http_1_1_clients_only() {
+fn interim_responses_reach_http_1_1_clients_only_without_hop_by_hop_fields() {
     let b = Scripted::start(|_, _, _| {
         Reply::Send(
-            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         )
     });
     let (_dir, p) = proxy_to(&b);
@@ -298,7 +298,11 @@ fn interim_responses_reach_http_1_1_clients_only() {
         text
     };
     let v11 = read_all("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert!(v11.starts_with("HTTP/1.1 103 "), "{v11}");
+    // The hint goes on without what belonged to the hop it came over.
+    assert!(
+        v11.starts_with("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"),
+        "{v11}"
+    );
     assert!(
         v11.contains("\r\n\r\nHTTP/1.1 200 OK\r\n") && v11.ends_with("ok"),
         "{v11}"
@@ -475,4 +479,25 @@ fn a_backend_that_stops_taking_a_body_still_gets_the_client_an_answer() {
         .text(),
         "fresh"
     );
+}
+
+#[test]
+fn a_repeated_content_length_reaches_the_client_as_one_value() {
+    // Valid as received (RFC 9110 §8.6) but not to be forwarded so.
+    let b = Scripted::start(|_, _, _| {
+        Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nok")
+    });
+    let (_dir, p) = proxy_to(&b);
+    let mut s = TcpStream::connect(p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    let lengths: Vec<&str> = text
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("content-length:"))
+        .collect();
+    assert_eq!(lengths, ["Content-Length: 2"], "{text}");
 }

@@ -1,7 +1,10 @@
 //! HTTP/1.1 through the proxy: keep-alive, pipelining, bodies of every
 //! framing byte-exact, splice, 100-continue, upgrade tunnels.
 
-use std::io::{Read, Write};
+use std::{
+    io::{Read, Write},
+    time::{Duration, Instant},
+};
 
 use sidetrack_tests::{Fnv64, TempDir, backend::Backend, client::Client, pattern, proxy::Proxy};
 
@@ -257,6 +260,49 @@ fn an_upgrade_becomes_a_byte_tunnel() {
     assert_eq!(r.status, 101);
     assert_eq!(r.header("upgrade"), Some("echo"));
     assert_echoes(&mut c, 300_000);
+}
+
+#[test]
+fn a_tunnel_is_closed_after_nothing_moves_for_the_idle_timeout() {
+    let web = Backend::start("web");
+    let dir = TempDir::new("tunnel-idle");
+    dir.write("web", &web.fs_line());
+    dir.write("config.yaml", "limits:\n  tunnel_idle_timeout_ms: 300\n");
+    let config = dir.path().join("config.yaml");
+    let proxy = Proxy::start(&[
+        "--dtab",
+        "/svc => /#/io.l5d.fs",
+        "--fs-dir",
+        dir.str(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let idled = || proxy.metric("sidetrack_errors_total", &[("kind", "tunnel_idle")]);
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    assert_eq!(c.read_response(true).unwrap().status, 101);
+    // A byte each way every 100 ms for 1.2 s, four times the timeout:
+    // the tunnel stays.
+    for i in 0..12u8 {
+        std::thread::sleep(Duration::from_millis(100));
+        c.send(&[b'a' + i]).unwrap();
+        let mut echo = [0u8];
+        c.read_exact(&mut echo).unwrap();
+        assert_eq!(echo[0], b'a' + i);
+    }
+    assert_eq!(idled(), 0.0);
+    // Then nothing: the proxy closes it (within the sweeper's tick).
+    let quiet = Instant::now();
+    assert_eq!(c.read_to_end().unwrap(), b"");
+    let took = quiet.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "closed {took:?} after the last byte"
+    );
+    assert_eq!(idled(), 1.0);
+    // The proxy goes on serving.
+    assert_eq!(Client::connect(proxy.addr).get("web", "/", &[]).status, 200);
 }
 
 #[test]

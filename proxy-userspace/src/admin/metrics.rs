@@ -115,6 +115,7 @@ pub enum ErrorKind {
     UriTooLong,
     HeadTimeout,
     BodyTimeout,
+    TunnelIdle,
     Unidentified,
     BadDtab,
     Loop,
@@ -135,6 +136,7 @@ impl ErrorKind {
             ErrorKind::UriTooLong => "uri_too_long",
             ErrorKind::HeadTimeout => "head_timeout",
             ErrorKind::BodyTimeout => "body_timeout",
+            ErrorKind::TunnelIdle => "tunnel_idle",
             ErrorKind::Unidentified => "unidentified",
             ErrorKind::BadDtab => "bad_dtab",
             ErrorKind::Loop => "loop",
@@ -148,12 +150,13 @@ impl ErrorKind {
         }
     }
 
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::BadRequest,
         ErrorKind::HeadTooLarge,
         ErrorKind::UriTooLong,
         ErrorKind::HeadTimeout,
         ErrorKind::BodyTimeout,
+        ErrorKind::TunnelIdle,
         ErrorKind::Unidentified,
         ErrorKind::BadDtab,
         ErrorKind::Loop,

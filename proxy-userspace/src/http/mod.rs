@@ -43,7 +43,7 @@ pub use framing::{
 };
 pub use head::{FieldName, Known, Parsed, RequestHead, ResponseHead, TargetForm};
 pub use rewrite::{
-    is_hop_by_hop, via_hops, write_request, write_response, write_response_dechunked,
+    is_hop_by_hop, via_hops, write_interim, write_request, write_response, write_response_dechunked,
 };
 
 /// Bounds on what a peer may make the proxy hold or scan.

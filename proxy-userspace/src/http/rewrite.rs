@@ -123,6 +123,13 @@ pub fn write_response(
     write_response_as(out, head, buf, Framing::of(body), upgrade, close, extra);
 }
 
+/// Appends an interim (1xx) response head: the status line and the
+/// forwarded fields, minus hop-by-hop ones and any framing field (an
+/// interim response has no body).
+pub fn write_interim(out: &mut Vec<u8>, head: &ResponseHead, buf: &[u8]) {
+    write_response_as(out, head, buf, Framing::Neither, false, false, &[]);
+}
+
 /// [`write_response`] for a chunked response the proxy decodes on the way
 /// (to an HTTP/1.0 client, which knows no chunked coding): without
 /// Transfer-Encoding or Content-Length, with `Connection: close`, since
@@ -222,10 +229,20 @@ fn write_fields(
         && connection_values().any(|v| {
             super::list_elements(v).any(|o| !is_hop_by_hop(o) && !o.eq_ignore_ascii_case(b"close"))
         });
+    let mut length_sent = false;
     for (name, value) in fields {
         let name = name.of(buf);
+        let mut value = value.of(buf);
         let keep = match classify(name) {
-            Field::ContentLength => framing == Framing::Length,
+            // One line with one value: a length repeated (`10, 10`, or on
+            // two lines) is valid only as received, and must not be
+            // forwarded so (RFC 9110 §8.6).
+            Field::ContentLength if framing == Framing::Length && !length_sent => {
+                length_sent = true;
+                value = single_length(value);
+                true
+            }
+            Field::ContentLength => false,
             Field::TransferEncoding => framing == Framing::Coding,
             Field::Host => !skip_host,
             Field::Upgrade => upgrade,
@@ -233,8 +250,23 @@ fn write_fields(
             Field::Other => !(names_fields && contains_token(connection_values(), name)),
         };
         if keep && !drop(name) {
-            push_field(out, name, value.of(buf));
+            push_field(out, name, value);
         }
+    }
+}
+
+/// A Content-Length value that lists one number more than once, as that
+/// number once; any other value as it is.
+fn single_length(value: &[u8]) -> &[u8] {
+    if !value.contains(&b',') {
+        return value;
+    }
+    let mut elements = value.split(|&b| b == b',').map(super::trim_ows);
+    let first = elements.next().unwrap_or_default();
+    if elements.all(|e| e == first) {
+        first
+    } else {
+        value
     }
 }
 
@@ -381,6 +413,48 @@ mod tests {
                 "GET /p?q HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nl5d-dtab: /svc=>/x\r\nL5D-DTAB: /y=>/z\r\nDtab-Local: /a=>/b\r\nX-Empty:\r\n\r\n"
             ),
             "GET /p?q HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nDtab-Local: /a=>/b\r\nX-Empty: \r\nl5d-dst-service: /svc/a\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_repeated_content_length_goes_on_as_one_value() {
+        for (fields, sent) in [
+            ("Content-Length: 5, 5\r\n", "Content-Length: 5\r\n"),
+            ("content-length: 5 ,5,  5\r\n", "content-length: 5\r\n"),
+            (
+                "Content-Length: 5\r\nX-A: 1\r\nContent-Length: 5\r\n",
+                "Content-Length: 5\r\nX-A: 1\r\n",
+            ),
+            ("Content-Length: 5\r\n", "Content-Length: 5\r\n"),
+        ] {
+            assert_eq!(
+                rewrite_request(&format!("POST / HTTP/1.1\r\nHost: a\r\n{fields}\r\n")),
+                format!("POST / HTTP/1.1\r\nHost: a\r\n{sent}l5d-dst-service: /svc/a\r\n\r\n"),
+                "{fields:?}"
+            );
+            assert_eq!(
+                rewrite_response(
+                    RequestKind::default(),
+                    &format!("HTTP/1.1 200 OK\r\n{fields}\r\n"),
+                    false
+                ),
+                format!("HTTP/1.1 200 OK\r\n{sent}\r\n"),
+                "{fields:?}"
+            );
+        }
+        // The answer to a HEAD describes a body it does not carry: one line
+        // there too.
+        let head = RequestKind {
+            head: true,
+            ..RequestKind::default()
+        };
+        assert_eq!(
+            rewrite_response(
+                head,
+                "HTTP/1.1 200 OK\r\nContent-Length: 9, 9\r\n\r\n",
+                false
+            ),
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"
         );
     }
 

@@ -223,14 +223,39 @@ impl Conn {
         if write_all(&backend, &self.buf).await.is_err() {
             return;
         }
+        self.tunnel(&backend, self.buf.len() as u64).await;
+    }
+
+    /// Runs the byte tunnel between the client and `backend` until both
+    /// directions end, or nothing moves either way for `tunnel_idle`, and
+    /// counts the bytes moved (with `sent_first`, those written before)
+    /// when it ends cleanly.
+    async fn tunnel(&self, backend: &TcpStream, sent_first: u64) {
+        let cfg = &self.shared.cfg;
+        let metrics = &self.shared.metrics;
         let splice = cfg.splice_threshold != u64::MAX;
-        if let Ok((up, down)) = tunnel::run(&self.client, &backend, splice).await {
-            let moved = &self.shared.metrics;
-            let n = up + down + self.buf.len() as u64;
+        let after = cfg.tunnel_idle;
+        let moved = if after.is_zero() {
+            tunnel::run(&self.client, backend, splice, &|| {}).await
+        } else {
+            let (deadline, dog) = (&*self.deadline, &*self.dog);
+            let progress = || deadline.extend(dog, after);
+            let moving = tunnel::run(&self.client, backend, splice, &progress);
+            match deadline.within(dog, after, false, moving).await {
+                Ok(moved) => moved,
+                Err(Elapsed) => {
+                    metrics.error(ErrorKind::TunnelIdle);
+                    tracing::debug!(peer = %self.peer, idle = ?after, "tunnel idle: closed");
+                    return;
+                }
+            }
+        };
+        if let Ok((up, down)) = moved {
+            let n = up + down + sent_first;
             if splice {
-                moved.bytes_spliced.inc_by(n)
+                metrics.bytes_spliced.inc_by(n)
             } else {
-                moved.bytes_copied.inc_by(n)
+                metrics.bytes_copied.inc_by(n)
             };
         }
     }
@@ -604,12 +629,15 @@ impl Conn {
             };
             let status = self.resp.status();
             if (100..200).contains(&status) && status != 101 {
-                // Relay interim responses as they are, except to an HTTP/1.0
-                // client, which cannot tell them from the final one (RFC
-                // 9110 §15.2).
+                // Relay interim responses (hop-by-hop fields dropped), except
+                // to an HTTP/1.0 client, which cannot tell them from the
+                // final one (RFC 9110 §15.2). `out` is free: a request that
+                // had an answer is not sent again.
                 if client_minor > 0 {
+                    self.out.clear();
+                    http::write_interim(&mut self.out, &self.resp, &self.bbuf);
                     self.client
-                        .write_all(&self.bbuf[..head_len])
+                        .write_all(&self.out)
                         .await
                         .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
                 }
@@ -703,10 +731,8 @@ impl Conn {
             }
             dest.stats.latency.observe(started.elapsed());
             drop(in_flight);
-            let splice = cfg.splice_threshold != u64::MAX;
-            if let Ok((up, down)) = tunnel::run(&self.client, &backend, splice).await {
-                self.shared.metrics.bytes_spliced.inc_by(up + down);
-            }
+            let sent_first = (self.bbuf.len() + self.buf.len()) as u64;
+            self.tunnel(&backend, sent_first).await;
             return Ok(Next::Close);
         }
 

@@ -39,6 +39,8 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     pub body_timeout: Duration,
     pub linger: Duration,
+    /// Zero: tunnels never idle out.
+    pub tunnel_idle: Duration,
     pub max_via_hops: usize,
     pub max_connections: usize,
     /// Bodies of known length at least this big are spliced; `u64::MAX`
@@ -61,6 +63,7 @@ impl ProxyConfig {
             response_timeout: ms(s.limits.response_timeout_ms),
             body_timeout: ms(s.limits.body_timeout_ms),
             linger: ms(s.limits.linger_ms),
+            tunnel_idle: ms(s.limits.tunnel_idle_timeout_ms),
             max_via_hops: s.limits.max_via_hops,
             max_connections: s.limits.max_connections.max(1),
             splice_threshold: s.limits.splice_threshold_bytes,

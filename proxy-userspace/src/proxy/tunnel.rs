@@ -11,14 +11,20 @@ use super::{io::copy_until_eof, splice::Pipe};
 
 /// Moves `a` to `b` and `b` to `a` at once until both directions end; when
 /// one direction ends, the write side of its destination is shut down so
-/// the peer sees the end too. Returns the bytes moved each way.
-pub async fn run(a: &TcpStream, b: &TcpStream, splice: bool) -> io::Result<(u64, u64)> {
+/// the peer sees the end too. `progress` runs whenever bytes move (either
+/// way). Returns the bytes moved each way.
+pub async fn run(
+    a: &TcpStream,
+    b: &TcpStream,
+    splice: bool,
+    progress: &impl Fn(),
+) -> io::Result<(u64, u64)> {
     let (x, y) = if splice {
         let (mut ab, mut ba) = (Pipe::new()?, Pipe::new()?);
         tokio::join!(
             async {
                 let n = ab
-                    .transfer(a, b, None, &|| {})
+                    .transfer(a, b, None, progress)
                     .await
                     .map_err(io::Error::from);
                 shutdown_write(b);
@@ -26,7 +32,7 @@ pub async fn run(a: &TcpStream, b: &TcpStream, splice: bool) -> io::Result<(u64,
             },
             async {
                 let n = ba
-                    .transfer(b, a, None, &|| {})
+                    .transfer(b, a, None, progress)
                     .await
                     .map_err(io::Error::from);
                 shutdown_write(a);
@@ -37,12 +43,12 @@ pub async fn run(a: &TcpStream, b: &TcpStream, splice: bool) -> io::Result<(u64,
         let (mut ab, mut ba) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
         tokio::join!(
             async {
-                let n = copy_until_eof(a, b, &mut ab, &|| {}).await;
+                let n = copy_until_eof(a, b, &mut ab, progress).await;
                 shutdown_write(b);
                 n
             },
             async {
-                let n = copy_until_eof(b, a, &mut ba, &|| {}).await;
+                let n = copy_until_eof(b, a, &mut ba, progress).await;
                 shutdown_write(a);
                 n
             }
