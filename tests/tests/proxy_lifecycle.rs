@@ -1,7 +1,11 @@
 //! The proxy as a process: metrics after a known sequence of requests, the
 //! admin endpoints, and graceful shutdown on SIGTERM.
 
-use std::{thread, time::Duration};
+use std::{
+    io::{Read, Write},
+    thread,
+    time::{Duration, Instant},
+};
 
 use sidetrack_tests::{
     TempDir,
@@ -258,4 +262,51 @@ fn several_workers_share_the_port_and_drain_together() {
     assert_eq!(proxy.metric("sidetrack_connections_total", &[]), 30.0);
     proxy.terminate();
     assert!(proxy.child.wait().unwrap().success());
+}
+
+#[test]
+fn a_lingering_connection_does_not_hold_up_the_shutdown() {
+    let dir = TempDir::new("linger-drain");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    let cfg = dir.path().join("sidetrack.yaml");
+    std::fs::write(
+        &cfg,
+        "limits:\n  linger_ms: 60000\nshutdown_grace_ms: 30000\n",
+    )
+    .unwrap();
+    let mut proxy = Proxy::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--dtab",
+        "/svc => /#/io.l5d.fs",
+        "--fs-dir",
+        dir.str(),
+    ]);
+    // Refused while its body is on the way: the proxy answers, shuts its
+    // side and lingers, reading what the client still sends.
+    let mut s = std::net::TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: web\r\nl5d-dtab: /a =>\r\nContent-Length: 1000000\r\n\r\n",
+    )
+    .unwrap();
+    s.write_all(&[b'x'; 10_000]).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 400 "));
+    thread::sleep(Duration::from_millis(100));
+    s.write_all(&[b'x'; 10_000])
+        .expect("still lingering: the proxy reads what comes");
+    // A lingering connection is idle to the drain: the proxy exits without
+    // waiting out the linger or the grace period.
+    proxy.terminate();
+    let asked = Instant::now();
+    let status = proxy.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "exited {:?} after SIGTERM",
+        asked.elapsed()
+    );
 }
