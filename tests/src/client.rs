@@ -147,3 +147,31 @@ impl Client {
 pub fn get(addr: SocketAddr, host: &str, path: &str, headers: &[&str]) -> Response {
     Client::connect(addr).get(host, path, headers)
 }
+
+/// Sends `request` on a new connection and reads until the proxy closes it:
+/// everything that came back, as text.
+pub fn until_close(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// Starts an upload the proxy refuses at its head (a bad `l5d-dtab`) while
+/// its body (a megabyte announced, 10 kB sent) is on the way, and reads the
+/// answer, up to the proxy's close of its side. Returns the connection,
+/// still open for writing, and the answer.
+pub fn refused_upload(addr: SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: web\r\nl5d-dtab: /a =>\r\nContent-Length: 1000000\r\n\r\n",
+    )
+    .unwrap();
+    s.write_all(&[b'x'; 10_000]).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    (s, String::from_utf8_lossy(&answer).into_owned())
+}

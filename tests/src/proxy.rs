@@ -11,6 +11,8 @@ use std::{
     time::Duration,
 };
 
+use crate::TempDir;
+
 pub struct Proxy {
     pub child: Child,
     pub addr: SocketAddr,
@@ -44,6 +46,24 @@ impl Proxy {
         cmd.args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(args);
         Self::spawn(cmd)
+    }
+
+    /// Routes `/svc/<name>` to the backends in `dir`'s file `<name>` (the
+    /// file namer) under the settings `config` (YAML, written to
+    /// `dir/config.yaml`), with more `args`.
+    pub fn with_fs_namer(dir: &TempDir, config: &str, args: &[&str]) -> Proxy {
+        dir.write("config.yaml", config);
+        let config = dir.path().join("config.yaml");
+        let mut all = vec![
+            "--dtab",
+            "/svc => /#/io.l5d.fs",
+            "--fs-dir",
+            dir.str(),
+            "--config",
+            config.to_str().expect("a UTF-8 path"),
+        ];
+        all.extend_from_slice(args);
+        Self::start(&all)
     }
 
     /// Starts `cmd` (a `sidetrack run`) and waits for its listening line.

@@ -18,7 +18,7 @@ use std::{
 
 use sidetrack_tests::{
     TempDir,
-    client::{Client, Response},
+    client::{self, Client, Response},
     proxy::Proxy,
 };
 
@@ -155,16 +155,7 @@ fn proxy_to(b: &Scripted) -> (TempDir, Proxy) {
 fn proxy_with(b: &Scripted, config: &str) -> (TempDir, Proxy) {
     let dir = TempDir::new("faults");
     dir.write("x", &format!("127.0.0.1 {}\n", b.addr.port()));
-    dir.write("config.yaml", config);
-    let config = dir.path().join("config.yaml");
-    let proxy = Proxy::start(&[
-        "--dtab",
-        "/svc => /#/io.l5d.fs",
-        "--fs-dir",
-        dir.str(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let proxy = Proxy::with_fs_namer(&dir, config, &[]);
     (dir, proxy)
 }
 
@@ -289,14 +280,7 @@ fn interim_responses_reach_http_1_1_clients_only_without_hop_by_hop_fields() {
         )
     });
     let (_dir, p) = proxy_to(&b);
-    let read_all = |request: &str| {
-        let mut s = TcpStream::connect(p.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(request.as_bytes()).unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
-    };
+    let read_all = |request: &str| client::until_close(p.addr, request);
     let v11 = read_all("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     // The hint goes on without what belonged to the hop it came over.
     assert!(
@@ -488,12 +472,10 @@ fn a_repeated_content_length_reaches_the_client_as_one_value() {
         Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nok")
     });
     let (_dir, p) = proxy_to(&b);
-    let mut s = TcpStream::connect(p.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    let text = client::until_close(
+        p.addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(text.ends_with("\r\n\r\nok"), "{text}");
     let lengths: Vec<&str> = text
         .lines()

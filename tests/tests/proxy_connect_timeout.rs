@@ -5,7 +5,7 @@
 //! serving other requests on the same worker.
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::{SocketAddr, TcpStream},
     process::Stdio,
     sync::mpsc,
@@ -73,21 +73,8 @@ fn a_backend_that_never_answers_a_syn_times_out_while_others_are_served() {
     let web = Backend::start("web");
     dir.write("web", &web.fs_line());
     dir.write("silent", &format!("{} {SILENT_PORT}\n", pod.ip()));
-    dir.write(
-        "config.yaml",
-        &format!("pool:\n  connect_timeout_ms: {CONNECT_TIMEOUT_MS}\n"),
-    );
-    let config = dir.path().join("config.yaml");
-    let proxy = Proxy::start(&[
-        "--workers",
-        "1",
-        "--dtab",
-        "/svc => /#/io.l5d.fs",
-        "--fs-dir",
-        dir.str(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let config = format!("pool:\n  connect_timeout_ms: {CONNECT_TIMEOUT_MS}\n");
+    let proxy = Proxy::with_fs_namer(&dir, &config, &["--workers", "1"]);
     let addr = proxy.addr;
 
     // The request to the silent backend runs on its own thread.
@@ -134,12 +121,10 @@ fn a_backend_that_never_answers_a_syn_times_out_while_others_are_served() {
     assert!(proxy.metric("sidetrack_errors_total", &[("kind", "connect_failed")]) >= 1.0);
 
     // A client connection left idle is still served afterwards.
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    c.read_to_string(&mut answer).unwrap();
+    let answer = client::until_close(
+        addr,
+        "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+    );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(proxy);
     node.teardown().expect("tear the node down");

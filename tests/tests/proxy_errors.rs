@@ -131,16 +131,7 @@ fn a_slow_client_gets_408_and_does_not_hold_up_others() {
     let dir = TempDir::new("slowloris");
     let web = Backend::start("web");
     dir.write("web", &web.fs_line());
-    let cfg = dir.path().join("sidetrack.yaml");
-    std::fs::write(&cfg, "limits:\n  head_timeout_ms: 300\n").unwrap();
-    let p = Proxy::start(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--dtab",
-        "/svc => /#/io.l5d.fs",
-        "--fs-dir",
-        dir.str(),
-    ]);
+    let p = Proxy::with_fs_namer(&dir, "limits:\n  head_timeout_ms: 300\n", &[]);
     // Slowloris: a head dribbled a byte at a time, never finished.
     let mut slow = TcpStream::connect(p.addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -163,19 +154,10 @@ fn a_slow_client_gets_408_and_does_not_hold_up_others() {
 #[test]
 fn an_error_that_ends_the_connection_is_not_reset_under_the_client() {
     let b = bed(&[]);
-    let mut s = TcpStream::connect(b.proxy.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // Refused at its head (a bad l5d-dtab) while its body is on the way:
     // the body cannot be skipped, so the proxy answers and ends the
     // connection.
-    s.write_all(
-        b"POST / HTTP/1.1\r\nHost: web\r\nl5d-dtab: /a =>\r\nContent-Length: 1000000\r\n\r\n",
-    )
-    .unwrap();
-    s.write_all(&[b'x'; 10_000]).unwrap();
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).unwrap();
-    let text = String::from_utf8_lossy(&answer);
+    let (mut s, text) = client::refused_upload(b.proxy.addr);
     assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
     assert!(text.to_ascii_lowercase().contains("l5d-err:"), "{text}");
     // A client still uploading is not reset meanwhile: the proxy goes on

@@ -267,16 +267,7 @@ fn a_tunnel_is_closed_after_nothing_moves_for_the_idle_timeout() {
     let web = Backend::start("web");
     let dir = TempDir::new("tunnel-idle");
     dir.write("web", &web.fs_line());
-    dir.write("config.yaml", "limits:\n  tunnel_idle_timeout_ms: 300\n");
-    let config = dir.path().join("config.yaml");
-    let proxy = Proxy::start(&[
-        "--dtab",
-        "/svc => /#/io.l5d.fs",
-        "--fs-dir",
-        dir.str(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let proxy = Proxy::with_fs_namer(&dir, "limits:\n  tunnel_idle_timeout_ms: 300\n", &[]);
     let idled = || proxy.metric("sidetrack_errors_total", &[("kind", "tunnel_idle")]);
     let mut c = Client::connect(proxy.addr);
     c.send(b"GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")

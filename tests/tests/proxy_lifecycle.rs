@@ -2,7 +2,7 @@
 //! admin endpoints, and graceful shutdown on SIGTERM.
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     thread,
     time::{Duration, Instant},
 };
@@ -269,32 +269,12 @@ fn a_lingering_connection_does_not_hold_up_the_shutdown() {
     let dir = TempDir::new("linger-drain");
     let web = Backend::start("web");
     dir.write("web", &web.fs_line());
-    let cfg = dir.path().join("sidetrack.yaml");
-    std::fs::write(
-        &cfg,
-        "limits:\n  linger_ms: 60000\nshutdown_grace_ms: 30000\n",
-    )
-    .unwrap();
-    let mut proxy = Proxy::start(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--dtab",
-        "/svc => /#/io.l5d.fs",
-        "--fs-dir",
-        dir.str(),
-    ]);
+    let config = "limits:\n  linger_ms: 60000\nshutdown_grace_ms: 30000\n";
+    let mut proxy = Proxy::with_fs_namer(&dir, config, &[]);
     // Refused while its body is on the way: the proxy answers, shuts its
     // side and lingers, reading what the client still sends.
-    let mut s = std::net::TcpStream::connect(proxy.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(
-        b"POST / HTTP/1.1\r\nHost: web\r\nl5d-dtab: /a =>\r\nContent-Length: 1000000\r\n\r\n",
-    )
-    .unwrap();
-    s.write_all(&[b'x'; 10_000]).unwrap();
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).unwrap();
-    assert!(answer.starts_with(b"HTTP/1.1 400 "));
+    let (mut s, answer) = client::refused_upload(proxy.addr);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     thread::sleep(Duration::from_millis(100));
     s.write_all(&[b'x'; 10_000])
         .expect("still lingering: the proxy reads what comes");
