@@ -544,11 +544,13 @@ fn measure_scenario(bed: &Bed, plan: &Plan, acc: &mut ScenarioAcc) -> Result<()>
         let cpu_note = cpu.map_or(String::new(), |c| {
             let per = 1e6 / r.sent_total.max(1) as f64;
             format!(
-                "  cpu/req user {:.2} µs kernel {:.2} µs, switches/req {:.2} + {:.2} preempted",
+                "  cpu/req user {:.2} µs kernel {:.2} µs, switches/req {:.2} + {:.2} preempted, \
+                 CPU moves/req {:.2}",
                 c.user * per,
                 c.sys * per,
                 c.voluntary_switches / r.sent_total.max(1) as f64,
-                c.involuntary_switches / r.sent_total.max(1) as f64
+                c.involuntary_switches / r.sent_total.max(1) as f64,
+                c.migrations / r.sent_total.max(1) as f64
             )
         });
         cmd::note(format!(

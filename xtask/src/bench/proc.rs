@@ -21,15 +21,17 @@ pub fn threads(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// CPU time, seconds: in user space and in the kernel; and how often the
+/// CPU time, seconds: in user space and in the kernel; how often the
 /// threads were switched out: voluntarily (blocked, e.g. in `epoll_wait`)
-/// and not (preempted).
+/// and not (preempted); and how often the scheduler moved one to another
+/// CPU (where it starts with cold caches).
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Cpu {
     pub user: f64,
     pub sys: f64,
     pub voluntary_switches: f64,
     pub involuntary_switches: f64,
+    pub migrations: f64,
 }
 
 impl Cpu {
@@ -43,6 +45,7 @@ impl Cpu {
             sys: self.sys - before.sys,
             voluntary_switches: self.voluntary_switches - before.voluntary_switches,
             involuntary_switches: self.involuntary_switches - before.involuntary_switches,
+            migrations: self.migrations - before.migrations,
         }
     }
 
@@ -53,6 +56,7 @@ impl Cpu {
             sys: self.sys / n,
             voluntary_switches: self.voluntary_switches / n,
             involuntary_switches: self.involuntary_switches / n,
+            migrations: self.migrations / n,
         }
     }
 }
@@ -65,12 +69,13 @@ impl Add for Cpu {
             sys: self.sys + o.sys,
             voluntary_switches: self.voluntary_switches + o.voluntary_switches,
             involuntary_switches: self.involuntary_switches + o.involuntary_switches,
+            migrations: self.migrations + o.migrations,
         }
     }
 }
 
-/// utime and stime of `pid` (all its threads) and its threads' context
-/// switches; zero when it is gone. The kernel counts time in clock ticks
+/// utime and stime of `pid` (all its threads), its threads' context
+/// switches and migrations; zero when it is gone. The kernel counts time in clock ticks
 /// (10 ms), so phases of seconds are precise to a percent or so.
 pub fn cpu(pid: u32) -> Cpu {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -91,16 +96,32 @@ pub fn cpu(pid: u32) -> Cpu {
     };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let (voluntary_switches, involuntary_switches) = threads(pid)
+    let (voluntary_switches, involuntary_switches, migrations) = threads(pid)
         .into_iter()
-        .map(|tid| switches(pid, tid))
-        .fold((0, 0), |(v, n), (tv, tn)| (v + tv, n + tn));
+        .map(|tid| {
+            let (v, n) = switches(pid, tid);
+            (v, n, migrations(pid, tid))
+        })
+        .fold((0, 0, 0), |(v, n, m), (tv, tn, tm)| (v + tv, n + tn, m + tm));
     Cpu {
         user: ticks(11) as f64 / hz,
         sys: ticks(12) as f64 / hz,
         voluntary_switches: voluntary_switches as f64,
         involuntary_switches: involuntary_switches as f64,
+        migrations: migrations as f64,
     }
+}
+
+/// How often the scheduler moved thread `tid` to another CPU
+/// (`se.nr_migrations` in its `sched` file, which kernels built without
+/// CONFIG_SCHED_DEBUG do not have: 0 then).
+fn migrations(pid: u32, tid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("se.nr_migrations"))
+        .and_then(|v| v.trim_start().strip_prefix(':')?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// One thread's voluntary and involuntary context switches (the process's
@@ -169,8 +190,35 @@ mod tests {
         }
         let used = cpu(me).minus(before);
         assert!(used.user > 0.0 && used.sys >= 0.0, "{used:?}");
-        // Sleeping is a voluntary switch, counted on this thread.
+        // Sleeping is a voluntary switch, counted on this thread (not on
+        // the process: other tests' threads come and go meanwhile).
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        let (voluntary, _) = switches(me, tid);
         std::thread::sleep(std::time::Duration::from_millis(2));
-        assert!(cpu(me).minus(before).voluntary_switches >= 1.0);
+        assert!(switches(me, tid).0 > voluntary);
+    }
+
+    #[test]
+    fn counts_a_thread_moved_to_another_cpu() {
+        use crate::bench::loadgen::{allowed_cpus, set_affinity};
+        assert!(allowed_cpus() >= 2, "the bench needs two CPUs");
+        let me = std::process::id();
+        // A thread of its own, so that the test's affinity stays as it is.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::gettid() } as u32;
+                set_affinity(0, Some(0)).unwrap();
+                std::thread::yield_now();
+                let before = migrations(me, tid);
+                set_affinity(0, Some(1)).unwrap();
+                std::thread::yield_now();
+                let after = migrations(me, tid);
+                assert!(after > before, "{before} -> {after} migrations");
+                // And the process's sum has it.
+                assert!(cpu(me).migrations >= after as f64);
+            });
+        });
     }
 }
