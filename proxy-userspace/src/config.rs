@@ -55,6 +55,11 @@ pub struct Settings {
     /// How often watched files are checked for changes.
     pub watch_interval_ms: u64,
     pub workers: usize,
+    /// Pin worker i to the i-th CPU the process may run on (wrapping
+    /// around), like nginx's `worker_cpu_affinity auto`: the kernel then
+    /// never moves a worker, whose caches stay warm. Off: the kernel places
+    /// them. Read at start.
+    pub pin_workers: bool,
     pub intercept: InterceptMode,
     pub identifier: IdentifierKind,
     /// The prefix of logical names (`/svc`).
@@ -173,6 +178,7 @@ impl Default for Settings {
             fs_dir: None,
             watch_interval_ms: 500,
             workers: 1,
+            pin_workers: false,
             intercept: InterceptMode::None,
             identifier: IdentifierKind::HeaderToken,
             dst_prefix: "/svc".into(),

@@ -290,3 +290,52 @@ fn a_lingering_connection_does_not_hold_up_the_shutdown() {
         asked.elapsed()
     );
 }
+
+/// `Cpus_allowed_list` of each of `pid`'s worker threads, by thread name.
+fn worker_cpus(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = entry.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !name.starts_with("sidetrack-worke") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or_default();
+        out.push((name.trim().to_owned(), cpus.trim().to_owned()));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn pinned_workers_each_run_on_one_cpu_of_their_own() {
+    let dir = TempDir::new("pin-workers");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    let all = std::thread::available_parallelism().unwrap().get();
+    assert!(all >= 2, "this test needs two CPUs");
+    let pinned = Proxy::with_fs_namer(&dir, "pin_workers: true\n", &["--workers", "2"]);
+    let cpus = worker_cpus(pinned.child.id());
+    assert_eq!(cpus.len(), 2, "{cpus:?}");
+    assert!(
+        cpus.iter().all(|(_, c)| c.parse::<usize>().is_ok()) && cpus[0].1 != cpus[1].1,
+        "one CPU each, not the same: {cpus:?}"
+    );
+    for i in 0..10 {
+        assert_eq!(
+            client::get(pinned.addr, "web", &format!("/{i}"), &[]).status,
+            200
+        );
+    }
+    // Unpinned (the default), a worker may run anywhere the process may.
+    let free = Proxy::with_fs_namer(&dir, "", &["--workers", "2"]);
+    let cpus = worker_cpus(free.child.id());
+    assert!(
+        cpus.len() == 2 && cpus.iter().all(|(_, c)| c.parse::<usize>().is_err()),
+        "{cpus:?}"
+    );
+}

@@ -165,6 +165,11 @@ impl RunArgs {
         let grace = ms(settings.shutdown_grace_ms);
         let (stop_tx, stop_rx) = watch::channel(false);
 
+        let cpus = if settings.pin_workers {
+            allowed_cpus().map_err(|e| format!("pin_workers: {e}"))?
+        } else {
+            Vec::new()
+        };
         spawn_reloader(self, settings, router);
 
         // One single-threaded runtime per worker, each with its own
@@ -174,9 +179,13 @@ impl RunArgs {
         let mut handles = Vec::with_capacity(workers);
         for (i, listener) in listeners.into_iter().enumerate() {
             let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
+            let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
             let handle = std::thread::Builder::new()
                 .name(format!("sidetrack-worker-{i}"))
                 .spawn(move || -> Result<bool, String> {
+                    if let Some(cpu) = cpu {
+                        pin_to(cpu).map_err(|e| format!("pinning worker {i} to CPU {cpu}: {e}"))?;
+                    }
                     // I/O only: deadlines live on the watchdog, so the
                     // event loop never reads the clock or walks a timer wheel.
                     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -353,6 +362,35 @@ fn namers(fs: &Option<Arc<FsNamer>>) -> Namers {
 /// One listener per worker on `addr`, all with SO_REUSEPORT (and
 /// SO_REUSEADDR: a restart must not wait out TIME_WAIT) and a deep backlog.
 /// With port 0, the first picks the port and the others take the same.
+/// The CPUs this process may run on (its cgroup's cpuset, say), in order.
+fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data, filled in by the kernel; CPU_ISSET
+    // reads inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect())
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: as above; CPU_SET writes inside the set (cpu came from
+    // `allowed_cpus`, so it is below CPU_SETSIZE).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 fn bind_workers(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     let first = bind_one(addr)?;
     let addr = first.local_addr()?;

@@ -102,7 +102,9 @@ pub fn cpu(pid: u32) -> Cpu {
             let (v, n) = switches(pid, tid);
             (v, n, migrations(pid, tid))
         })
-        .fold((0, 0, 0), |(v, n, m), (tv, tn, tm)| (v + tv, n + tn, m + tm));
+        .fold((0, 0, 0), |(v, n, m), (tv, tn, tm)| {
+            (v + tv, n + tn, m + tm)
+        });
     Cpu {
         user: ticks(11) as f64 / hz,
         sys: ticks(12) as f64 / hz,
