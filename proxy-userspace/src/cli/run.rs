@@ -183,9 +183,6 @@ impl RunArgs {
             let handle = std::thread::Builder::new()
                 .name(format!("sidetrack-worker-{i}"))
                 .spawn(move || -> Result<bool, String> {
-                    if let Some(cpu) = cpu {
-                        pin_to(cpu).map_err(|e| format!("pinning worker {i} to CPU {cpu}: {e}"))?;
-                    }
                     // I/O only: deadlines live on the watchdog, so the
                     // event loop never reads the clock or walks a timer wheel.
                     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -199,6 +196,12 @@ impl RunArgs {
                     })
                 })
                 .map_err(|e| format!("starting worker {i}: {e}"))?;
+            // Pinned from here, before the proxy says it is ready.
+            if let Some(cpu) = cpu {
+                use std::os::unix::thread::JoinHandleExt;
+                pin(handle.as_pthread_t(), cpu)
+                    .map_err(|e| format!("pinning worker {i} to CPU {cpu}: {e}"))?;
+            }
             handles.push(handle);
         }
         // Ready before the line that tells the world where to connect.
@@ -377,16 +380,18 @@ fn allowed_cpus() -> std::io::Result<Vec<usize>> {
     }
 }
 
-/// Pins the calling thread to `cpu`.
-fn pin_to(cpu: usize) -> std::io::Result<()> {
+/// Pins `thread` (a live thread of this process) to `cpu`.
+fn pin(thread: libc::pthread_t, cpu: usize) -> std::io::Result<()> {
     // SAFETY: as above; CPU_SET writes inside the set (cpu came from
-    // `allowed_cpus`, so it is below CPU_SETSIZE).
-    unsafe {
+    // `allowed_cpus`, so it is below CPU_SETSIZE), and the JoinHandle the
+    // caller holds keeps `thread` valid.
+    let err = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        libc::pthread_setaffinity_np(thread, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if err != 0 {
+        return Err(std::io::Error::from_raw_os_error(err));
     }
     Ok(())
 }
