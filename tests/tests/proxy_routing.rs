@@ -244,3 +244,32 @@ fn a_changed_dtab_file_applies_without_restart_and_a_broken_one_is_refused() {
     let admin_dtab = client::get(proxy.admin, "admin", "/dtab", &[]).text();
     assert_eq!(admin_dtab.trim(), "/svc/web=>/#/io.l5d.fs/v2");
 }
+
+#[test]
+fn after_a_namer_file_changes_routes_are_cached_again_and_connections_pooled() {
+    let dir = TempDir::new("namer-change");
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    dir.write("web", &a.fs_line());
+    let proxy = Proxy::with_fs_namer(&dir, "watch_interval_ms: 50\n", &[]);
+    let mut c = client::Client::connect(proxy.addr);
+    assert_eq!(c.get("web", "/", &[]).header("x-backend"), Some("a"));
+    // The file now names b: the cached route is stale, and bound again.
+    dir.write("web", &b.fs_line());
+    assert!(eventually(5, || {
+        c.get("web", "/", &[]).header("x-backend") == Some("b")
+    }));
+    let before = b.connections.load(std::sync::atomic::Ordering::Relaxed);
+    for i in 0..20 {
+        assert_eq!(
+            c.get("web", &format!("/{i}"), &[]).header("x-backend"),
+            Some("b")
+        );
+    }
+    // The new route went into the cache, so the 20 requests share one
+    // balancer and so one pooled connection to b.
+    assert_eq!(
+        b.connections.load(std::sync::atomic::Ordering::Relaxed),
+        before,
+        "a new backend connection per request"
+    );
+}

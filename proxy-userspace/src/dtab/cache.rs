@@ -159,12 +159,17 @@ impl<K: Hash + Eq + Clone, V: Clone> ClockCache<K, V> {
         value
     }
 
-    /// Stores `value` under `key` (keeping an entry another thread stored
-    /// meanwhile), evicting an unreferenced entry when the shard is full.
+    /// Stores `value` under `key`, replacing the value of an entry that is
+    /// there (a stale one, say), or evicting an unreferenced entry when the
+    /// shard is full.
     pub fn insert(&self, key: K, value: V) {
         let mut shard = self.shard(&key).write().unwrap_or_else(|e| e.into_inner());
         let shard = &mut *shard;
-        if shard.capacity == 0 || shard.map.contains_key(&key) {
+        if shard.capacity == 0 {
+            return;
+        }
+        if let Some(&i) = shard.map.get(&key) {
+            shard.slots[i].value = value;
             return;
         }
         let slot = Slot {
@@ -238,6 +243,16 @@ mod tests {
         assert_eq!(c.get(&3), Some(30));
         assert_eq!(c.stats().evictions, 1);
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn a_second_insert_replaces_the_value() {
+        let c = ClockCache::<u32, u32>::new(2);
+        c.insert(1, 10);
+        c.insert(1, 11);
+        assert_eq!(c.get(&1), Some(11));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.stats().evictions, 0);
     }
 
     #[test]
