@@ -204,6 +204,15 @@ fn iptables_mode_routes_the_same_and_removes_its_rules() {
     );
     assert!(nft_tables().contains(&table), "rules installed");
     routes_and_stages(&s);
+    // A client that talks to the proxy itself, not through the rules, with
+    // bytes that are not HTTP: refused, not tunnelled to the proxy's own
+    // address (which conntrack names as its original destination).
+    let answer = sidetrack_tests::client::until_close(
+        std::net::SocketAddr::V4(s.proxy_addr),
+        "\x16\x03\x01 not http\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert_eq!(counter(&s, "sidetrack_opaque_connections_total"), 0.0);
     // No eBPF here.
     assert_eq!(counter(&s, "sidetrack_ebpf_connect_intercepted_total"), 0.0);
     let status = s.stop_proxy().unwrap();

@@ -35,7 +35,12 @@ impl OrigDst {
                 };
                 map.lookup(peer, local)
             }
-            OrigDst::Conntrack => nft::so_original_dst(stream),
+            // A connection made to the proxy itself was not redirected:
+            // conntrack then names the proxy's own address, and treating
+            // that as a destination would loop (a non-HTTP one tunnelled
+            // back in, again and again).
+            OrigDst::Conntrack => nft::so_original_dst(stream)
+                .filter(|dst| stream.local_addr().ok() != Some(SocketAddr::V4(*dst))),
         }
     }
 }
