@@ -70,24 +70,41 @@ impl FsNamer {
     }
 
     /// Re-reads files whose mtime or size changed, drops removed ones, and
-    /// bumps the generation when anything changed.
+    /// bumps the generation when anything changed. Symbolic links are
+    /// followed, so a Kubernetes ConfigMap volume (each name a link through
+    /// `..data` into a hidden directory) reads like plain files. When the
+    /// directory itself cannot be read, the last snapshot stays: a mount
+    /// that comes and goes must not unroute every name.
     pub fn refresh(&self) {
-        let mut seen: HashMap<String, Stamp> = HashMap::new();
-        if let Ok(entries) = fs::read_dir(&self.dir) {
-            for entry in entries.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                if !meta.is_file() {
-                    continue;
-                }
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                let stamp = (
-                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    meta.len(),
-                );
-                seen.insert(name, stamp);
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "fs namer: directory unreadable, keeping the names read before");
+                return;
             }
+        };
+        let mut seen: HashMap<String, Stamp> = HashMap::new();
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            // ConfigMap bookkeeping (`..data`, `..2026_11_22...`) and
+            // editors' hidden temporaries are not names.
+            if name.starts_with('.') {
+                continue;
+            }
+            // The file a link leads to; a dangling link is no file.
+            let Ok(meta) = fs::metadata(entry.path()) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let stamp = (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            );
+            seen.insert(name, stamp);
         }
         let changed: Vec<String> = {
             let state = self.state.read().expect("fs namer lock");
@@ -248,5 +265,59 @@ mod tests {
         assert_eq!(namer.lookup(&web).unwrap(), NameTree::Neg);
         assert!(generation.load(Ordering::Acquire) > g1);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The layout a Kubernetes ConfigMap volume has: each name a link to
+    /// `..data/NAME`, `..data` a link to a hidden timestamped directory, and
+    /// an update that swaps `..data` to a new directory.
+    #[test]
+    fn a_configmap_volume_is_read_through_its_links_and_swaps() {
+        use std::os::unix::fs::symlink;
+        let dir = std::env::temp_dir().join(format!("sidetrack-fs-cm-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("..v1")).unwrap();
+        fs::write(dir.join("..v1/web"), "127.0.0.1 8080\n").unwrap();
+        symlink("..v1", dir.join("..data")).unwrap();
+        symlink("..data/web", dir.join("web")).unwrap();
+        // A dangling link and a hidden file are not names.
+        symlink("..data/gone", dir.join("gone")).unwrap();
+        fs::write(dir.join(".hidden"), "127.0.0.1 1\n").unwrap();
+        let generation = Arc::new(AtomicU64::new(0));
+        let namer = FsNamer::start(dir.clone(), Duration::from_secs(3600), generation.clone());
+        let first_addr = |name: &str| match namer.lookup(&Path::read(name).unwrap()).unwrap() {
+            NameTree::Leaf(b) => Some(b.endpoints.as_slice()[0].addr.to_string()),
+            _ => None,
+        };
+        assert_eq!(first_addr("/web").as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(first_addr("/gone"), None);
+        assert_eq!(first_addr("/.hidden"), None);
+        assert_eq!(first_addr("/..data"), None);
+
+        // The update: a new directory, then `..data` swapped by rename.
+        fs::create_dir_all(dir.join("..v2")).unwrap();
+        fs::write(dir.join("..v2/web"), "127.0.0.2 9090\n").unwrap();
+        symlink("..v2", dir.join("..data_tmp")).unwrap();
+        fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        fs::remove_dir_all(dir.join("..v1")).unwrap();
+        namer.refresh();
+        assert_eq!(first_addr("/web").as_deref(), Some("127.0.0.2:9090"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_directory_keeps_the_names_read_before() {
+        let dir = std::env::temp_dir().join(format!("sidetrack-fs-gone-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("web"), "127.0.0.1 8080\n").unwrap();
+        let generation = Arc::new(AtomicU64::new(0));
+        let namer = FsNamer::start(dir.clone(), Duration::from_secs(3600), generation.clone());
+        let web = Path::read("/web").unwrap();
+        assert!(matches!(namer.lookup(&web).unwrap(), NameTree::Leaf(_)));
+        let g = generation.load(Ordering::Acquire);
+        fs::remove_dir_all(&dir).unwrap();
+        namer.refresh();
+        assert!(matches!(namer.lookup(&web).unwrap(), NameTree::Leaf(_)));
+        assert_eq!(generation.load(Ordering::Acquire), g);
     }
 }
