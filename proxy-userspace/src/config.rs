@@ -226,13 +226,58 @@ pub fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
+/// The longest any `*_ms` setting may be: a year. Longer ones would
+/// overflow a deadline (an `Instant` plus the duration) somewhere.
+pub const MAX_MS: u64 = 365 * 24 * 3_600_000;
+
+/// The shortest `watch_interval_ms`: the watchers poll, and 0 would spin.
+pub const MIN_WATCH_INTERVAL_MS: u64 = 10;
+
 impl Settings {
     /// Parses a YAML settings file; unknown keys are errors.
     pub fn from_yaml(text: &str) -> Result<Settings, String> {
         if text.trim().is_empty() {
             return Ok(Settings::default());
         }
-        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+        let s: Settings = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Refuses values no deployment means: a watch interval that would
+    /// spin, a duration past [`MAX_MS`], a proxy that may hold no
+    /// connection.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let p = &self.pool;
+        let durations = [
+            ("watch_interval_ms", self.watch_interval_ms),
+            ("shutdown_grace_ms", self.shutdown_grace_ms),
+            ("limits.head_timeout_ms", l.head_timeout_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("limits.response_timeout_ms", l.response_timeout_ms),
+            ("limits.body_timeout_ms", l.body_timeout_ms),
+            ("limits.linger_ms", l.linger_ms),
+            ("limits.tunnel_idle_timeout_ms", l.tunnel_idle_timeout_ms),
+            ("pool.idle_timeout_ms", p.idle_timeout_ms),
+            ("pool.connect_timeout_ms", p.connect_timeout_ms),
+            ("pool.eject_ms", p.eject_ms),
+        ];
+        for (name, v) in durations {
+            if v > MAX_MS {
+                return Err(format!("{name}: {v} is more than a year ({MAX_MS})"));
+            }
+        }
+        if self.watch_interval_ms < MIN_WATCH_INTERVAL_MS {
+            return Err(format!(
+                "watch_interval_ms: {} is less than {MIN_WATCH_INTERVAL_MS}; the watchers would spin",
+                self.watch_interval_ms
+            ));
+        }
+        if l.max_connections == 0 {
+            return Err("limits.max_connections: 0 would serve nobody".into());
+        }
+        Ok(())
     }
 
     /// Reads and parses a settings file.
@@ -309,5 +354,22 @@ mod tests {
         );
         assert!(Settings::from_yaml("workers: many\n").is_err());
         assert!(Settings::from_yaml("limits:\n  bogus: 1\n").is_err());
+    }
+
+    #[test]
+    fn values_that_would_spin_overflow_or_serve_nobody_are_refused() {
+        let err = |yaml: &str| Settings::from_yaml(yaml).unwrap_err();
+        assert!(err("watch_interval_ms: 0\n").contains("spin"));
+        assert!(
+            err("limits:\n  head_timeout_ms: 18446744073709551615\n").contains("head_timeout_ms")
+        );
+        assert!(err("pool:\n  eject_ms: 31536000001\n").contains("pool.eject_ms"));
+        assert!(err("limits:\n  max_connections: 0\n").contains("max_connections"));
+        // The edges themselves are fine, and 0 still means "never" where it does.
+        let s = Settings::from_yaml(
+            "watch_interval_ms: 10\nshutdown_grace_ms: 31536000000\nlimits:\n  tunnel_idle_timeout_ms: 0\n",
+        )
+        .unwrap();
+        assert_eq!(s.watch_interval_ms, 10);
     }
 }

@@ -156,6 +156,34 @@ fn a_changed_config_file_applies_and_a_broken_one_is_refused() {
         Some("v2"),
         "the old settings stay"
     );
+    // A file caught half-written (truncated, still empty) is not "use the
+    // defaults", which would drop the dtab and the namer.
+    dir.write("sidetrack.yaml", "");
+    assert!(sidetrack_tests::eventually(10, || proxy
+        .logs
+        .try_iter()
+        .any(
+            |l| l.contains("config reload refused") && l.contains("empty")
+        )));
+    // And a value that parses but cannot work is refused the same way.
+    dir.write(
+        "sidetrack.yaml",
+        &format!(
+            "dtab: /svc/web => /#/io.l5d.fs/v1\nfs_dir: {}\nwatch_interval_ms: 0\n",
+            dir.str()
+        ),
+    );
+    assert!(sidetrack_tests::eventually(10, || proxy
+        .logs
+        .try_iter()
+        .any(
+            |l| l.contains("config reload refused") && l.contains("spin")
+        )));
+    assert_eq!(
+        client::get(proxy.addr, "web", "/", &[]).header("x-backend"),
+        Some("v2"),
+        "the old settings stay"
+    );
 }
 
 #[test]

@@ -75,6 +75,7 @@ impl RunArgs {
             None => Settings::default(),
         };
         self.apply(&mut s);
+        s.validate()?;
         Ok(s)
     }
 
@@ -522,6 +523,15 @@ fn spawn_reloader(args: RunArgs, mut current: Settings, router: Arc<Router>) {
                 }
                 config_stamp = c;
                 dtab_stamp = d;
+                // An empty file is a write caught half-way (truncated, not
+                // yet filled), not a wish for the defaults; the write that
+                // fills it changes the stamp and is read then.
+                if args.config.as_ref().is_some_and(|p| {
+                    std::fs::read_to_string(p).is_ok_and(|t| t.trim().is_empty())
+                }) {
+                    tracing::error!("config reload refused, keeping the running settings: the config file is empty");
+                    continue;
+                }
                 let next = match args.settings() {
                     Ok(s) => s,
                     Err(e) => {
