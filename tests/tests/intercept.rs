@@ -353,3 +353,116 @@ fn a_connection_that_is_not_http_is_tunnelled_to_its_destination() {
     );
     assert_eq!(counter(&s, "sidetrack_opaque_connections_total"), 1.0);
 }
+
+/// A child process killed (and reaped) when dropped, also on a failed test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SIGTERM while a connection is still at work: interception goes off
+/// before the listener closes, so a new connect on the node reaches its
+/// destination (it is not refused) while the proxy drains.
+/// Returns the staging with the proxy draining, and the tunnel's client, which
+/// holds the drain until it is dropped.
+fn shutdown_hands_new_connections_back(mode: Mode, tag: &str) -> (Staging, KillOnDrop) {
+    let mut s = start(tag, mode);
+    let v1 = s.world_v1.ip();
+    // The work in flight: a connection that is not HTTP, tunnelled to the
+    // pod and kept open (a download would not do: in eBPF mode the proxy
+    // hands a whole 64 MiB response to a slow reader's socket at once).
+    // The world app answers the garbage as a request; once that answer is
+    // in the file, the tunnel is up.
+    let got = s.dir.join("tunnel");
+    let mut open = s.client.command("bash");
+    open.arg("-c").arg(format!(
+        "exec 3<>/dev/tcp/{v1}/{APP_PORT} && printf '\\026\\003 not http\\r\\n\\r\\n' >&3 \\
+         && read -r line <&3 && echo \"$line\" > {} && exec sleep 60",
+        got.display()
+    ));
+    let holder = KillOnDrop(open.spawn().unwrap());
+    assert!(
+        sidetrack_tests::eventually(10, || std::fs::read_to_string(&got)
+            .is_ok_and(|l| l.starts_with("HTTP/1.1 200"))),
+        "the tunnel is up"
+    );
+    assert_eq!(counter(&s, "sidetrack_opaque_connections_total"), 1.0);
+    s.signal_proxy(libc::SIGTERM).unwrap();
+    // A fresh connect, until one works (bounded); the proxy must still be
+    // draining when it does.
+    let started = Instant::now();
+    let mut answer = None;
+    for _ in 0..30 {
+        if let Ok(out) = s.curl(
+            &format!("http://{v1}:{APP_PORT}/"),
+            SocketAddrV4::new(v1, APP_PORT),
+            &["Host: world"],
+        ) {
+            answer = Some(String::from_utf8(out).unwrap());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        answer.as_deref(),
+        Some(format!("world ({v1})").as_str()),
+        "a new connection during the drain reached the pod (after {:?}):\n{}",
+        started.elapsed(),
+        s.proxy_log()
+    );
+    assert!(
+        s.proxy_running().unwrap(),
+        "still draining the tunnel:\n{}",
+        s.proxy_log()
+    );
+    assert!(
+        s.proxy_log().contains("interception off"),
+        "{}",
+        s.proxy_log()
+    );
+    (s, holder)
+}
+
+#[test]
+fn ebpf_shutdown_switches_interception_off_first_and_a_second_signal_forces_exit() {
+    let (mut s, _holder) = shutdown_hands_new_connections_back(Mode::Ebpf, "ebpf-drain");
+    // The tunnel still holds the drain (grace: 10 s); a second SIGTERM
+    // ends it now, with exit code 1 (not drained).
+    let second = Instant::now();
+    s.signal_proxy(libc::SIGTERM).unwrap();
+    let status = s.wait_proxy(Duration::from_secs(5)).unwrap();
+    assert_eq!(status.code(), Some(1), "{status}:\n{}", s.proxy_log());
+    assert!(
+        second.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        second.elapsed()
+    );
+    // The programs went with it: new connects are not steered.
+    assert_eq!(
+        get_pod(&s, s.world_v1.ip(), APP_PORT, "world"),
+        format!("world ({})", s.world_v1.ip())
+    );
+}
+
+#[test]
+fn iptables_shutdown_switches_interception_off_first_then_drains_and_exits_0() {
+    let (mut s, holder) = shutdown_hands_new_connections_back(Mode::Iptables, "nft-drain");
+    let table = format!(
+        "sidetrack_{}_{}",
+        s.proxy_addr.ip().to_string().replace('.', "_"),
+        s.proxy_addr.port()
+    );
+    assert!(
+        nft_tables().contains(&table),
+        "the table stays while draining"
+    );
+    // The tunnel ends; so does the drain, well within the grace.
+    drop(holder);
+    let status = s.wait_proxy(Duration::from_secs(8)).unwrap();
+    assert!(status.success(), "{status}:\n{}", s.proxy_log());
+    assert!(!nft_tables().contains(&table), "rules removed on exit");
+}

@@ -379,3 +379,35 @@ fn pinned_workers_each_run_on_one_cpu_of_their_own() {
         "{cpus:?}"
     );
 }
+
+#[test]
+fn a_connection_still_queued_at_sigterm_is_served_not_reset() {
+    let dir = TempDir::new("queued-drain");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    let mut proxy = Proxy::with_fs_namer(&dir, "limits:\n  max_connections: 1\n", &[]);
+    let addr = proxy.addr;
+    // The one connection slot, busy for a while.
+    let busy = thread::spawn(move || client::get(addr, "web", "/slow/800", &[]));
+    assert!(sidetrack_tests::eventually(5, || proxy
+        .metric("sidetrack_connections_active", &[])
+        == 1.0));
+    // A second client: the kernel completes its handshake and queues it,
+    // and the proxy, with no free slot, leaves it there.
+    let mut queued = Client::connect(addr);
+    queued
+        .send(b"GET /queued HTTP/1.1\r\nHost: web\r\n\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(proxy.metric("sidetrack_connections_total", &[]), 1.0);
+    // Closing the listener would reset it; it is taken and answered.
+    proxy.terminate();
+    let r = queued
+        .read_response(false)
+        .expect("the queued connection is answered");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["target"], "/queued");
+    assert_eq!(busy.join().unwrap().status, 200);
+    let status = proxy.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+}

@@ -249,20 +249,45 @@ impl Staging {
     /// Stops the proxy with SIGTERM (it drains, detaches or removes its
     /// interception, and exits) and waits for it.
     pub fn stop_proxy(&mut self) -> Result<std::process::ExitStatus> {
-        let Some(mut child) = self.proxy.take() else {
+        self.signal_proxy(libc::SIGTERM)?;
+        self.wait_proxy(Duration::from_secs(15))
+    }
+
+    /// Sends `signal` to the running proxy.
+    pub fn signal_proxy(&self, signal: libc::c_int) -> Result<()> {
+        let Some(child) = &self.proxy else {
             bail!("the proxy is not running")
         };
         // SAFETY: kill has no memory preconditions.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
+        if unsafe { libc::kill(child.id() as i32, signal) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
+    /// Whether the proxy is still running.
+    pub fn proxy_running(&mut self) -> Result<bool> {
+        Ok(match &mut self.proxy {
+            Some(child) => child.try_wait()?.is_none(),
+            None => false,
+        })
+    }
+
+    /// Waits up to `limit` for the proxy to exit; kills it after that.
+    pub fn wait_proxy(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let Some(mut child) = self.proxy.take() else {
+            bail!("the proxy is not running")
+        };
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
             }
             if Instant::now() > deadline {
                 child.kill()?;
+                child.wait()?;
                 bail!(
-                    "the proxy did not stop within 15 s of SIGTERM:\n{}",
+                    "the proxy did not exit within {limit:?}:\n{}",
                     self.proxy_log()
                 );
             }

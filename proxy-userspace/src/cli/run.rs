@@ -118,6 +118,16 @@ impl RunArgs {
     }
 
     fn start(self) -> Result<ExitCode, String> {
+        // Signals are caught from the start: a SIGTERM that comes while
+        // interception is being set up must still lead to the cleanup.
+        let signals = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the signal runtime: {e}"))?;
+        let mut stop_signals = {
+            let _entered = signals.enter();
+            StopSignals::new().map_err(|e| format!("catching SIGTERM and SIGINT: {e}"))?
+        };
         let settings = self.settings()?;
         let base = parse_base(&settings)?;
         let generation = Arc::new(AtomicU64::new(0));
@@ -155,7 +165,7 @@ impl RunArgs {
         let mut cfg = ProxyConfig::from_settings(&settings);
         // Each worker accepts on its own listener, so each takes its share.
         cfg.max_connections = cfg.max_connections.div_ceil(workers);
-        let (orig_dst, _interception) = start_interception(&settings, &mut cfg, &metrics)?;
+        let (orig_dst, interception) = start_interception(&settings, &mut cfg, &metrics)?;
         let shared = Arc::new(Shared {
             cfg,
             router: router.clone(),
@@ -210,20 +220,47 @@ impl RunArgs {
         tracing::info!(
             "listening on http://{listen_addr}, admin on http://{admin_addr}, {workers} worker(s)"
         );
-        let signals = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("starting the signal runtime: {e}"))?;
-        signals.block_on(wait_for_signal());
+        signals.block_on(stop_signals.recv());
         tracing::info!("shutdown requested");
         ready.store(false, Ordering::Release);
+        // Interception first: from here new connects on the node go to
+        // their destinations, and only then do the listeners close.
+        interception.stop();
         let _ = stop_tx.send(true);
-        let mut drained = true;
-        for handle in handles {
-            drained &= handle
-                .join()
-                .map_err(|_| "a worker panicked".to_string())??;
-        }
+        // The workers are joined on a thread of their own, so that a second
+        // signal can end the wait (that thread is not waited for then).
+        let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("join-workers".into())
+            .spawn(move || {
+                let mut drained = Ok(true);
+                for handle in handles {
+                    let worker = handle
+                        .join()
+                        .unwrap_or_else(|_| Err("a worker panicked".to_string()));
+                    drained = match (drained, worker) {
+                        (Ok(a), Ok(b)) => Ok(a && b),
+                        (Err(e), _) | (_, Err(e)) => Err(e),
+                    };
+                }
+                let _ = joined_tx.send(drained);
+            })
+            .map_err(|e| format!("joining the workers: {e}"))?;
+        let joined = signals.block_on(async {
+            tokio::select! {
+                j = joined_rx => Some(j.unwrap_or_else(|_| Err("the join thread died".into()))),
+                _ = stop_signals.recv() => None,
+            }
+        });
+        let drained = match joined {
+            Some(result) => result?,
+            None => {
+                tracing::warn!("second stop signal: exiting without waiting for the drain");
+                false
+            }
+        };
+        // Dropped here, after the workers: the programs detach or the rules go.
+        drop(interception);
         Ok(if drained {
             ExitCode::SUCCESS
         } else {
@@ -236,8 +273,25 @@ impl RunArgs {
 /// detaches the eBPF programs or deletes the nftables rules.
 enum Interception {
     None,
-    Ebpf(#[allow(dead_code)] Arc<EbpfDataPath>),
-    Nft(#[allow(dead_code)] NftRules),
+    Ebpf(Arc<EbpfDataPath>),
+    Nft(NftRules),
+}
+
+impl Interception {
+    /// Stops steering new connections to the proxy; those already steered
+    /// keep working (the sockmap shortcut stays, conntrack keeps its NAT)
+    /// until this is dropped.
+    fn stop(&self) {
+        let stopped = match self {
+            Interception::None => return,
+            Interception::Ebpf(datapath) => datapath.stop_intercepting().map_err(|e| e.to_string()),
+            Interception::Nft(rules) => rules.stop_intercepting(),
+        };
+        match stopped {
+            Ok(()) => tracing::info!("interception off: new connections go to their destinations"),
+            Err(e) => tracing::warn!("could not switch interception off before draining: {e}"),
+        }
+    }
 }
 
 /// Sets up the `--intercept` mode: the eBPF programs or the nftables rules,
@@ -490,13 +544,27 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment this is made (inside a
+/// runtime); each `recv` waits for the next.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

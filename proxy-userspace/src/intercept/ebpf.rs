@@ -14,6 +14,7 @@ use std::{
     fs::File,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
+    sync::Mutex,
 };
 
 use aya::{
@@ -116,6 +117,9 @@ pub struct EbpfDataPath {
     _logs: Option<LogForwarder>,
     sockhash: SockHash<MapData, SockKey>,
     counters: PerCpuArray<MapData, u64>,
+    /// The slot `connect4` reads; switching its flag off stops new
+    /// interception while sockets already steered keep their shortcut.
+    config: Mutex<Array<MapData, InterceptConfig>>,
     orig_dst: Option<OrigDstMap>,
     ebpf: Ebpf,
     cgroup: PathBuf,
@@ -238,10 +242,27 @@ impl EbpfDataPath {
             _logs: logs,
             sockhash,
             counters,
+            config: Mutex::new(config),
             orig_dst,
             ebpf,
             cgroup: opts.cgroup.clone(),
         })
+    }
+
+    /// Stops steering new connects to the proxy (`connect4` lets them go
+    /// to their destinations), as the first step of a shutdown: the
+    /// proxy's listeners close next, and a connect still sent to them
+    /// would be refused. Connections already steered, and the sockmap
+    /// shortcut, stay until the programs detach.
+    pub fn stop_intercepting(&self) -> Result<(), InterceptError> {
+        let map_err = |source| InterceptError::Map {
+            name: MAP_CONFIG,
+            source,
+        };
+        let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let mut value = config.get(&0, 0).map_err(map_err)?;
+        value.flags &= !FLAG_ENABLED;
+        config.set(0, value, 0).map_err(map_err)
     }
 
     /// The original-destination table, when interception is on.

@@ -77,28 +77,48 @@ impl NftRules {
             .args(["delete", "table", "ip", &table])
             .stderr(Stdio::null())
             .status();
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("running nft (is nftables installed?): {e}"))?;
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(script.as_bytes())
-            .map_err(|e| e.to_string())?;
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "nft refused the rules: {}\n{script}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        nft_script(&script).map_err(|e| format!("{e}\n{script}"))?;
         tracing::info!(table, %proxy, "nftables interception rules installed");
         Ok(NftRules { table })
     }
+
+    /// Stops sending new connections to the proxy: a `return` goes at the
+    /// head of each chain (a NAT chain sees only a connection's first
+    /// packet, so nothing new is DNATed). The DNAT rules stay behind it
+    /// until the drop, and that matters: they are what holds conntrack on
+    /// in the node's namespace. With the last of them gone, the kernel
+    /// stops tracking there, NAT stops for the connections already sent
+    /// to the proxy, and their next packets go to the pods as strays.
+    pub fn stop_intercepting(&self) -> Result<(), String> {
+        let t = &self.table;
+        nft_script(&format!(
+            "insert rule ip {t} prerouting return\ninsert rule ip {t} output return\n"
+        ))
+    }
+}
+
+/// Runs `nft -f -` on `script`.
+fn nft_script(script: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running nft (is nftables installed?): {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(script.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "nft refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for NftRules {

@@ -334,14 +334,18 @@ impl Conn {
             let max_head = cfg.limits.max_head;
             let read = match deadline {
                 // Between requests: wait as long as the idle timeout, and
-                // give up at once when the proxy drains.
+                // give up at once when the proxy drains. Except for the
+                // first request of a connection accepted while draining
+                // (one still queued when the listener closed): it came to
+                // be served, so it gets the head timeout.
                 None => {
+                    let (after, idle) = if self.served == 0 && self.dog.draining() {
+                        (cfg.head_timeout, false)
+                    } else {
+                        (cfg.idle_timeout, true)
+                    };
                     let wait = read_more(&mut self.client, &mut self.buf, max_head);
-                    match self
-                        .deadline
-                        .within(&self.dog, cfg.idle_timeout, true, wait)
-                        .await
-                    {
+                    match self.deadline.within(&self.dog, after, idle, wait).await {
                         Ok(r) => r,
                         Err(Elapsed) => return Ok(None),
                     }

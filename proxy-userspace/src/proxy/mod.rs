@@ -3,9 +3,10 @@
 //!
 //! `serve` accepts until told to stop, bounded by `max_connections` (a
 //! semaphore: past the bound, clients wait in the listen backlog). On
-//! shutdown it stops accepting, lets each connection finish the request it
-//! is in (idle keep-alive connections close at once), and waits for them up
-//! to the grace period.
+//! shutdown it takes the connections still queued and closes the listener,
+//! lets each connection finish the request it is in (idle keep-alive
+//! connections close at once; one taken from the queue gets to send its
+//! first), and waits for them up to the grace period.
 
 pub mod conn;
 mod io;
@@ -18,7 +19,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::{
     net::TcpListener,
-    sync::{Semaphore, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
 };
 
 use crate::{
@@ -89,6 +90,67 @@ pub struct Shared {
     pub orig_dst: Option<crate::intercept::OrigDst>,
 }
 
+/// Serves one accepted connection on this worker, holding `permit`.
+fn spawn_conn(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    permit: OwnedSemaphorePermit,
+    shared: &Arc<Shared>,
+    dog: &Arc<watchdog::Watchdog>,
+) {
+    let _ = stream.set_nodelay(true);
+    let shared = shared.clone();
+    let dog = dog.clone();
+    tokio::spawn(async move {
+        shared.metrics.connections_total.inc();
+        shared.metrics.connections_active.inc();
+        conn::Conn::new(stream, peer, shared.clone(), dog)
+            .serve()
+            .await;
+        shared.metrics.connections_active.dec();
+        drop(permit);
+    });
+}
+
+/// Accepts what is already queued on `listener`, without waiting, and
+/// closes it; how many it took, and how many slots it added. The kernel finished their handshakes, and
+/// closing would reset them: each is served, a slot added for it where
+/// none is free (the backlog bounds how many).
+fn sweep_backlog(
+    listener: TcpListener,
+    slots: &Arc<Semaphore>,
+    shared: &Arc<Shared>,
+    dog: &Arc<watchdog::Watchdog>,
+) -> (usize, usize) {
+    // Off the reactor: a plain non-blocking accept answers WouldBlock as
+    // soon as the queue is empty, whatever the reactor last saw.
+    let Ok(listener) = listener.into_std() else {
+        return (0, 0);
+    };
+    let (mut swept, mut added) = (0, 0);
+    while let Ok((stream, peer)) = listener.accept() {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                slots.add_permits(1);
+                added += 1;
+                slots
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("a permit was just added")
+            }
+        };
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(stream));
+        if let Ok(stream) = stream {
+            spawn_conn(stream, peer, permit, shared, dog);
+            swept += 1;
+        }
+    }
+    (swept, added)
+}
+
 /// Accepts and serves until `shutdown` turns true, then drains for at most
 /// `grace`. Returns whether every connection finished in time.
 pub async fn serve(
@@ -124,24 +186,21 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let dog = dog.clone();
-        tokio::spawn(async move {
-            shared.metrics.connections_total.inc();
-            shared.metrics.connections_active.inc();
-            conn::Conn::new(stream, peer, shared.clone(), dog)
-                .serve()
-                .await;
-            shared.metrics.connections_active.dec();
-            drop(permit);
-        });
+        spawn_conn(stream, peer, permit, &shared, &dog);
     }
     dog.drain();
-    drop(listener);
+    // Interception is off by now (the caller switches it off before it
+    // says stop), so nothing new is steered here; but connects steered
+    // just before wait in the backlog, and closing the listener would
+    // reset them. Take them first; each may still send its request.
+    let (swept, added) = sweep_backlog(listener, &slots, &shared, &dog);
+    if swept > 0 {
+        tracing::info!(connections = swept, "took the connections still queued");
+    }
     tracing::info!("stopped accepting; draining connections");
+    // Every slot back, those the sweep added too.
     let drained = dog
-        .timeout(grace, slots.acquire_many(max as u32))
+        .timeout(grace, slots.acquire_many((max + added) as u32))
         .await
         .is_ok();
     if drained {
