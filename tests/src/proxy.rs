@@ -17,6 +17,8 @@ pub struct Proxy {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// Log lines before the start-up line.
+    pub startup_logs: Vec<String>,
     /// Log lines after the start-up line.
     pub logs: mpsc::Receiver<String>,
 }
@@ -110,6 +112,7 @@ impl Proxy {
                     child,
                     addr,
                     admin,
+                    startup_logs: seen,
                     logs: rx,
                 };
             }

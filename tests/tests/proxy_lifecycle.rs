@@ -411,3 +411,41 @@ fn a_connection_still_queued_at_sigterm_is_served_not_reset() {
     let status = proxy.child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(sidetrack_tests::proxy::binary());
+    cmd.args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let proxy = Proxy::spawn(cmd);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.child.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&open_files[3..5], ["4096", "4096"], "{limits}");
+    // 4096 is short of the default max_connections (10,000, two each).
+    assert!(
+        proxy
+            .startup_logs
+            .iter()
+            .any(|l| l.contains("open-file limit is below")),
+        "{:#?}",
+        proxy.startup_logs
+    );
+}

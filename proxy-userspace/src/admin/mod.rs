@@ -59,8 +59,14 @@ pub fn spawn(listener: std::net::TcpListener, admin: Admin) -> std::io::Result<S
             rt.block_on(async move {
                 let listener = TcpListener::from_std(listener).expect("admin listener");
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
+                    let stream = match listener.accept().await {
+                        Ok((stream, _)) => stream,
+                        // EMFILE and friends: back off instead of spinning.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "admin accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
                     };
                     let admin = admin.clone();
                     tokio::spawn(async move {

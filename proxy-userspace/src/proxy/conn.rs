@@ -804,6 +804,13 @@ impl Conn {
             };
             match pool::checkout(backend, &cfg.pool, &self.dog).await {
                 Ok((stream, reused)) => return Ok((stream, backend.start_at(started), reused)),
+                // The proxy's own shortage: the backend keeps its place, and
+                // another would fare no better.
+                Err(e) if e.is_local() => {
+                    tracing::warn!(dst = %dest.id, error = %e, "connect failed here; backend kept");
+                    last = e.to_string();
+                    break;
+                }
                 Err(e) => {
                     backend.eject(cfg.eject);
                     tracing::warn!(dst = %dest.id, error = %e, "connect failed; backend ejected for {:?}", cfg.eject);
@@ -829,7 +836,9 @@ impl Conn {
         pool::connect(in_flight.endpoint(), &cfg.pool, &self.dog)
             .await
             .map_err(|e| {
-                in_flight.endpoint().eject(cfg.eject);
+                if !e.is_local() {
+                    in_flight.endpoint().eject(cfg.eject);
+                }
                 dest.stats.response(502);
                 Failure::respond(502, ErrorKind::ConnectFailed, format!("{}: {e}", dest.id))
             })

@@ -20,7 +20,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Mutex, OnceLock, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -139,6 +139,9 @@ impl<F: Future> Future for Within<'_, F> {
 
 /// The deadlines of one worker's connections and the coarse clock they use.
 pub struct Watchdog {
+    /// Unique per watchdog, so per worker: what the pool tells workers'
+    /// connections apart by.
+    id: u64,
     start: Instant,
     now_ms: AtomicU64,
     draining: AtomicBool,
@@ -147,10 +150,16 @@ pub struct Watchdog {
 
 impl Default for Watchdog {
     fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        // One epoch for every worker's clock, so that their readings
+        // compare (the pool expires one worker's connections on another's).
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        let start = *EPOCH.get_or_init(Instant::now);
         Watchdog {
-            start: Instant::now(),
-            // Starts at one tick so that 0 can mean "disarmed".
-            now_ms: AtomicU64::new(TICK.as_millis() as u64),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            start,
+            // At least one tick, so that 0 can mean "disarmed".
+            now_ms: AtomicU64::new(TICK.as_millis() as u64 + start.elapsed().as_millis() as u64),
             draining: AtomicBool::new(false),
             deadlines: Mutex::default(),
         }
@@ -168,8 +177,13 @@ impl Watchdog {
         d
     }
 
-    /// The coarse clock: milliseconds since the watchdog started (plus one
-    /// tick), advanced by the sweeper.
+    /// This watchdog's (this worker's) number, unique in the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The coarse clock: milliseconds since the first watchdog of the
+    /// process started (plus one tick), advanced by the sweeper.
     pub fn now_ms(&self) -> u64 {
         self.now_ms.load(Ordering::Relaxed)
     }
