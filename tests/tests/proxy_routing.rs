@@ -259,6 +259,8 @@ fn after_a_namer_file_changes_routes_are_cached_again_and_connections_pooled() {
         c.get("web", "/", &[]).header("x-backend") == Some("b")
     }));
     let before = b.connections.load(std::sync::atomic::Ordering::Relaxed);
+    let misses = proxy.metric("sidetrack_dtab_cache_misses_total", &[]);
+    let hits = proxy.metric("sidetrack_dtab_cache_hits_total", &[]);
     for i in 0..20 {
         assert_eq!(
             c.get("web", &format!("/{i}"), &[]).header("x-backend"),
@@ -272,4 +274,20 @@ fn after_a_namer_file_changes_routes_are_cached_again_and_connections_pooled() {
         before,
         "a new backend connection per request"
     );
+    // Counted so, too: 20 hits, no miss.
+    assert_eq!(
+        proxy.metric("sidetrack_dtab_cache_hits_total", &[]) - hits,
+        20.0
+    );
+    assert_eq!(
+        proxy.metric("sidetrack_dtab_cache_misses_total", &[]),
+        misses
+    );
+    // And a stale route counts as a miss: change the file once more.
+    dir.write("web", &format!("{}# moved\n", b.fs_line()));
+    assert!(eventually(5, || {
+        let before = proxy.metric("sidetrack_dtab_cache_misses_total", &[]);
+        c.get("web", "/", &[]);
+        proxy.metric("sidetrack_dtab_cache_misses_total", &[]) > before
+    }));
 }

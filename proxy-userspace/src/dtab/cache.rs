@@ -124,22 +124,26 @@ impl<K: Hash + Eq + Clone, V: Clone> ClockCache<K, V> {
     }
 
     pub fn get(&self, key: &K) -> Option<V> {
-        self.get_borrowed(key)
+        self.get_fresh(key, |_| true)
     }
 
     /// [`ClockCache::get`] by a borrowed form of the key (`&[u8]` for a
-    /// `Box<[u8]>` key), so a lookup need not build an owned key.
-    pub fn get_borrowed<Q>(&self, key: &Q) -> Option<V>
+    /// `Box<[u8]>` key), so a lookup need not build an owned key; an entry
+    /// `fresh` refuses (a stale route, say) is a miss, and counted as one.
+    pub fn get_fresh<Q>(&self, key: &Q, fresh: impl FnOnce(&V) -> bool) -> Option<V>
     where
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         // Borrow's contract: a key and its borrowed form hash alike.
         let shard = self.shard(key).read().unwrap_or_else(|e| e.into_inner());
-        let found = shard.map.get(key).map(|&i| {
+        let found = shard.map.get(key).and_then(|&i| {
             let slot = &shard.slots[i];
+            if !fresh(&slot.value) {
+                return None;
+            }
             slot.referenced.store(true, Ordering::Relaxed);
-            slot.value.clone()
+            Some(slot.value.clone())
         });
         let counter = if found.is_some() {
             &self.hits
@@ -253,6 +257,16 @@ mod tests {
         assert_eq!(c.get(&1), Some(11));
         assert_eq!(c.len(), 1);
         assert_eq!(c.stats().evictions, 0);
+    }
+
+    #[test]
+    fn an_entry_refused_as_stale_is_a_miss() {
+        let c = ClockCache::<u32, u32>::new(2);
+        c.insert(1, 10);
+        assert_eq!(c.get_fresh(&1, |v| *v == 10), Some(10));
+        assert_eq!(c.get_fresh(&1, |v| *v == 11), None);
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses), (1, 1));
     }
 
     #[test]

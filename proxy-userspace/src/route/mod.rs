@@ -162,8 +162,9 @@ impl Router {
         name: &[u8],
     ) -> Result<Arc<Route>, RouteError> {
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(route) = self.cache.get_borrowed(key)
-            && route.generation == generation
+        if let Some(route) = self
+            .cache
+            .get_fresh(key, |route| route.generation == generation)
         {
             return Ok(route);
         }
