@@ -273,6 +273,11 @@ fn a_tunnel_is_closed_after_nothing_moves_for_the_idle_timeout() {
     c.send(b"GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .unwrap();
     assert_eq!(c.read_response(true).unwrap().status, 101);
+    let moved = || {
+        proxy.metric("sidetrack_body_bytes_total", &[("mode", "copied")])
+            + proxy.metric("sidetrack_body_bytes_total", &[("mode", "spliced")])
+    };
+    let before = moved();
     // A byte each way every 100 ms for 1.2 s, four times the timeout:
     // the tunnel stays.
     for i in 0..12u8 {
@@ -292,6 +297,8 @@ fn a_tunnel_is_closed_after_nothing_moves_for_the_idle_timeout() {
         "closed {took:?} after the last byte"
     );
     assert_eq!(idled(), 1.0);
+    // Its bytes are counted, though it did not end cleanly: 12 each way.
+    assert_eq!(moved() - before, 24.0);
     // The proxy goes on serving.
     assert_eq!(Client::connect(proxy.addr).get("web", "/", &[]).status, 200);
 }

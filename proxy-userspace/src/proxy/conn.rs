@@ -229,35 +229,37 @@ impl Conn {
     /// Runs the byte tunnel between the client and `backend` until both
     /// directions end, or nothing moves either way for `tunnel_idle`, and
     /// counts the bytes moved (with `sent_first`, those written before)
-    /// when it ends cleanly.
+    /// however it ends: a tunnel's usual end is a reset or the idle timeout.
     async fn tunnel(&self, backend: &TcpStream, sent_first: u64) {
         let cfg = &self.shared.cfg;
         let metrics = &self.shared.metrics;
         let splice = cfg.splice_threshold != u64::MAX;
         let after = cfg.tunnel_idle;
-        let moved = if after.is_zero() {
-            tunnel::run(&self.client, backend, splice, &|| {}).await
+        // Atomic only to keep the task Send; one thread touches it.
+        let moved = std::sync::atomic::AtomicU64::new(sent_first);
+        let count = |n: usize| {
+            moved.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        };
+        if after.is_zero() {
+            let _ = tunnel::run(&self.client, backend, splice, &count).await;
         } else {
             let (deadline, dog) = (&*self.deadline, &*self.dog);
-            let progress = || deadline.extend(dog, after);
-            let moving = tunnel::run(&self.client, backend, splice, &progress);
-            match deadline.within(dog, after, false, moving).await {
-                Ok(moved) => moved,
-                Err(Elapsed) => {
-                    metrics.error(ErrorKind::TunnelIdle);
-                    tracing::debug!(peer = %self.peer, idle = ?after, "tunnel idle: closed");
-                    return;
-                }
-            }
-        };
-        if let Ok((up, down)) = moved {
-            let n = up + down + sent_first;
-            if splice {
-                metrics.bytes_spliced.inc_by(n)
-            } else {
-                metrics.bytes_copied.inc_by(n)
+            let progress = |n| {
+                count(n);
+                deadline.extend(dog, after);
             };
+            let moving = tunnel::run(&self.client, backend, splice, &progress);
+            if deadline.within(dog, after, false, moving).await.is_err() {
+                metrics.error(ErrorKind::TunnelIdle);
+                tracing::debug!(peer = %self.peer, idle = ?after, "tunnel idle: closed");
+            }
         }
+        let moved = moved.into_inner();
+        if splice {
+            metrics.bytes_spliced.inc_by(moved)
+        } else {
+            metrics.bytes_copied.inc_by(moved)
+        };
     }
 
     /// After an error response and our FIN: reads and drops what the
@@ -857,7 +859,7 @@ impl Conn {
         let metrics = self.shared.metrics.clone();
         let after = self.shared.cfg.body_timeout;
         let (deadline, dog) = (&*self.deadline, &*self.dog);
-        let progress = || deadline.extend(dog, after);
+        let progress = |_| deadline.extend(dog, after);
         let moving = move_body(
             &self.client,
             backend,
@@ -896,7 +898,7 @@ impl Conn {
     async fn relay_dechunked(&mut self, backend: &TcpStream) -> Result<(), Failure> {
         let after = self.shared.cfg.body_timeout;
         let (deadline, dog) = (&*self.deadline, &*self.dog);
-        let progress = || deadline.extend(dog, after);
+        let progress = |_| deadline.extend(dog, after);
         let moving = dechunk_body(
             backend,
             &self.client,
@@ -929,7 +931,7 @@ impl Conn {
         let threshold = self.shared.cfg.splice_threshold;
         let after = self.shared.cfg.body_timeout;
         let (deadline, dog) = (&*self.deadline, &*self.dog);
-        let progress = || deadline.extend(dog, after);
+        let progress = |_| deadline.extend(dog, after);
         let moving = move_body(
             backend,
             &self.client,
@@ -1187,7 +1189,7 @@ impl From<Broken> for MoveError {
 
 /// Moves one message body from `from` to `to`. `pending` holds bytes already
 /// read from `from`; on return it holds only what follows the body.
-async fn move_body<P: Fn()>(
+async fn move_body<P: Fn(usize)>(
     from: &TcpStream,
     to: &TcpStream,
     pending: &mut Vec<u8>,
@@ -1241,7 +1243,7 @@ async fn move_body<P: Fn()>(
                 }
                 match read_into(from, pending).await {
                     Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
-                    Ok(_) => progress(),
+                    Ok(k) => progress(k),
                     Err(e) => return Err(MoveError::From(e)),
                 }
             }
@@ -1283,7 +1285,7 @@ async fn dechunk_body(
     to: &TcpStream,
     pending: &mut Vec<u8>,
     decoded: &mut Vec<u8>,
-    progress: &impl Fn(),
+    progress: &impl Fn(usize),
 ) -> Result<u64, MoveError> {
     let mut scanner = ChunkedScanner::new();
     let mut moved = 0;
@@ -1305,7 +1307,7 @@ async fn dechunk_body(
         }
         match read_into(from, pending).await {
             Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
-            Ok(_) => progress(),
+            Ok(k) => progress(k),
             Err(e) => return Err(MoveError::From(e)),
         }
     }
@@ -1317,7 +1319,7 @@ async fn copy_exact(
     to: &TcpStream,
     copy: &mut Vec<u8>,
     n: u64,
-    progress: &impl Fn(),
+    progress: &impl Fn(usize),
 ) -> Result<u64, MoveError> {
     if n == 0 {
         return Ok(0);
@@ -1333,7 +1335,7 @@ async fn copy_exact(
             match from.try_read(&mut copy[..want]) {
                 Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
                 Ok(k) => {
-                    progress();
+                    progress(k);
                     break k;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

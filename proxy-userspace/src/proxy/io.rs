@@ -37,12 +37,12 @@ pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
 }
 
 /// Copies from `from` to `to` until `from` ends, then shuts `to`'s write
-/// side; calls `progress` after each read. Returns the bytes copied.
+/// side; calls `progress` with the count after each read. Returns the bytes copied.
 pub async fn copy_until_eof(
     from: &TcpStream,
     to: &TcpStream,
     buf: &mut [u8],
-    progress: &impl Fn(),
+    progress: &impl Fn(usize),
 ) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
@@ -50,7 +50,7 @@ pub async fn copy_until_eof(
         match from.try_read(buf) {
             Ok(0) => return Ok(total),
             Ok(n) => {
-                progress();
+                progress(n);
                 write_all(to, &buf[..n]).await?;
                 total += n as u64;
             }

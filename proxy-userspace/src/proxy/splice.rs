@@ -73,7 +73,7 @@ impl Pipe {
         from: &TcpStream,
         to: &TcpStream,
         len: Option<u64>,
-        progress: &impl Fn(),
+        progress: &impl Fn(usize),
     ) -> Result<u64, Broken> {
         let mut moved = 0u64;
         loop {
@@ -96,7 +96,7 @@ impl Pipe {
                     };
                 }
                 Ok(got) => {
-                    progress();
+                    progress(got);
                     got
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -165,7 +165,7 @@ mod tests {
         });
         let mut pipe = Pipe::new().unwrap();
         let n = pipe
-            .transfer(&src_r, &dst_w, Some(want.len() as u64), &|| {})
+            .transfer(&src_r, &dst_w, Some(want.len() as u64), &|_| {})
             .await
             .unwrap();
         assert_eq!(n, want.len() as u64);
@@ -189,7 +189,7 @@ mod tests {
         drop(src_w);
         let err = Pipe::new()
             .unwrap()
-            .transfer(&src_r, &dst_w, Some(100), &|| {})
+            .transfer(&src_r, &dst_w, Some(100), &|_| {})
             .await
             .unwrap_err();
         assert!(
@@ -206,7 +206,7 @@ mod tests {
         drop(src_w);
         let n = Pipe::new()
             .unwrap()
-            .transfer(&src_r, &dst_w, None, &|| {})
+            .transfer(&src_r, &dst_w, None, &|_| {})
             .await
             .unwrap();
         assert_eq!(n, 200_000);

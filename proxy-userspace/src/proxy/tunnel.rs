@@ -17,7 +17,7 @@ pub async fn run(
     a: &TcpStream,
     b: &TcpStream,
     splice: bool,
-    progress: &impl Fn(),
+    progress: &impl Fn(usize),
 ) -> io::Result<(u64, u64)> {
     let (x, y) = if splice {
         let (mut ab, mut ba) = (Pipe::new()?, Pipe::new()?);
