@@ -46,6 +46,12 @@ pub const FLAG_ENABLED: u32 = 1;
 /// intercepted unless excluded; without it only ports marked
 /// [`PortPolicy::Intercept`] are.
 pub const FLAG_ALL_PORTS: u32 = 2;
+/// [`InterceptConfig::flags`]: the proxy is shutting down. connect4
+/// rewrites nothing more, while sockops goes on as with [`FLAG_ENABLED`]
+/// (only the proxy's connections, and the original destinations of
+/// connects rewritten before): clearing `FLAG_ENABLED` instead would put
+/// every socket of the cgroup in the SOCKHASH for the rest of the drain.
+pub const FLAG_NO_NEW: u32 = 4;
 
 /// What userspace tells the programs; one slot of [`MAP_CONFIG`].
 #[repr(C)]

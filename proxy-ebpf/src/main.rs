@@ -38,8 +38,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use proxy_common::{
-    AF_INET, CIDRS_CAPACITY, COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED, InterceptConfig,
-    ORIG_DST_CAPACITY, OrigDst, PORTS_CAPACITY, PortPolicy, SOCKHASH_CAPACITY, SockKey,
+    AF_INET, CIDRS_CAPACITY, COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED, FLAG_NO_NEW,
+    InterceptConfig, ORIG_DST_CAPACITY, OrigDst, PORTS_CAPACITY, PortPolicy, SOCKHASH_CAPACITY,
+    SockKey,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -79,6 +80,9 @@ pub fn sidetrack_connect4(ctx: SockAddrContext) -> i32 {
         return 1;
     }
     let Some(cfg) = config() else { return 1 };
+    if cfg.flags & FLAG_NO_NEW != 0 {
+        return 1;
+    }
     // SAFETY: in connect4 `sk` is always a valid socket pointer.
     let mark = unsafe { (*addr.__bindgen_anon_1.sk).mark };
     if mark == cfg.mark && cfg.mark != 0 {

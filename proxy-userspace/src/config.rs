@@ -277,6 +277,12 @@ impl Settings {
         if l.max_connections == 0 {
             return Err("limits.max_connections: 0 would serve nobody".into());
         }
+        if self.interception.mark == 0 {
+            return Err(
+                "interception.mark: 0 is every unmarked socket's mark; the proxy could not tell its own sockets apart"
+                    .into(),
+            );
+        }
         Ok(())
     }
 
@@ -365,6 +371,7 @@ mod tests {
         );
         assert!(err("pool:\n  eject_ms: 31536000001\n").contains("pool.eject_ms"));
         assert!(err("limits:\n  max_connections: 0\n").contains("max_connections"));
+        assert!(err("interception:\n  mark: 0\n").contains("interception.mark"));
         // The edges themselves are fine, and 0 still means "never" where it does.
         let s = Settings::from_yaml(
             "watch_interval_ms: 10\nshutdown_grace_ms: 31536000000\nlimits:\n  tunnel_idle_timeout_ms: 0\n",

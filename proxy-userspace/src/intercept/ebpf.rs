@@ -26,9 +26,9 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps},
 };
 use proxy_common::{
-    COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED, InterceptConfig, MAP_CIDRS, MAP_CONFIG,
-    MAP_COUNTERS, MAP_ORIG_DST, MAP_PORTS, MAP_SOCKHASH, OrigDst, PROG_CONNECT4, PROG_SK_MSG,
-    PROG_SOCKOPS, PortPolicy, SockKey,
+    COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED, FLAG_NO_NEW, InterceptConfig, MAP_CIDRS,
+    MAP_CONFIG, MAP_COUNTERS, MAP_ORIG_DST, MAP_PORTS, MAP_SOCKHASH, OrigDst, PROG_CONNECT4,
+    PROG_SK_MSG, PROG_SOCKOPS, PortPolicy, SockKey,
 };
 
 use super::{bpf_log::LogForwarder, cgroup};
@@ -253,7 +253,8 @@ impl EbpfDataPath {
     /// to their destinations), as the first step of a shutdown: the
     /// proxy's listeners close next, and a connect still sent to them
     /// would be refused. Connections already steered, and the sockmap
-    /// shortcut, stay until the programs detach.
+    /// shortcut, stay until the programs detach; sockops goes on filing
+    /// only the proxy's connections.
     pub fn stop_intercepting(&self) -> Result<(), InterceptError> {
         let map_err = |source| InterceptError::Map {
             name: MAP_CONFIG,
@@ -261,7 +262,7 @@ impl EbpfDataPath {
         };
         let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
         let mut value = config.get(&0, 0).map_err(map_err)?;
-        value.flags &= !FLAG_ENABLED;
+        value.flags |= FLAG_NO_NEW;
         config.set(0, value, 0).map_err(map_err)
     }
 
