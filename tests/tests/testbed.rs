@@ -422,10 +422,46 @@ fn cleanup_stale_removes_what_a_killed_run_left() {
     std::fs::create_dir_all(hand_cg.join("pod")).unwrap();
     left.netns.push(hand_ns);
     left.cgroups.extend([hand_cg.join("pod"), hand_cg]);
+    // An iptables-mode proxy's table, for a node address no live node has.
+    let on_lo = ip(&["-o", "-4", "addr", "show", "dev", "lo"]);
+    let block = (0..=255u8)
+        .find(|b| !on_lo.contains(&format!("198.18.{b}.")))
+        .unwrap();
+    let table = format!("sidetrack_198_18_{block}_1_4140");
+    let nft_tables = || {
+        let out = Command::new("nft")
+            .args(["list", "tables", "ip"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        Command::new("nft")
+            .args(["add", "table", "ip", &table])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Gone by the end whatever happens (the test may fail before cleanup).
+    struct DeleteTable<'a>(&'a str);
+    impl Drop for DeleteTable<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", self.0])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _table_guard = DeleteTable(&table);
+    assert!(nft_tables().contains(&table));
 
     let removed = testbed::cleanup_stale().expect("cleanup_stale");
-    assert!(removed >= 6, "removed only {removed} leftovers");
+    assert!(removed >= 7, "removed only {removed} leftovers");
     left.assert_gone();
+    assert!(
+        !nft_tables().contains(&table),
+        "the dead run's nftables table stays"
+    );
     assert_sysctls_restored(&forward_before);
 }
 

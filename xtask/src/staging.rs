@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::testbed::{Node, Pod, SERVICE_RANGE};
+use crate::testbed::{BedLock, Node, Pod, SERVICE_RANGE};
 
 /// The base dtab of the Linkerd tutorial this scenario follows.
 pub const DTAB: &str =
@@ -92,6 +92,9 @@ pub struct Staging {
     apps: Vec<Child>,
     proxy: Option<Child>,
     proxy_log: PathBuf,
+    /// iptables mode: the machine's nftables are this run's alone (see
+    /// `BedLock::take_nft`); dropped after the proxy removed its rules.
+    _nft: Option<BedLock>,
     // Last: dropped after the processes are gone.
     pub node: Node,
 }
@@ -100,6 +103,10 @@ impl Staging {
     /// Makes the node and its pods, starts the apps and the proxy, and waits
     /// until the proxy is ready.
     pub fn start(tag: &str, mode: Mode, bins: Bins) -> Result<Staging> {
+        let nft = match mode {
+            Mode::Iptables => Some(BedLock::take_nft()?),
+            Mode::Ebpf => None,
+        };
         let mut node = Node::new(tag)?;
         let client = node.add_pod("client")?;
         let hello = node.add_pod("hello")?;
@@ -123,6 +130,7 @@ impl Staging {
             apps: Vec::new(),
             proxy: None,
             proxy_log: PathBuf::new(),
+            _nft: nft,
             node,
         };
         staging.start_apps()?;

@@ -64,6 +64,29 @@ pub fn cleanup_stale() -> Result<usize> {
             tally("lo address", &format!("{cidr} ({label})"), r);
         }
     }
+    // iptables-mode proxies name their nftables table for the node address
+    // they listen on. A table whose node address is gone from `lo` (above)
+    // belongs to a dead run, and would send a new node on the same block to
+    // a proxy that is no more.
+    let live: Vec<std::net::Ipv4Addr> = addr::lo_addresses()?.into_iter().map(|(a, _)| a).collect();
+    for table in nft_tables() {
+        if let Some(node) = bed_table_node(&table)
+            && !live.contains(&node)
+        {
+            let r = std::process::Command::new("nft")
+                .args(["delete", "table", "ip", &table])
+                .status()
+                .map_err(anyhow::Error::from)
+                .and_then(|s| {
+                    if s.success() {
+                        Ok(())
+                    } else {
+                        bail!("nft delete table ip {table}: {s}")
+                    }
+                });
+            tally("nftables table", &table, r);
+        }
+    }
     if addr::live_node_owners()?.is_empty() {
         sysctl::restore()?;
     }
@@ -71,4 +94,45 @@ pub fn cleanup_stale() -> Result<usize> {
         bail!("{}", errors.join("; "));
     }
     Ok(removed)
+}
+
+/// The `ip` family tables nftables has (none when `nft` is missing).
+fn nft_tables() -> Vec<String> {
+    let Ok(out) = std::process::Command::new("nft")
+        .args(["list", "tables", "ip"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("table ip ").map(str::to_owned))
+        .collect()
+}
+
+/// The node address a proxy's table is named for, if it is a test bed one:
+/// `sidetrack_198_18_<b>_1_<port>` is 198.18.b.1.
+fn bed_table_node(table: &str) -> Option<std::net::Ipv4Addr> {
+    let rest = table.strip_prefix("sidetrack_198_18_")?;
+    let mut parts = rest.split('_');
+    let block: u8 = parts.next()?.parse().ok()?;
+    (parts.next()? == "1" && parts.next()?.parse::<u16>().is_ok() && parts.next().is_none())
+        .then(|| addr::node_ip(block))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bed_node_tables_are_named_for_a_node() {
+        assert_eq!(
+            bed_table_node("sidetrack_198_18_7_1_4140"),
+            Some(addr::node_ip(7))
+        );
+        assert_eq!(bed_table_node("sidetrack_10_0_0_1_4140"), None);
+        assert_eq!(bed_table_node("sidetrack_198_18_7_2_4140"), None);
+        assert_eq!(bed_table_node("sidetrack_198_18_7_1_x"), None);
+        assert_eq!(bed_table_node("filter"), None);
+    }
 }

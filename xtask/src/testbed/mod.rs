@@ -34,6 +34,7 @@ mod sysctl;
 pub use addr::{POD_RANGE, SERVICE_RANGE, live_node_owners};
 pub use cgroup::cgroup2_root;
 pub use cleanup::cleanup_stale;
+pub(crate) use lock::BedLock;
 pub use node::Node;
 pub use pod::Pod;
 pub use run::set_verbose;
