@@ -117,7 +117,7 @@ pub struct EbpfDataPath {
     _logs: Option<LogForwarder>,
     sockhash: SockHash<MapData, SockKey>,
     counters: PerCpuArray<MapData, u64>,
-    /// The slot `connect4` reads; switching its flag off stops new
+    /// The slot the programs read; [`FLAG_NO_NEW`] in it stops new
     /// interception while sockets already steered keep their shortcut.
     config: Mutex<Array<MapData, InterceptConfig>>,
     orig_dst: Option<OrigDstMap>,

@@ -113,9 +113,10 @@ fn spawn_conn(
 }
 
 /// Accepts what is already queued on `listener`, without waiting, and
-/// closes it; how many it took, and how many slots it added. The kernel finished their handshakes, and
-/// closing would reset them: each is served, a slot added for it where
-/// none is free (the backlog bounds how many).
+/// closes it; returns how many it took and how many slots it added. The
+/// kernel finished their handshakes and closing would reset them, so each
+/// is served, with a slot added for it where none is free (the backlog
+/// bounds how many).
 fn sweep_backlog(
     listener: TcpListener,
     slots: &Arc<Semaphore>,

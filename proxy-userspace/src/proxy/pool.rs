@@ -4,10 +4,10 @@
 //! mutex and no map. A connection is registered with the event loop of
 //! the worker that made it, so only that worker takes it again (another
 //! would be woken through the first one's loop, across threads); the list
-//! holds every worker's, tagged. A pooled connection the backend has closed shows up as
-//! readable in tokio's cached readiness: the liveness check below costs no
-//! system call unless the connection is in fact readable (then it is dead or
-//! out of sync, and dropped).
+//! holds every worker's, tagged. A pooled connection the backend has
+//! closed shows up as readable in tokio's cached readiness: the liveness
+//! check below costs no system call unless the connection is in fact
+//! readable (then it is dead or out of sync, and dropped).
 
 use std::{io, sync::Arc, time::Duration};
 

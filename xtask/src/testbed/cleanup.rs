@@ -6,7 +6,13 @@ use std::fs;
 
 use anyhow::{Context, Result, bail};
 
-use super::{addr, cgroup, lock::BedLock, names, netns, run::ip, run::log, sysctl};
+use super::{
+    addr, cgroup,
+    lock::BedLock,
+    names, netns,
+    run::{ip, log, run},
+    sysctl,
+};
 
 /// Whether a process with this pid exists (a reused pid counts as alive: its
 /// leftovers are kept, never someone else's live node removed).
@@ -73,17 +79,8 @@ pub fn cleanup_stale() -> Result<usize> {
         if let Some(node) = bed_table_node(&table)
             && !live.contains(&node)
         {
-            let r = std::process::Command::new("nft")
-                .args(["delete", "table", "ip", &table])
-                .status()
-                .map_err(anyhow::Error::from)
-                .and_then(|s| {
-                    if s.success() {
-                        Ok(())
-                    } else {
-                        bail!("nft delete table ip {table}: {s}")
-                    }
-                });
+            let r = run(std::process::Command::new("nft").args(["delete", "table", "ip", &table]))
+                .map(drop);
             tally("nftables table", &table, r);
         }
     }
@@ -98,13 +95,8 @@ pub fn cleanup_stale() -> Result<usize> {
 
 /// The `ip` family tables nftables has (none when `nft` is missing).
 fn nft_tables() -> Vec<String> {
-    let Ok(out) = std::process::Command::new("nft")
-        .args(["list", "tables", "ip"])
-        .output()
-    else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
+    run(std::process::Command::new("nft").args(["list", "tables", "ip"]))
+        .unwrap_or_default()
         .lines()
         .filter_map(|l| l.strip_prefix("table ip ").map(str::to_owned))
         .collect()
