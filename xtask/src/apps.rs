@@ -34,12 +34,14 @@ pub fn run(args: &[String]) -> std::io::Result<()> {
         [app, listen, arg] if app == "world" => serve_forever(listen, arg, world_serve),
         [app, listen] if app == "bench-server" => serve_forever(listen, "", bench_serve),
         [app, listen, to] if app == "relay" => relay(listen, to),
+        [app, listen, to] if app == "tokio-relay" => crate::bench::floors::tokio_relay(listen, to),
+        [app, listen, to] if app == "uring-relay" => crate::bench::floors::uring_relay(listen, to),
         [app, rest @ ..] if app == "loadgen" => {
             crate::bench::loadgen::main(rest).map_err(|e| std::io::Error::other(format!("{e:#}")))
         }
         _ => Err(std::io::Error::other(
             "usage: app hello LISTEN WORLD_ADDR | app world LISTEN WORD | app bench-server LISTEN \
-             | app relay LISTEN TO | app loadgen ARGS",
+             | app relay|tokio-relay|uring-relay LISTEN TO | app loadgen ARGS",
         )),
     }
 }

@@ -22,6 +22,7 @@
 //! Everything runs from release builds: Sidetrack, and the xtask binary
 //! whose `app bench-server` and `app loadgen` run in the pods.
 
+pub mod floors;
 mod haltpoll;
 pub mod loadgen;
 mod machine;
@@ -338,10 +339,15 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
     } else {
         let mut v = Vec::new();
         for name in only {
-            let Some(s) = Scenario::ALL.iter().find(|s| s.name() == name) else {
+            let Some(s) = Scenario::ALL
+                .iter()
+                .chain(&Scenario::EXTRA)
+                .find(|s| s.name() == name)
+            else {
                 anyhow::bail!(
-                    "no scenario {name:?}; there are {}",
-                    Scenario::ALL.map(|s| s.name()).join(", ")
+                    "no scenario {name:?}; there are {}, {}",
+                    Scenario::ALL.map(|s| s.name()).join(", "),
+                    Scenario::EXTRA.map(|s| s.name()).join(", ")
                 );
             };
             v.push(*s);

@@ -327,6 +327,26 @@ pub fn tables(r: &Results) -> String {
             added_best(relay, d, true)
         );
     }
+    // The runtime floors, when run (`--only ...,tokio-relay,uring-relay`):
+    // the same pump on another event loop, against the epoll one.
+    if let (Some(d), Some(relay)) = (direct, find(s, "tcp-relay")) {
+        for (name, what) in [
+            ("tokio-relay", "tokio's runtime"),
+            ("uring-relay", "io_uring"),
+        ] {
+            if let Some(x) = find(s, name) {
+                let _ = writeln!(
+                    t,
+                    "\nThe same byte pump on {what} (`{name}`) against epoll (`tcp-relay`), best rounds: \
+                     {:+.1} µs per request pinned ({name} +{:.1}, tcp-relay +{:.1}), {:+.1} µs unpinned.",
+                    added_best(x, d, true) - added_best(relay, d, true),
+                    added_best(x, d, true),
+                    added_best(relay, d, true),
+                    added_best(x, d, false) - added_best(relay, d, false),
+                );
+            }
+        }
+    }
     if let Some(c) = r.machine_costs {
         let _ = write!(
             t,

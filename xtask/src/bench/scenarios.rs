@@ -50,6 +50,12 @@ pub enum Scenario {
     /// The floor of an epoll-based userspace hop: a byte pump with the
     /// system calls Sidetrack makes and nothing else (`xtask app relay`).
     TcpRelay,
+    /// The same pump on a tokio runtime like Sidetrack's workers': the
+    /// runtime's own cost, over `tcp-relay` (`xtask app tokio-relay`).
+    TokioRelay,
+    /// The same pump on io_uring: two system calls a request instead of
+    /// six (`xtask app uring-relay`).
+    UringRelay,
 }
 
 impl Scenario {
@@ -63,6 +69,10 @@ impl Scenario {
         Scenario::TcpRelay,
     ];
 
+    /// Scenarios only `--only` runs: the runtime floors, which answer a
+    /// design question rather than measure the product.
+    pub const EXTRA: [Scenario; 2] = [Scenario::TokioRelay, Scenario::UringRelay];
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Direct => "direct",
@@ -72,7 +82,17 @@ impl Scenario {
             Scenario::Nginx => "nginx",
             Scenario::Haproxy => "haproxy",
             Scenario::TcpRelay => "tcp-relay",
+            Scenario::TokioRelay => "tokio-relay",
+            Scenario::UringRelay => "uring-relay",
         }
+    }
+
+    /// A byte pump rather than an HTTP proxy.
+    fn is_relay(self) -> bool {
+        matches!(
+            self,
+            Scenario::TcpRelay | Scenario::TokioRelay | Scenario::UringRelay
+        )
     }
 
     fn sidetrack_mode(self) -> Option<&'static str> {
@@ -166,7 +186,9 @@ impl Bed {
             Scenario::SidetrackIptables | Scenario::SidetrackEbpf => self.service_addr(),
             Scenario::Nginx => SocketAddrV4::new(node, NGINX_PORT),
             Scenario::Haproxy => SocketAddrV4::new(node, HAPROXY_PORT),
-            Scenario::TcpRelay => SocketAddrV4::new(node, RELAY_PORT),
+            Scenario::TcpRelay | Scenario::TokioRelay | Scenario::UringRelay => {
+                SocketAddrV4::new(node, RELAY_PORT)
+            }
         })
     }
 
@@ -199,9 +221,14 @@ impl Bed {
                 c.arg("-db").arg("-f").arg(conf);
                 c
             }
-            Scenario::TcpRelay => {
+            Scenario::TcpRelay | Scenario::TokioRelay | Scenario::UringRelay => {
+                let app = match scenario {
+                    Scenario::TokioRelay => "tokio-relay",
+                    Scenario::UringRelay => "uring-relay",
+                    _ => "relay",
+                };
                 let mut c = Command::new(&self.bins.xtask);
-                c.args(["app", "relay"])
+                c.args(["app", app])
                     .arg(self.target(scenario).to_string())
                     .arg(SocketAddrV4::new(self.server.ip(), SERVER_PORT).to_string());
                 c
@@ -251,7 +278,7 @@ impl Bed {
             // The relay passes `Connection: close` to a server that keeps
             // the connection anyway: for it, accepting is being ready (the
             // warm-up then proves the path).
-            let up = if scenario == Scenario::TcpRelay {
+            let up = if scenario.is_relay() {
                 TcpStream::connect_timeout(&ready, Duration::from_millis(200)).is_ok()
             } else {
                 http_get(ready, path).is_ok_and(|(status, _)| status == 200)
