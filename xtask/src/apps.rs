@@ -20,6 +20,9 @@
 //!   from a buffer made once, anything else a 13-byte body, each response
 //!   in one write, over keep-alive connections (a thread each).
 //! * `loadgen ...`: the load generator (`bench/loadgen.rs`).
+//! * `relay LISTEN TO`: a bare epoll byte pump, the floor of a userspace
+//!   hop; `tokio-relay` and `uring-relay` are the same pump on tokio and on
+//!   io_uring (`bench/floors.rs`).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},

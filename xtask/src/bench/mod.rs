@@ -19,6 +19,9 @@
 //! dtab criterion bench. `report.rs` prints the table, checks the issue's
 //! targets and writes `target/bench/results.json` and `latency.svg`.
 //!
+//! `--only` picks scenarios, including two the default run leaves out: the
+//! runtime floors `tokio-relay` and `uring-relay` (`floors.rs`).
+//!
 //! Everything runs from release builds: Sidetrack, and the xtask binary
 //! whose `app bench-server` and `app loadgen` run in the pods.
 
