@@ -7,7 +7,7 @@
 //! `route` names a request and binds it with `dtab` (the pure routing
 //! language) and `namer` (file namer, balancer); `admin` serves metrics and
 //! the delegator; `config` holds the settings; `cli` is the command line;
-//! `logging` sets up `tracing`.
+//! `logging` sets up `tracing`; `rt` is the workers' event loop.
 
 pub mod admin;
 pub mod cli;
@@ -19,3 +19,4 @@ pub mod logging;
 pub mod namer;
 pub mod proxy;
 pub mod route;
+pub mod rt;

@@ -18,6 +18,7 @@ use sidetrack::{
     dtab::{Dtab, Namers},
     proxy::{self, ProxyConfig, Shared},
     route::{Identifier, Router},
+    rt,
 };
 use sidetrack_tests::{backend::Backend, client::Client};
 
@@ -73,23 +74,18 @@ fn a_keep_alive_request_allocates_nothing_on_the_proxy() {
         identifier: Identifier::new(IdentifierKind::HeaderToken, "/svc"),
         orig_dst: None,
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .on_thread_start(|| COUNTED.with(|c| c.set(true)))
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let server = runtime.spawn(proxy::serve(
-        listener,
-        shared,
-        stop_rx,
-        std::time::Duration::from_secs(1),
-    ));
+    // A worker as the binary runs it: a thread with its own event loop.
+    let server = std::thread::spawn(move || {
+        COUNTED.with(|c| c.set(true));
+        let runtime = rt::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let listener = rt::net::TcpListener::from_std(listener).unwrap();
+            proxy::serve(listener, shared, stop_rx, std::time::Duration::from_secs(1)).await
+        })
+    });
 
     let mut c = Client::connect(addr);
     let request = b"GET /a HTTP/1.1\r\nHost: web\r\nl5d-dtab: /svc/other => /svc/web\r\n\r\n";
@@ -109,6 +105,6 @@ fn a_keep_alive_request_allocates_nothing_on_the_proxy() {
     eprintln!("heap allocations per proxied keep-alive request: {per_request:.3}");
     stop.send(true).unwrap();
     drop(c);
-    runtime.block_on(server).unwrap();
+    assert!(server.join().unwrap(), "the worker drained");
     assert!(per_request < 0.01, "{per_request} allocations per request");
 }

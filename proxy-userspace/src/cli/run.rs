@@ -195,14 +195,12 @@ impl RunArgs {
             let handle = std::thread::Builder::new()
                 .name(format!("sidetrack-worker-{i}"))
                 .spawn(move || -> Result<bool, String> {
-                    // I/O only: deadlines live on the watchdog, so the
-                    // event loop never reads the clock or walks a timer wheel.
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_io()
-                        .build()
+                    // The worker's own event loop (`rt`): I/O only;
+                    // deadlines live on the watchdog.
+                    let runtime = crate::rt::Runtime::new()
                         .map_err(|e| format!("starting worker {i}: {e}"))?;
                     runtime.block_on(async move {
-                        let listener = tokio::net::TcpListener::from_std(listener)
+                        let listener = crate::rt::net::TcpListener::from_std(listener)
                             .map_err(|e| e.to_string())?;
                         Ok(proxy::serve(listener, shared, stop_rx, grace).await)
                     })

@@ -22,14 +22,10 @@ use std::{
 };
 
 use rand::{SeedableRng, rngs::SmallRng};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
 
 use super::{
     Shared,
-    io::{copy_until_eof, read_into, write_all},
+    io::copy_until_eof,
     pool,
     splice::{Broken, Pipe},
     tunnel,
@@ -44,6 +40,7 @@ use crate::{
     },
     namer::balancer::InFlight,
     route::{self, Dest, Outcome, Route, RouteError},
+    rt::net::TcpStream,
 };
 
 /// The `Via` entry the proxy adds.
@@ -220,7 +217,7 @@ impl Conn {
         };
         self.shared.metrics.opaque_connections.inc();
         tracing::debug!(peer = %self.peer, %dst, "not HTTP: tunnelling to the original destination");
-        if write_all(&backend, &self.buf).await.is_err() {
+        if backend.write_all(&self.buf).await.is_err() {
             return;
         }
         self.tunnel(&backend, self.buf.len() as u64).await;
@@ -308,7 +305,7 @@ impl Conn {
                 http::write_error(&mut self.out, status, &reason, close);
                 let _ = self.client.write_all(&self.out).await;
                 if close {
-                    let _ = self.client.shutdown().await;
+                    self.client.shutdown_write();
                     self.linger().await;
                 }
             }
@@ -775,7 +772,7 @@ impl Conn {
             pool::checkin(&endpoint, backend, &cfg.pool, &self.dog);
         }
         if close_after {
-            let _ = self.client.shutdown().await;
+            self.client.shutdown_write();
             if body_cut || !request_body_done {
                 // The client may still be sending the body nobody took.
                 self.linger().await;
@@ -1207,7 +1204,7 @@ async fn move_body<P: Fn(usize)>(
         BodyLength::None | BodyLength::Tunnel => {}
         BodyLength::Length(n) => {
             let first = (n as usize).min(pending.len());
-            write_all(to, &pending[..first])
+            to.write_all(&pending[..first])
                 .await
                 .map_err(MoveError::To)?;
             pending.drain(..first);
@@ -1231,7 +1228,7 @@ async fn move_body<P: Fn(usize)>(
             loop {
                 if !pending.is_empty() {
                     let k = scanner.scan(pending).map_err(MoveError::Framing)?;
-                    write_all(to, &pending[..k]).await.map_err(MoveError::To)?;
+                    to.write_all(&pending[..k]).await.map_err(MoveError::To)?;
                     pending.drain(..k);
                     moved.copied += k as u64;
                 }
@@ -1241,7 +1238,7 @@ async fn move_body<P: Fn(usize)>(
                 if pending.capacity() - pending.len() < 4096 {
                     pending.reserve(COPY_CHUNK);
                 }
-                match read_into(from, pending).await {
+                match from.read_buf(pending).await {
                     Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
                     Ok(k) => progress(k),
                     Err(e) => return Err(MoveError::From(e)),
@@ -1249,7 +1246,7 @@ async fn move_body<P: Fn(usize)>(
             }
         }
         BodyLength::UntilClose if splice_threshold == u64::MAX => {
-            write_all(to, pending).await.map_err(MoveError::To)?;
+            to.write_all(pending).await.map_err(MoveError::To)?;
             moved.copied += pending.len() as u64;
             pending.clear();
             if copy.len() < COPY_CHUNK {
@@ -1260,7 +1257,7 @@ async fn move_body<P: Fn(usize)>(
                 .map_err(MoveError::From)?;
         }
         BodyLength::UntilClose => {
-            write_all(to, pending).await.map_err(MoveError::To)?;
+            to.write_all(pending).await.map_err(MoveError::To)?;
             moved.copied += pending.len() as u64;
             pending.clear();
             let p = match pipe {
@@ -1295,7 +1292,7 @@ async fn dechunk_body(
             let k = scanner
                 .decode(pending, |d| decoded.extend_from_slice(d))
                 .map_err(MoveError::Framing)?;
-            write_all(to, decoded).await.map_err(MoveError::To)?;
+            to.write_all(decoded).await.map_err(MoveError::To)?;
             pending.drain(..k);
             moved += decoded.len() as u64;
         }
@@ -1305,7 +1302,7 @@ async fn dechunk_body(
         if pending.capacity() - pending.len() < 4096 {
             pending.reserve(COPY_CHUNK);
         }
-        match read_into(from, pending).await {
+        match from.read_buf(pending).await {
             Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
             Ok(k) => progress(k),
             Err(e) => return Err(MoveError::From(e)),
@@ -1342,7 +1339,7 @@ async fn copy_exact(
                 Err(e) => return Err(MoveError::From(e)),
             }
         };
-        write_all(to, &copy[..got]).await.map_err(MoveError::To)?;
+        to.write_all(&copy[..got]).await.map_err(MoveError::To)?;
         left -= got as u64;
     }
     Ok(n)

@@ -17,16 +17,17 @@ pub mod watchdog;
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{
-    net::TcpListener,
-    sync::{OwnedSemaphorePermit, Semaphore, watch},
-};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::{
     admin::metrics::Metrics,
     config::{Settings, ms},
     http,
     route::{Identifier, Router},
+    rt::{
+        self,
+        net::{TcpListener, TcpStream},
+    },
 };
 
 use self::pool::PoolConfig;
@@ -92,7 +93,7 @@ pub struct Shared {
 
 /// Serves one accepted connection on this worker, holding `permit`.
 fn spawn_conn(
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
     peer: std::net::SocketAddr,
     permit: OwnedSemaphorePermit,
     shared: &Arc<Shared>,
@@ -101,7 +102,7 @@ fn spawn_conn(
     let _ = stream.set_nodelay(true);
     let shared = shared.clone();
     let dog = dog.clone();
-    tokio::spawn(async move {
+    rt::spawn(async move {
         shared.metrics.connections_total.inc();
         shared.metrics.connections_active.inc();
         conn::Conn::new(stream, peer, shared.clone(), dog)
@@ -125,9 +126,7 @@ fn sweep_backlog(
 ) -> (usize, usize) {
     // Off the reactor: a plain non-blocking accept answers WouldBlock as
     // soon as the queue is empty, whatever the reactor last saw.
-    let Ok(listener) = listener.into_std() else {
-        return (0, 0);
-    };
+    let listener = listener.into_std();
     let (mut swept, mut added) = (0, 0);
     while let Ok((stream, peer)) = listener.accept() {
         let permit = match slots.clone().try_acquire_owned() {
@@ -141,9 +140,7 @@ fn sweep_backlog(
                     .expect("a permit was just added")
             }
         };
-        let stream = stream
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpStream::from_std(stream));
+        let stream = TcpStream::from_std(stream);
         if let Ok(stream) = stream {
             spawn_conn(stream, peer, permit, shared, dog);
             swept += 1;

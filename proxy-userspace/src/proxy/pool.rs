@@ -5,7 +5,7 @@
 //! the worker that made it, so only that worker takes it again (another
 //! would be woken through the first one's loop, across threads); the list
 //! holds every worker's, tagged. A pooled connection the backend has
-//! closed shows up as readable in tokio's cached readiness: the liveness
+//! closed shows up as readable in the socket's cached readiness: the liveness
 //! check below costs no system call unless the connection is in fact
 //! readable (then it is dead or out of sync, and dropped).
 
@@ -13,7 +13,7 @@ use std::{io, sync::Arc, time::Duration};
 
 use std::{net::SocketAddr, os::fd::AsRawFd};
 
-use tokio::net::{TcpSocket, TcpStream};
+use crate::rt::net::{TcpSocket, TcpStream};
 
 use super::watchdog::Watchdog;
 use crate::namer::balancer::Backend;
@@ -141,11 +141,7 @@ pub async fn connect_to(
 ) -> Result<TcpStream, ConnectError> {
     // Everything before connect(2) is the proxy's own affair.
     let local = |e| ConnectError::Local(addr, e);
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .map_err(local)?;
+    let socket = TcpSocket::new(addr).map_err(local)?;
     if let Some(mark) = cfg.mark {
         set_int_opt(
             &socket,
@@ -226,97 +222,103 @@ mod tests {
 
     /// Two workers share a backend's idle list; each takes back only the
     /// connections it made, and either expires any.
-    #[tokio::test]
-    async fn a_worker_reuses_only_its_own_connections() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let backend = Arc::new(Backend::new(listener.local_addr().unwrap()));
-        let cfg = PoolConfig::default();
-        let (a, b) = (Watchdog::default(), Watchdog::default());
-        assert_ne!(a.id(), b.id());
+    #[test]
+    fn a_worker_reuses_only_its_own_connections() {
+        crate::rt::run(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let backend = Arc::new(Backend::new(listener.local_addr().unwrap()));
+            let cfg = PoolConfig::default();
+            let (a, b) = (Watchdog::default(), Watchdog::default());
+            assert_ne!(a.id(), b.id());
 
-        let (conn, reused) = checkout(&backend, &cfg, &a).await.unwrap();
-        assert!(!reused);
-        let local = conn.local_addr().unwrap();
-        checkin(&backend, conn, &cfg, &a);
-        // Worker b finds none of its own: a new connection.
-        let (other, reused) = checkout(&backend, &cfg, &b).await.unwrap();
-        assert!(!reused);
-        assert_ne!(other.local_addr().unwrap(), local);
-        checkin(&backend, other, &cfg, &b);
-        assert_eq!(backend.idle.lock().unwrap().len(), 2);
-        // Worker a gets its own back.
-        let (again, reused) = checkout(&backend, &cfg, &a).await.unwrap();
-        assert!(reused);
-        assert_eq!(again.local_addr().unwrap(), local);
-        checkin(&backend, again, &cfg, &a);
+            let (conn, reused) = checkout(&backend, &cfg, &a).await.unwrap();
+            assert!(!reused);
+            let local = conn.local_addr().unwrap();
+            checkin(&backend, conn, &cfg, &a);
+            // Worker b finds none of its own: a new connection.
+            let (other, reused) = checkout(&backend, &cfg, &b).await.unwrap();
+            assert!(!reused);
+            assert_ne!(other.local_addr().unwrap(), local);
+            checkin(&backend, other, &cfg, &b);
+            assert_eq!(backend.idle.lock().unwrap().len(), 2);
+            // Worker a gets its own back.
+            let (again, reused) = checkout(&backend, &cfg, &a).await.unwrap();
+            assert!(reused);
+            assert_eq!(again.local_addr().unwrap(), local);
+            checkin(&backend, again, &cfg, &a);
 
-        // The clocks share an epoch: with a zero idle timeout, b's checkin
-        // expires a's connection as well as the one it was holding.
-        let expire_all = PoolConfig {
-            idle_timeout: Duration::ZERO,
-            ..cfg
-        };
-        let (third, _) = checkout(&backend, &cfg, &b).await.unwrap();
-        checkin(&backend, third, &expire_all, &b);
-        assert_eq!(
-            backend.idle.lock().unwrap().len(),
-            1,
-            "only the one just put"
-        );
+            // The clocks share an epoch: with a zero idle timeout, b's checkin
+            // expires a's connection as well as the one it was holding.
+            let expire_all = PoolConfig {
+                idle_timeout: Duration::ZERO,
+                ..cfg
+            };
+            let (third, _) = checkout(&backend, &cfg, &b).await.unwrap();
+            checkin(&backend, third, &expire_all, &b);
+            assert_eq!(
+                backend.idle.lock().unwrap().len(),
+                1,
+                "only the one just put"
+            );
+        });
     }
 
     /// A socket bound to a source address leaves the choice of its port to
     /// connect (IP_BIND_ADDRESS_NO_PORT).
-    #[tokio::test]
-    async fn a_source_bound_connection_takes_its_port_at_connect() {
-        let dog = Watchdog::default();
-        let cfg = PoolConfig {
-            source: Some("127.0.0.1".parse().unwrap()),
-            ..PoolConfig::default()
-        };
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let stream = connect_to(a.local_addr().unwrap(), &cfg, &dog)
-            .await
-            .unwrap();
-        let mut on: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt into an int of the size given.
-        let rc = unsafe {
-            libc::getsockopt(
-                stream.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&mut on as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0);
-        assert_eq!(on, 1);
-        assert_eq!(stream.local_addr().unwrap().ip().to_string(), "127.0.0.1");
+    #[test]
+    fn a_source_bound_connection_takes_its_port_at_connect() {
+        crate::rt::run(async {
+            let dog = Watchdog::default();
+            let cfg = PoolConfig {
+                source: Some("127.0.0.1".parse().unwrap()),
+                ..PoolConfig::default()
+            };
+            let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let stream = connect_to(a.local_addr().unwrap(), &cfg, &dog)
+                .await
+                .unwrap();
+            let mut on: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt into an int of the size given.
+            let rc = unsafe {
+                libc::getsockopt(
+                    stream.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    (&mut on as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            assert_eq!(on, 1);
+            assert_eq!(stream.local_addr().unwrap().ip().to_string(), "127.0.0.1");
+        });
     }
 
     /// A source address the machine does not have is the proxy's fault; a
     /// refused connect is the backend's.
-    #[tokio::test]
-    async fn local_shortages_are_told_from_backend_failures() {
-        let dog = Watchdog::default();
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let refused = connect_to(closed, &PoolConfig::default(), &dog)
-            .await
-            .unwrap_err();
-        assert!(!refused.is_local(), "{refused}");
-        let elsewhere = PoolConfig {
-            source: Some("198.18.255.254".parse().unwrap()),
-            ..PoolConfig::default()
-        };
-        let local = connect_to(closed, &elsewhere, &dog).await.unwrap_err();
-        assert!(local.is_local(), "{local}");
-        assert!(
-            local.to_string().contains("short of local resources"),
-            "{local}"
-        );
+    #[test]
+    fn local_shortages_are_told_from_backend_failures() {
+        crate::rt::run(async {
+            let dog = Watchdog::default();
+            let closed = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap()
+            };
+            let refused = connect_to(closed, &PoolConfig::default(), &dog)
+                .await
+                .unwrap_err();
+            assert!(!refused.is_local(), "{refused}");
+            let elsewhere = PoolConfig {
+                source: Some("198.18.255.254".parse().unwrap()),
+                ..PoolConfig::default()
+            };
+            let local = connect_to(closed, &elsewhere, &dog).await.unwrap_err();
+            assert!(local.is_local(), "{local}");
+            assert!(
+                local.to_string().contains("short of local resources"),
+                "{local}"
+            );
+        });
     }
 }

@@ -1,7 +1,7 @@
 //! Moving bytes between sockets with splice(2), through a pipe, so that body
 //! bytes never enter userspace.
 //!
-//! The sockets are tokio's (non-blocking, edge-triggered); every splice is
+//! The sockets are the runtime's (non-blocking, edge-triggered); every splice is
 //! done inside `try_io`, so that an EAGAIN clears the cached readiness and the
 //! next `readable()`/`writable()` waits for the kernel to say so again.
 
@@ -10,7 +10,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use tokio::{io::Interest, net::TcpStream};
+use crate::rt::net::{Interest, TcpStream};
 
 /// How much one splice call asks for, and the pipe's size.
 const PIPE_SIZE: usize = 1 << 20;
@@ -83,7 +83,7 @@ impl Pipe {
                 None => self.capacity,
             };
             from.readable().await.map_err(Broken::From)?;
-            let got = match from.try_io(Interest::READABLE, || {
+            let got = match from.try_io(Interest::Readable, || {
                 splice(from.as_raw_fd(), self.write.as_raw_fd(), want)
             }) {
                 Ok(0) => {
@@ -105,7 +105,7 @@ impl Pipe {
             let mut left = got;
             while left > 0 {
                 to.writable().await.map_err(Broken::To)?;
-                match to.try_io(Interest::WRITABLE, || {
+                match to.try_io(Interest::Writable, || {
                     splice(self.read.as_raw_fd(), to.as_raw_fd(), left)
                 }) {
                     Ok(0) => return Err(Broken::To(io::ErrorKind::WriteZero.into())),
@@ -140,79 +140,95 @@ fn splice(from: libc::c_int, to: libc::c_int, len: usize) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use std::io::{Read, Write};
 
     use super::*;
+    use crate::rt::{self, net::TcpListener};
 
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        (c, s)
+    /// A blocking std end (driven from a thread) and a runtime end.
+    fn pair() -> (std::net::TcpStream, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let l = TcpListener::from_std(l).unwrap();
+        let s = l.into_std().accept().unwrap().0;
+        (c, TcpStream::from_std(s).unwrap())
     }
 
-    #[tokio::test]
-    async fn moves_an_exact_length_and_leaves_the_rest() {
-        let (mut src_w, src_r) = pair().await;
-        let (dst_w, mut dst_r) = pair().await;
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
-        let want = data.clone();
-        let writer = tokio::spawn(async move {
-            src_w.write_all(&data).await.unwrap();
-            src_w.write_all(b"NEXT").await.unwrap();
-            src_w
+    #[test]
+    fn moves_an_exact_length_and_leaves_the_rest() {
+        rt::run(async {
+            let (mut src_w, src_r) = pair();
+            let (mut dst_r, dst_w) = pair();
+            let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+            let want = data.clone();
+            let writer = std::thread::spawn(move || {
+                src_w.write_all(&data).unwrap();
+                src_w.write_all(b"NEXT").unwrap();
+                src_w
+            });
+            let reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                dst_r.read_to_end(&mut got).unwrap();
+                got
+            });
+            let mut pipe = Pipe::new().unwrap();
+            let n = pipe
+                .transfer(&src_r, &dst_w, Some(want.len() as u64), &|_| {})
+                .await
+                .unwrap();
+            assert_eq!(n, want.len() as u64);
+            drop(dst_w);
+            assert!(reader.join().unwrap() == want, "spliced bytes differ");
+            // The bytes after the body are still in the source socket.
+            let mut next = [0u8; 4];
+            let mut at = 0;
+            while at < 4 {
+                at += src_r.read(&mut next[at..]).await.unwrap();
+            }
+            assert_eq!(&next, b"NEXT");
+            drop(writer.join().unwrap());
         });
-        let mut pipe = Pipe::new().unwrap();
-        let n = pipe
-            .transfer(&src_r, &dst_w, Some(want.len() as u64), &|_| {})
-            .await
-            .unwrap();
-        assert_eq!(n, want.len() as u64);
-        drop(dst_w);
-        let mut got = Vec::new();
-        dst_r.read_to_end(&mut got).await.unwrap();
-        assert!(got == want, "spliced bytes differ");
-        // The bytes after the body are still in the source socket.
-        let mut src_r = src_r;
-        let mut next = [0u8; 4];
-        src_r.read_exact(&mut next).await.unwrap();
-        assert_eq!(&next, b"NEXT");
-        drop(writer.await.unwrap());
     }
 
-    #[tokio::test]
-    async fn an_early_end_is_an_error() {
-        let (mut src_w, src_r) = pair().await;
-        let (dst_w, _dst_r) = pair().await;
-        src_w.write_all(b"short").await.unwrap();
-        drop(src_w);
-        let err = Pipe::new()
-            .unwrap()
-            .transfer(&src_r, &dst_w, Some(100), &|_| {})
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, Broken::From(e) if e.kind() == io::ErrorKind::UnexpectedEof),
-            "{err:?}"
-        );
+    #[test]
+    fn an_early_end_is_an_error() {
+        rt::run(async {
+            let (mut src_w, src_r) = pair();
+            let (_dst_r, dst_w) = pair();
+            src_w.write_all(b"short").unwrap();
+            drop(src_w);
+            let err = Pipe::new()
+                .unwrap()
+                .transfer(&src_r, &dst_w, Some(100), &|_| {})
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, Broken::From(e) if e.kind() == io::ErrorKind::UnexpectedEof),
+                "{err:?}"
+            );
+        });
     }
 
-    #[tokio::test]
-    async fn until_eof_moves_everything() {
-        let (mut src_w, src_r) = pair().await;
-        let (dst_w, mut dst_r) = pair().await;
-        src_w.write_all(&[7u8; 200_000]).await.unwrap();
-        drop(src_w);
-        let n = Pipe::new()
-            .unwrap()
-            .transfer(&src_r, &dst_w, None, &|_| {})
-            .await
-            .unwrap();
-        assert_eq!(n, 200_000);
-        drop(dst_w);
-        let mut got = Vec::new();
-        dst_r.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got.len(), 200_000);
+    #[test]
+    fn until_eof_moves_everything() {
+        rt::run(async {
+            let (mut src_w, src_r) = pair();
+            let (mut dst_r, dst_w) = pair();
+            let writer = std::thread::spawn(move || src_w.write_all(&[7u8; 200_000]).unwrap());
+            let reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                dst_r.read_to_end(&mut got).unwrap();
+                got
+            });
+            let n = Pipe::new()
+                .unwrap()
+                .transfer(&src_r, &dst_w, None, &|_| {})
+                .await
+                .unwrap();
+            assert_eq!(n, 200_000);
+            drop(dst_w);
+            assert_eq!(reader.join().unwrap().len(), 200_000);
+            writer.join().unwrap();
+        });
     }
 }

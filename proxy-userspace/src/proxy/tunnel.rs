@@ -3,11 +3,10 @@
 //! copied through userspace where splice cannot read (sockets in the eBPF
 //! SOCKHASH receive redirected bytes into a queue splice does not see).
 
-use std::{io, os::fd::AsRawFd};
-
-use tokio::net::TcpStream;
+use std::io;
 
 use super::{io::copy_until_eof, splice::Pipe};
+use crate::rt::net::TcpStream;
 
 /// Moves `a` to `b` and `b` to `a` at once until both directions end; when
 /// one direction ends, the write side of its destination is shut down so
@@ -28,7 +27,7 @@ pub async fn run(
                     .transfer(a, b, None, progress)
                     .await
                     .map_err(io::Error::from);
-                shutdown_write(b);
+                b.shutdown_write();
                 n
             },
             async {
@@ -36,7 +35,7 @@ pub async fn run(
                     .transfer(b, a, None, progress)
                     .await
                     .map_err(io::Error::from);
-                shutdown_write(a);
+                a.shutdown_write();
                 n
             }
         )
@@ -45,21 +44,15 @@ pub async fn run(
         tokio::join!(
             async {
                 let n = copy_until_eof(a, b, &mut ab, progress).await;
-                shutdown_write(b);
+                b.shutdown_write();
                 n
             },
             async {
                 let n = copy_until_eof(b, a, &mut ba, progress).await;
-                shutdown_write(a);
+                a.shutdown_write();
                 n
             }
         )
     };
     x.and(y).map(drop)
-}
-
-fn shutdown_write(s: &TcpStream) {
-    // SAFETY: shutdown on a descriptor the stream owns; failure (already
-    // closed) is harmless here.
-    unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_WR) };
 }

@@ -1,19 +1,19 @@
 //! Connection deadlines without a timer per wait.
 //!
-//! A tokio timer per read (idle keep-alive, request head, backend response)
-//! costs a trip through the timer wheel, and, whenever the new deadline is
-//! earlier than the one the runtime sleeps towards, a write to the
-//! runtime's eventfd to wake it: a system call per request. Instead each
+//! A timer per read (idle keep-alive, request head, backend response) costs
+//! a trip through a timer wheel, and, whenever the new deadline is earlier
+//! than the one the event loop sleeps towards, a write to its eventfd to
+//! wake it: a system call per request. Instead each
 //! connection owns a [`Deadline`]: arming it is two atomic stores, waiting
 //! under it an atomic waker registration. One sweeper thread per worker
 //! wakes every [`TICK`], advances a coarse clock, and fires the deadlines
 //! that have passed, and, once the proxy drains, those of idle connections.
 //! Deadlines are therefore honoured to within a tick.
 //!
-//! The sweeper is a thread rather than a task so that the workers' runtimes
-//! need no timer driver at all: with one, every park of the event loop
-//! reads the clock and walks the timer wheel (about a tenth of the proxy's
-//! instructions per request). Every other wait in a worker (connects, the
+//! The sweeper is a thread rather than a task so that the workers' event
+//! loop (`rt`) needs no timers at all: with them, every park of the loop
+//! reads the clock and walks a timer wheel (under tokio that was about a
+//! tenth of the proxy's instructions per request). Every other wait in a worker (connects, the
 //! accept back-off, the shutdown grace) uses [`Watchdog::timeout`].
 
 use std::{
@@ -290,11 +290,8 @@ mod tests {
 
     #[test]
     fn timeouts_need_no_timer_driver() {
-        // The workers' runtime: I/O only.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
+        // The workers' runtime: the sweeper thread wakes its tasks.
+        let rt = crate::rt::Runtime::new().unwrap();
         let dog = Arc::new(Watchdog::default());
         dog.start_sweeper("test-sweeper".into()).unwrap();
         let started = Instant::now();

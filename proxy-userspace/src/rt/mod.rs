@@ -1,0 +1,660 @@
+//! The workers' event loop: a single-threaded executor over an
+//! edge-triggered epoll reactor.
+//!
+//! Each worker thread runs one [`Runtime`]. Its connections are tasks that
+//! never leave the thread, so the loop is built for that case: a task is
+//! woken from its own thread by pushing it on a plain queue, a socket's
+//! readiness is one byte the reactor sets and the socket's reads clear, and
+//! the loop blocks in `epoll_wait` only when no task is ready. Other threads
+//! (the deadline sweeper, the shutdown signal) wake a task through a locked
+//! queue and an eventfd; that path is rare and may cost a system call.
+//!
+//! The reactor has no timers: deadlines live on the watchdog
+//! (`proxy::watchdog`), whose sweeper thread wakes what is due.
+//!
+//! A socket ([`net::TcpStream`], [`net::TcpListener`]) belongs to the
+//! runtime of the thread that registered it: it may be moved to and
+//! dropped on another thread (the backend pool holds every worker's idle
+//! connections), but only waited on by its own.
+
+pub mod net;
+
+use std::{
+    cell::{Cell, RefCell, UnsafeCell},
+    collections::VecDeque,
+    future::Future,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    pin::{Pin, pin},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+    },
+    task::{Context, Poll, RawWaker, RawWakerVTable, Wake, Waker},
+};
+
+/// Tasks run between two looks at the sockets while tasks stay ready (a
+/// look that finds the queue empty blocks instead).
+const TASKS_PER_POLL: u32 = 64;
+/// Events taken from one `epoll_wait`.
+const EVENTS: usize = 256;
+/// The epoll key of the runtime's own eventfd.
+const WAKE_KEY: u64 = u64::MAX;
+
+/// Readiness bits of a registered socket.
+const READABLE: u8 = 1;
+const WRITABLE: u8 = 2;
+
+/// What other threads reach a runtime by: its queue for tasks they wake
+/// and the eventfd that interrupts its wait.
+struct Remote {
+    id: u64,
+    tasks: Mutex<Vec<Arc<Task>>>,
+    /// Registrations whose sockets were dropped on another thread, and
+    /// whether there are any (so that the loop need not lock to know).
+    released: Mutex<Vec<u64>>,
+    has_released: AtomicBool,
+    /// The `block_on` future was woken.
+    main_woken: AtomicBool,
+    wake_fd: OwnedFd,
+}
+
+impl Remote {
+    fn interrupt(&self) {
+        let one: u64 = 1;
+        // SAFETY: an 8-byte write to an eventfd we own. EAGAIN (the counter
+        // is full) still leaves the loop to be woken, so it is ignored.
+        unsafe { libc::write(self.wake_fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// The loop's state, reached through [`CURRENT`] while it runs.
+struct Local {
+    remote: Arc<Remote>,
+    queue: RefCell<VecDeque<Arc<Task>>>,
+    reactor: Reactor,
+}
+
+thread_local! {
+    /// The runtime running on this thread, if any: set for the length of
+    /// [`Runtime::block_on`].
+    static CURRENT: Cell<*const Local> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Calls `f` with the runtime running on this thread.
+fn with_current<R>(f: impl FnOnce(Option<&Local>) -> R) -> R {
+    CURRENT.with(|c| {
+        let p = c.get();
+        // SAFETY: set only while `block_on` holds the `Local` alive on
+        // this thread, and reset before it returns.
+        f(unsafe { p.as_ref() })
+    })
+}
+
+/// One worker's executor and reactor. Not `Send`: it runs where it was made.
+pub struct Runtime {
+    local: Box<Local>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Runtime {
+    pub fn new() -> io::Result<Runtime> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        // SAFETY: plain system calls; the descriptors are checked and owned.
+        let wake_fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if wake_fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let wake_fd = unsafe { OwnedFd::from_raw_fd(wake_fd) };
+        let reactor = Reactor::new()?;
+        reactor.add(wake_fd.as_raw_fd(), WAKE_KEY)?;
+        Ok(Runtime {
+            local: Box::new(Local {
+                remote: Arc::new(Remote {
+                    id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                    tasks: Mutex::default(),
+                    released: Mutex::default(),
+                    has_released: AtomicBool::new(false),
+                    main_woken: AtomicBool::new(true),
+                    wake_fd,
+                }),
+                queue: RefCell::new(VecDeque::with_capacity(64)),
+                reactor,
+            }),
+            _not_send: std::marker::PhantomData,
+        })
+    }
+
+    /// Runs `main`, and the tasks it spawns, until `main` completes. Tasks
+    /// still pending then are dropped with the runtime (or at the next
+    /// `block_on`'s start, never on another thread).
+    pub fn block_on<F: Future>(&self, main: F) -> F::Output {
+        let local: &Local = &self.local;
+        let previous = CURRENT.with(|c| c.replace(local as *const Local));
+        assert!(
+            previous.is_null(),
+            "a runtime is already running on this thread"
+        );
+        let _reset = Reset;
+        let waker = Waker::from(Arc::new(MainWaker(local.remote.clone())));
+        let mut cx = Context::from_waker(&waker);
+        let mut main = pin!(main);
+        local.remote.main_woken.store(true, Ordering::Relaxed);
+        let mut since_poll = 0u32;
+        loop {
+            if local.remote.main_woken.swap(false, Ordering::AcqRel)
+                && let Poll::Ready(out) = main.as_mut().poll(&mut cx)
+            {
+                return out;
+            }
+            // The tasks ready now; those they wake wait for the next round.
+            let ready = local.queue.borrow().len();
+            for _ in 0..ready {
+                let Some(task) = local.queue.borrow_mut().pop_front() else {
+                    break;
+                };
+                task.run();
+            }
+            since_poll += ready as u32;
+            let idle =
+                local.queue.borrow().is_empty() && !local.remote.main_woken.load(Ordering::Acquire);
+            if idle || since_poll >= TASKS_PER_POLL {
+                since_poll = 0;
+                local.turn(idle);
+            }
+        }
+    }
+
+    /// Drops every task still pending (their sockets close).
+    fn clear(&self) {
+        let local: &Local = &self.local;
+        let previous = CURRENT.with(|c| c.replace(local as *const Local));
+        let _reset = (previous.is_null()).then_some(Reset);
+        let queued: Vec<_> = local.queue.borrow_mut().drain(..).collect();
+        for task in queued {
+            task.cancel();
+        }
+        let remote: Vec<_> = std::mem::take(&mut *local.remote.tasks.lock().expect("runtime lock"));
+        for task in remote {
+            task.cancel();
+        }
+        for task in local.reactor.tasks.take() {
+            if let Some(task) = task.upgrade() {
+                task.cancel();
+            }
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+struct Reset;
+
+impl Drop for Reset {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(std::ptr::null()));
+    }
+}
+
+/// Runs `fut` as a task on this thread's runtime.
+///
+/// # Panics
+/// Outside a runtime.
+pub fn spawn<F>(fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    with_current(|local| {
+        let local = local.expect("rt::spawn outside a runtime");
+        let task = Arc::new(Task {
+            future: UnsafeCell::new(Some(Box::pin(fut))),
+            queued: AtomicBool::new(true),
+            remote: local.remote.clone(),
+        });
+        local.reactor.tasks.borrow_mut().push(Arc::downgrade(&task));
+        local.queue.borrow_mut().push_back(task);
+    })
+}
+
+/// Wakes `block_on`'s own future.
+struct MainWaker(Arc<Remote>);
+
+impl Wake for MainWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let remote = &self.0;
+        remote.main_woken.store(true, Ordering::Release);
+        let here = with_current(|l| l.is_some_and(|l| l.remote.id == remote.id));
+        if !here {
+            remote.interrupt();
+        }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A spawned future and whether it is queued to run.
+struct Task {
+    /// Touched only on the runtime's thread (polled, or dropped when done).
+    future: UnsafeCell<Option<BoxFuture>>,
+    queued: AtomicBool,
+    remote: Arc<Remote>,
+}
+
+// SAFETY: `future` is only accessed on the thread of the runtime the task
+// belongs to (`run` and `cancel` are called by that runtime alone); what
+// crosses threads is the `Arc` (through wakers) and the atomic flag.
+unsafe impl Sync for Task {}
+
+impl Task {
+    fn run(self: Arc<Self>) {
+        self.queued.store(false, Ordering::Release);
+        // SAFETY: see `unsafe impl Sync`: we are on the runtime's thread,
+        // and no other borrow of the slot is live (a task is never polled
+        // from within its own poll).
+        let slot = unsafe { &mut *self.future.get() };
+        let Some(fut) = slot.as_mut() else { return };
+        // Borrowed, not counted: `self` holds the task while it runs, and
+        // whoever keeps the waker clones it (which counts).
+        // SAFETY: the pointer is a live `Arc<Task>`'s; the waker is never
+        // dropped (so never gives back a count it did not take).
+        let waker = std::mem::ManuallyDrop::new(unsafe {
+            Waker::from_raw(RawWaker::new(Arc::as_ptr(&self).cast::<()>(), &TASK_VTABLE))
+        });
+        let mut cx = Context::from_waker(&waker);
+        if fut.as_mut().poll(&mut cx).is_ready() {
+            *slot = None;
+        }
+    }
+
+    fn cancel(&self) {
+        // SAFETY: as in `run`.
+        let fut = unsafe { (*self.future.get()).take() };
+        drop(fut);
+    }
+
+    fn schedule(self: Arc<Self>) {
+        if self.queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let rejected = with_current(|local| match local {
+            Some(local) if local.remote.id == self.remote.id => {
+                local.queue.borrow_mut().push_back(self);
+                None
+            }
+            _ => Some(self),
+        });
+        if let Some(task) = rejected {
+            let remote = task.remote.clone();
+            remote.tasks.lock().expect("runtime lock").push(task);
+            remote.interrupt();
+        }
+    }
+}
+
+static TASK_VTABLE: RawWakerVTable =
+    RawWakerVTable::new(clone_task, wake_task, wake_task_by_ref, drop_task);
+
+unsafe fn clone_task(ptr: *const ()) -> RawWaker {
+    // SAFETY: `ptr` came from `Arc::into_raw` and its count is held.
+    unsafe { Arc::increment_strong_count(ptr.cast::<Task>()) };
+    RawWaker::new(ptr, &TASK_VTABLE)
+}
+
+unsafe fn wake_task(ptr: *const ()) {
+    // SAFETY: consumes the waker's count.
+    let task = unsafe { Arc::from_raw(ptr.cast::<Task>()) };
+    task.schedule();
+}
+
+unsafe fn wake_task_by_ref(ptr: *const ()) {
+    // SAFETY: borrows the waker's count and takes a new one for the queue.
+    let task = unsafe {
+        Arc::increment_strong_count(ptr.cast::<Task>());
+        Arc::from_raw(ptr.cast::<Task>())
+    };
+    task.schedule();
+}
+
+unsafe fn drop_task(ptr: *const ()) {
+    // SAFETY: releases the waker's count.
+    unsafe { Arc::decrement_strong_count(ptr.cast::<Task>()) };
+}
+
+impl Local {
+    /// One look at the sockets: waits for events when `block`, else takes
+    /// only those already there; wakes what they concern.
+    fn turn(&self, block: bool) {
+        self.reactor.release_dropped(&self.remote);
+        let woken = self.reactor.poll(block);
+        if woken.remote {
+            let mut buf = 0u64;
+            // SAFETY: an 8-byte read from our eventfd (resets its counter).
+            unsafe {
+                libc::read(
+                    self.remote.wake_fd.as_raw_fd(),
+                    (&mut buf as *mut u64).cast(),
+                    8,
+                )
+            };
+            let tasks = std::mem::take(&mut *self.remote.tasks.lock().expect("runtime lock"));
+            self.queue.borrow_mut().extend(tasks);
+            self.reactor.release_dropped(&self.remote);
+        }
+    }
+}
+
+/// The epoll instance and what each registration's key leads to.
+struct Reactor {
+    epoll: OwnedFd,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<u32>>,
+    events: RefCell<Vec<libc::epoll_event>>,
+    /// Wakers taken from sockets during one poll, woken after it.
+    to_wake: RefCell<Vec<Waker>>,
+    /// Registrations dropped on this thread, released at the next turn.
+    dropped: RefCell<Vec<u64>>,
+    /// Every task spawned here, so that the runtime can drop those left.
+    tasks: RefCell<Vec<std::sync::Weak<Task>>>,
+}
+
+struct Slot {
+    generation: u32,
+    io: Option<Arc<IoState>>,
+}
+
+struct Polled {
+    remote: bool,
+}
+
+impl Reactor {
+    fn new() -> io::Result<Reactor> {
+        // SAFETY: a plain system call; the descriptor is checked and owned.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Reactor {
+            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+            slots: RefCell::default(),
+            free: RefCell::default(),
+            events: RefCell::new(vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS]),
+            to_wake: RefCell::new(Vec::with_capacity(EVENTS)),
+            dropped: RefCell::default(),
+            tasks: RefCell::default(),
+        })
+    }
+
+    fn add(&self, fd: RawFd, key: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: key,
+        };
+        // SAFETY: epoll_ctl with descriptors we hold and a valid event.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn register(&self, fd: RawFd, remote: &Arc<Remote>) -> io::Result<Arc<IoState>> {
+        let mut slots = self.slots.borrow_mut();
+        let index = match self.free.borrow_mut().pop() {
+            Some(i) => i,
+            None => {
+                slots.push(Slot {
+                    generation: 0,
+                    io: None,
+                });
+                (slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        let key = (u64::from(slot.generation) << 32) | u64::from(index);
+        let io = Arc::new(IoState {
+            ready: AtomicU8::new(0),
+            reader: UnsafeCell::new(None),
+            writer: UnsafeCell::new(None),
+            key,
+            remote: remote.clone(),
+        });
+        if let Err(e) = self.add(fd, key) {
+            self.free.borrow_mut().push(index);
+            return Err(e);
+        }
+        slot.io = Some(io.clone());
+        Ok(io)
+    }
+
+    fn deregister(&self, fd: RawFd) {
+        // SAFETY: epoll_ctl on descriptors we hold; failure leaves nothing to undo.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+
+    fn release(&self, key: u64) {
+        let index = (key & u64::from(u32::MAX)) as usize;
+        let io = {
+            let mut slots = self.slots.borrow_mut();
+            slots
+                .get_mut(index)
+                .filter(|slot| u64::from(slot.generation) == key >> 32)
+                .and_then(|slot| slot.io.take())
+        };
+        if io.is_some() {
+            self.free.borrow_mut().push(index as u32);
+        }
+        // Dropped with no borrow held.
+        drop(io);
+    }
+
+    fn release_dropped(&self, remote: &Remote) {
+        // One at a time: releasing drops a socket's wakers, and with them
+        // perhaps a task, whose drop may release more.
+        loop {
+            let key = self.dropped.borrow_mut().pop();
+            let Some(key) = key else { break };
+            self.release(key);
+        }
+        if remote.has_released.swap(false, Ordering::Acquire) {
+            let elsewhere = std::mem::take(&mut *remote.released.lock().expect("runtime lock"));
+            for key in elsewhere {
+                self.release(key);
+            }
+        }
+        self.sweep_tasks();
+    }
+
+    /// Forgets finished tasks now and then (the list only serves `clear`).
+    fn sweep_tasks(&self) {
+        let mut tasks = self.tasks.borrow_mut();
+        if tasks.len() >= 64 && tasks.len() == tasks.capacity() {
+            tasks.retain(|t| t.strong_count() > 0);
+        }
+    }
+
+    fn poll(&self, block: bool) -> Polled {
+        let mut events = self.events.borrow_mut();
+        let n = loop {
+            // SAFETY: the buffer holds `events.len()` entries.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as libc::c_int,
+                    if block { -1 } else { 0 },
+                )
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = io::Error::last_os_error();
+            assert_eq!(
+                e.kind(),
+                io::ErrorKind::Interrupted,
+                "epoll_wait failed: {e}"
+            );
+        };
+        let mut polled = Polled { remote: false };
+        let mut to_wake = self.to_wake.borrow_mut();
+        {
+            let slots = self.slots.borrow();
+            for ev in &events[..n] {
+                let (key, flags) = (ev.u64, ev.events as i32);
+                if key == WAKE_KEY {
+                    polled.remote = true;
+                    continue;
+                }
+                let Some(io) = slots
+                    .get((key & u64::from(u32::MAX)) as usize)
+                    .filter(|s| u64::from(s.generation) == key >> 32)
+                    .and_then(|s| s.io.as_deref())
+                else {
+                    continue;
+                };
+                let closed = flags & (libc::EPOLLHUP | libc::EPOLLERR) != 0;
+                let mut bits = 0;
+                if closed || flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLPRI) != 0 {
+                    bits |= READABLE;
+                }
+                if closed || flags & libc::EPOLLOUT != 0 {
+                    bits |= WRITABLE;
+                }
+                io.ready.fetch_or(bits, Ordering::Relaxed);
+                // SAFETY: the waker slots are touched only on this thread.
+                unsafe {
+                    if bits & READABLE != 0
+                        && let Some(w) = (*io.reader.get()).take()
+                    {
+                        to_wake.push(w);
+                    }
+                    if bits & WRITABLE != 0
+                        && let Some(w) = (*io.writer.get()).take()
+                    {
+                        to_wake.push(w);
+                    }
+                }
+            }
+        }
+        drop(events);
+        // Woken with no borrow held; the vector's allocation is kept.
+        let mut wakers = std::mem::take(&mut *to_wake);
+        drop(to_wake);
+        for w in wakers.drain(..) {
+            w.wake();
+        }
+        *self.to_wake.borrow_mut() = wakers;
+        polled
+    }
+}
+
+/// A registered socket's readiness and the tasks waiting on it.
+struct IoState {
+    ready: AtomicU8,
+    reader: UnsafeCell<Option<Waker>>,
+    writer: UnsafeCell<Option<Waker>>,
+    key: u64,
+    remote: Arc<Remote>,
+}
+
+// SAFETY: the waker slots are only touched on the owning runtime's thread
+// (`poll_ready` checks it is there; the reactor runs there); other threads
+// only move the `Arc` around and drop it.
+unsafe impl Sync for IoState {}
+unsafe impl Send for IoState {}
+
+impl IoState {
+    /// Ready when `bit` is set; else registers the task to be woken.
+    ///
+    /// # Panics
+    /// Off the runtime that registered the socket.
+    fn poll_ready(&self, bit: u8, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ready.load(Ordering::Relaxed) & bit != 0 {
+            return Poll::Ready(());
+        }
+        let here = with_current(|l| l.is_some_and(|l| l.remote.id == self.remote.id));
+        assert!(
+            here,
+            "a socket waited on off the runtime that registered it"
+        );
+        let slot = if bit == READABLE {
+            &self.reader
+        } else {
+            &self.writer
+        };
+        // SAFETY: on the owning runtime's thread (checked above).
+        let slot = unsafe { &mut *slot.get() };
+        match slot {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    fn is_ready(&self, bit: u8) -> bool {
+        self.ready.load(Ordering::Relaxed) & bit != 0
+    }
+
+    fn clear(&self, bit: u8) {
+        self.ready.fetch_and(!bit, Ordering::Relaxed);
+    }
+
+    /// Forgets the registration; the descriptor is being closed (which
+    /// takes it out of the epoll set).
+    fn release(&self) {
+        let local = with_current(|l| {
+            l.filter(|l| l.remote.id == self.remote.id)
+                .map(|l| l.reactor.dropped.borrow_mut().push(self.key))
+                .is_some()
+        });
+        if !local {
+            self.remote
+                .released
+                .lock()
+                .expect("runtime lock")
+                .push(self.key);
+            self.remote.has_released.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Registers `fd` with this thread's runtime.
+fn register(fd: RawFd) -> io::Result<Arc<IoState>> {
+    with_current(|local| {
+        let local = local.ok_or_else(|| io::Error::other("no runtime on this thread"))?;
+        local.reactor.register(fd, &local.remote)
+    })
+}
+
+/// Takes `fd` out of this thread's runtime before it is handed on.
+fn deregister(fd: RawFd, io: &IoState) {
+    with_current(|local| {
+        if let Some(local) = local.filter(|l| l.remote.id == io.remote.id) {
+            local.reactor.deregister(fd);
+        }
+    });
+}
+
+/// Runs `fut` on a runtime of its own (tests).
+#[cfg(test)]
+pub(crate) fn run<F: Future>(fut: F) -> F::Output {
+    Runtime::new().expect("a runtime").block_on(fut)
+}
+
+#[cfg(test)]
+mod tests;

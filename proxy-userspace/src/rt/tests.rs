@@ -1,0 +1,244 @@
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    sync::atomic::AtomicUsize,
+    time::Duration,
+};
+
+use super::{
+    net::{TcpListener, TcpStream},
+    *,
+};
+
+fn listener() -> (TcpListener, SocketAddr) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    (TcpListener::from_std(l).unwrap(), addr)
+}
+
+/// Echo tasks on one runtime: an accept loop spawns one per connection,
+/// and the main future drives three clients by turns, so that every wake
+/// is a same-thread wake through the reactor.
+#[test]
+fn tasks_echo_over_loopback() {
+    run(async {
+        let (l, addr) = listener();
+        spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        let n = s.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        s.write_all(&buf[..n]).await.unwrap();
+                    }
+                });
+            }
+        });
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        for round in 0..200u32 {
+            for (i, c) in clients.iter().enumerate() {
+                let msg = format!("round {round} client {i}");
+                c.write_all(msg.as_bytes()).await.unwrap();
+                let mut got = Vec::new();
+                while got.len() < msg.len() {
+                    c.read_buf(&mut got).await.unwrap();
+                }
+                assert_eq!(got, msg.as_bytes());
+            }
+        }
+    });
+}
+
+/// A write bigger than the socket buffers waits for room, and the peer
+/// gets every byte; a closed peer reads as 0.
+#[test]
+fn a_large_write_waits_for_room_and_the_end_reads_as_zero() {
+    run(async {
+        let (l, addr) = listener();
+        let peer = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let mut got = vec![0u8; 8 << 20];
+            s.read_exact(&mut got).unwrap();
+            got
+        });
+        let (s, _) = l.accept().await.unwrap();
+        let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+        s.write_all(&data).await.unwrap();
+        assert!(peer.join().unwrap() == data, "bytes differ");
+        let mut buf = [0u8; 16];
+        assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+    });
+}
+
+/// A task waiting on a channel is woken from another thread (through the
+/// eventfd), and so is the main future.
+#[test]
+fn wakes_from_other_threads_reach_the_loop() {
+    run(async {
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<u32>();
+        spawn(async move {
+            let v = rx.await.unwrap();
+            done_tx.send(v + 1).unwrap();
+        });
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send(41).unwrap();
+        });
+        assert_eq!(done_rx.await.unwrap(), 42);
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send(7).unwrap();
+        });
+        assert_eq!(rx.await.unwrap(), 7);
+    });
+}
+
+struct Flag(Arc<AtomicUsize>);
+
+impl Drop for Flag {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Tasks still pending when `block_on` returns are dropped with the
+/// runtime, on its thread, and their sockets close.
+#[test]
+fn pending_tasks_are_dropped_with_the_runtime() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (l, addr) = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        (l, a)
+    };
+    let rt = Runtime::new().unwrap();
+    let flag = Flag(dropped.clone());
+    rt.block_on(async move {
+        let s = TcpStream::connect(addr).await.unwrap();
+        spawn(async move {
+            let _flag = flag;
+            let mut buf = [0u8; 1];
+            // Never answered.
+            let _ = s.read(&mut buf).await;
+        });
+        // Let it start waiting.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        spawn(async move {
+            let _ = tx.send(());
+        });
+        rx.await.unwrap();
+    });
+    assert_eq!(dropped.load(Ordering::SeqCst), 0, "still pending");
+    drop(rt);
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "dropped with the runtime"
+    );
+    // The connection closed: the accepted end reads the end.
+    let (mut accepted, _) = l.accept().unwrap();
+    accepted
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(accepted.read(&mut [0u8; 1]).unwrap(), 0);
+}
+
+/// A socket dropped on another thread gives its registration back at the
+/// runtime's next turn, and the slot is used again.
+#[test]
+fn sockets_dropped_elsewhere_release_their_slot() {
+    let rt = Runtime::new().unwrap();
+    let (l, addr) = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        (l, a)
+    };
+    let slots = |rt: &Runtime| {
+        let slots = rt.local.reactor.slots.borrow();
+        slots.iter().filter(|s| s.io.is_some()).count()
+    };
+    let stream = rt.block_on(TcpStream::connect(addr)).unwrap();
+    let _accepted = l.accept().unwrap();
+    assert_eq!(slots(&rt), 1);
+    std::thread::spawn(move || drop(stream)).join().unwrap();
+    assert_eq!(slots(&rt), 1, "not yet: released by the loop");
+    // The next connect registers a second slot, and its wait turns the
+    // loop, which releases the first.
+    let second = rt.block_on(TcpStream::connect(addr)).unwrap();
+    let _accepted2 = l.accept().unwrap();
+    assert_eq!(slots(&rt), 1, "the first was released");
+    // The third takes the first's slot again.
+    let third = rt.block_on(TcpStream::connect(addr)).unwrap();
+    let _accepted3 = l.accept().unwrap();
+    assert_eq!(slots(&rt), 2);
+    assert_eq!(rt.local.reactor.slots.borrow().len(), 2, "a slot reused");
+    drop((second, third));
+}
+
+/// Refused connects fail with the kernel's error.
+#[test]
+fn a_refused_connect_is_an_error() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = run(TcpStream::connect(closed)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+}
+
+/// `try_read` answers from the cached readiness: nothing is read before
+/// the reactor has seen the bytes arrive, and after a `WouldBlock` the
+/// socket waits for a new edge.
+#[test]
+fn try_read_follows_the_cached_readiness() {
+    run(async {
+        let (l, addr) = listener();
+        let mut peer = std::net::TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        peer.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 16];
+        // Registered just now and not yet polled: no readiness known.
+        assert_eq!(
+            s.try_read(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+        s.readable().await.unwrap();
+        assert_eq!(s.try_read(&mut buf).unwrap(), 5);
+        assert_eq!(
+            s.try_read(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+        peer.write_all(b"again").unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 5);
+        assert_eq!(&buf[..5], b"again");
+    });
+}
+
+/// Waiting on a socket from a runtime other than its own is refused.
+#[test]
+fn a_socket_is_waited_on_only_by_its_own_runtime() {
+    let (l, addr) = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        (l, a)
+    };
+    let stream = run(TcpStream::connect(addr)).unwrap();
+    let _accepted = l.accept().unwrap();
+    let other = std::thread::spawn(move || {
+        run(async move {
+            let mut buf = [0u8; 1];
+            let _ = stream.read(&mut buf).await;
+        })
+    });
+    assert!(other.join().is_err(), "the other runtime's wait panicked");
+}
