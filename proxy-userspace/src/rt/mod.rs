@@ -142,7 +142,9 @@ impl Runtime {
         local.remote.main_woken.store(true, Ordering::Relaxed);
         let mut since_poll = 0u32;
         loop {
-            if local.remote.main_woken.swap(false, Ordering::AcqRel)
+            // Looked at before it is swapped: a plain load when not woken.
+            if local.remote.main_woken.load(Ordering::Acquire)
+                && local.remote.main_woken.swap(false, Ordering::AcqRel)
                 && let Poll::Ready(out) = main.as_mut().poll(&mut cx)
             {
                 return out;
@@ -471,7 +473,9 @@ impl Reactor {
             let Some(key) = key else { break };
             self.release(key);
         }
-        if remote.has_released.swap(false, Ordering::Acquire) {
+        if remote.has_released.load(Ordering::Relaxed)
+            && remote.has_released.swap(false, Ordering::Acquire)
+        {
             let elsewhere = std::mem::take(&mut *remote.released.lock().expect("runtime lock"));
             for key in elsewhere {
                 self.release(key);
@@ -535,7 +539,7 @@ impl Reactor {
                 if closed || flags & libc::EPOLLOUT != 0 {
                     bits |= WRITABLE;
                 }
-                io.ready.fetch_or(bits, Ordering::Relaxed);
+                io.set(bits);
                 // SAFETY: the waker slots are touched only on this thread.
                 unsafe {
                     if bits & READABLE != 0
@@ -587,9 +591,8 @@ impl IoState {
         if self.ready.load(Ordering::Relaxed) & bit != 0 {
             return Poll::Ready(());
         }
-        let here = with_current(|l| l.is_some_and(|l| l.remote.id == self.remote.id));
         assert!(
-            here,
+            self.on_owner(),
             "a socket waited on off the runtime that registered it"
         );
         let slot = if bit == READABLE {
@@ -606,12 +609,26 @@ impl IoState {
         Poll::Pending
     }
 
+    fn on_owner(&self) -> bool {
+        with_current(|l| l.is_some_and(|l| l.remote.id == self.remote.id))
+    }
+
     fn is_ready(&self, bit: u8) -> bool {
         self.ready.load(Ordering::Relaxed) & bit != 0
     }
 
+    /// Readiness is written on the owning thread only (the reactor and
+    /// the socket's operations), so a load and a store do: no locked
+    /// instruction on the data path.
     fn clear(&self, bit: u8) {
-        self.ready.fetch_and(!bit, Ordering::Relaxed);
+        debug_assert!(self.on_owner(), "a socket used off its runtime");
+        let r = self.ready.load(Ordering::Relaxed);
+        self.ready.store(r & !bit, Ordering::Relaxed);
+    }
+
+    fn set(&self, bits: u8) {
+        let r = self.ready.load(Ordering::Relaxed);
+        self.ready.store(r | bits, Ordering::Relaxed);
     }
 
     /// Forgets the registration; the descriptor is being closed (which

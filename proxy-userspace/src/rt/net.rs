@@ -5,6 +5,15 @@
 //! said the socket is ready, and a `WouldBlock` from the kernel clears the
 //! bit so that the next wait is for a fresh edge. Methods take `&self`: a
 //! connection's two directions are driven from one task.
+//!
+//! Only a `WouldBlock` clears readiness. A read that returns less than it
+//! asked for does not mean the socket is empty here: in eBPF mode a
+//! socket's first bytes can land in its TCP receive queue (sent before the
+//! proxy's end joined the SOCKHASH, while the handshake's last ACK was
+//! still on its way through the veth) and the rest in the sk_msg ingress
+//! queue, and one read takes from one queue only. Taking a short read for
+//! an empty socket would wait for an edge that never comes (tokio does
+//! take it so; a test here caught the hang on an opaque tunnel).
 
 use std::{
     future::poll_fn,

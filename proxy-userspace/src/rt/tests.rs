@@ -242,3 +242,29 @@ fn a_socket_is_waited_on_only_by_its_own_runtime() {
     });
     assert!(other.join().is_err(), "the other runtime's wait panicked");
 }
+
+/// A read that returns less than it asked for keeps the readiness (only
+/// an EAGAIN clears it): bytes that arrive after it are read at once, with
+/// no edge from the reactor (a short read does not prove a socket in the
+/// SOCKHASH empty; see `net`).
+#[test]
+fn a_short_read_keeps_the_readiness() {
+    run(async {
+        let (l, addr) = listener();
+        let mut peer = std::net::TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        peer.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(s.read(&mut buf).await.unwrap(), 5);
+        // More bytes, and the loop has not turned since.
+        peer.write_all(b"world").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(s.try_read(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"world");
+        // Now the kernel said EAGAIN: the readiness is gone.
+        assert_eq!(
+            s.try_read(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+    });
+}
