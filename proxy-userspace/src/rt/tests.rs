@@ -10,10 +10,25 @@ use super::{
     *,
 };
 
-fn listener() -> (TcpListener, SocketAddr) {
+fn std_listener() -> (std::net::TcpListener, SocketAddr) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+fn listener() -> (TcpListener, SocketAddr) {
+    let (l, addr) = std_listener();
     (TcpListener::from_std(l).unwrap(), addr)
+}
+
+/// A connection accepted on this runtime, its blocking peer, and `first`
+/// sent by the peer already.
+async fn accepted(first: &[u8]) -> (std::net::TcpStream, TcpStream) {
+    let (l, addr) = listener();
+    let mut peer = std::net::TcpStream::connect(addr).unwrap();
+    let (s, _) = l.accept().await.unwrap();
+    peer.write_all(first).unwrap();
+    (peer, s)
 }
 
 /// Echo tasks on one runtime: an accept loop spawns one per connection,
@@ -116,11 +131,7 @@ impl Drop for Flag {
 #[test]
 fn pending_tasks_are_dropped_with_the_runtime() {
     let dropped = Arc::new(AtomicUsize::new(0));
-    let (l, addr) = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = l.local_addr().unwrap();
-        (l, a)
-    };
+    let (l, addr) = std_listener();
     let rt = Runtime::new().unwrap();
     let flag = Flag(dropped.clone());
     rt.block_on(async move {
@@ -158,11 +169,7 @@ fn pending_tasks_are_dropped_with_the_runtime() {
 #[test]
 fn sockets_dropped_elsewhere_release_their_slot() {
     let rt = Runtime::new().unwrap();
-    let (l, addr) = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = l.local_addr().unwrap();
-        (l, a)
-    };
+    let (l, addr) = std_listener();
     let slots = |rt: &Runtime| {
         let slots = rt.local.reactor.slots.borrow();
         slots.iter().filter(|s| s.io.is_some()).count()
@@ -202,10 +209,7 @@ fn a_refused_connect_is_an_error() {
 #[test]
 fn try_read_follows_the_cached_readiness() {
     run(async {
-        let (l, addr) = listener();
-        let mut peer = std::net::TcpStream::connect(addr).unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        peer.write_all(b"hello").unwrap();
+        let (mut peer, s) = accepted(b"hello").await;
         let mut buf = [0u8; 16];
         // Registered just now and not yet polled: no readiness known.
         assert_eq!(
@@ -227,11 +231,7 @@ fn try_read_follows_the_cached_readiness() {
 /// Waiting on a socket from a runtime other than its own is refused.
 #[test]
 fn a_socket_is_waited_on_only_by_its_own_runtime() {
-    let (l, addr) = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = l.local_addr().unwrap();
-        (l, a)
-    };
+    let (l, addr) = std_listener();
     let stream = run(TcpStream::connect(addr)).unwrap();
     let _accepted = l.accept().unwrap();
     let other = std::thread::spawn(move || {
@@ -250,10 +250,7 @@ fn a_socket_is_waited_on_only_by_its_own_runtime() {
 #[test]
 fn a_short_read_keeps_the_readiness() {
     run(async {
-        let (l, addr) = listener();
-        let mut peer = std::net::TcpStream::connect(addr).unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        peer.write_all(b"hello").unwrap();
+        let (mut peer, s) = accepted(b"hello").await;
         let mut buf = [0u8; 16];
         assert_eq!(s.read(&mut buf).await.unwrap(), 5);
         // More bytes, and the loop has not turned since.
