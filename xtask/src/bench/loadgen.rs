@@ -63,6 +63,12 @@ pub struct Args {
     /// Pin the generator to this CPU.
     #[arg(long)]
     pub cpu: Option<usize>,
+    /// A line sent on every new connection before the first request (the
+    /// bench server reads it as part of the first head and ignores it):
+    /// something that is not HTTP makes an intercepting Sidetrack tunnel
+    /// the connection as opaque bytes.
+    #[arg(long)]
+    pub preamble: Option<String>,
 }
 
 /// What one run measured.
@@ -169,10 +175,18 @@ pub fn run(args: &Args) -> Result<LoadResult> {
     } else {
         Duration::from_secs_f64(args.warmup_secs)
     };
+    let preamble = args
+        .preamble
+        .as_ref()
+        .map(|p| format!("{p}\n").into_bytes());
+    let target = Target {
+        addr: args.addr,
+        preamble: preamble.as_deref(),
+    };
     // Connections are made before the clock starts.
     let mut streams = Vec::with_capacity(args.conns);
     for _ in 0..args.conns {
-        streams.push(connect(args.addr)?);
+        streams.push(connect(target)?);
     }
     // Open loop: one unmeasured request per connection first.
     if args.rate.is_some() {
@@ -191,6 +205,7 @@ pub fn run(args: &Args) -> Result<LoadResult> {
         .map(|(i, stream)| {
             let request = Arc::clone(&request);
             let budget = Arc::clone(&budget);
+            let preamble = preamble.clone();
             let addr = args.addr;
             let schedule = args.rate.map(|rate| {
                 let every = Duration::from_secs_f64(args.conns as f64 / rate as f64);
@@ -207,7 +222,10 @@ pub fn run(args: &Args) -> Result<LoadResult> {
                 };
                 connection_loop(
                     stream,
-                    addr,
+                    Target {
+                        addr,
+                        preamble: preamble.as_deref(),
+                    },
                     &request,
                     &budget,
                     (start, measure_from, deadline),
@@ -249,12 +267,23 @@ pub fn run(args: &Args) -> Result<LoadResult> {
     Ok(out)
 }
 
-fn connect(addr: SocketAddr) -> Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+/// Where connections go, and what each sends first.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    addr: SocketAddr,
+    preamble: Option<&'a [u8]>,
+}
+
+fn connect(target: Target<'_>) -> Result<TcpStream> {
+    let addr = target.addr;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .with_context(|| format!("connect to {addr}"))?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    if let Some(p) = target.preamble {
+        s.write_all(p).context("send the preamble")?;
+    }
     Ok(s)
 }
 
@@ -267,7 +296,7 @@ fn take(budget: &AtomicU64) -> bool {
 
 fn connection_loop(
     mut stream: TcpStream,
-    addr: SocketAddr,
+    target: Target<'_>,
     request: &[u8],
     budget: &AtomicU64,
     (start, measure_from, deadline): (Instant, Instant, Instant),
@@ -320,7 +349,7 @@ fn connection_loop(
                 }
                 // A fresh connection, at most one try per 10 ms.
                 thread::sleep(Duration::from_millis(10));
-                match connect(addr) {
+                match connect(target) {
                     Ok(s) => stream = s,
                     Err(_) => continue,
                 }
@@ -417,6 +446,50 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// The preamble goes first, once per connection, and the requests
+    /// follow it on the same connection.
+    #[test]
+    fn a_preamble_goes_first_on_each_connection() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let (mut got, mut buf, mut answered) = (Vec::new(), [0u8; 4096], 0);
+            loop {
+                let n = s.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    return got;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let heads = got.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                while answered < heads {
+                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .unwrap();
+                    answered += 1;
+                }
+            }
+        });
+        let args = Args {
+            addr,
+            host: "bench".into(),
+            path: "/".into(),
+            conns: 1,
+            rate: None,
+            secs: 5.0,
+            warmup_secs: 0.0,
+            max_requests: 3,
+            cpu: None,
+            preamble: Some("@not-http".into()),
+        };
+        let r = run(&args).unwrap();
+        assert_eq!((r.requests, r.errors), (3, 0));
+        let got = String::from_utf8(server.join().unwrap()).unwrap();
+        assert!(got.starts_with("@not-http\nGET / HTTP/1.1\r\n"), "{got:?}");
+        assert_eq!(got.matches("@not-http").count(), 1, "{got:?}");
+        assert_eq!(got.matches("GET / HTTP/1.1").count(), 3, "{got:?}");
     }
 
     #[test]

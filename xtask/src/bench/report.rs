@@ -347,6 +347,23 @@ pub fn tables(r: &Results) -> String {
             }
         }
     }
+    // The floor of a userspace hop under the eBPF programs, when run.
+    if let (Some(d), Some(ebpf), Some(tunnel)) = (
+        direct,
+        find(s, "sidetrack-ebpf"),
+        find(s, "sidetrack-ebpf-tunnel"),
+    ) {
+        let _ = writeln!(
+            t,
+            "\nSidetrack's HTTP handling in eBPF mode, over the same proxy tunnelling the connection as opaque bytes \
+             (`sidetrack-ebpf-tunnel`: same event loop, interception and sk_msg shortcut, no HTTP work), best rounds: \
+             {:+.1} µs per request pinned (sidetrack-ebpf +{:.1}, tunnel +{:.1}), {:+.1} µs unpinned.",
+            added_best(ebpf, d, true) - added_best(tunnel, d, true),
+            added_best(ebpf, d, true),
+            added_best(tunnel, d, true),
+            added_best(ebpf, d, false) - added_best(tunnel, d, false),
+        );
+    }
     if let Some(c) = r.machine_costs {
         let _ = write!(
             t,

@@ -56,6 +56,12 @@ pub enum Scenario {
     /// The same pump on io_uring: two system calls a request instead of
     /// six (`xtask app uring-relay`).
     UringRelay,
+    /// Sidetrack in eBPF mode with no HTTP work: the client calls the
+    /// server's own address (intercepted) and starts with a line that is
+    /// not HTTP, so Sidetrack tunnels the connection as opaque bytes. The
+    /// floor of a userspace hop under the eBPF programs, on Sidetrack's
+    /// event loop.
+    SidetrackEbpfTunnel,
 }
 
 impl Scenario {
@@ -71,7 +77,17 @@ impl Scenario {
 
     /// Scenarios only `--only` runs: the runtime floors, which answer a
     /// design question rather than measure the product.
-    pub const EXTRA: [Scenario; 2] = [Scenario::TokioRelay, Scenario::UringRelay];
+    pub const EXTRA: [Scenario; 3] = [
+        Scenario::TokioRelay,
+        Scenario::UringRelay,
+        Scenario::SidetrackEbpfTunnel,
+    ];
+
+    /// What the load generator sends on each connection before the first
+    /// request.
+    pub fn preamble(self) -> Option<&'static str> {
+        (self == Scenario::SidetrackEbpfTunnel).then_some("@not-http")
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -84,6 +100,7 @@ impl Scenario {
             Scenario::TcpRelay => "tcp-relay",
             Scenario::TokioRelay => "tokio-relay",
             Scenario::UringRelay => "uring-relay",
+            Scenario::SidetrackEbpfTunnel => "sidetrack-ebpf-tunnel",
         }
     }
 
@@ -99,7 +116,7 @@ impl Scenario {
         match self {
             Scenario::SidetrackExplicit => Some("none"),
             Scenario::SidetrackIptables => Some("iptables"),
-            Scenario::SidetrackEbpf => Some("ebpf"),
+            Scenario::SidetrackEbpf | Scenario::SidetrackEbpfTunnel => Some("ebpf"),
             _ => None,
         }
     }
@@ -131,7 +148,7 @@ impl Bed {
     /// Sidetrack's /metrics text in eBPF mode (`None` for other scenarios or
     /// when the admin port does not answer).
     pub fn proxy_metrics(&self, scenario: Scenario) -> Option<String> {
-        if scenario != Scenario::SidetrackEbpf {
+        if scenario.sidetrack_mode() != Some("ebpf") {
             return None;
         }
         let admin = SocketAddr::from((self.node.ip(), SIDETRACK_ADMIN_PORT));
@@ -181,7 +198,9 @@ impl Bed {
     pub fn target(&self, scenario: Scenario) -> SocketAddr {
         let node = self.node.ip();
         SocketAddr::V4(match scenario {
-            Scenario::Direct => SocketAddrV4::new(self.server.ip(), SERVER_PORT),
+            Scenario::Direct | Scenario::SidetrackEbpfTunnel => {
+                SocketAddrV4::new(self.server.ip(), SERVER_PORT)
+            }
             Scenario::SidetrackExplicit => SocketAddrV4::new(node, SIDETRACK_PORT),
             Scenario::SidetrackIptables | Scenario::SidetrackEbpf => self.service_addr(),
             Scenario::Nginx => SocketAddrV4::new(node, NGINX_PORT),
@@ -258,7 +277,7 @@ impl Bed {
             name,
         };
         let ready = match scenario {
-            Scenario::SidetrackExplicit | Scenario::SidetrackIptables | Scenario::SidetrackEbpf => {
+            _ if scenario.sidetrack_mode().is_some() => {
                 SocketAddr::from((self.node.ip(), SIDETRACK_ADMIN_PORT))
             }
             _ => self.target(scenario),
@@ -303,9 +322,15 @@ impl Bed {
         let mut conf = format!(
             "listen: {node}:{SIDETRACK_PORT}\nadmin: {node}:{SIDETRACK_ADMIN_PORT}\nworkers: 1\n\
              intercept: {mode}\ndtab: |\n  /svc/bench => /$/inet/{ip}/{port};\n\
-             interception:\n  cidrs: [{svc}/{svc_len}]\n  cgroup: {cgroup}\n  mark: {PROXY_MARK}\n\
+             interception:\n  cidrs: [{svc}/{svc_len}{server}]\n  cgroup: {cgroup}\n  mark: {PROXY_MARK}\n\
              shutdown_grace_ms: 2000\n",
             mode = scenario.sidetrack_mode().unwrap_or("none"),
+            // The tunnel scenario's client calls the server's own address.
+            server = if scenario == Scenario::SidetrackEbpfTunnel {
+                format!(", {}/32", self.server.ip())
+            } else {
+                String::new()
+            },
             ip = self.server.ip(),
             port = SERVER_PORT,
             cgroup = self.node.cgroup_path().display(),
@@ -383,6 +408,9 @@ impl Bed {
         }
         if let Some(cpu) = args.cpu {
             cmd.args(["--cpu", &cpu.to_string()]);
+        }
+        if let Some(p) = scenario.preamble() {
+            cmd.args(["--preamble", p]);
         }
         let mut child = cmd.spawn().context("start the load generator")?;
         let limit = Instant::now() + Duration::from_secs_f64(args.secs + 30.0);
