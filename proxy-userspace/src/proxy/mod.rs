@@ -105,12 +105,28 @@ fn spawn_conn(
     rt::spawn(async move {
         shared.metrics.connections_total.inc();
         shared.metrics.connections_active.inc();
+        // Undone however the task ends: served, dropped at shutdown, or
+        // dropped after a panic.
+        let _active = Active {
+            shared: shared.clone(),
+            _slot: permit,
+        };
         conn::Conn::new(stream, peer, shared.clone(), dog)
             .serve()
             .await;
-        shared.metrics.connections_active.dec();
-        drop(permit);
     });
+}
+
+/// A connection counted as active, holding its slot.
+struct Active {
+    shared: Arc<Shared>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.shared.metrics.connections_active.dec();
+    }
 }
 
 /// Accepts what is already queued on `listener`, without waiting, and

@@ -271,8 +271,18 @@ impl Task {
             Waker::from_raw(RawWaker::new(Arc::as_ptr(&self).cast::<()>(), &TASK_VTABLE))
         });
         let mut cx = Context::from_waker(&waker);
-        if fut.as_mut().poll(&mut cx).is_ready() {
-            *slot = None;
+        // A task that panics is dropped, and the loop and its other tasks
+        // go on (one connection's bug does not take down the worker's
+        // others). The panic hook has printed the message already.
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
+        match polled {
+            Ok(Poll::Pending) => {}
+            Ok(Poll::Ready(())) => *slot = None,
+            Err(_) => {
+                tracing::error!("a task panicked; it was dropped and the worker goes on");
+                *slot = None;
+            }
         }
     }
 

@@ -265,3 +265,36 @@ fn a_short_read_keeps_the_readiness() {
         );
     });
 }
+
+/// A task that panics is dropped (its sockets close), and the loop and
+/// the other tasks go on.
+#[test]
+fn a_panicking_task_is_dropped_and_the_others_go_on() {
+    run(async {
+        let (peer, s) = accepted(b"x").await;
+        spawn(async move {
+            s.readable().await.unwrap();
+            panic!("a bug in one connection");
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        spawn(async move {
+            let (mut peer, s) = accepted(b"ping").await;
+            let mut buf = [0u8; 4];
+            assert_eq!(s.read(&mut buf).await.unwrap(), 4);
+            s.write_all(b"pong").await.unwrap();
+            let mut back = [0u8; 4];
+            peer.read_exact(&mut back).unwrap();
+            tx.send(u32::from(back == *b"pong")).unwrap();
+        });
+        assert_eq!(rx.await.unwrap(), 1, "the other task finished");
+        // The panicked task's socket was closed when it was dropped (with
+        // the byte it never read: a reset).
+        let mut peer = peer;
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        match peer.read(&mut [0u8; 1]) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("the socket is still open: {other:?}"),
+        }
+    });
+}
