@@ -189,12 +189,19 @@ impl RunArgs {
         // connection never leaves its thread (no work stealing, no
         // cross-thread wake-ups on the data path).
         let mut handles = Vec::with_capacity(workers);
+        // Each worker says when it ends, however it ends: one that stops
+        // before it is told to (it could not start its loop or its
+        // deadline sweeper, or it panicked) stops the proxy, rather than
+        // leave it ready with a listener nobody serves.
+        let (exited_tx, mut exited_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
         for (i, listener) in listeners.into_iter().enumerate() {
             let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
+            let exited = WorkerExit(i, exited_tx.clone());
             let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
             let handle = std::thread::Builder::new()
                 .name(format!("sidetrack-worker-{i}"))
                 .spawn(move || -> Result<bool, String> {
+                    let _exited = exited;
                     // The worker's own event loop (`rt`): I/O only;
                     // deadlines live on the watchdog.
                     let runtime = crate::rt::Runtime::new()
@@ -214,53 +221,65 @@ impl RunArgs {
             }
             handles.push(handle);
         }
+        // Only the workers hold senders now: the channel closes when the
+        // last one ends.
+        drop(exited_tx);
         // Ready before the line that tells the world where to connect.
         ready.store(true, Ordering::Release);
         tracing::info!(
             "listening on http://{listen_addr}, admin on http://{admin_addr}, {workers} worker(s)"
         );
-        signals.block_on(stop_signals.recv());
-        tracing::info!("shutdown requested");
+        let worker_died = signals.block_on(async {
+            tokio::select! {
+                _ = stop_signals.recv() => None,
+                Some(i) = exited_rx.recv() => Some(i),
+            }
+        });
+        match worker_died {
+            None => tracing::info!("shutdown requested"),
+            Some(i) => tracing::error!(
+                worker = i,
+                "a worker stopped on its own; shutting the proxy down"
+            ),
+        }
         ready.store(false, Ordering::Release);
         // Interception first: from here new connects on the node go to
         // their destinations, and only then do the listeners close.
         interception.stop();
         let _ = stop_tx.send(true);
-        // The workers are joined on a thread of their own, so that a second
-        // signal can end the wait (that thread is not waited for then).
-        let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("join-workers".into())
-            .spawn(move || {
-                let mut drained = Ok(true);
-                for handle in handles {
-                    let worker = handle
-                        .join()
-                        .unwrap_or_else(|_| Err("a worker panicked".to_string()));
-                    drained = match (drained, worker) {
-                        (Ok(a), Ok(b)) => Ok(a && b),
-                        (Err(e), _) | (_, Err(e)) => Err(e),
-                    };
-                }
-                let _ = joined_tx.send(drained);
-            })
-            .map_err(|e| format!("joining the workers: {e}"))?;
-        let joined = signals.block_on(async {
+        // Each worker reports its end on the channel, so the wait needs no
+        // thread of its own (which, with the machine out of threads, could
+        // not be had), and a second signal can end it.
+        let mut left = handles.len() - usize::from(worker_died.is_some());
+        let all_ended = signals.block_on(async {
             tokio::select! {
-                j = joined_rx => Some(j.unwrap_or_else(|_| Err("the join thread died".into()))),
-                _ = stop_signals.recv() => None,
+                _ = async {
+                    while left > 0 && exited_rx.recv().await.is_some() {
+                        left -= 1;
+                    }
+                } => true,
+                _ = stop_signals.recv() => false,
             }
         });
-        let drained = match joined {
-            Some(result) => result?,
-            None => {
-                tracing::warn!("second stop signal: exiting without waiting for the drain");
-                false
+        let drained = if all_ended {
+            let mut drained = Ok(true);
+            for handle in handles {
+                let worker = handle
+                    .join()
+                    .unwrap_or_else(|_| Err("a worker panicked".to_string()));
+                drained = match (drained, worker) {
+                    (Ok(a), Ok(b)) => Ok(a && b),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                };
             }
+            drained?
+        } else {
+            tracing::warn!("second stop signal: exiting without waiting for the drain");
+            false
         };
         // Dropped here, after the workers: the programs detach or the rules go.
         drop(interception);
-        Ok(if drained {
+        Ok(if drained && worker_died.is_none() {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
@@ -572,6 +591,16 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         }
     };
     (storage, len as libc::socklen_t)
+}
+
+/// Tells the main thread, when dropped, that worker `.0` has ended (on
+/// return and on panic alike).
+struct WorkerExit(usize, tokio::sync::mpsc::UnboundedSender<usize>);
+
+impl Drop for WorkerExit {
+    fn drop(&mut self) {
+        let _ = self.1.send(self.0);
+    }
 }
 
 /// SIGTERM and SIGINT, caught from the moment this is made (inside a
