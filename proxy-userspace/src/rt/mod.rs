@@ -126,8 +126,8 @@ impl Runtime {
     }
 
     /// Runs `main`, and the tasks it spawns, until `main` completes. Tasks
-    /// still pending then are dropped with the runtime (or at the next
-    /// `block_on`'s start, never on another thread).
+    /// still pending then stay (a later `block_on` runs them on); those
+    /// left when the runtime is dropped are dropped with it, on its thread.
     pub fn block_on<F: Future>(&self, main: F) -> F::Output {
         let local: &Local = &self.local;
         let previous = CURRENT.with(|c| c.replace(local as *const Local));
@@ -135,7 +135,7 @@ impl Runtime {
             previous.is_null(),
             "a runtime is already running on this thread"
         );
-        let _reset = Reset;
+        let _reset = Reset(previous);
         let waker = Waker::from(Arc::new(MainWaker(local.remote.clone())));
         let mut cx = Context::from_waker(&waker);
         let mut main = pin!(main);
@@ -171,7 +171,9 @@ impl Runtime {
     fn clear(&self) {
         let local: &Local = &self.local;
         let previous = CURRENT.with(|c| c.replace(local as *const Local));
-        let _reset = (previous.is_null()).then_some(Reset);
+        // Back to what was current (another runtime's, when this one is
+        // dropped inside it), never left pointing at this one.
+        let _reset = Reset(previous);
         let queued: Vec<_> = local.queue.borrow_mut().drain(..).collect();
         for task in queued {
             task.cancel();
@@ -194,11 +196,12 @@ impl Drop for Runtime {
     }
 }
 
-struct Reset;
+/// Puts back the runtime that was current before.
+struct Reset(*const Local);
 
 impl Drop for Reset {
     fn drop(&mut self) {
-        CURRENT.with(|c| c.set(std::ptr::null()));
+        CURRENT.with(|c| c.set(self.0));
     }
 }
 

@@ -46,7 +46,7 @@ impl Interest {
 #[derive(Debug)]
 pub struct TcpStream {
     inner: std::net::TcpStream,
-    io: Arc<IoState>,
+    pub(super) io: Arc<IoState>,
 }
 
 impl std::fmt::Debug for IoState {

@@ -298,3 +298,16 @@ fn a_panicking_task_is_dropped_and_the_others_go_on() {
         }
     });
 }
+
+/// A runtime dropped while another runs on the thread leaves that one
+/// current: its sockets still register with it.
+#[test]
+fn dropping_a_runtime_inside_another_leaves_the_outer_current() {
+    run(async {
+        drop(Runtime::new().unwrap());
+        let (l, addr) = listener();
+        let _peer = std::net::TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        assert!(s.io.on_owner(), "registered with the outer runtime");
+    });
+}
