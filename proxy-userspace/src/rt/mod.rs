@@ -36,6 +36,8 @@ use std::{
 /// Tasks run between two looks at the sockets while tasks stay ready (a
 /// look that finds the queue empty blocks instead).
 const TASKS_PER_POLL: u32 = 64;
+/// The shortest list of spawned tasks that is swept for finished ones.
+const SWEEP_MIN: usize = 64;
 /// Events taken from one `epoll_wait`.
 const EVENTS: usize = 256;
 /// The epoll key of the runtime's own eventfd.
@@ -49,7 +51,7 @@ const WRITABLE: u8 = 2;
 /// and the eventfd that interrupts its wait.
 struct Remote {
     id: u64,
-    tasks: Mutex<Vec<Arc<Task>>>,
+    tasks: Mutex<RemoteTasks>,
     /// Registrations whose sockets were dropped on another thread, and
     /// whether there are any (so that the loop need not lock to know).
     released: Mutex<Vec<u64>>,
@@ -57,6 +59,15 @@ struct Remote {
     /// The `block_on` future was woken.
     main_woken: AtomicBool,
     wake_fd: OwnedFd,
+}
+
+/// Tasks woken from other threads, and whether the runtime is gone (a
+/// task woken after that is dropped by its waker: queued here, it would
+/// hold the `Remote` that holds it).
+#[derive(Default)]
+struct RemoteTasks {
+    queue: Vec<Arc<Task>>,
+    closed: bool,
 }
 
 impl Remote {
@@ -107,7 +118,13 @@ impl Runtime {
         }
         let wake_fd = unsafe { OwnedFd::from_raw_fd(wake_fd) };
         let reactor = Reactor::new()?;
-        reactor.add(wake_fd.as_raw_fd(), WAKE_KEY)?;
+        // Readable only: the loop's own read of the counter makes it
+        // writable, which would be one more event for nothing.
+        reactor.add(
+            wake_fd.as_raw_fd(),
+            WAKE_KEY,
+            (libc::EPOLLIN | libc::EPOLLET) as u32,
+        )?;
         Ok(Runtime {
             local: Box::new(Local {
                 remote: Arc::new(Remote {
@@ -130,12 +147,13 @@ impl Runtime {
     /// left when the runtime is dropped are dropped with it, on its thread.
     pub fn block_on<F: Future>(&self, main: F) -> F::Output {
         let local: &Local = &self.local;
-        let previous = CURRENT.with(|c| c.replace(local as *const Local));
+        // Checked before anything changes: the panic leaves the running
+        // runtime current.
         assert!(
-            previous.is_null(),
+            CURRENT.with(Cell::get).is_null(),
             "a runtime is already running on this thread"
         );
-        let _reset = Reset(previous);
+        let _reset = Reset(CURRENT.with(|c| c.replace(local as *const Local)));
         let waker = Waker::from(Arc::new(MainWaker(local.remote.clone())));
         let mut cx = Context::from_waker(&waker);
         let mut main = pin!(main);
@@ -178,7 +196,11 @@ impl Runtime {
         for task in queued {
             task.cancel();
         }
-        let remote: Vec<_> = std::mem::take(&mut *local.remote.tasks.lock().expect("runtime lock"));
+        let remote: Vec<_> = {
+            let mut tasks = local.remote.tasks.lock().expect("runtime lock");
+            tasks.closed = true;
+            std::mem::take(&mut tasks.queue)
+        };
         for task in remote {
             task.cancel();
         }
@@ -260,7 +282,12 @@ unsafe impl Sync for Task {}
 
 impl Task {
     fn run(self: Arc<Self>) {
-        self.queued.store(false, Ordering::Release);
+        // A read-modify-write, not a store: a waker on another thread that
+        // changes what the poll below reads and then finds `queued` still
+        // set must be ordered before this poll (a plain store could wait
+        // in the store buffer while the poll reads the old state, and the
+        // wake would be lost).
+        self.queued.swap(false, Ordering::AcqRel);
         // SAFETY: see `unsafe impl Sync`: we are on the runtime's thread,
         // and no other borrow of the slot is live (a task is never polled
         // from within its own poll).
@@ -281,10 +308,10 @@ impl Task {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
         match polled {
             Ok(Poll::Pending) => {}
-            Ok(Poll::Ready(())) => *slot = None,
+            Ok(Poll::Ready(())) => drop_future(slot.take()),
             Err(_) => {
                 tracing::error!("a task panicked; it was dropped and the worker goes on");
-                *slot = None;
+                drop_future(slot.take());
             }
         }
     }
@@ -308,9 +335,26 @@ impl Task {
         });
         if let Some(task) = rejected {
             let remote = task.remote.clone();
-            remote.tasks.lock().expect("runtime lock").push(task);
+            let mut tasks = remote.tasks.lock().expect("runtime lock");
+            if tasks.closed {
+                // Dropped once the lock is let go.
+                drop(tasks);
+                drop(task);
+                return;
+            }
+            tasks.queue.push(task);
+            drop(tasks);
             remote.interrupt();
         }
+    }
+}
+
+/// Drops a finished or panicked future; a panic in its drop (what is left
+/// of the future is then leaked) is contained like one in its poll.
+fn drop_future(fut: Option<BoxFuture>) {
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(fut)));
+    if dropped.is_err() {
+        tracing::error!("a task panicked while it was dropped; the worker goes on");
     }
 }
 
@@ -359,7 +403,7 @@ impl Local {
                     8,
                 )
             };
-            let tasks = std::mem::take(&mut *self.remote.tasks.lock().expect("runtime lock"));
+            let tasks = std::mem::take(&mut self.remote.tasks.lock().expect("runtime lock").queue);
             self.queue.borrow_mut().extend(tasks);
             self.reactor.release_dropped(&self.remote);
         }
@@ -378,6 +422,8 @@ struct Reactor {
     dropped: RefCell<Vec<u64>>,
     /// Every task spawned here, so that the runtime can drop those left.
     tasks: RefCell<Vec<std::sync::Weak<Task>>>,
+    /// The length of `tasks` at which the finished ones are next forgotten.
+    sweep_at: Cell<usize>,
 }
 
 struct Slot {
@@ -404,14 +450,12 @@ impl Reactor {
             to_wake: RefCell::new(Vec::with_capacity(EVENTS)),
             dropped: RefCell::default(),
             tasks: RefCell::default(),
+            sweep_at: Cell::new(SWEEP_MIN),
         })
     }
 
-    fn add(&self, fd: RawFd, key: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: key,
-        };
+    fn add(&self, fd: RawFd, key: u64, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: key };
         // SAFETY: epoll_ctl with descriptors we hold and a valid event.
         if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0
         {
@@ -442,7 +486,8 @@ impl Reactor {
             key,
             remote: remote.clone(),
         });
-        if let Err(e) = self.add(fd, key) {
+        let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        if let Err(e) = self.add(fd, key, events) {
             self.free.borrow_mut().push(index);
             return Err(e);
         }
@@ -497,11 +542,20 @@ impl Reactor {
         self.sweep_tasks();
     }
 
-    /// Forgets finished tasks now and then (the list only serves `clear`).
+    /// Forgets finished tasks now and then (the list only serves `clear`):
+    /// when it has doubled since the last sweep, so that the list stays
+    /// within twice the tasks alive at once however many are spawned
+    /// between two turns, and the sweeps cost O(1) a task.
     fn sweep_tasks(&self) {
         let mut tasks = self.tasks.borrow_mut();
-        if tasks.len() >= 64 && tasks.len() == tasks.capacity() {
-            tasks.retain(|t| t.strong_count() > 0);
+        if tasks.len() < self.sweep_at.get() {
+            return;
+        }
+        tasks.retain(|t| t.strong_count() > 0);
+        let at = (2 * tasks.len()).max(SWEEP_MIN);
+        self.sweep_at.set(at);
+        if tasks.capacity() > 2 * at {
+            tasks.shrink_to(at);
         }
     }
 

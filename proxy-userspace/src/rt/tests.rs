@@ -311,3 +311,113 @@ fn dropping_a_runtime_inside_another_leaves_the_outer_current() {
         assert!(s.io.on_owner(), "registered with the outer runtime");
     });
 }
+
+/// Pending once, having woken itself: lets the loop go round.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
+/// Tasks spawned several at a time between two turns (an accept that
+/// takes a backlog) are forgotten once done: the list the runtime keeps
+/// for its drop stays near the tasks alive, not the tasks ever spawned.
+#[test]
+fn tasks_spawned_in_bursts_are_forgotten_when_done() {
+    run(async {
+        let done = Arc::new(AtomicUsize::new(0));
+        for _ in 0..4000 {
+            for _ in 0..5 {
+                let done = done.clone();
+                spawn(async move {
+                    done.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+            yield_now().await;
+        }
+        while done.load(Ordering::Relaxed) < 20_000 {
+            yield_now().await;
+        }
+        let kept = with_current(|l| l.unwrap().reactor.tasks.borrow().len());
+        assert!(kept <= 4 * SWEEP_MIN, "{kept} finished tasks still listed");
+    });
+}
+
+/// A `block_on` inside a running runtime panics and leaves the running
+/// one current (the nested runtime, dropped while unwinding, is not).
+#[test]
+fn a_nested_block_on_panics_and_leaves_the_outer_current() {
+    let outer = Runtime::new().unwrap();
+    let outer_local: *const Local = &*outer.local;
+    outer.block_on(async {
+        let nested = std::panic::catch_unwind(|| {
+            Runtime::new().unwrap().block_on(async {});
+        });
+        assert!(nested.is_err(), "the nested block_on panicked");
+        assert_eq!(CURRENT.with(Cell::get), outer_local);
+        // And the outer runtime still serves.
+        let (l, addr) = listener();
+        let _peer = std::net::TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        assert!(s.io.on_owner());
+    });
+}
+
+/// A task woken from another thread after its runtime was dropped is let
+/// go: the runtime's shared half (its eventfd among it) is freed, not held
+/// by a queue nobody reads.
+#[test]
+fn a_task_woken_after_its_runtime_is_gone_is_let_go() {
+    let waker = Arc::new(Mutex::new(None::<Waker>));
+    let rt = Runtime::new().unwrap();
+    let remote = Arc::downgrade(&rt.local.remote);
+    let slot = waker.clone();
+    rt.block_on(async move {
+        spawn(std::future::poll_fn(move |cx| {
+            *slot.lock().unwrap() = Some(cx.waker().clone());
+            Poll::<()>::Pending
+        }));
+        yield_now().await;
+    });
+    let w = waker.lock().unwrap().take().expect("the task ran");
+    drop(rt);
+    std::thread::spawn(move || w.wake()).join().unwrap();
+    assert!(
+        remote.upgrade().is_none(),
+        "the dropped runtime is still held"
+    );
+}
+
+/// A future that panics, and panics again while it is dropped, is let go
+/// and the loop goes on.
+#[test]
+fn a_panic_while_dropping_a_task_is_contained() {
+    /// Panics when polled and when dropped.
+    struct Faulty;
+    impl Future for Faulty {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            panic!("a bug in a poll");
+        }
+    }
+    impl Drop for Faulty {
+        fn drop(&mut self) {
+            panic!("a bug in a drop");
+        }
+    }
+    run(async {
+        spawn(Faulty);
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        spawn(async move {
+            tx.send(7).unwrap();
+        });
+        assert_eq!(rx.await.unwrap(), 7);
+    });
+}
