@@ -38,6 +38,7 @@ pub const PORTS_CAPACITY: u32 = 1024;
 pub const PROG_SOCKOPS: &str = "sidetrack_sockops";
 pub const PROG_SK_MSG: &str = "sidetrack_sk_msg";
 pub const PROG_CONNECT4: &str = "sidetrack_connect4";
+pub const PROG_CONNECT6: &str = "sidetrack_connect6";
 
 /// [`InterceptConfig::flags`]: interception is on. Without it, connect4
 /// rewrites nothing and sockops files every IPv4 socket it sees.
@@ -87,6 +88,9 @@ pub struct OrigDst {
 
 /// `AF_INET`, as `bpf_sock_ops.family` reports it.
 pub const AF_INET: u32 = 2;
+/// `AF_INET6`: a dual-stack socket, whose connections to v4-mapped
+/// addresses are IPv4 on the wire and handled as such.
+pub const AF_INET6: u32 = 10;
 
 /// One TCP socket's 4-tuple, as seen from that socket: `src` is its local end.
 ///

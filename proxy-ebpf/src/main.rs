@@ -5,8 +5,14 @@
 //!   rewritten to the proxy's listener, and the original destination is
 //!   kept under the socket's cookie. Loopback, excluded ports and the
 //!   proxy's own sockets (marked with SO_MARK) are left alone.
+//! * `sidetrack_connect6` (cgroup/connect6): the same for a dual-stack
+//!   (AF_INET6) socket connecting to a v4-mapped address (`::ffff:a.b.c.d`,
+//!   what a JVM does for an IPv4 destination): the connection is IPv4 on
+//!   the wire, so it is steered and keyed exactly as if it came from an
+//!   AF_INET socket. Native IPv6 destinations are left alone.
 //! * `sidetrack_sockops` (sockops, attached to a cgroup v2): when an IPv4 TCP
-//!   socket reaches ESTABLISHED, file it in the SOCKHASH under its own
+//!   connection (an AF_INET socket's, or a dual-stack socket's to a
+//!   v4-mapped address) reaches ESTABLISHED, file it in the SOCKHASH under its own
 //!   4-tuple (with interception on: only sockets with the proxy's address at
 //!   one end, that is app-to-proxy and proxy-to-pod connections). An
 //!   intercepted connect's original destination moves from its cookie to
@@ -38,7 +44,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use proxy_common::{
-    AF_INET, CIDRS_CAPACITY, COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED, FLAG_NO_NEW,
+    AF_INET, AF_INET6, CIDRS_CAPACITY, COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED, FLAG_NO_NEW,
     InterceptConfig, ORIG_DST_CAPACITY, OrigDst, PORTS_CAPACITY, PortPolicy, SOCKHASH_CAPACITY,
     SockKey,
 };
@@ -79,42 +85,92 @@ pub fn sidetrack_connect4(ctx: SockAddrContext) -> i32 {
     if addr.protocol != IPPROTO_TCP {
         return 1;
     }
-    let Some(cfg) = config() else { return 1 };
-    if cfg.flags & FLAG_NO_NEW != 0 {
+    if let Some((ip, port)) = steer(&ctx, addr.user_ip4, addr.user_port) {
+        addr.user_ip4 = ip;
+        addr.user_port = port;
+    }
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sidetrack_connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: `ctx.sock_addr` is the live bpf_sock_addr the kernel passed in.
+    let addr = unsafe { &mut *ctx.sock_addr };
+    if addr.protocol != IPPROTO_TCP {
         return 1;
     }
-    // SAFETY: in connect4 `sk` is always a valid socket pointer.
-    let mark = unsafe { (*addr.__bindgen_anon_1.sk).mark };
+    let Some(ip) = mapped_ip4(ld6(&addr.user_ip6)) else { return 1 };
+    if let Some((ip, port)) = steer(&ctx, ip, ld(&addr.user_port)) {
+        // Still v4-mapped: only the IPv4 part changes.
+        // SAFETY: stores to writable fields of the live context.
+        unsafe {
+            core::ptr::write_volatile(&mut addr.user_ip6[3], ip);
+            core::ptr::write_volatile(&mut addr.user_port, port);
+        }
+    }
+    1
+}
+
+/// One context field, loaded as such: the verifier refuses a load through
+/// a context pointer the compiler has moved (which it may do when branches
+/// share an address), and a volatile load keeps each one a plain
+/// `ctx + offset` load.
+#[inline(always)]
+fn ld(field: &u32) -> u32 {
+    // SAFETY: a reference to a field of the live context.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// An IPv6 address field of the context, word by word (see [`ld`]).
+#[inline(always)]
+fn ld6(field: &[u32; 4]) -> [u32; 4] {
+    [ld(&field[0]), ld(&field[1]), ld(&field[2]), ld(&field[3])]
+}
+
+/// The IPv4 address inside a v4-mapped IPv6 one (`::ffff:a.b.c.d`), words
+/// in network byte order as the kernel hands them out.
+#[inline(always)]
+fn mapped_ip4(ip6: [u32; 4]) -> Option<u32> {
+    (ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0xffff_u32.to_be()).then_some(ip6[3])
+}
+
+/// Where a TCP connect to `ip` (network order) and `user_port` (network
+/// order in the low 16 bits) goes instead, if it is intercepted: the
+/// proxy's address and port in the same orders, with the original
+/// destination filed under the socket's cookie. `None` leaves it alone.
+#[inline(always)]
+fn steer(ctx: &SockAddrContext, ip: u32, user_port: u32) -> Option<(u32, u32)> {
+    let cfg = config()?;
+    if cfg.flags & FLAG_NO_NEW != 0 {
+        return None;
+    }
+    // SAFETY: in connect4/6 `sk` is always a valid socket pointer.
+    let mark = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).mark };
     if mark == cfg.mark && cfg.mark != 0 {
         count(Counter::ConnectOwn, 1);
-        return 1;
+        return None;
     }
-    let ip = addr.user_ip4;
     // The first octet of a network-order address is its lowest byte here.
     if ip & 0xff == 127 {
-        return 1;
+        return None;
     }
-    let port = u32::from(u16::from_be(addr.user_port as u16));
+    let port = u32::from(u16::from_be(user_port as u16));
     match PORTS.get_ptr(port).map(|p| unsafe { *p }) {
-        Some(p) if p == PortPolicy::Exclude as u32 => return 1,
+        Some(p) if p == PortPolicy::Exclude as u32 => return None,
         Some(p) if p == PortPolicy::Intercept as u32 => {}
         _ if cfg.flags & FLAG_ALL_PORTS != 0 => {}
-        _ => return 1,
+        _ => return None,
     }
-    if CIDRS.get(Key::new(32, ip)).is_none() {
-        return 1;
-    }
+    CIDRS.get(Key::new(32, ip))?;
     // SAFETY: the context is a socket address context, which has a cookie.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let dst = OrigDst { ip4: ip, port };
     if COOKIE_DST.insert(&cookie, &dst, BPF_ANY as u64).is_err() {
-        return 1;
+        return None;
     }
-    addr.user_ip4 = cfg.proxy_ip4;
-    addr.user_port = u32::from((cfg.proxy_port as u16).to_be());
     count(Counter::ConnectIntercepted, 1);
-    debug!(&ctx, "connect to {:i}:{} sent to the proxy", u32::from_be(ip), port);
-    1
+    debug!(ctx, "connect to {:i}:{} sent to the proxy", u32::from_be(ip), port);
+    Some((cfg.proxy_ip4, u32::from((cfg.proxy_port as u16).to_be())))
 }
 
 #[inline(always)]
@@ -135,12 +191,22 @@ fn remote_port_host(raw: u32) -> u32 {
 #[sock_ops]
 pub fn sidetrack_sockops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
-    if ctx.family() != AF_INET {
-        return 0;
-    }
+    let (src_ip4, dst_ip4) = match ctx.family() {
+        AF_INET => (ctx.local_ip4(), ctx.remote_ip4()),
+        // A dual-stack socket's IPv4 connection: keyed by its IPv4 ends,
+        // as its peer (an AF_INET socket, the proxy's say) sees them.
+        // SAFETY: `ctx.ops` is the live bpf_sock_ops the kernel passed in.
+        AF_INET6 => match unsafe {
+            (mapped_ip4(ld6(&(*ctx.ops).local_ip6)), mapped_ip4(ld6(&(*ctx.ops).remote_ip6)))
+        } {
+            (Some(local), Some(remote)) => (local, remote),
+            _ => return 0,
+        },
+        _ => return 0,
+    };
     let key = SockKey {
-        src_ip4: ctx.local_ip4(),
-        dst_ip4: ctx.remote_ip4(),
+        src_ip4,
+        dst_ip4,
         src_port: ctx.local_port(),
         dst_port: remote_port_host(ctx.remote_port()),
     };
@@ -204,15 +270,23 @@ pub fn sidetrack_sk_msg(ctx: SkMsgContext) -> u32 {
     // SAFETY: `ctx.msg` is the live sk_msg_md the kernel passed in.
     let md = unsafe { &*ctx.msg };
     let size = md.size as u64;
-    if md.family != AF_INET {
+    let ends = match ld(&md.family) {
+        AF_INET => Some((ld(&md.local_ip4), ld(&md.remote_ip4))),
+        AF_INET6 => match (mapped_ip4(ld6(&md.local_ip6)), mapped_ip4(ld6(&md.remote_ip6))) {
+            (Some(local), Some(remote)) => Some((local, remote)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some((local_ip4, remote_ip4)) = ends else {
         count(Counter::MsgPassed, 1);
         count(Counter::BytesPassed, size);
         return SK_PASS;
-    }
+    };
     // The peer's key is this socket's 4-tuple seen from the other end.
     let mut peer = SockKey {
-        src_ip4: md.remote_ip4,
-        dst_ip4: md.local_ip4,
+        src_ip4: remote_ip4,
+        dst_ip4: local_ip4,
         src_port: remote_port_host(md.remote_port),
         dst_port: md.local_port,
     };

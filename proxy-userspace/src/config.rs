@@ -32,7 +32,8 @@ pub enum InterceptMode {
     /// Clients address the proxy directly (an explicit proxy, like Linkerd's http_proxy use).
     #[default]
     None,
-    /// eBPF steering: cgroup/connect4 rewrites connects to the proxy,
+    /// eBPF steering: cgroup/connect4 (and connect6, for dual-stack sockets
+    /// connecting to v4-mapped addresses) rewrites connects to the proxy,
     /// sockops and sk_msg let same-node hops skip the TCP/IP stack.
     Ebpf,
     /// nftables DNAT to the proxy and SO_ORIGINAL_DST, for nodes without

@@ -11,7 +11,7 @@ use std::{
 
 use sidetrack_tests::{Fnv64, pattern, require_root};
 use xtask::staging::{
-    APP_PORT, Bins, EXCLUDED_PORT, Mode, STAGE_V2, Staging, metric, world_service,
+    APP_PORT, Bins, EXCLUDED_PORT, Mode, STAGE_V2, Staging, hello_service, metric, world_service,
 };
 
 fn bins() -> Bins {
@@ -92,6 +92,70 @@ fn ebpf_routes_unaware_apps_and_stages_one_request() {
     // Every hop (app->proxy, proxy->pod and back) was in the SOCKHASH.
     assert!(counter(&s, "sidetrack_ebpf_msg_redirected_total") >= 24.0);
     assert_eq!(counter(&s, "sidetrack_ebpf_sockhash_add_failed_total"), 0.0);
+}
+
+/// A dual-stack (AF_INET6) socket connecting to a service's v4-mapped
+/// address (`::ffff:a.b.c.d`, what a JVM does for an IPv4 destination) is
+/// steered like an AF_INET one: routed by the dtab, staged by its header,
+/// and its bytes take the sk_msg shortcut both ways.
+#[test]
+fn ebpf_steers_dual_stack_sockets_that_connect_to_v4_mapped_addresses() {
+    let s = start("ebpf-mapped", Mode::Ebpf);
+    let counters = |s: &Staging| {
+        [
+            "sidetrack_ebpf_connect_intercepted_total",
+            "sidetrack_ebpf_orig_dst_filed_total",
+            "sidetrack_ebpf_msg_redirected_total",
+        ]
+        .map(|name| counter(s, name))
+    };
+    let before = counters(&s);
+    let svc = hello_service();
+    // curl makes an AF_INET6 socket for an IPv6 literal.
+    let get = |headers: &[&str]| {
+        let mut cmd = s.client.command("curl");
+        cmd.args([
+            "--silent",
+            "--show-error",
+            "--fail-with-body",
+            "--max-time",
+            "10",
+        ])
+        .arg("--connect-to")
+        .arg(format!("hello:80:[::ffff:{}]:{}", svc.ip(), svc.port()));
+        for h in headers {
+            cmd.arg("-H").arg(h);
+        }
+        let out = cmd.arg("http://hello/").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        get(&[]),
+        format!("Hello ({}) world ({})!!", s.hello.ip(), s.world_v1.ip())
+    );
+    assert_eq!(
+        get(&[STAGE_V2]),
+        format!("Hello ({}) earth ({})!!", s.hello.ip(), s.world_v2.ip())
+    );
+    let after = counters(&s);
+    // Two requests, each a client->hello connect (connect6) and a
+    // hello->world one (connect4).
+    assert_eq!(after[0] - before[0], 4.0, "connects intercepted");
+    assert_eq!(after[1] - before[1], 4.0, "original destinations filed");
+    // Each request is at least eight messages (client, hello and world to
+    // the proxy and back), all shortcut; were the dual-stack socket out of
+    // the SOCKHASH, its two would go the normal way (12 in all).
+    assert!(
+        after[2] - before[2] >= 16.0,
+        "only {} messages redirected",
+        after[2] - before[2]
+    );
 }
 
 #[test]

@@ -3,8 +3,8 @@
 //!
 //! Attach order matters: `sk_msg` is attached to the SOCKHASH before
 //! `sockops` can put any socket in it, because a socket inserted before the
-//! verdict program exists never runs it; `connect4` comes last, after its
-//! maps are filled, and interception is switched on by writing the config
+//! verdict program exists never runs it; `connect4` and `connect6` come
+//! last, after their maps are filled, and interception is switched on by writing the config
 //! slot at the very end. Links are owned by the `Ebpf` object, so when the
 //! process exits (or the [`EbpfDataPath`] is dropped) the programs detach by
 //! themselves: interception fails open, and new connections go straight to
@@ -28,7 +28,7 @@ use aya::{
 use proxy_common::{
     COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED, FLAG_NO_NEW, InterceptConfig, MAP_CIDRS,
     MAP_CONFIG, MAP_COUNTERS, MAP_ORIG_DST, MAP_PORTS, MAP_SOCKHASH, OrigDst, PROG_CONNECT4,
-    PROG_SK_MSG, PROG_SOCKOPS, PortPolicy, SockKey,
+    PROG_CONNECT6, PROG_SK_MSG, PROG_SOCKOPS, PortPolicy, SockKey,
 };
 
 use super::{bpf_log::LogForwarder, cgroup};
@@ -56,7 +56,7 @@ pub enum InterceptError {
     )]
     Load(#[from] aya::EbpfError),
     #[error(
-        "eBPF program {name}: {source} (a kernel without sockops, sk_msg or cgroup/connect4 support refuses them)"
+        "eBPF program {name}: {source} (a kernel without sockops, sk_msg or cgroup/connect4/6 support refuses them)"
     )]
     Program {
         name: &'static str,
@@ -80,8 +80,10 @@ pub struct EbpfOptions {
     pub cgroup: PathBuf,
     /// Forward the programs' log lines to `tracing` (needs a thread).
     pub forward_logs: bool,
-    /// Rewrite connects to the proxy (`connect4`). Without it only the
-    /// sockmap shortcut runs, for every IPv4 socket of the cgroup.
+    /// Rewrite connects to the proxy (`connect4`, and `connect6` for
+    /// dual-stack sockets connecting to v4-mapped addresses). Without it
+    /// only the sockmap shortcut runs, for every IPv4 connection of the
+    /// cgroup.
     pub intercept: Option<InterceptSpec>,
 }
 
@@ -211,6 +213,11 @@ impl EbpfDataPath {
             connect4
                 .attach(&cgroup_dir, CgroupAttachMode::Single)
                 .map_err(prog_err(PROG_CONNECT4))?;
+            let connect6: &mut CgroupSockAddr = program(&mut ebpf, PROG_CONNECT6)?;
+            connect6.load().map_err(prog_err(PROG_CONNECT6))?;
+            connect6
+                .attach(&cgroup_dir, CgroupAttachMode::Single)
+                .map_err(prog_err(PROG_CONNECT6))?;
             let flags = FLAG_ENABLED
                 | if spec.ports.is_empty() {
                     FLAG_ALL_PORTS
@@ -233,7 +240,7 @@ impl EbpfDataPath {
                 cgroup = %opts.cgroup.display(),
                 proxy = %spec.proxy,
                 cidrs = ?spec.cidrs,
-                "eBPF interception on: connect4, sockops and sk_msg attached"
+                "eBPF interception on: connect4, connect6, sockops and sk_msg attached"
             );
         } else {
             tracing::info!(cgroup = %opts.cgroup.display(), "eBPF sockops and sk_msg attached");
@@ -249,7 +256,7 @@ impl EbpfDataPath {
         })
     }
 
-    /// Stops steering new connects to the proxy (`connect4` lets them go
+    /// Stops steering new connects to the proxy (`connect4/6` let them go
     /// to their destinations), as the first step of a shutdown: the
     /// proxy's listeners close next, and a connect still sent to them
     /// would be refused. Connections already steered, and the sockmap
