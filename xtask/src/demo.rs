@@ -75,7 +75,7 @@ pub fn run(keep: bool) -> Result<()> {
     let intercepted = staging::metric(&m, "sidetrack_ebpf_connect_intercepted_total", &[]);
     let redirected = staging::metric(&m, "sidetrack_ebpf_bytes_redirected_total", &[]);
     let msgs = staging::metric(&m, "sidetrack_ebpf_msg_redirected_total", &[]);
-    println!("connections intercepted by connect4:      {intercepted}");
+    println!("connections intercepted by connect4/6:    {intercepted}");
     println!(
         "bytes that skipped the TCP/IP stack:      {redirected} ({msgs} messages redirected by sk_msg)"
     );
