@@ -422,6 +422,22 @@ fn cleanup_stale_removes_what_a_killed_run_left() {
     std::fs::create_dir_all(hand_cg.join("pod")).unwrap();
     left.netns.push(hand_ns);
     left.cgroups.extend([hand_cg.join("pod"), hand_cg]);
+    // Cgroups a test of that run made for itself: under the v2 root, and in
+    // the v1 pids hierarchy where the machine has one.
+    let mut test_cgs = vec![
+        testbed::cgroup2_root()
+            .unwrap()
+            .join(format!("sidetrack-test-{dead}-0-byhand")),
+    ];
+    let pids_v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+    if pids_v1.join("cgroup.procs").exists() {
+        test_cgs.push(pids_v1.join(format!("sidetrack-test-{dead}-byhand")));
+    }
+    for cg in &test_cgs {
+        std::fs::create_dir(cg).unwrap();
+    }
+    let made_by_tests = test_cgs.len();
+    left.cgroups.extend(test_cgs);
     // An iptables-mode proxy's table, for a node address no live node has.
     let on_lo = ip(&["-o", "-4", "addr", "show", "dev", "lo"]);
     let block = (0..=255u8)
@@ -456,7 +472,10 @@ fn cleanup_stale_removes_what_a_killed_run_left() {
     assert!(nft_tables().contains(&table));
 
     let removed = testbed::cleanup_stale().expect("cleanup_stale");
-    assert!(removed >= 7, "removed only {removed} leftovers");
+    assert!(
+        removed >= 7 + made_by_tests,
+        "removed only {removed} leftovers"
+    );
     left.assert_gone();
     assert!(
         !nft_tables().contains(&table),

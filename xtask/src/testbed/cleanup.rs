@@ -28,6 +28,10 @@ pub(crate) fn alive(pid: u32) -> bool {
     exists || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// The v1 pids hierarchy, where these VMs mount one (a test that needs a
+/// pids limit makes its cgroup there).
+const PIDS_V1: &str = "/sys/fs/cgroup/pids";
+
 /// Removes the cgroups (killing what is left in them), veths, namespaces and
 /// `lo` addresses of dead runs, and restores the sysctls when no live node
 /// remains. Returns how many things it removed. `Node::new` calls it.
@@ -44,12 +48,20 @@ pub fn cleanup_stale() -> Result<usize> {
         Err(e) => errors.push(format!("{e:#}")),
     };
 
-    // Processes first, so that nothing keeps a namespace alive.
+    // Processes first, so that nothing keeps a namespace alive: the test
+    // beds' cgroups, and those tests make for themselves (under the v2
+    // root, or in the v1 pids hierarchy where the machine mounts one).
     let root = cgroup::cgroup2_root()?;
     let entries = fs::read_dir(&root).with_context(|| format!("list {}", root.display()))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if dead(names::cgroup_owner(&name)) {
+        if dead(names::cgroup_owner(&name)) || dead(names::test_cgroup_owner(&name)) {
+            tally("cgroup", &name, cgroup::kill_and_remove(&entry.path()));
+        }
+    }
+    for entry in fs::read_dir(PIDS_V1).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if dead(names::test_cgroup_owner(&name)) {
             tally("cgroup", &name, cgroup::kill_and_remove(&entry.path()));
         }
     }

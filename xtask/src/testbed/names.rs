@@ -88,6 +88,13 @@ pub(crate) fn cgroup_owner(name: &str) -> Option<u32> {
         .flatten()
 }
 
+/// The pid in `sidetrack-test-<pid>-<rest>`: a cgroup a test made (under
+/// the v2 root, or the v1 pids hierarchy).
+pub(crate) fn test_cgroup_owner(name: &str) -> Option<u32> {
+    let (pid, rest) = number(name.strip_prefix("sidetrack-test-")?, 10)?;
+    (rest.len() > 1 && rest.starts_with('-')).then_some(pid)
+}
+
 /// The pid in `stb<pid>n<seq>-<pod>`.
 pub(crate) fn netns_owner(name: &str) -> Option<u32> {
     let (pid, rest) = number(name.strip_prefix("stb")?, 10)?;
@@ -126,6 +133,12 @@ mod tests {
         assert_eq!(netns_owner(&ID.netns("world-v1")), Some(ID.pid));
         assert_eq!(veth_owner(&ID.host_veth(200).unwrap()), Some(ID.pid));
         assert_eq!(lo_label_owner(&ID.lo_label().unwrap()), Some(ID.pid));
+        // The shapes tests give their own cgroups.
+        assert_eq!(test_cgroup_owner("sidetrack-test-4242-3-ebpf"), Some(4242));
+        assert_eq!(
+            test_cgroup_owner("sidetrack-test-4242-worker-dies"),
+            Some(4242)
+        );
     }
 
     #[test]
@@ -161,6 +174,15 @@ mod tests {
             "sidetrack-bed-a-b-0",
         ] {
             assert_eq!(cgroup_owner(name), None, "{name}");
+        }
+        for name in [
+            "sidetrack-test-",
+            "sidetrack-test-12",
+            "sidetrack-test-12-",
+            "sidetrack-test-x-1",
+            "sidetrack-bed-a-12-0",
+        ] {
+            assert_eq!(test_cgroup_owner(name), None, "{name}");
         }
         assert_eq!(lo_label_owner("lo"), None);
         assert_eq!(lo_label_owner("lo:other"), None);
