@@ -281,6 +281,38 @@ fn a_get_is_sent_again_when_a_pooled_connection_closes_under_it() {
     assert_eq!(again, [0, 1], "{seen:?}");
 }
 
+/// A backend that answers and then closes the connection (its end comes
+/// right behind the answer's bytes): the next request, a POST (which is
+/// never sent twice), goes on a new connection instead of the closed one.
+#[test]
+fn a_pooled_connection_the_backend_closed_is_not_reused() {
+    let b = Scripted::start(|conn, _, _| match conn {
+        0 => Reply::Refuse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"),
+        _ => Reply::Send(FRESH),
+    });
+    let (_dir, p) = proxy_to(&b);
+    let mut c = Client::connect(p.addr);
+    assert_eq!(
+        send(&mut c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").text(),
+        "first"
+    );
+    // The backend's end reaches the proxy while the connection idles.
+    thread::sleep(Duration::from_millis(50));
+    let r = send(
+        &mut c,
+        "POST /pay HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+    );
+    assert_eq!(r.status, 200, "{:?} {}", r.headers, r.text());
+    assert_eq!(r.text(), "fresh");
+    let posts: Vec<usize> = b
+        .seen()
+        .iter()
+        .filter(|s| s.line.starts_with("POST"))
+        .map(|s| s.conn)
+        .collect();
+    assert_eq!(posts, [1], "{:?}", b.seen());
+}
+
 #[test]
 fn interim_responses_reach_http_1_1_clients_only_without_hop_by_hop_fields() {
     let b = Scripted::start(|_, _, _| {

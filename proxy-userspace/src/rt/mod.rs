@@ -18,6 +18,7 @@
 //! connections), but only waited on by its own.
 
 pub mod net;
+mod sys;
 
 use std::{
     cell::{Cell, RefCell, UnsafeCell},
@@ -28,7 +29,7 @@ use std::{
     pin::{Pin, pin},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll, RawWaker, RawWakerVTable, Wake, Waker},
 };
@@ -46,6 +47,9 @@ const WAKE_KEY: u64 = u64::MAX;
 /// Readiness bits of a registered socket.
 const READABLE: u8 = 1;
 const WRITABLE: u8 = 2;
+/// The peer has shut its side (or the connection failed): sticky, never
+/// cleared by a read.
+const HUNG_UP: u8 = 4;
 
 /// What other threads reach a runtime by: its queue for tasks they wake
 /// and the eventfd that interrupts its wait.
@@ -481,6 +485,8 @@ impl Reactor {
         let key = (u64::from(slot.generation) << 32) | u64::from(index);
         let io = Arc::new(IoState {
             ready: AtomicU8::new(0),
+            edges: AtomicU32::new(0),
+            drained_at: AtomicU32::new(u32::MAX),
             reader: UnsafeCell::new(None),
             writer: UnsafeCell::new(None),
             key,
@@ -563,18 +569,18 @@ impl Reactor {
         let mut events = self.events.borrow_mut();
         let n = loop {
             // SAFETY: the buffer holds `events.len()` entries.
-            let n = unsafe {
-                libc::epoll_wait(
+            let got = unsafe {
+                sys::epoll_wait(
                     self.epoll.as_raw_fd(),
                     events.as_mut_ptr(),
-                    events.len() as libc::c_int,
+                    events.len(),
                     if block { -1 } else { 0 },
                 )
             };
-            if n >= 0 {
-                break n as usize;
-            }
-            let e = io::Error::last_os_error();
+            let e = match got {
+                Ok(n) => break n,
+                Err(e) => e,
+            };
             assert_eq!(
                 e.kind(),
                 io::ErrorKind::Interrupted,
@@ -605,6 +611,9 @@ impl Reactor {
                 }
                 if closed || flags & libc::EPOLLOUT != 0 {
                     bits |= WRITABLE;
+                }
+                if closed || flags & libc::EPOLLRDHUP != 0 {
+                    bits |= HUNG_UP;
                 }
                 io.set(bits);
                 // SAFETY: the waker slots are touched only on this thread.
@@ -637,6 +646,11 @@ impl Reactor {
 /// A registered socket's readiness and the tasks waiting on it.
 struct IoState {
     ready: AtomicU8,
+    /// Readable events the reactor has taken for this socket (wrapping).
+    edges: AtomicU32,
+    /// `edges` when a read last found the socket empty (see
+    /// [`IoState::quiet`]); `u32::MAX` until then.
+    drained_at: AtomicU32,
     reader: UnsafeCell<Option<Waker>>,
     writer: UnsafeCell<Option<Waker>>,
     key: u64,
@@ -696,6 +710,26 @@ impl IoState {
     fn set(&self, bits: u8) {
         let r = self.ready.load(Ordering::Relaxed);
         self.ready.store(r | bits, Ordering::Relaxed);
+        if bits & READABLE != 0 {
+            let e = self.edges.load(Ordering::Relaxed);
+            self.edges.store(e.wrapping_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// A read found the socket empty (`WouldBlock`, or fewer bytes than
+    /// it asked for).
+    fn drained(&self) {
+        self.drained_at
+            .store(self.edges.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// No readable event has come since a read found the socket empty,
+    /// and the peer has not hung up (an end that came with the last bytes,
+    /// before the event that told of them was taken, makes no event of its
+    /// own): whatever has arrived since, the reactor has not been told of.
+    fn quiet(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) & HUNG_UP == 0
+            && self.drained_at.load(Ordering::Relaxed) == self.edges.load(Ordering::Relaxed)
     }
 
     /// Forgets the registration; the descriptor is being closed (which

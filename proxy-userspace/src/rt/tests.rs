@@ -421,3 +421,42 @@ fn a_panic_while_dropping_a_task_is_contained() {
         assert_eq!(rx.await.unwrap(), 7);
     });
 }
+
+/// Waits until the loop has looked at its events again: a wake from
+/// another thread, 20 ms on, which the loop takes from epoll with them.
+async fn next_turn() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        let _ = tx.send(());
+    });
+    rx.await.unwrap();
+    t.join().unwrap();
+}
+
+/// `quiet` answers from the reactor's events alone: true once a read found
+/// the socket empty, false when an event has come since (bytes or an end),
+/// and true again once those are read.
+#[test]
+fn quiet_follows_the_events_since_a_read_found_the_socket_empty() {
+    run(async {
+        let (mut peer, s) = accepted(b"hello").await;
+        let mut buf = [0u8; 16];
+        assert!(!s.quiet(), "never read empty yet");
+        assert_eq!(s.read(&mut buf).await.unwrap(), 5);
+        assert!(s.quiet(), "a short read, and nothing since");
+        peer.write_all(b"more").unwrap();
+        next_turn().await;
+        assert!(!s.quiet(), "bytes came");
+        assert_eq!(s.read(&mut buf).await.unwrap(), 4);
+        assert!(s.quiet());
+        // Last bytes and the end together: reading the bytes leaves the
+        // end, which makes no event of its own.
+        peer.write_all(b"bye").unwrap();
+        drop(peer);
+        next_turn().await;
+        assert_eq!(s.read(&mut buf).await.unwrap(), 3);
+        assert!(!s.quiet(), "the end came with the bytes");
+        assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+    });
+}
