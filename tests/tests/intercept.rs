@@ -112,28 +112,9 @@ fn ebpf_steers_dual_stack_sockets_that_connect_to_v4_mapped_addresses() {
     let before = counters(&s);
     let svc = hello_service();
     // curl makes an AF_INET6 socket for an IPv6 literal.
+    let mapped = format!("[::ffff:{}]:{}", svc.ip(), svc.port());
     let get = |headers: &[&str]| {
-        let mut cmd = s.client.command("curl");
-        cmd.args([
-            "--silent",
-            "--show-error",
-            "--fail-with-body",
-            "--max-time",
-            "10",
-        ])
-        .arg("--connect-to")
-        .arg(format!("hello:80:[::ffff:{}]:{}", svc.ip(), svc.port()));
-        for h in headers {
-            cmd.arg("-H").arg(h);
-        }
-        let out = cmd.arg("http://hello/").output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        String::from_utf8(s.curl_to("http://hello/", &mapped, headers).unwrap()).unwrap()
     };
     assert_eq!(
         get(&[]),

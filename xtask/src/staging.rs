@@ -327,6 +327,13 @@ impl Staging {
     /// `curl` from the client pod to `url`, whose host resolves to `addr`
     /// (the pods have no DNS); returns the body. Fails on a non-2xx status.
     pub fn curl(&self, url: &str, addr: SocketAddrV4, headers: &[&str]) -> Result<Vec<u8>> {
+        self.curl_to(url, &format!("{}:{}", addr.ip(), addr.port()), headers)
+    }
+
+    /// [`Staging::curl`] with the address as curl's `--connect-to` takes
+    /// it: `ip:port`, or `[ipv6]:port` (curl then connects from an AF_INET6
+    /// socket).
+    pub fn curl_to(&self, url: &str, addr: &str, headers: &[&str]) -> Result<Vec<u8>> {
         let authority = url
             .trim_start_matches("http://")
             .split('/')
@@ -348,7 +355,7 @@ impl Staging {
             "10",
         ])
         .arg("--connect-to")
-        .arg(format!("{host_port}:{}:{}", addr.ip(), addr.port()));
+        .arg(format!("{host_port}:{addr}"));
         for h in headers {
             cmd.arg("-H").arg(h);
         }
