@@ -210,11 +210,15 @@ pub fn checkin(backend: &Backend, stream: TcpStream, cfg: &PoolConfig, dog: &Wat
 }
 
 /// An idle connection must have nothing to read: bytes or EOF mean the
-/// backend closed it or sent something unasked. When no readable event
-/// has come since its last exchange read it empty, the answer needs no
-/// system call (what came since the loop last looked is not seen, as with
-/// a proxy that watches its idle connections: the request then fails on
-/// it, and a whole one is sent again); otherwise a one-byte read asks.
+/// backend closed it or sent something unasked. When the loop has looked
+/// at its events since the connection's last exchange read it empty, and
+/// none was for it, the answer needs no system call; otherwise (the
+/// connection was read empty in this same run of tasks, say, with a
+/// pipelined request next) a one-byte read asks. What came after the
+/// loop's last look is not seen, as with a proxy that watches its idle
+/// connections: a request that then meets a closed connection is sent
+/// again when it is whole and its write failed, or when it is idempotent;
+/// otherwise it gets a 502.
 fn is_quiet(stream: &TcpStream) -> bool {
     if stream.quiet() {
         return true;

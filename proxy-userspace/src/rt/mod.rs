@@ -62,6 +62,9 @@ struct Remote {
     has_released: AtomicBool,
     /// The `block_on` future was woken.
     main_woken: AtomicBool,
+    /// Looks at the sockets' events so far (wrapping; written by the
+    /// loop's thread only).
+    turns: AtomicU32,
     wake_fd: OwnedFd,
 }
 
@@ -137,6 +140,7 @@ impl Runtime {
                     released: Mutex::default(),
                     has_released: AtomicBool::new(false),
                     main_woken: AtomicBool::new(true),
+                    turns: AtomicU32::new(0),
                     wake_fd,
                 }),
                 queue: RefCell::new(VecDeque::with_capacity(64)),
@@ -397,6 +401,10 @@ impl Local {
     fn turn(&self, block: bool) {
         self.reactor.release_dropped(&self.remote);
         let woken = self.reactor.poll(block);
+        let t = self.remote.turns.load(Ordering::Relaxed);
+        self.remote
+            .turns
+            .store(t.wrapping_add(1), Ordering::Relaxed);
         if woken.remote {
             let mut buf = 0u64;
             // SAFETY: an 8-byte read from our eventfd (resets its counter).
@@ -487,6 +495,7 @@ impl Reactor {
             ready: AtomicU8::new(0),
             edges: AtomicU32::new(0),
             drained_at: AtomicU32::new(u32::MAX),
+            drained_turn: AtomicU32::new(0),
             reader: UnsafeCell::new(None),
             writer: UnsafeCell::new(None),
             key,
@@ -651,6 +660,8 @@ struct IoState {
     /// `edges` when a read last found the socket empty (see
     /// [`IoState::quiet`]); `u32::MAX` until then.
     drained_at: AtomicU32,
+    /// The loop's `turns` then.
+    drained_turn: AtomicU32,
     reader: UnsafeCell<Option<Waker>>,
     writer: UnsafeCell<Option<Waker>>,
     key: u64,
@@ -721,15 +732,20 @@ impl IoState {
     fn drained(&self) {
         self.drained_at
             .store(self.edges.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.drained_turn
+            .store(self.remote.turns.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
-    /// No readable event has come since a read found the socket empty,
-    /// and the peer has not hung up (an end that came with the last bytes,
-    /// before the event that told of them was taken, makes no event of its
-    /// own): whatever has arrived since, the reactor has not been told of.
+    /// Since a read found the socket empty, the loop has looked at its
+    /// events at least once, and none was for this socket; nor has the
+    /// peer hung up (an end that came with the last bytes, before the
+    /// event that told of them was taken, makes no event of its own). What
+    /// arrived after the loop's last look is not seen.
     fn quiet(&self) -> bool {
         self.ready.load(Ordering::Relaxed) & HUNG_UP == 0
             && self.drained_at.load(Ordering::Relaxed) == self.edges.load(Ordering::Relaxed)
+            && self.drained_turn.load(Ordering::Relaxed)
+                != self.remote.turns.load(Ordering::Relaxed)
     }
 
     /// Forgets the registration; the descriptor is being closed (which

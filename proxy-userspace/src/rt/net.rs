@@ -134,12 +134,14 @@ impl TcpStream {
     }
 
     /// Nothing has arrived since a read found the socket empty, as far as
-    /// the reactor knows: no readable event has come since the last
-    /// `WouldBlock` or short read. Answers without a system call; bytes or
-    /// an end that came in since the loop last looked at its events are
-    /// not seen. (A short read here is taken for "empty", which it is not
-    /// always in eBPF mode: see the module doc. Fit for a connection whose
-    /// last exchange read everything it was owed, as the pool's are.)
+    /// the reactor knows: the loop has looked at its events since the last
+    /// `WouldBlock` or short read, and none was for this socket. Answers
+    /// without a system call; bytes or an end that came in since the
+    /// loop's last look are not seen. (A short read here is taken for
+    /// "empty", which in eBPF mode it is not always: bytes can wait in the
+    /// other of a socket's two queues, see the module doc. Fit for a
+    /// connection whose last exchange read everything it was owed, as the
+    /// pool's are, where anything left would be bytes nobody asked for.)
     pub fn quiet(&self) -> bool {
         self.io.quiet()
     }
