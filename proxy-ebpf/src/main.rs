@@ -12,8 +12,8 @@
 //!   AF_INET socket. Native IPv6 destinations are left alone.
 //! * `sidetrack_sockops` (sockops, attached to a cgroup v2): when an IPv4 TCP
 //!   connection (an AF_INET socket's, or a dual-stack socket's to a
-//!   v4-mapped address) reaches ESTABLISHED, file it in the SOCKHASH under its own
-//!   4-tuple (with interception on: only sockets with the proxy's address at
+//!   v4-mapped address) reaches ESTABLISHED, file it in the SOCKHASH under
+//!   its own 4-tuple (with interception on: only sockets with the proxy's address at
 //!   one end, that is app-to-proxy and proxy-to-pod connections). An
 //!   intercepted connect's original destination moves from its cookie to
 //!   its 4-tuple, where the proxy looks it up at accept; it is removed when
@@ -44,9 +44,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use proxy_common::{
-    AF_INET, AF_INET6, CIDRS_CAPACITY, COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED, FLAG_NO_NEW,
-    InterceptConfig, ORIG_DST_CAPACITY, OrigDst, PORTS_CAPACITY, PortPolicy, SOCKHASH_CAPACITY,
-    SockKey,
+    AF_INET, AF_INET6, CIDRS_CAPACITY, COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED,
+    FLAG_NO_NEW, InterceptConfig, ORIG_DST_CAPACITY, OrigDst, PORTS_CAPACITY, PortPolicy,
+    SOCKHASH_CAPACITY, SockKey,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -99,7 +99,9 @@ pub fn sidetrack_connect6(ctx: SockAddrContext) -> i32 {
     if addr.protocol != IPPROTO_TCP {
         return 1;
     }
-    let Some(ip) = mapped_ip4(ld6(&addr.user_ip6)) else { return 1 };
+    let Some(ip) = mapped_ip4(ld6(&addr.user_ip6)) else {
+        return 1;
+    };
     if let Some((ip, port)) = steer(&ctx, ip, ld(&addr.user_port)) {
         // Still v4-mapped: only the IPv4 part changes.
         // SAFETY: stores to writable fields of the live context.

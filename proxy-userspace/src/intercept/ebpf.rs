@@ -4,8 +4,8 @@
 //! Attach order matters: `sk_msg` is attached to the SOCKHASH before
 //! `sockops` can put any socket in it, because a socket inserted before the
 //! verdict program exists never runs it; `connect4` and `connect6` come
-//! last, after their maps are filled, and interception is switched on by writing the config
-//! slot at the very end. Links are owned by the `Ebpf` object, so when the
+//! last, after their maps are filled, and interception is switched on by
+//! writing the config slot at the very end. Links are owned by the `Ebpf` object, so when the
 //! process exits (or the [`EbpfDataPath`] is dropped) the programs detach by
 //! themselves: interception fails open, and new connections go straight to
 //! their original destinations.

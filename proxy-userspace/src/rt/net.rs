@@ -157,7 +157,7 @@ impl TcpStream {
         // SAFETY: recv writes at most `spare.len()` bytes into memory we
         // own; the bytes it reports are initialised by it.
         let n = self.try_io(Interest::Readable, || unsafe {
-            super::sys::recv(fd, spare.as_mut_ptr().cast(), spare.len())
+            super::sys::recv(fd, spare.as_mut_ptr().cast(), asked)
         })?;
         // SAFETY: recv initialised the first `n` spare bytes.
         unsafe { buf.set_len(buf.len() + n) };
