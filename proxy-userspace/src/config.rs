@@ -61,6 +61,13 @@ pub struct Settings {
     /// never moves a worker, whose caches stay warm. Off: the kernel places
     /// them. Read at start.
     pub pin_workers: bool,
+    /// Before a worker sleeps waiting for events, it yields the CPU once,
+    /// so that the client or backend it just wrote to runs first when they
+    /// share its CPU: the answer is then waiting and the worker does not
+    /// sleep. Costs a system call a wait when they do not. A yield that
+    /// comes back late (a CPU-bound task ran) makes the worker skip the
+    /// yield for a growing number of waits. Read at start.
+    pub yield_before_wait: bool,
     pub intercept: InterceptMode,
     pub identifier: IdentifierKind,
     /// The prefix of logical names (`/svc`).
@@ -180,6 +187,7 @@ impl Default for Settings {
             watch_interval_ms: 500,
             workers: 1,
             pin_workers: false,
+            yield_before_wait: true,
             intercept: InterceptMode::None,
             identifier: IdentifierKind::HeaderToken,
             dst_prefix: "/svc".into(),
@@ -318,11 +326,12 @@ mod tests {
         let s = Settings::from_yaml(
             "listen: 127.0.0.1:1\nadmin: 127.0.0.1:2\ndtab: /svc => /$/inet/127.1/3\nfs_dir: /tmp/d\n\
              workers: 2\nidentifier: io.l5d.methodAndHost\nintercept: none\nlimits:\n  max_head_bytes: 100\n  head_timeout_ms: 5\n\
-             pool:\n  connect_timeout_ms: 7\nbind_cache_capacity: 3\n",
+             pool:\n  connect_timeout_ms: 7\nbind_cache_capacity: 3\nyield_before_wait: false\n",
         )
         .unwrap();
         assert_eq!(s.listen.port(), 1);
         assert_eq!(s.workers, 2);
+        assert!(!s.yield_before_wait && Settings::default().yield_before_wait);
         assert_eq!(s.identifier, IdentifierKind::MethodAndHost);
         assert_eq!(s.limits.max_head_bytes, 100);
         assert_eq!(

@@ -175,6 +175,7 @@ impl RunArgs {
             orig_dst,
         });
         let grace = ms(settings.shutdown_grace_ms);
+        let yield_before_wait = settings.yield_before_wait;
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let cpus = if settings.pin_workers {
@@ -206,6 +207,7 @@ impl RunArgs {
                     // deadlines live on the watchdog.
                     let runtime = crate::rt::Runtime::new()
                         .map_err(|e| format!("starting worker {i}: {e}"))?;
+                    runtime.set_yield_before_wait(yield_before_wait);
                     runtime.block_on(async move {
                         let listener = crate::rt::net::TcpListener::from_std(listener)
                             .map_err(|e| e.to_string())?;

@@ -32,6 +32,7 @@ use std::{
         atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll, RawWaker, RawWakerVTable, Wake, Waker},
+    time::{Duration, Instant},
 };
 
 /// Tasks run between two looks at the sockets while tasks stay ready (a
@@ -41,6 +42,11 @@ const TASKS_PER_POLL: u32 = 64;
 const SWEEP_MIN: usize = 64;
 /// Events taken from one `epoll_wait`.
 const EVENTS: usize = 256;
+/// A yield before a wait that lasts longer than this gave the CPU to
+/// something busier than a peer answering (see [`Reactor::yield_cpu`]).
+const LONG_YIELD: Duration = Duration::from_micros(200);
+/// The most waits in a row that skip the yield after long ones.
+const MAX_YIELD_BACKOFF: u32 = 4096;
 /// The epoll key of the runtime's own eventfd.
 const WAKE_KEY: u64 = u64::MAX;
 
@@ -153,6 +159,22 @@ impl Runtime {
     /// Runs `main`, and the tasks it spawns, until `main` completes. Tasks
     /// still pending then stay (a later `block_on` runs them on); those
     /// left when the runtime is dropped are dropped with it, on its thread.
+    /// Whether the loop yields the CPU once (`sched_yield`) before it
+    /// blocks in `epoll_wait`. Off in a new runtime.
+    ///
+    /// A loop that has nothing left to run has just handed work to a peer
+    /// (written a request to a backend, a response to a client) and would
+    /// sleep until the answer comes. When that peer shares its CPU, the
+    /// sleep and the wake-up cost the kernel more than letting the peer
+    /// run at once: after the yield the answer is usually waiting and
+    /// `epoll_wait` returns without sleeping. When the peer runs elsewhere
+    /// the yield returns at once, one system call spent while the peer
+    /// works. Beside a CPU-bound task the yield would cost a slice of that
+    /// task's time, so the loop backs off (see [`Reactor::yield_cpu`]).
+    pub fn set_yield_before_wait(&self, on: bool) {
+        self.local.reactor.yield_before_wait.set(on);
+    }
+
     pub fn block_on<F: Future>(&self, main: F) -> F::Output {
         let local: &Local = &self.local;
         // Checked before anything changes: the panic leaves the running
@@ -436,6 +458,12 @@ struct Reactor {
     tasks: RefCell<Vec<std::sync::Weak<Task>>>,
     /// The length of `tasks` at which the finished ones are next forgotten.
     sweep_at: Cell<usize>,
+    /// See [`Runtime::set_yield_before_wait`].
+    yield_before_wait: Cell<bool>,
+    /// Waits left to go without yielding, and how many the last long
+    /// yield set (see [`Reactor::yield_cpu`]).
+    yield_skip: Cell<u32>,
+    yield_backoff: Cell<u32>,
 }
 
 struct Slot {
@@ -463,6 +491,9 @@ impl Reactor {
             dropped: RefCell::default(),
             tasks: RefCell::default(),
             sweep_at: Cell::new(SWEEP_MIN),
+            yield_before_wait: Cell::new(false),
+            yield_skip: Cell::new(0),
+            yield_backoff: Cell::new(0),
         })
     }
 
@@ -574,8 +605,39 @@ impl Reactor {
         }
     }
 
+    /// Yields the CPU before a wait, unless recent yields came back late.
+    ///
+    /// A yield that lasts longer than [`LONG_YIELD`] means something else
+    /// on this CPU ran for that long, most likely a CPU-bound task, which
+    /// the scheduler lets finish its slice (a millisecond or more) before
+    /// the yielded loop runs again, even when its events came meanwhile; a
+    /// sleeping loop would have been woken, and could have preempted it.
+    /// Each long yield doubles the number of waits that then skip the yield
+    /// (up to [`MAX_YIELD_BACKOFF`]), each short one halves it: beside a
+    /// CPU-bound task the loop soon yields once in thousands of waits.
+    fn yield_cpu(&self) {
+        let skip = self.yield_skip.get();
+        if skip > 0 {
+            self.yield_skip.set(skip - 1);
+            return;
+        }
+        let start = Instant::now();
+        sys::sched_yield();
+        let backoff = self.yield_backoff.get();
+        let backoff = if start.elapsed() > LONG_YIELD {
+            (backoff * 2).clamp(1, MAX_YIELD_BACKOFF)
+        } else {
+            backoff / 2
+        };
+        self.yield_backoff.set(backoff);
+        self.yield_skip.set(backoff);
+    }
+
     fn poll(&self, block: bool) -> Polled {
         let mut events = self.events.borrow_mut();
+        if block && self.yield_before_wait.get() {
+            self.yield_cpu();
+        }
         let n = loop {
             // SAFETY: the buffer holds `events.len()` entries.
             let got = unsafe {

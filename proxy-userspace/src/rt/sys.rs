@@ -83,3 +83,10 @@ pub(super) unsafe fn epoll_wait(
         )
     })
 }
+
+/// `sched_yield()`: lets another task ready on this CPU run first. It
+/// cannot fail on Linux.
+pub(super) fn sched_yield() {
+    // SAFETY: no arguments, no memory touched.
+    unsafe { libc::syscall(libc::SYS_sched_yield) };
+}

@@ -1,0 +1,162 @@
+//! Where a worker waits when its client and backend share its CPU (as they
+//! do on a busy node, and as wake-ups pull them together on a small one).
+//!
+//! The only test in its binary: other tests running beside it on the same
+//! CPU would take the yields it counts on.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+};
+
+use sidetrack_tests::{TempDir, backend::Backend, client::Client, proxy::Proxy};
+
+/// Requests measured per setting, after `WARM_UP` ones.
+const REQUESTS: u64 = 2000;
+const WARM_UP: u64 = 200;
+
+/// Pins the calling thread to `cpu`; threads and processes it starts
+/// afterwards inherit the mask.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The CPUs this thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills the set it is given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// The proxy's one worker thread's `voluntary_ctxt_switches`: how often
+/// it blocked.
+fn worker_sleeps(pid: u32) -> u64 {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = entry.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !name.starts_with("sidetrack-worke") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        return status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .expect("voluntary_ctxt_switches in status")
+            .trim()
+            .parse()
+            .unwrap();
+    }
+    panic!("no worker thread in /proc/{pid}/task");
+}
+
+/// A thread spinning on the calling thread's CPUs until dropped.
+struct Hog {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Hog {
+    fn start() -> Hog {
+        let stop = Arc::new(AtomicBool::new(false));
+        let spin = stop.clone();
+        let thread = thread::spawn(move || {
+            while !spin.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        Hog {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sleeps of the worker per request, over keep-alive requests from this
+/// thread to `web` through a proxy started with `config`.
+fn sleeps_per_request(dir: &TempDir, config: &str) -> f64 {
+    let proxy = Proxy::with_fs_namer(dir, config, &["--log-level", "warn"]);
+    let mut c = Client::connect(proxy.addr);
+    for _ in 0..WARM_UP {
+        assert_eq!(c.get("web", "/", &[]).status, 200);
+    }
+    let before = worker_sleeps(proxy.child.id());
+    for _ in 0..REQUESTS {
+        assert_eq!(c.get("web", "/", &[]).status, 200);
+    }
+    let slept = worker_sleeps(proxy.child.id()) - before;
+    slept as f64 / REQUESTS as f64
+}
+
+#[test]
+fn a_worker_sharing_its_cpu_yields_to_its_peers_instead_of_sleeping() {
+    let cpu = *allowed_cpus().last().expect("an allowed CPU");
+    // The client (this thread), the backend's threads and the proxy all
+    // on one CPU.
+    pin_to(cpu);
+    let dir = TempDir::new("yield");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+
+    let yielding = sleeps_per_request(&dir, "");
+    let sleeping = sleeps_per_request(&dir, "yield_before_wait: false\n");
+    eprintln!(
+        "worker sleeps per request on CPU {cpu}: {yielding:.3} yielding first (the default), \
+         {sleeping:.3} not"
+    );
+    // Each request hands the CPU from the worker to the backend and to the
+    // client once. Yielding first, the worker finds their answers waiting
+    // and almost never sleeps; the margin allows for other work on the
+    // machine taking a yield.
+    assert!(
+        yielding < 0.2,
+        "yielding, the worker still slept {yielding:.3} times a request"
+    );
+    // Without the yield it sleeps in most exchanges: the setting is what
+    // made the difference.
+    assert!(
+        sleeping > 0.5,
+        "not yielding, the worker slept only {sleeping:.3} times a request"
+    );
+
+    // Beside a CPU-bound task a yield would wait out the task's slice; the
+    // worker sees its yields come back late and goes back to sleeping, so
+    // that its peers' answers wake it.
+    let hog = Hog::start();
+    let beside_hog = sleeps_per_request(&dir, "");
+    drop(hog);
+    eprintln!("beside a CPU-bound thread: {beside_hog:.3} sleeps per request");
+    assert!(
+        beside_hog > 0.5,
+        "beside a CPU-bound thread the worker kept yielding: {beside_hog:.3} sleeps a request"
+    );
+}
