@@ -17,7 +17,7 @@
 //!   one end, that is app-to-proxy and proxy-to-pod connections). An
 //!   intercepted connect's original destination moves from its cookie to
 //!   its 4-tuple, where the proxy looks it up at accept; it is removed when
-//!   the socket closes.
+//!   the proxy's end of the connection closes.
 //! * `sidetrack_sk_msg` (sk_msg, attached to the SOCKHASH): when a socket in
 //!   the map sends, look for the peer socket (the same 4-tuple seen from the
 //!   other end); if it is in the map, put the bytes straight into the peer's
@@ -215,9 +215,16 @@ pub fn sidetrack_sockops(ctx: SockOpsContext) -> u32 {
     match op {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(&ctx, key, true),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx, key, false),
-        // arg 1 is the new TCP state.
+        // arg 1 is the new TCP state. Only the proxy's end of a connection
+        // asks for state changes (see `established`): the entry is filed
+        // under the client's end, the same 4-tuple seen from the other side.
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
-            let _ = ORIG_DST.remove(&key);
+            let _ = ORIG_DST.remove(&SockKey {
+                src_ip4: key.dst_ip4,
+                dst_ip4: key.src_ip4,
+                src_port: key.dst_port,
+                dst_port: key.src_port,
+            });
         }
         _ => {}
     }
@@ -242,11 +249,16 @@ fn established(ctx: &SockOpsContext, mut key: SockKey, active: bool) {
                 let dst = unsafe { *dst };
                 if ORIG_DST.insert(&key, &dst, BPF_ANY as u64).is_ok() {
                     count(Counter::OrigDstFiled, 1);
-                    // Ask for state changes, to forget the entry at close.
-                    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
                 }
                 let _ = COOKIE_DST.remove(&cookie);
             }
+        } else if key.src_ip4 == cfg.proxy_ip4 && key.src_port == cfg.proxy_port {
+            // The proxy's end, established even while it waits in the
+            // accept queue. Its close forgets the connection's entry: the
+            // client's close may come before the proxy has accepted the
+            // connection and looked the entry up (a client that sends and
+            // closes at once).
+            let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
         }
     }
     // SAFETY: `ctx.ops` is the live bpf_sock_ops the kernel passed in.

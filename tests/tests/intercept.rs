@@ -353,26 +353,43 @@ fn an_address_for_a_host_is_named_by_the_original_destination() {
     );
 }
 
-#[test]
-fn a_connection_that_is_not_http_is_tunnelled_to_its_destination() {
-    use std::io::{BufRead, BufReader};
-    let s = start("ebpf-opaque", Mode::Ebpf);
-    let echo_bin = sidetrack_tests::proxy::binary()
+fn echo_bin() -> std::path::PathBuf {
+    sidetrack_tests::proxy::binary()
         .parent()
         .unwrap()
-        .join("netns-echo");
-    // An echo server on world-v1's (intercepted) address, any port.
-    let mut server = s.world_v1.command(&echo_bin);
+        .join("netns-echo")
+}
+
+/// `netns-echo serve` on world-v1's (intercepted) address, any port: the
+/// server (killed when dropped), its output lines after the first, and the
+/// address it listens on.
+fn echo_server(
+    s: &Staging,
+) -> (
+    KillOnDrop,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    String,
+) {
+    use std::io::{BufRead, BufReader};
+    let mut server = s.world_v1.command(echo_bin());
     server
         .args(["serve", &s.world_v1.ip().to_string()])
         .stdout(std::process::Stdio::piped());
-    let mut server = server.spawn().unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let mut server = KillOnDrop(server.spawn().unwrap());
+    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
     let listening = lines.next().unwrap().unwrap();
     let addr = listening
         .strip_prefix("listening ")
         .expect("listening line")
         .to_owned();
+    (server, lines, addr)
+}
+
+#[test]
+fn a_connection_that_is_not_http_is_tunnelled_to_its_destination() {
+    let s = start("ebpf-opaque", Mode::Ebpf);
+    let echo_bin = echo_bin();
+    let (server, mut lines, addr) = echo_server(&s);
     let n = 200_000;
     let out = s
         .client
@@ -381,8 +398,7 @@ fn a_connection_that_is_not_http_is_tunnelled_to_its_destination() {
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(
         out.status.success(),
         "{said} {}",
@@ -397,6 +413,113 @@ fn a_connection_that_is_not_http_is_tunnelled_to_its_destination() {
         "{peer}"
     );
     assert_eq!(counter(&s, "sidetrack_opaque_connections_total"), 1.0);
+}
+
+/// Entries in the running proxy's ORIG_DST map: found among the maps its
+/// descriptors hold (`map_id` in their fdinfo), read with `bpftool`.
+fn orig_dst_entries(s: &Staging) -> usize {
+    let bpftool = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new("bpftool").args(args).output().unwrap();
+        assert!(out.status.success(), "bpftool {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let pid = s.proxy_pid().expect("the proxy runs");
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let fd = fd.unwrap();
+        let is_map =
+            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_str() == Some("anon_inode:bpf-map"));
+        if !is_map {
+            continue;
+        }
+        let info =
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().display()))
+                .unwrap();
+        let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")) else {
+            continue;
+        };
+        let id = id.trim();
+        if bpftool(&["-j", "map", "show", "id", id])["name"] == "ORIG_DST" {
+            return bpftool(&["-j", "map", "dump", "id", id])
+                .as_array()
+                .unwrap()
+                .len();
+        }
+    }
+    panic!("the proxy (pid {pid}) holds no ORIG_DST map")
+}
+
+/// SIGCONT to the proxy when dropped, also on a failed test.
+struct Resume<'a>(&'a Staging);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.signal_proxy(libc::SIGCONT);
+    }
+}
+
+#[test]
+fn ebpf_a_connection_closed_before_the_proxy_accepts_it_still_reaches_its_destination() {
+    let s = start("ebpf-early-close", Mode::Ebpf);
+    let (_server, lines, addr) = echo_server(&s);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The proxy stopped: the kernel completes handshakes and queues the
+    // connections, and nobody accepts them.
+    s.signal_proxy(libc::SIGSTOP).unwrap();
+    let resume = Resume(&s);
+    let n = 1000;
+    let out = s
+        .client
+        .command(echo_bin())
+        .args(["send-close", &addr, &n.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The client's end is gone too: its FIN acknowledged, it left
+    // FIN-WAIT-1 and closed (an orphan goes straight to TIME-WAIT).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ss = s
+            .client
+            .command("ss")
+            .args(["-Htn", "state", "fin-wait-1"])
+            .output()
+            .unwrap();
+        if ss.stdout.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still in FIN-WAIT-1: {ss:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(resume);
+    // The proxy takes the queued connection, finds where it was going, and
+    // tunnels its bytes there.
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("the server saw nothing more:\n{}", s.proxy_log()))
+    };
+    let peer = next();
+    assert!(
+        peer.starts_with(&format!("peer {}:", s.proxy_addr.ip())),
+        "{peer}"
+    );
+    let closed = next();
+    let want = format!(" {n} {:016x}", Fnv64::of(&pattern(n)));
+    assert!(closed.ends_with(&want), "{closed}, want ...{want}");
+    assert_eq!(counter(&s, "sidetrack_opaque_connections_total"), 1.0);
+    // Its entry goes when the proxy's end closes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while orig_dst_entries(&s) != 0 {
+        assert!(Instant::now() < deadline, "ORIG_DST keeps an entry");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A child process killed (and reaped) when dropped, also on a failed test.

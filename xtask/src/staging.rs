@@ -273,6 +273,11 @@ impl Staging {
         Ok(())
     }
 
+    /// The running proxy's process id.
+    pub fn proxy_pid(&self) -> Option<u32> {
+        self.proxy.as_ref().map(Child::id)
+    }
+
     /// Whether the proxy is still running.
     pub fn proxy_running(&mut self) -> Result<bool> {
         Ok(match &mut self.proxy {

@@ -2,10 +2,14 @@
 //!
 //! * `netns-echo serve IP`: listens on IP (any port), prints `listening <addr>`,
 //!   then `peer <addr>` for each connection it accepts, and echoes every
-//!   connection until the client closes it. Runs until killed.
+//!   connection until the client closes it, then prints `closed <peer>
+//!   <bytes read> <fnv1a64 of them>`. Runs until killed.
 //! * `netns-echo send ADDR BYTES`: connects, sends BYTES of the test pattern,
 //!   closes its sending side, reads the echo to the end and prints
 //!   `echoed <n> <fnv1a64 of what came back> from <local addr>`.
+//! * `netns-echo send-close ADDR BYTES`: connects, sends BYTES of the test
+//!   pattern, closes at once (reading nothing) and prints `sent <n> from
+//!   <local addr>`.
 //! * `netns-echo abandon-node`: makes a test bed node with one pod running a
 //!   server, prints `ready <pod netns> <host veth> <pod cgroup> <node ip>`,
 //!   then sleeps (up to 10 minutes) so that the test can kill it and find
@@ -28,14 +32,25 @@ use sidetrack_tests::{Fnv64, pattern};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends back everything read until the peer closes its side, then closes ours.
-fn echo(mut stream: TcpStream) -> io::Result<()> {
+/// Sends back everything read until the peer closes its side, then closes
+/// ours; says how much it read and its hash. The echo back may fail (a
+/// client that closed at once): what was read still counts.
+fn echo(mut stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut buf = vec![0u8; 64 * 1024];
+    let (mut read, mut hash, mut echoing) = (0, Fnv64::new(), true);
     loop {
         match stream.read(&mut buf) {
-            Ok(0) => return stream.shutdown(Shutdown::Write),
-            Ok(n) => stream.write_all(&buf[..n])?,
+            Ok(0) => {
+                println!("closed {peer} {read} {:016x}", hash.finish());
+                io::stdout().flush()?;
+                return stream.shutdown(Shutdown::Write);
+            }
+            Ok(n) => {
+                read += n;
+                hash.update(&buf[..n]);
+                echoing = echoing && stream.write_all(&buf[..n]).is_ok();
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => thread::yield_now(),
             Err(e) => return Err(e),
@@ -51,7 +66,7 @@ fn serve(ip: &str) -> io::Result<()> {
         let (stream, peer) = listener.accept()?;
         println!("peer {peer}");
         io::stdout().flush()?;
-        thread::spawn(move || echo(stream));
+        thread::spawn(move || echo(stream, peer));
     }
 }
 
@@ -85,6 +100,18 @@ fn send(addr: SocketAddr, bytes: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Connects, sends BYTES of the test pattern and closes at once, reading
+/// nothing.
+fn send_close(addr: SocketAddr, bytes: usize) -> io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let local = stream.local_addr()?;
+    stream.write_all(&pattern(bytes))?;
+    drop(stream);
+    println!("sent {bytes} from {local}");
+    Ok(())
+}
+
 fn node_then_sleep() -> anyhow::Result<()> {
     let mut node = xtask::testbed::Node::new("abandoned")?;
     let pod = node.add_pod("left")?;
@@ -111,13 +138,16 @@ fn main() -> anyhow::Result<()> {
     match args[..] {
         ["serve", ip] => serve(ip)?,
         ["send", addr, bytes] => send(addr.parse()?, bytes.parse()?)?,
+        ["send-close", addr, bytes] => send_close(addr.parse()?, bytes.parse()?)?,
         ["abandon-node"] => node_then_sleep()?,
         ["hold-node"] => {
             xtask::testbed::teardown_on_signal()?;
             node_then_sleep()?
         }
         _ => {
-            anyhow::bail!("usage: netns-echo serve IP | send ADDR BYTES | abandon-node | hold-node")
+            anyhow::bail!(
+                "usage: netns-echo serve IP | send ADDR BYTES | send-close ADDR BYTES | abandon-node | hold-node"
+            )
         }
     }
     Ok(())
