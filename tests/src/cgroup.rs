@@ -1,4 +1,5 @@
-//! A cgroup v2 made for one test, and children started inside it.
+//! A cgroup made for one test (v2, or v1 for the pids controller), and
+//! children started inside it.
 //!
 //! The guard removes the cgroup when dropped, also when the test panics; any
 //! process still in it is killed first so that the removal succeeds.
@@ -18,8 +19,25 @@ pub struct TestCgroup {
 impl TestCgroup {
     /// Makes `<cgroup v2 root>/sidetrack-test-<pid>-<n>-<tag>`.
     pub fn create(tag: &str) -> io::Result<Self> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
+        Self::create_in(&sidetrack::intercept::cgroup::v2_root()?, tag)
+    }
+
+    /// A cgroup with the pids controller: in the v1 `pids` hierarchy where
+    /// the machine mounts one (as these VMs do), else under the v2 root
+    /// with the controller enabled there.
+    pub fn with_pids(tag: &str) -> io::Result<Self> {
+        let v1 = Path::new("/sys/fs/cgroup/pids");
+        if v1.join("cgroup.procs").exists() {
+            return Self::create_in(v1, tag);
+        }
         let root = sidetrack::intercept::cgroup::v2_root()?;
+        fs::write(root.join("cgroup.subtree_control"), "+pids")?;
+        Self::create_in(&root, tag)
+    }
+
+    /// Makes `<parent>/sidetrack-test-<pid>-<n>-<tag>`.
+    fn create_in(root: &Path, tag: &str) -> io::Result<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "sidetrack-test-{}-{}-{tag}",
             std::process::id(),

@@ -450,49 +450,6 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
     );
 }
 
-/// A cgroup with the pids controller (in the v1 hierarchy where the
-/// machine mounts one, as these VMs do, else under the v2 root), removed
-/// with whatever is left in it when dropped.
-struct PidsCgroup(std::path::PathBuf);
-
-impl PidsCgroup {
-    fn create(tag: &str) -> PidsCgroup {
-        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
-        let parent = if v1.join("cgroup.procs").exists() {
-            v1.to_path_buf()
-        } else {
-            let root = sidetrack::intercept::cgroup::v2_root().unwrap();
-            std::fs::write(root.join("cgroup.subtree_control"), "+pids").unwrap();
-            root
-        };
-        let dir = parent.join(format!("sidetrack-test-{}-{tag}", std::process::id()));
-        std::fs::create_dir(&dir).unwrap();
-        PidsCgroup(dir)
-    }
-
-    fn spawn(&self, cmd: &mut std::process::Command) -> std::process::Child {
-        xtask::staging::node_process(cmd, &self.0).unwrap();
-        cmd.spawn().unwrap()
-    }
-}
-
-impl Drop for PidsCgroup {
-    fn drop(&mut self) {
-        for _ in 0..250 {
-            let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: kill has no memory preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("could not remove {}", self.0.display());
-    }
-}
-
 /// A worker that stops on its own stops the proxy, with a failing status,
 /// instead of leaving it ready with a listener nobody serves. The fault:
 /// the cgroup allows one thread fewer than a running proxy has, so the
@@ -501,7 +458,7 @@ impl Drop for PidsCgroup {
 fn a_worker_that_stops_on_its_own_stops_the_proxy() {
     use std::io::Read;
     sidetrack_tests::require_root();
-    let cg = PidsCgroup::create("worker-dies");
+    let cg = sidetrack_tests::cgroup::TestCgroup::with_pids("worker-dies").unwrap();
     let start = || {
         let mut cmd = std::process::Command::new(sidetrack_tests::proxy::binary());
         cmd.args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
@@ -509,7 +466,7 @@ fn a_worker_that_stops_on_its_own_stops_the_proxy() {
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        cg.spawn(&mut cmd)
+        cg.spawn(&mut cmd).unwrap()
     };
     // Whole: how many threads a running proxy has.
     let mut whole = start();
@@ -525,7 +482,7 @@ fn a_worker_that_stops_on_its_own_stops_the_proxy() {
     );
     whole.kill().unwrap();
     whole.wait().unwrap();
-    std::fs::write(cg.0.join("pids.max"), (threads.len() - 1).to_string()).unwrap();
+    std::fs::write(cg.path().join("pids.max"), (threads.len() - 1).to_string()).unwrap();
 
     let mut short = start();
     let deadline = Instant::now() + Duration::from_secs(15);
