@@ -55,8 +55,12 @@ impl Server {
 
     /// The peer of the next connection the server accepted (it prints it
     /// before echoing, so after a finished exchange this never blocks).
+    /// The `closed` lines of earlier connections are passed over.
     fn peer(&mut self) -> SocketAddrV4 {
-        let line = read_line(&mut self.out);
+        let mut line = read_line(&mut self.out);
+        while line.starts_with("closed ") {
+            line = read_line(&mut self.out);
+        }
         line.strip_prefix("peer ")
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("netns-echo said {line:?}"))
