@@ -16,8 +16,8 @@
 //!   its own 4-tuple (with interception on: only sockets with the proxy's address at
 //!   one end, that is app-to-proxy and proxy-to-pod connections). An
 //!   intercepted connect's original destination moves from its cookie to
-//!   its 4-tuple, where the proxy looks it up at accept; it is removed when
-//!   the proxy's end of the connection closes.
+//!   its 4-tuple, where the proxy takes it out when it accepts the
+//!   connection (not at the client's close, which may come first).
 //! * `sidetrack_sk_msg` (sk_msg, attached to the SOCKHASH): when a socket in
 //!   the map sends, look for the peer socket (the same 4-tuple seen from the
 //!   other end); if it is in the map, put the bytes straight into the peer's
@@ -34,8 +34,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_ANY, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_TCP_CLOSE, sk_action::SK_PASS,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, sk_action::SK_PASS,
     },
     helpers::bpf_get_socket_cookie,
     macros::{cgroup_sock_addr, map, sk_msg, sock_ops},
@@ -215,17 +214,6 @@ pub fn sidetrack_sockops(ctx: SockOpsContext) -> u32 {
     match op {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(&ctx, key, true),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx, key, false),
-        // arg 1 is the new TCP state. Only the proxy's end of a connection
-        // asks for state changes (see `established`): the entry is filed
-        // under the client's end, the same 4-tuple seen from the other side.
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
-            let _ = ORIG_DST.remove(&SockKey {
-                src_ip4: key.dst_ip4,
-                dst_ip4: key.src_ip4,
-                src_port: key.dst_port,
-                dst_port: key.src_port,
-            });
-        }
         _ => {}
     }
     0
@@ -252,13 +240,6 @@ fn established(ctx: &SockOpsContext, mut key: SockKey, active: bool) {
                 }
                 let _ = COOKIE_DST.remove(&cookie);
             }
-        } else if key.src_ip4 == cfg.proxy_ip4 && key.src_port == cfg.proxy_port {
-            // The proxy's end, established even while it waits in the
-            // accept queue. Its close forgets the connection's entry: the
-            // client's close may come before the proxy has accepted the
-            // connection and looked the entry up (a client that sends and
-            // closes at once).
-            let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
         }
     }
     // SAFETY: `ctx.ops` is the live bpf_sock_ops the kernel passed in.

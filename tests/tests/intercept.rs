@@ -514,7 +514,7 @@ fn ebpf_a_connection_closed_before_the_proxy_accepts_it_still_reaches_its_destin
     let want = format!(" {n} {:016x}", Fnv64::of(&pattern(n)));
     assert!(closed.ends_with(&want), "{closed}, want ...{want}");
     assert_eq!(counter(&s, "sidetrack_opaque_connections_total"), 1.0);
-    // Its entry goes when the proxy's end closes.
+    // The proxy took its entry out of the map when it accepted it.
     let deadline = Instant::now() + Duration::from_secs(5);
     while orig_dst_entries(&s) != 0 {
         assert!(Instant::now() < deadline, "ORIG_DST keeps an entry");

@@ -117,6 +117,26 @@ fn sleeps_per_request(dir: &TempDir, config: &str) -> f64 {
     slept as f64 / REQUESTS as f64
 }
 
+/// Tries a measurement up to three times (other work on a busy machine can
+/// land on the pinned CPU and take the yields, or make them late); returns
+/// the first result `ok` accepts, or panics with every result.
+fn within_three_tries<T: std::fmt::Debug>(
+    what: &str,
+    mut measure: impl FnMut() -> T,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let got = measure();
+        eprintln!("{what}: {got:?}");
+        if ok(&got) {
+            return got;
+        }
+        seen.push(got);
+    }
+    panic!("{what}: no try met the expectation: {seen:?}");
+}
+
 #[test]
 fn a_worker_sharing_its_cpu_yields_to_its_peers_instead_of_sleeping() {
     let cpu = *allowed_cpus().last().expect("an allowed CPU");
@@ -127,36 +147,30 @@ fn a_worker_sharing_its_cpu_yields_to_its_peers_instead_of_sleeping() {
     let web = Backend::start("web");
     dir.write("web", &web.fs_line());
 
-    let yielding = sleeps_per_request(&dir, "");
-    let sleeping = sleeps_per_request(&dir, "yield_before_wait: false\n");
-    eprintln!(
-        "worker sleeps per request on CPU {cpu}: {yielding:.3} yielding first (the default), \
-         {sleeping:.3} not"
-    );
     // Each request hands the CPU from the worker to the backend and to the
-    // client once. Yielding first, the worker finds their answers waiting
-    // and almost never sleeps; the margin allows for other work on the
-    // machine taking a yield.
-    assert!(
-        yielding < 0.2,
-        "yielding, the worker still slept {yielding:.3} times a request"
-    );
-    // Without the yield it sleeps in most exchanges: the setting is what
-    // made the difference.
-    assert!(
-        sleeping > 0.5,
-        "not yielding, the worker slept only {sleeping:.3} times a request"
+    // client once. Yielding first (the default), the worker finds their
+    // answers waiting and almost never sleeps; without the yield it sleeps
+    // in most exchanges, so the setting is what makes the difference.
+    within_three_tries(
+        &format!("worker sleeps per request on CPU {cpu} (yielding, not)"),
+        || {
+            (
+                sleeps_per_request(&dir, ""),
+                sleeps_per_request(&dir, "yield_before_wait: false\n"),
+            )
+        },
+        |&(yielding, sleeping)| yielding < 0.2 && sleeping > 0.5,
     );
 
     // Beside a CPU-bound task a yield would wait out the task's slice; the
     // worker sees its yields come back late and goes back to sleeping, so
     // that its peers' answers wake it.
-    let hog = Hog::start();
-    let beside_hog = sleeps_per_request(&dir, "");
-    drop(hog);
-    eprintln!("beside a CPU-bound thread: {beside_hog:.3} sleeps per request");
-    assert!(
-        beside_hog > 0.5,
-        "beside a CPU-bound thread the worker kept yielding: {beside_hog:.3} sleeps a request"
+    within_three_tries(
+        "worker sleeps per request beside a CPU-bound thread",
+        || {
+            let _hog = Hog::start();
+            sleeps_per_request(&dir, "")
+        },
+        |&beside_hog| beside_hog > 0.5,
     );
 }

@@ -20,7 +20,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, PerCpuArray, SockHash,
+        Array, HashMap, IterableMap, MapData, PerCpuArray, SockHash,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps},
@@ -129,23 +129,87 @@ pub struct EbpfDataPath {
 
 /// The original destinations of intercepted connections, by the client
 /// socket's 4-tuple. Shared with the connection loop.
+///
+/// sockops files an entry when the client's connect is established; the
+/// proxy takes it out when it accepts the connection ([`OrigDstMap::take`]),
+/// so an entry lives only while its connection waits in the accept queue,
+/// whatever the client does meanwhile (it may send and close at once) and
+/// wherever the proxy runs. Entries of connections the proxy never accepts
+/// (a full accept queue whose client gave up) are left to the LRU.
 pub struct OrigDstMap(HashMap<MapData, SockKey, OrigDst>);
+
+/// `bpf(2)` commands on map elements, and their attribute block.
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
 
 impl OrigDstMap {
     /// Where the client `peer` meant to connect, given the proxy's `local`
-    /// end of the accepted connection. One map lookup (a system call).
-    pub fn lookup(&self, peer: SocketAddrV4, local: SocketAddrV4) -> Option<SocketAddrV4> {
+    /// end of the accepted connection, taken out of the map: one system
+    /// call (two on kernels before 5.14, which cannot look up and delete at
+    /// once in a hash map).
+    pub fn take(&self, peer: SocketAddrV4, local: SocketAddrV4) -> Option<SocketAddrV4> {
         let key = SockKey {
             src_ip4: u32::from_ne_bytes(peer.ip().octets()),
             dst_ip4: u32::from_ne_bytes(local.ip().octets()),
             src_port: u32::from(peer.port()),
             dst_port: u32::from(local.port()),
         };
-        let dst = self.0.get(&key, 0).ok()?;
+        let mut dst = OrigDst::default();
+        let dst = match self.elem(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &key, Some(&mut dst)) {
+            Ok(()) => dst,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return None,
+            Err(_) => {
+                let dst = self.0.get(&key, 0).ok()?;
+                let _ = self.elem(BPF_MAP_DELETE_ELEM, &key, None);
+                dst
+            }
+        };
         Some(SocketAddrV4::new(
             Ipv4Addr::from(dst.ip4.to_ne_bytes()),
             dst.port as u16,
         ))
+    }
+
+    /// One `bpf(cmd)` on the element `key`, its value (if any) read into
+    /// `value`.
+    fn elem(
+        &self,
+        cmd: libc::c_long,
+        key: &SockKey,
+        value: Option<&mut OrigDst>,
+    ) -> std::io::Result<()> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = self.0.map().fd().as_fd().as_raw_fd();
+        let attr = ElemAttr {
+            map_fd: fd as u32,
+            _pad: 0,
+            key: key as *const SockKey as u64,
+            value: value.map_or(0, |v| v as *mut OrigDst as u64),
+            flags: 0,
+        };
+        // SAFETY: the attribute block points at a key and (for a lookup) a
+        // value of the map's sizes, both live for the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                &attr as *const ElemAttr,
+                std::mem::size_of::<ElemAttr>(),
+            )
+        };
+        if ret < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 

@@ -25,7 +25,9 @@ pub enum OrigDst {
 }
 
 impl OrigDst {
-    /// The original destination of the accepted `stream` from `peer`.
+    /// The original destination of the accepted `stream` from `peer`
+    /// (asked once per connection: in eBPF mode the answer is taken out of
+    /// the map).
     pub fn lookup(&self, stream: &TcpStream, peer: SocketAddr) -> Option<SocketAddrV4> {
         match self {
             OrigDst::Ebpf(map) => {
@@ -33,7 +35,7 @@ impl OrigDst {
                 else {
                     return None;
                 };
-                map.lookup(peer, local)
+                map.take(peer, local)
             }
             // A connection made to the proxy itself was not redirected:
             // conntrack then names the proxy's own address, and treating

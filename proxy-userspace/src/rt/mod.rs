@@ -156,9 +156,6 @@ impl Runtime {
         })
     }
 
-    /// Runs `main`, and the tasks it spawns, until `main` completes. Tasks
-    /// still pending then stay (a later `block_on` runs them on); those
-    /// left when the runtime is dropped are dropped with it, on its thread.
     /// Whether the loop yields the CPU once (`sched_yield`) before it
     /// blocks in `epoll_wait`. Off in a new runtime.
     ///
@@ -169,12 +166,19 @@ impl Runtime {
     /// run at once: after the yield the answer is usually waiting and
     /// `epoll_wait` returns without sleeping. When the peer runs elsewhere
     /// the yield returns at once, one system call spent while the peer
-    /// works. Beside a CPU-bound task the yield would cost a slice of that
-    /// task's time, so the loop backs off (see [`Reactor::yield_cpu`]).
+    /// works. The yield only passes the CPU within the loop's own CPU
+    /// cgroup: a peer in another one (a pod of its own, where the cpu
+    /// controller is on) mostly does not run first. Beside a CPU-bound
+    /// task the yield would cost a slice of that task's time, so a yield
+    /// that comes back late makes the loop skip the next ones for a while
+    /// (`Reactor::yield_cpu`).
     pub fn set_yield_before_wait(&self, on: bool) {
         self.local.reactor.yield_before_wait.set(on);
     }
 
+    /// Runs `main`, and the tasks it spawns, until `main` completes. Tasks
+    /// still pending then stay (a later `block_on` runs them on); those
+    /// left when the runtime is dropped are dropped with it, on its thread.
     pub fn block_on<F: Future>(&self, main: F) -> F::Output {
         let local: &Local = &self.local;
         // Checked before anything changes: the panic leaves the running
@@ -608,10 +612,12 @@ impl Reactor {
     /// Yields the CPU before a wait, unless recent yields came back late.
     ///
     /// A yield that lasts longer than [`LONG_YIELD`] means something else
-    /// on this CPU ran for that long, most likely a CPU-bound task, which
-    /// the scheduler lets finish its slice (a millisecond or more) before
-    /// the yielded loop runs again, even when its events came meanwhile; a
-    /// sleeping loop would have been woken, and could have preempted it.
+    /// on this CPU ran for that long: a CPU-bound task, which the scheduler
+    /// lets finish its slice (a millisecond or more) before the yielded
+    /// loop runs again, even when its events came meanwhile (a sleeping
+    /// loop would have been woken, and could have preempted it), or a peer
+    /// whose answer takes that long, when the yield saves nothing worth
+    /// having anyway.
     /// Each long yield doubles the number of waits that then skip the yield
     /// (up to [`MAX_YIELD_BACKOFF`]), each short one halves it: beside a
     /// CPU-bound task the loop soon yields once in thousands of waits.
