@@ -137,6 +137,51 @@ fn ebpf_steers_dual_stack_sockets_that_connect_to_v4_mapped_addresses() {
         "only {} messages redirected",
         after[2] - before[2]
     );
+
+    // A native IPv6 destination is left alone, even one whose last 32 bits
+    // spell an intercepted IPv4 address (the service's): an echo server on
+    // such an address in the client pod itself answers the client directly.
+    let o = svc.ip().octets();
+    let native = format!(
+        "fd00::{:x}:{:x}",
+        u16::from_be_bytes([o[0], o[1]]),
+        u16::from_be_bytes([o[2], o[3]])
+    );
+    for args in [
+        vec!["link", "set", "lo", "up"],
+        vec![
+            "-6",
+            "addr",
+            "add",
+            &format!("{native}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ],
+    ] {
+        let out = s.client.command("ip").args(&args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    }
+    let (_server, mut lines, addr) = echo_server_on(&s.client, &native);
+    let before = counters(&s);
+    let n = 1000;
+    let out = s
+        .client
+        .command(echo_bin())
+        .args(["send", &addr, &n.to_string()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said} {out:?}");
+    let want = format!("echoed {n} {:016x}", Fnv64::of(&pattern(n)));
+    assert!(said.starts_with(&want), "{said}");
+    let peer = lines.next().unwrap().unwrap();
+    assert!(peer.starts_with(&format!("peer [{native}]:")), "{peer}");
+    assert_eq!(
+        counters(&s)[0],
+        before[0],
+        "a native IPv6 connect was intercepted"
+    );
 }
 
 #[test]
@@ -363,17 +408,18 @@ fn echo_bin() -> std::path::PathBuf {
 /// `netns-echo serve` on world-v1's (intercepted) address, any port: the
 /// server (killed when dropped), its output lines after the first, and the
 /// address it listens on.
-fn echo_server(
-    s: &Staging,
-) -> (
-    KillOnDrop,
-    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
-    String,
-) {
+fn echo_server(s: &Staging) -> (KillOnDrop, EchoLines, String) {
+    echo_server_on(&s.world_v1, &s.world_v1.ip().to_string())
+}
+
+type EchoLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// `netns-echo serve` in `pod` on `ip`, any port (see [`echo_server`]).
+fn echo_server_on(pod: &xtask::testbed::Pod, ip: &str) -> (KillOnDrop, EchoLines, String) {
     use std::io::{BufRead, BufReader};
-    let mut server = s.world_v1.command(echo_bin());
+    let mut server = pod.command(echo_bin());
     server
-        .args(["serve", &s.world_v1.ip().to_string()])
+        .args(["serve", ip])
         .stdout(std::process::Stdio::piped());
     let mut server = KillOnDrop(server.spawn().unwrap());
     let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
