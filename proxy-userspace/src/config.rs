@@ -64,7 +64,8 @@ pub struct Settings {
     /// Before a worker sleeps waiting for events, it yields the CPU once,
     /// so that the client or backend it just wrote to runs first when they
     /// share its CPU: the answer is then waiting and the worker does not
-    /// sleep. Costs a system call a wait when they do not. A yield that
+    /// sleep. Costs a system call a wait when they do not. The yield
+    /// reaches only tasks in the worker's own CPU cgroup. A yield that
     /// comes back late (a CPU-bound task ran) makes the worker skip the
     /// yield for a growing number of waits. Read at start.
     pub yield_before_wait: bool,

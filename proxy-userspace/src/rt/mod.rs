@@ -618,6 +618,7 @@ impl Reactor {
     /// loop would have been woken, and could have preempted it), or a peer
     /// whose answer takes that long, when the yield saves nothing worth
     /// having anyway.
+    ///
     /// Each long yield doubles the number of waits that then skip the yield
     /// (up to [`MAX_YIELD_BACKOFF`]), each short one halves it: beside a
     /// CPU-bound task the loop soon yields once in thousands of waits.
