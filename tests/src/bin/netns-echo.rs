@@ -33,19 +33,16 @@ use sidetrack_tests::{Fnv64, pattern};
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends back everything read until the peer closes its side, then closes
-/// ours; says how much it read and its hash. The echo back may fail (a
-/// client that closed at once): what was read still counts.
+/// ours; says how much it read and its hash, however the connection ended
+/// (the echo back may fail, and the connection be reset, when the client
+/// closed at once: what was read still counts).
 fn echo(mut stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut buf = vec![0u8; 64 * 1024];
     let (mut read, mut hash, mut echoing) = (0, Fnv64::new(), true);
-    loop {
+    let end = loop {
         match stream.read(&mut buf) {
-            Ok(0) => {
-                println!("closed {peer} {read} {:016x}", hash.finish());
-                io::stdout().flush()?;
-                return stream.shutdown(Shutdown::Write);
-            }
+            Ok(0) => break stream.shutdown(Shutdown::Write),
             Ok(n) => {
                 read += n;
                 hash.update(&buf[..n]);
@@ -53,9 +50,15 @@ fn echo(mut stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => thread::yield_now(),
-            Err(e) => return Err(e),
+            Err(e) => break Err(e),
         }
+    };
+    if let Err(e) = &end {
+        eprintln!("connection from {peer}: {e}");
     }
+    println!("closed {peer} {read} {:016x}", hash.finish());
+    io::stdout().flush()?;
+    end
 }
 
 fn serve(ip: &str) -> io::Result<()> {
