@@ -165,12 +165,7 @@ fn ebpf_steers_dual_stack_sockets_that_connect_to_v4_mapped_addresses() {
     let (_server, mut lines, addr) = echo_server_on(&s.client, &native);
     let before = counters(&s);
     let n = 1000;
-    let out = s
-        .client
-        .command(echo_bin())
-        .args(["send", &addr, &n.to_string()])
-        .output()
-        .unwrap();
+    let out = echo_client(&s, "send", &addr, n);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{said} {out:?}");
     let want = format!("echoed {n} {:016x}", Fnv64::of(&pattern(n)));
@@ -405,6 +400,15 @@ fn echo_bin() -> std::path::PathBuf {
         .join("netns-echo")
 }
 
+/// `netns-echo MODE ADDR N` (`send` or `send-close`) in the client pod.
+fn echo_client(s: &Staging, mode: &str, addr: &str, n: usize) -> std::process::Output {
+    s.client
+        .command(echo_bin())
+        .args([mode, addr, &n.to_string()])
+        .output()
+        .unwrap()
+}
+
 /// `netns-echo serve` on world-v1's (intercepted) address, any port: the
 /// server (killed when dropped), its output lines after the first, and the
 /// address it listens on.
@@ -434,15 +438,9 @@ fn echo_server_on(pod: &xtask::testbed::Pod, ip: &str) -> (KillOnDrop, EchoLines
 #[test]
 fn a_connection_that_is_not_http_is_tunnelled_to_its_destination() {
     let s = start("ebpf-opaque", Mode::Ebpf);
-    let echo_bin = echo_bin();
     let (server, mut lines, addr) = echo_server(&s);
     let n = 200_000;
-    let out = s
-        .client
-        .command(&echo_bin)
-        .args(["send", &addr, &n.to_string()])
-        .output()
-        .unwrap();
+    let out = echo_client(&s, "send", &addr, n);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     drop(server);
     assert!(
@@ -521,12 +519,7 @@ fn ebpf_a_connection_closed_before_the_proxy_accepts_it_still_reaches_its_destin
     s.signal_proxy(libc::SIGSTOP).unwrap();
     let resume = Resume(&s);
     let n = 1000;
-    let out = s
-        .client
-        .command(echo_bin())
-        .args(["send-close", &addr, &n.to_string()])
-        .output()
-        .unwrap();
+    let out = echo_client(&s, "send-close", &addr, n);
     assert!(out.status.success(), "{out:?}");
     // The client's end is gone too: its FIN acknowledged, it left
     // FIN-WAIT-1 and closed (an orphan goes straight to TIME-WAIT).
