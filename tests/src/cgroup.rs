@@ -26,8 +26,7 @@ impl TestCgroup {
     /// the machine mounts one (as these VMs do), else under the v2 root
     /// with the controller enabled there.
     pub fn with_pids(tag: &str) -> io::Result<Self> {
-        let v1 = Path::new("/sys/fs/cgroup/pids");
-        if v1.join("cgroup.procs").exists() {
+        if let Some(v1) = xtask::testbed::pids_v1_root() {
             return Self::create_in(v1, tag);
         }
         let root = sidetrack::intercept::cgroup::v2_root()?;

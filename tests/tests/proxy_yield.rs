@@ -12,42 +12,12 @@ use std::{
     thread,
 };
 
+use sidetrack::cli::run::{allowed_cpus, pin};
 use sidetrack_tests::{TempDir, backend::Backend, client::Client, proxy::Proxy};
 
 /// Requests measured per setting, after `WARM_UP` ones.
 const REQUESTS: u64 = 2000;
 const WARM_UP: u64 = 200;
-
-/// Pins the calling thread to `cpu`; threads and processes it starts
-/// afterwards inherit the mask.
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pin to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-/// The CPUs this thread may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: sched_getaffinity fills the set it is given.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
-            0
-        );
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
 
 /// The proxy's one worker thread's `voluntary_ctxt_switches`: how often
 /// it blocked.
@@ -139,10 +109,11 @@ fn within_three_tries<T: std::fmt::Debug>(
 
 #[test]
 fn a_worker_sharing_its_cpu_yields_to_its_peers_instead_of_sleeping() {
-    let cpu = *allowed_cpus().last().expect("an allowed CPU");
+    let cpu = *allowed_cpus().unwrap().last().expect("an allowed CPU");
     // The client (this thread), the backend's threads and the proxy all
-    // on one CPU.
-    pin_to(cpu);
+    // on one CPU: what this thread starts from here inherits its mask.
+    // SAFETY: pthread_self has no preconditions.
+    pin(unsafe { libc::pthread_self() }, cpu).unwrap();
     let dir = TempDir::new("yield");
     let web = Backend::start("web");
     dir.write("web", &web.fs_line());

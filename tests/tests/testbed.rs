@@ -433,8 +433,7 @@ fn cleanup_stale_removes_what_a_killed_run_left() {
             .unwrap()
             .join(format!("sidetrack-test-{dead}-0-byhand")),
     ];
-    let pids_v1 = std::path::Path::new("/sys/fs/cgroup/pids");
-    if pids_v1.join("cgroup.procs").exists() {
+    if let Some(pids_v1) = testbed::pids_v1_root() {
         test_cgs.push(pids_v1.join(format!("sidetrack-test-{dead}-byhand")));
     }
     for cg in &test_cgs {

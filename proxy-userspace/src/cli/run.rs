@@ -468,11 +468,9 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
-/// One listener per worker on `addr`, all with SO_REUSEPORT (and
-/// SO_REUSEADDR: a restart must not wait out TIME_WAIT) and a deep backlog.
-/// With port 0, the first picks the port and the others take the same.
-/// The CPUs this process may run on (its cgroup's cpuset, say), in order.
-fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+/// The CPUs the calling thread may run on (the process's cgroup's cpuset,
+/// say), in order.
+pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data, filled in by the kernel; CPU_ISSET
     // reads inside it.
     unsafe {
@@ -487,7 +485,7 @@ fn allowed_cpus() -> std::io::Result<Vec<usize>> {
 }
 
 /// Pins `thread` (a live thread of this process) to `cpu`.
-fn pin(thread: libc::pthread_t, cpu: usize) -> std::io::Result<()> {
+pub fn pin(thread: libc::pthread_t, cpu: usize) -> std::io::Result<()> {
     // SAFETY: as above; CPU_SET writes inside the set (cpu came from
     // `allowed_cpus`, so it is below CPU_SETSIZE), and the JoinHandle the
     // caller holds keeps `thread` valid.
@@ -502,6 +500,9 @@ fn pin(thread: libc::pthread_t, cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// One listener per worker on `addr`, all with SO_REUSEPORT (and
+/// SO_REUSEADDR: a restart must not wait out TIME_WAIT) and a deep backlog.
+/// With port 0, the first picks the port and the others take the same.
 fn bind_workers(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     let first = bind_one(addr)?;
     let addr = first.local_addr()?;

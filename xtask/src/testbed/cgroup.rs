@@ -25,6 +25,14 @@ pub fn cgroup2_root() -> Result<PathBuf> {
         .context("no cgroup2 file system is mounted (see /proc/self/mountinfo)")
 }
 
+/// The v1 `pids` hierarchy, where the machine mounts one (these VMs do):
+/// a test that needs a pids limit makes its cgroup there, and
+/// `cleanup_stale` looks there for the ones a killed run left.
+pub fn pids_v1_root() -> Option<&'static Path> {
+    let root = Path::new("/sys/fs/cgroup/pids");
+    root.join("cgroup.procs").exists().then_some(root)
+}
+
 pub(crate) fn create(path: &Path) -> Result<()> {
     log(format_args!("mkdir {}", path.display()));
     fs::create_dir(path).with_context(|| format!("create cgroup {}", path.display()))

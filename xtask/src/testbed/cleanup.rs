@@ -28,10 +28,6 @@ pub(crate) fn alive(pid: u32) -> bool {
     exists || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// The v1 pids hierarchy, where these VMs mount one (a test that needs a
-/// pids limit makes its cgroup there).
-const PIDS_V1: &str = "/sys/fs/cgroup/pids";
-
 /// Removes the cgroups (killing what is left in them), veths, namespaces and
 /// `lo` addresses of dead runs, and restores the sysctls when no live node
 /// remains. Returns how many things it removed. `Node::new` calls it.
@@ -59,7 +55,8 @@ pub fn cleanup_stale() -> Result<usize> {
             tally("cgroup", &name, cgroup::kill_and_remove(&entry.path()));
         }
     }
-    for entry in fs::read_dir(PIDS_V1).into_iter().flatten().flatten() {
+    let pids_v1 = cgroup::pids_v1_root().and_then(|root| fs::read_dir(root).ok());
+    for entry in pids_v1.into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if dead(names::test_cgroup_owner(&name)) {
             tally("cgroup", &name, cgroup::kill_and_remove(&entry.path()));
