@@ -523,20 +523,19 @@ fn ebpf_a_connection_closed_before_the_proxy_accepts_it_still_reaches_its_destin
     assert!(out.status.success(), "{out:?}");
     // The client's end is gone too: its FIN acknowledged, it left
     // FIN-WAIT-1 and closed (an orphan goes straight to TIME-WAIT).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let client_gone = || {
         let ss = s
             .client
             .command("ss")
             .args(["-Htn", "state", "fin-wait-1"])
             .output()
             .unwrap();
-        if ss.stdout.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still in FIN-WAIT-1: {ss:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        ss.stdout.is_empty()
+    };
+    assert!(
+        sidetrack_tests::eventually(5, client_gone),
+        "the client's end stayed in FIN-WAIT-1"
+    );
     drop(resume);
     // The proxy takes the queued connection, finds where it was going, and
     // tunnels its bytes there.
@@ -553,12 +552,9 @@ fn ebpf_a_connection_closed_before_the_proxy_accepts_it_still_reaches_its_destin
     let want = format!(" {n} {:016x}", Fnv64::of(&pattern(n)));
     assert!(closed.ends_with(&want), "{closed}, want ...{want}");
     assert_eq!(counter(&s, "sidetrack_opaque_connections_total"), 1.0);
-    // The proxy took its entry out of the map when it accepted it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while orig_dst_entries(&s) != 0 {
-        assert!(Instant::now() < deadline, "ORIG_DST keeps an entry");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The proxy took its entry out of the map when it accepted it, before
+    // it connected to the server.
+    assert_eq!(orig_dst_entries(&s), 0, "ORIG_DST keeps an entry");
 }
 
 /// A child process killed (and reaped) when dropped, also on a failed test.
