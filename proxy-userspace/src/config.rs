@@ -170,7 +170,9 @@ pub struct Limits {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Pool {
-    pub max_idle_per_endpoint: usize,
+    /// Idle connections kept per backend address, per worker.
+    #[serde(alias = "max_idle_per_endpoint")]
+    pub max_idle_per_backend: usize,
     pub idle_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     /// How long an endpoint that refused a connect is kept out of rotation.
@@ -224,7 +226,7 @@ impl Default for Limits {
 impl Default for Pool {
     fn default() -> Self {
         Pool {
-            max_idle_per_endpoint: 64,
+            max_idle_per_backend: 64,
             idle_timeout_ms: 30_000,
             connect_timeout_ms: 3_000,
             eject_ms: 5_000,

@@ -7,7 +7,7 @@
 //! `route` names a request and binds it with `dtab` (the pure routing
 //! language) and `namer` (file namer, balancer); `admin` serves metrics and
 //! the delegator; `config` holds the settings; `cli` is the command line;
-//! `logging` sets up `tracing`; `rt` is the workers' event loop.
+//! `logging` sets up `tracing`.
 
 pub mod admin;
 pub mod cli;
@@ -19,4 +19,3 @@ pub mod logging;
 pub mod namer;
 pub mod proxy;
 pub mod route;
-pub mod rt;

@@ -18,7 +18,6 @@ use sidetrack::{
     dtab::{Dtab, Namers},
     proxy::{self, ProxyConfig, Shared},
     route::{Identifier, Router},
-    rt,
 };
 use sidetrack_tests::{backend::Backend, client::Client};
 
@@ -80,11 +79,14 @@ fn a_keep_alive_request_allocates_nothing_on_the_proxy() {
     // A worker as the binary runs it: a thread with its own event loop.
     let server = std::thread::spawn(move || {
         COUNTED.with(|c| c.set(true));
-        let runtime = rt::Runtime::new().unwrap();
-        runtime.block_on(async move {
-            let listener = rt::net::TcpListener::from_std(listener).unwrap();
-            proxy::serve(listener, shared, stop_rx, std::time::Duration::from_secs(1)).await
-        })
+        proxy::run_worker(
+            listener,
+            shared,
+            stop_rx,
+            std::time::Duration::from_secs(1),
+            true,
+        )
+        .unwrap()
     });
 
     let mut c = Client::connect(addr);

@@ -203,16 +203,8 @@ impl RunArgs {
                 .name(format!("sidetrack-worker-{i}"))
                 .spawn(move || -> Result<bool, String> {
                     let _exited = exited;
-                    // The worker's own event loop (`rt`): I/O only;
-                    // deadlines live on the watchdog.
-                    let runtime = crate::rt::Runtime::new()
-                        .map_err(|e| format!("starting worker {i}: {e}"))?;
-                    runtime.set_yield_before_wait(yield_before_wait);
-                    runtime.block_on(async move {
-                        let listener = crate::rt::net::TcpListener::from_std(listener)
-                            .map_err(|e| e.to_string())?;
-                        Ok(proxy::serve(listener, shared, stop_rx, grace).await)
-                    })
+                    proxy::run_worker(listener, shared, stop_rx, grace, yield_before_wait)
+                        .map_err(|e| format!("starting worker {i}: {e}"))
                 })
                 .map_err(|e| format!("starting worker {i}: {e}"))?;
             // Pinned from here, before the proxy says it is ready.

@@ -14,7 +14,7 @@ pub mod nft;
 
 use std::net::{SocketAddr, SocketAddrV4};
 
-use crate::rt::net::TcpStream;
+use tokio::net::TcpStream;
 
 /// Where the proxy learns an intercepted connection's original destination.
 pub enum OrigDst {

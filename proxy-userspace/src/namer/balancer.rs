@@ -3,8 +3,7 @@
 //!
 //! A [`Backend`] is one backend address with the state the proxy learns
 //! about it: a peak-EWMA of its response latency, the requests in flight, an
-//! ejection deadline after a failed connect, and its idle keep-alive
-//! connections. Backends are shared by address across bindings (see
+//! ejection deadline after a failed connect. Backends are shared by address across bindings (see
 //! [`BackendRegistry`]) so that what is learnt survives a dtab or namer
 //! change.
 //!
@@ -61,9 +60,6 @@ pub struct Backend {
     stamp_ns: AtomicU64,
     in_flight: AtomicU32,
     ejected_until_ns: AtomicU64,
-    /// Idle keep-alive connections to this endpoint; the proxy's pool puts
-    /// and takes them (see `proxy::pool`).
-    pub idle: Mutex<Vec<crate::proxy::pool::Idle>>,
 }
 
 impl Backend {
@@ -74,7 +70,6 @@ impl Backend {
             stamp_ns: AtomicU64::new(clock_ns()),
             in_flight: AtomicU32::new(0),
             ejected_until_ns: AtomicU64::new(0),
-            idle: Mutex::new(Vec::new()),
         }
     }
 
@@ -249,7 +244,7 @@ impl Balancer {
 }
 
 /// Endpoints by address, so that bindings made at different times share one
-/// [`Backend`] (its latency, ejection and idle connections). Entries go
+/// [`Backend`] (its latency and ejection). Entries go
 /// when the last binding that uses the endpoint is dropped.
 #[derive(Default)]
 pub struct BackendRegistry {

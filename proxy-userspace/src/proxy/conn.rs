@@ -17,19 +17,21 @@
 use std::{
     io,
     net::{SocketAddr, SocketAddrV4},
+    rc::Rc,
     sync::Arc,
     time::Instant,
 };
 
 use rand::{SeedableRng, rngs::SmallRng};
+use tokio::net::TcpStream;
 
 use super::{
-    Shared,
-    io::copy_until_eof,
-    pool,
+    Shared, Worker,
+    pool::{self, Liveness},
     splice::{Broken, Pipe},
+    stream::{self, copy_until_eof},
     tunnel,
-    watchdog::{Deadline, Elapsed, Watchdog},
+    watchdog::{Deadline, Elapsed},
 };
 use crate::{
     admin::metrics::ErrorKind,
@@ -40,7 +42,6 @@ use crate::{
     },
     namer::balancer::InFlight,
     route::{self, Dest, Outcome, Route, RouteError},
-    rt::net::TcpStream,
 };
 
 /// The `Via` entry the proxy adds.
@@ -106,8 +107,8 @@ impl From<HeadError> for Failure {
 pub struct Conn {
     client: TcpStream,
     peer: SocketAddr,
+    worker: Rc<Worker>,
     shared: Arc<Shared>,
-    dog: Arc<Watchdog>,
     deadline: Arc<Deadline>,
     buf: Vec<u8>,
     bbuf: Vec<u8>,
@@ -133,19 +134,15 @@ enum Next {
 }
 
 impl Conn {
-    pub fn new(
-        client: TcpStream,
-        peer: SocketAddr,
-        shared: Arc<Shared>,
-        dog: Arc<Watchdog>,
-    ) -> Conn {
+    pub fn new(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) -> Conn {
+        let shared = worker.shared.clone();
         let max_headers = shared.cfg.limits.max_headers;
         Conn {
             client,
             peer,
             shared,
-            deadline: dog.deadline(),
-            dog,
+            deadline: worker.watchdog.deadline(),
+            worker,
             buf: Vec::with_capacity(INITIAL_BUF),
             bbuf: Vec::with_capacity(INITIAL_BUF),
             out: Vec::with_capacity(1024),
@@ -207,7 +204,9 @@ impl Conn {
     async fn tunnel_opaque(&mut self) {
         let Some(dst) = self.orig_dst else { return };
         let cfg = &self.shared.cfg;
-        let backend = match pool::connect_to(SocketAddr::V4(dst), &cfg.pool, &self.dog).await {
+        let backend = match pool::connect(SocketAddr::V4(dst), &cfg.pool, &self.worker.watchdog)
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 self.shared.metrics.error(ErrorKind::ConnectFailed);
@@ -217,7 +216,7 @@ impl Conn {
         };
         self.shared.metrics.opaque_connections.inc();
         tracing::debug!(peer = %self.peer, %dst, "not HTTP: tunnelling to the original destination");
-        if backend.write_all(&self.buf).await.is_err() {
+        if stream::write_all(&backend, &self.buf).await.is_err() {
             return;
         }
         self.tunnel(&backend, self.buf.len() as u64).await;
@@ -240,13 +239,17 @@ impl Conn {
         if after.is_zero() {
             let _ = tunnel::run(&self.client, backend, splice, &count).await;
         } else {
-            let (deadline, dog) = (&*self.deadline, &*self.dog);
+            let (deadline, watchdog) = (&*self.deadline, &*self.worker.watchdog);
             let progress = |n| {
                 count(n);
-                deadline.extend(dog, after);
+                deadline.extend(watchdog, after);
             };
             let moving = tunnel::run(&self.client, backend, splice, &progress);
-            if deadline.within(dog, after, false, moving).await.is_err() {
+            if deadline
+                .within(watchdog, after, false, moving)
+                .await
+                .is_err()
+            {
                 metrics.error(ErrorKind::TunnelIdle);
                 tracing::debug!(peer = %self.peer, idle = ?after, "tunnel idle: closed");
             }
@@ -287,7 +290,10 @@ impl Conn {
                 }
             }
         };
-        let _ = self.deadline.within(&self.dog, after, true, drain).await;
+        let _ = self
+            .deadline
+            .within(&self.worker.watchdog, after, true, drain)
+            .await;
     }
 
     /// Answers or counts a failure. Errors the proxy answers carry `l5d-err`.
@@ -303,9 +309,9 @@ impl Conn {
                 tracing::debug!(peer = %self.peer, status, reason, "request refused");
                 self.out.clear();
                 http::write_error(&mut self.out, status, &reason, close);
-                let _ = self.client.write_all(&self.out).await;
+                let _ = stream::write_all(&self.client, &self.out).await;
                 if close {
-                    self.client.shutdown_write();
+                    stream::shutdown_write(&self.client);
                     self.linger().await;
                 }
             }
@@ -338,21 +344,29 @@ impl Conn {
                 // (one still queued when the listener closed): it came to
                 // be served, so it gets the head timeout.
                 None => {
-                    let (after, idle) = if self.served == 0 && self.dog.draining() {
+                    let (after, idle) = if self.served == 0 && self.worker.watchdog.draining() {
                         (cfg.head_timeout, false)
                     } else {
                         (cfg.idle_timeout, true)
                     };
-                    let wait = read_more(&mut self.client, &mut self.buf, max_head);
-                    match self.deadline.within(&self.dog, after, idle, wait).await {
+                    let wait = read_more(&self.client, &mut self.buf, max_head);
+                    match self
+                        .deadline
+                        .within(&self.worker.watchdog, after, idle, wait)
+                        .await
+                    {
                         Ok(r) => r,
                         Err(Elapsed) => return Ok(None),
                     }
                 }
                 Some(at) => {
                     let left = at.saturating_duration_since(Instant::now());
-                    let wait = read_more(&mut self.client, &mut self.buf, max_head);
-                    match self.deadline.within(&self.dog, left, false, wait).await {
+                    let wait = read_more(&self.client, &mut self.buf, max_head);
+                    match self
+                        .deadline
+                        .within(&self.worker.watchdog, left, false, wait)
+                        .await
+                    {
                         Ok(r) => r,
                         Err(Elapsed) => {
                             return Err(Failure::respond(
@@ -509,7 +523,15 @@ impl Conn {
             take_whole_body(&mut self.buf, &framing.length, &mut self.out, &shared);
 
         // A backend: pick, connect (ejecting what refuses), send the head.
-        let (mut backend, in_flight, mut reused) = self.connect(dest, cfg, started).await?;
+        // A request that must not meet a closed connection is only sent on
+        // one the kernel says is open.
+        let liveness = if idempotent && body_with_head {
+            Liveness::Cached
+        } else {
+            Liveness::Sure
+        };
+        let (mut backend, in_flight, mut reused) =
+            self.connect(dest, cfg, started, liveness).await?;
         // A pooled connection can die between checkout and use (the backend
         // closed it as idle just then). A request that is whole in `out`
         // (head and body) is then sent again, once, on a new connection:
@@ -519,7 +541,7 @@ impl Conn {
         // §9.2.2: a proxy must not retry other requests by itself).
         let retryable = body_with_head;
         loop {
-            match backend.write_all(&self.out).await {
+            match stream::write_all(&backend, &self.out).await {
                 Ok(()) => break,
                 Err(e) if reused && retryable => {
                     tracing::debug!(error = %e, "pooled connection failed; retrying on a new one");
@@ -556,8 +578,7 @@ impl Conn {
             // client that waits for an answer would wait on each other.
             let body_held = !request_body_done;
             let client = &self.client;
-            let head =
-                read_response_head(&mut backend, &mut self.bbuf, &mut self.resp, &cfg.limits);
+            let head = read_response_head(&backend, &mut self.bbuf, &mut self.resp, &cfg.limits);
             let wait = async {
                 if body_held {
                     tokio::select! {
@@ -571,7 +592,7 @@ impl Conn {
             };
             let waited = self
                 .deadline
-                .within(&self.dog, cfg.response_timeout, false, wait)
+                .within(&self.worker.watchdog, cfg.response_timeout, false, wait)
                 .await;
             let head = match waited {
                 Ok(Waited::Head(head)) => Ok(head),
@@ -610,7 +631,7 @@ impl Conn {
                         "pooled connection closed before answering; retrying on a new one"
                     );
                     (backend, reused) = (self.reconnect(dest, &in_flight, cfg).await?, false);
-                    if let Err(e) = backend.write_all(&self.out).await {
+                    if let Err(e) = stream::write_all(&backend, &self.out).await {
                         dest.stats.response(502);
                         return Err(Failure::respond(
                             502,
@@ -639,8 +660,7 @@ impl Conn {
                 if client_minor > 0 {
                     self.out.clear();
                     http::write_interim(&mut self.out, &self.resp, &self.bbuf);
-                    self.client
-                        .write_all(&self.out)
+                    stream::write_all(&self.client, &self.out)
                         .await
                         .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
                 }
@@ -713,22 +733,19 @@ impl Conn {
                 &mut self.out,
                 &self.shared,
             );
-        self.client
-            .write_all(&self.out)
+        stream::write_all(&self.client, &self.out)
             .await
             .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
 
         if tunnel {
             // Whatever either side sent after the heads goes first.
             if !self.bbuf.is_empty() {
-                self.client
-                    .write_all(&self.bbuf)
+                stream::write_all(&self.client, &self.bbuf)
                     .await
                     .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
             }
             if !self.buf.is_empty() {
-                backend
-                    .write_all(&self.buf)
+                stream::write_all(&backend, &self.buf)
                     .await
                     .map_err(|_| Failure::Close(Some(ErrorKind::BackendDied)))?;
             }
@@ -769,10 +786,14 @@ impl Conn {
             && !body_cut
             && resp_framing.length != BodyLength::UntilClose
         {
-            pool::checkin(&endpoint, backend, &cfg.pool, &self.dog);
+            let now = self.worker.watchdog.now_ms();
+            self.worker
+                .pool
+                .borrow_mut()
+                .put(endpoint.addr(), backend, now);
         }
         if close_after {
-            self.client.shutdown_write();
+            stream::shutdown_write(&self.client);
             if body_cut || !request_body_done {
                 // The client may still be sending the body nobody took.
                 self.linger().await;
@@ -789,6 +810,7 @@ impl Conn {
         dest: &Dest,
         cfg: &super::ProxyConfig,
         started: Instant,
+        liveness: Liveness,
     ) -> Result<(TcpStream, InFlight, bool), Failure> {
         let attempts = dest.balancer.len().clamp(1, 3);
         let mut last = String::new();
@@ -801,8 +823,17 @@ impl Conn {
                     close: true,
                 });
             };
-            match pool::checkout(backend, &cfg.pool, &self.dog).await {
-                Ok((stream, reused)) => return Ok((stream, backend.start_at(started), reused)),
+            let now = self.worker.watchdog.now_ms();
+            let pooled = self
+                .worker
+                .pool
+                .borrow_mut()
+                .take(backend.addr(), now, liveness);
+            if let Some(stream) = pooled {
+                return Ok((stream, backend.start_at(started), true));
+            }
+            match pool::connect(backend.addr(), &cfg.pool, &self.worker.watchdog).await {
+                Ok(stream) => return Ok((stream, backend.start_at(started), false)),
                 // The proxy's own shortage: the backend keeps its place, and
                 // another would fare no better.
                 Err(e) if e.is_local() => {
@@ -832,15 +863,19 @@ impl Conn {
         in_flight: &InFlight,
         cfg: &super::ProxyConfig,
     ) -> Result<TcpStream, Failure> {
-        pool::connect(in_flight.endpoint(), &cfg.pool, &self.dog)
-            .await
-            .map_err(|e| {
-                if !e.is_local() {
-                    in_flight.endpoint().eject(cfg.eject);
-                }
-                dest.stats.response(502);
-                Failure::respond(502, ErrorKind::ConnectFailed, format!("{}: {e}", dest.id))
-            })
+        pool::connect(
+            in_flight.endpoint().addr(),
+            &cfg.pool,
+            &self.worker.watchdog,
+        )
+        .await
+        .map_err(|e| {
+            if !e.is_local() {
+                in_flight.endpoint().eject(cfg.eject);
+            }
+            dest.stats.response(502);
+            Failure::respond(502, ErrorKind::ConnectFailed, format!("{}: {e}", dest.id))
+        })
     }
 
     /// Sends the request body: first what is already in `buf`, then the rest
@@ -855,8 +890,8 @@ impl Conn {
         let threshold = self.shared.cfg.splice_threshold;
         let metrics = self.shared.metrics.clone();
         let after = self.shared.cfg.body_timeout;
-        let (deadline, dog) = (&*self.deadline, &*self.dog);
-        let progress = |_| deadline.extend(dog, after);
+        let (deadline, watchdog) = (&*self.deadline, &*self.worker.watchdog);
+        let progress = |_| deadline.extend(watchdog, after);
         let moving = move_body(
             &self.client,
             backend,
@@ -869,7 +904,7 @@ impl Conn {
                 progress: &progress,
             },
         );
-        let moved = match deadline.within(dog, after, false, moving).await {
+        let moved = match deadline.within(watchdog, after, false, moving).await {
             Ok(Ok(moved)) => moved,
             Ok(Err(MoveError::To(e))) => {
                 tracing::debug!(peer = %self.peer, error = %e, "backend stopped taking the request body");
@@ -894,8 +929,8 @@ impl Conn {
     /// Relays a chunked response body as its bare data.
     async fn relay_dechunked(&mut self, backend: &TcpStream) -> Result<(), Failure> {
         let after = self.shared.cfg.body_timeout;
-        let (deadline, dog) = (&*self.deadline, &*self.dog);
-        let progress = |_| deadline.extend(dog, after);
+        let (deadline, watchdog) = (&*self.deadline, &*self.worker.watchdog);
+        let progress = |_| deadline.extend(watchdog, after);
         let moving = dechunk_body(
             backend,
             &self.client,
@@ -903,7 +938,7 @@ impl Conn {
             &mut self.copy,
             &progress,
         );
-        let Ok(moved) = deadline.within(dog, after, false, moving).await else {
+        let Ok(moved) = deadline.within(watchdog, after, false, moving).await else {
             return Err(body_stalled(&self.peer, after));
         };
         match moved {
@@ -927,8 +962,8 @@ impl Conn {
     ) -> Result<(), Failure> {
         let threshold = self.shared.cfg.splice_threshold;
         let after = self.shared.cfg.body_timeout;
-        let (deadline, dog) = (&*self.deadline, &*self.dog);
-        let progress = |_| deadline.extend(dog, after);
+        let (deadline, watchdog) = (&*self.deadline, &*self.worker.watchdog);
+        let progress = |_| deadline.extend(watchdog, after);
         let moving = move_body(
             backend,
             &self.client,
@@ -941,7 +976,7 @@ impl Conn {
                 progress: &progress,
             },
         );
-        let Ok(moved) = deadline.within(dog, after, false, moving).await else {
+        let Ok(moved) = deadline.within(watchdog, after, false, moving).await else {
             return Err(body_stalled(&self.peer, after));
         };
         match moved {
@@ -1093,12 +1128,12 @@ fn pick_dest<'r>(
 }
 
 /// Reads into the spare room of `buf`, growing it up to `limit`.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
+async fn read_more(stream: &TcpStream, buf: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
     if buf.capacity() - buf.len() < 1024 {
         let want = (buf.capacity() * 2).clamp(INITIAL_BUF, limit.max(INITIAL_BUF) + 1024);
         buf.reserve(want - buf.len());
     }
-    stream.read_buf(buf).await
+    stream::read_buf(stream, buf).await
 }
 
 /// What came first while a request body waited for 100 Continue.
@@ -1134,7 +1169,7 @@ impl std::fmt::Display for ReadHeadError {
 
 /// Reads until `bbuf` holds a whole response head; returns its length.
 async fn read_response_head(
-    backend: &mut TcpStream,
+    backend: &TcpStream,
     bbuf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     limits: &http::Limits,
@@ -1204,7 +1239,7 @@ async fn move_body<P: Fn(usize)>(
         BodyLength::None | BodyLength::Tunnel => {}
         BodyLength::Length(n) => {
             let first = (n as usize).min(pending.len());
-            to.write_all(&pending[..first])
+            stream::write_all(to, &pending[..first])
                 .await
                 .map_err(MoveError::To)?;
             pending.drain(..first);
@@ -1228,7 +1263,9 @@ async fn move_body<P: Fn(usize)>(
             loop {
                 if !pending.is_empty() {
                     let k = scanner.scan(pending).map_err(MoveError::Framing)?;
-                    to.write_all(&pending[..k]).await.map_err(MoveError::To)?;
+                    stream::write_all(to, &pending[..k])
+                        .await
+                        .map_err(MoveError::To)?;
                     pending.drain(..k);
                     moved.copied += k as u64;
                 }
@@ -1238,7 +1275,7 @@ async fn move_body<P: Fn(usize)>(
                 if pending.capacity() - pending.len() < 4096 {
                     pending.reserve(COPY_CHUNK);
                 }
-                match from.read_buf(pending).await {
+                match stream::read_buf(from, pending).await {
                     Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
                     Ok(k) => progress(k),
                     Err(e) => return Err(MoveError::From(e)),
@@ -1246,7 +1283,9 @@ async fn move_body<P: Fn(usize)>(
             }
         }
         BodyLength::UntilClose if splice_threshold == u64::MAX => {
-            to.write_all(pending).await.map_err(MoveError::To)?;
+            stream::write_all(to, pending)
+                .await
+                .map_err(MoveError::To)?;
             moved.copied += pending.len() as u64;
             pending.clear();
             if copy.len() < COPY_CHUNK {
@@ -1257,7 +1296,9 @@ async fn move_body<P: Fn(usize)>(
                 .map_err(MoveError::From)?;
         }
         BodyLength::UntilClose => {
-            to.write_all(pending).await.map_err(MoveError::To)?;
+            stream::write_all(to, pending)
+                .await
+                .map_err(MoveError::To)?;
             moved.copied += pending.len() as u64;
             pending.clear();
             let p = match pipe {
@@ -1292,7 +1333,9 @@ async fn dechunk_body(
             let k = scanner
                 .decode(pending, |d| decoded.extend_from_slice(d))
                 .map_err(MoveError::Framing)?;
-            to.write_all(decoded).await.map_err(MoveError::To)?;
+            stream::write_all(to, decoded)
+                .await
+                .map_err(MoveError::To)?;
             pending.drain(..k);
             moved += decoded.len() as u64;
         }
@@ -1302,7 +1345,7 @@ async fn dechunk_body(
         if pending.capacity() - pending.len() < 4096 {
             pending.reserve(COPY_CHUNK);
         }
-        match from.read_buf(pending).await {
+        match stream::read_buf(from, pending).await {
             Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
             Ok(k) => progress(k),
             Err(e) => return Err(MoveError::From(e)),
@@ -1339,7 +1382,9 @@ async fn copy_exact(
                 Err(e) => return Err(MoveError::From(e)),
             }
         };
-        to.write_all(&copy[..got]).await.map_err(MoveError::To)?;
+        stream::write_all(to, &copy[..got])
+            .await
+            .map_err(MoveError::To)?;
         left -= got as u64;
     }
     Ok(n)

@@ -1,6 +1,11 @@
 //! The proxy: the listener, the per-connection HTTP/1.1 loop, backend pools,
 //! splice and tunnels.
 //!
+//! Each worker thread runs one tokio `current_thread` runtime (I/O driver
+//! only: deadlines live on the [`watchdog`]) with its connections as tasks
+//! on a `LocalSet`, so that what one worker owns ([`Worker`]: its pool, its
+//! watchdog) needs no lock and no `Send`.
+//!
 //! `serve` accepts until told to stop, bounded by `max_connections` (a
 //! semaphore: past the bound, clients wait in the listen backlog). On
 //! shutdown it takes the connections still queued and closes the listener,
@@ -9,28 +14,31 @@
 //! first), and waits for them up to the grace period.
 
 pub mod conn;
-mod io;
+pub mod park;
 pub mod pool;
 pub mod splice;
+mod stream;
 pub mod tunnel;
 pub mod watchdog;
 
-use std::{sync::Arc, time::Duration};
+use std::{cell::RefCell, rc::Rc, sync::Arc, time::Duration};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
+};
 
 use crate::{
     admin::metrics::Metrics,
     config::{Settings, ms},
     http,
     route::{Identifier, Router},
-    rt::{
-        self,
-        net::{TcpListener, TcpStream},
-    },
 };
 
-use self::pool::PoolConfig;
+use self::{
+    pool::{Pool, PoolConfig},
+    watchdog::Watchdog,
+};
 
 /// What the connection loop needs from the settings, in the shape it uses.
 #[derive(Clone, Debug)]
@@ -70,7 +78,7 @@ impl ProxyConfig {
             max_connections: s.limits.max_connections.max(1),
             splice_threshold: s.limits.splice_threshold_bytes,
             pool: PoolConfig {
-                max_idle_per_endpoint: s.pool.max_idle_per_endpoint,
+                max_idle_per_backend: s.pool.max_idle_per_backend,
                 idle_timeout: ms(s.pool.idle_timeout_ms),
                 connect_timeout: ms(s.pool.connect_timeout_ms),
                 mark: None,
@@ -91,29 +99,45 @@ pub struct Shared {
     pub orig_dst: Option<crate::intercept::OrigDst>,
 }
 
+/// What one worker owns: its connections' deadlines and its idle backend
+/// connections. Shared by the worker's tasks, never across threads.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub watchdog: Arc<Watchdog>,
+    pub pool: RefCell<Pool>,
+}
+
+impl Worker {
+    pub fn new(shared: Arc<Shared>) -> Rc<Worker> {
+        let pool = Pool::new(shared.cfg.pool);
+        Rc::new(Worker {
+            shared,
+            watchdog: Arc::new(Watchdog::default()),
+            pool: RefCell::new(pool),
+        })
+    }
+}
+
 /// Serves one accepted connection on this worker, holding `permit`.
 fn spawn_conn(
     stream: TcpStream,
     peer: std::net::SocketAddr,
     permit: OwnedSemaphorePermit,
-    shared: &Arc<Shared>,
-    dog: &Arc<watchdog::Watchdog>,
+    worker: &Rc<Worker>,
 ) {
     let _ = stream.set_nodelay(true);
-    let shared = shared.clone();
-    let dog = dog.clone();
-    rt::spawn(async move {
-        shared.metrics.connections_total.inc();
-        shared.metrics.connections_active.inc();
+    let worker = worker.clone();
+    tokio::task::spawn_local(async move {
+        let metrics = &worker.shared.metrics;
+        metrics.connections_total.inc();
+        metrics.connections_active.inc();
         // Undone however the task ends: served, dropped at shutdown, or
         // dropped after a panic.
         let _active = Active {
-            shared: shared.clone(),
+            shared: worker.shared.clone(),
             _slot: permit,
         };
-        conn::Conn::new(stream, peer, shared.clone(), dog)
-            .serve()
-            .await;
+        conn::Conn::new(stream, peer, worker.clone()).serve().await;
     });
 }
 
@@ -137,12 +161,13 @@ impl Drop for Active {
 fn sweep_backlog(
     listener: TcpListener,
     slots: &Arc<Semaphore>,
-    shared: &Arc<Shared>,
-    dog: &Arc<watchdog::Watchdog>,
+    worker: &Rc<Worker>,
 ) -> (usize, usize) {
     // Off the reactor: a plain non-blocking accept answers WouldBlock as
     // soon as the queue is empty, whatever the reactor last saw.
-    let listener = listener.into_std();
+    let Ok(listener) = listener.into_std() else {
+        return (0, 0);
+    };
     let (mut swept, mut added) = (0, 0);
     while let Ok((stream, peer)) = listener.accept() {
         let permit = match slots.clone().try_acquire_owned() {
@@ -156,17 +181,48 @@ fn sweep_backlog(
                     .expect("a permit was just added")
             }
         };
-        let stream = TcpStream::from_std(stream);
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream));
         if let Ok(stream) = stream {
-            spawn_conn(stream, peer, permit, shared, dog);
+            spawn_conn(stream, peer, permit, worker);
             swept += 1;
         }
     }
     (swept, added)
 }
 
+/// Runs one worker on the calling thread until `shutdown` turns true and
+/// its connections drained (see [`serve`]): a tokio current-thread runtime
+/// with the I/O driver only (deadlines live on the watchdog), the
+/// connections as tasks on a `LocalSet`, and, with `yield_before_wait`,
+/// the yield of [`park`] before each park. Errs when the runtime or the
+/// listener cannot be set up.
+pub fn run_worker(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+    yield_before_wait: bool,
+) -> std::io::Result<bool> {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_io();
+    if yield_before_wait {
+        let hook = Arc::new(park::YieldBeforePark::default());
+        builder.on_thread_park(move || hook.before_park());
+    }
+    let runtime = builder.build()?;
+    let local = tokio::task::LocalSet::new();
+    listener.set_nonblocking(true)?;
+    local.block_on(&runtime, async move {
+        let listener = TcpListener::from_std(listener)?;
+        Ok(serve(listener, shared, shutdown, grace).await)
+    })
+}
+
 /// Accepts and serves until `shutdown` turns true, then drains for at most
-/// `grace`. Returns whether every connection finished in time.
+/// `grace`. Returns whether every connection finished in time. Runs inside
+/// a `LocalSet`: connections are local tasks.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -175,8 +231,9 @@ pub async fn serve(
 ) -> bool {
     let max = shared.cfg.max_connections;
     let slots = Arc::new(Semaphore::new(max));
-    let dog = Arc::new(watchdog::Watchdog::default());
-    if let Err(e) = dog.start_sweeper("sidetrack-watchdog".into()) {
+    let worker = Worker::new(shared);
+    let watchdog = worker.watchdog.clone();
+    if let Err(e) = watchdog.start_sweeper("sidetrack-watchdog".into()) {
         tracing::error!(error = %e, "cannot start the deadline sweeper; not serving");
         return false;
     }
@@ -194,26 +251,26 @@ pub async fn serve(
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                let _ = dog
+                let _ = watchdog
                     .timeout(Duration::from_millis(50), std::future::pending::<()>())
                     .await;
                 continue;
             }
         };
-        spawn_conn(stream, peer, permit, &shared, &dog);
+        spawn_conn(stream, peer, permit, &worker);
     }
-    dog.drain();
+    watchdog.drain();
     // Interception is off by now (the caller switches it off before it
     // says stop), so nothing new is steered here; but connects steered
     // just before wait in the backlog, and closing the listener would
     // reset them. Take them first; each may still send its request.
-    let (swept, added) = sweep_backlog(listener, &slots, &shared, &dog);
+    let (swept, added) = sweep_backlog(listener, &slots, &worker);
     if swept > 0 {
         tracing::info!(connections = swept, "took the connections still queued");
     }
     tracing::info!("stopped accepting; draining connections");
     // Every slot back, those the sweep added too.
-    let drained = dog
+    let drained = watchdog
         .timeout(grace, slots.acquire_many((max + added) as u32))
         .await
         .is_ok();

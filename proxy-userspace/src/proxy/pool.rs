@@ -1,28 +1,35 @@
-//! Idle keep-alive connections to backends, kept per endpoint.
+//! Idle keep-alive connections to backends: one pool per worker, owned by
+//! it, keyed by backend address.
 //!
-//! Each [`Backend`] owns its idle list, so a checkout touches one small
-//! mutex and no map. A connection is registered with the event loop of
-//! the worker that made it, so only that worker takes it again (another
-//! would be woken through the first one's loop, across threads); the list
-//! holds every worker's, tagged. A pooled connection the backend has
-//! closed shows up as readable in the socket's cached readiness: the liveness
-//! check below costs no system call unless the connection is in fact
-//! readable (then it is dead or out of sync, and dropped).
+//! A connection is registered with the runtime of the worker that made it,
+//! so only that worker uses it again; a per-worker pool needs no lock and
+//! no tag. Connections idle longer than the idle timeout are closed at
+//! checkout, at checkin, and by a sweep of the whole pool at most once per
+//! half idle timeout (so addresses no longer routed to do not keep theirs).
+//!
+//! A pooled connection can have been closed by its backend while it sat
+//! idle. Checkout looks before handing one out, in one of two ways
+//! ([`Liveness`]): through tokio's cached readiness, which costs a system
+//! call only when the socket may have something to read, or with a
+//! `MSG_PEEK` that asks the kernel whatever the cache says. The cache can
+//! be behind: a hang-up the kernel has queued but the runtime's event loop
+//! has not yet taken (it takes events in batches) looks quiet there. The
+//! caller picks `Sure` for requests that must not be sent on a dead
+//! connection (see `policy::liveness`).
 
-use std::{io, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap, io, mem::MaybeUninit, net::SocketAddr, os::fd::AsRawFd, time::Duration,
+};
 
-use std::{net::SocketAddr, os::fd::AsRawFd};
-
-use crate::rt::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::watchdog::Watchdog;
-use crate::namer::balancer::Backend;
 
 /// Pool settings.
 #[derive(Clone, Copy, Debug)]
 pub struct PoolConfig {
-    /// Idle connections kept per endpoint.
-    pub max_idle_per_endpoint: usize,
+    /// Idle connections kept per backend address (per worker).
+    pub max_idle_per_backend: usize,
     /// An idle connection older than this is closed instead of reused.
     pub idle_timeout: Duration,
     /// How long a connect to a backend may take.
@@ -37,7 +44,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            max_idle_per_endpoint: 64,
+            max_idle_per_backend: 64,
             idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
             mark: None,
@@ -46,27 +53,117 @@ impl Default for PoolConfig {
     }
 }
 
-/// An idle connection, the worker it belongs to ([`Watchdog::id`]), and
-/// when it went idle (on the workers' coarse clock, [`Watchdog::now_ms`]:
-/// idle timeouts are seconds long).
+/// How sure checkout must be that an idle connection is still open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// As far as the runtime's readiness knows (a request that may be sent
+    /// again if the connection turns out closed).
+    Cached,
+    /// As far as the kernel knows now: a `MSG_PEEK` system call.
+    Sure,
+}
+
+/// An idle connection and when it went idle (on the worker's coarse clock,
+/// [`Watchdog::now_ms`]: idle timeouts are seconds long).
 #[derive(Debug)]
-pub struct Idle {
+struct Idle {
     stream: TcpStream,
-    worker: u64,
     since_ms: u64,
+}
+
+/// One worker's idle backend connections.
+#[derive(Debug)]
+pub struct Pool {
+    cfg: PoolConfig,
+    idle: HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>,
+    last_sweep_ms: u64,
+}
+
+impl Pool {
+    pub fn new(cfg: PoolConfig) -> Pool {
+        Pool {
+            cfg,
+            idle: HashMap::default(),
+            last_sweep_ms: 0,
+        }
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    /// The newest idle connection to `addr` that is still open, checked as
+    /// `liveness` says; the dead and expired ones met on the way are closed.
+    pub fn take(&mut self, addr: SocketAddr, now_ms: u64, liveness: Liveness) -> Option<TcpStream> {
+        let list = self.idle.get_mut(&addr)?;
+        while let Some(idle) = list.pop() {
+            if !expired(idle.since_ms, now_ms, &self.cfg) && is_open(&idle.stream, liveness) {
+                return Some(idle.stream);
+            }
+        }
+        None
+    }
+
+    /// Keeps `stream`, whose last exchange ended cleanly, for reuse.
+    pub fn put(&mut self, addr: SocketAddr, stream: TcpStream, now_ms: u64) {
+        let cfg = self.cfg;
+        if now_ms.saturating_sub(self.last_sweep_ms) >= cfg.idle_timeout.as_millis() as u64 / 2 {
+            self.last_sweep_ms = now_ms;
+            self.idle.retain(|_, list| {
+                list.retain(|i| !expired(i.since_ms, now_ms, &cfg));
+                !list.is_empty()
+            });
+        }
+        let list = self.idle.entry(addr).or_default();
+        list.retain(|i| !expired(i.since_ms, now_ms, &cfg));
+        if list.len() < cfg.max_idle_per_backend {
+            list.push(Idle {
+                stream,
+                since_ms: now_ms,
+            });
+        }
+    }
+
+    /// Idle connections held, over every address.
+    pub fn len(&self) -> usize {
+        self.idle.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn expired(since_ms: u64, now_ms: u64, cfg: &PoolConfig) -> bool {
+    now_ms.saturating_sub(since_ms) >= cfg.idle_timeout.as_millis() as u64
+}
+
+/// An idle connection must have nothing to read: bytes or an end mean the
+/// backend closed it or sent something unasked.
+fn is_open(stream: &TcpStream, liveness: Liveness) -> bool {
+    let would_block =
+        |r: io::Result<usize>| matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+    match liveness {
+        // No system call while the runtime has seen nothing to read.
+        Liveness::Cached => would_block(stream.try_read(&mut [0u8; 1])),
+        Liveness::Sure => {
+            let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+            would_block(socket2::SockRef::from(stream).peek(&mut probe))
+        }
+    }
 }
 
 /// Why a backend connection could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("connect to {0} timed out")]
-    Timeout(std::net::SocketAddr),
+    Timeout(SocketAddr),
     #[error("connect to {0}: {1}")]
-    Io(std::net::SocketAddr, #[source] io::Error),
+    Io(SocketAddr, #[source] io::Error),
     /// The proxy's own shortage (descriptors, memory, local ports, its
     /// source address): no fault of the backend's.
     #[error("connect to {0}: the proxy is short of local resources: {1}")]
-    Local(std::net::SocketAddr, #[source] io::Error),
+    Local(SocketAddr, #[source] io::Error),
 }
 
 impl ConnectError {
@@ -92,64 +189,24 @@ impl ConnectError {
     }
 }
 
-/// A connection to `backend`: a live idle one if there is one, else a new
-/// one. The flag says whether it was reused.
-pub async fn checkout(
-    backend: &Arc<Backend>,
-    cfg: &PoolConfig,
-    dog: &Watchdog,
-) -> Result<(TcpStream, bool), ConnectError> {
-    let now = dog.now_ms();
-    let worker = dog.id();
-    loop {
-        let idle = {
-            let mut list = backend.idle.lock().expect("pool lock");
-            // The newest of this worker's (with one worker, the last).
-            list.iter()
-                .rposition(|i| i.worker == worker)
-                .map(|at| list.remove(at))
-        };
-        let Some(idle) = idle else { break };
-        if !expired(idle.since_ms, now, cfg) && is_quiet(&idle.stream) {
-            return Ok((idle.stream, true));
-        }
-    }
-    Ok((connect(backend, cfg, dog).await?, false))
-}
-
-fn expired(since_ms: u64, now_ms: u64, cfg: &PoolConfig) -> bool {
-    now_ms.saturating_sub(since_ms) >= cfg.idle_timeout.as_millis() as u64
-}
-
-/// A new connection to `backend`, with the connect timeout, marked and
-/// bound as configured.
-pub async fn connect(
-    backend: &Backend,
-    cfg: &PoolConfig,
-    dog: &Watchdog,
-) -> Result<TcpStream, ConnectError> {
-    let addr = backend.addr();
-    connect_to(addr, cfg, dog).await
-}
-
 /// A new connection to `addr` (a backend, or an opaque connection's
-/// original destination).
-pub async fn connect_to(
+/// original destination) with the connect timeout, marked and bound as
+/// configured.
+pub async fn connect(
     addr: SocketAddr,
     cfg: &PoolConfig,
-    dog: &Watchdog,
+    watchdog: &Watchdog,
 ) -> Result<TcpStream, ConnectError> {
     // Everything before connect(2) is the proxy's own affair.
     let local = |e| ConnectError::Local(addr, e);
-    let socket = TcpSocket::new(addr).map_err(local)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        None,
+    )
+    .map_err(local)?;
     if let Some(mark) = cfg.mark {
-        set_int_opt(
-            &socket,
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            mark as libc::c_int,
-        )
-        .map_err(local)?;
+        socket.set_mark(mark).map_err(local)?;
     }
     if let Some(ip) = cfg.source
         && ip.is_ipv4() == addr.is_ipv4()
@@ -158,10 +215,14 @@ pub async fn connect_to(
         // a bind to port 0 would take a port no other connection may use,
         // and the node would run out after some 28,000 backend connections
         // in all instead of per backend.
-        set_int_opt(&socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1).map_err(local)?;
-        socket.bind(SocketAddr::new(ip, 0)).map_err(local)?;
+        bind_address_no_port(&socket).map_err(local)?;
+        socket.bind(&SocketAddr::new(ip, 0).into()).map_err(local)?;
     }
-    let stream = match dog.timeout(cfg.connect_timeout, socket.connect(addr)).await {
+    let socket = TcpSocket::from_std_stream(socket.into());
+    let stream = match watchdog
+        .timeout(cfg.connect_timeout, socket.connect(addr))
+        .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ConnectError::connecting(addr, e)),
         Err(_) => return Err(ConnectError::Timeout(addr)),
@@ -170,19 +231,17 @@ pub async fn connect_to(
     Ok(stream)
 }
 
-fn set_int_opt(
-    socket: &TcpSocket,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: setsockopt with a valid descriptor and an int option value.
+/// IP_BIND_ADDRESS_NO_PORT, which socket2 does not offer.
+fn bind_address_no_port(socket: &socket2::Socket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a descriptor `socket` owns, with a pointer to
+    // an int that lives across the call and its size.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -193,143 +252,153 @@ fn set_int_opt(
     }
 }
 
-/// Returns a connection whose last exchange ended cleanly.
-pub fn checkin(backend: &Backend, stream: TcpStream, cfg: &PoolConfig, dog: &Watchdog) {
-    let now = dog.now_ms();
-    let worker = dog.id();
-    let mut idle = backend.idle.lock().expect("pool lock");
-    // Workers' clocks share an epoch: any worker expires any's.
-    idle.retain(|i| !expired(i.since_ms, now, cfg));
-    if idle.len() < cfg.max_idle_per_endpoint {
-        idle.push(Idle {
-            stream,
-            worker,
-            since_ms: now,
-        });
-    }
-}
-
-/// An idle connection must have nothing to read: bytes or EOF mean the
-/// backend closed it or sent something unasked. When the loop has looked
-/// at its events since the connection's last exchange read it empty, and
-/// none was for it, the answer needs no system call; otherwise (the
-/// connection was read empty in this same run of tasks, say, with a
-/// pipelined request next) a one-byte read asks. What came after the
-/// loop's last look is not seen, as with a proxy that watches its idle
-/// connections: a request that then meets a closed connection is sent
-/// again when it is whole and its write failed, or when it is idempotent;
-/// otherwise it gets a 502.
-fn is_quiet(stream: &TcpStream) -> bool {
-    if stream.quiet() {
-        return true;
-    }
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
-    /// Two workers share a backend's idle list; each takes back only the
-    /// connections it made, and either expires any.
-    #[test]
-    fn a_worker_reuses_only_its_own_connections() {
-        crate::rt::run(async {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let backend = Arc::new(Backend::new(listener.local_addr().unwrap()));
-            let cfg = PoolConfig::default();
-            let (a, b) = (Watchdog::default(), Watchdog::default());
-            assert_ne!(a.id(), b.id());
+    fn pool() -> Pool {
+        Pool::new(PoolConfig::default())
+    }
 
-            let (conn, reused) = checkout(&backend, &cfg, &a).await.unwrap();
-            assert!(!reused);
-            let local = conn.local_addr().unwrap();
-            checkin(&backend, conn, &cfg, &a);
-            // Worker b finds none of its own: a new connection.
-            let (other, reused) = checkout(&backend, &cfg, &b).await.unwrap();
-            assert!(!reused);
-            assert_ne!(other.local_addr().unwrap(), local);
-            checkin(&backend, other, &cfg, &b);
-            assert_eq!(backend.idle.lock().unwrap().len(), 2);
-            // Worker a gets its own back.
-            let (again, reused) = checkout(&backend, &cfg, &a).await.unwrap();
-            assert!(reused);
-            assert_eq!(again.local_addr().unwrap(), local);
-            checkin(&backend, again, &cfg, &a);
+    /// A backend that accepts and keeps what it accepted.
+    fn listener() -> (std::net::TcpListener, SocketAddr) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        (l, addr)
+    }
 
-            // The clocks share an epoch: with a zero idle timeout, b's checkin
-            // expires a's connection as well as the one it was holding.
-            let expire_all = PoolConfig {
-                idle_timeout: Duration::ZERO,
-                ..cfg
-            };
-            let (third, _) = checkout(&backend, &cfg, &b).await.unwrap();
-            checkin(&backend, third, &expire_all, &b);
-            assert_eq!(
-                backend.idle.lock().unwrap().len(),
-                1,
-                "only the one just put"
-            );
+    #[tokio::test]
+    async fn the_newest_idle_connection_is_reused_and_expired_ones_are_closed() {
+        let dog = Watchdog::default();
+        let (_l, addr) = listener();
+        let mut pool = pool();
+        let (a, b) = (
+            connect(addr, pool.config(), &dog).await.unwrap(),
+            connect(addr, pool.config(), &dog).await.unwrap(),
+        );
+        let (a_local, b_local) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        pool.put(addr, a, 1_000);
+        pool.put(addr, b, 2_000);
+        assert_eq!(pool.len(), 2);
+        let got = pool.take(addr, 2_000, Liveness::Cached).unwrap();
+        assert_eq!(got.local_addr().unwrap(), b_local, "the newest first");
+        pool.put(addr, got, 2_000);
+        // 30 s after the first went idle, it is expired; the second is not.
+        let got = pool.take(addr, 31_000, Liveness::Sure).unwrap();
+        assert_eq!(got.local_addr().unwrap(), b_local);
+        assert!(pool.take(addr, 31_000, Liveness::Sure).is_none());
+        assert!(pool.is_empty(), "{a_local} was closed on the way");
+        // Another address has nothing.
+        let (_l2, other) = listener();
+        assert!(pool.take(other, 31_000, Liveness::Cached).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_checkin_sweeps_addresses_nobody_uses_any_more() {
+        let dog = Watchdog::default();
+        let ((_l1, one), (_l2, two)) = (listener(), listener());
+        let mut pool = pool();
+        pool.put(one, connect(one, pool.config(), &dog).await.unwrap(), 1_000);
+        pool.put(
+            two,
+            connect(two, pool.config(), &dog).await.unwrap(),
+            40_000,
+        );
+        assert_eq!(pool.len(), 1, "one's connection expired in the sweep");
+        assert_eq!(pool.idle.len(), 1, "and its address went with it");
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_at_most_its_share_per_backend() {
+        let dog = Watchdog::default();
+        let (_l, addr) = listener();
+        let mut pool = Pool::new(PoolConfig {
+            max_idle_per_backend: 2,
+            ..PoolConfig::default()
         });
+        for _ in 0..3 {
+            let s = connect(addr, pool.config(), &dog).await.unwrap();
+            pool.put(addr, s, 1_000);
+        }
+        assert_eq!(pool.len(), 2);
+    }
+
+    /// A connection its backend closed, or that holds bytes nobody asked
+    /// for, is never handed out; `Sure` sees the end even where the
+    /// runtime has not looked at its events since.
+    #[tokio::test]
+    async fn a_closed_or_dirty_connection_is_not_handed_out() {
+        let dog = Watchdog::default();
+        let (l, addr) = listener();
+        let mut pool = pool();
+        let closed = connect(addr, pool.config(), &dog).await.unwrap();
+        let dirty = connect(addr, pool.config(), &dog).await.unwrap();
+        let (first, _) = l.accept().unwrap();
+        let (mut second, _) = l.accept().unwrap();
+        // The runtime's readiness was last cleared by an empty read.
+        assert!(is_open(&closed, Liveness::Cached));
+        assert!(is_open(&closed, Liveness::Sure));
+        drop(first);
+        second.write_all(b"stray").unwrap();
+        // No await since: the event loop has not taken the new events, so
+        // only a question to the kernel sees them.
+        assert!(!is_open(&closed, Liveness::Sure), "the end is seen");
+        assert!(!is_open(&dirty, Liveness::Sure), "stray bytes are seen");
+        pool.put(addr, closed, 1_000);
+        pool.put(addr, dirty, 1_000);
+        assert!(pool.take(addr, 1_000, Liveness::Sure).is_none());
+        assert!(pool.is_empty());
     }
 
     /// A socket bound to a source address leaves the choice of its port to
     /// connect (IP_BIND_ADDRESS_NO_PORT).
-    #[test]
-    fn a_source_bound_connection_takes_its_port_at_connect() {
-        crate::rt::run(async {
-            let dog = Watchdog::default();
-            let cfg = PoolConfig {
-                source: Some("127.0.0.1".parse().unwrap()),
-                ..PoolConfig::default()
-            };
-            let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let stream = connect_to(a.local_addr().unwrap(), &cfg, &dog)
-                .await
-                .unwrap();
-            let mut on: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: getsockopt into an int of the size given.
-            let rc = unsafe {
-                libc::getsockopt(
-                    stream.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    libc::IP_BIND_ADDRESS_NO_PORT,
-                    (&mut on as *mut libc::c_int).cast(),
-                    &mut len,
-                )
-            };
-            assert_eq!(rc, 0);
-            assert_eq!(on, 1);
-            assert_eq!(stream.local_addr().unwrap().ip().to_string(), "127.0.0.1");
-        });
+    #[tokio::test]
+    async fn a_source_bound_connection_takes_its_port_at_connect() {
+        let dog = Watchdog::default();
+        let cfg = PoolConfig {
+            source: Some("127.0.0.1".parse().unwrap()),
+            ..PoolConfig::default()
+        };
+        let (_l, addr) = listener();
+        let stream = connect(addr, &cfg, &dog).await.unwrap();
+        let mut on: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into an int of the size given, on a live socket.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&mut on as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert_eq!(on, 1);
+        assert_eq!(stream.local_addr().unwrap().ip().to_string(), "127.0.0.1");
     }
 
     /// A source address the machine does not have is the proxy's fault; a
     /// refused connect is the backend's.
-    #[test]
-    fn local_shortages_are_told_from_backend_failures() {
-        crate::rt::run(async {
-            let dog = Watchdog::default();
-            let closed = {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                l.local_addr().unwrap()
-            };
-            let refused = connect_to(closed, &PoolConfig::default(), &dog)
-                .await
-                .unwrap_err();
-            assert!(!refused.is_local(), "{refused}");
-            let elsewhere = PoolConfig {
-                source: Some("198.18.255.254".parse().unwrap()),
-                ..PoolConfig::default()
-            };
-            let local = connect_to(closed, &elsewhere, &dog).await.unwrap_err();
-            assert!(local.is_local(), "{local}");
-            assert!(
-                local.to_string().contains("short of local resources"),
-                "{local}"
-            );
-        });
+    #[tokio::test]
+    async fn local_shortages_are_told_from_backend_failures() {
+        let dog = Watchdog::default();
+        let closed = listener().1;
+        let refused = connect(closed, &PoolConfig::default(), &dog)
+            .await
+            .unwrap_err();
+        assert!(!refused.is_local(), "{refused}");
+        let elsewhere = PoolConfig {
+            source: Some("198.18.255.254".parse().unwrap()),
+            ..PoolConfig::default()
+        };
+        let local = connect(closed, &elsewhere, &dog).await.unwrap_err();
+        assert!(local.is_local(), "{local}");
+        assert!(
+            local.to_string().contains("short of local resources"),
+            "{local}"
+        );
     }
 }

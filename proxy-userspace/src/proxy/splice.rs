@@ -1,7 +1,7 @@
 //! Moving bytes between sockets with splice(2), through a pipe, so that body
 //! bytes never enter userspace.
 //!
-//! The sockets are the runtime's (non-blocking, edge-triggered); every splice is
+//! The sockets are tokio's (non-blocking, edge-triggered); every splice is
 //! done inside `try_io`, so that an EAGAIN clears the cached readiness and the
 //! next `readable()`/`writable()` waits for the kernel to say so again.
 
@@ -10,7 +10,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use crate::rt::net::{Interest, TcpStream};
+use tokio::{io::Interest, net::TcpStream};
 
 /// How much one splice call asks for, and the pipe's size.
 const PIPE_SIZE: usize = 1 << 20;
@@ -83,7 +83,7 @@ impl Pipe {
                 None => self.capacity,
             };
             from.readable().await.map_err(Broken::From)?;
-            let got = match from.try_io(Interest::Readable, || {
+            let got = match from.try_io(Interest::READABLE, || {
                 splice(from.as_raw_fd(), self.write.as_raw_fd(), want)
             }) {
                 Ok(0) => {
@@ -105,7 +105,7 @@ impl Pipe {
             let mut left = got;
             while left > 0 {
                 to.writable().await.map_err(Broken::To)?;
-                match to.try_io(Interest::Writable, || {
+                match to.try_io(Interest::WRITABLE, || {
                     splice(self.read.as_raw_fd(), to.as_raw_fd(), left)
                 }) {
                     Ok(0) => return Err(Broken::To(io::ErrorKind::WriteZero.into())),
@@ -143,20 +143,28 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::*;
-    use crate::rt::{self, net::TcpListener};
+    use crate::proxy::stream;
 
     /// A blocking std end (driven from a thread) and a runtime end.
     fn pair() -> (std::net::TcpStream, TcpStream) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let l = TcpListener::from_std(l).unwrap();
-        let s = l.into_std().accept().unwrap().0;
+        let s = l.accept().unwrap().0;
+        s.set_nonblocking(true).unwrap();
         (c, TcpStream::from_std(s).unwrap())
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
     fn moves_an_exact_length_and_leaves_the_rest() {
-        rt::run(async {
+        run(async {
             let (mut src_w, src_r) = pair();
             let (mut dst_r, dst_w) = pair();
             let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
@@ -183,7 +191,7 @@ mod tests {
             let mut next = [0u8; 4];
             let mut at = 0;
             while at < 4 {
-                at += src_r.read(&mut next[at..]).await.unwrap();
+                at += stream::read(&src_r, &mut next[at..]).await.unwrap();
             }
             assert_eq!(&next, b"NEXT");
             drop(writer.join().unwrap());
@@ -192,7 +200,7 @@ mod tests {
 
     #[test]
     fn an_early_end_is_an_error() {
-        rt::run(async {
+        run(async {
             let (mut src_w, src_r) = pair();
             let (_dst_r, dst_w) = pair();
             src_w.write_all(b"short").unwrap();
@@ -211,7 +219,7 @@ mod tests {
 
     #[test]
     fn until_eof_moves_everything() {
-        rt::run(async {
+        run(async {
             let (mut src_w, src_r) = pair();
             let (mut dst_r, dst_w) = pair();
             let writer = std::thread::spawn(move || src_w.write_all(&[7u8; 200_000]).unwrap());

@@ -5,8 +5,12 @@
 
 use std::io;
 
-use super::{io::copy_until_eof, splice::Pipe};
-use crate::rt::net::TcpStream;
+use tokio::net::TcpStream;
+
+use super::{
+    splice::Pipe,
+    stream::{copy_until_eof, shutdown_write},
+};
 
 /// Moves `a` to `b` and `b` to `a` at once until both directions end; when
 /// one direction ends, the write side of its destination is shut down so
@@ -27,7 +31,7 @@ pub async fn run(
                     .transfer(a, b, None, progress)
                     .await
                     .map_err(io::Error::from);
-                b.shutdown_write();
+                shutdown_write(b);
                 n
             },
             async {
@@ -35,7 +39,7 @@ pub async fn run(
                     .transfer(b, a, None, progress)
                     .await
                     .map_err(io::Error::from);
-                a.shutdown_write();
+                shutdown_write(a);
                 n
             }
         )
@@ -44,12 +48,12 @@ pub async fn run(
         tokio::join!(
             async {
                 let n = copy_until_eof(a, b, &mut ab, progress).await;
-                b.shutdown_write();
+                shutdown_write(b);
                 n
             },
             async {
                 let n = copy_until_eof(b, a, &mut ba, progress).await;
-                a.shutdown_write();
+                shutdown_write(a);
                 n
             }
         )

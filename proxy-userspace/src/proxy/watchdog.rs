@@ -10,11 +10,12 @@
 //! that have passed, and, once the proxy drains, those of idle connections.
 //! Deadlines are therefore honoured to within a tick.
 //!
-//! The sweeper is a thread rather than a task so that the workers' event
-//! loop (`rt`) needs no timers at all: with them, every park of the loop
-//! reads the clock and walks a timer wheel (under tokio that was about a
-//! tenth of the proxy's instructions per request). Every other wait in a worker (connects, the
-//! accept back-off, the shutdown grace) uses [`Watchdog::timeout`].
+//! The sweeper is a thread rather than a task so that the workers' tokio
+//! runtimes need no timer driver at all: with one, every park of the loop
+//! reads the clock and walks the timer wheel (about a tenth of the proxy's
+//! instructions per request, measured when the workers first ran on
+//! tokio). Every other wait in a worker (connects, the accept back-off,
+//! the shutdown grace) uses [`Watchdog::timeout`].
 
 use std::{
     future::Future,
@@ -114,19 +115,20 @@ impl Deadline {
     }
 }
 
-struct Within<'a, F> {
-    deadline: &'a Deadline,
-    fut: F,
+pin_project_lite::pin_project! {
+    struct Within<'a, F> {
+        deadline: &'a Deadline,
+        #[pin]
+        fut: F,
+    }
 }
 
 impl<F: Future> Future for Within<'_, F> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: `fut` is structurally pinned: never moved out of `self`.
-        let this = unsafe { self.get_unchecked_mut() };
-        let fut = unsafe { Pin::new_unchecked(&mut this.fut) };
-        if let Poll::Ready(v) = fut.poll(cx) {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
             return Poll::Ready(Ok(v));
         }
         this.deadline.waker.register(cx.waker());
@@ -139,9 +141,6 @@ impl<F: Future> Future for Within<'_, F> {
 
 /// The deadlines of one worker's connections and the coarse clock they use.
 pub struct Watchdog {
-    /// Unique per watchdog, so per worker: what the pool tells workers'
-    /// connections apart by.
-    id: u64,
     start: Instant,
     now_ms: AtomicU64,
     draining: AtomicBool,
@@ -150,13 +149,11 @@ pub struct Watchdog {
 
 impl Default for Watchdog {
     fn default() -> Self {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         // One epoch for every worker's clock, so that their readings
-        // compare (the pool expires one worker's connections on another's).
+        // compare.
         static EPOCH: OnceLock<Instant> = OnceLock::new();
         let start = *EPOCH.get_or_init(Instant::now);
         Watchdog {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             start,
             // At least one tick, so that 0 can mean "disarmed".
             now_ms: AtomicU64::new(TICK.as_millis() as u64 + start.elapsed().as_millis() as u64),
@@ -175,11 +172,6 @@ impl Watchdog {
             .expect("watchdog lock")
             .push(Arc::downgrade(&d));
         d
-    }
-
-    /// This watchdog's (this worker's) number, unique in the process.
-    pub fn id(&self) -> u64 {
-        self.id
     }
 
     /// The coarse clock: milliseconds since the first watchdog of the
@@ -290,8 +282,12 @@ mod tests {
 
     #[test]
     fn timeouts_need_no_timer_driver() {
-        // The workers' runtime: the sweeper thread wakes its tasks.
-        let rt = crate::rt::Runtime::new().unwrap();
+        // The workers' runtime has no timer driver: the sweeper thread
+        // wakes its tasks.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
         let dog = Arc::new(Watchdog::default());
         dog.start_sweeper("test-sweeper".into()).unwrap();
         let started = Instant::now();

@@ -1,0 +1,79 @@
+//! Reads and writes over shared `&TcpStream`s: a connection's two
+//! directions are driven from one task, and tokio's `AsyncRead` helpers
+//! need `&mut`.
+//!
+//! Every read goes through `readable()` and `try_read*`, never
+//! `AsyncRead`: tokio's `poll_read` takes a short read for an empty socket
+//! and clears the readiness, and in eBPF mode a short read does not prove
+//! that. A socket's first bytes can land in its TCP receive queue (sent
+//! before the proxy's end joined the SOCKHASH) and the rest in the sk_msg
+//! ingress queue, and one read takes from one queue only; waiting for an
+//! edge after the first would wait for ever. `try_read` clears readiness
+//! only on `WouldBlock`, and a `WouldBlock` is never the end of a stream.
+
+use std::io;
+
+use tokio::net::TcpStream;
+
+/// Reads what is there into `buf`, waiting for something (0: the peer closed).
+pub async fn read(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        from.readable().await?;
+        match from.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Appends what can be read from `from` to `buf`'s spare capacity (not
+/// zeroed first), waiting for something (0: the peer closed).
+pub async fn read_buf(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        from.readable().await?;
+        match from.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Writes all of `data`, waiting for room as needed.
+pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match to.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => data = &data[k..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Shuts the write side (the peer reads an end). An error (the socket is
+/// already closed) is of no use to the caller and is dropped.
+pub fn shutdown_write(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+}
+
+/// Copies from `from` to `to` until `from` ends; calls `progress` with the
+/// count after each read. Returns the bytes copied.
+pub async fn copy_until_eof(
+    from: &TcpStream,
+    to: &TcpStream,
+    buf: &mut [u8],
+    progress: &impl Fn(usize),
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        match read(from, buf).await? {
+            0 => return Ok(total),
+            n => {
+                progress(n);
+                write_all(to, &buf[..n]).await?;
+                total += n as u64;
+            }
+        }
+    }
+}
