@@ -5,8 +5,8 @@
 //! `intercept` loads the eBPF programs that steer sockets; `proxy` accepts
 //! and runs the HTTP/1.1 connection loop over `http` (pure framing);
 //! `route` names a request and binds it with `dtab` (the pure routing
-//! language) and `namer` (file namer, balancer); `admin` serves metrics and
-//! the delegator; `config` holds the settings; `cli` is the command line;
+//! language) and `namer` (file namer, balancer); `observe` holds the
+//! metrics they count into; `admin` serves them and the delegator; `config` holds the settings; `cli` is the command line;
 //! `logging` sets up `tracing`.
 
 pub mod admin;
@@ -17,5 +17,6 @@ pub mod http;
 pub mod intercept;
 pub mod logging;
 pub mod namer;
+pub mod observe;
 pub mod proxy;
 pub mod route;

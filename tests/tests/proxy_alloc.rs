@@ -13,9 +13,9 @@ use std::{
 };
 
 use sidetrack::{
-    admin::metrics::Metrics,
     config::{IdentifierKind, Settings},
     dtab::{Dtab, Namers},
+    observe::metrics::Metrics,
     proxy::{self, ProxyConfig, Shared},
     route::{Identifier, Router},
 };

@@ -4,7 +4,6 @@
 //! It runs on a thread and a single-threaded runtime of its own, so a slow
 //! scrape or a big explanation tree never takes a worker from the data path.
 
-pub mod metrics;
 mod page;
 
 use std::{
@@ -34,7 +33,7 @@ use crate::{
     route::Router,
 };
 
-use self::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 
 /// What the admin server shows.
 pub struct Admin {

@@ -24,14 +24,12 @@ use tokio::sync::watch;
 use std::net::IpAddr;
 
 use crate::{
-    admin::{
-        self,
-        metrics::{ExtraCounters, Metrics},
-    },
+    admin,
     config::{IdentifierKind, InterceptMode, Settings, ms, parse_cidr},
     dtab::{Dtab, Namers},
     intercept::{EbpfDataPath, EbpfOptions, InterceptSpec, OrigDst, cgroup, nft::NftRules},
     namer::fs::{self, FsNamer},
+    observe::metrics::{ExtraCounters, Metrics},
     proxy::{self, ProxyConfig, Shared},
     route::{Identifier, Router},
 };

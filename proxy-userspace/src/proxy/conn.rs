@@ -34,13 +34,13 @@ use super::{
     watchdog::{Deadline, Elapsed},
 };
 use crate::{
-    admin::metrics::ErrorKind,
     dtab::Choice,
     http::{
         self, BodyLength, ChunkedScanner, HeadError, Known, Parsed, RequestHead, RequestKind,
         ResponseHead,
     },
     namer::balancer::InFlight,
+    observe::metrics::ErrorKind,
     route::{self, Dest, Outcome, Route, RouteError},
 };
 

@@ -29,9 +29,9 @@ use tokio::{
 };
 
 use crate::{
-    admin::metrics::Metrics,
     config::{Settings, ms},
     http,
+    observe::metrics::Metrics,
     route::{Identifier, Router},
 };
 

@@ -21,9 +21,9 @@ use std::sync::{
 use arc_swap::ArcSwap;
 
 use crate::{
-    admin::metrics::{Metrics, RouteStats},
     dtab::{self, Bound, ClockCache, CompiledDtab, Dtab, NameTree, NamerSet, Namers, Path},
     namer::balancer::{BackendRegistry, Balancer},
+    observe::metrics::{Metrics, RouteStats},
 };
 
 pub use identify::Identifier;
