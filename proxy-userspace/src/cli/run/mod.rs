@@ -1,0 +1,327 @@
+//! `sidetrack run`: start the proxy.
+//!
+//! Settings come from defaults, then `--config FILE`, then flags. The config
+//! file and the dtab file are watched; a changed dtab or namer setting
+//! applies without a restart, and a file that no longer parses is refused
+//! with a log line while the old settings stay. SIGTERM or SIGINT stops
+//! accepting, lets in-flight requests finish within the grace period, and
+//! exits 0.
+//!
+//! This file is the start-up sequence; each step it takes has a file of its
+//! own: `interception` (eBPF programs or nftables rules), `limits` (open
+//! files), `listen` (the workers' listeners), `affinity` (pinning workers),
+//! `signals` (stop signals, workers' ends) and `reload` (the file watcher).
+
+mod affinity;
+mod interception;
+mod limits;
+mod listen;
+mod reload;
+mod signals;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use clap::Args;
+use tokio::sync::watch;
+
+use crate::{
+    admin,
+    config::{IdentifierKind, InterceptMode, Settings, ms},
+    dtab::{Dtab, Namers},
+    namer::fs::{self, FsNamer},
+    observe::metrics::{ExtraCounters, Metrics},
+    proxy::{self, ProxyConfig, Shared},
+    route::{Identifier, Router},
+};
+
+pub use affinity::{allowed_cpus, pin};
+use interception::start_interception;
+use limits::raise_fd_limit;
+use listen::bind_workers;
+use reload::spawn_reloader;
+use signals::{StopSignals, WorkerExit};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address the proxy listens on [default: 0.0.0.0:4140].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Address of the admin server (/metrics, /delegator) [default: 127.0.0.1:9990].
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// The base dtab, inline.
+    #[arg(long)]
+    pub dtab: Option<String>,
+    /// A file holding the base dtab (watched for changes).
+    #[arg(long)]
+    pub dtab_file: Option<PathBuf>,
+    /// Directory of the file namer: /#/io.l5d.fs/NAME reads DIR/NAME.
+    #[arg(long)]
+    pub fs_dir: Option<PathBuf>,
+    /// YAML settings file (watched for changes); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Worker threads of the data path [default: 1].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// How traffic reaches the proxy [default: none].
+    #[arg(long, value_enum)]
+    pub intercept: Option<InterceptMode>,
+    /// How a request becomes a logical name [default: io.l5d.header.token].
+    #[arg(long, value_enum)]
+    pub identifier: Option<IdentifierKind>,
+}
+
+impl RunArgs {
+    /// The settings: the file's (or defaults), with the flags on top.
+    fn settings(&self) -> Result<Settings, String> {
+        let mut s = match &self.config {
+            Some(path) => Settings::load(path)?,
+            None => Settings::default(),
+        };
+        self.apply(&mut s);
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn apply(&self, s: &mut Settings) {
+        if let Some(v) = self.listen {
+            s.listen = v;
+        }
+        if let Some(v) = self.admin {
+            s.admin = v;
+        }
+        if let Some(v) = &self.dtab {
+            s.dtab = v.clone();
+        }
+        if let Some(v) = &self.dtab_file {
+            s.dtab_file = Some(v.clone());
+        }
+        if let Some(v) = &self.fs_dir {
+            s.fs_dir = Some(v.clone());
+        }
+        if let Some(v) = self.workers {
+            s.workers = v;
+        }
+        if let Some(v) = self.intercept {
+            s.intercept = v;
+        }
+        if let Some(v) = self.identifier {
+            s.identifier = v;
+        }
+    }
+
+    pub fn run(self) -> ExitCode {
+        match self.start() {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("sidetrack run: {e}");
+                ExitCode::from(2)
+            }
+        }
+    }
+
+    fn start(self) -> Result<ExitCode, String> {
+        // Signals are caught from the start: a SIGTERM that comes while
+        // interception is being set up must still lead to the cleanup.
+        let signals = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the signal runtime: {e}"))?;
+        let mut stop_signals = {
+            let _entered = signals.enter();
+            StopSignals::new().map_err(|e| format!("catching SIGTERM and SIGINT: {e}"))?
+        };
+        let settings = self.settings()?;
+        let base = parse_base(&settings)?;
+        let generation = Arc::new(AtomicU64::new(0));
+        let fs_namer = settings
+            .fs_dir
+            .clone()
+            .map(|dir| FsNamer::start(dir, ms(settings.watch_interval_ms), generation.clone()));
+        let metrics = Arc::new(Metrics::new(settings.max_route_series));
+        let router = Arc::new(Router::new(
+            base,
+            namers(&fs_namer),
+            settings.bind_cache_capacity,
+            metrics.clone(),
+            generation,
+        ));
+        metrics.add_extra(Arc::new(CacheCounters(router.clone())));
+
+        raise_fd_limit(settings.limits.max_connections);
+        let workers = settings.workers.max(1);
+        let listeners = bind_workers(settings.listen, workers)
+            .map_err(|e| format!("listening on {}: {e}", settings.listen))?;
+        let admin_listener = std::net::TcpListener::bind(settings.admin)
+            .map_err(|e| format!("admin listener on {}: {e}", settings.admin))?;
+        let listen_addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin_addr = admin::spawn(
+            admin_listener,
+            admin::Admin {
+                metrics: metrics.clone(),
+                router: router.clone(),
+                ready: ready.clone(),
+            },
+        )
+        .map_err(|e| format!("admin server: {e}"))?;
+
+        let mut cfg = ProxyConfig::from_settings(&settings);
+        // Each worker accepts on its own listener, so each takes its share.
+        cfg.max_connections = cfg.max_connections.div_ceil(workers);
+        let (orig_dst, interception) = start_interception(&settings, &mut cfg, &metrics)?;
+        let shared = Arc::new(Shared {
+            cfg,
+            router: router.clone(),
+            metrics,
+            identifier: Identifier::new(settings.identifier, &settings.dst_prefix),
+            orig_dst,
+        });
+        let grace = ms(settings.shutdown_grace_ms);
+        let yield_before_wait = settings.yield_before_wait;
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let cpus = if settings.pin_workers {
+            allowed_cpus().map_err(|e| format!("pin_workers: {e}"))?
+        } else {
+            Vec::new()
+        };
+        spawn_reloader(self, settings, router);
+
+        // One single-threaded runtime per worker, each with its own
+        // SO_REUSEPORT listener: the kernel spreads connections, and a
+        // connection never leaves its thread (no work stealing, no
+        // cross-thread wake-ups on the data path).
+        let mut handles = Vec::with_capacity(workers);
+        // Each worker says when it ends, however it ends: one that stops
+        // before it is told to (it could not start its loop or its
+        // deadline sweeper, or it panicked) stops the proxy, rather than
+        // leave it ready with a listener nobody serves.
+        let (exited_tx, mut exited_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
+            let exited = WorkerExit(i, exited_tx.clone());
+            let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
+            let handle = std::thread::Builder::new()
+                .name(format!("sidetrack-worker-{i}"))
+                .spawn(move || -> Result<bool, String> {
+                    let _exited = exited;
+                    proxy::run_worker(listener, shared, stop_rx, grace, yield_before_wait)
+                        .map_err(|e| format!("starting worker {i}: {e}"))
+                })
+                .map_err(|e| format!("starting worker {i}: {e}"))?;
+            // Pinned from here, before the proxy says it is ready.
+            if let Some(cpu) = cpu {
+                use std::os::unix::thread::JoinHandleExt;
+                pin(handle.as_pthread_t(), cpu)
+                    .map_err(|e| format!("pinning worker {i} to CPU {cpu}: {e}"))?;
+            }
+            handles.push(handle);
+        }
+        // Only the workers hold senders now: the channel closes when the
+        // last one ends.
+        drop(exited_tx);
+        // Ready before the line that tells the world where to connect.
+        ready.store(true, Ordering::Release);
+        tracing::info!(
+            "listening on http://{listen_addr}, admin on http://{admin_addr}, {workers} worker(s)"
+        );
+        let worker_died = signals.block_on(async {
+            tokio::select! {
+                _ = stop_signals.recv() => None,
+                Some(i) = exited_rx.recv() => Some(i),
+            }
+        });
+        match worker_died {
+            None => tracing::info!("shutdown requested"),
+            Some(i) => tracing::error!(
+                worker = i,
+                "a worker stopped on its own; shutting the proxy down"
+            ),
+        }
+        ready.store(false, Ordering::Release);
+        // Interception first: from here new connects on the node go to
+        // their destinations, and only then do the listeners close.
+        interception.stop();
+        let _ = stop_tx.send(true);
+        // Each worker reports its end on the channel, so the wait needs no
+        // thread of its own (which, with the machine out of threads, could
+        // not be had), and a second signal can end it.
+        let mut left = handles.len() - usize::from(worker_died.is_some());
+        let all_ended = signals.block_on(async {
+            tokio::select! {
+                _ = async {
+                    while left > 0 && exited_rx.recv().await.is_some() {
+                        left -= 1;
+                    }
+                } => true,
+                _ = stop_signals.recv() => false,
+            }
+        });
+        let drained = if all_ended {
+            let mut drained = Ok(true);
+            for handle in handles {
+                let worker = handle
+                    .join()
+                    .unwrap_or_else(|_| Err("a worker panicked".to_string()));
+                drained = match (drained, worker) {
+                    (Ok(a), Ok(b)) => Ok(a && b),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                };
+            }
+            drained?
+        } else {
+            tracing::warn!("second stop signal: exiting without waiting for the drain");
+            false
+        };
+        // Dropped here, after the workers: the programs detach or the rules go.
+        drop(interception);
+        Ok(if drained && worker_died.is_none() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    }
+}
+
+struct CacheCounters(Arc<Router>);
+
+impl ExtraCounters for CacheCounters {
+    fn counters(&self, out: &mut Vec<(&'static str, &'static str, u64)>) {
+        let s = self.0.cache_stats();
+        out.push((
+            "dtab_cache_hits",
+            "Routes found in the binding cache",
+            s.hits,
+        ));
+        out.push(("dtab_cache_misses", "Routes bound afresh", s.misses));
+        out.push((
+            "dtab_cache_evictions",
+            "Routes evicted from the full binding cache",
+            s.evictions,
+        ));
+    }
+}
+
+fn parse_base(s: &Settings) -> Result<Dtab, String> {
+    let text = s.base_dtab_text()?;
+    Dtab::parse(&text).map_err(|e| format!("invalid base dtab: {e}"))
+}
+
+fn namers(fs: &Option<Arc<FsNamer>>) -> Namers {
+    let mut namers = Namers::default();
+    if let Some(fs) = fs {
+        namers = namers.with(fs::KIND, fs.clone());
+    }
+    namers
+}

@@ -1,0 +1,76 @@
+//! Hot reload: the config file and the dtab file, polled for changes.
+
+use std::{path::PathBuf, sync::Arc, time::SystemTime};
+
+use super::{RunArgs, namers, parse_base};
+use crate::{
+    config::{Settings, ms},
+    namer::fs::FsNamer,
+    route::Router,
+};
+
+/// Watches the config file and the dtab file; applies what changed.
+/// The router holds the namers, so replacing them there stops the old file
+/// namer's watcher.
+pub(super) fn spawn_reloader(args: RunArgs, mut current: Settings, router: Arc<Router>) {
+    let interval = ms(current.watch_interval_ms);
+    let stamp = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+    };
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            let mut config_stamp = stamp(&args.config);
+            let mut dtab_stamp = stamp(&current.dtab_file);
+            loop {
+                std::thread::sleep(interval);
+                let (c, d) = (stamp(&args.config), stamp(&current.dtab_file));
+                if c == config_stamp && d == dtab_stamp {
+                    continue;
+                }
+                config_stamp = c;
+                dtab_stamp = d;
+                // An empty file is a write caught half-way (truncated, not
+                // yet filled), not a wish for the defaults; the write that
+                // fills it changes the stamp and is read then.
+                if args.config.as_ref().is_some_and(|p| {
+                    std::fs::read_to_string(p).is_ok_and(|t| t.trim().is_empty())
+                }) {
+                    tracing::error!("config reload refused, keeping the running settings: the config file is empty");
+                    continue;
+                }
+                let next = match args.settings() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!("config reload refused, keeping the running settings: {e}");
+                        continue;
+                    }
+                };
+                let base = match parse_base(&next) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!("dtab reload refused, keeping the running dtab: {e}");
+                        continue;
+                    }
+                };
+                if next.fs_dir != current.fs_dir || next.watch_interval_ms != current.watch_interval_ms {
+                    let fs_namer = next.fs_dir.clone().map(|dir| FsNamer::start(dir, ms(next.watch_interval_ms), router.generation().clone()));
+                    router.set_namers(namers(&fs_namer));
+                    tracing::info!(fs_dir = ?next.fs_dir, "namers reloaded");
+                }
+                if base.to_string() != router.base().dtab.to_string() {
+                    tracing::info!(dtab = %base, "base dtab reloaded");
+                    router.set_base(base);
+                }
+                let restart_only = Settings { dtab: next.dtab.clone(), dtab_file: next.dtab_file.clone(), fs_dir: next.fs_dir.clone(), watch_interval_ms: next.watch_interval_ms, ..current.clone() };
+                if restart_only != next {
+                    tracing::warn!("settings other than the dtab and namers changed; they apply at the next restart");
+                }
+                dtab_stamp = stamp(&next.dtab_file);
+                current = next;
+            }
+        })
+        .expect("spawn the reload thread");
+}
