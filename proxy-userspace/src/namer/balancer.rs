@@ -1,4 +1,4 @@
-//! Backends (endpoint addresses with what the proxy learns of them) and the
+//! Backends (addresses with what the proxy learns of them) and the
 //! balancer that picks one per request.
 //!
 //! A [`Backend`] is one backend address with the state the proxy learns
@@ -7,7 +7,7 @@
 //! [`BackendRegistry`]) so that what is learnt survives a dtab or namer
 //! change.
 //!
-//! [`Balancer::pick`] is power of two choices: draw two endpoints (by
+//! [`Balancer::pick`] is power of two choices: draw two backends (by
 //! weight), take the one with the lower cost `ewma × (in_flight + 1) / weight`.
 //! Everything on this path is atomics; no lock, no allocation.
 
@@ -26,7 +26,7 @@ use rand::Rng;
 /// The decay time of the latency average: what happened this long ago
 /// weighs 1/e of what happens now.
 const EWMA_TAU_NS: f64 = 10e9;
-/// The latency assumed for an endpoint never measured (1 ms): a new endpoint
+/// The latency assumed for an backend never measured (1 ms): a new backend
 /// looks neither free nor dead.
 const EWMA_INITIAL_NS: f64 = 1e6;
 
@@ -97,7 +97,7 @@ impl Backend {
     pub fn start_at(self: &Arc<Self>, started: Instant) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
-            endpoint: self.clone(),
+            backend: self.clone(),
             started,
         }
     }
@@ -125,7 +125,7 @@ impl Backend {
         self.ewma_ns.store(new.to_bits(), Ordering::Relaxed);
     }
 
-    /// Takes the endpoint out of rotation for `backoff` (after a failed connect).
+    /// Takes the backend out of rotation for `backoff` (after a failed connect).
     pub fn eject(&self, backoff: Duration) {
         let until = clock_ns() + backoff.as_nanos() as u64;
         self.ejected_until_ns.store(until, Ordering::Relaxed);
@@ -144,68 +144,73 @@ impl Backend {
 
 /// Ends an in-flight request on drop; [`InFlight::finish`] also records its latency.
 pub struct InFlight {
-    endpoint: Arc<Backend>,
+    backend: Arc<Backend>,
     started: Instant,
 }
 
 impl InFlight {
-    pub fn endpoint(&self) -> &Arc<Backend> {
-        &self.endpoint
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    /// When the request started.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// Ends the request at `now`: records and returns its latency.
     pub fn finish(self, now: Instant) -> Duration {
         let took = now.saturating_duration_since(self.started);
-        self.endpoint.observe_at(took, now);
+        self.backend.observe_at(took, now);
         took
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// The endpoints of one bound name with their weights.
+/// The backends of one bound name with their weights.
 #[derive(Clone, Debug, Default)]
 pub struct Balancer {
-    endpoints: Arc<[(Arc<Backend>, f64)]>,
+    backends: Arc<[(Arc<Backend>, f64)]>,
     total_weight: f64,
 }
 
 impl Balancer {
-    pub fn new(endpoints: Vec<(Arc<Backend>, f64)>) -> Self {
-        let endpoints: Vec<_> = endpoints.into_iter().filter(|(_, w)| *w > 0.0).collect();
-        let total_weight = endpoints.iter().map(|(_, w)| w).sum();
+    pub fn new(backends: Vec<(Arc<Backend>, f64)>) -> Self {
+        let backends: Vec<_> = backends.into_iter().filter(|(_, w)| *w > 0.0).collect();
+        let total_weight = backends.iter().map(|(_, w)| w).sum();
         Balancer {
-            endpoints: endpoints.into(),
+            backends: backends.into(),
             total_weight,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty()
+        self.backends.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.endpoints.len()
+        self.backends.len()
     }
 
-    pub fn endpoints(&self) -> impl Iterator<Item = &(Arc<Backend>, f64)> {
-        self.endpoints.iter()
+    pub fn backends(&self) -> impl Iterator<Item = &(Arc<Backend>, f64)> {
+        self.backends.iter()
     }
 
-    /// Picks an endpoint, avoiding ejected ones while any other is left.
+    /// Picks an backend, avoiding ejected ones while any other is left.
     pub fn pick(&self, rng: &mut impl Rng) -> Option<&Arc<Backend>> {
-        match self.endpoints.len() {
+        match self.backends.len() {
             0 => None,
-            1 => Some(&self.endpoints[0].0),
+            1 => Some(&self.backends[0].0),
             _ => {
                 let a = self.draw(rng);
                 let b = self.draw(rng);
-                let (ea, wa) = &self.endpoints[a];
-                let (eb, wb) = &self.endpoints[b];
+                let (ea, wa) = &self.backends[a];
+                let (eb, wb) = &self.backends[b];
                 let pick = match (ea.is_ejected(), eb.is_ejected()) {
                     (false, true) => a,
                     (true, false) => b,
@@ -218,7 +223,7 @@ impl Balancer {
                         }
                     }
                 };
-                Some(&self.endpoints[pick].0)
+                Some(&self.backends[pick].0)
             }
         }
     }
@@ -226,36 +231,36 @@ impl Balancer {
     /// One index drawn with probability proportional to its weight.
     fn draw(&self, rng: &mut impl Rng) -> usize {
         let mut x = rng.random::<f64>() * self.total_weight;
-        for (i, (_, w)) in self.endpoints.iter().enumerate() {
+        for (i, (_, w)) in self.backends.iter().enumerate() {
             if x < *w {
                 return i;
             }
             x -= w;
         }
-        self.endpoints.len() - 1
+        self.backends.len() - 1
     }
 
     fn first_live(&self) -> Option<&Arc<Backend>> {
-        self.endpoints
+        self.backends
             .iter()
             .map(|(e, _)| e)
             .find(|e| !e.is_ejected())
     }
 }
 
-/// Endpoints by address, so that bindings made at different times share one
+/// Backends by address, so that bindings made at different times share one
 /// [`Backend`] (its latency and ejection). Entries go
-/// when the last binding that uses the endpoint is dropped.
+/// when the last binding that uses the backend is dropped.
 #[derive(Default)]
 pub struct BackendRegistry {
     by_addr: Mutex<HashMap<SocketAddr, Weak<Backend>>>,
 }
 
 impl BackendRegistry {
-    /// The endpoint for `addr`, made if no live binding has it. Called when a
+    /// The backend for `addr`, made if no live binding has it. Called when a
     /// name is bound, never per request.
     pub fn get(&self, addr: SocketAddr) -> Arc<Backend> {
-        let mut map = self.by_addr.lock().expect("endpoint registry lock");
+        let mut map = self.by_addr.lock().expect("backend registry lock");
         if let Some(e) = map.get(&addr).and_then(Weak::upgrade) {
             return e;
         }

@@ -27,6 +27,10 @@ use tokio::net::TcpStream;
 
 use super::{
     Shared, Worker,
+    policy::{
+        self, Attempt, ClientNext, ConnectionField, Relay, RequestBody, RequestFacts,
+        ResponseFacts, SendFailure,
+    },
     pool::{self, Liveness},
     splice::{Broken, Pipe},
     stream::{self, copy_until_eof},
@@ -35,10 +39,7 @@ use super::{
 };
 use crate::{
     dtab::Choice,
-    http::{
-        self, BodyLength, ChunkedScanner, HeadError, Known, Parsed, RequestHead, RequestKind,
-        ResponseHead,
-    },
+    http::{self, BodyLength, ChunkedScanner, HeadError, Known, Parsed, RequestHead, ResponseHead},
     namer::balancer::InFlight,
     observe::metrics::ErrorKind,
     route::{self, Dest, Outcome, Route, RouteError},
@@ -110,12 +111,18 @@ pub struct Conn {
     worker: Rc<Worker>,
     shared: Arc<Shared>,
     deadline: Arc<Deadline>,
-    buf: Vec<u8>,
-    bbuf: Vec<u8>,
-    out: Vec<u8>,
+    /// What has been read from the client: a head, the start of a body,
+    /// pipelined requests after it.
+    from_client: Vec<u8>,
+    /// What has been read from the backend.
+    from_backend: Vec<u8>,
+    /// The heads the proxy writes (with a body that came whole).
+    heads: Vec<u8>,
+    /// The request's logical name, and its route-cache key.
     name: Vec<u8>,
     key: Vec<u8>,
-    copy: Vec<u8>,
+    /// Room for copying bodies through userspace, and for draining.
+    scratch: Vec<u8>,
     req: RequestHead,
     resp: ResponseHead,
     pipe: Option<Pipe>,
@@ -124,6 +131,34 @@ pub struct Conn {
     orig_dst: Option<SocketAddrV4>,
     /// Requests answered so far on this connection.
     served: u64,
+}
+
+/// A request on its way: the backend connection it went out on.
+struct Upstream {
+    conn: TcpStream,
+    in_flight: InFlight,
+    /// The connection came from the pool.
+    reused: bool,
+    interim_relayed: bool,
+}
+
+impl Upstream {
+    /// This attempt, as the resend policy sees it.
+    fn attempt(&self, whole: bool) -> Attempt {
+        Attempt {
+            reused: self.reused,
+            whole,
+            interim_relayed: self.interim_relayed,
+        }
+    }
+}
+
+/// The final response head, in `resp` and the first `head_len` bytes of
+/// `from_backend`, and how far the request body got.
+struct Answer {
+    facts: ResponseFacts,
+    head_len: usize,
+    body: RequestBody,
 }
 
 /// How the exchange of one request ended, for the loop.
@@ -143,12 +178,12 @@ impl Conn {
             shared,
             deadline: worker.watchdog.deadline(),
             worker,
-            buf: Vec::with_capacity(INITIAL_BUF),
-            bbuf: Vec::with_capacity(INITIAL_BUF),
-            out: Vec::with_capacity(1024),
+            from_client: Vec::with_capacity(INITIAL_BUF),
+            from_backend: Vec::with_capacity(INITIAL_BUF),
+            heads: Vec::with_capacity(1024),
             name: Vec::with_capacity(128),
             key: Vec::with_capacity(256),
-            copy: Vec::new(),
+            scratch: Vec::new(),
             req: RequestHead::with_capacity(max_headers),
             resp: ResponseHead::with_capacity(max_headers),
             pipe: None,
@@ -193,7 +228,7 @@ impl Conn {
                     // Only a refusal before anything was forwarded keeps the
                     // connection, and only for a request without a body: its
                     // head is all there is to skip.
-                    self.buf.drain(..head_len);
+                    self.from_client.drain(..head_len);
                 }
             }
         }
@@ -216,10 +251,13 @@ impl Conn {
         };
         self.shared.metrics.opaque_connections.inc();
         tracing::debug!(peer = %self.peer, %dst, "not HTTP: tunnelling to the original destination");
-        if stream::write_all(&backend, &self.buf).await.is_err() {
+        if stream::write_all(&backend, &self.from_client)
+            .await
+            .is_err()
+        {
             return;
         }
-        self.tunnel(&backend, self.buf.len() as u64).await;
+        self.tunnel(&backend, self.from_client.len() as u64).await;
     }
 
     /// Runs the byte tunnel between the client and `backend` until both
@@ -273,7 +311,7 @@ impl Conn {
             return;
         }
         let client = &self.client;
-        let scratch = &mut self.copy;
+        let scratch = &mut self.scratch;
         if scratch.len() < COPY_CHUNK {
             scratch.resize(COPY_CHUNK, 0);
         }
@@ -307,9 +345,9 @@ impl Conn {
             } => {
                 self.shared.metrics.error(kind);
                 tracing::debug!(peer = %self.peer, status, reason, "request refused");
-                self.out.clear();
-                http::write_error(&mut self.out, status, &reason, close);
-                let _ = stream::write_all(&self.client, &self.out).await;
+                self.heads.clear();
+                http::write_error(&mut self.heads, status, &reason, close);
+                let _ = stream::write_all(&self.client, &self.heads).await;
                 if close {
                     stream::shutdown_write(&self.client);
                     self.linger().await;
@@ -329,8 +367,8 @@ impl Conn {
         let cfg = &self.shared.cfg;
         let mut deadline: Option<Instant> = None;
         loop {
-            if !self.buf.is_empty() {
-                match self.req.parse(&self.buf, &cfg.limits)? {
+            if !self.from_client.is_empty() {
+                match self.req.parse(&self.from_client, &cfg.limits)? {
                     Parsed::Complete { head_len } => return Ok(Some(head_len)),
                     Parsed::Partial => {}
                 }
@@ -349,7 +387,7 @@ impl Conn {
                     } else {
                         (cfg.idle_timeout, true)
                     };
-                    let wait = read_more(&self.client, &mut self.buf, max_head);
+                    let wait = read_more(&self.client, &mut self.from_client, max_head);
                     match self
                         .deadline
                         .within(&self.worker.watchdog, after, idle, wait)
@@ -361,7 +399,7 @@ impl Conn {
                 }
                 Some(at) => {
                     let left = at.saturating_duration_since(Instant::now());
-                    let wait = read_more(&self.client, &mut self.buf, max_head);
+                    let wait = read_more(&self.client, &mut self.from_client, max_head);
                     match self
                         .deadline
                         .within(&self.worker.watchdog, left, false, wait)
@@ -379,7 +417,7 @@ impl Conn {
                 }
             };
             match read {
-                Ok(0) if self.buf.is_empty() => return Ok(None),
+                Ok(0) if self.from_client.is_empty() => return Ok(None),
                 Ok(0) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
                 Ok(_) => {}
                 Err(_) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
@@ -387,98 +425,104 @@ impl Conn {
         }
     }
 
-    /// One request and its response. On return, `buf` starts at the next
+    /// One request and its response, in four steps: route, send, await the
+    /// final response, relay. On return, `from_client` starts at the next
     /// request (if any bytes of it arrived).
     async fn exchange(&mut self, head_len: usize) -> Result<Next, Failure> {
-        let shared = self.shared.clone();
-        let cfg = &shared.cfg;
         let started = Instant::now();
-
-        // Routing: name, dtab headers, binding (cached).
-        let (route, framing, kind, client_close, expects_continue) = {
-            let buf = &self.buf[..];
-            let req = &self.req;
-            let hops = http::via_hops(req, buf);
-            if hops >= cfg.max_via_hops {
-                return Err(Failure::respond(
-                    508,
-                    ErrorKind::Loop,
-                    format!("request passed through {hops} proxies (Via); refusing a routing loop"),
-                ));
-            }
-            let framing = http::request_body(req, buf)?;
-            let mut orig_text = [0u8; 21];
-            shared
-                .identifier
-                .identify(
-                    &mut self.name,
-                    req.method(buf),
-                    req.minor_version(),
-                    name_authority(req.authority(buf), self.orig_dst, &mut orig_text),
-                )
-                .map_err(|e| Failure::Respond {
-                    status: 400,
-                    reason: e.to_string(),
-                    kind: ErrorKind::Unidentified,
-                    close: framing.length != BodyLength::None,
-                })?;
-            let mut ctx: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
-            let mut dtab: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
-            let (mut nctx, mut ndtab) = (0, 0);
-            let lines = req
-                .get_all(buf, "l5d-ctx-dtab")
-                .map(|v| (true, v))
-                .chain(req.get_all(buf, Known::L5dDtab).map(|v| (false, v)));
-            for (is_ctx, value) in lines {
-                let (slots, n) = if is_ctx {
-                    (&mut ctx, &mut nctx)
-                } else {
-                    (&mut dtab, &mut ndtab)
-                };
-                if *n == MAX_DTAB_HEADERS {
-                    return Err(Failure::respond(
-                        400,
-                        ErrorKind::BadDtab,
-                        "too many dtab header lines",
-                    ));
-                }
-                slots[*n] = value;
-                *n += 1;
-            }
-            route::route_key(&mut self.key, &ctx[..nctx], &dtab[..ndtab], &self.name);
-            let route = shared
-                .router
-                .route(&self.key, &ctx[..nctx], &dtab[..ndtab], &self.name)
-                .map_err(|e| match e {
-                    RouteError::BadDtab { .. } => Failure::Respond {
-                        status: 400,
-                        reason: e.to_string(),
-                        kind: ErrorKind::BadDtab,
-                        close: true,
-                    },
-                })?;
-            let client_close =
-                http::wants_close(req.minor_version(), req.get_all(buf, Known::Connection))
-                    || framing.close;
-            let expects_continue = http::expects_continue(req, buf);
-            (
-                route,
-                framing,
-                RequestKind::of(req, buf),
-                client_close,
-                expects_continue,
-            )
-        };
+        let (route, req) = self.route()?;
         // A refusal after routing keeps the connection only when the request
         // has no body left to skip.
-        let has_body = framing.length != BodyLength::None;
-        let client_minor = self.req.minor_version();
-        let dest = pick_dest(&route, &mut self.rng, has_body)?;
+        let dest = pick_dest(&route, &mut self.rng, req.body != BodyLength::None)?;
         dest.stats.requests.inc();
+        let whole = self.write_upstream_head(&route, dest, &req, head_len);
+        let mut upstream = self.send(dest, &req, whole, started).await?;
+        let answer = self
+            .await_final_response(dest, &req, whole, &mut upstream)
+            .await?;
+        self.relay(dest, &req, answer, upstream).await
+    }
 
-        // The head to send on.
+    /// Route: the request's logical name, its dtab headers, and the binding
+    /// (cached), with the facts the later steps decide on.
+    fn route(&mut self) -> Result<(Arc<Route>, RequestFacts), Failure> {
+        let shared = &*self.shared;
+        let buf = &self.from_client[..];
+        let req = &self.req;
+        let hops = http::via_hops(req, buf);
+        if hops >= shared.cfg.max_via_hops {
+            return Err(Failure::respond(
+                508,
+                ErrorKind::Loop,
+                format!("request passed through {hops} proxies (Via); refusing a routing loop"),
+            ));
+        }
+        let framing = http::request_body(req, buf)?;
+        let mut orig_text = [0u8; 21];
+        shared
+            .identifier
+            .identify(
+                &mut self.name,
+                req.method(buf),
+                req.minor_version(),
+                name_authority(req.authority(buf), self.orig_dst, &mut orig_text),
+            )
+            .map_err(|e| Failure::Respond {
+                status: 400,
+                reason: e.to_string(),
+                kind: ErrorKind::Unidentified,
+                close: framing.length != BodyLength::None,
+            })?;
+        let mut ctx: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
+        let mut dtab: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
+        let (mut nctx, mut ndtab) = (0, 0);
+        let lines = req
+            .get_all(buf, "l5d-ctx-dtab")
+            .map(|v| (true, v))
+            .chain(req.get_all(buf, Known::L5dDtab).map(|v| (false, v)));
+        for (is_ctx, value) in lines {
+            let (slots, n) = if is_ctx {
+                (&mut ctx, &mut nctx)
+            } else {
+                (&mut dtab, &mut ndtab)
+            };
+            if *n == MAX_DTAB_HEADERS {
+                return Err(Failure::respond(
+                    400,
+                    ErrorKind::BadDtab,
+                    "too many dtab header lines",
+                ));
+            }
+            slots[*n] = value;
+            *n += 1;
+        }
+        route::route_key(&mut self.key, &ctx[..nctx], &dtab[..ndtab], &self.name);
+        let route = shared
+            .router
+            .route(&self.key, &ctx[..nctx], &dtab[..ndtab], &self.name)
+            .map_err(|e| match e {
+                RouteError::BadDtab { .. } => Failure::Respond {
+                    status: 400,
+                    reason: e.to_string(),
+                    kind: ErrorKind::BadDtab,
+                    close: true,
+                },
+            })?;
+        Ok((route, RequestFacts::of(req, buf, framing)))
+    }
+
+    /// The head to send on, into `heads`, with the body when it arrived
+    /// whole with the head; the head leaves `from_client`. Returns whether
+    /// the request is whole in `heads` (and so can be written again).
+    fn write_upstream_head(
+        &mut self,
+        route: &Route,
+        dest: &Dest,
+        req: &RequestFacts,
+        head_len: usize,
+    ) -> bool {
         let mut reqid = [0u8; 16];
-        let has_reqid = self.req.get(&self.buf, Known::L5dReqid).is_some();
+        let has_reqid = self.req.get(&self.from_client, Known::L5dReqid).is_some();
         if !has_reqid {
             route::new_request_id(&mut self.rng, &mut reqid);
         }
@@ -486,7 +530,11 @@ impl Conn {
         // without one (routed by its original destination in the
         // transparent modes) gets that address, or an empty value.
         let mut host_text = [0u8; 21];
-        let host = missing_host(self.req.authority(&self.buf), self.orig_dst, &mut host_text);
+        let host = missing_host(
+            self.req.authority(&self.from_client),
+            self.orig_dst,
+            &mut host_text,
+        );
         let mut extra: [(&[u8], &[u8]); 6] = [(b"", b""); 6];
         let mut n = 0;
         for (k, v, on) in [
@@ -506,79 +554,93 @@ impl Conn {
                 n += 1;
             }
         }
-        self.out.clear();
+        self.heads.clear();
         http::write_request(
-            &mut self.out,
+            &mut self.heads,
             &self.req,
-            &self.buf,
-            &framing.length,
-            kind.upgrade,
+            &self.from_client,
+            &req.body,
+            req.kind.upgrade,
             is_proxy_header,
             &extra[..n],
         );
-        let idempotent = http::is_idempotent(self.req.method(&self.buf));
-        self.buf.drain(..head_len);
+        self.from_client.drain(..head_len);
         // A body that arrived whole with the head goes out with it.
-        let body_with_head =
-            take_whole_body(&mut self.buf, &framing.length, &mut self.out, &shared);
+        take_whole_body(
+            &mut self.from_client,
+            &req.body,
+            &mut self.heads,
+            &self.shared,
+        )
+    }
 
-        // A backend: pick, connect (ejecting what refuses), send the head.
-        // A request that must not meet a closed connection is only sent on
-        // one the kernel says is open.
-        let liveness = if idempotent && body_with_head {
-            Liveness::Cached
-        } else {
-            Liveness::Sure
-        };
-        let (mut backend, in_flight, mut reused) =
-            self.connect(dest, cfg, started, liveness).await?;
-        // A pooled connection can die between checkout and use (the backend
-        // closed it as idle just then). A request that is whole in `out`
-        // (head and body) is then sent again, once, on a new connection:
-        // when writing it failed (the backend cannot have had all of it),
-        // and, for idempotent methods only, when the connection closed
-        // before an answer (the backend may have acted on it; RFC 9110
-        // §9.2.2: a proxy must not retry other requests by itself).
-        let retryable = body_with_head;
+    /// Send: a backend connection (pooled or new), and the head (with the
+    /// body when whole) written on it. A pooled connection that fails the
+    /// write is replaced once when the policy allows.
+    async fn send(
+        &mut self,
+        dest: &Dest,
+        req: &RequestFacts,
+        whole: bool,
+        started: Instant,
+    ) -> Result<Upstream, Failure> {
+        let mut upstream = self
+            .connect(dest, started, policy::liveness(req, whole))
+            .await?;
         loop {
-            match stream::write_all(&backend, &self.out).await {
-                Ok(()) => break,
-                Err(e) if reused && retryable => {
-                    tracing::debug!(error = %e, "pooled connection failed; retrying on a new one");
-                    (backend, reused) = (self.reconnect(dest, &in_flight, cfg).await?, false);
+            match stream::write_all(&upstream.conn, &self.heads).await {
+                Ok(()) => return Ok(upstream),
+                Err(e) if policy::may_resend(req, upstream.attempt(whole), SendFailure::Write) => {
+                    tracing::debug!(error = %e, "pooled connection failed; sending on a new one");
+                    self.reconnect(dest, &mut upstream).await?;
                 }
                 Err(e) => {
                     dest.stats.response(502);
                     return Err(Failure::respond(
                         502,
                         ErrorKind::BackendDied,
-                        format!("writing to {}: {e}", in_flight.endpoint().addr()),
+                        format!("writing to {}: {e}", upstream.in_flight.backend().addr()),
                     ));
                 }
             }
         }
+    }
 
-        // Request body, unless the client waits for 100 Continue first.
-        let mut request_body_done = body_with_head;
-        // The backend stopped taking the body: its answer (if any) is read
-        // and relayed, and neither connection is kept.
-        let mut body_cut = false;
-        if !body_with_head && (!expects_continue || !self.buf.is_empty()) {
-            body_cut = !self.send_request_body(&backend, &framing.length).await?;
-            request_body_done = true;
+    /// Await the final response: the request body (unless the client waits
+    /// for a 100 Continue), interim responses relayed, the response
+    /// timeout from the send to the final head. A pooled connection that
+    /// closes before any answer is replaced once when the policy allows.
+    async fn await_final_response(
+        &mut self,
+        dest: &Dest,
+        req: &RequestFacts,
+        whole: bool,
+        upstream: &mut Upstream,
+    ) -> Result<Answer, Failure> {
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        let response_timeout = cfg.response_timeout;
+        let mut body = if whole {
+            RequestBody::Sent
+        } else {
+            RequestBody::Held
+        };
+        if !whole && (!req.expects_continue || !self.from_client.is_empty()) {
+            body = self.send_request_body(&upstream.conn, &req.body).await?;
         }
-
-        // Response head (relaying interim 1xx).
-        let mut client_close = client_close;
-        let mut relayed_interim = false;
-        let resp_head_len = loop {
+        loop {
             // While the body waits for a 100 Continue, the client may send
             // it anyway (it need not wait long, RFC 9110 §10.1.1): watch
             // for that too, or a backend that waits for the body and a
             // client that waits for an answer would wait on each other.
-            let body_held = !request_body_done;
+            let body_held = body == RequestBody::Held;
             let client = &self.client;
-            let head = read_response_head(&backend, &mut self.bbuf, &mut self.resp, &cfg.limits);
+            let head = read_response_head(
+                &upstream.conn,
+                &mut self.from_backend,
+                &mut self.resp,
+                &cfg.limits,
+            );
             let wait = async {
                 if body_held {
                     tokio::select! {
@@ -592,226 +654,220 @@ impl Conn {
             };
             let waited = self
                 .deadline
-                .within(&self.worker.watchdog, cfg.response_timeout, false, wait)
+                .within(&self.worker.watchdog, response_timeout, false, wait)
                 .await;
-            let head = match waited {
-                Ok(Waited::Head(head)) => Ok(head),
+            let head_len = match waited {
+                Ok(Waited::Head(Ok(n))) => n,
                 Ok(Waited::Client) => {
                     // Readiness can be stale: only bytes mean a body.
-                    match self.client.try_read_buf(&mut self.buf) {
+                    match self.client.try_read_buf(&mut self.from_client) {
                         Ok(0) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
-                        Ok(_) => {
-                            body_cut = !self.send_request_body(&backend, &framing.length).await?;
-                            request_body_done = true;
-                        }
+                        Ok(_) => body = self.send_request_body(&upstream.conn, &req.body).await?,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
                     }
                     continue;
                 }
-                Err(e) => Err(e),
-            };
-            let head_len = match head {
                 Err(Elapsed) => {
                     dest.stats.response(504);
                     return Err(Failure::respond(
                         504,
                         ErrorKind::BackendHead,
                         format!(
-                            "{} did not answer within {:?}",
-                            in_flight.endpoint().addr(),
-                            cfg.response_timeout
+                            "{} did not answer within {response_timeout:?}",
+                            upstream.in_flight.backend().addr(),
                         ),
                     ));
                 }
-                Ok(Err(ReadHeadError::ClosedBeforeResponse))
-                    if reused && retryable && idempotent && !relayed_interim =>
+                Ok(Waited::Head(Err(ReadHeadError::ClosedBeforeResponse)))
+                    if policy::may_resend(
+                        req,
+                        upstream.attempt(whole),
+                        SendFailure::ClosedBeforeResponse,
+                    ) =>
                 {
                     tracing::debug!(
-                        "pooled connection closed before answering; retrying on a new one"
+                        "pooled connection closed before answering; sending on a new one"
                     );
-                    (backend, reused) = (self.reconnect(dest, &in_flight, cfg).await?, false);
-                    if let Err(e) = stream::write_all(&backend, &self.out).await {
+                    self.reconnect(dest, upstream).await?;
+                    if let Err(e) = stream::write_all(&upstream.conn, &self.heads).await {
                         dest.stats.response(502);
                         return Err(Failure::respond(
                             502,
                             ErrorKind::BackendDied,
-                            format!("writing to {}: {e}", in_flight.endpoint().addr()),
+                            format!("writing to {}: {e}", upstream.in_flight.backend().addr()),
                         ));
                     }
                     continue;
                 }
-                Ok(Err(e)) => {
+                Ok(Waited::Head(Err(e))) => {
                     dest.stats.response(502);
                     return Err(Failure::respond(
                         502,
                         ErrorKind::BackendHead,
-                        format!("bad response from {}: {e}", in_flight.endpoint().addr()),
+                        format!(
+                            "bad response from {}: {e}",
+                            upstream.in_flight.backend().addr()
+                        ),
                     ));
                 }
-                Ok(Ok(n)) => n,
             };
             let status = self.resp.status();
             if (100..200).contains(&status) && status != 101 {
-                // Relay interim responses (hop-by-hop fields dropped), except
-                // to an HTTP/1.0 client, which cannot tell them from the
-                // final one (RFC 9110 §15.2). `out` is free: a request that
+                // Interim responses are relayed (hop-by-hop fields dropped)
+                // where the policy says; `heads` is free: a request that
                 // had an answer is not sent again.
-                if client_minor > 0 {
-                    self.out.clear();
-                    http::write_interim(&mut self.out, &self.resp, &self.bbuf);
-                    stream::write_all(&self.client, &self.out)
+                if policy::relays_interim(req) {
+                    self.heads.clear();
+                    http::write_interim(&mut self.heads, &self.resp, &self.from_backend);
+                    stream::write_all(&self.client, &self.heads)
                         .await
                         .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
                 }
-                self.bbuf.drain(..head_len);
-                relayed_interim = true;
-                if status == 100 && !request_body_done {
-                    body_cut = !self.send_request_body(&backend, &framing.length).await?;
-                    request_body_done = true;
+                self.from_backend.drain(..head_len);
+                upstream.interim_relayed = true;
+                if status == 100 && body == RequestBody::Held {
+                    body = self.send_request_body(&upstream.conn, &req.body).await?;
                 }
                 continue;
             }
-            break head_len;
-        };
-        if !request_body_done || body_cut {
-            // A final answer before the body was asked for (or taken whole):
-            // the client may or may not send the rest, so this connection
-            // cannot carry another request.
-            client_close = true;
+            let facts =
+                ResponseFacts::of(req.kind, &self.resp, &self.from_backend).map_err(|e| {
+                    dest.stats.response(502);
+                    Failure::respond(
+                        502,
+                        ErrorKind::BackendHead,
+                        format!(
+                            "bad response framing from {}: {e}",
+                            upstream.in_flight.backend().addr()
+                        ),
+                    )
+                })?;
+            return Ok(Answer {
+                facts,
+                head_len,
+                body,
+            });
         }
-        let status = self.resp.status();
-        let resp_framing = http::response_body(kind, &self.resp, &self.bbuf).map_err(|e| {
-            dest.stats.response(502);
-            Failure::respond(
-                502,
-                ErrorKind::BackendHead,
-                format!(
-                    "bad response framing from {}: {e}",
-                    in_flight.endpoint().addr()
-                ),
-            )
-        })?;
-        let backend_close = http::wants_close(
-            self.resp.minor_version(),
-            self.resp.get_all(&self.bbuf, Known::Connection),
-        ) || resp_framing.close;
-        let tunnel = resp_framing.length == BodyLength::Tunnel;
-        // An HTTP/1.0 client knows no chunked coding: it gets the body
-        // decoded, ended by closing the connection.
-        let dechunk = client_minor == 0 && resp_framing.length == BodyLength::Chunked;
-        let close_after = client_close || resp_framing.length == BodyLength::UntilClose || dechunk;
-        // An HTTP/1.0 client keeps its connection only when told so.
-        let keep_alive_1_0: &[(&[u8], &[u8])] = if client_minor == 0 && !close_after && !tunnel {
-            &[(b"Connection", b"keep-alive")]
-        } else {
-            &[]
+    }
+
+    /// Relay: the final response head as the policy decides, then its body
+    /// (or the tunnel), then the backend connection back to the pool and
+    /// the client connection kept or closed.
+    async fn relay(
+        &mut self,
+        dest: &Dest,
+        req: &RequestFacts,
+        answer: Answer,
+        upstream: Upstream,
+    ) -> Result<Next, Failure> {
+        let reply = policy::after_response(req, &answer.facts, answer.body);
+        let resp_body = answer.facts.body;
+        self.heads.clear();
+        let connection: &[(&[u8], &[u8])] = match reply.connection {
+            ConnectionField::KeepAlive => &[(b"Connection", b"keep-alive")],
+            ConnectionField::Omit | ConnectionField::Close => &[],
         };
-        self.out.clear();
-        if dechunk {
-            http::write_response_dechunked(&mut self.out, &self.resp, &self.bbuf, &[]);
+        if reply.relay == Relay::Dechunked {
+            http::write_response_dechunked(&mut self.heads, &self.resp, &self.from_backend, &[]);
         } else {
             http::write_response(
-                &mut self.out,
+                &mut self.heads,
                 &self.resp,
-                &self.bbuf,
-                &resp_framing.length,
-                tunnel,
-                close_after && !tunnel,
-                keep_alive_1_0,
+                &self.from_backend,
+                &resp_body,
+                reply.relay == Relay::Tunnel,
+                reply.connection == ConnectionField::Close,
+                connection,
             );
         }
-        self.bbuf.drain(..resp_head_len);
-        dest.stats.response(status);
+        self.from_backend.drain(..answer.head_len);
+        dest.stats.response(answer.facts.status);
         // A body already read whole goes out with the head: one write, one
         // wake-up of the client.
-        let body_with_head = !tunnel
-            && !dechunk
+        let body_with_head = reply.relay == Relay::AsFramed
             && take_whole_body(
-                &mut self.bbuf,
-                &resp_framing.length,
-                &mut self.out,
+                &mut self.from_backend,
+                &resp_body,
+                &mut self.heads,
                 &self.shared,
             );
-        stream::write_all(&self.client, &self.out)
+        stream::write_all(&self.client, &self.heads)
             .await
             .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
 
-        if tunnel {
-            // Whatever either side sent after the heads goes first.
-            if !self.bbuf.is_empty() {
-                stream::write_all(&self.client, &self.bbuf)
-                    .await
-                    .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
+        let Upstream {
+            conn: backend,
+            in_flight,
+            ..
+        } = upstream;
+        match reply.relay {
+            Relay::Tunnel => {
+                // Whatever either side sent after the heads goes first.
+                if !self.from_backend.is_empty() {
+                    stream::write_all(&self.client, &self.from_backend)
+                        .await
+                        .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
+                }
+                if !self.from_client.is_empty() {
+                    stream::write_all(&backend, &self.from_client)
+                        .await
+                        .map_err(|_| Failure::Close(Some(ErrorKind::BackendDied)))?;
+                }
+                dest.stats.latency.observe(in_flight.started().elapsed());
+                drop(in_flight);
+                let sent_first = (self.from_backend.len() + self.from_client.len()) as u64;
+                self.tunnel(&backend, sent_first).await;
+                return Ok(Next::Close);
             }
-            if !self.buf.is_empty() {
-                stream::write_all(&backend, &self.buf)
-                    .await
-                    .map_err(|_| Failure::Close(Some(ErrorKind::BackendDied)))?;
+            Relay::Dechunked => self.relay_dechunked(&backend).await?,
+            Relay::AsFramed if !body_with_head => {
+                self.relay_response_body(&backend, &resp_body).await?
             }
-            dest.stats.latency.observe(started.elapsed());
-            drop(in_flight);
-            let sent_first = (self.bbuf.len() + self.buf.len()) as u64;
-            self.tunnel(&backend, sent_first).await;
-            return Ok(Next::Close);
+            Relay::AsFramed => {}
         }
-
-        if dechunk {
-            self.relay_dechunked(&backend).await?;
-        } else if !body_with_head {
-            self.relay_response_body(&backend, &resp_framing.length)
-                .await?;
-        }
-        let endpoint = in_flight.endpoint().clone();
+        let addr = in_flight.backend().addr();
         dest.stats.latency.observe(in_flight.finish(Instant::now()));
         // Bytes after the response's end belong to no request: a backend
         // that sent them is out of step, and they must not be read as the
         // next response (the buffer is this client's, whichever backend the
         // next request goes to).
-        let stray = !self.bbuf.is_empty();
+        let stray = !self.from_backend.is_empty();
         if stray {
             tracing::warn!(
-                backend = %endpoint.addr(),
-                bytes = self.bbuf.len(),
+                backend = %addr,
+                bytes = self.from_backend.len(),
                 "backend sent bytes after its response; connection dropped"
             );
-            self.bbuf.clear();
+            self.from_backend.clear();
         }
-        // Pooled only when clean: the whole exchange done on both sides (a
-        // backend that answered before taking the request body may still
-        // read it, and would take the next request's bytes for its rest).
-        if !backend_close
-            && !stray
-            && request_body_done
-            && !body_cut
-            && resp_framing.length != BodyLength::UntilClose
-        {
+        if reply.pool_backend && !stray {
             let now = self.worker.watchdog.now_ms();
-            self.worker
-                .pool
-                .borrow_mut()
-                .put(endpoint.addr(), backend, now);
+            self.worker.pool.borrow_mut().put(addr, backend, now);
         }
-        if close_after {
-            stream::shutdown_write(&self.client);
-            if body_cut || !request_body_done {
-                // The client may still be sending the body nobody took.
-                self.linger().await;
+        match reply.client {
+            ClientNext::KeepAlive => Ok(Next::KeepAlive),
+            ClientNext::Close { linger } => {
+                stream::shutdown_write(&self.client);
+                if linger {
+                    self.linger().await;
+                }
+                Ok(Next::Close)
             }
-            return Ok(Next::Close);
+            ClientNext::AfterTunnel => Ok(Next::Close),
         }
-        Ok(Next::KeepAlive)
     }
 
-    /// Picks a backend of `dest` and connects, trying others when a connect
+    /// Picks a backend of `dest` and connects (a pooled connection checked
+    /// as `liveness` says, or a new one), trying others when a connect
     /// fails (each failure ejects that backend for a while).
     async fn connect(
         &mut self,
         dest: &Dest,
-        cfg: &super::ProxyConfig,
         started: Instant,
         liveness: Liveness,
-    ) -> Result<(TcpStream, InFlight, bool), Failure> {
+    ) -> Result<Upstream, Failure> {
+        let cfg = &self.shared.cfg;
         let attempts = dest.balancer.len().clamp(1, 3);
         let mut last = String::new();
         for _ in 0..attempts {
@@ -829,24 +885,32 @@ impl Conn {
                 .pool
                 .borrow_mut()
                 .take(backend.addr(), now, liveness);
-            if let Some(stream) = pooled {
-                return Ok((stream, backend.start_at(started), true));
-            }
-            match pool::connect(backend.addr(), &cfg.pool, &self.worker.watchdog).await {
-                Ok(stream) => return Ok((stream, backend.start_at(started), false)),
-                // The proxy's own shortage: the backend keeps its place, and
-                // another would fare no better.
-                Err(e) if e.is_local() => {
-                    tracing::warn!(dst = %dest.id, error = %e, "connect failed here; backend kept");
-                    last = e.to_string();
-                    break;
-                }
-                Err(e) => {
-                    backend.eject(cfg.eject);
-                    tracing::warn!(dst = %dest.id, error = %e, "connect failed; backend ejected for {:?}", cfg.eject);
-                    last = e.to_string();
-                }
-            }
+            let (conn, reused) = match pooled {
+                Some(conn) => (conn, true),
+                None => match pool::connect(backend.addr(), &cfg.pool, &self.worker.watchdog).await
+                {
+                    Ok(conn) => (conn, false),
+                    // The proxy's own shortage: the backend keeps its place,
+                    // and another would fare no better.
+                    Err(e) if e.is_local() => {
+                        tracing::warn!(dst = %dest.id, error = %e, "connect failed here; backend kept");
+                        last = e.to_string();
+                        break;
+                    }
+                    Err(e) => {
+                        backend.eject(cfg.eject);
+                        tracing::warn!(dst = %dest.id, error = %e, "connect failed; backend ejected for {:?}", cfg.eject);
+                        last = e.to_string();
+                        continue;
+                    }
+                },
+            };
+            return Ok(Upstream {
+                conn,
+                in_flight: backend.start_at(started),
+                reused,
+                interim_relayed: false,
+            });
         }
         dest.stats.response(502);
         Err(Failure::respond(
@@ -856,37 +920,40 @@ impl Conn {
         ))
     }
 
-    /// A new connection to the backend `in_flight` is for (bypassing the pool).
-    async fn reconnect(
-        &mut self,
-        dest: &Dest,
-        in_flight: &InFlight,
-        cfg: &super::ProxyConfig,
-    ) -> Result<TcpStream, Failure> {
-        pool::connect(
-            in_flight.endpoint().addr(),
-            &cfg.pool,
-            &self.worker.watchdog,
-        )
-        .await
-        .map_err(|e| {
-            if !e.is_local() {
-                in_flight.endpoint().eject(cfg.eject);
+    /// Replaces `upstream`'s connection with a new one to the same backend
+    /// (bypassing the pool).
+    async fn reconnect(&mut self, dest: &Dest, upstream: &mut Upstream) -> Result<(), Failure> {
+        let cfg = &self.shared.cfg;
+        let backend = upstream.in_flight.backend();
+        match pool::connect(backend.addr(), &cfg.pool, &self.worker.watchdog).await {
+            Ok(conn) => {
+                upstream.conn = conn;
+                upstream.reused = false;
+                Ok(())
             }
-            dest.stats.response(502);
-            Failure::respond(502, ErrorKind::ConnectFailed, format!("{}: {e}", dest.id))
-        })
+            Err(e) => {
+                if !e.is_local() {
+                    backend.eject(cfg.eject);
+                }
+                dest.stats.response(502);
+                Err(Failure::respond(
+                    502,
+                    ErrorKind::ConnectFailed,
+                    format!("{}: {e}", dest.id),
+                ))
+            }
+        }
     }
 
-    /// Sends the request body: first what is already in `buf`, then the rest
-    /// from the client, spliced when its length is known and large. `false`
-    /// when the backend stopped taking it (it may have answered already,
-    /// say 413, and closed): the caller reads what it said.
+    /// Sends the request body: first what is already in `from_client`, then
+    /// the rest from the client, spliced when its length is known and
+    /// large. `Cut` when the backend stopped taking it (it may have
+    /// answered already, say 413, and closed): the caller reads what it said.
     async fn send_request_body(
         &mut self,
         backend: &TcpStream,
         body: &BodyLength,
-    ) -> Result<bool, Failure> {
+    ) -> Result<RequestBody, Failure> {
         let threshold = self.shared.cfg.splice_threshold;
         let metrics = self.shared.metrics.clone();
         let after = self.shared.cfg.body_timeout;
@@ -895,8 +962,8 @@ impl Conn {
         let moving = move_body(
             &self.client,
             backend,
-            &mut self.buf,
-            &mut self.copy,
+            &mut self.from_client,
+            &mut self.scratch,
             &mut self.pipe,
             body,
             Moving {
@@ -908,7 +975,7 @@ impl Conn {
             Ok(Ok(moved)) => moved,
             Ok(Err(MoveError::To(e))) => {
                 tracing::debug!(peer = %self.peer, error = %e, "backend stopped taking the request body");
-                return Ok(false);
+                return Ok(RequestBody::Cut);
             }
             Ok(Err(MoveError::From(_))) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
             Ok(Err(MoveError::Framing(e))) => return Err(Failure::from(e)),
@@ -923,7 +990,7 @@ impl Conn {
         };
         metrics.bytes_copied.inc_by(moved.copied);
         metrics.bytes_spliced.inc_by(moved.spliced);
-        Ok(true)
+        Ok(RequestBody::Sent)
     }
 
     /// Relays a chunked response body as its bare data.
@@ -934,8 +1001,8 @@ impl Conn {
         let moving = dechunk_body(
             backend,
             &self.client,
-            &mut self.bbuf,
-            &mut self.copy,
+            &mut self.from_backend,
+            &mut self.scratch,
             &progress,
         );
         let Ok(moved) = deadline.within(watchdog, after, false, moving).await else {
@@ -967,8 +1034,8 @@ impl Conn {
         let moving = move_body(
             backend,
             &self.client,
-            &mut self.bbuf,
-            &mut self.copy,
+            &mut self.from_backend,
+            &mut self.scratch,
             &mut self.pipe,
             body,
             Moving {

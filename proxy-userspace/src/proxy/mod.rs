@@ -15,6 +15,7 @@
 
 pub mod conn;
 pub mod park;
+pub mod policy;
 pub mod pool;
 pub mod splice;
 mod stream;
