@@ -16,7 +16,7 @@
 use std::{
     io::Write,
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::AsRawFd,
+    os::fd::AsFd,
     process::{Command, Stdio},
 };
 
@@ -140,25 +140,9 @@ impl Drop for NftRules {
 }
 
 /// The destination a DNATed connection was addressed to, from conntrack.
-pub fn so_original_dst(socket: &impl AsRawFd) -> Option<SocketAddrV4> {
-    const SO_ORIGINAL_DST: libc::c_int = 80;
-    // SAFETY: a zeroed sockaddr_in is a valid value to be overwritten.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: `addr` and `len` are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_IP,
-            SO_ORIGINAL_DST,
-            (&mut addr as *mut libc::sockaddr_in).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then(|| {
-        SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-            u16::from_be(addr.sin_port),
-        )
-    })
+pub fn so_original_dst(socket: &impl AsFd) -> Option<SocketAddrV4> {
+    socket2::SockRef::from(socket)
+        .original_dst_v4()
+        .ok()?
+        .as_socket_ipv4()
 }

@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use socket2::{Domain, Socket, Type};
+
 /// One listener per worker on `addr`, all with SO_REUSEPORT (and
 /// SO_REUSEADDR: a restart must not wait out TIME_WAIT) and a deep backlog.
 /// With port 0, the first picks the port and the others take the same.
@@ -18,85 +20,45 @@ pub(super) fn bind_workers(
     Ok(listeners)
 }
 
+/// A non-blocking listener on `addr` (`Socket::new` sets close-on-exec).
 fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: socket(2) with constant arguments; the descriptor is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket nothing else owns.
-    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt with an int option on a valid descriptor.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    let listener = std::net::TcpListener::from(socket);
-    let (storage, len) = sockaddr(addr);
-    // SAFETY: `storage` holds a sockaddr of `len` bytes for this family.
-    if unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: listen on a bound socket.
-    if unsafe { libc::listen(fd, 4096) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(listener)
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// Whether `fd` is close-on-exec, from /proc/self/fdinfo (`flags` is
+    /// octal; O_CLOEXEC is 0o2000000).
+    fn cloexec(fd: i32) -> bool {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .expect("a flags line");
+        u32::from_str_radix(flags.trim(), 8).unwrap() & 0o2000000 != 0
+    }
+
+    #[test]
+    fn workers_share_one_port_with_non_blocking_listeners() {
+        let listeners = bind_workers("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let port = listeners[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        for l in &listeners {
+            assert_eq!(l.local_addr().unwrap().port(), port);
+            let s = socket2::SockRef::from(l);
+            assert!(s.reuse_port().unwrap() && s.reuse_address().unwrap());
+            assert!(s.is_listener().unwrap());
+            assert!(s.nonblocking().unwrap());
+            assert!(cloexec(l.as_raw_fd()));
         }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: as above, for sockaddr_in6.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
+    }
 }
