@@ -1252,6 +1252,17 @@ async fn read_response_head(
             Ok(0) if bbuf.is_empty() => return Err(ReadHeadError::ClosedBeforeResponse),
             Ok(0) => return Err(ReadHeadError::Closed),
             Ok(_) => {}
+            // A reset before any byte is an end too: the backend closed a
+            // connection that still had the request unread.
+            Err(e)
+                if bbuf.is_empty()
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                return Err(ReadHeadError::ClosedBeforeResponse);
+            }
             Err(e) => return Err(ReadHeadError::Io(e)),
         }
     }

@@ -1,0 +1,196 @@
+//! Pooled backend connections that the backend closed while they sat idle
+//! must not turn requests into 502s, also when the proxy meets hundreds of
+//! such closes at once: the runtime takes events in batches, and a
+//! hang-up queued behind a batch of client requests is not yet known to
+//! it when those requests check connections out of the pool.
+
+use std::{
+    io::{self, BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use sidetrack_tests::{TempDir, proxy::Proxy};
+
+/// Client connections, each with a request in flight at once.
+const CLIENTS: usize = 300;
+/// Times the backend closes every idle connection and the clients fire.
+const ROUNDS: usize = 4;
+
+/// A keep-alive backend (a thread per connection) that can close every
+/// connection it holds, as a backend does with idle ones.
+struct ClosingBackend {
+    addr: SocketAddr,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+    requests: Arc<AtomicU64>,
+}
+
+impl ClosingBackend {
+    fn start() -> ClosingBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (open2, requests2) = (open.clone(), requests.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                open2.lock().unwrap().push(conn.try_clone().unwrap());
+                let requests = requests2.clone();
+                thread::spawn(move || serve(conn, &requests));
+            }
+        });
+        ClosingBackend {
+            addr,
+            open,
+            requests,
+        }
+    }
+
+    /// Closes every connection (all idle: no request is in flight).
+    fn close_all(&self) -> usize {
+        let mut open = self.open.lock().unwrap();
+        for conn in open.iter() {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+        let n = open.len();
+        open.clear();
+        n
+    }
+}
+
+/// Answers each request with its body's length, until the connection ends.
+fn serve(conn: TcpStream, requests: &AtomicU64) -> io::Result<()> {
+    conn.set_nodelay(true)?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut writer = conn;
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        requests.fetch_add(1, Ordering::Relaxed);
+        let answer = format!("got {length}");
+        write!(
+            writer,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        )?;
+    }
+}
+
+/// The status of one response read from `r` (its body skipped).
+fn read_status(r: &mut BufReader<TcpStream>) -> io::Result<u16> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no status line: {line:?}")))?;
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; length];
+    r.read_exact(&mut body)?;
+    Ok(status)
+}
+
+/// Every client sends its request before any response is read, so that
+/// the proxy finds hundreds of sockets ready at once; returns the statuses.
+fn fire(clients: &mut [BufReader<TcpStream>], request: &[u8]) -> Vec<u16> {
+    for c in clients.iter_mut() {
+        c.get_mut().write_all(request).unwrap();
+    }
+    clients
+        .iter_mut()
+        .map(|c| read_status(c).unwrap_or(0))
+        .collect()
+}
+
+fn non_200(statuses: &[u16]) -> Vec<u16> {
+    statuses.iter().copied().filter(|s| *s != 200).collect()
+}
+
+#[test]
+fn requests_meeting_pooled_connections_the_backend_closed_all_succeed() {
+    let backend = ClosingBackend::start();
+    let dir = TempDir::new("pool-closed");
+    dir.write("web", &format!("127.0.0.1 {}\n", backend.addr.port()));
+    let proxy = Proxy::with_fs_namer(
+        &dir,
+        "pool:\n  max_idle_per_backend: 1000\nlimits:\n  max_connections: 2000\n",
+        &[],
+    );
+    let mut clients: Vec<BufReader<TcpStream>> = (0..CLIENTS)
+        .map(|_| {
+            let c = TcpStream::connect(proxy.addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            c.set_nodelay(true).unwrap();
+            BufReader::new(c)
+        })
+        .collect();
+    let post = b"POST /orders HTTP/1.1\r\nHost: web\r\nContent-Length: 64\r\n\r\n\
+                 0123456789012345678901234567890123456789012345678901234567890123";
+    let get = b"GET /orders HTTP/1.1\r\nHost: web\r\n\r\n";
+    // The pool fills with many connections.
+    assert_eq!(non_200(&fire(&mut clients, post)), Vec::<u16>::new());
+    let mut closed = 0;
+    for round in 0..ROUNDS {
+        // The backend closes every idle connection; the ends are in the
+        // proxy's sockets before the next requests leave the clients.
+        closed += backend.close_all();
+        let request: &[u8] = if round % 2 == 0 { post } else { get };
+        let statuses = fire(&mut clients, request);
+        assert_eq!(
+            non_200(&statuses),
+            Vec::<u16>::new(),
+            "round {round}: every request succeeds on a new connection"
+        );
+    }
+    assert!(
+        closed >= 2 * CLIENTS,
+        "the backend closed {closed} connections over the rounds"
+    );
+    let served = backend.requests.load(Ordering::Relaxed);
+    assert_eq!(
+        served,
+        ((ROUNDS + 1) * CLIENTS) as u64,
+        "each request reached the backend exactly once"
+    );
+    drop(proxy);
+}
