@@ -343,7 +343,10 @@ mod tests {
         drop(first);
         second.write_all(b"stray").unwrap();
         // No await since: the event loop has not taken the new events, so
-        // only a question to the kernel sees them.
+        // the runtime's readiness still says nothing is there (it was last
+        // cleared by an empty read), and only a question to the kernel
+        // sees the end.
+        assert!(is_open(&closed, Liveness::Cached), "the cache is behind");
         assert!(!is_open(&closed, Liveness::Sure), "the end is seen");
         assert!(!is_open(&dirty, Liveness::Sure), "stray bytes are seen");
         pool.put(addr, closed, 1_000);
