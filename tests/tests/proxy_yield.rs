@@ -12,7 +12,7 @@ use std::{
     thread,
 };
 
-use sidetrack::cli::run::{allowed_cpus, pin};
+use sidetrack::cli::run::{allowed_cpus, pin_current};
 use sidetrack_tests::{TempDir, backend::Backend, client::Client, proxy::Proxy};
 
 /// Requests measured per setting, after `WARM_UP` ones.
@@ -112,8 +112,7 @@ fn a_worker_sharing_its_cpu_yields_to_its_peers_instead_of_sleeping() {
     let cpu = *allowed_cpus().unwrap().last().expect("an allowed CPU");
     // The client (this thread), the backend's threads and the proxy all
     // on one CPU: what this thread starts from here inherits its mask.
-    // SAFETY: pthread_self has no preconditions.
-    pin(unsafe { libc::pthread_self() }, cpu).unwrap();
+    pin_current(cpu).unwrap();
     let dir = TempDir::new("yield");
     let web = Backend::start("web");
     dir.write("web", &web.fs_line());

@@ -42,7 +42,7 @@ use crate::{
     route::{Identifier, Router},
 };
 
-pub use affinity::{allowed_cpus, pin};
+pub use affinity::{allowed_cpus, pin, pin_current};
 use interception::start_interception;
 use limits::raise_fd_limit;
 use listen::bind_workers;
@@ -222,9 +222,7 @@ impl RunArgs {
                 .map_err(|e| format!("starting worker {i}: {e}"))?;
             // Pinned from here, before the proxy says it is ready.
             if let Some(cpu) = cpu {
-                use std::os::unix::thread::JoinHandleExt;
-                pin(handle.as_pthread_t(), cpu)
-                    .map_err(|e| format!("pinning worker {i} to CPU {cpu}: {e}"))?;
+                pin(&handle, cpu).map_err(|e| format!("pinning worker {i} to CPU {cpu}: {e}"))?;
             }
             handles.push(handle);
         }
