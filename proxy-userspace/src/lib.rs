@@ -9,6 +9,9 @@
 //! metrics they count into; `admin` serves them and the delegator; `config` holds the settings; `cli` is the command line;
 //! `logging` sets up `tracing`.
 
+// Every `unsafe` block says, in a SAFETY comment, why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod admin;
 pub mod cli;
 pub mod config;

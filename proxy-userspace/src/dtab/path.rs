@@ -200,7 +200,9 @@ fn build(total: usize, fill: impl FnOnce(&mut Writer<'_>)) -> Arc<[u8]> {
     let mut w = Writer { dst, pos: 0 };
     fill(&mut w);
     assert_eq!(w.pos, total, "a path buffer is written in full");
-    // SAFETY: the assertion above shows every byte of the buffer was written.
+    // SAFETY: `Writer::raw`, the only writer, fills the buffer front to
+    // back and moves `pos` past what it wrote, so `pos == total` (asserted
+    // above) means every byte is initialised.
     unsafe { buf.assume_init() }
 }
 

@@ -38,7 +38,9 @@ impl LogForwarder {
                         revents: 0,
                     };
                     while !stop.load(Ordering::Relaxed) {
-                        // SAFETY: one valid pollfd that lives across the call.
+                        // SAFETY: `pfd` is one live pollfd (the count
+                        // passed), which poll writes `revents` of; its
+                        // descriptor is `logger`'s, open while it lives.
                         let ready = unsafe { libc::poll(&mut pfd, 1, 100) };
                         if ready > 0 {
                             logger.flush();

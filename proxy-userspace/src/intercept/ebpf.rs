@@ -196,8 +196,12 @@ impl OrigDstMap {
             value: value.map_or(0, |v| v as *mut OrigDst as u64),
             flags: 0,
         };
-        // SAFETY: the attribute block points at a key and (for a lookup) a
-        // value of the map's sizes, both live for the call.
+        // SAFETY: `attr` is the element commands' bpf_attr, of the size
+        // passed; its key points at a live SockKey and its value (0 for a
+        // delete) at a live, writable OrigDst, which are this map's key and
+        // value types (aya checked their sizes when it opened the map), and
+        // neither pointer outlives the call. OrigDst is plain integers, so
+        // any bytes the kernel writes into it are a valid value.
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -217,8 +221,7 @@ impl EbpfDataPath {
     /// Loads the programs and attaches them: `sk_msg` to the SOCKHASH first,
     /// then `sockops` to `opts.cgroup`.
     pub fn load(opts: &EbpfOptions) -> Result<Self, InterceptError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !super::is_root() {
             return Err(InterceptError::NotRoot);
         }
         cgroup::check_v2_dir(&opts.cgroup).map_err(InterceptError::Cgroup)?;

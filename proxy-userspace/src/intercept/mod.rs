@@ -48,3 +48,9 @@ impl OrigDst {
 }
 
 pub use ebpf::{Counters, EbpfDataPath, EbpfOptions, InterceptError, InterceptSpec, OrigDstMap};
+
+/// Whether the process runs with effective uid 0, as both modes need.
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

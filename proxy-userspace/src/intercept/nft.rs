@@ -35,8 +35,7 @@ impl NftRules {
         exclude_ports: &[u16],
         mark: u32,
     ) -> Result<NftRules, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !super::is_root() {
             return Err("iptables interception needs root (CAP_NET_ADMIN)".into());
         }
         if cidrs.is_empty() {

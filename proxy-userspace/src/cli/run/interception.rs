@@ -89,7 +89,8 @@ pub(super) fn start_interception(
             // freed again), and glibc keeps freed heap pages: hand them
             // back, about 2 MB of the idle proxy's RSS.
             #[cfg(target_env = "gnu")]
-            // SAFETY: malloc_trim has no preconditions.
+            // SAFETY: malloc_trim has no preconditions: it takes the
+            // allocator's locks itself and gives back only free pages.
             unsafe {
                 libc::malloc_trim(0)
             };

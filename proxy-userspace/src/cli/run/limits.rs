@@ -9,7 +9,8 @@ pub(super) fn raise_fd_limit(max_connections: usize) {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit and setrlimit on a valid rlimit struct.
+    // SAFETY: RLIMIT_NOFILE is a valid resource, and `lim` a live rlimit
+    // that getrlimit writes and setrlimit reads, within its size.
     let raised = unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
             lim.rlim_cur = lim.rlim_max;
