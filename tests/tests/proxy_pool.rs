@@ -1,8 +1,10 @@
 //! Pooled backend connections that the backend closed while they sat idle
 //! must not turn requests into 502s, also when the proxy meets hundreds of
-//! such closes at once: the runtime takes events in batches, and a
-//! hang-up queued behind a batch of client requests is not yet known to
-//! it when those requests check connections out of the pool.
+//! such closes at once: the runtime takes events in batches (tokio: 1,024
+//! a turn), and a hang-up queued behind a batch of client requests is not
+//! yet known to it when those requests check connections out of the pool.
+//! The test stops the proxy, queues every client's request and then every
+//! backend close, and lets it go on: the first batch is all requests.
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
@@ -17,10 +19,11 @@ use std::{
 
 use sidetrack_tests::{TempDir, proxy::Proxy};
 
-/// Client connections, each with a request in flight at once.
-const CLIENTS: usize = 300;
+/// Client connections, each with a request in flight at once: more than
+/// one batch of the runtime's events.
+const CLIENTS: usize = 1_100;
 /// Times the backend closes every idle connection and the clients fire.
-const ROUNDS: usize = 4;
+const ROUNDS: usize = 3;
 
 /// A keep-alive backend (a thread per connection) that can close every
 /// connection it holds, as a backend does with idle ones.
@@ -131,11 +134,26 @@ fn read_status(r: &mut BufReader<TcpStream>) -> io::Result<u16> {
 }
 
 /// Every client sends its request before any response is read, so that
-/// the proxy finds hundreds of sockets ready at once; returns the statuses.
-fn fire(clients: &mut [BufReader<TcpStream>], request: &[u8]) -> Vec<u16> {
+/// the proxy finds them ready at once, and after them `then` runs (with
+/// the proxy `pid` stopped meanwhile when given); returns the statuses.
+fn fire(
+    clients: &mut [BufReader<TcpStream>],
+    request: &[u8],
+    pid: Option<u32>,
+    then: impl FnOnce(),
+) -> Vec<u16> {
+    let signal = |sig| {
+        if let Some(pid) = pid {
+            // SAFETY: kill(2) on the proxy this test started.
+            assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+        }
+    };
+    signal(libc::SIGSTOP);
     for c in clients.iter_mut() {
         c.get_mut().write_all(request).unwrap();
     }
+    then();
+    signal(libc::SIGCONT);
     clients
         .iter_mut()
         .map(|c| read_status(c).unwrap_or(0))
@@ -146,14 +164,35 @@ fn non_200(statuses: &[u16]) -> Vec<u16> {
     statuses.iter().copied().filter(|s| *s != 200).collect()
 }
 
+/// Raises this process's soft limit on open files to the hard one: the
+/// test holds two descriptors per client and two per backend connection.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit on a valid rlimit struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    assert!(
+        lim.rlim_cur >= 8 * CLIENTS as u64,
+        "{} open files",
+        lim.rlim_cur
+    );
+}
+
 #[test]
 fn requests_meeting_pooled_connections_the_backend_closed_all_succeed() {
+    raise_fd_limit();
     let backend = ClosingBackend::start();
     let dir = TempDir::new("pool-closed");
     dir.write("web", &format!("127.0.0.1 {}\n", backend.addr.port()));
     let proxy = Proxy::with_fs_namer(
         &dir,
-        "pool:\n  max_idle_per_backend: 1000\nlimits:\n  max_connections: 2000\n",
+        "pool:\n  max_idle_per_backend: 5000\nlimits:\n  max_connections: 5000\n",
         &[],
     );
     let mut clients: Vec<BufReader<TcpStream>> = (0..CLIENTS)
@@ -167,15 +206,16 @@ fn requests_meeting_pooled_connections_the_backend_closed_all_succeed() {
     let post = b"POST /orders HTTP/1.1\r\nHost: web\r\nContent-Length: 64\r\n\r\n\
                  0123456789012345678901234567890123456789012345678901234567890123";
     let get = b"GET /orders HTTP/1.1\r\nHost: web\r\n\r\n";
-    // The pool fills with many connections.
-    assert_eq!(non_200(&fire(&mut clients, post)), Vec::<u16>::new());
+    // The pool fills with a connection per client.
+    let statuses = fire(&mut clients, post, None, || {});
+    assert_eq!(non_200(&statuses), Vec::<u16>::new());
     let mut closed = 0;
     for round in 0..ROUNDS {
-        // The backend closes every idle connection; the ends are in the
-        // proxy's sockets before the next requests leave the clients.
-        closed += backend.close_all();
+        // With the proxy stopped, every client's request is queued, and
+        // then the backend closes every idle connection.
         let request: &[u8] = if round % 2 == 0 { post } else { get };
-        let statuses = fire(&mut clients, request);
+        let pid = Some(proxy.child.id());
+        let statuses = fire(&mut clients, request, pid, || closed += backend.close_all());
         assert_eq!(
             non_200(&statuses),
             Vec::<u16>::new(),
@@ -183,7 +223,7 @@ fn requests_meeting_pooled_connections_the_backend_closed_all_succeed() {
         );
     }
     assert!(
-        closed >= 2 * CLIENTS,
+        closed >= CLIENTS,
         "the backend closed {closed} connections over the rounds"
     );
     let served = backend.requests.load(Ordering::Relaxed);

@@ -21,7 +21,10 @@ use std::{
     collections::HashMap, io, mem::MaybeUninit, net::SocketAddr, os::fd::AsRawFd, time::Duration,
 };
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::{
+    io::Interest,
+    net::{TcpSocket, TcpStream},
+};
 
 use super::watchdog::Watchdog;
 
@@ -105,7 +108,19 @@ impl Pool {
     }
 
     /// Keeps `stream`, whose last exchange ended cleanly, for reuse.
+    ///
+    /// Its read readiness is cleared here, with no system call: the
+    /// exchange read everything it was owed, so anything that comes now is
+    /// an end or bytes nobody asked for, and either brings a new event.
+    /// A `Cached` checkout then reads the socket only when such an event
+    /// came (tokio keeps a hang-up sticky), not once per request. In eBPF
+    /// mode bytes can wait in the other of a socket's two queues (see
+    /// `stream`), but for a pooled connection those would be unasked
+    /// bytes, which a `Sure` checkout still sees.
     pub fn put(&mut self, addr: SocketAddr, stream: TcpStream, now_ms: u64) {
+        let _ = stream.try_io(Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
         let cfg = self.cfg;
         if now_ms.saturating_sub(self.last_sweep_ms) >= cfg.idle_timeout.as_millis() as u64 / 2 {
             self.last_sweep_ms = now_ms;
@@ -353,6 +368,30 @@ mod tests {
         pool.put(addr, dirty, 1_000);
         assert!(pool.take(addr, 1_000, Liveness::Sure).is_none());
         assert!(pool.is_empty());
+    }
+
+    /// A pooled connection costs no read at checkout until an event comes
+    /// for it; an end that the runtime has taken is seen then.
+    #[tokio::test]
+    async fn a_hang_up_the_runtime_has_taken_is_seen_without_a_peek() {
+        let dog = Watchdog::default();
+        let (l, addr) = listener();
+        let mut pool = pool();
+        let conn = connect(addr, pool.config(), &dog).await.unwrap();
+        let (mut peer, _) = l.accept().unwrap();
+        peer.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        let mut got = vec![0u8; 64];
+        crate::proxy::stream::read(&conn, &mut got).await.unwrap();
+        // The response read whole, readiness still set by its event.
+        pool.put(addr, conn, 1_000);
+        let conn = pool.take(addr, 1_000, Liveness::Cached).unwrap();
+        pool.put(addr, conn, 1_000);
+        drop(peer);
+        // Let the runtime's driver take the hang-up's event.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(pool.take(addr, 1_000, Liveness::Cached).is_none());
     }
 
     /// A socket bound to a source address leaves the choice of its port to
