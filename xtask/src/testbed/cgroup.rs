@@ -29,7 +29,19 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 /// a test that needs a pids limit makes its cgroup there, and
 /// `cleanup_stale` looks there for the ones a killed run left.
 pub fn pids_v1_root() -> Option<&'static Path> {
-    let root = Path::new("/sys/fs/cgroup/pids");
+    v1_root("/sys/fs/cgroup/pids")
+}
+
+/// The v1 `cpu` hierarchy, where the machine mounts one (these VMs do, and
+/// their cgroup v2 then has no cpu controller): `Node::cpu_cgroup` makes its
+/// CPU cgroups there, and `cleanup_stale` looks there for the ones a killed
+/// run left.
+pub fn cpu_v1_root() -> Option<&'static Path> {
+    v1_root("/sys/fs/cgroup/cpu")
+}
+
+fn v1_root(path: &'static str) -> Option<&'static Path> {
+    let root = Path::new(path);
     root.join("cgroup.procs").exists().then_some(root)
 }
 

@@ -45,20 +45,18 @@ pub fn cleanup_stale() -> Result<usize> {
     };
 
     // Processes first, so that nothing keeps a namespace alive: the test
-    // beds' cgroups, and those tests make for themselves (under the v2
-    // root, or in the v1 pids hierarchy where the machine mounts one).
+    // beds' cgroups (under the v2 root, and their CPU cgroups in the v1 cpu
+    // hierarchy), and those tests make for themselves (under the v2 root,
+    // or in the v1 pids hierarchy where the machine mounts one).
     let root = cgroup::cgroup2_root()?;
     let entries = fs::read_dir(&root).with_context(|| format!("list {}", root.display()))?;
-    for entry in entries.flatten() {
+    let v1 = [cgroup::pids_v1_root(), cgroup::cpu_v1_root()]
+        .into_iter()
+        .flatten()
+        .filter_map(|root| fs::read_dir(root).ok());
+    for entry in entries.chain(v1.flatten()).flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if dead(names::cgroup_owner(&name)) || dead(names::test_cgroup_owner(&name)) {
-            tally("cgroup", &name, cgroup::kill_and_remove(&entry.path()));
-        }
-    }
-    let pids_v1 = cgroup::pids_v1_root().and_then(|root| fs::read_dir(root).ok());
-    for entry in pids_v1.into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if dead(names::test_cgroup_owner(&name)) {
             tally("cgroup", &name, cgroup::kill_and_remove(&entry.path()));
         }
     }

@@ -32,7 +32,7 @@ mod signals;
 mod sysctl;
 
 pub use addr::{POD_RANGE, SERVICE_RANGE, live_node_owners};
-pub use cgroup::{cgroup2_root, pids_v1_root};
+pub use cgroup::{cgroup2_root, cpu_v1_root, pids_v1_root};
 pub use cleanup::cleanup_stale;
 pub(crate) use lock::BedLock;
 pub use node::Node;

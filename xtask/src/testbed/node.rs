@@ -1,7 +1,7 @@
-//! A node: the root network namespace, a cgroup v2 subtree for its pods and an
-//! address on `lo` for the proxy. Pods are added one by one; everything made
-//! is recorded first and undone by `teardown`, which `Drop` and the signal
-//! handler call.
+//! A node: the root network namespace, a cgroup v2 subtree for its pods, an
+//! address on `lo` for the proxy and, when asked for, CPU cgroups in the v1
+//! cpu hierarchy. Pods are added one by one; everything made is recorded
+//! first and undone by `teardown`, which `Drop` and the signal handler call.
 
 use std::{
     net::Ipv4Addr,
@@ -34,6 +34,8 @@ const GATEWAY: &str = "169.254.1.1";
 #[derive(Default)]
 pub(crate) struct Made {
     cgroup: Option<PathBuf>,
+    /// The node's directory in the v1 cpu hierarchy (see `Node::cpu_cgroup`).
+    cpu_v1: Option<PathBuf>,
     links: Vec<(String, String)>, // (network namespace, host-side veth) per pod
     lo: Option<(Ipv4Addr, String)>,
 }
@@ -45,6 +47,9 @@ impl Made {
     fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();
         if let Some(cg) = self.cgroup.take() {
+            errors.extend(cgroup::kill_and_remove(&cg).err());
+        }
+        if let Some(cg) = self.cpu_v1.take() {
             errors.extend(cgroup::kill_and_remove(&cg).err());
         }
         for (ns, veth) in self.links.drain(..).rev() {
@@ -232,6 +237,28 @@ impl Node {
         super::run::log(format_args!("pod {name} {pod_ip} is up in {ns}"));
         self.pods.push(pod.clone());
         Ok(pod)
+    }
+
+    /// A CPU cgroup of its own for `name` (a pod, or the proxy), as
+    /// Kubernetes gives every pod one: `<v1 cpu hierarchy>/<the node's
+    /// cgroup name>/<name>`, which goes with the node. Processes join it by
+    /// pid, beside their cgroup v2 one (a hybrid host keeps the two apart).
+    /// Only where the cpu controller has a v1 hierarchy, as on these VMs.
+    pub fn cpu_cgroup(&self, name: &str) -> Result<PathBuf> {
+        names::check_label("cpu cgroup", name)?;
+        let root = cgroup::cpu_v1_root()
+            .context("no v1 cpu hierarchy at /sys/fs/cgroup/cpu (a pure cgroup v2 host)")?;
+        let dir = root.join(self.cgroup.file_name().context("the node's cgroup name")?);
+        {
+            let mut made = lock(&self.made);
+            if made.cpu_v1.is_none() {
+                made.cpu_v1 = Some(dir.clone());
+                cgroup::create(&dir)?;
+            }
+        }
+        let path = dir.join(name);
+        cgroup::create(&path)?;
+        Ok(path)
     }
 
     /// The node's address (on `lo`): where the proxy listens and where pods
