@@ -35,6 +35,15 @@ enum Cmd {
         /// need all six.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Also run Sidetrack's explicit and eBPF modes from this git
+        /// revision (`baseline-explicit`, `baseline-ebpf`, built in
+        /// target/baseline/<sha>) and compare the current ones with them.
+        #[arg(long, value_name = "REV")]
+        baseline: Option<String>,
+        /// Also measure the c=1 phases with the client pod, the proxy and the
+        /// server pod each in a CPU cgroup of its own, as under Kubernetes.
+        #[arg(long)]
+        pod_cgroups: bool,
     },
     /// Run one of the demo's apps (used inside the demo's pods).
     #[command(hide = true)]
@@ -50,7 +59,12 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf => xtask::build_ebpf::run(),
         Cmd::Test => xtask::test::run(),
         Cmd::Demo { keep } => xtask::demo::run(keep),
-        Cmd::Bench { quick, only } => xtask::bench::run(quick, &only),
+        Cmd::Bench {
+            quick,
+            only,
+            baseline,
+            pod_cgroups,
+        } => xtask::bench::run(quick, &only, baseline.as_deref(), pod_cgroups),
         Cmd::App { args } => xtask::apps::run(&args).map_err(Into::into),
     };
     match result {

@@ -22,9 +22,16 @@
 //! `--only` picks scenarios, including two the default run leaves out: the
 //! runtime floors `tokio-relay` and `uring-relay` (`floors.rs`).
 //!
+//! `--baseline REV` adds `baseline-explicit` and `baseline-ebpf`: Sidetrack's
+//! two modes again from another revision's binary (`baseline.rs`), compared
+//! with the current ones in the report. `--pod-cgroups` adds `c1_pods` and
+//! `c1_pinned_pods`: the c=1 phases with the client pod, the proxy and the
+//! server pod each in a CPU cgroup of its own, as under Kubernetes.
+//!
 //! Everything runs from release builds: Sidetrack, and the xtask binary
 //! whose `app bench-server` and `app loadgen` run in the pods.
 
+mod baseline;
 pub mod floors;
 mod haltpoll;
 pub mod loadgen;
@@ -84,24 +91,39 @@ impl Plan {
     }
 }
 
-/// The phases measured against each scenario, in order.
+/// The phases measured against each scenario, in order (`ALL`'s order is
+/// their index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     C1,
     C1Pinned,
+    /// `--pod-cgroups` only: C1 and C1Pinned with client, proxy and server
+    /// each in a CPU cgroup of its own.
+    C1Pods,
+    C1PinnedPods,
     C32,
     OpenLow,
     OpenHigh,
 }
 
 impl Phase {
-    const ALL: [Phase; 5] = [
+    const ALL: [Phase; 7] = [
         Phase::C1,
         Phase::C1Pinned,
+        Phase::C1Pods,
+        Phase::C1PinnedPods,
         Phase::C32,
         Phase::OpenLow,
         Phase::OpenHigh,
     ];
+
+    /// The phases a run measures.
+    fn measured(pod_cgroups: bool) -> Vec<Phase> {
+        Phase::ALL
+            .into_iter()
+            .filter(|p| pod_cgroups || !matches!(p, Phase::C1Pods | Phase::C1PinnedPods))
+            .collect()
+    }
 
     fn args(self, plan: &Plan) -> LoadArgs {
         match self {
@@ -109,6 +131,14 @@ impl Phase {
             Phase::C1Pinned => LoadArgs {
                 cpu: Some(PINNED_CPU),
                 ..LoadArgs::closed(1, plan.c1_secs)
+            },
+            Phase::C1Pods => LoadArgs {
+                pod_cgroups: true,
+                ..Phase::C1.args(plan)
+            },
+            Phase::C1PinnedPods => LoadArgs {
+                pod_cgroups: true,
+                ..Phase::C1Pinned.args(plan)
             },
             Phase::C32 => LoadArgs::closed(32, plan.c32_secs),
             Phase::OpenLow => LoadArgs::open(plan.open_low_rps, OPEN_CONNS, plan.open_secs),
@@ -270,9 +300,22 @@ impl SkMsg {
 
 struct ScenarioAcc {
     scenario: Scenario,
+    /// One per `Phase::ALL`, measured or not.
     phases: Vec<PhaseAcc>,
     idle_rss_kb: u64,
     hwm_kb: u64,
+}
+
+impl ScenarioAcc {
+    fn result(&self, phase: Phase) -> PhaseResult {
+        self.phases[phase as usize].result()
+    }
+
+    /// `None` when the run did not measure `phase`.
+    fn measured(&self, phase: Phase) -> Option<PhaseResult> {
+        let acc = &self.phases[phase as usize];
+        (!acc.round_p50_us.is_empty()).then(|| acc.result())
+    }
 }
 
 /// One scenario's numbers.
@@ -281,6 +324,10 @@ pub struct ScenarioResult {
     pub name: &'static str,
     pub c1: PhaseResult,
     pub c1_pinned: PhaseResult,
+    /// `--pod-cgroups`: `c1` and `c1_pinned` with the client pod, the proxy
+    /// and the server pod each in a CPU cgroup of its own.
+    pub c1_pods: Option<PhaseResult>,
+    pub c1_pinned_pods: Option<PhaseResult>,
     pub c32: PhaseResult,
     pub open_low: PhaseResult,
     pub open_high: PhaseResult,
@@ -315,6 +362,11 @@ pub struct Results {
     /// Criterion's summary lines, or why there are none.
     pub dtab: Vec<String>,
     pub targets: Vec<report::Target>,
+    /// `--baseline`: the revision, and the current scenarios against it.
+    pub baseline: Option<report::Baseline>,
+    /// `--pod-cgroups`: the directory of the client's, server's and
+    /// proxy's CPU cgroups (v1 cpu hierarchy).
+    pub pod_cgroups: Option<PathBuf>,
     /// Guest halt polling before and during the run (see `haltpoll.rs`).
     pub halt_poll: haltpoll::HaltPoll,
     /// A system call and a context switch on the pinned CPU (`machine.rs`),
@@ -335,28 +387,48 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-/// `cargo xtask bench [--quick] [--only a,b]`.
-pub fn run(quick: bool, only: &[String]) -> Result<()> {
-    let chosen: Vec<Scenario> = if only.is_empty() {
+/// `cargo xtask bench [--quick] [--only a,b] [--baseline REV] [--pod-cgroups]`.
+pub fn run(
+    quick: bool,
+    only: &[String],
+    baseline_rev: Option<&str>,
+    pod_cgroups: bool,
+) -> Result<()> {
+    let rev = baseline_rev.map(baseline::Rev::resolve).transpose()?;
+    let known = || {
+        Scenario::ALL
+            .into_iter()
+            .chain(Scenario::EXTRA)
+            .chain(Scenario::BASELINE.map(|(_, b)| b))
+    };
+    let mut chosen: Vec<Scenario> = if only.is_empty() {
         Scenario::ALL.to_vec()
     } else {
         let mut v = Vec::new();
         for name in only {
-            let Some(s) = Scenario::ALL
-                .iter()
-                .chain(&Scenario::EXTRA)
-                .find(|s| s.name() == name)
-            else {
+            let Some(s) = known().find(|s| s.name() == name) else {
                 anyhow::bail!(
-                    "no scenario {name:?}; there are {}, {}",
-                    Scenario::ALL.map(|s| s.name()).join(", "),
-                    Scenario::EXTRA.map(|s| s.name()).join(", ")
+                    "no scenario {name:?}; there are {}",
+                    known().map(|s| s.name()).collect::<Vec<_>>().join(", ")
                 );
             };
-            v.push(*s);
+            v.push(s);
         }
         v
     };
+    for (current, b) in Scenario::BASELINE {
+        if rev.is_none() {
+            ensure!(!chosen.contains(&b), "{} needs --baseline REV", b.name());
+        } else if !chosen.contains(&b) {
+            // Right after the scenario it repeats: taking turns, the two
+            // then run one after the other in every round.
+            let at = chosen
+                .iter()
+                .position(|&s| s == current)
+                .map_or(chosen.len(), |i| i + 1);
+            chosen.insert(at, b);
+        }
+    }
     // First, before any thread exists: Ctrl-C tears the test bed down.
     testbed::teardown_on_signal()?;
     if !setup::is_complete() {
@@ -390,6 +462,7 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
     if run_dtab {
         cmd::run(cmd::cargo().args(dtab_bench_args(true)))?;
     }
+    let baseline_bin = rev.as_ref().map(baseline::build).transpose()?;
     let build_secs = built.elapsed().as_secs_f64();
     cmd::note(format!("builds took {build_secs:.1} s"));
 
@@ -423,13 +496,14 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
     let bins = Bins {
         sidetrack: release.join("sidetrack"),
         xtask: release.join("xtask"),
+        baseline: baseline_bin,
     };
     cmd::step(format!(
         "test bed: pods client and server; {} round(s) of {} scenarios",
         plan.rounds,
         chosen.len()
     ));
-    let bed = Bed::start(bins)?;
+    let bed = Bed::start(bins, pod_cgroups)?;
     cmd::note(format!(
         "client {}, server {}:{}, node {}, service {}",
         bed.client.ip(),
@@ -438,11 +512,19 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
         bed.node.ip(),
         bed.service_addr()
     ));
+    let pod_cgroups_dir = bed.cpu_cgroups_dir();
+    if let Some(dir) = &pod_cgroups_dir {
+        cmd::note(format!(
+            "CPU cgroups of their own for the c=1 *_pods phases: {}/{{client,server,proxy}}",
+            dir.display()
+        ));
+    }
+    let phases = Phase::measured(pod_cgroups);
     let mut accs: Vec<ScenarioAcc> = chosen
         .iter()
         .map(|&scenario| ScenarioAcc {
             scenario,
-            phases: Phase::ALL.iter().map(|_| PhaseAcc::new()).collect(),
+            phases: Phase::ALL.map(|_| PhaseAcc::new()).into(),
             idle_rss_kb: 0,
             hwm_kb: 0,
         })
@@ -457,7 +539,7 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
                 plan.rounds,
                 acc.scenario.name()
             ));
-            measure_scenario(&bed, &plan, acc)?;
+            measure_scenario(&bed, &plan, &phases, acc)?;
         }
     }
     let large = if only.is_empty() {
@@ -483,17 +565,23 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
             let real = a.scenario != Scenario::Direct;
             ScenarioResult {
                 name: a.scenario.name(),
-                c1: a.phases[0].result(),
-                c1_pinned: a.phases[1].result(),
-                c32: a.phases[2].result(),
-                open_low: a.phases[3].result(),
-                open_high: a.phases[4].result(),
+                c1: a.result(Phase::C1),
+                c1_pinned: a.result(Phase::C1Pinned),
+                c1_pods: a.measured(Phase::C1Pods),
+                c1_pinned_pods: a.measured(Phase::C1PinnedPods),
+                c32: a.result(Phase::C32),
+                open_low: a.result(Phase::OpenLow),
+                open_high: a.result(Phase::OpenHigh),
                 idle_rss_kb: real.then_some(a.idle_rss_kb),
                 peak_hwm_kb: real.then_some(a.hwm_kb),
             }
         })
         .collect();
     let targets = report::targets(&scenarios, &plan);
+    let baseline = rev.map(|rev| report::Baseline {
+        pairs: report::baseline_pairs(&scenarios),
+        rev,
+    });
     let uname = |flag: &str| {
         cmd::output(Command::new("uname").arg(flag))
             .unwrap_or_default()
@@ -512,6 +600,8 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
         large,
         dtab,
         targets,
+        baseline,
+        pod_cgroups: pod_cgroups_dir,
         halt_poll: halt_poll_state,
         machine_costs,
         loadavg_before,
@@ -521,14 +611,17 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Starts the scenario's proxy, runs every phase, stops it.
-fn measure_scenario(bed: &Bed, plan: &Plan, acc: &mut ScenarioAcc) -> Result<()> {
+/// Starts the scenario's proxy, runs the phases, stops it.
+fn measure_scenario(bed: &Bed, plan: &Plan, phases: &[Phase], acc: &mut ScenarioAcc) -> Result<()> {
     let scenario = acc.scenario;
     let mut proxy = bed.start_proxy(scenario, None)?;
     warm_up(bed, scenario, &proxy, "/")?;
     acc.idle_rss_kb = acc.idle_rss_kb.max(proxy.memory().rss_kb);
-    for (k, phase) in Phase::ALL.iter().enumerate() {
+    for &phase in phases {
         let args = phase.args(plan);
+        if args.pod_cgroups {
+            bed.own_cpu_cgroups(&proxy, true)?;
+        }
         if args.cpu.is_some() {
             bed.pin(&proxy, args.cpu)?;
         }
@@ -538,6 +631,9 @@ fn measure_scenario(bed: &Bed, plan: &Plan, acc: &mut ScenarioAcc) -> Result<()>
         let cpu_after = proxy.cpu();
         if args.cpu.is_some() {
             bed.pin(&proxy, None)?;
+        }
+        if args.pod_cgroups {
+            bed.own_cpu_cgroups(&proxy, false)?;
         }
         let (r, peak) = loaded?;
         let sk = sk_before
@@ -563,16 +659,17 @@ fn measure_scenario(bed: &Bed, plan: &Plan, acc: &mut ScenarioAcc) -> Result<()>
             )
         });
         cmd::note(format!(
-            "{:<10} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  errors {}{cpu_note}{sk_note}",
+            "{:<12} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  errors {}{cpu_note}{sk_note}",
             format!("{phase:?}"),
             r.requests as f64 / r.secs,
             quantile_us(&r, 0.5),
             quantile_us(&r, 0.99),
             r.errors
         ));
-        acc.phases[k].add(&r, cpu, peak);
+        let phase_acc = &mut acc.phases[phase as usize];
+        phase_acc.add(&r, cpu, peak);
         if let Some(s) = sk {
-            acc.phases[k].sk_msg.get_or_insert_default().add(s);
+            phase_acc.sk_msg.get_or_insert_default().add(s);
         }
     }
     acc.hwm_kb = acc.hwm_kb.max(proxy.memory().hwm_kb);

@@ -9,7 +9,9 @@ use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
 use serde::Serialize;
 
-use super::{PINNED_CPU, PhaseResult, Plan, Results, ScenarioResult, proc};
+use super::{
+    PINNED_CPU, PhaseResult, Plan, Results, ScenarioResult, baseline, proc, scenarios::Scenario,
+};
 
 /// One of the issue's targets.
 #[derive(Clone, Debug, Serialize)]
@@ -188,6 +190,95 @@ pub fn targets(s: &[ScenarioResult], plan: &Plan) -> Vec<Target> {
     out
 }
 
+/// `--baseline`: the revision, and each current scenario against its
+/// baseline twin.
+#[derive(Clone, Debug, Serialize)]
+pub struct Baseline {
+    pub rev: baseline::Rev,
+    pub pairs: Vec<BaselinePair>,
+}
+
+/// One scenario against the same scenario from the baseline revision.
+/// Ratios are current / baseline.
+#[derive(Clone, Debug, Serialize)]
+pub struct BaselinePair {
+    pub current: &'static str,
+    pub baseline: &'static str,
+    pub pinned: Versus,
+    pub unpinned: Versus,
+    pub c32_rps: [f64; 2],
+    pub c32_rps_ratio: f64,
+    /// The proxy's CPU per request sent at c=32 (µs).
+    pub cpu_us_per_request: Option<[f64; 2]>,
+    pub cpu_per_request_ratio: Option<f64>,
+}
+
+/// +p50 over direct at c=1 (µs), current and baseline, as the targets take
+/// it: from each one's best round, and as the median of per-round
+/// differences; then current minus baseline, and current / baseline (`None`
+/// unless the baseline adds something: unpinned, a hop can come out faster
+/// than direct).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Versus {
+    pub best_us: [f64; 2],
+    pub best_diff_us: f64,
+    pub best_ratio: Option<f64>,
+    pub median_us: [f64; 2],
+    pub median_diff_us: f64,
+    pub median_ratio: Option<f64>,
+}
+
+impl Versus {
+    fn new(
+        current: &ScenarioResult,
+        base: &ScenarioResult,
+        direct: &ScenarioResult,
+        pinned: bool,
+    ) -> Versus {
+        let (b, bb) = (
+            added_best(current, direct, pinned),
+            added_best(base, direct, pinned),
+        );
+        let (m, mb) = (
+            added_median(current, direct, pinned),
+            added_median(base, direct, pinned),
+        );
+        Versus {
+            best_us: [b, bb],
+            best_diff_us: b - bb,
+            best_ratio: (bb > 0.0).then(|| b / bb),
+            median_us: [m, mb],
+            median_diff_us: m - mb,
+            median_ratio: (mb > 0.0).then(|| m / mb),
+        }
+    }
+}
+
+/// The pairs of `Scenario::BASELINE` that ran, with `direct`.
+pub fn baseline_pairs(s: &[ScenarioResult]) -> Vec<BaselinePair> {
+    let Some(direct) = find(s, "direct") else {
+        return Vec::new();
+    };
+    let cpu = |x: &ScenarioResult| x.c32.cpu_s_per_1k_requests.map(|c| c * 1e3);
+    Scenario::BASELINE
+        .into_iter()
+        .filter_map(|(c, b)| {
+            let (current, base) = (find(s, c.name())?, find(s, b.name())?);
+            let cpu_us = cpu(current).zip(cpu(base)).map(|(c, b)| [c, b]);
+            Some(BaselinePair {
+                current: current.name,
+                baseline: base.name,
+                pinned: Versus::new(current, base, direct, true),
+                unpinned: Versus::new(current, base, direct, false),
+                c32_rps: [current.c32.rps, base.c32.rps],
+                c32_rps_ratio: current.c32.rps / base.c32.rps,
+                cpu_us_per_request: cpu_us,
+                cpu_per_request_ratio: cpu_us.map(|[c, b]| c / b),
+            })
+        })
+        .collect()
+}
+
 /// Criterion's results as `name: [low est high]` lines. Criterion prints
 /// the name and `time:` on one line, or the name alone on the line before
 /// when it is long.
@@ -223,7 +314,7 @@ pub fn tables(r: &Results) -> String {
     let _ = writeln!(
         t,
         "Machine: {}, Linux {}. {} round(s); c=1 phases {} s each per round, c=32 {} s, open loop {} s. \
-         Load average before / after: {} / {}. Guest halt polling: {}.\n",
+         Load average before / after: {} / {}. Guest halt polling: {}.{}\n",
         r.machine,
         r.kernel,
         r.plan.rounds,
@@ -236,7 +327,12 @@ pub fn tables(r: &Results) -> String {
             (Some(b), Some(d)) if b != d => format!("{d} ns during the run (was {b} ns)"),
             (Some(b), _) => format!("{b} ns"),
             (None, _) => "no knob".to_owned(),
-        }
+        },
+        r.baseline.as_ref().map_or(String::new(), |b| format!(
+            " Baseline (`baseline-*`): {} (`--baseline {}`).",
+            b.rev.title(),
+            b.rev.given
+        ))
     );
     let _ = writeln!(
         t,
@@ -261,6 +357,9 @@ pub fn tables(r: &Results) -> String {
             x.c1_pinned.p99_us,
             x.c1_pinned.p999_us
         );
+    }
+    if let Some(d) = direct.filter(|d| d.c1_pods.is_some()) {
+        pods_table(&mut t, s, d);
     }
     let _ = writeln!(
         t,
@@ -314,6 +413,9 @@ pub fn tables(r: &Results) -> String {
                 x.c32.rps / h.c32.rps,
             );
         }
+    }
+    if let Some(b) = &r.baseline {
+        baseline_lines(&mut t, b, r.plan.rounds);
     }
     if let (Some(d), Some(explicit), Some(relay)) =
         (direct, find(s, "sidetrack-explicit"), find(s, "tcp-relay"))
@@ -460,7 +562,12 @@ pub fn tables(r: &Results) -> String {
     }
     let errors: u64 = s
         .iter()
-        .flat_map(|x| [&x.c1, &x.c1_pinned, &x.c32, &x.open_low, &x.open_high])
+        .flat_map(|x| {
+            [&x.c1, &x.c1_pinned, &x.c32, &x.open_low, &x.open_high]
+                .into_iter()
+                .chain(x.c1_pods.as_ref())
+                .chain(x.c1_pinned_pods.as_ref())
+        })
         .map(|p| p.errors)
         .sum::<u64>()
         + r.large.iter().map(|l| l.result.errors).sum::<u64>();
@@ -470,6 +577,99 @@ pub fn tables(r: &Results) -> String {
         r.build_secs, r.measure_secs
     );
     t
+}
+
+/// `--pod-cgroups`: the c=1 rows again with client, proxy and server each in
+/// a CPU cgroup of its own, beside the shared group's.
+fn pods_table(t: &mut String, s: &[ScenarioResult], direct: &ScenarioResult) {
+    let _ = writeln!(
+        t,
+        "\nThe same with the client pod, the proxy and the server pod each in a CPU cgroup of its own (`--pod-cgroups`), \
+         as under Kubernetes; beside it, from the table above, all three in one (µs; +p50 over direct in the same layout; \
+         switches: the proxy's threads', per request, blocked + preempted):\n"
+    );
+    let _ = writeln!(
+        t,
+        "| scenario | p50 | p99 | +p50 | shared +p50 | pinned p50 | pinned p99 | pinned +p50 | shared pinned +p50 | pinned switches | shared pinned switches |"
+    );
+    let _ = writeln!(t, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let (Some(dp), Some(dpp)) = (&direct.c1_pods, &direct.c1_pinned_pods) else {
+        return;
+    };
+    let switches = |p: &PhaseResult| {
+        p.cpu_us_per_request.map_or("–".to_owned(), |c| {
+            format!(
+                "{:.2} + {:.2}",
+                c.voluntary_switches, c.involuntary_switches
+            )
+        })
+    };
+    for x in s {
+        let (Some(p), Some(pp)) = (&x.c1_pods, &x.c1_pinned_pods) else {
+            continue;
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {:.1} | {:.1} | {:+.1} | {:+.1} | {:.1} | {:.1} | {:+.1} | {:+.1} | {} | {} |",
+            x.name,
+            p.p50_us,
+            p.p99_us,
+            p.p50_us - dp.p50_us,
+            added(x, direct, false),
+            pp.p50_us,
+            pp.p99_us,
+            pp.p50_us - dpp.p50_us,
+            added(x, direct, true),
+            switches(pp),
+            switches(&x.c1_pinned),
+        );
+    }
+}
+
+/// `--baseline`: a line per pair of current and baseline scenarios.
+fn baseline_lines(t: &mut String, b: &Baseline, rounds: usize) {
+    let _ = writeln!(
+        t,
+        "\nAgainst the baseline, {} (current / baseline; +p50 over direct at c=1 from each one's best of {rounds} round(s), \
+         the median of per-round differences beside it; ratios current / baseline):\n",
+        b.rev.title()
+    );
+    if b.pairs.is_empty() {
+        let _ = writeln!(
+            t,
+            "- no comparison: it needs `direct` and `sidetrack-explicit` or `sidetrack-ebpf` in the run"
+        );
+    }
+    let ratio = |r: Option<f64>| r.map_or("n/a".to_owned(), |r| format!("{r:.2}x"));
+    let versus = |v: &Versus| {
+        format!(
+            "{:+.1} / {:+.1} µs ({:+.1} µs, {}; median of rounds {:+.1} / {:+.1}: {:+.1} µs, {})",
+            v.best_us[0],
+            v.best_us[1],
+            v.best_diff_us,
+            ratio(v.best_ratio),
+            v.median_us[0],
+            v.median_us[1],
+            v.median_diff_us,
+            ratio(v.median_ratio)
+        )
+    };
+    for p in &b.pairs {
+        let cpu = p.cpu_us_per_request.map_or("–".to_owned(), |[c, base]| {
+            format!("{c:.2} / {base:.2} µs ({})", ratio(p.cpu_per_request_ratio))
+        });
+        let _ = writeln!(
+            t,
+            "- {} / {}: pinned +p50 {}; unpinned +p50 {}; c=32 {:.0} / {:.0} req/s ({:.2}x); CPU per request at c=32 {cpu}",
+            p.current,
+            p.baseline,
+            versus(&p.pinned),
+            versus(&p.unpinned),
+            p.c32_rps[0],
+            p.c32_rps[1],
+            p.c32_rps_ratio,
+        );
+    }
 }
 
 /// Prints the tables and writes table.md, results.json and latency.svg.

@@ -9,6 +9,12 @@
 //! files of their own in the bench's temporary directory (their own pid
 //! files, ports and logs: the system's services are neither used nor
 //! touched).
+//!
+//! `baseline-*` run the `--baseline` revision's `sidetrack` exactly as their
+//! `sidetrack-*` twins run the current one. With `--pod-cgroups` the client
+//! pod, the server pod and the proxy also get a CPU cgroup each (the v1 cpu
+//! hierarchy, on these hybrid hosts), which the `*_pods` phases move them
+//! into and out of again.
 
 use std::{
     fs,
@@ -23,7 +29,7 @@ use anyhow::{Context, Result, bail};
 use super::{loadgen, proc};
 use crate::{
     staging::{http_get, node_process},
-    testbed::{Node, Pod, SERVICE_RANGE},
+    testbed::{Node, Pod, SERVICE_RANGE, cpu_v1_root},
 };
 
 pub const SERVER_PORT: u16 = 8080;
@@ -62,6 +68,10 @@ pub enum Scenario {
     /// floor of a userspace hop under the eBPF programs, on Sidetrack's
     /// event loop.
     SidetrackEbpfTunnel,
+    /// `sidetrack-explicit` from the `--baseline` revision's binary.
+    BaselineExplicit,
+    /// `sidetrack-ebpf` from the `--baseline` revision's binary.
+    BaselineEbpf,
 }
 
 impl Scenario {
@@ -83,6 +93,17 @@ impl Scenario {
         Scenario::SidetrackEbpfTunnel,
     ];
 
+    /// `--baseline`'s scenarios, each after the one it repeats with the
+    /// baseline revision's binary (same config, same everything).
+    pub const BASELINE: [(Scenario, Scenario); 2] = [
+        (Scenario::SidetrackExplicit, Scenario::BaselineExplicit),
+        (Scenario::SidetrackEbpf, Scenario::BaselineEbpf),
+    ];
+
+    fn is_baseline(self) -> bool {
+        Scenario::BASELINE.iter().any(|&(_, b)| b == self)
+    }
+
     /// What the load generator sends on each connection before the first
     /// request.
     pub fn preamble(self) -> Option<&'static str> {
@@ -101,6 +122,8 @@ impl Scenario {
             Scenario::TokioRelay => "tokio-relay",
             Scenario::UringRelay => "uring-relay",
             Scenario::SidetrackEbpfTunnel => "sidetrack-ebpf-tunnel",
+            Scenario::BaselineExplicit => "baseline-explicit",
+            Scenario::BaselineEbpf => "baseline-ebpf",
         }
     }
 
@@ -114,9 +137,11 @@ impl Scenario {
 
     fn sidetrack_mode(self) -> Option<&'static str> {
         match self {
-            Scenario::SidetrackExplicit => Some("none"),
+            Scenario::SidetrackExplicit | Scenario::BaselineExplicit => Some("none"),
             Scenario::SidetrackIptables => Some("iptables"),
-            Scenario::SidetrackEbpf | Scenario::SidetrackEbpfTunnel => Some("ebpf"),
+            Scenario::SidetrackEbpf | Scenario::SidetrackEbpfTunnel | Scenario::BaselineEbpf => {
+                Some("ebpf")
+            }
             _ => None,
         }
     }
@@ -128,6 +153,8 @@ pub struct Bins {
     pub sidetrack: PathBuf,
     /// The xtask binary whose `app` subcommand runs the server and the load.
     pub xtask: PathBuf,
+    /// `--baseline`: the baseline revision's `sidetrack`.
+    pub baseline: Option<PathBuf>,
 }
 
 /// The node, its two pods, the server, and the scratch directory. Dropping
@@ -139,6 +166,7 @@ pub struct Bed {
     pub bins: Bins,
     pub dir: PathBuf,
     proxy_cgroup: PathBuf,
+    cpu_cgroups: Option<CpuCgroups>,
     server_child: Option<Child>,
     // Last: dropped after the processes are gone.
     pub node: Node,
@@ -158,10 +186,22 @@ impl Bed {
         }
     }
 
-    pub fn start(bins: Bins) -> Result<Bed> {
+    /// `pod_cgroups`: also a CPU cgroup for each pod and the proxy (see
+    /// [`Bed::own_cpu_cgroups`]).
+    pub fn start(bins: Bins, pod_cgroups: bool) -> Result<Bed> {
         let mut node = Node::new("bench")?;
         let client = node.add_pod("client")?;
         let server = node.add_pod("server")?;
+        let cpu_cgroups = if pod_cgroups {
+            Some(CpuCgroups {
+                client: node.cpu_cgroup("client")?,
+                server: node.cpu_cgroup("server")?,
+                proxy: node.cpu_cgroup("proxy")?,
+                shared: own_cpu_cgroup()?,
+            })
+        } else {
+            None
+        };
         let dir = std::env::temp_dir().join(format!("sidetrack-bench-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
@@ -172,6 +212,7 @@ impl Bed {
             bins,
             dir,
             proxy_cgroup,
+            cpu_cgroups,
             server_child: None,
             node,
         };
@@ -183,6 +224,12 @@ impl Bed {
         bed.server_child = Some(cmd.spawn().context("start the bench server")?);
         wait_listening(SocketAddr::from((bed.server.ip(), SERVER_PORT)))?;
         Ok(bed)
+    }
+
+    /// Where `--pod-cgroups` puts the client, server and proxy (the
+    /// directory of the three in the v1 cpu hierarchy).
+    pub fn cpu_cgroups_dir(&self) -> Option<PathBuf> {
+        Some(self.cpu_cgroups.as_ref()?.client.parent()?.to_owned())
     }
 
     pub fn server_pid(&self) -> u32 {
@@ -201,8 +248,12 @@ impl Bed {
             Scenario::Direct | Scenario::SidetrackEbpfTunnel => {
                 SocketAddrV4::new(self.server.ip(), SERVER_PORT)
             }
-            Scenario::SidetrackExplicit => SocketAddrV4::new(node, SIDETRACK_PORT),
-            Scenario::SidetrackIptables | Scenario::SidetrackEbpf => self.service_addr(),
+            Scenario::SidetrackExplicit | Scenario::BaselineExplicit => {
+                SocketAddrV4::new(node, SIDETRACK_PORT)
+            }
+            Scenario::SidetrackIptables | Scenario::SidetrackEbpf | Scenario::BaselineEbpf => {
+                self.service_addr()
+            }
             Scenario::Nginx => SocketAddrV4::new(node, NGINX_PORT),
             Scenario::Haproxy => SocketAddrV4::new(node, HAPROXY_PORT),
             Scenario::TcpRelay | Scenario::TokioRelay | Scenario::UringRelay => {
@@ -255,7 +306,15 @@ impl Bed {
             _ => {
                 let conf = self.dir.join(format!("{name}.yaml"));
                 fs::write(&conf, self.sidetrack_conf(scenario, splice_threshold))?;
-                let mut c = Command::new(&self.bins.sidetrack);
+                let bin = if scenario.is_baseline() {
+                    self.bins
+                        .baseline
+                        .as_ref()
+                        .context("no --baseline binary")?
+                } else {
+                    &self.bins.sidetrack
+                };
+                let mut c = Command::new(bin);
                 c.arg("run")
                     .arg("--config")
                     .arg(conf)
@@ -412,6 +471,9 @@ impl Bed {
         if let Some(p) = scenario.preamble() {
             cmd.args(["--preamble", p]);
         }
+        if args.pod_cgroups {
+            node_process(&mut cmd, &self.cpu_cgroups()?.client)?;
+        }
         let mut child = cmd.spawn().context("start the load generator")?;
         let limit = Instant::now() + Duration::from_secs_f64(args.secs + 30.0);
         let mut peak_rss = 0;
@@ -441,6 +503,34 @@ impl Bed {
         Ok((result, peak_rss))
     }
 
+    fn cpu_cgroups(&self) -> Result<&CpuCgroups> {
+        self.cpu_cgroups
+            .as_ref()
+            .context("the test bed has no CPU cgroups (--pod-cgroups)")
+    }
+
+    /// Moves the server and the proxy into CPU cgroups of their own (the
+    /// load generator starts in the client's: `LoadArgs::pod_cgroups`), or
+    /// back into the one they share. Kubernetes gives every pod its own,
+    /// and the scheduler picks a group before a task in it: a task's
+    /// `sched_yield` reaches only the tasks of its own group.
+    pub fn own_cpu_cgroups(&self, proxy: &Proxy, own: bool) -> Result<()> {
+        let g = self.cpu_cgroups()?;
+        let (server, proxies) = if own {
+            (&g.server, &g.proxy)
+        } else {
+            (&g.shared, &g.shared)
+        };
+        let mut moves = vec![(server, self.server_pid())];
+        moves.extend(proxy.pids().into_iter().map(|pid| (proxies, pid)));
+        for (cgroup, pid) in moves {
+            // A v1 cgroup.procs takes a pid and moves all its threads.
+            fs::write(cgroup.join("cgroup.procs"), pid.to_string())
+                .with_context(|| format!("move {pid} into {}", cgroup.display()))?;
+        }
+        Ok(())
+    }
+
     /// Pins the server's and the proxy's threads to `cpu`, or frees them.
     pub fn pin(&self, proxy: &Proxy, cpu: Option<usize>) -> Result<()> {
         let mut pids = proxy.pids();
@@ -465,6 +555,31 @@ impl Drop for Bed {
     }
 }
 
+/// `--pod-cgroups`: a CPU cgroup each (v1 cpu hierarchy), and the one the
+/// three share otherwise: the bench's own, where every child starts.
+struct CpuCgroups {
+    client: PathBuf,
+    server: PathBuf,
+    proxy: PathBuf,
+    shared: PathBuf,
+}
+
+/// This process's cgroup in the v1 cpu hierarchy (`/proc/self/cgroup`'s
+/// line for the `cpu` controller, alone or with `cpuacct`).
+fn own_cpu_cgroup() -> Result<PathBuf> {
+    let root = cpu_v1_root().context("no v1 cpu hierarchy at /sys/fs/cgroup/cpu")?;
+    let text = fs::read_to_string("/proc/self/cgroup")?;
+    let path = text
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            controllers.split(',').any(|c| c == "cpu").then_some(path)
+        })
+        .context("/proc/self/cgroup has no cpu controller line")?;
+    Ok(root.join(path.trim_start_matches('/')))
+}
+
 /// One load generator run.
 #[derive(Clone, Debug)]
 pub struct LoadArgs {
@@ -474,6 +589,9 @@ pub struct LoadArgs {
     pub secs: f64,
     pub max_requests: u64,
     pub cpu: Option<usize>,
+    /// The load generator starts in the client pod's own CPU cgroup (see
+    /// [`Bed::own_cpu_cgroups`]).
+    pub pod_cgroups: bool,
 }
 
 impl LoadArgs {
@@ -485,6 +603,7 @@ impl LoadArgs {
             secs,
             max_requests: 5_000_000,
             cpu: None,
+            pod_cgroups: false,
         }
     }
 
