@@ -466,6 +466,22 @@ pub fn tables(r: &Results) -> String {
             added_best(ebpf, d, false) - added_best(tunnel, d, false),
         );
     }
+    // What the yield before a park buys, when run.
+    if let (Some(d), Some(ebpf), Some(no_yield)) = (
+        direct,
+        find(s, "sidetrack-ebpf"),
+        find(s, "sidetrack-ebpf-no-yield"),
+    ) {
+        let _ = writeln!(
+            t,
+            "\nThe yield before a park (`yield_before_wait`) in eBPF mode, best rounds: sidetrack-ebpf +{:.1} µs \
+             pinned against +{:.1} µs without it (`sidetrack-ebpf-no-yield`), +{:.1} against +{:.1} µs unpinned.",
+            added_best(ebpf, d, true),
+            added_best(no_yield, d, true),
+            added_best(ebpf, d, false),
+            added_best(no_yield, d, false),
+        );
+    }
     if let Some(c) = r.machine_costs {
         let _ = write!(
             t,

@@ -68,6 +68,9 @@ pub enum Scenario {
     /// floor of a userspace hop under the eBPF programs, on Sidetrack's
     /// event loop.
     SidetrackEbpfTunnel,
+    /// `sidetrack-ebpf` with `yield_before_wait: false`: what the yield
+    /// before a park buys.
+    SidetrackEbpfNoYield,
     /// `sidetrack-explicit` from the `--baseline` revision's binary.
     BaselineExplicit,
     /// `sidetrack-ebpf` from the `--baseline` revision's binary.
@@ -87,10 +90,11 @@ impl Scenario {
 
     /// Scenarios only `--only` runs: the runtime floors, which answer a
     /// design question rather than measure the product.
-    pub const EXTRA: [Scenario; 3] = [
+    pub const EXTRA: [Scenario; 4] = [
         Scenario::TokioRelay,
         Scenario::UringRelay,
         Scenario::SidetrackEbpfTunnel,
+        Scenario::SidetrackEbpfNoYield,
     ];
 
     /// `--baseline`'s scenarios, each after the one it repeats with the
@@ -122,6 +126,7 @@ impl Scenario {
             Scenario::TokioRelay => "tokio-relay",
             Scenario::UringRelay => "uring-relay",
             Scenario::SidetrackEbpfTunnel => "sidetrack-ebpf-tunnel",
+            Scenario::SidetrackEbpfNoYield => "sidetrack-ebpf-no-yield",
             Scenario::BaselineExplicit => "baseline-explicit",
             Scenario::BaselineEbpf => "baseline-ebpf",
         }
@@ -139,9 +144,10 @@ impl Scenario {
         match self {
             Scenario::SidetrackExplicit | Scenario::BaselineExplicit => Some("none"),
             Scenario::SidetrackIptables => Some("iptables"),
-            Scenario::SidetrackEbpf | Scenario::SidetrackEbpfTunnel | Scenario::BaselineEbpf => {
-                Some("ebpf")
-            }
+            Scenario::SidetrackEbpf
+            | Scenario::SidetrackEbpfTunnel
+            | Scenario::SidetrackEbpfNoYield
+            | Scenario::BaselineEbpf => Some("ebpf"),
             _ => None,
         }
     }
@@ -251,9 +257,10 @@ impl Bed {
             Scenario::SidetrackExplicit | Scenario::BaselineExplicit => {
                 SocketAddrV4::new(node, SIDETRACK_PORT)
             }
-            Scenario::SidetrackIptables | Scenario::SidetrackEbpf | Scenario::BaselineEbpf => {
-                self.service_addr()
-            }
+            Scenario::SidetrackIptables
+            | Scenario::SidetrackEbpf
+            | Scenario::SidetrackEbpfNoYield
+            | Scenario::BaselineEbpf => self.service_addr(),
             Scenario::Nginx => SocketAddrV4::new(node, NGINX_PORT),
             Scenario::Haproxy => SocketAddrV4::new(node, HAPROXY_PORT),
             Scenario::TcpRelay | Scenario::TokioRelay | Scenario::UringRelay => {
@@ -396,6 +403,9 @@ impl Bed {
         );
         if let Some(t) = splice_threshold {
             conf.push_str(&format!("limits:\n  splice_threshold_bytes: {t}\n"));
+        }
+        if scenario == Scenario::SidetrackEbpfNoYield {
+            conf.push_str("yield_before_wait: false\n");
         }
         conf
     }
