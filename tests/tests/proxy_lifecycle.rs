@@ -3,6 +3,7 @@
 
 use std::{
     io::Write,
+    sync::atomic::Ordering,
     thread,
     time::{Duration, Instant},
 };
@@ -250,14 +251,23 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     dir.write("web", &web.fs_line());
     let mut proxy = Proxy::start(&["--dtab", "/svc => /#/io.l5d.fs", "--fs-dir", dir.str()]);
     let addr = proxy.addr;
-    // Five requests in flight, each taking 600 ms at the backend.
-    let inflight: Vec<_> = (0..5)
-        .map(|i| thread::spawn(move || client::get(addr, "web", &format!("/slow/600?{i}"), &[])))
-        .collect();
     // An idle keep-alive connection must not hold the shutdown up.
     let mut idle = Client::connect(addr);
     assert_eq!(idle.get("web", "/", &[]).status, 200);
-    thread::sleep(Duration::from_millis(200));
+    // Five requests in flight, each taking 600 ms at the backend (the time
+    // is the whole rest of the path: `/slow/600?x` would not wait at all).
+    // SIGTERM goes once the backend has all five, none answered yet.
+    let before = web.requests.load(Ordering::Relaxed);
+    let inflight: Vec<_> = (0..5)
+        .map(|_| thread::spawn(move || client::get(addr, "web", "/slow/600", &[])))
+        .collect();
+    let arrived = || web.requests.load(Ordering::Relaxed) - before;
+    assert!(
+        sidetrack_tests::eventually(5, || arrived() == 5),
+        "the backend got {} of the 5 requests",
+        arrived()
+    );
+    assert!(inflight.iter().all(|t| !t.is_finished()));
     proxy.terminate();
     for t in inflight {
         let r = t.join().unwrap();
