@@ -2,6 +2,7 @@
 //! admin endpoints, and graceful shutdown on SIGTERM.
 
 use std::{
+    collections::BTreeMap,
     io::Write,
     sync::atomic::Ordering,
     thread,
@@ -279,25 +280,77 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
 
+/// Context switches (voluntary and not) of each of `pid`'s worker threads,
+/// by thread id. A worker blocks and is woken for the connections it
+/// serves; one that serves none sleeps on, and its counts stay put.
+fn worker_switches(pid: u32) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = entry.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !name.starts_with("sidetrack-worke") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .map(|n| n.trim().parse::<u64>().unwrap())
+            .sum();
+        let tid = task.file_name().unwrap().to_string_lossy().into_owned();
+        out.insert(tid, switches);
+    }
+    out
+}
+
 #[test]
 fn several_workers_share_the_port_and_drain_together() {
+    const WORKERS: usize = 3;
     let dir = TempDir::new("workers");
     let web = Backend::start("web");
     dir.write("web", &web.fs_line());
     let mut proxy = Proxy::start(&[
         "--workers",
-        "3",
+        &WORKERS.to_string(),
         "--dtab",
         "/svc => /#/io.l5d.fs",
         "--fs-dir",
         dir.str(),
     ]);
+    let pid = proxy.child.id();
+    // Every worker named and asleep: the same counts twice running.
+    let mut before = BTreeMap::new();
+    let settled = sidetrack_tests::eventually(5, || {
+        let now = worker_switches(pid);
+        let same = now.len() == WORKERS && now == before;
+        before = now;
+        same
+    });
+    assert!(settled, "{WORKERS} idle workers: {before:?}");
     // Connections spread over the workers' listeners; every one is served.
-    for i in 0..30 {
+    // Each lands on a worker by its 4-tuple's hash: one that none of 60
+    // reaches is a chance of 3 * (2/3)^60, about 1e-10.
+    for i in 0..60 {
         let r = client::get(proxy.addr, "web", &format!("/{i}"), &[]);
         assert_eq!(r.status, 200);
     }
-    assert_eq!(proxy.metric("sidetrack_connections_total", &[]), 30.0);
+    assert_eq!(proxy.metric("sidetrack_connections_total", &[]), 60.0);
+    // And every worker served some: each has woken since.
+    let mut after = BTreeMap::new();
+    let all_served = sidetrack_tests::eventually(5, || {
+        after = worker_switches(pid);
+        after.len() == WORKERS
+            && after
+                .iter()
+                .all(|(tid, n)| before.get(tid).is_some_and(|b| b < n))
+    });
+    assert!(
+        all_served,
+        "a worker served no connection: context switches {before:?}, then {after:?}"
+    );
     proxy.terminate();
     assert!(proxy.child.wait().unwrap().success());
 }
