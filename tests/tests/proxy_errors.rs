@@ -126,6 +126,26 @@ fn a_routing_refusal_keeps_a_bodiless_connection_open() {
     assert_eq!(c.get("web", "/", &[]).status, 200);
 }
 
+/// A refusal to a client that asked to close says so and closes (RFC 9112
+/// §9.6), as does one to an HTTP/1.0 client that did not ask to keep.
+#[test]
+fn a_routing_refusal_to_a_client_that_asked_to_close_closes() {
+    let b = bed(&[]);
+    for request in [
+        "GET / HTTP/1.1\r\nHost: unknown\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.0\r\nHost: unknown\r\n\r\n",
+    ] {
+        // Read to the end: the proxy's close ends the read.
+        let text = client::until_close(b.proxy.addr, request);
+        assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{text}"
+        );
+    }
+}
+
 #[test]
 fn a_slow_client_gets_408_and_does_not_hold_up_others() {
     let dir = TempDir::new("slowloris");

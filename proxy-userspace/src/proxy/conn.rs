@@ -215,10 +215,20 @@ impl Conn {
                 }
             };
             self.served += 1;
+            let wants_close = http::wants_close(
+                self.req.minor_version(),
+                self.req.get_all(&self.from_client, Known::Connection),
+            );
             match self.exchange(head_len).await {
                 Ok(Next::KeepAlive) => {}
                 Ok(Next::Close) => return,
-                Err(f) => {
+                Err(mut f) => {
+                    // A client that asked for the close (or an HTTP/1.0 one
+                    // that did not ask to keep the connection) is told so,
+                    // and the connection ends (RFC 9112 §9.6).
+                    if let Failure::Respond { close, .. } = &mut f {
+                        *close |= wants_close;
+                    }
                     let close =
                         matches!(f, Failure::Close(_) | Failure::Respond { close: true, .. });
                     self.fail(f).await;
