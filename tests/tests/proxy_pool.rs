@@ -7,17 +7,16 @@
 //! backend close, and lets it go on: the first batch is all requests.
 
 use std::{
-    io::{self, BufRead, BufReader, Read, Write},
+    io::{self, BufReader, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     thread,
-    time::Duration,
 };
 
-use sidetrack_tests::{TempDir, proxy::Proxy};
+use sidetrack_tests::{TempDir, backend::read_request, client::Client, proxy::Proxy};
 
 /// Client connections, each with a request in flight at once: more than
 /// one batch of the runtime's events.
@@ -72,76 +71,22 @@ fn serve(conn: TcpStream, requests: &AtomicU64) -> io::Result<()> {
     conn.set_nodelay(true)?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut writer = conn;
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        loop {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0u8; length];
-        reader.read_exact(&mut body)?;
+    while let Some(req) = read_request(&mut reader, None)? {
         requests.fetch_add(1, Ordering::Relaxed);
-        let answer = format!("got {length}");
+        let answer = format!("got {}", req.body.len());
         write!(
             writer,
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
             answer.len()
         )?;
     }
-}
-
-/// The status of one response read from `r` (its body skipped).
-fn read_status(r: &mut BufReader<TcpStream>) -> io::Result<u16> {
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("no status line: {line:?}")))?;
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            length = v.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0u8; length];
-    r.read_exact(&mut body)?;
-    Ok(status)
+    Ok(())
 }
 
 /// Every client sends its request before any response is read, so that
 /// the proxy finds them ready at once, and after them `then` runs (with
 /// the proxy `pid` stopped meanwhile when given); returns the statuses.
-fn fire(
-    clients: &mut [BufReader<TcpStream>],
-    request: &[u8],
-    pid: Option<u32>,
-    then: impl FnOnce(),
-) -> Vec<u16> {
+fn fire(clients: &mut [Client], request: &[u8], pid: Option<u32>, then: impl FnOnce()) -> Vec<u16> {
     let signal = |sig| {
         if let Some(pid) = pid {
             // SAFETY: kill(2) on the proxy this test started.
@@ -150,13 +95,13 @@ fn fire(
     };
     signal(libc::SIGSTOP);
     for c in clients.iter_mut() {
-        c.get_mut().write_all(request).unwrap();
+        c.send(request).unwrap();
     }
     then();
     signal(libc::SIGCONT);
     clients
         .iter_mut()
-        .map(|c| read_status(c).unwrap_or(0))
+        .map(|c| c.read_response(false).map_or(0, |r| r.status))
         .collect()
 }
 
@@ -164,24 +109,23 @@ fn non_200(statuses: &[u16]) -> Vec<u16> {
     statuses.iter().copied().filter(|s| *s != 200).collect()
 }
 
-/// Raises this process's soft limit on open files to the hard one: the
-/// test holds two descriptors per client and two per backend connection.
+/// Raises this process's limit on open files (the proxy it starts inherits
+/// it): the test holds two descriptors per client and per backend
+/// connection, and the proxy two per client. Root may raise the hard
+/// limit too.
 fn raise_fd_limit() {
+    let want = 16 * CLIENTS as u64;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit and setrlimit on a valid rlimit struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
-    assert!(
-        lim.rlim_cur >= 8 * CLIENTS as u64,
-        "{} open files",
-        lim.rlim_cur
-    );
+    // SAFETY: getrlimit writes into the rlimit struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim.rlim_max = lim.rlim_max.max(want);
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads the rlimit struct it is given.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(rc, 0, "{}", io::Error::last_os_error());
 }
 
 #[test]
@@ -195,14 +139,7 @@ fn requests_meeting_pooled_connections_the_backend_closed_all_succeed() {
         "pool:\n  max_idle_per_backend: 5000\nlimits:\n  max_connections: 5000\n",
         &[],
     );
-    let mut clients: Vec<BufReader<TcpStream>> = (0..CLIENTS)
-        .map(|_| {
-            let c = TcpStream::connect(proxy.addr).unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            c.set_nodelay(true).unwrap();
-            BufReader::new(c)
-        })
-        .collect();
+    let mut clients: Vec<Client> = (0..CLIENTS).map(|_| Client::connect(proxy.addr)).collect();
     let post = b"POST /orders HTTP/1.1\r\nHost: web\r\nContent-Length: 64\r\n\r\n\
                  0123456789012345678901234567890123456789012345678901234567890123";
     let get = b"GET /orders HTTP/1.1\r\nHost: web\r\n\r\n";

@@ -1,14 +1,19 @@
 //! One client connection: read a request head, route it, forward it, relay
 //! the response, and loop for the next request on the same connection.
 //!
+//! An exchange runs four steps that read top to bottom (route, send, await
+//! the final response, relay); what to do at each turn is decided by
+//! [`policy`](super::policy) from the heads, and the steps here do the I/O.
+//!
 //! Buffers live as long as the connection and are reused by every request:
-//! `buf` holds what has been read from the client (a head, the start of a
-//! body, pipelined requests after it), `bbuf` what has been read from the
-//! backend, `out` the heads the proxy writes. Parsed heads are offsets into
-//! those buffers. A request that hits the route cache allocates nothing.
+//! `from_client` holds what has been read from the client (a head, the
+//! start of a body, pipelined requests after it), `from_backend` what has
+//! been read from the backend, `heads` the heads the proxy writes. Parsed
+//! heads are offsets into those buffers. A request that hits the route
+//! cache allocates nothing.
 //!
 //! Requests are answered strictly in order, one at a time: a pipelined
-//! request waits in `buf` until the response before it is complete.
+//! request waits in `from_client` until the response before it is complete.
 //!
 //! Error responses the proxy makes carry `l5d-err`; an error before the
 //! response head has gone out is answered, an error after it (a backend
@@ -215,19 +220,23 @@ impl Conn {
                 }
             };
             self.served += 1;
-            let wants_close = http::wants_close(
-                self.req.minor_version(),
-                self.req.get_all(&self.from_client, Known::Connection),
-            );
             match self.exchange(head_len).await {
                 Ok(Next::KeepAlive) => {}
                 Ok(Next::Close) => return,
                 Err(mut f) => {
-                    // A client that asked for the close (or an HTTP/1.0 one
-                    // that did not ask to keep the connection) is told so,
-                    // and the connection ends (RFC 9112 §9.6).
-                    if let Failure::Respond { close, .. } = &mut f {
-                        *close |= wants_close;
+                    // A refusal that would keep the connection comes before
+                    // anything was forwarded, so the head is still in
+                    // `from_client`: a client that asked for the close (or
+                    // an HTTP/1.0 one that did not ask to keep the
+                    // connection) is told so, and the connection ends (RFC
+                    // 9112 §9.6).
+                    if let Failure::Respond { close, .. } = &mut f
+                        && !*close
+                    {
+                        *close = http::wants_close(
+                            self.req.minor_version(),
+                            self.req.get_all(&self.from_client, Known::Connection),
+                        );
                     }
                     let close =
                         matches!(f, Failure::Close(_) | Failure::Respond { close: true, .. });
@@ -279,11 +288,9 @@ impl Conn {
         let metrics = &self.shared.metrics;
         let splice = cfg.splice_threshold != u64::MAX;
         let after = cfg.tunnel_idle;
-        // Atomic only to keep the task Send; one thread touches it.
-        let moved = std::sync::atomic::AtomicU64::new(sent_first);
-        let count = |n: usize| {
-            moved.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        };
+        // A task of this worker's: nothing here needs to be Send.
+        let moved = std::cell::Cell::new(sent_first);
+        let count = |n: usize| moved.set(moved.get() + n as u64);
         if after.is_zero() {
             let _ = tunnel::run(&self.client, backend, splice, &count).await;
         } else {
@@ -327,7 +334,7 @@ impl Conn {
         }
         let drain = async {
             loop {
-                if client.readable().await.is_err() {
+                if stream::read_ready(client).await.is_err() {
                     return;
                 }
                 match client.try_read(scratch) {
@@ -371,7 +378,7 @@ impl Conn {
         }
     }
 
-    /// Reads until `buf` holds a whole request head. `None` when the client
+    /// Reads until `from_client` holds a whole request head. `None` when the client
     /// closed (or idled out, or the proxy is draining) between requests.
     async fn read_request_head(&mut self) -> Result<Option<usize>, Failure> {
         let cfg = &self.shared.cfg;
@@ -656,7 +663,7 @@ impl Conn {
                     tokio::select! {
                         biased;
                         head = head => Waited::Head(head),
-                        _ = client.readable() => Waited::Client,
+                        _ = stream::read_ready(client) => Waited::Client,
                     }
                 } else {
                     Waited::Head(head.await)
@@ -1459,7 +1466,7 @@ async fn copy_exact(
     while left > 0 {
         let want = (left as usize).min(copy.len());
         let got = loop {
-            from.readable().await.map_err(MoveError::From)?;
+            stream::read_ready(from).await.map_err(MoveError::From)?;
             match from.try_read(&mut copy[..want]) {
                 Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
                 Ok(k) => {

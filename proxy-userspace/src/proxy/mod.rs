@@ -217,7 +217,14 @@ pub fn run_worker(
     listener.set_nonblocking(true)?;
     local.block_on(&runtime, async move {
         let listener = TcpListener::from_std(listener)?;
-        Ok(serve(listener, shared, shutdown, grace).await)
+        // The accept loop is a task of its own, polled only when a client
+        // or the shutdown wakes it: the future `block_on` drives is polled
+        // on every wake of any task of the set, so it must cost nothing.
+        match tokio::task::spawn_local(serve(listener, shared, shutdown, grace)).await {
+            Ok(drained) => Ok(drained),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Ok(false),
+        }
     })
 }
 

@@ -3,7 +3,7 @@
 //!
 //! The sockets are tokio's (non-blocking, edge-triggered); every splice is
 //! done inside `try_io`, so that an EAGAIN clears the cached readiness and the
-//! next `readable()`/`writable()` waits for the kernel to say so again.
+//! next wait for readiness is for the kernel to say so again.
 
 use std::{
     io,
@@ -11,6 +11,8 @@ use std::{
 };
 
 use tokio::{io::Interest, net::TcpStream};
+
+use super::stream;
 
 /// How much one splice call asks for, and the pipe's size.
 const PIPE_SIZE: usize = 1 << 20;
@@ -82,7 +84,7 @@ impl Pipe {
                 Some(n) => (n - moved).min(self.capacity as u64) as usize,
                 None => self.capacity,
             };
-            from.readable().await.map_err(Broken::From)?;
+            stream::read_ready(from).await.map_err(Broken::From)?;
             let got = match from.try_io(Interest::READABLE, || {
                 splice(from.as_raw_fd(), self.write.as_raw_fd(), want)
             }) {
@@ -104,7 +106,7 @@ impl Pipe {
             };
             let mut left = got;
             while left > 0 {
-                to.writable().await.map_err(Broken::To)?;
+                stream::write_ready(to).await.map_err(Broken::To)?;
                 match to.try_io(Interest::WRITABLE, || {
                     splice(self.read.as_raw_fd(), to.as_raw_fd(), left)
                 }) {
@@ -143,7 +145,6 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::*;
-    use crate::proxy::stream;
 
     /// A blocking std end (driven from a thread) and a runtime end.
     fn pair() -> (std::net::TcpStream, TcpStream) {
