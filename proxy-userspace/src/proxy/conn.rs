@@ -1258,6 +1258,16 @@ async fn read_response_head(
     resp: &mut ResponseHead,
     limits: &http::Limits,
 ) -> Result<usize, ReadHeadError> {
+    // The answer is often there already (see `try_read_buf_now`).
+    if bbuf.is_empty() {
+        match stream::try_read_buf_now(backend, bbuf) {
+            Ok(0) => return Err(ReadHeadError::ClosedBeforeResponse),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if is_reset(&e) => return Err(ReadHeadError::ClosedBeforeResponse),
+            Err(e) => return Err(ReadHeadError::Io(e)),
+        }
+    }
     loop {
         if !bbuf.is_empty() {
             match resp.parse(bbuf, limits).map_err(ReadHeadError::Bad)? {
@@ -1269,20 +1279,21 @@ async fn read_response_head(
             Ok(0) if bbuf.is_empty() => return Err(ReadHeadError::ClosedBeforeResponse),
             Ok(0) => return Err(ReadHeadError::Closed),
             Ok(_) => {}
-            // A reset before any byte is an end too: the backend closed a
-            // connection that still had the request unread.
-            Err(e)
-                if bbuf.is_empty()
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-                    ) =>
-            {
+            Err(e) if bbuf.is_empty() && is_reset(&e) => {
                 return Err(ReadHeadError::ClosedBeforeResponse);
             }
             Err(e) => return Err(ReadHeadError::Io(e)),
         }
     }
+}
+
+/// A reset before any byte of a response is an end too: the backend
+/// closed a connection that still had the request unread.
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
 }
 
 /// Bytes moved by copying and by splicing.

@@ -209,8 +209,7 @@ pub fn run_worker(
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_io();
     if yield_before_wait {
-        let hook = Arc::new(park::YieldBeforePark::default());
-        builder.on_thread_park(move || hook.before_park());
+        builder.on_thread_park(park::before_park);
     }
     let runtime = builder.build()?;
     let local = tokio::task::LocalSet::new();
