@@ -160,3 +160,30 @@ impl Drop for Proxy {
         let _ = self.child.wait();
     }
 }
+
+/// Each of `pid`'s worker threads (`sidetrack-worker-N`) with the counts
+/// its `/proc/<pid>/task/<tid>/status` gives for the fields named, summed:
+/// `voluntary_ctxt_switches` counts how often a worker blocked.
+pub fn worker_counts(pid: u32, fields: &[&str]) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = entry.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !name.starts_with("sidetrack-worke") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        let sum = status
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                fields
+                    .contains(&k)
+                    .then(|| v.trim().parse::<u64>().unwrap())
+            })
+            .sum();
+        let tid = task.file_name().unwrap().to_string_lossy().into_owned();
+        out.insert(tid, sum);
+    }
+    out
+}

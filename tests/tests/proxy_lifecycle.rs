@@ -13,7 +13,7 @@ use sidetrack_tests::{
     TempDir,
     backend::Backend,
     client::{self, Client},
-    proxy::{Proxy, metric_value},
+    proxy::{self, Proxy, metric_value},
 };
 
 #[test]
@@ -284,26 +284,10 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
 /// by thread id. A worker blocks and is woken for the connections it
 /// serves; one that serves none sleeps on, and its counts stay put.
 fn worker_switches(pid: u32) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = entry.unwrap().path();
-        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if !name.starts_with("sidetrack-worke") {
-            continue;
-        }
-        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
-        let switches = status
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("voluntary_ctxt_switches:")
-                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
-            })
-            .map(|n| n.trim().parse::<u64>().unwrap())
-            .sum();
-        let tid = task.file_name().unwrap().to_string_lossy().into_owned();
-        out.insert(tid, switches);
-    }
-    out
+    proxy::worker_counts(
+        pid,
+        &["voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"],
+    )
 }
 
 #[test]

@@ -14,7 +14,12 @@ use std::{
 };
 
 use sidetrack::cli::run::{allowed_cpus, pin_current};
-use sidetrack_tests::{TempDir, backend::Backend, client::Client, proxy::Proxy};
+use sidetrack_tests::{
+    TempDir,
+    backend::Backend,
+    client::Client,
+    proxy::{self, Proxy},
+};
 
 /// Requests measured per setting, after `WARM_UP` ones.
 const REQUESTS: u64 = 2000;
@@ -23,22 +28,8 @@ const WARM_UP: u64 = 200;
 /// The proxy's one worker thread's `voluntary_ctxt_switches`: how often
 /// it blocked.
 fn worker_sleeps(pid: u32) -> u64 {
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = entry.unwrap().path();
-        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if !name.starts_with("sidetrack-worke") {
-            continue;
-        }
-        let status = std::fs::read_to_string(task.join("status")).unwrap();
-        return status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .expect("voluntary_ctxt_switches in status")
-            .trim()
-            .parse()
-            .unwrap();
-    }
-    panic!("no worker thread in /proc/{pid}/task");
+    let counts = proxy::worker_counts(pid, &["voluntary_ctxt_switches"]);
+    *counts.values().next().expect("a worker thread")
 }
 
 /// A thread spinning on the calling thread's CPUs until dropped.

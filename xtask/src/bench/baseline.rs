@@ -100,14 +100,6 @@ pub fn build(rev: &Rev) -> Result<PathBuf> {
         c
     };
     cmd::run(&mut cargo(&["xtask", "build-ebpf"]))?;
-    cmd::run(&mut cargo(&[
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "sidetrack",
-        "--bin",
-        "sidetrack",
-    ]))?;
+    cmd::run(&mut cargo(&super::BUILD_SIDETRACK))?;
     Ok(bin)
 }

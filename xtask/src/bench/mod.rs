@@ -49,6 +49,18 @@ use serde::Serialize;
 use crate::{build_ebpf, cmd, setup, testbed};
 use scenarios::{Bed, Bins, LoadArgs, NO_SPLICE, Proxy, Scenario};
 
+/// `cargo` arguments that build the Sidetrack binary the bench runs (this
+/// tree's, and a `--baseline` revision's in its worktree).
+const BUILD_SIDETRACK: [&str; 7] = [
+    "build",
+    "--release",
+    "--locked",
+    "-p",
+    "sidetrack",
+    "--bin",
+    "sidetrack",
+];
+
 /// The CPU the pinned phase puts client, proxy and server on.
 const PINNED_CPU: usize = 1;
 const OPEN_CONNS: usize = 100;
@@ -439,15 +451,7 @@ pub fn run(
     let built = Instant::now();
     build_ebpf::run()?;
     cmd::step("building sidetrack and xtask (release)");
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "sidetrack",
-        "--bin",
-        "sidetrack",
-    ]))?;
+    cmd::run(cmd::cargo().args(BUILD_SIDETRACK))?;
     cmd::run(cmd::cargo().args([
         "build",
         "--release",
