@@ -34,6 +34,8 @@ enum Reply {
     /// Writes these bytes at once and closes with the body unread (the
     /// kernel answers what comes next with a reset).
     Refuse(&'static [u8]),
+    /// Reads the body and never answers (reads on until the proxy closes).
+    Silent,
 }
 
 /// A request as the scripted backend saw it: on which of its connections
@@ -141,6 +143,11 @@ fn serve(
             Reply::Refuse(bytes) => {
                 let _ = out.write_all(bytes);
                 return;
+            }
+            Reply::Silent => {
+                if r.read_exact(&mut body).is_err() {
+                    return;
+                }
             }
         }
     }
@@ -508,4 +515,69 @@ fn a_repeated_content_length_reaches_the_client_as_one_value() {
         .filter(|l| l.to_ascii_lowercase().starts_with("content-length:"))
         .collect();
     assert_eq!(lengths, ["Content-Length: 2"], "{text}");
+}
+
+/// A response head over `max_head_bytes` (4 KiB in the test below).
+fn oversized_head() -> &'static [u8] {
+    static HEAD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    HEAD.get_or_init(|| {
+        format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 5\r\n\r\nlarge",
+            "b".repeat(8 * 1024)
+        )
+        .into_bytes()
+    })
+}
+
+fn silent_or_oversized(_: usize, _: usize, line: &str) -> Reply {
+    if line.starts_with("GET /silent ") {
+        Reply::Silent
+    } else if line.starts_with("GET /big ") {
+        Reply::Send(oversized_head())
+    } else {
+        Reply::Send(FRESH)
+    }
+}
+
+/// A backend that does not answer in time gets the client a 504 counted
+/// as a timeout, not as a bad response; one whose response head is too
+/// large gets a 502 that says it was the response's head.
+#[test]
+fn a_silent_backend_is_a_timeout_and_an_oversized_answer_a_response_head_too_large() {
+    let b = Scripted::start(silent_or_oversized);
+    let (_dir, p) = proxy_with(
+        &b,
+        "limits:\n  response_timeout_ms: 300\n  max_head_bytes: 4096\n",
+    );
+    let r = send(
+        &mut Client::connect(p.addr),
+        "GET /silent HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(r.status, 504);
+    assert!(
+        r.header("l5d-err")
+            .is_some_and(|e| e.contains("did not answer")),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(
+        p.metric("sidetrack_errors_total", &[("kind", "backend_timeout")]),
+        1.0
+    );
+    assert_eq!(
+        p.metric(
+            "sidetrack_errors_total",
+            &[("kind", "backend_bad_response")]
+        ),
+        0.0
+    );
+    let r = send(
+        &mut Client::connect(p.addr),
+        "GET /big HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(r.status, 502);
+    let err = r.header("l5d-err").unwrap_or_default();
+    assert!(err.contains("response head too large"), "{err}");
+    assert!(!err.contains("request"), "{err}");
+    assert_serves_others(&p);
 }

@@ -291,3 +291,26 @@ fn after_a_namer_file_changes_routes_are_cached_again_and_connections_pooled() {
         proxy.metric("sidetrack_dtab_cache_misses_total", &[]) > before
     }));
 }
+
+/// `Proxy-Authorization` is for the proxy, which takes none: it is not
+/// passed on (RFC 9110 §11.7.2); `Authorization`, the backend's, is.
+#[test]
+fn proxy_credentials_stop_at_the_proxy() {
+    let (_dir, _hello, _v1, _v2, proxy) = staging();
+    let r = client::get(
+        proxy.addr,
+        "world",
+        "/",
+        &[
+            "Proxy-Authorization: Basic cHJveHk6c2VjcmV0",
+            "Authorization: Bearer for-the-backend",
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let seen = r.json();
+    assert!(
+        seen["headers"].get("proxy-authorization").is_none(),
+        "{seen}"
+    );
+    assert_eq!(seen["headers"]["authorization"], "Bearer for-the-backend");
+}

@@ -403,9 +403,12 @@ impl ChunkedScanner {
                 Size
             }
             (Size, _) if self.line_len == 1 => return Err("missing chunk size"),
+            // Whitespace may stand before an extension's `;` (BWS), not
+            // before the line end (RFC 9112 §7.1.1).
             (Size | SizeWs, b' ' | b'\t') => SizeWs,
             (Size | SizeWs, b';') => Ext,
-            (Size | SizeWs | Ext, b'\r') => SizeLf,
+            (SizeWs, b'\r') => return Err("whitespace after a chunk size"),
+            (Size | Ext, b'\r') => SizeLf,
             (Size | SizeWs, _) => return Err("invalid chunk size"),
             // chunk-ext is tokens, `=`, quoted strings: printable, HTAB, obs-text.
             (Ext, b'\t' | b' '..=b'~' | 0x80..) => Ext,
@@ -960,7 +963,7 @@ mod tests {
             b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
             b"A\r\n0123456789\r\na\r\n0123456789\r\n0\r\n\r\n",
             b"5;name=value;quoted=\"a;b\\\"c\"\r\nhello\r\n0;last\r\n\r\n",
-            b"5 ;x\r\nhello\r\n0\t\r\n\r\n",
+            b"5 ;x\r\nhello\r\n0\t;y\r\n\r\n",
             b"0005\r\nhello\r\n000\r\nExpires: never\r\nX-Sum: abc\t\r\n\r\n",
             b"3\r\n\r\n\r\r\n0\r\nA:\r\n\r\n",
         ];
@@ -991,7 +994,12 @@ mod tests {
         );
         let long_zeros = format!("{}1\r\nx\r\n0\r\n\r\n", "0".repeat(MAX_CHUNK_LINE as usize));
         let big_trailer = format!("0\r\nX: {}\r\n\r\n", "v".repeat(MAX_TRAILERS as usize));
-        let cases: [(&[u8], &str); 22] = [
+        let cases: [(&[u8], &str); 24] = [
+            (b"5 \r\nhello\r\n0\r\n\r\n", "whitespace after a chunk size"),
+            (
+                b"5\r\nhello\r\n0\t\r\n\r\n",
+                "whitespace after a chunk size",
+            ),
             (b"zz\r\n", "missing chunk size"),
             (b"\r\n", "missing chunk size"),
             (b";ext\r\n", "missing chunk size"),

@@ -124,6 +124,8 @@ pub enum ErrorKind {
     NoEndpoints,
     ConnectFailed,
     BackendHead,
+    /// The backend gave no final response head within the response timeout.
+    BackendTimeout,
     BackendDied,
     ClientDied,
 }
@@ -145,12 +147,13 @@ impl ErrorKind {
             ErrorKind::NoEndpoints => "no_endpoints",
             ErrorKind::ConnectFailed => "connect_failed",
             ErrorKind::BackendHead => "backend_bad_response",
+            ErrorKind::BackendTimeout => "backend_timeout",
             ErrorKind::BackendDied => "backend_died",
             ErrorKind::ClientDied => "client_died",
         }
     }
 
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::BadRequest,
         ErrorKind::HeadTooLarge,
         ErrorKind::UriTooLong,
@@ -165,6 +168,7 @@ impl ErrorKind {
         ErrorKind::NoEndpoints,
         ErrorKind::ConnectFailed,
         ErrorKind::BackendHead,
+        ErrorKind::BackendTimeout,
         ErrorKind::BackendDied,
         ErrorKind::ClientDied,
     ];

@@ -60,8 +60,9 @@ const INITIAL_BUF: usize = 8 * 1024;
 /// Chunk size for copying bodies through userspace.
 const COPY_CHUNK: usize = 64 * 1024;
 
-/// Headers the proxy sets itself, so incoming copies are dropped (checked
-/// for every field: one length switch, then one comparison).
+/// Headers the proxy sets or consumes itself, so incoming copies are
+/// dropped (checked for every field: one length switch, then one
+/// comparison).
 fn is_proxy_header(name: &[u8]) -> bool {
     let is = |wanted: &[u8]| http::eq_ignore_case_lower(name, wanted);
     match name.len() {
@@ -69,6 +70,9 @@ fn is_proxy_header(name: &[u8]) -> bool {
         12 => is(b"l5d-ctx-dtab"),
         14 => is(b"l5d-dst-client"),
         15 => is(b"l5d-dst-service"),
+        // Credentials for a proxy: this one takes none, and they are not
+        // the backend's to see (RFC 9110 §11.7.2).
+        19 => is(b"proxy-authorization"),
         _ => false,
     }
 }
@@ -689,7 +693,7 @@ impl Conn {
                     dest.stats.response(504);
                     return Err(Failure::respond(
                         504,
-                        ErrorKind::BackendHead,
+                        ErrorKind::BackendTimeout,
                         format!(
                             "{} did not answer within {response_timeout:?}",
                             upstream.in_flight.backend().addr(),
@@ -1246,6 +1250,8 @@ impl std::fmt::Display for ReadHeadError {
             }
             ReadHeadError::Closed => f.write_str("the connection closed inside the response head"),
             ReadHeadError::Io(e) => write!(f, "{e}"),
+            // HeadError speaks of requests, its usual subject.
+            ReadHeadError::Bad(HeadError::HeadTooLarge) => f.write_str("response head too large"),
             ReadHeadError::Bad(e) => write!(f, "{e}"),
         }
     }
