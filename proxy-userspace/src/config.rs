@@ -143,8 +143,12 @@ pub struct Limits {
     pub head_timeout_ms: u64,
     /// Time a keep-alive client connection may sit idle between requests.
     pub idle_timeout_ms: u64,
-    /// Time to wait for a backend's response head.
+    /// Time from sending a request to its final response head, however
+    /// many interim (1xx) responses come meanwhile (then 504).
     pub response_timeout_ms: u64,
+    /// Interim (1xx) responses relayed for one request; one more is a
+    /// backend out of bounds (502).
+    pub max_interim_responses: usize,
     /// Longest a request or response body may go without a byte moving;
     /// then a request body gets 408 (before any response) and a response
     /// body's client connection is closed.
@@ -213,6 +217,7 @@ impl Default for Limits {
             head_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             response_timeout_ms: 30_000,
+            max_interim_responses: 16,
             body_timeout_ms: 60_000,
             linger_ms: 2_000,
             tunnel_idle_timeout_ms: 3_600_000,

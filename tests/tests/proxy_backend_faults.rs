@@ -36,6 +36,9 @@ enum Reply {
     Refuse(&'static [u8]),
     /// Reads the body and never answers (reads on until the proxy closes).
     Silent,
+    /// Reads the body, then writes these bytes every 10 ms, for at most 5 s
+    /// or until a write fails, and closes.
+    Every10Ms(&'static [u8]),
 }
 
 /// A request as the scripted backend saw it: on which of its connections
@@ -148,6 +151,16 @@ fn serve(
                 if r.read_exact(&mut body).is_err() {
                     return;
                 }
+            }
+            Reply::Every10Ms(bytes) => {
+                let _ = r.read_exact(&mut body);
+                for _ in 0..500 {
+                    if out.write_all(bytes).is_err() {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+                return;
             }
         }
     }
@@ -579,5 +592,40 @@ fn a_silent_backend_is_a_timeout_and_an_oversized_answer_a_response_head_too_lar
     let err = r.header("l5d-err").unwrap_or_default();
     assert!(err.contains("response head too large"), "{err}");
     assert!(!err.contains("request"), "{err}");
+    assert_serves_others(&p);
+}
+
+fn processing_for_ever(_: usize, _: usize, line: &str) -> Reply {
+    if line.starts_with("GET /processing ") {
+        Reply::Every10Ms(b"HTTP/1.1 102 Processing\r\n\r\n")
+    } else {
+        Reply::Send(FRESH)
+    }
+}
+
+/// Interim responses do not hold a client for ever: the response timeout
+/// runs from the send to the final head however many come (504), and past
+/// `max_interim_responses` the backend is out of bounds (502). The client
+/// speaks HTTP/1.0, so the 102s are not relayed to it.
+#[test]
+fn interim_responses_neither_restart_the_response_timeout_nor_go_on_for_ever() {
+    let b = Scripted::start(processing_for_ever);
+    let request = "GET /processing HTTP/1.0\r\nHost: x\r\n\r\n";
+    let (_dir, p) = proxy_with(
+        &b,
+        "limits:\n  response_timeout_ms: 300\n  max_interim_responses: 1000\n",
+    );
+    let r = send(&mut Client::connect(p.addr), request);
+    assert_eq!(r.status, 504, "{:?}", r.headers);
+    assert_eq!(
+        p.metric("sidetrack_errors_total", &[("kind", "backend_timeout")]),
+        1.0
+    );
+    drop(p);
+    let (_dir, p) = proxy_with(&b, "limits:\n  max_interim_responses: 3\n");
+    let r = send(&mut Client::connect(p.addr), request);
+    assert_eq!(r.status, 502, "{:?}", r.headers);
+    let err = r.header("l5d-err").unwrap_or_default();
+    assert!(err.contains("more than 3 interim responses"), "{err}");
     assert_serves_others(&p);
 }

@@ -641,6 +641,10 @@ impl Conn {
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
         let response_timeout = cfg.response_timeout;
+        // One deadline from the send to the final head: interim responses
+        // do not push it on.
+        let respond_by = Instant::now() + response_timeout;
+        let mut interim = 0;
         let mut body = if whole {
             RequestBody::Sent
         } else {
@@ -673,9 +677,10 @@ impl Conn {
                     Waited::Head(head.await)
                 }
             };
+            let left = respond_by.saturating_duration_since(Instant::now());
             let waited = self
                 .deadline
-                .within(&self.worker.watchdog, response_timeout, false, wait)
+                .within(&self.worker.watchdog, left, false, wait)
                 .await;
             let head_len = match waited {
                 Ok(Waited::Head(Ok(n))) => n,
@@ -735,6 +740,19 @@ impl Conn {
             };
             let status = self.resp.status();
             if (100..200).contains(&status) && status != 101 {
+                interim += 1;
+                if interim > cfg.max_interim {
+                    dest.stats.response(502);
+                    return Err(Failure::respond(
+                        502,
+                        ErrorKind::BackendHead,
+                        format!(
+                            "{} sent more than {} interim responses",
+                            upstream.in_flight.backend().addr(),
+                            cfg.max_interim
+                        ),
+                    ));
+                }
                 // Interim responses are relayed (hop-by-hop fields dropped)
                 // where the policy says; `heads` is free: a request that
                 // had an answer is not sent again.

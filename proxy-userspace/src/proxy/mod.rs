@@ -48,6 +48,7 @@ pub struct ProxyConfig {
     pub head_timeout: Duration,
     pub idle_timeout: Duration,
     pub response_timeout: Duration,
+    pub max_interim: usize,
     pub body_timeout: Duration,
     pub linger: Duration,
     /// Zero: tunnels never idle out.
@@ -72,6 +73,7 @@ impl ProxyConfig {
             head_timeout: ms(s.limits.head_timeout_ms),
             idle_timeout: ms(s.limits.idle_timeout_ms),
             response_timeout: ms(s.limits.response_timeout_ms),
+            max_interim: s.limits.max_interim_responses,
             body_timeout: ms(s.limits.body_timeout_ms),
             linger: ms(s.limits.linger_ms),
             tunnel_idle: ms(s.limits.tunnel_idle_timeout_ms),
