@@ -171,6 +171,64 @@ fn a_slow_client_gets_408_and_does_not_hold_up_others() {
     );
 }
 
+/// The proxy's resident memory, from /proc.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in status")
+}
+
+/// Connections lingering after their 408 (the proxy reads and drops what
+/// they still send until they close) hold no buffer each: they share
+/// their worker's. Each held 64 KiB of its own before, 50 MB for these.
+#[test]
+fn lingering_connections_hold_no_buffer_of_their_own() {
+    const SLOW: usize = 800;
+    let dir = TempDir::new("linger-memory");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    let p = Proxy::with_fs_namer(
+        &dir,
+        "limits:\n  head_timeout_ms: 200\n  linger_ms: 10000\n",
+        &[],
+    );
+    // Warm: buffers and the route the first requests need.
+    assert_eq!(client::get(p.addr, "web", "/", &[]).status, 200);
+    let before = rss_kb(p.child.id());
+    let mut slow: Vec<TcpStream> = (0..SLOW)
+        .map(|_| {
+            let mut s = TcpStream::connect(p.addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    // Every one gets its 408 and the proxy's end of the connection, and
+    // then lingers (it keeps reading what comes, and nothing does).
+    for s in &mut slow {
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        assert!(
+            resp.starts_with(b"HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&resp)
+        );
+    }
+    let lingering = rss_kb(p.child.id());
+    let grew_mb = lingering.saturating_sub(before) as f64 / 1024.0;
+    eprintln!("RSS {before} kB before, {lingering} kB with {SLOW} lingering: +{grew_mb:.1} MB");
+    assert!(
+        grew_mb < 32.0,
+        "{SLOW} lingering connections took {grew_mb:.1} MB"
+    );
+    // And a client that sends the rest meanwhile is still read and dropped.
+    slow[0].write_all(&[b'x'; 4096]).unwrap();
+    assert_eq!(client::get(p.addr, "web", "/", &[]).status, 200);
+}
+
 #[test]
 fn an_error_that_ends_the_connection_is_not_reset_under_the_client() {
     let b = bed(&[]);

@@ -332,16 +332,16 @@ impl Conn {
             return;
         }
         let client = &self.client;
-        let scratch = &mut self.scratch;
-        if scratch.len() < COPY_CHUNK {
-            scratch.resize(COPY_CHUNK, 0);
-        }
+        let worker = &self.worker;
         let drain = async {
             loop {
                 if stream::read_ready(client).await.is_err() {
                     return;
                 }
-                match client.try_read(scratch) {
+                // The worker's one drain buffer, borrowed for the read
+                // only: a lingering connection holds no buffer of its own.
+                let read = client.try_read(&mut worker.drain_buffer());
+                match read {
                     Ok(0) => return,
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -108,6 +108,9 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     pub watchdog: Arc<Watchdog>,
     pub pool: RefCell<Pool>,
+    /// Where lingering connections' unread bytes are read and dropped:
+    /// one buffer per worker, not one per connection.
+    drain: RefCell<Vec<u8>>,
 }
 
 impl Worker {
@@ -117,9 +120,23 @@ impl Worker {
             shared,
             watchdog: Arc::new(Watchdog::default()),
             pool: RefCell::new(pool),
+            drain: RefCell::default(),
         })
     }
+
+    /// The drain buffer (64 KiB, made on first use), for a read that
+    /// holds it across no await.
+    pub fn drain_buffer(&self) -> std::cell::RefMut<'_, Vec<u8>> {
+        let mut buf = self.drain.borrow_mut();
+        if buf.is_empty() {
+            buf.resize(DRAIN_BUFFER, 0);
+        }
+        buf
+    }
 }
+
+/// Size of a worker's drain buffer.
+const DRAIN_BUFFER: usize = 64 * 1024;
 
 /// Serves one accepted connection on this worker, holding `permit`.
 fn spawn_conn(
