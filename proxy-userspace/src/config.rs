@@ -143,6 +143,10 @@ pub struct Limits {
     pub head_timeout_ms: u64,
     /// Time a keep-alive client connection may sit idle between requests.
     pub idle_timeout_ms: u64,
+    /// Time a new connection may take to send its first byte: one that
+    /// says nothing holds a connection slot for this long, not the idle
+    /// timeout.
+    pub first_byte_timeout_ms: u64,
     /// Time from sending a request to its final response head, however
     /// many interim (1xx) responses come meanwhile (then 504).
     pub response_timeout_ms: u64,
@@ -216,6 +220,7 @@ impl Default for Limits {
             max_headers: 100,
             head_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
+            first_byte_timeout_ms: 5_000,
             response_timeout_ms: 30_000,
             max_interim_responses: 16,
             body_timeout_ms: 60_000,
@@ -271,6 +276,7 @@ impl Settings {
             ("watch_interval_ms", self.watch_interval_ms),
             ("shutdown_grace_ms", self.shutdown_grace_ms),
             ("limits.head_timeout_ms", l.head_timeout_ms),
+            ("limits.first_byte_timeout_ms", l.first_byte_timeout_ms),
             ("limits.idle_timeout_ms", l.idle_timeout_ms),
             ("limits.response_timeout_ms", l.response_timeout_ms),
             ("limits.body_timeout_ms", l.body_timeout_ms),

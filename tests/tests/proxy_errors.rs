@@ -171,6 +171,33 @@ fn a_slow_client_gets_408_and_does_not_hold_up_others() {
     );
 }
 
+/// A connection that says nothing is closed at the first-byte timeout,
+/// not held for the idle timeout; one that spoke keeps the idle timeout.
+#[test]
+fn a_silent_new_connection_is_closed_at_the_first_byte_timeout() {
+    let dir = TempDir::new("first-byte");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    let p = Proxy::with_fs_namer(
+        &dir,
+        "limits:\n  first_byte_timeout_ms: 200\n  idle_timeout_ms: 60000\n",
+        &[],
+    );
+    let mut silent = TcpStream::connect(p.addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // A client that served a request stays open past the first-byte timeout.
+    let mut spoke = Client::connect(p.addr);
+    assert_eq!(spoke.get("web", "/", &[]).status, 200);
+    let mut got = Vec::new();
+    // The proxy's close ends the read, with nothing sent: no 408 to a
+    // client that asked nothing.
+    silent.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert_eq!(spoke.get("web", "/", &[]).status, 200);
+}
+
 /// The proxy's resident memory, from /proc.
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -314,3 +314,14 @@ fn proxy_credentials_stop_at_the_proxy() {
     );
     assert_eq!(seen["headers"]["authorization"], "Bearer for-the-backend");
 }
+
+/// Responses name the proxy in Via, as requests do (RFC 9110 §7.6.3).
+#[test]
+fn responses_carry_the_proxy_s_via() {
+    let (_dir, _hello, _v1, _v2, proxy) = staging();
+    let r = client::get(proxy.addr, "world", "/", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("via"), Some("1.1 sidetrack"), "{:?}", r.headers);
+    let seen = r.json();
+    assert_eq!(seen["headers"]["via"], "1.1 sidetrack");
+}

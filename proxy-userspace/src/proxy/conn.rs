@@ -401,10 +401,14 @@ impl Conn {
                 // give up at once when the proxy drains. Except for the
                 // first request of a connection accepted while draining
                 // (one still queued when the listener closed): it came to
-                // be served, so it gets the head timeout.
+                // be served, so it gets the head timeout. A new connection
+                // gets the first-byte timeout: one that says nothing must
+                // not hold a slot for the idle timeout.
                 None => {
                     let (after, idle) = if self.served == 0 && self.worker.watchdog.draining() {
                         (cfg.head_timeout, false)
+                    } else if self.served == 0 {
+                        (cfg.first_byte_timeout, true)
                     } else {
                         (cfg.idle_timeout, true)
                     };
@@ -803,12 +807,13 @@ impl Conn {
         let reply = policy::after_response(req, &answer.facts, answer.body);
         let resp_body = answer.facts.body;
         self.heads.clear();
-        let connection: &[(&[u8], &[u8])] = match reply.connection {
-            ConnectionField::KeepAlive => &[(b"Connection", b"keep-alive")],
-            ConnectionField::Omit | ConnectionField::Close => &[],
+        // The proxy names itself in the response's Via too (RFC 9110 §7.6.3).
+        let extra: &[(&[u8], &[u8])] = match reply.connection {
+            ConnectionField::KeepAlive => &[(b"Via", VIA), (b"Connection", b"keep-alive")],
+            ConnectionField::Omit | ConnectionField::Close => &[(b"Via", VIA)],
         };
         if reply.relay == Relay::Dechunked {
-            http::write_response_dechunked(&mut self.heads, &self.resp, &self.from_backend, &[]);
+            http::write_response_dechunked(&mut self.heads, &self.resp, &self.from_backend, extra);
         } else {
             http::write_response(
                 &mut self.heads,
@@ -817,7 +822,7 @@ impl Conn {
                 &resp_body,
                 reply.relay == Relay::Tunnel,
                 reply.connection == ConnectionField::Close,
-                connection,
+                extra,
             );
         }
         self.from_backend.drain(..answer.head_len);

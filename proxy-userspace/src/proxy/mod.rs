@@ -46,6 +46,7 @@ use self::{
 pub struct ProxyConfig {
     pub limits: http::Limits,
     pub head_timeout: Duration,
+    pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
     pub response_timeout: Duration,
     pub max_interim: usize,
@@ -71,6 +72,7 @@ impl ProxyConfig {
                 max_headers: s.limits.max_headers,
             },
             head_timeout: ms(s.limits.head_timeout_ms),
+            first_byte_timeout: ms(s.limits.first_byte_timeout_ms),
             idle_timeout: ms(s.limits.idle_timeout_ms),
             response_timeout: ms(s.limits.response_timeout_ms),
             max_interim: s.limits.max_interim_responses,
