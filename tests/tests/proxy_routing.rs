@@ -2,7 +2,12 @@
 //! `l5d-ctx-dtab` across hops, namer fallback, weighted splits, hot reload.
 //! Real sockets on loopback; real backends; the real binary.
 
-use sidetrack_tests::{TempDir, backend::Backend, client, eventually, proxy::Proxy};
+use sidetrack_tests::{
+    TempDir,
+    backend::Backend,
+    client, eventually,
+    proxy::{Proxy, metric_value},
+};
 
 /// The tutorial's dtab: /svc/<host> goes to /host/<host>, which the file
 /// namer serves from /srv/<name>.
@@ -324,4 +329,51 @@ fn responses_carry_the_proxy_s_via() {
     assert_eq!(r.header("via"), Some("1.1 sidetrack"), "{:?}", r.headers);
     let seen = r.json();
     assert_eq!(seen["headers"]["via"], "1.1 sidetrack");
+}
+
+/// Overrides that send requests to distinct literal addresses are counted
+/// under one pair of labels (they cannot fill the series cap), and the
+/// warnings their failed connects cause are rate-limited, the rest
+/// counted.
+#[test]
+fn overrides_to_literal_addresses_share_one_label_and_their_warnings_are_bounded() {
+    let (_dir, _hello, _v1, _v2, proxy) = staging();
+    // Ports nothing listens on: bound, then let go.
+    let ports: Vec<u16> = (0..200)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    for port in &ports {
+        let header = format!("l5d-dtab: /host/world => /$/inet/127.0.0.1/{port}");
+        assert_eq!(
+            client::get(proxy.addr, "world", "/", &[&header]).status,
+            502
+        );
+    }
+    let m = proxy.metrics();
+    assert!(
+        !m.contains(&format!("127.0.0.1/{}", ports[0])),
+        "an override's address became a label"
+    );
+    let folded = [
+        ("service", "(override)"),
+        ("dst", "/$ (override)"),
+        ("override", "true"),
+    ];
+    assert_eq!(metric_value(&m, "sidetrack_requests_total", &folded), 200.0);
+    // The base dtab's destinations keep their own labels.
+    assert_eq!(client::get(proxy.addr, "world", "/", &[]).status, 200);
+    let m = proxy.metrics();
+    let real = [
+        ("service", "/svc/world"),
+        ("dst", "/#/io.l5d.fs/world-v1"),
+        ("override", "false"),
+    ];
+    assert_eq!(metric_value(&m, "sidetrack_requests_total", &real), 1.0);
+    assert!(
+        metric_value(&m, "sidetrack_log_lines_suppressed_total", &[]) >= 100.0,
+        "200 failed connects wrote a warning each"
+    );
 }

@@ -307,6 +307,11 @@ impl Metrics {
             "Body bytes moved, by copying through userspace or by splice(2)",
             bytes.clone(),
         );
+        registry.register(
+            "log_lines_suppressed",
+            "Per-request log lines held back by the rate limit",
+            LogLinesSuppressed,
+        );
         let extras = Arc::new(Extras::default());
         registry.register_collector(Box::new(extras.clone()));
 
@@ -454,5 +459,19 @@ mod tests {
         let text = m.encode();
         assert!(text.contains(r#"service="overflow""#), "{text}");
         assert!(!text.contains("/svc/h4"), "{text}");
+    }
+}
+
+/// The log limiter's count, read when scraped.
+#[derive(Debug)]
+struct LogLinesSuppressed;
+
+impl EncodeMetric for LogLinesSuppressed {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&super::log_limit::suppressed(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
     }
 }

@@ -46,7 +46,7 @@ use crate::{
     dtab::Choice,
     http::{self, BodyLength, ChunkedScanner, HeadError, Known, Parsed, RequestHead, ResponseHead},
     namer::balancer::InFlight,
-    observe::metrics::ErrorKind,
+    observe::{log_limit, metrics::ErrorKind},
     route::{self, Dest, Outcome, Route, RouteError},
 };
 
@@ -878,11 +878,13 @@ impl Conn {
         // next request goes to).
         let stray = !self.from_backend.is_empty();
         if stray {
-            tracing::warn!(
-                backend = %addr,
-                bytes = self.from_backend.len(),
-                "backend sent bytes after its response; connection dropped"
-            );
+            if log_limit::allow() {
+                tracing::warn!(
+                    backend = %addr,
+                    bytes = self.from_backend.len(),
+                    "backend sent bytes after its response; connection dropped"
+                );
+            }
             self.from_backend.clear();
         }
         if reply.pool_backend && !stray {
@@ -937,13 +939,17 @@ impl Conn {
                     // The proxy's own shortage: the backend keeps its place,
                     // and another would fare no better.
                     Err(e) if e.is_local() => {
-                        tracing::warn!(dst = %dest.id, error = %e, "connect failed here; backend kept");
+                        if log_limit::allow() {
+                            tracing::warn!(dst = %dest.id, error = %e, "connect failed here; backend kept");
+                        }
                         last = e.to_string();
                         break;
                     }
                     Err(e) => {
                         backend.eject(cfg.eject);
-                        tracing::warn!(dst = %dest.id, error = %e, "connect failed; backend ejected for {:?}", cfg.eject);
+                        if log_limit::allow() {
+                            tracing::warn!(dst = %dest.id, error = %e, "connect failed; backend ejected for {:?}", cfg.eject);
+                        }
                         last = e.to_string();
                         continue;
                     }
@@ -1059,7 +1065,9 @@ impl Conn {
             }
             Err(MoveError::To(_)) => Err(Failure::Close(Some(ErrorKind::ClientDied))),
             Err(MoveError::From(_) | MoveError::Framing(_)) => {
-                tracing::warn!(peer = %self.peer, "backend died mid-response; closing the client connection");
+                if log_limit::allow() {
+                    tracing::warn!(peer = %self.peer, "backend died mid-response; closing the client connection");
+                }
                 Err(Failure::Close(Some(ErrorKind::BackendDied)))
             }
         }
@@ -1098,7 +1106,9 @@ impl Conn {
             }
             Err(MoveError::To(_)) => Err(Failure::Close(Some(ErrorKind::ClientDied))),
             Err(MoveError::From(_) | MoveError::Framing(_)) => {
-                tracing::warn!(peer = %self.peer, "backend died mid-response; closing the client connection");
+                if log_limit::allow() {
+                    tracing::warn!(peer = %self.peer, "backend died mid-response; closing the client connection");
+                }
                 Err(Failure::Close(Some(ErrorKind::BackendDied)))
             }
         }
@@ -1135,7 +1145,9 @@ fn name_authority<'a>(
 /// A response body that stopped moving: the client has its head already,
 /// so all it can be told is the closed connection.
 fn body_stalled(peer: &SocketAddr, after: std::time::Duration) -> Failure {
-    tracing::warn!(%peer, "response body stalled for {after:?}; closing the client connection");
+    if log_limit::allow() {
+        tracing::warn!(%peer, "response body stalled for {after:?}; closing the client connection");
+    }
     Failure::Close(Some(ErrorKind::BodyTimeout))
 }
 

@@ -222,14 +222,37 @@ impl Router {
             .iter()
             .map(|e| (self.backends.get(e.addr), e.weight))
             .collect();
+        let (service, dst) = metric_labels(name, &id, overridden);
         Dest {
-            stats: self.metrics.route_stats(name, &id, overridden),
+            stats: self.metrics.route_stats(service, dst, overridden),
             id,
             residual: bound.residual.clone(),
             balancer: Balancer::new(backends),
         }
     }
 }
+
+/// The label a destination is counted under for a service.
+///
+/// Labels follow what the operator configured: a name the base dtab or a
+/// namer produced is its own label. A literal address (`/$/inet/...`)
+/// that a request's own dtab bound is the client's choice, and so is the
+/// logical name it was routed for (an override can bind any Host): those
+/// fold into one pair of labels, so that distinct overrides cannot fill
+/// the series cap (`max_route_series`) and push real services into
+/// `overflow`.
+fn metric_labels<'a>(name: &'a str, id: &'a str, overridden: bool) -> (&'a str, &'a str) {
+    if overridden && id.starts_with("/$/") {
+        (OVERRIDE_LABEL, OVERRIDE_ADDRESS_LABEL)
+    } else {
+        (name, id)
+    }
+}
+
+/// The service label of requests an override sent to a literal address.
+pub const OVERRIDE_LABEL: &str = "(override)";
+/// Their destination label.
+pub const OVERRIDE_ADDRESS_LABEL: &str = "/$ (override)";
 
 /// Parses the concatenated values of one dtab header (every instance, in
 /// order, joined by `;`, with no comma splitting, as Linkerd does).
