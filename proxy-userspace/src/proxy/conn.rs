@@ -620,12 +620,7 @@ impl Conn {
                     self.reconnect(dest, &mut upstream).await?;
                 }
                 Err(e) => {
-                    dest.stats.response(502);
-                    return Err(Failure::respond(
-                        502,
-                        ErrorKind::BackendDied,
-                        format!("writing to {}: {e}", upstream.in_flight.backend().addr()),
-                    ));
+                    return Err(write_failed(dest, &upstream, &e));
                 }
             }
         }
@@ -699,8 +694,8 @@ impl Conn {
                     continue;
                 }
                 Err(Elapsed) => {
-                    dest.stats.response(504);
-                    return Err(Failure::respond(
+                    return Err(upstream_failure(
+                        dest,
                         504,
                         ErrorKind::BackendTimeout,
                         format!(
@@ -721,18 +716,13 @@ impl Conn {
                     );
                     self.reconnect(dest, upstream).await?;
                     if let Err(e) = stream::write_all(&upstream.conn, &self.heads).await {
-                        dest.stats.response(502);
-                        return Err(Failure::respond(
-                            502,
-                            ErrorKind::BackendDied,
-                            format!("writing to {}: {e}", upstream.in_flight.backend().addr()),
-                        ));
+                        return Err(write_failed(dest, upstream, &e));
                     }
                     continue;
                 }
                 Ok(Waited::Head(Err(e))) => {
-                    dest.stats.response(502);
-                    return Err(Failure::respond(
+                    return Err(upstream_failure(
+                        dest,
                         502,
                         ErrorKind::BackendHead,
                         format!(
@@ -746,8 +736,8 @@ impl Conn {
             if (100..200).contains(&status) && status != 101 {
                 interim += 1;
                 if interim > cfg.max_interim {
-                    dest.stats.response(502);
-                    return Err(Failure::respond(
+                    return Err(upstream_failure(
+                        dest,
                         502,
                         ErrorKind::BackendHead,
                         format!(
@@ -776,8 +766,8 @@ impl Conn {
             }
             let facts =
                 ResponseFacts::of(req.kind, &self.resp, &self.from_backend).map_err(|e| {
-                    dest.stats.response(502);
-                    Failure::respond(
+                    upstream_failure(
+                        dest,
                         502,
                         ErrorKind::BackendHead,
                         format!(
@@ -962,8 +952,8 @@ impl Conn {
                 interim_relayed: false,
             });
         }
-        dest.stats.response(502);
-        Err(Failure::respond(
+        Err(upstream_failure(
+            dest,
             502,
             ErrorKind::ConnectFailed,
             format!("{}: {last}", dest.id),
@@ -985,8 +975,8 @@ impl Conn {
                 if !e.is_local() {
                     backend.eject(cfg.eject);
                 }
-                dest.stats.response(502);
-                Err(Failure::respond(
+                Err(upstream_failure(
+                    dest,
                     502,
                     ErrorKind::ConnectFailed,
                     format!("{}: {e}", dest.id),
@@ -1140,6 +1130,24 @@ fn name_authority<'a>(
         (None, Some(dst)) => Some(write_addr(scratch, dst)),
         (a, _) => a,
     }
+}
+
+/// A failure on the way to or from a backend, answered with `status` and
+/// counted against the destination like a response from it.
+fn upstream_failure(dest: &Dest, status: u16, kind: ErrorKind, reason: String) -> Failure {
+    dest.stats.response(status);
+    Failure::respond(status, kind, reason)
+}
+
+/// Writing the request to `upstream` failed, past any resend.
+fn write_failed(dest: &Dest, upstream: &Upstream, e: &io::Error) -> Failure {
+    let addr = upstream.in_flight.backend().addr();
+    upstream_failure(
+        dest,
+        502,
+        ErrorKind::BackendDied,
+        format!("writing to {addr}: {e}"),
+    )
 }
 
 /// A response body that stopped moving: the client has its head already,
