@@ -75,8 +75,15 @@ pub struct Settings {
     pub dst_prefix: String,
     pub limits: Limits,
     pub pool: Pool,
-    /// Bound names cached per (local dtab, path).
+    /// Routes cached per (dtab headers, logical name), at most.
     pub bind_cache_capacity: usize,
+    /// What the cached routes may hold in all (keys, local dtabs, bound
+    /// names), in bytes: clients choose their dtab headers, so the cache
+    /// is bounded by what it holds as well as by count.
+    pub route_cache_max_bytes: usize,
+    /// A request whose dtab headers and name take more bytes than this is
+    /// routed without the cache (looked up, bound and forgotten).
+    pub route_cache_max_key_bytes: usize,
     /// Label sets kept for per-route metrics before new ones are pooled as "overflow".
     pub max_route_series: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.
@@ -168,6 +175,10 @@ pub struct Limits {
     pub tunnel_idle_timeout_ms: u64,
     /// Requests that have passed through more proxies than this (Via) are refused (508).
     pub max_via_hops: usize,
+    /// Dtab entries a request may carry in `l5d-ctx-dtab` and `l5d-dtab`
+    /// together; more get 400 (binding costs time in the number of local
+    /// entries, and each request with a new dtab is bound afresh).
+    pub max_dtab_entries: usize,
     /// Client connections served at once (shared out among the workers);
     /// more wait in the listen backlog.
     pub max_connections: usize,
@@ -205,6 +216,8 @@ impl Default for Settings {
             limits: Limits::default(),
             pool: Pool::default(),
             bind_cache_capacity: 10_000,
+            route_cache_max_bytes: 4 << 20,
+            route_cache_max_key_bytes: 4 << 10,
             max_route_series: 10_000,
             shutdown_grace_ms: 10_000,
             interception: Interception::default(),
@@ -227,6 +240,7 @@ impl Default for Limits {
             linger_ms: 2_000,
             tunnel_idle_timeout_ms: 3_600_000,
             max_via_hops: 10,
+            max_dtab_entries: 100,
             max_connections: 10_000,
             splice_threshold_bytes: 64 * 1024,
         }
@@ -340,7 +354,8 @@ mod tests {
         let s = Settings::from_yaml(
             "listen: 127.0.0.1:1\nadmin: 127.0.0.1:2\ndtab: /svc => /$/inet/127.1/3\nfs_dir: /tmp/d\n\
              workers: 2\nidentifier: io.l5d.methodAndHost\nintercept: none\nlimits:\n  max_head_bytes: 100\n  head_timeout_ms: 5\n\
-             pool:\n  connect_timeout_ms: 7\nbind_cache_capacity: 3\nyield_before_wait: false\n",
+             pool:\n  connect_timeout_ms: 7\nbind_cache_capacity: 3\nyield_before_wait: false\n\
+             route_cache_max_bytes: 1000\nroute_cache_max_key_bytes: 100\n",
         )
         .unwrap();
         assert_eq!(s.listen.port(), 1);
@@ -354,6 +369,10 @@ mod tests {
         );
         assert_eq!(s.pool.connect_timeout_ms, 7);
         assert_eq!(s.bind_cache_capacity, 3);
+        assert_eq!(
+            (s.route_cache_max_bytes, s.route_cache_max_key_bytes),
+            (1000, 100)
+        );
     }
 
     #[test]

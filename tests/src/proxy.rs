@@ -161,6 +161,16 @@ impl Drop for Proxy {
     }
 }
 
+/// A process's resident memory in KiB, from /proc.
+pub fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in status")
+}
+
 /// Each of `pid`'s worker threads (`sidetrack-worker-N`) with the counts
 /// its `/proc/<pid>/task/<tid>/status` gives for the fields named, summed:
 /// `voluntary_ctxt_switches` counts how often a worker blocked.

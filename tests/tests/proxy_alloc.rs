@@ -17,7 +17,7 @@ use sidetrack::{
     dtab::{Dtab, Namers},
     observe::metrics::Metrics,
     proxy::{self, ProxyConfig, Shared},
-    route::{Identifier, Router},
+    route::{Identifier, Router, RouterLimits},
 };
 use sidetrack_tests::{backend::Backend, client::Client};
 
@@ -62,7 +62,7 @@ fn a_keep_alive_request_allocates_nothing_on_the_proxy() {
     let router = Arc::new(Router::new(
         dtab,
         Namers::default(),
-        100,
+        RouterLimits::of(&Settings::default()),
         metrics.clone(),
         Default::default(),
     ));

@@ -11,7 +11,7 @@ use sidetrack_tests::{
     TempDir,
     backend::Backend,
     client::{self, Client, Response},
-    proxy::Proxy,
+    proxy::{Proxy, rss_kb},
 };
 
 struct Bed {
@@ -196,16 +196,6 @@ fn a_silent_new_connection_is_closed_at_the_first_byte_timeout() {
     silent.read_to_end(&mut got).unwrap();
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     assert_eq!(spoke.get("web", "/", &[]).status, 200);
-}
-
-/// The proxy's resident memory, from /proc.
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in status")
 }
 
 /// Connections lingering after their 408 (the proxy reads and drops what

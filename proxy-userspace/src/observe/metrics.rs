@@ -191,9 +191,11 @@ impl RouteStats {
 }
 
 /// Something else to show at scrape time (dtab cache, eBPF counters): a
-/// name, help and value per line; all counters.
+/// name, help and value per line, counters and gauges.
 pub trait ExtraCounters: Send + Sync + 'static {
     fn counters(&self, out: &mut Vec<(&'static str, &'static str, u64)>);
+    /// Values that go down as well as up (sizes, say).
+    fn gauges(&self, _out: &mut Vec<(&'static str, &'static str, i64)>) {}
 }
 
 /// Every metric the proxy keeps.
@@ -231,14 +233,19 @@ impl std::fmt::Debug for Extras {
 
 impl Collector for Extras {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut lines = Vec::new();
+        let (mut lines, mut gauges) = (Vec::new(), Vec::new());
         for source in self.0.lock().expect("extras lock").iter() {
             source.counters(&mut lines);
+            source.gauges(&mut gauges);
         }
         for (name, help, value) in lines {
             let counter = ConstCounter(value);
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             counter.encode(metric)?;
+        }
+        for (name, help, value) in gauges {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGaugeValue(value).encode(metric)?;
         }
         Ok(())
     }
@@ -252,6 +259,17 @@ impl EncodeMetric for ConstCounter {
     }
     fn metric_type(&self) -> MetricType {
         MetricType::Counter
+    }
+}
+
+struct ConstGaugeValue(i64);
+
+impl EncodeMetric for ConstGaugeValue {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.0)
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
     }
 }
 

@@ -526,12 +526,14 @@ impl Conn {
             .router
             .route(&self.key, &ctx[..nctx], &dtab[..ndtab], &self.name)
             .map_err(|e| match e {
-                RouteError::BadDtab { .. } => Failure::Respond {
-                    status: 400,
-                    reason: e.to_string(),
-                    kind: ErrorKind::BadDtab,
-                    close: true,
-                },
+                RouteError::BadDtab { .. } | RouteError::TooManyEntries { .. } => {
+                    Failure::Respond {
+                        status: 400,
+                        reason: e.to_string(),
+                        kind: ErrorKind::BadDtab,
+                        close: true,
+                    }
+                }
             })?;
         Ok((route, RequestFacts::of(req, buf, framing)))
     }

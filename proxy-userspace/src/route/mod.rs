@@ -90,6 +90,34 @@ pub enum RouteError {
         header: &'static str,
         message: String,
     },
+    #[error(
+        "l5d-ctx-dtab and l5d-dtab carry {count} dtab entries, more than the {limit} allowed (max_dtab_entries)"
+    )]
+    TooManyEntries { count: usize, limit: usize },
+}
+
+/// What the router may hold and bind for requests.
+#[derive(Clone, Copy, Debug)]
+pub struct RouterLimits {
+    /// Routes cached, at most.
+    pub cache_entries: usize,
+    /// What cached routes hold in all (see [`Route::weight`]).
+    pub cache_bytes: usize,
+    /// Routes whose key is longer are not cached.
+    pub cache_key_bytes: usize,
+    /// Dtab entries a request's headers may carry.
+    pub max_dtab_entries: usize,
+}
+
+impl RouterLimits {
+    pub fn of(s: &crate::config::Settings) -> RouterLimits {
+        RouterLimits {
+            cache_entries: s.bind_cache_capacity,
+            cache_bytes: s.route_cache_max_bytes,
+            cache_key_bytes: s.route_cache_max_key_bytes,
+            max_dtab_entries: s.limits.max_dtab_entries,
+        }
+    }
 }
 
 /// The routing state shared by every connection.
@@ -97,6 +125,7 @@ pub struct Router {
     base: ArcSwap<Base>,
     namers: ArcSwap<Namers>,
     cache: ClockCache<Box<[u8]>, Arc<Route>>,
+    limits: RouterLimits,
     backends: BackendRegistry,
     metrics: Arc<Metrics>,
     generation: Arc<AtomicU64>,
@@ -106,14 +135,15 @@ impl Router {
     pub fn new(
         base: Dtab,
         namers: Namers,
-        cache_capacity: usize,
+        limits: RouterLimits,
         metrics: Arc<Metrics>,
         generation: Arc<AtomicU64>,
     ) -> Router {
         Router {
             base: ArcSwap::from_pointee(Base::new(base)),
             namers: ArcSwap::from_pointee(namers),
-            cache: ClockCache::new(cache_capacity),
+            cache: ClockCache::with_budget(limits.cache_entries, limits.cache_bytes),
+            limits,
             backends: BackendRegistry::default(),
             metrics,
             generation,
@@ -162,14 +192,32 @@ impl Router {
         name: &[u8],
     ) -> Result<Arc<Route>, RouteError> {
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(route) = self
-            .cache
-            .get_fresh(key, |route| route.generation == generation)
+        let cacheable = key.len() <= self.limits.cache_key_bytes;
+        if cacheable
+            && let Some(route) = self
+                .cache
+                .get_fresh(key, |route| route.generation == generation)
         {
             return Ok(route);
         }
+        if !cacheable {
+            self.cache.count_miss();
+        }
+        // Refused before parsing: binding costs time in the number of
+        // local entries, and a request with a new dtab is bound afresh.
+        let count = dtab_entries(ctx) + dtab_entries(dtab);
+        if count > self.limits.max_dtab_entries {
+            return Err(RouteError::TooManyEntries {
+                count,
+                limit: self.limits.max_dtab_entries,
+            });
+        }
         let route = Arc::new(self.bind(ctx, dtab, name, generation)?);
-        self.cache.insert(Box::from(key), route.clone());
+        if cacheable {
+            let weight = key.len() + route.weight();
+            self.cache
+                .insert_weighted(Box::from(key), route.clone(), weight);
+        }
         Ok(route)
     }
 
@@ -230,6 +278,45 @@ impl Router {
             balancer: Balancer::new(backends),
         }
     }
+}
+
+impl Route {
+    /// About what the route holds, in bytes: what the cache counts it as
+    /// (with its key) against `route_cache_max_bytes`.
+    pub fn weight(&self) -> usize {
+        fn tree(t: &NameTree<Dest>) -> usize {
+            match t {
+                NameTree::Leaf(d) => d.weight(),
+                NameTree::Alt(ts) => ts.iter().map(tree).sum::<usize>() + 16,
+                NameTree::Union(ws) => ws.iter().map(|w| tree(&w.tree)).sum::<usize>() + 16,
+                NameTree::Neg | NameTree::Fail | NameTree::Empty => 0,
+            }
+        }
+        let outcome = match &self.outcome {
+            Outcome::Bound(t) => tree(t),
+            Outcome::Error(e) => e.len(),
+            Outcome::Neg | Outcome::Fail | Outcome::Empty => 0,
+        };
+        std::mem::size_of::<Route>() + self.name.len() + self.local_dtab.len() + outcome
+    }
+}
+
+impl Dest {
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Dest>()
+            + self.id.len()
+            + self.residual.to_string().len()
+            + self.balancer.len() * 32
+    }
+}
+
+/// The number of dtab entries in a header's values: each has one `=>`,
+/// which no path, name tree or weight can contain.
+fn dtab_entries(values: &[&[u8]]) -> usize {
+    values
+        .iter()
+        .map(|v| v.windows(2).filter(|w| w == b"=>").count())
+        .sum()
 }
 
 /// The label a destination is counted under for a service.

@@ -39,7 +39,7 @@ use crate::{
     namer::fs::{self, FsNamer},
     observe::metrics::{ExtraCounters, Metrics},
     proxy::{self, ProxyConfig, Shared},
-    route::{Identifier, Router},
+    route::{Identifier, Router, RouterLimits},
 };
 
 pub use affinity::{allowed_cpus, pin, pin_current};
@@ -152,7 +152,7 @@ impl RunArgs {
         let router = Arc::new(Router::new(
             base,
             namers(&fs_namer),
-            settings.bind_cache_capacity,
+            RouterLimits::of(&settings),
             metrics.clone(),
             generation,
         ));
@@ -307,6 +307,20 @@ impl ExtraCounters for CacheCounters {
             "dtab_cache_evictions",
             "Routes evicted from the full binding cache",
             s.evictions,
+        ));
+    }
+
+    fn gauges(&self, out: &mut Vec<(&'static str, &'static str, i64)>) {
+        let s = self.0.cache_stats();
+        out.push((
+            "dtab_cache_routes",
+            "Routes held in the binding cache",
+            i64::try_from(s.len).unwrap_or(i64::MAX),
+        ));
+        out.push((
+            "dtab_cache_bytes",
+            "What the cached routes hold, keys included (route_cache_max_bytes bounds it)",
+            i64::try_from(s.bytes).unwrap_or(i64::MAX),
         ));
     }
 }

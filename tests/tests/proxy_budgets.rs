@@ -1,0 +1,130 @@
+//! What one client can make the proxy hold or spend is bounded: the route
+//! cache by bytes, a request's dtab by entries. Real sockets on loopback,
+//! real backends, the real binary.
+
+use sidetrack_tests::{
+    TempDir,
+    backend::Backend,
+    client::Client,
+    proxy::{Proxy, rss_kb},
+};
+
+fn bed(config: &str) -> (TempDir, Backend, Proxy) {
+    let dir = TempDir::new("budgets");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    let proxy = Proxy::with_fs_namer(&dir, config, &[]);
+    (dir, web, proxy)
+}
+
+/// A dtab of `entries` entries, distinct for each `seed`, about `entry_len`
+/// bytes an entry; none matches `/svc/web`.
+fn dtab(seed: usize, entries: usize, entry_len: usize) -> String {
+    let pad = "p".repeat(entry_len.saturating_sub(24));
+    (0..entries)
+        .map(|j| format!("/u{seed}x{j}/{pad}=>/y"))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// Before the cache was bounded by bytes it held 10,000 routes whatever
+/// they weighed: a client sending a distinct 3 KB dtab with every request
+/// grew the proxy by about 7 KB a request (key, local dtab, route), for
+/// good. Now what the cached routes hold stays under
+/// `route_cache_max_bytes`, and so does the growth.
+#[test]
+fn distinct_dtabs_keep_the_route_cache_within_its_bytes() {
+    let (_dir, _web, proxy) = bed("route_cache_max_bytes: 2097152\n");
+    let pid = proxy.child.id();
+    let mut c = Client::connect(proxy.addr);
+    let mut send = |from: usize, to: usize| {
+        for i in from..to {
+            let header = format!("l5d-dtab: {}", dtab(i, 55, 60));
+            let r = c.get("web", "/", &[&header]);
+            assert_eq!(r.status, 200, "request {i}: {:?}", r.headers);
+        }
+    };
+    // Warm-up: buffers and the allocator's arenas grow to their size.
+    send(0, 400);
+    let before = rss_kb(pid);
+    send(400, 4_000);
+    let after = rss_kb(pid);
+    let bytes = proxy.metric("sidetrack_dtab_cache_bytes", &[]);
+    let routes = proxy.metric("sidetrack_dtab_cache_routes", &[]);
+    assert!(
+        bytes > 1_000_000.0 && bytes <= 2_097_152.0,
+        "cache bytes {bytes}"
+    );
+    assert!(routes < 1_000.0, "{routes} routes cached");
+    assert!(proxy.metric("sidetrack_dtab_cache_evictions_total", &[]) > 3_000.0);
+    // 3,600 routes of ~7 KB each were 25 MB.
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 8 * 1024,
+        "RSS grew {grown} KiB over 3,600 distinct dtabs"
+    );
+}
+
+/// A route whose key (dtab headers and name) is longer than
+/// `route_cache_max_key_bytes` is bound every time and never cached.
+#[test]
+fn a_route_with_a_long_key_is_not_cached() {
+    let (_dir, _web, proxy) = bed("");
+    let header = format!("l5d-dtab: {}", dtab(1, 70, 80));
+    assert!(header.len() > 4096);
+    let misses = proxy.metric("sidetrack_dtab_cache_misses_total", &[]);
+    let mut c = Client::connect(proxy.addr);
+    for _ in 0..3 {
+        assert_eq!(c.get("web", "/", &[&header]).status, 200);
+    }
+    assert_eq!(
+        proxy.metric("sidetrack_dtab_cache_misses_total", &[]),
+        misses + 3.0
+    );
+    assert_eq!(proxy.metric("sidetrack_dtab_cache_routes", &[]), 0.0);
+    // A short one is cached: one miss, then hits.
+    for _ in 0..3 {
+        assert_eq!(c.get("web", "/", &["l5d-dtab: /a=>/b"]).status, 200);
+    }
+    assert_eq!(
+        proxy.metric("sidetrack_dtab_cache_misses_total", &[]),
+        misses + 4.0
+    );
+    assert_eq!(proxy.metric("sidetrack_dtab_cache_routes", &[]), 1.0);
+}
+
+/// Binding costs time in the number of local entries, and each new dtab is
+/// bound afresh: past `limits.max_dtab_entries` (l5d-ctx-dtab and l5d-dtab
+/// together) a request gets 400 with `l5d-err`, before any parsing, and the
+/// proxy goes on serving.
+#[test]
+fn a_request_with_too_many_dtab_entries_gets_400() {
+    let (_dir, _web, proxy) = bed("limits:\n  max_dtab_entries: 40\n");
+    let at_limit = format!("l5d-dtab: {}", dtab(1, 40, 30));
+    let mut c = Client::connect(proxy.addr);
+    assert_eq!(c.get("web", "/", &[&at_limit]).status, 200);
+
+    let over = format!("l5d-dtab: {}", dtab(2, 41, 30));
+    let r = Client::connect(proxy.addr).get("web", "/", &[&over]);
+    assert_eq!(r.status, 400, "{:?}", r.headers);
+    let err = r.header("l5d-err").expect("l5d-err");
+    assert!(
+        err.contains("41 dtab entries") && err.contains("max_dtab_entries"),
+        "{err}"
+    );
+    // Split across the two headers, they count together.
+    let ctx = format!("l5d-ctx-dtab: {}", dtab(3, 30, 30));
+    let req = format!("l5d-dtab: {}", dtab(4, 11, 30));
+    let r = Client::connect(proxy.addr).get("web", "/", &[&ctx, &req]);
+    assert_eq!(r.status, 400);
+    // 4,000 entries (63 KB, the probe's) are refused too, without binding.
+    let huge = format!("l5d-dtab: {}", dtab(5, 4_000, 15));
+    let r = Client::connect(proxy.addr).get("web", "/", &[&huge]);
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        proxy.metric("sidetrack_errors_total", &[("kind", "bad_dtab")]),
+        3.0
+    );
+    // The first connection still works.
+    assert_eq!(c.get("web", "/", &[]).status, 200);
+}
