@@ -179,8 +179,10 @@ pub struct Limits {
     /// together; more get 400 (binding costs time in the number of local
     /// entries, and each request with a new dtab is bound afresh).
     pub max_dtab_entries: usize,
-    /// Client connections served at once (shared out among the workers);
-    /// more wait in the listen backlog.
+    /// Client connections served at once (shared out among the workers).
+    /// At the limit a new connection closes the one idle longest (between
+    /// requests, or silent since it connected), and with none idle it is
+    /// answered 503 and closed at once.
     pub max_connections: usize,
     /// Bodies of known length at least this big move with splice(2).
     pub splice_threshold_bytes: u64,

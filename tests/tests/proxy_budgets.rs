@@ -128,3 +128,75 @@ fn a_request_with_too_many_dtab_entries_gets_400() {
     // The first connection still works.
     assert_eq!(c.get("web", "/", &[]).status, 200);
 }
+
+/// At `max_connections`, a new client closes the connection idle longest
+/// instead of waiting in the listen backlog until one idles out (60 s);
+/// the others keep their connections.
+#[test]
+fn at_the_connection_limit_the_oldest_idle_connection_makes_room() {
+    let (_dir, _web, proxy) = bed("limits:\n  max_connections: 4\n");
+    let mut held: Vec<Client> = (0..4)
+        .map(|_| {
+            let mut c = Client::connect(proxy.addr);
+            assert_eq!(c.get("web", "/", &[]).status, 200);
+            // Distinct idle start times on the proxy's 50 ms clock.
+            std::thread::sleep(std::time::Duration::from_millis(120));
+            c
+        })
+        .collect();
+    let mut newcomer = Client::connect(proxy.addr);
+    newcomer
+        .stream()
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(newcomer.get("web", "/", &[]).status, 200);
+    // The first, idle longest, was closed; the rest still serve.
+    let mut oldest = held.remove(0);
+    assert!(oldest.read_to_end().unwrap().is_empty());
+    for c in &mut held {
+        assert_eq!(c.get("web", "/", &[]).status, 200);
+    }
+    assert_eq!(
+        proxy.metric("sidetrack_connections_evicted_total", &[]),
+        1.0
+    );
+}
+
+/// At `max_connections` with every connection busy (here: each in the
+/// middle of a request head), a new client is answered 503 at once, with
+/// `l5d-err`, rather than left in the backlog; the busy ones finish.
+#[test]
+fn at_the_connection_limit_with_none_idle_a_new_connection_is_refused_at_once() {
+    let (_dir, _web, proxy) = bed("limits:\n  max_connections: 2\n");
+    let mut busy: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut c = Client::connect(proxy.addr);
+            c.send(b"GET / HTTP/1.1\r\nHost: we").unwrap();
+            c
+        })
+        .collect();
+    // The proxy has read both partial heads.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut refused = Client::connect(proxy.addr);
+    refused
+        .stream()
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let _ = refused.send(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n");
+    let r = refused.read_response(false).expect("an answer, not a wait");
+    assert_eq!(r.status, 503);
+    assert!(
+        r.header("l5d-err")
+            .is_some_and(|e| e.contains("max_connections")),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(
+        proxy.metric("sidetrack_errors_total", &[("kind", "overloaded")]),
+        1.0
+    );
+    for c in &mut busy {
+        c.send(b"b\r\n\r\n").unwrap();
+        assert_eq!(c.read_response(false).unwrap().status, 200);
+    }
+}

@@ -128,6 +128,9 @@ pub enum ErrorKind {
     BackendTimeout,
     BackendDied,
     ClientDied,
+    /// A connection refused at once: the proxy was at a limit
+    /// (`max_connections` with none idle to close).
+    Overloaded,
 }
 
 impl ErrorKind {
@@ -150,10 +153,11 @@ impl ErrorKind {
             ErrorKind::BackendTimeout => "backend_timeout",
             ErrorKind::BackendDied => "backend_died",
             ErrorKind::ClientDied => "client_died",
+            ErrorKind::Overloaded => "overloaded",
         }
     }
 
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 18] = [
         ErrorKind::BadRequest,
         ErrorKind::HeadTooLarge,
         ErrorKind::UriTooLong,
@@ -171,6 +175,7 @@ impl ErrorKind {
         ErrorKind::BackendTimeout,
         ErrorKind::BackendDied,
         ErrorKind::ClientDied,
+        ErrorKind::Overloaded,
     ];
 }
 
@@ -207,6 +212,8 @@ pub struct Metrics {
     errors: [Counter; ErrorKind::ALL.len()],
     pub connections_active: Gauge,
     pub connections_total: Counter,
+    /// Idle connections closed to make room for a new one at `max_connections`.
+    pub connections_evicted: Counter,
     pub bytes_copied: Counter,
     pub bytes_spliced: Counter,
     /// Intercepted connections that did not speak HTTP and were tunnelled.
@@ -286,6 +293,7 @@ impl Metrics {
         let error_family = Family::<ErrorLabels, Counter>::default();
         let connections_active = Gauge::default();
         let connections_total = Counter::default();
+        let connections_evicted = Counter::default();
         let opaque_connections = Counter::default();
         let bytes = Family::<ModeLabels, Counter>::default();
 
@@ -321,6 +329,11 @@ impl Metrics {
             connections_total.clone(),
         );
         registry.register(
+            "connections_evicted",
+            "Idle client connections closed to make room for new ones at max_connections",
+            connections_evicted.clone(),
+        );
+        registry.register(
             "body_bytes",
             "Body bytes moved, by copying through userspace or by splice(2)",
             bytes.clone(),
@@ -348,6 +361,7 @@ impl Metrics {
             errors,
             connections_active,
             connections_total,
+            connections_evicted,
             bytes_copied,
             bytes_spliced,
             opaque_connections,

@@ -7,7 +7,9 @@
 //! watchdog) needs no lock and no `Send`.
 //!
 //! `serve` accepts until told to stop, bounded by `max_connections` (a
-//! semaphore: past the bound, clients wait in the listen backlog). On
+//! semaphore): at the bound, a new connection makes room by closing the
+//! connection idle longest, and with none idle it is answered 503 and
+//! closed at once rather than left waiting in the listen backlog. On
 //! shutdown it takes the connections still queued and closes the listener,
 //! lets each connection finish the request it is in (idle keep-alive
 //! connections close at once; one taken from the queue gets to send its
@@ -214,6 +216,55 @@ fn sweep_backlog(
     (swept, added)
 }
 
+/// A connection slot for a new connection: a free one, or the one the
+/// connection idle longest gives up. `None` when every connection is busy.
+async fn slot(slots: &Arc<Semaphore>, worker: &Worker) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = slots.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    if !worker.watchdog.close_oldest_idle() {
+        return None;
+    }
+    worker.shared.metrics.connections_evicted.inc();
+    // The closed connection's task gives its slot back when it next runs,
+    // which is soon (it was woken); bounded, as a request may have come
+    // in on it just as it was closed and be served first.
+    worker
+        .watchdog
+        .timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+        .await
+        .ok()
+        .map(|p| p.expect("the semaphore is never closed"))
+}
+
+/// How long a new connection waits for the slot of the idle connection
+/// closed for it before it is refused.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
+/// Refuses a connection at once, at the connection limit with none idle:
+/// a 503 that says why (written without waiting: the socket's buffer is
+/// empty) and a close, so the client can go elsewhere now instead of
+/// waiting in the backlog.
+fn refuse(stream: TcpStream, metrics: &Metrics) {
+    metrics.error(crate::observe::metrics::ErrorKind::Overloaded);
+    if crate::observe::log_limit::allow() {
+        tracing::warn!("refused a connection: every one of max_connections is busy");
+    }
+    let _ = stream.try_write(REFUSAL);
+    // What the client already sent, read so that closing does not reset
+    // the connection under the answer (bounded: no waiting, a few reads).
+    let mut sink = [0u8; 4096];
+    for _ in 0..4 {
+        if !matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
+}
+
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+    l5d-err: the proxy is at its connection limit (limits.max_connections)\r\n\
+    connection: close\r\ncontent-length: 0\r\n\r\n";
+
 /// Runs one worker on the calling thread until `shutdown` turns true and
 /// its connections drained (see [`serve`]): a tokio current-thread runtime
 /// with the I/O driver only (deadlines live on the watchdog), the
@@ -266,10 +317,6 @@ pub async fn serve(
         return false;
     }
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.wait_for(|s| *s) => break,
@@ -285,7 +332,10 @@ pub async fn serve(
                 continue;
             }
         };
-        spawn_conn(stream, peer, permit, &worker);
+        match slot(&slots, &worker).await {
+            Some(permit) => spawn_conn(stream, peer, permit, &worker),
+            None => refuse(stream, &worker.shared.metrics),
+        }
     }
     watchdog.drain();
     // Interception is off by now (the caller switches it off before it

@@ -43,6 +43,9 @@ pub struct Deadline {
     /// [`IDLE`]: waiting between requests (fired at once when the proxy
     /// drains); [`FIRED`]: the sweeper fired this wait.
     state: AtomicU64,
+    /// When the current idle wait began, on the watchdog's clock: which
+    /// idle connection is the oldest, when one must make room.
+    idle_since: AtomicU64,
     waker: AtomicWaker,
 }
 
@@ -99,7 +102,11 @@ impl Deadline {
         idle: bool,
         fut: F,
     ) -> Result<F::Output, Elapsed> {
-        let at = (dog.now_ms() + after.as_millis() as u64).min(AT_MASK);
+        let now = dog.now_ms();
+        let at = (now + after.as_millis() as u64).min(AT_MASK);
+        if idle {
+            self.idle_since.store(now, Ordering::Relaxed);
+        }
         self.state
             .store(at | if idle { IDLE } else { 0 }, Ordering::Release);
         if idle && dog.draining() {
@@ -195,6 +202,38 @@ impl Watchdog {
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Release);
         self.sweep();
+    }
+
+    /// Ends the wait of the connection that has been idle longest (between
+    /// requests, or before its first), as its idle timeout would: for a
+    /// new connection at `max_connections`. Returns whether one was found.
+    /// Walks every connection of the worker, under the lock: only at the
+    /// limit.
+    pub fn close_oldest_idle(&self) -> bool {
+        let deadlines = self.deadlines.lock().expect("watchdog lock");
+        loop {
+            let oldest = deadlines
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter_map(|d| {
+                    let state = d.state.load(Ordering::Acquire);
+                    let idle = state & IDLE != 0 && state & FIRED == 0 && state & AT_MASK != 0;
+                    idle.then(|| (d.idle_since.load(Ordering::Relaxed), state, d))
+                })
+                .min_by_key(|(since, ..)| *since);
+            let Some((_, state, d)) = oldest else {
+                return false;
+            };
+            // Fires that very wait only: one that ended meanwhile is not
+            // idle any more, and the next oldest is looked for.
+            if d.state
+                .compare_exchange(state, state | FIRED, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                d.waker.wake();
+                return true;
+            }
+        }
     }
 
     /// Advances the clock and fires what is due; forgets closed connections.
