@@ -164,6 +164,10 @@ pub struct Limits {
     /// then a request body gets 408 (before any response) and a response
     /// body's client connection is closed.
     pub body_timeout_ms: u64,
+    /// Bytes a second a request body must average once it has taken longer
+    /// than `body_timeout_ms` (the grace): one that trickles a byte now and
+    /// then gets 408 when it falls behind. 0: no minimum.
+    pub body_min_bytes_per_sec: u64,
     /// After an error response that closes the connection, how long the
     /// proxy goes on reading (and dropping) what the client still sends,
     /// so that closing does not reset the connection under the response
@@ -239,6 +243,7 @@ impl Default for Limits {
             response_timeout_ms: 30_000,
             max_interim_responses: 16,
             body_timeout_ms: 60_000,
+            body_min_bytes_per_sec: 1024,
             linger_ms: 2_000,
             tunnel_idle_timeout_ms: 3_600_000,
             max_via_hops: 10,

@@ -310,3 +310,46 @@ fn a_backend_dying_mid_body_closes_the_client_cleanly() {
     // Others are served.
     assert_eq!(client::get(b.proxy.addr, "web", "/", &[]).status, 200);
 }
+
+/// A request body that trickles a byte now and then never trips the
+/// inactivity timeout; past a grace of one body timeout it must average
+/// `limits.body_min_bytes_per_sec`, and one that falls behind gets 408.
+#[test]
+fn a_trickling_request_body_is_cut_when_it_falls_behind_the_minimum_rate() {
+    let dir = TempDir::new("trickle");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    let p = Proxy::with_fs_namer(
+        &dir,
+        "limits:\n  body_timeout_ms: 1000\n  body_min_bytes_per_sec: 1000\n",
+        &[],
+    );
+    let mut slow = TcpStream::connect(p.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 100\r\n\r\n")
+        .unwrap();
+    // A byte every 300 ms (the 1 s inactivity timeout never passes): 30 s
+    // for the whole body, were it let through. Bounded: 40 bytes at most,
+    // and the writer stops when the proxy has closed.
+    let mut writer = slow.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(300));
+            if writer.write_all(b"x").is_err() {
+                break;
+            }
+        }
+    });
+    let mut resp = Vec::new();
+    let _ = slow.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_min_bytes_per_sec"), "{text}");
+    drop(slow);
+    trickle.join().unwrap();
+    assert_eq!(
+        p.metric("sidetrack_errors_total", &[("kind", "body_timeout")]),
+        1.0
+    );
+}

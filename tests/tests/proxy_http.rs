@@ -355,3 +355,67 @@ fn absolute_form_targets_are_routed_by_their_authority() {
     c.stream().set_nonblocking(true).unwrap();
     assert!(c.stream().read(&mut raw).is_err(), "nothing more was sent");
 }
+
+/// RFC 9110 §2.5: a request in a later minor version of HTTP/1 is handled
+/// as 1.1 (and forwarded as 1.1), not refused with 505; a major version
+/// the proxy does not speak still is.
+#[test]
+fn a_later_minor_version_is_handled_as_1_1() {
+    let web = Backend::start("web");
+    let (_dir, proxy) = proxy_to(&web, &[]);
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"GET /v12 HTTP/1.2\r\nHost: web\r\n\r\n").unwrap();
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    assert_eq!(r.json()["target"], "/v12");
+    // Kept alive, as 1.1 is.
+    assert_eq!(c.get("web", "/next", &[]).status, 200);
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"GET / HTTP/3.0\r\nHost: web\r\n\r\n").unwrap();
+    assert_eq!(c.read_response(false).unwrap().status, 505);
+}
+
+/// Max-Forwards (RFC 9110 §7.6.2): a TRACE or OPTIONS that may be
+/// forwarded no further is answered by the proxy; one that may is
+/// forwarded with one forward less; other methods pass it untouched.
+#[test]
+fn max_forwards_is_answered_at_0_and_decremented_on_trace_and_options() {
+    let web = Backend::start("web");
+    let (_dir, proxy) = proxy_to(&web, &[]);
+    let mut c = Client::connect(proxy.addr);
+    let send = |c: &mut Client, method: &str, forwards: &str| {
+        c.send(
+            format!("{method} /mf HTTP/1.1\r\nHost: web\r\nMax-Forwards: {forwards}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        c.read_response(method == "HEAD").unwrap()
+    };
+    let options = send(&mut c, "OPTIONS", "0");
+    assert_eq!(options.status, 200);
+    assert_eq!(options.header("x-backend"), None, "not forwarded");
+    assert_eq!(options.header("allow"), Some("OPTIONS"));
+    assert!(
+        options
+            .header("via")
+            .is_some_and(|v| v.contains("sidetrack"))
+    );
+    let trace = send(&mut c, "TRACE", " 0 ");
+    assert_eq!(trace.status, 405);
+    assert_eq!(trace.header("x-backend"), None);
+    assert!(
+        trace
+            .header("l5d-err")
+            .is_some_and(|e| e.contains("Max-Forwards"))
+    );
+    // The same connection goes on: each answer kept it.
+    let forwarded = send(&mut c, "OPTIONS", "3");
+    assert_eq!(forwarded.header("x-backend"), Some("web"));
+    assert_eq!(forwarded.json()["headers"]["max-forwards"], "2");
+    let traced = send(&mut c, "TRACE", "1");
+    assert_eq!(traced.json()["headers"]["max-forwards"], "0");
+    // Other methods ignore it.
+    let get = send(&mut c, "GET", "0");
+    assert_eq!(get.header("x-backend"), Some("web"));
+    assert_eq!(get.json()["headers"]["max-forwards"], "0");
+}

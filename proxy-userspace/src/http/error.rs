@@ -33,6 +33,48 @@ pub fn write_error(out: &mut Vec<u8>, status: u16, reason: &str, close: bool) {
     out.push(b'\n');
 }
 
+/// The proxy's own answer to a TRACE or OPTIONS request it may forward no
+/// further (`Max-Forwards: 0`), as the final recipient (RFC 9110 §7.6.2):
+/// OPTIONS gets 200, TRACE 405 with `l5d-err` (the proxy does not reflect
+/// requests: a reflected head would show the client's cookies and
+/// credentials to whatever script sent it). Both say `Allow: OPTIONS` and
+/// carry `via`, so the client sees which hop answered.
+pub fn write_max_forwards_answer(out: &mut Vec<u8>, trace: bool, via: &[u8], close: bool) {
+    const TRACE_REASON: &str = "Max-Forwards reached 0 at the proxy, which does not reflect TRACE";
+    if trace {
+        out.extend_from_slice(b"HTTP/1.1 405 Method Not Allowed\r\nl5d-err: ");
+        out.extend_from_slice(TRACE_REASON.as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
+        push_decimal(out, TRACE_REASON.len() + 1);
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 0");
+    }
+    out.extend_from_slice(b"\r\nallow: OPTIONS\r\nvia: ");
+    out.extend_from_slice(via);
+    if close {
+        out.extend_from_slice(b"\r\nconnection: close");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    if trace {
+        out.extend_from_slice(TRACE_REASON.as_bytes());
+        out.push(b'\n');
+    }
+}
+
+/// `n` in decimal, in `digits`: the slice it takes.
+pub fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &digits[i..]
+}
+
 fn push_sanitised(out: &mut Vec<u8>, reason: &str) {
     let bytes = reason.as_bytes();
     let cut = bytes.len() > MAX_REASON;
@@ -46,18 +88,8 @@ fn push_sanitised(out: &mut Vec<u8>, reason: &str) {
     }
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+fn push_decimal(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(decimal(n as u64, &mut [0u8; 20]));
 }
 
 /// The reason phrase RFC 9110 §15 gives a status code; `""` for others.

@@ -587,6 +587,29 @@ fn check_request_line(buf: &[u8], max: usize) -> Result<(), HeadError> {
 /// Turns httparse's error into ours, looking at the bytes for the cases
 /// that deserve a more precise answer (obs-fold, an HTTP version we do not
 /// speak).
+/// RFC 9110 §2.5: a request in a later minor version of HTTP/1 than the
+/// recipient's (`HTTP/1.2`) is handled as if in the highest it speaks,
+/// 1.1. Rewrites such a version in a whole request line at the start of
+/// `buf` to `HTTP/1.1`, in place, and returns whether it did; the head is
+/// then parsed again (and forwarded as 1.1, as it would be anyway).
+pub fn read_later_minor_as_1_1(buf: &mut [u8]) -> bool {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let Some(space) = line.iter().rposition(|&b| b == b' ') else {
+        return false;
+    };
+    let version = &line[space + 1..];
+    if version.len() == 8 && version.starts_with(b"HTTP/1.") && (b'2'..=b'9').contains(&version[7])
+    {
+        buf[space + 8] = b'1';
+        true
+    } else {
+        false
+    }
+}
+
 fn map_error(e: httparse::Error, buf: &[u8], request: bool) -> HeadError {
     match e {
         httparse::Error::TooManyHeaders => HeadError::TooManyHeaders,
@@ -1310,6 +1333,24 @@ mod tests {
             b"caf\xc3\xa9",
         ] {
             assert!(!is_authority(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn only_a_later_minor_version_of_http_1_is_read_as_1_1() {
+        let mut cases: [(&[u8], Option<&[u8]>); 6] = [
+            (b"GET / HTTP/1.2\r\n", Some(b"GET / HTTP/1.1\r\n")),
+            (b"GET /a%20b HTTP/1.9\n", Some(b"GET /a%20b HTTP/1.1\n")),
+            (b"GET / HTTP/1.2", None),
+            (b"GET / HTTP/2.0\r\n", None),
+            (b"GET / HTTP/1.10\r\n", None),
+            (b"GET / HTTP/1.1\r\n", None),
+        ];
+        for (input, want) in &mut cases {
+            let mut buf = input.to_vec();
+            let changed = read_later_minor_as_1_1(&mut buf);
+            assert_eq!(changed, want.is_some(), "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(&buf[..], want.unwrap_or(input));
         }
     }
 }

@@ -302,6 +302,21 @@ pub(crate) fn push_status(out: &mut Vec<u8>, status: u16) {
     ]);
 }
 
+/// The `Max-Forwards` of a TRACE or OPTIONS request (RFC 9110 §7.6.2):
+/// how many more times it may be forwarded. Other methods ignore the
+/// field, as the RFC allows, and so does a value that is not a number.
+pub fn max_forwards(head: &RequestHead, buf: &[u8]) -> Option<u64> {
+    let method = head.method(buf);
+    if method != b"TRACE" && method != b"OPTIONS" {
+        return None;
+    }
+    let value = head.get(buf, "max-forwards")?.trim_ascii();
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
 /// How many proxies the request has passed: the entries of every Via line
 /// (RFC 9110 §7.6.3). Commas inside a comment `( ... )` separate nothing.
 pub fn via_hops(head: &RequestHead, buf: &[u8]) -> usize {

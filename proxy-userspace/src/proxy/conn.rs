@@ -77,6 +77,12 @@ fn is_proxy_header(name: &[u8]) -> bool {
     }
 }
 
+/// [`is_proxy_header`], and `Max-Forwards`, which the proxy sends itself
+/// (one less) on a TRACE or OPTIONS.
+fn is_proxy_header_or_max_forwards(name: &[u8]) -> bool {
+    is_proxy_header(name) || http::eq_ignore_case_lower(name, b"max-forwards")
+}
+
 /// Why a request ended the connection or was answered by the proxy.
 enum Failure {
     /// Answer with this status and `l5d-err` reason, count it, then close
@@ -389,7 +395,15 @@ impl Conn {
         let mut deadline: Option<Instant> = None;
         loop {
             if !self.from_client.is_empty() {
-                match self.req.parse(&self.from_client, &cfg.limits)? {
+                let parsed = match self.req.parse(&self.from_client, &cfg.limits) {
+                    Err(HeadError::UnsupportedVersion)
+                        if http::read_later_minor_as_1_1(&mut self.from_client) =>
+                    {
+                        self.req.parse(&self.from_client, &cfg.limits)?
+                    }
+                    parsed => parsed?,
+                };
+                match parsed {
                     Parsed::Complete { head_len } => return Ok(Some(head_len)),
                     Parsed::Partial => {}
                 }
@@ -455,6 +469,9 @@ impl Conn {
     /// request (if any bytes of it arrived).
     async fn exchange(&mut self, head_len: usize) -> Result<Next, Failure> {
         let started = Instant::now();
+        if http::max_forwards(&self.req, &self.from_client) == Some(0) {
+            return self.answer_max_forwards(head_len).await;
+        }
         let (route, req) = self.route()?;
         // A refusal after routing keeps the connection only when the request
         // has no body left to skip.
@@ -466,6 +483,32 @@ impl Conn {
             .await_final_response(dest, &req, whole, &mut upstream)
             .await?;
         self.relay(dest, &req, answer, upstream).await
+    }
+
+    /// A TRACE or OPTIONS that may be forwarded no further is answered by
+    /// the proxy as its final recipient (RFC 9110 §7.6.2). A request body
+    /// is not read: the connection closes after the answer.
+    async fn answer_max_forwards(&mut self, head_len: usize) -> Result<Next, Failure> {
+        let buf = &self.from_client[..];
+        let framing = http::request_body(&self.req, buf)?;
+        let close = framing.length != BodyLength::None
+            || http::wants_close(
+                self.req.minor_version(),
+                self.req.get_all(buf, Known::Connection),
+            );
+        let trace = self.req.method(buf) == b"TRACE";
+        self.heads.clear();
+        http::write_max_forwards_answer(&mut self.heads, trace, VIA, close);
+        if stream::write_all(&self.client, &self.heads).await.is_err() {
+            return Err(Failure::Close(Some(ErrorKind::ClientDied)));
+        }
+        if close {
+            stream::shutdown_write(&self.client);
+            self.linger().await;
+            return Ok(Next::Close);
+        }
+        self.from_client.drain(..head_len);
+        Ok(Next::KeepAlive)
     }
 
     /// Route: the request's logical name, its dtab headers, and the binding
@@ -562,10 +605,19 @@ impl Conn {
             self.orig_dst,
             &mut host_text,
         );
-        let mut extra: [(&[u8], &[u8]); 6] = [(b"", b""); 6];
+        // A TRACE or OPTIONS goes on with one forward less (0 was answered).
+        let max_forwards = http::max_forwards(&self.req, &self.from_client);
+        let mut forwards_text = [0u8; 20];
+        let forwards = max_forwards.map(|n| http::decimal(n - 1, &mut forwards_text));
+        let mut extra: [(&[u8], &[u8]); 7] = [(b"", b""); 7];
         let mut n = 0;
         for (k, v, on) in [
-            (&b"Host"[..], host.unwrap_or_default(), host.is_some()),
+            (
+                &b"Max-Forwards"[..],
+                forwards.unwrap_or_default(),
+                forwards.is_some(),
+            ),
+            (b"Host", host.unwrap_or_default(), host.is_some()),
             (b"l5d-dst-service", route.name.as_bytes(), true),
             (b"l5d-dst-client", dest.id.as_bytes(), true),
             (
@@ -588,7 +640,11 @@ impl Conn {
             &self.from_client,
             &req.body,
             req.kind.upgrade,
-            is_proxy_header,
+            if max_forwards.is_some() {
+                is_proxy_header_or_max_forwards
+            } else {
+                is_proxy_header
+            },
             &extra[..n],
         );
         self.from_client.drain(..head_len);
@@ -1000,7 +1056,12 @@ impl Conn {
         let metrics = self.shared.metrics.clone();
         let after = self.shared.cfg.body_timeout;
         let (deadline, watchdog) = (&*self.deadline, &*self.worker.watchdog);
-        let progress = |_| deadline.extend(watchdog, after);
+        // Besides the inactivity timeout, the body must keep up a minimum
+        // average rate after a grace of one body timeout: a client that
+        // trickles a byte now and then would never trip the first.
+        let min_rate = self.shared.cfg.body_min_rate;
+        let pace = policy::Pace::new(watchdog.now_ms(), after, min_rate);
+        let progress = |n| deadline.extend(watchdog, pace.moved(n, watchdog.now_ms()));
         let moving = move_body(
             &self.client,
             backend,
@@ -1022,6 +1083,16 @@ impl Conn {
             Ok(Err(MoveError::From(_))) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
             Ok(Err(MoveError::Framing(e))) => return Err(Failure::from(e)),
             // Before any response: the client hears why.
+            Err(Elapsed) if pace.behind(watchdog.now_ms()) => {
+                return Err(Failure::respond(
+                    408,
+                    ErrorKind::BodyTimeout,
+                    format!(
+                        "the request body came slower than {min_rate} bytes/s \
+                         (limits.body_min_bytes_per_sec)"
+                    ),
+                ));
+            }
             Err(Elapsed) => {
                 return Err(Failure::respond(
                     408,

@@ -53,6 +53,9 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     pub max_interim: usize,
     pub body_timeout: Duration,
+    /// Bytes a second a request body must average after one body timeout;
+    /// 0: no minimum.
+    pub body_min_rate: u64,
     pub linger: Duration,
     /// Zero: tunnels never idle out.
     pub tunnel_idle: Duration,
@@ -79,6 +82,7 @@ impl ProxyConfig {
             response_timeout: ms(s.limits.response_timeout_ms),
             max_interim: s.limits.max_interim_responses,
             body_timeout: ms(s.limits.body_timeout_ms),
+            body_min_rate: s.limits.body_min_bytes_per_sec,
             linger: ms(s.limits.linger_ms),
             tunnel_idle: ms(s.limits.tunnel_idle_timeout_ms),
             max_via_hops: s.limits.max_via_hops,

@@ -17,6 +17,8 @@
 //! after taking the request, before any answer, gets a 502: the backend
 //! may have acted on it.
 
+use std::{cell::Cell, time::Duration};
+
 use super::pool::Liveness;
 use crate::http::{
     self, BodyLength, Framing, HeadError, Known, RequestHead, RequestKind, ResponseHead,
@@ -237,6 +239,53 @@ pub fn after_response(req: &RequestFacts, resp: &ResponseFacts, body: RequestBod
         connection,
         client,
         pool_backend,
+    }
+}
+
+/// The minimum average rate of a request body: by `at_ms` on the
+/// watchdog's clock, a body that started at `start_ms` must have moved
+/// `min_rate` bytes a second for every second past a grace of one body
+/// timeout. Without a rate (0) only the inactivity timeout applies.
+pub struct Pace {
+    start_ms: u64,
+    grace_ms: u64,
+    min_rate: u64,
+    moved: Cell<u64>,
+    inactivity: Duration,
+}
+
+impl Pace {
+    pub fn new(start_ms: u64, inactivity: Duration, min_rate: u64) -> Pace {
+        Pace {
+            start_ms,
+            grace_ms: inactivity.as_millis() as u64,
+            min_rate,
+            moved: Cell::new(0),
+            inactivity,
+        }
+    }
+
+    /// The last moment the body may reach, in watchdog milliseconds, with
+    /// what it moved so far.
+    fn due_ms(&self) -> u64 {
+        let earned = self.moved.get().saturating_mul(1000) / self.min_rate;
+        self.start_ms + self.grace_ms + earned
+    }
+
+    /// Counts `n` bytes moved at `now_ms`; how long the body may now go
+    /// on: the inactivity timeout, or less when the rate says so.
+    pub fn moved(&self, n: usize, now_ms: u64) -> Duration {
+        self.moved.set(self.moved.get() + n as u64);
+        if self.min_rate == 0 {
+            return self.inactivity;
+        }
+        let left = Duration::from_millis(self.due_ms().saturating_sub(now_ms));
+        self.inactivity.min(left)
+    }
+
+    /// Whether the body fell behind the rate (rather than stalling).
+    pub fn behind(&self, now_ms: u64) -> bool {
+        self.min_rate != 0 && now_ms >= self.due_ms()
     }
 }
 
@@ -520,5 +569,38 @@ mod tests {
         );
         assert_eq!(smuggle.body, BodyLength::Chunked);
         assert!(smuggle.wants_close);
+    }
+
+    #[test]
+    fn a_trickled_body_falls_behind_the_rate_after_the_grace() {
+        // Grace 1 s, 1,000 bytes/s: a byte every 300 ms earns 1 ms each.
+        let pace = Pace::new(0, Duration::from_secs(1), 1_000);
+        let mut now = 0;
+        let mut cut_at = None;
+        for _ in 0..20 {
+            now += 300;
+            let left = pace.moved(1, now);
+            if left.is_zero() || pace.behind(now) {
+                cut_at = Some(now);
+                break;
+            }
+        }
+        assert_eq!(cut_at, Some(1_200), "behind once past 1 s + 4 ms earned");
+        // A body at the rate is never behind: its deadline moves with it.
+        let pace = Pace::new(0, Duration::from_secs(1), 1_000);
+        for t in (100..10_000).step_by(100) {
+            let left = pace.moved(100, t);
+            assert!(
+                !pace.behind(t) && left >= Duration::from_millis(900),
+                "{t}: {left:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_rate_only_inactivity_counts() {
+        let pace = Pace::new(0, Duration::from_secs(1), 0);
+        assert_eq!(pace.moved(1, 1_000_000), Duration::from_secs(1));
+        assert!(!pace.behind(u64::MAX / 2));
     }
 }
