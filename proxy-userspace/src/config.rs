@@ -188,6 +188,12 @@ pub struct Limits {
     /// requests, or silent since it connected), and with none idle it is
     /// answered 503 and closed at once.
     pub max_connections: usize,
+    /// What the buffers of client connections may take in all, with the
+    /// route cache's `route_cache_max_bytes` held aside: from 90% of it new
+    /// connections are refused (503), and at it a request whose buffers
+    /// would have to grow is refused (503) or, mid-response, cut. Set it
+    /// below the container's memory limit.
+    pub memory_budget_bytes: usize,
     /// Bodies of known length at least this big move with splice(2).
     pub splice_threshold_bytes: u64,
 }
@@ -249,6 +255,7 @@ impl Default for Limits {
             max_via_hops: 10,
             max_dtab_entries: 100,
             max_connections: 10_000,
+            memory_budget_bytes: 512 << 20,
             splice_threshold_bytes: 64 * 1024,
         }
     }

@@ -16,7 +16,7 @@ use sidetrack::{
     config::{IdentifierKind, Settings},
     dtab::{Dtab, Namers},
     observe::metrics::Metrics,
-    proxy::{self, ProxyConfig, Shared},
+    proxy::{self, ProxyConfig, Shared, budget::MemoryBudget},
     route::{Identifier, Router, RouterLimits},
 };
 use sidetrack_tests::{backend::Backend, client::Client};
@@ -72,6 +72,7 @@ fn a_keep_alive_request_allocates_nothing_on_the_proxy() {
         metrics,
         identifier: Identifier::new(IdentifierKind::HeaderToken, "/svc"),
         orig_dst: None,
+        budget: MemoryBudget::new(usize::MAX, 0),
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

@@ -400,7 +400,9 @@ fn a_request_body_that_stops_gets_408_copied_or_spliced() {
 #[test]
 fn a_slow_body_that_keeps_moving_is_not_cut_off() {
     let b = Scripted::start(|_, _, _| Reply::Send(FRESH));
-    let (_dir, p) = proxy_with(&b, BODY_TIMEOUT);
+    // 10 bytes a second, above a minimum rate of 5.
+    let config = format!("{BODY_TIMEOUT}  body_min_bytes_per_sec: 5\n");
+    let (_dir, p) = proxy_with(&b, &config);
     let mut c = Client::connect(p.addr);
     c.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n")
         .unwrap();

@@ -200,3 +200,87 @@ fn at_the_connection_limit_with_none_idle_a_new_connection_is_refused_at_once() 
         assert_eq!(c.read_response(false).unwrap().status, 200);
     }
 }
+
+/// The whole proxy's memory budget holds against clients that each make
+/// a buffer grow (here: request heads of 40 KB that never end, each
+/// growing its connection's read buffer from 8 to 64 KB). At the budget, a
+/// head that needs more room is refused with 503; near it, new connections
+/// are refused with 503; a lean client's requests, which fit in the
+/// buffers it has, are served throughout; and when the hostile clients go,
+/// so does the pressure.
+#[test]
+fn the_memory_budget_sheds_growing_requests_and_new_connections() {
+    let budget = 3 << 20;
+    let (_dir, _web, proxy) = bed(&format!(
+        "route_cache_max_bytes: 1048576\nlimits:\n  memory_budget_bytes: {budget}\n  \
+         head_timeout_ms: 60000\n"
+    ));
+    let pid = proxy.child.id();
+    let mut lean = Client::connect(proxy.addr);
+    assert_eq!(lean.get("web", "/", &[]).status, 200);
+    let before = rss_kb(pid);
+    let answer = |c: &mut Client| {
+        c.stream()
+            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        c.read_response(false).ok()
+    };
+
+    // 80 connections that start a head: about 20 KB each, under 90%.
+    let mut started: Vec<Client> = (0..80)
+        .map(|_| {
+            let mut c = Client::connect(proxy.addr);
+            c.send(b"GET / HTTP/1.1\r\nHost: web\r\n").unwrap();
+            c
+        })
+        .collect();
+    assert!(sidetrack_tests::eventually(5, || proxy
+        .metric("sidetrack_connections_active", &[])
+        == 81.0));
+    assert_eq!(proxy.metric("sidetrack_overload_state", &[]), 0.0);
+    // Each now sends 40 KB more of its head: the first few grow, then the
+    // budget is spent and the rest are refused.
+    let pad = format!("x-pad: {}\r\n", "p".repeat(40_000));
+    let mut shed = 0;
+    for c in &mut started {
+        let _ = c.send(pad.as_bytes());
+        if let Some(r) = answer(c) {
+            assert_eq!(r.status, 503);
+            let err = r.header("l5d-err").unwrap_or_default();
+            assert!(err.contains("needs more room"), "{err}");
+            shed += 1;
+        }
+    }
+    assert!((30..80).contains(&shed), "{shed} of 80 heads refused");
+    assert!(proxy.metric("sidetrack_overload_shed_requests_total", &[]) >= shed as f64);
+    assert!(proxy.metric("sidetrack_overload_state", &[]) >= 1.0);
+    // New connections are refused at once, before they cost anything.
+    for _ in 0..100 {
+        let mut c = Client::connect(proxy.addr);
+        let _ = c.send(pad.as_bytes());
+        let r = answer(&mut c).expect("refused at once");
+        assert_eq!(r.status, 503);
+        assert!(
+            r.header("l5d-err")
+                .is_some_and(|e| e.contains("near its memory budget")),
+            "{:?}",
+            r.headers
+        );
+    }
+    assert!(proxy.metric("sidetrack_overload_shed_connections_total", &[]) >= 100.0);
+    let used = proxy.metric("sidetrack_memory_used_bytes", &[]);
+    assert!(used <= budget as f64, "{used} charged of {budget}");
+    // 180 connections holding 64 KB each would be 11 MB.
+    let grown = rss_kb(pid).saturating_sub(before);
+    assert!(grown < 6 * 1024, "RSS grew {grown} KiB");
+    // The lean client fits in what it has: served under pressure.
+    for _ in 0..3 {
+        assert_eq!(lean.get("web", "/", &[]).status, 200);
+    }
+    // The pressure goes with the hostile clients.
+    drop(started);
+    assert!(sidetrack_tests::eventually(10, || proxy
+        .metric("sidetrack_overload_state", &[])
+        == 0.0));
+    assert_eq!(Client::connect(proxy.addr).get("web", "/", &[]).status, 200);
+}

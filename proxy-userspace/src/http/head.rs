@@ -1349,7 +1349,12 @@ mod tests {
         for (input, want) in &mut cases {
             let mut buf = input.to_vec();
             let changed = read_later_minor_as_1_1(&mut buf);
-            assert_eq!(changed, want.is_some(), "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                changed,
+                want.is_some(),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
             assert_eq!(&buf[..], want.unwrap_or(input));
         }
     }

@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 
 use super::{
     Shared, Worker,
+    budget::{self, MemoryBudget, OverBudget},
     policy::{
         self, Attempt, ClientNext, ConnectionField, Relay, RequestBody, RequestFacts,
         ResponseFacts, SendFailure,
@@ -57,6 +58,8 @@ const MAX_DTAB_HEADERS: usize = 16;
 /// The first allocation of a connection's read buffers; they grow up to the
 /// head limit when a head needs it.
 const INITIAL_BUF: usize = 8 * 1024;
+/// The copy buffer of small bodies, and what it shrinks back to.
+const SMALL_COPY: usize = 4096;
 /// Chunk size for copying bodies through userspace.
 const COPY_CHUNK: usize = 64 * 1024;
 
@@ -146,7 +149,30 @@ pub struct Conn {
     orig_dst: Option<SocketAddrV4>,
     /// Requests answered so far on this connection.
     served: u64,
+    /// What the buffers are charged against the memory budget.
+    charged: usize,
 }
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared.budget.recharge(self.charged, 0);
+    }
+}
+
+/// Charges `now` bytes for a connection that was charged `charged`.
+fn charge(charged: &mut usize, budget: &MemoryBudget, now: usize) {
+    if now != *charged {
+        budget.recharge(*charged, now);
+        *charged = now;
+    }
+}
+
+/// `l5d-err` of a request shed because a buffer could not grow.
+const OVER_BUDGET: &str = "the proxy is at its memory budget and this request needs more room (limits.memory_budget_bytes)";
+
+/// What a connection is charged besides its buffers: the connection
+/// itself, its parsed heads' slots, its deadline and its task.
+const CONN_BASE: usize = 2048;
 
 /// A request on its way: the backend connection it went out on.
 struct Upstream {
@@ -205,15 +231,50 @@ impl Conn {
             rng: SmallRng::from_os_rng(),
             orig_dst: None,
             served: 0,
+            charged: 0,
         }
+    }
+
+    /// Charges the buffers' capacity against the memory budget (what
+    /// changed since the last time).
+    fn account(&mut self) {
+        let now = self.buffers_capacity();
+        charge(&mut self.charged, &self.shared.budget, now);
+    }
+
+    fn buffers_capacity(&self) -> usize {
+        CONN_BASE
+            + self.from_client.capacity()
+            + self.from_backend.capacity()
+            + self.heads.capacity()
+            + self.name.capacity()
+            + self.key.capacity()
+            + self.scratch.capacity()
+    }
+
+    /// Between requests with the budget nearly spent: the buffers give
+    /// back what they grew to beyond their first size (keeping what
+    /// they hold: pipelined bytes).
+    fn shrink_if_pressed(&mut self) {
+        if self.shared.budget.pressure() == budget::Pressure::Normal {
+            return;
+        }
+        self.from_client.shrink_to(INITIAL_BUF);
+        self.from_backend.shrink_to(INITIAL_BUF);
+        self.heads.shrink_to(1024);
+        self.scratch.truncate(SMALL_COPY);
+        self.scratch.shrink_to(SMALL_COPY);
     }
 
     pub async fn serve(mut self) {
         if let Some(orig) = &self.shared.orig_dst {
             self.orig_dst = orig.lookup(&self.client, self.peer);
         }
+        self.account();
         loop {
-            let head_len = match self.read_request_head().await {
+            let head_len = self.read_request_head().await;
+            self.account();
+            let head_len = match head_len {
                 Ok(Some(n)) => n,
                 Ok(None) => return,
                 // Not HTTP, on an intercepted connection: pass it on untouched.
@@ -230,7 +291,10 @@ impl Conn {
                 }
             };
             self.served += 1;
-            match self.exchange(head_len).await {
+            let next = self.exchange(head_len).await;
+            self.shrink_if_pressed();
+            self.account();
+            match next {
                 Ok(Next::KeepAlive) => {}
                 Ok(Next::Close) => return,
                 Err(mut f) => {
@@ -426,7 +490,12 @@ impl Conn {
                     } else {
                         (cfg.idle_timeout, true)
                     };
-                    let wait = read_more(&self.client, &mut self.from_client, max_head);
+                    let wait = read_more(
+                        &self.client,
+                        &mut self.from_client,
+                        max_head,
+                        &self.shared.budget,
+                    );
                     match self
                         .deadline
                         .within(&self.worker.watchdog, after, idle, wait)
@@ -438,7 +507,12 @@ impl Conn {
                 }
                 Some(at) => {
                     let left = at.saturating_duration_since(Instant::now());
-                    let wait = read_more(&self.client, &mut self.from_client, max_head);
+                    let wait = read_more(
+                        &self.client,
+                        &mut self.from_client,
+                        max_head,
+                        &self.shared.budget,
+                    );
                     match self
                         .deadline
                         .within(&self.worker.watchdog, left, false, wait)
@@ -458,7 +532,15 @@ impl Conn {
             match read {
                 Ok(0) if self.from_client.is_empty() => return Ok(None),
                 Ok(0) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
-                Ok(_) => {}
+                // A head that does not end grows the buffer read by read:
+                // charged as it grows, not when it is whole.
+                Ok(_) => {
+                    let now = self.buffers_capacity();
+                    charge(&mut self.charged, &self.shared.budget, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    return Err(Failure::respond(503, ErrorKind::Overloaded, OVER_BUDGET));
+                }
                 Err(_) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
             }
         }
@@ -722,6 +804,7 @@ impl Conn {
                 &mut self.from_backend,
                 &mut self.resp,
                 &cfg.limits,
+                &self.shared.budget,
             );
             let wait = async {
                 if body_held {
@@ -740,7 +823,10 @@ impl Conn {
                 .within(&self.worker.watchdog, left, false, wait)
                 .await;
             let head_len = match waited {
-                Ok(Waited::Head(Ok(n))) => n,
+                Ok(Waited::Head(Ok(n))) => {
+                    self.account();
+                    n
+                }
                 Ok(Waited::Client) => {
                     // Readiness can be stale: only bytes mean a body.
                     match self.client.try_read_buf(&mut self.from_client) {
@@ -777,6 +863,14 @@ impl Conn {
                         return Err(write_failed(dest, upstream, &e));
                     }
                     continue;
+                }
+                Ok(Waited::Head(Err(ReadHeadError::OverBudget))) => {
+                    return Err(upstream_failure(
+                        dest,
+                        503,
+                        ErrorKind::Overloaded,
+                        OVER_BUDGET.into(),
+                    ));
                 }
                 Ok(Waited::Head(Err(e))) => {
                     return Err(upstream_failure(
@@ -1072,6 +1166,7 @@ impl Conn {
             Moving {
                 splice_threshold: threshold,
                 progress: &progress,
+                budget: &self.shared.budget,
             },
         );
         let moved = match deadline.within(watchdog, after, false, moving).await {
@@ -1082,6 +1177,9 @@ impl Conn {
             }
             Ok(Err(MoveError::From(_))) => return Err(Failure::Close(Some(ErrorKind::ClientDied))),
             Ok(Err(MoveError::Framing(e))) => return Err(Failure::from(e)),
+            Ok(Err(MoveError::OverBudget)) => {
+                return Err(Failure::respond(503, ErrorKind::Overloaded, OVER_BUDGET));
+            }
             // Before any response: the client hears why.
             Err(Elapsed) if pace.behind(watchdog.now_ms()) => {
                 return Err(Failure::respond(
@@ -1117,6 +1215,7 @@ impl Conn {
             &mut self.from_backend,
             &mut self.scratch,
             &progress,
+            &self.shared.budget,
         );
         let Ok(moved) = deadline.within(watchdog, after, false, moving).await else {
             return Err(body_stalled(&self.peer, after));
@@ -1127,6 +1226,7 @@ impl Conn {
                 Ok(())
             }
             Err(MoveError::To(_)) => Err(Failure::Close(Some(ErrorKind::ClientDied))),
+            Err(MoveError::OverBudget) => Err(Failure::Close(Some(ErrorKind::Overloaded))),
             Err(MoveError::From(_) | MoveError::Framing(_)) => {
                 if log_limit::allow() {
                     tracing::warn!(peer = %self.peer, "backend died mid-response; closing the client connection");
@@ -1156,6 +1256,7 @@ impl Conn {
             Moving {
                 splice_threshold: threshold,
                 progress: &progress,
+                budget: &self.shared.budget,
             },
         );
         let Ok(moved) = deadline.within(watchdog, after, false, moving).await else {
@@ -1168,6 +1269,7 @@ impl Conn {
                 Ok(())
             }
             Err(MoveError::To(_)) => Err(Failure::Close(Some(ErrorKind::ClientDied))),
+            Err(MoveError::OverBudget) => Err(Failure::Close(Some(ErrorKind::Overloaded))),
             Err(MoveError::From(_) | MoveError::Framing(_)) => {
                 if log_limit::allow() {
                     tracing::warn!(peer = %self.peer, "backend died mid-response; closing the client connection");
@@ -1332,10 +1434,19 @@ fn pick_dest<'r>(
 }
 
 /// Reads into the spare room of `buf`, growing it up to `limit`.
-async fn read_more(stream: &TcpStream, buf: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
+/// Reads more of a head into `buf`, growing it (by doubling, up to the
+/// head limit) within the memory budget: `OutOfMemory` when the budget
+/// refuses.
+async fn read_more(
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+    limit: usize,
+    budget: &MemoryBudget,
+) -> io::Result<usize> {
     if buf.capacity() - buf.len() < 1024 {
         let want = (buf.capacity() * 2).clamp(INITIAL_BUF, limit.max(INITIAL_BUF) + 1024);
-        buf.reserve(want - buf.len());
+        budget::grow(buf, want - buf.len(), budget)
+            .map_err(|OverBudget| io::Error::from(io::ErrorKind::OutOfMemory))?;
     }
     stream::read_buf(stream, buf).await
 }
@@ -1356,6 +1467,8 @@ enum ReadHeadError {
     Closed,
     Io(io::Error),
     Bad(HeadError),
+    /// The head needed more room than the memory budget had.
+    OverBudget,
 }
 
 impl std::fmt::Display for ReadHeadError {
@@ -1366,6 +1479,7 @@ impl std::fmt::Display for ReadHeadError {
             }
             ReadHeadError::Closed => f.write_str("the connection closed inside the response head"),
             ReadHeadError::Io(e) => write!(f, "{e}"),
+            ReadHeadError::OverBudget => f.write_str(OVER_BUDGET),
             // HeadError speaks of requests, its usual subject.
             ReadHeadError::Bad(HeadError::HeadTooLarge) => f.write_str("response head too large"),
             ReadHeadError::Bad(e) => write!(f, "{e}"),
@@ -1379,6 +1493,7 @@ async fn read_response_head(
     bbuf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     limits: &http::Limits,
+    budget: &MemoryBudget,
 ) -> Result<usize, ReadHeadError> {
     // The answer is often there already (see `try_read_buf_now`).
     if bbuf.is_empty() {
@@ -1397,8 +1512,11 @@ async fn read_response_head(
                 Parsed::Partial => {}
             }
         }
-        match read_more(backend, bbuf, limits.max_head).await {
+        match read_more(backend, bbuf, limits.max_head, budget).await {
             Ok(0) if bbuf.is_empty() => return Err(ReadHeadError::ClosedBeforeResponse),
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                return Err(ReadHeadError::OverBudget);
+            }
             Ok(0) => return Err(ReadHeadError::Closed),
             Ok(_) => {}
             Err(e) if bbuf.is_empty() && is_reset(&e) => {
@@ -1429,6 +1547,14 @@ enum MoveError {
     From(#[allow(dead_code)] io::Error),
     To(#[allow(dead_code)] io::Error),
     Framing(HeadError),
+    /// A copy buffer could not grow within the memory budget.
+    OverBudget,
+}
+
+impl From<OverBudget> for MoveError {
+    fn from(_: OverBudget) -> MoveError {
+        MoveError::OverBudget
+    }
 }
 
 /// How a body moves: spliced from `splice_threshold` bytes on, with
@@ -1436,6 +1562,8 @@ enum MoveError {
 struct Moving<'a, P> {
     splice_threshold: u64,
     progress: &'a P,
+    /// What copy buffers grow within.
+    budget: &'a MemoryBudget,
 }
 
 impl From<Broken> for MoveError {
@@ -1461,6 +1589,7 @@ async fn move_body<P: Fn(usize)>(
     let Moving {
         splice_threshold,
         progress,
+        budget,
     } = how;
     let mut moved = Moved::default();
     match *body {
@@ -1483,7 +1612,7 @@ async fn move_body<P: Fn(usize)>(
                     .await
                     .map_err(MoveError::from)?;
             } else {
-                moved.copied += copy_exact(from, to, copy, rest, progress).await?;
+                moved.copied += copy_exact(from, to, copy, rest, progress, budget).await?;
             }
         }
         BodyLength::Chunked => {
@@ -1501,7 +1630,7 @@ async fn move_body<P: Fn(usize)>(
                     break;
                 }
                 if pending.capacity() - pending.len() < 4096 {
-                    pending.reserve(COPY_CHUNK);
+                    budget::grow(pending, COPY_CHUNK, budget)?;
                 }
                 match stream::read_buf(from, pending).await {
                     Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
@@ -1516,9 +1645,7 @@ async fn move_body<P: Fn(usize)>(
                 .map_err(MoveError::To)?;
             moved.copied += pending.len() as u64;
             pending.clear();
-            if copy.len() < COPY_CHUNK {
-                copy.resize(COPY_CHUNK, 0);
-            }
+            copy_buffer(copy, u64::MAX, budget)?;
             moved.copied += copy_until_eof(from, to, copy, progress)
                 .await
                 .map_err(MoveError::From)?;
@@ -1552,6 +1679,7 @@ async fn dechunk_body(
     pending: &mut Vec<u8>,
     decoded: &mut Vec<u8>,
     progress: &impl Fn(usize),
+    budget: &MemoryBudget,
 ) -> Result<u64, MoveError> {
     let mut scanner = ChunkedScanner::new();
     let mut moved = 0;
@@ -1571,7 +1699,7 @@ async fn dechunk_body(
             return Ok(moved);
         }
         if pending.capacity() - pending.len() < 4096 {
-            pending.reserve(COPY_CHUNK);
+            budget::grow(pending, COPY_CHUNK, budget)?;
         }
         match stream::read_buf(from, pending).await {
             Ok(0) => return Err(MoveError::From(io::ErrorKind::UnexpectedEof.into())),
@@ -1581,6 +1709,20 @@ async fn dechunk_body(
     }
 }
 
+/// Makes `copy` at least `want` bytes (rounded up to a page, at most a
+/// copy chunk), within the budget: a small body needs no large buffer.
+/// What it grows to stays for the connection's next bodies.
+fn copy_buffer(copy: &mut Vec<u8>, want: u64, budget: &MemoryBudget) -> Result<(), OverBudget> {
+    let want = (want.min(COPY_CHUNK as u64) as usize)
+        .next_multiple_of(SMALL_COPY)
+        .min(COPY_CHUNK);
+    if copy.len() < want {
+        budget::grow(copy, want - copy.len(), budget)?;
+        copy.resize(want, 0);
+    }
+    Ok(())
+}
+
 /// Copies exactly `n` bytes through userspace, never reading past them.
 async fn copy_exact(
     from: &TcpStream,
@@ -1588,13 +1730,12 @@ async fn copy_exact(
     copy: &mut Vec<u8>,
     n: u64,
     progress: &impl Fn(usize),
+    budget: &MemoryBudget,
 ) -> Result<u64, MoveError> {
     if n == 0 {
         return Ok(0);
     }
-    if copy.len() < COPY_CHUNK {
-        copy.resize(COPY_CHUNK, 0);
-    }
+    copy_buffer(copy, n, budget)?;
     let mut left = n;
     while left > 0 {
         let want = (left as usize).min(copy.len());

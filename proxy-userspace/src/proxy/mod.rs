@@ -6,8 +6,8 @@
 //! on a `LocalSet`, so that what one worker owns ([`Worker`]: its pool, its
 //! watchdog) needs no lock and no `Send`.
 //!
-//! `serve` accepts until told to stop, bounded by `max_connections` (a
-//! semaphore): at the bound, a new connection makes room by closing the
+//! `serve` accepts until told to stop, bounded by the memory budget (see
+//! [`budget`]) and by `max_connections` (a semaphore): at the bound, a new connection makes room by closing the
 //! connection idle longest, and with none idle it is answered 503 and
 //! closed at once rather than left waiting in the listen backlog. On
 //! shutdown it takes the connections still queued and closes the listener,
@@ -15,6 +15,7 @@
 //! connections close at once; one taken from the queue gets to send its
 //! first), and waits for them up to the grace period.
 
+pub mod budget;
 pub mod conn;
 pub mod park;
 pub mod policy;
@@ -39,6 +40,7 @@ use crate::{
 };
 
 use self::{
+    budget::{MemoryBudget, Pressure},
     pool::{Pool, PoolConfig},
     watchdog::Watchdog,
 };
@@ -108,6 +110,8 @@ pub struct Shared {
     pub identifier: Identifier,
     /// Where intercepted connections were going (transparent modes only).
     pub orig_dst: Option<crate::intercept::OrigDst>,
+    /// What connections' buffers may take in all.
+    pub budget: MemoryBudget,
 }
 
 /// What one worker owns: its connections' deadlines and its idle backend
@@ -245,16 +249,34 @@ async fn slot(slots: &Arc<Semaphore>, worker: &Worker) -> Option<OwnedSemaphoreP
 /// closed for it before it is refused.
 const EVICTION_WAIT: Duration = Duration::from_millis(100);
 
-/// Refuses a connection at once, at the connection limit with none idle:
-/// a 503 that says why (written without waiting: the socket's buffer is
-/// empty) and a close, so the client can go elsewhere now instead of
-/// waiting in the backlog.
-fn refuse(stream: TcpStream, metrics: &Metrics) {
+/// Why a new connection is refused.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// `max_connections`, with none idle to close.
+    Connections,
+    /// The memory budget is nearly spent.
+    MemoryBudget,
+}
+
+/// Refuses a connection at once: a 503 that says why (written without
+/// waiting: the socket's buffer is empty) and a close, so the client can go
+/// elsewhere now instead of waiting in the backlog.
+fn refuse(stream: TcpStream, metrics: &Metrics, why: Refusal) {
     metrics.error(crate::observe::metrics::ErrorKind::Overloaded);
+    let (answer, text) = match why {
+        Refusal::Connections => (
+            REFUSAL_CONNECTIONS,
+            "refused a connection: every one of max_connections is busy",
+        ),
+        Refusal::MemoryBudget => (
+            REFUSAL_MEMORY,
+            "refused a connection: the memory budget is nearly spent",
+        ),
+    };
     if crate::observe::log_limit::allow() {
-        tracing::warn!("refused a connection: every one of max_connections is busy");
+        tracing::warn!("{text}");
     }
-    let _ = stream.try_write(REFUSAL);
+    let _ = stream.try_write(answer);
     // What the client already sent, read so that closing does not reset
     // the connection under the answer (bounded: no waiting, a few reads).
     let mut sink = [0u8; 4096];
@@ -265,8 +287,12 @@ fn refuse(stream: TcpStream, metrics: &Metrics) {
     }
 }
 
-const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+const REFUSAL_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
     l5d-err: the proxy is at its connection limit (limits.max_connections)\r\n\
+    connection: close\r\ncontent-length: 0\r\n\r\n";
+
+const REFUSAL_MEMORY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+    l5d-err: the proxy is near its memory budget (limits.memory_budget_bytes)\r\n\
     connection: close\r\ncontent-length: 0\r\n\r\n";
 
 /// Runs one worker on the calling thread until `shutdown` turns true and
@@ -336,9 +362,15 @@ pub async fn serve(
                 continue;
             }
         };
+        let budget = &worker.shared.budget;
+        if budget.pressure() != Pressure::Normal {
+            budget.count_shed_connection();
+            refuse(stream, &worker.shared.metrics, Refusal::MemoryBudget);
+            continue;
+        }
         match slot(&slots, &worker).await {
             Some(permit) => spawn_conn(stream, peer, permit, &worker),
-            None => refuse(stream, &worker.shared.metrics),
+            None => refuse(stream, &worker.shared.metrics, Refusal::Connections),
         }
     }
     watchdog.drain();

@@ -251,6 +251,8 @@ pub struct Pace {
     grace_ms: u64,
     min_rate: u64,
     moved: Cell<u64>,
+    /// When bytes last moved.
+    last_ms: Cell<u64>,
     inactivity: Duration,
 }
 
@@ -261,6 +263,7 @@ impl Pace {
             grace_ms: inactivity.as_millis() as u64,
             min_rate,
             moved: Cell::new(0),
+            last_ms: Cell::new(start_ms),
             inactivity,
         }
     }
@@ -276,6 +279,7 @@ impl Pace {
     /// on: the inactivity timeout, or less when the rate says so.
     pub fn moved(&self, n: usize, now_ms: u64) -> Duration {
         self.moved.set(self.moved.get() + n as u64);
+        self.last_ms.set(now_ms);
         if self.min_rate == 0 {
             return self.inactivity;
         }
@@ -283,9 +287,12 @@ impl Pace {
         self.inactivity.min(left)
     }
 
-    /// Whether the body fell behind the rate (rather than stalling).
+    /// Whether, when the body's deadline passed at `now_ms`, it had fallen
+    /// behind the rate while still moving (rather than stalled: nothing
+    /// moved for the inactivity timeout).
     pub fn behind(&self, now_ms: u64) -> bool {
-        self.min_rate != 0 && now_ms >= self.due_ms()
+        let stalled = now_ms >= self.last_ms.get() + self.inactivity.as_millis() as u64;
+        self.min_rate != 0 && now_ms >= self.due_ms() && !stalled
     }
 }
 

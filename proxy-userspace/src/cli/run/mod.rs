@@ -38,7 +38,10 @@ use crate::{
     dtab::{Dtab, Namers},
     namer::fs::{self, FsNamer},
     observe::metrics::{ExtraCounters, Metrics},
-    proxy::{self, ProxyConfig, Shared},
+    proxy::{
+        self, ProxyConfig, Shared,
+        budget::{BudgetMetrics, MemoryBudget},
+    },
     route::{Identifier, Router, RouterLimits},
 };
 
@@ -183,10 +186,15 @@ impl RunArgs {
         let shared = Arc::new(Shared {
             cfg,
             router: router.clone(),
-            metrics,
+            metrics: metrics.clone(),
             identifier: Identifier::new(settings.identifier, &settings.dst_prefix),
             orig_dst,
+            budget: MemoryBudget::new(
+                settings.limits.memory_budget_bytes,
+                settings.route_cache_max_bytes,
+            ),
         });
+        metrics.add_extra(Arc::new(BudgetMetrics(shared.clone())));
         let grace = ms(settings.shutdown_grace_ms);
         let yield_before_wait = settings.yield_before_wait;
         let (stop_tx, stop_rx) = watch::channel(false);
