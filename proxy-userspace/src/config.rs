@@ -204,6 +204,10 @@ pub struct Pool {
     /// Idle connections kept per backend address, per worker.
     #[serde(alias = "max_idle_per_endpoint")]
     pub max_idle_per_backend: usize,
+    /// Idle connections kept in all, per worker, over every backend (an
+    /// override can name any address); at the bound the one idle longest
+    /// is closed.
+    pub max_idle_total: usize,
     pub idle_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     /// How long an endpoint that refused a connect is kept out of rotation.
@@ -265,6 +269,7 @@ impl Default for Pool {
     fn default() -> Self {
         Pool {
             max_idle_per_backend: 64,
+            max_idle_total: 1024,
             idle_timeout_ms: 30_000,
             connect_timeout_ms: 3_000,
             eject_ms: 5_000,

@@ -92,6 +92,7 @@ impl ProxyConfig {
             splice_threshold: s.limits.splice_threshold_bytes,
             pool: PoolConfig {
                 max_idle_per_backend: s.pool.max_idle_per_backend,
+                max_idle_total: s.pool.max_idle_total,
                 idle_timeout: ms(s.pool.idle_timeout_ms),
                 connect_timeout: ms(s.pool.connect_timeout_ms),
                 mark: None,

@@ -33,6 +33,10 @@ use super::watchdog::Watchdog;
 pub struct PoolConfig {
     /// Idle connections kept per backend address (per worker).
     pub max_idle_per_backend: usize,
+    /// Idle connections kept in all (per worker): overrides can name any
+    /// number of addresses, and each would keep its share. At the bound the
+    /// connection idle longest is closed to make room.
+    pub max_idle_total: usize,
     /// An idle connection older than this is closed instead of reused.
     pub idle_timeout: Duration,
     /// How long a connect to a backend may take.
@@ -48,6 +52,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             max_idle_per_backend: 64,
+            max_idle_total: 1024,
             idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
             mark: None,
@@ -78,7 +83,10 @@ struct Idle {
 #[derive(Debug)]
 pub struct Pool {
     cfg: PoolConfig,
+    /// Per address, oldest first.
     idle: HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>,
+    /// Connections in `idle`, over every address.
+    total: usize,
     last_sweep_ms: u64,
 }
 
@@ -87,6 +95,7 @@ impl Pool {
         Pool {
             cfg,
             idle: HashMap::default(),
+            total: 0,
             last_sweep_ms: 0,
         }
     }
@@ -100,6 +109,7 @@ impl Pool {
     pub fn take(&mut self, addr: SocketAddr, now_ms: u64, liveness: Liveness) -> Option<TcpStream> {
         let list = self.idle.get_mut(&addr)?;
         while let Some(idle) = list.pop() {
+            self.total -= 1;
             if !expired(idle.since_ms, now_ms, &self.cfg) && is_open(&idle.stream, liveness) {
                 return Some(idle.stream);
             }
@@ -128,14 +138,42 @@ impl Pool {
                 list.retain(|i| !expired(i.since_ms, now_ms, &cfg));
                 !list.is_empty()
             });
+            self.total = self.len();
         }
         let list = self.idle.entry(addr).or_default();
+        let before = list.len();
         list.retain(|i| !expired(i.since_ms, now_ms, &cfg));
-        if list.len() < cfg.max_idle_per_backend {
-            list.push(Idle {
-                stream,
-                since_ms: now_ms,
-            });
+        let kept = list.len();
+        self.total -= before - kept;
+        if kept >= cfg.max_idle_per_backend || cfg.max_idle_total == 0 {
+            return;
+        }
+        list.push(Idle {
+            stream,
+            since_ms: now_ms,
+        });
+        self.total += 1;
+        if self.total > cfg.max_idle_total {
+            self.close_oldest();
+        }
+    }
+
+    /// Closes the connection idle longest, over every address: at the
+    /// total bound. Walks the addresses: only at the bound.
+    fn close_oldest(&mut self) {
+        let oldest = self
+            .idle
+            .iter()
+            .filter_map(|(addr, list)| list.first().map(|i| (i.since_ms, *addr)))
+            .min();
+        if let Some((_, addr)) = oldest
+            && let Some(list) = self.idle.get_mut(&addr)
+        {
+            list.remove(0);
+            self.total -= 1;
+            if list.is_empty() {
+                self.idle.remove(&addr);
+            }
         }
     }
 
@@ -338,6 +376,30 @@ mod tests {
             pool.put(addr, s, 1_000);
         }
         assert_eq!(pool.len(), 2);
+    }
+
+    /// Overrides can name any number of addresses: the pool keeps at most
+    /// its total, closing the connection idle longest to make room.
+    #[tokio::test]
+    async fn the_pool_keeps_at_most_its_total_over_every_backend() {
+        let dog = Watchdog::default();
+        let listeners: Vec<_> = (0..5).map(|_| listener()).collect();
+        let mut pool = Pool::new(PoolConfig {
+            max_idle_total: 3,
+            ..PoolConfig::default()
+        });
+        for (i, (_, addr)) in listeners.iter().enumerate() {
+            let s = connect(*addr, pool.config(), &dog).await.unwrap();
+            pool.put(*addr, s, 1_000 + i as u64);
+            assert_eq!(pool.len(), (i + 1).min(3));
+            assert_eq!(pool.total, pool.len());
+        }
+        // The first two went; the three newest stay.
+        for (i, (_, addr)) in listeners.iter().enumerate() {
+            let kept = pool.take(*addr, 2_000, Liveness::Sure).is_some();
+            assert_eq!(kept, i >= 2, "{i}");
+        }
+        assert_eq!((pool.total, pool.len()), (0, 0));
     }
 
     /// A connection its backend closed, or that holds bytes nobody asked
