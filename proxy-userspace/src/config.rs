@@ -90,6 +90,9 @@ pub struct Settings {
     pub shutdown_grace_ms: u64,
     /// What transparent interception (`intercept: ebpf|iptables`) takes.
     pub interception: Interception,
+    /// Who may send overrides (`l5d-dtab`, `l5d-ctx-dtab`) and what they
+    /// may say (see `route::overrides`); reloaded live.
+    pub overrides: crate::route::overrides::OverrideSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -237,6 +240,7 @@ impl Default for Settings {
             max_route_series: 10_000,
             shutdown_grace_ms: 10_000,
             interception: Interception::default(),
+            overrides: Default::default(),
         }
     }
 }
@@ -330,6 +334,7 @@ impl Settings {
                 self.watch_interval_ms
             ));
         }
+        crate::route::OverridePolicy::new(&self.overrides)?;
         if l.max_connections == 0 {
             return Err("limits.max_connections: 0 would serve nobody".into());
         }

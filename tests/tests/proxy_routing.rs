@@ -14,6 +14,11 @@ use sidetrack_tests::{
 const DTAB: &str = "/srv => /#/io.l5d.fs; /host => /srv; /svc => /host";
 
 fn staging() -> (TempDir, Backend, Backend, Backend, Proxy) {
+    staging_with("")
+}
+
+/// [`staging`] with these settings (YAML).
+fn staging_with(config: &str) -> (TempDir, Backend, Backend, Backend, Proxy) {
     let dir = TempDir::new("routing");
     let (hello, v1, v2) = (
         Backend::start("hello"),
@@ -23,11 +28,15 @@ fn staging() -> (TempDir, Backend, Backend, Backend, Proxy) {
     dir.write("hello", &hello.fs_line());
     dir.write("world-v1", &v1.fs_line());
     dir.write("world-v2", &v2.fs_line());
+    dir.write("config.yaml", config);
+    let config = dir.path().join("config.yaml");
     let proxy = Proxy::start(&[
         "--dtab",
         &format!("{DTAB}; /host/world => /srv/world-v1"),
         "--fs-dir",
         dir.str(),
+        "--config",
+        config.to_str().unwrap(),
     ]);
     (dir, hello, v1, v2, proxy)
 }
@@ -337,7 +346,8 @@ fn responses_carry_the_proxy_s_via() {
 /// counted.
 #[test]
 fn overrides_to_literal_addresses_share_one_label_and_their_warnings_are_bounded() {
-    let (_dir, _hello, _v1, _v2, proxy) = staging();
+    // Literal addresses are denied to overrides by default; allowed here.
+    let (_dir, _hello, _v1, _v2, proxy) = staging_with("overrides:\n  denied_destinations: []\n");
     // Ports nothing listens on: bound, then let go.
     let ports: Vec<u16> = (0..200)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())

@@ -128,6 +128,8 @@ pub enum ErrorKind {
     BackendTimeout,
     BackendDied,
     ClientDied,
+    /// An override the policy refused (answered 403, or dropped).
+    OverrideRefused,
     /// A connection refused at once: the proxy was at a limit
     /// (`max_connections` with none idle to close).
     Overloaded,
@@ -154,10 +156,11 @@ impl ErrorKind {
             ErrorKind::BackendDied => "backend_died",
             ErrorKind::ClientDied => "client_died",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::OverrideRefused => "override_refused",
         }
     }
 
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 19] = [
         ErrorKind::BadRequest,
         ErrorKind::HeadTooLarge,
         ErrorKind::UriTooLong,
@@ -175,6 +178,7 @@ impl ErrorKind {
         ErrorKind::BackendTimeout,
         ErrorKind::BackendDied,
         ErrorKind::ClientDied,
+        ErrorKind::OverrideRefused,
         ErrorKind::Overloaded,
     ];
 }
@@ -425,6 +429,13 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_kind_is_listed_in_its_own_place() {
+        for (i, kind) in ErrorKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i, "{kind:?} is listed out of place");
+        }
+    }
 
     struct Fixed;
     impl ExtraCounters for Fixed {

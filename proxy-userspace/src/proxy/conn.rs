@@ -48,7 +48,7 @@ use crate::{
     http::{self, BodyLength, ChunkedScanner, HeadError, Known, Parsed, RequestHead, ResponseHead},
     namer::balancer::InFlight,
     observe::{log_limit, metrics::ErrorKind},
-    route::{self, Dest, Outcome, Route, RouteError},
+    route::{self, Dest, OnRefusal, Outcome, Refusal, Route, RouteError, SourceVerdict},
 };
 
 /// The `Via` entry the proxy adds.
@@ -84,6 +84,11 @@ fn is_proxy_header(name: &[u8]) -> bool {
 /// (one less) on a TRACE or OPTIONS.
 fn is_proxy_header_or_max_forwards(name: &[u8]) -> bool {
     is_proxy_header(name) || http::eq_ignore_case_lower(name, b"max-forwards")
+}
+
+/// Every `l5d-` header: what an edge proxy removes from clients' requests.
+fn is_l5d_header(name: &[u8]) -> bool {
+    name.len() > 4 && http::eq_ignore_case_lower(&name[..4], b"l5d-")
 }
 
 /// Why a request ended the connection or was answered by the proxy.
@@ -151,6 +156,9 @@ pub struct Conn {
     served: u64,
     /// What the buffers are charged against the memory budget.
     charged: usize,
+    /// The override policy's edge setting, for this request: every `l5d-`
+    /// header the client sent is removed.
+    edge: bool,
 }
 
 impl Drop for Conn {
@@ -232,6 +240,7 @@ impl Conn {
             orig_dst: None,
             served: 0,
             charged: 0,
+            edge: false,
         }
     }
 
@@ -646,6 +655,32 @@ impl Conn {
             slots[*n] = value;
             *n += 1;
         }
+        // Who may send an override (the policy's `mode`), and the edge,
+        // where every l5d- header from outside goes.
+        let policy = shared.router.policy();
+        self.edge = policy.edge;
+        if policy.edge {
+            (nctx, ndtab) = (0, 0);
+        } else if nctx + ndtab > 0 {
+            let refused = match policy.source(self.peer.ip()) {
+                SourceVerdict::Honoured => false,
+                SourceVerdict::Dropped => true,
+                SourceVerdict::Refused if policy.on_refusal == OnRefusal::Drop => true,
+                SourceVerdict::Refused => {
+                    return Err(Failure::Respond {
+                        status: 403,
+                        reason: Refusal::Source(self.peer.ip()).to_string(),
+                        kind: ErrorKind::OverrideRefused,
+                        close: framing.length != BodyLength::None,
+                    });
+                }
+            };
+            if refused {
+                shared.metrics.error(ErrorKind::OverrideRefused);
+                (nctx, ndtab) = (0, 0);
+            }
+        }
+        drop(policy);
         route::route_key(&mut self.key, &ctx[..nctx], &dtab[..ndtab], &self.name);
         let route = shared
             .router
@@ -659,7 +694,16 @@ impl Conn {
                         close: true,
                     }
                 }
+                RouteError::Refused(_) => Failure::Respond {
+                    status: 403,
+                    reason: e.to_string(),
+                    kind: ErrorKind::OverrideRefused,
+                    close: framing.length != BodyLength::None,
+                },
             })?;
+        if route.dropped_override.is_some() {
+            shared.metrics.error(ErrorKind::OverrideRefused);
+        }
         Ok((route, RequestFacts::of(req, buf, framing)))
     }
 
@@ -674,7 +718,8 @@ impl Conn {
         head_len: usize,
     ) -> bool {
         let mut reqid = [0u8; 16];
-        let has_reqid = self.req.get(&self.from_client, Known::L5dReqid).is_some();
+        // At the edge the client's l5d-reqid goes with its other l5d- headers.
+        let has_reqid = !self.edge && self.req.get(&self.from_client, Known::L5dReqid).is_some();
         if !has_reqid {
             route::new_request_id(&mut self.rng, &mut reqid);
         }
@@ -687,6 +732,7 @@ impl Conn {
             self.orig_dst,
             &mut host_text,
         );
+        let edge = self.edge;
         // A TRACE or OPTIONS goes on with one forward less (0 was answered).
         let max_forwards = http::max_forwards(&self.req, &self.from_client);
         let mut forwards_text = [0u8; 20];
@@ -722,10 +768,13 @@ impl Conn {
             &self.from_client,
             &req.body,
             req.kind.upgrade,
-            if max_forwards.is_some() {
-                is_proxy_header_or_max_forwards
-            } else {
-                is_proxy_header
+            |name: &[u8]| {
+                let dropped = if max_forwards.is_some() {
+                    is_proxy_header_or_max_forwards(name)
+                } else {
+                    is_proxy_header(name)
+                };
+                dropped || (edge && is_l5d_header(name))
             },
             &extra[..n],
         );

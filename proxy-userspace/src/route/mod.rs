@@ -12,6 +12,7 @@
 //! namer change bumps the routing generation, which makes older routes stale.
 
 pub mod identify;
+pub mod overrides;
 
 use std::sync::{
     Arc,
@@ -27,6 +28,7 @@ use crate::{
 };
 
 pub use identify::Identifier;
+pub use overrides::{OnRefusal, OverridePolicy, Refusal, SourceVerdict};
 
 /// The base dtab, compiled, with the text it came from.
 pub struct Base {
@@ -76,8 +78,11 @@ pub struct Route {
     /// The combined local dtab (`l5d-ctx-dtab` ++ `l5d-dtab`) in canonical
     /// form, sent downstream as one `l5d-ctx-dtab`; empty when there is none.
     pub local_dtab: String,
-    /// Whether the request carried its own dtab entries.
+    /// Whether the request carried its own dtab entries (and they stood).
     pub overridden: bool,
+    /// The request's override, refused by the policy and dropped (with
+    /// `on_refusal: drop`): why, to count each request it comes with.
+    pub dropped_override: Option<Refusal>,
     pub outcome: Outcome,
     generation: u64,
 }
@@ -94,6 +99,9 @@ pub enum RouteError {
         "l5d-ctx-dtab and l5d-dtab carry {count} dtab entries, more than the {limit} allowed (max_dtab_entries)"
     )]
     TooManyEntries { count: usize, limit: usize },
+    /// The override policy refuses an entry (`on_refusal: reject`).
+    #[error("{0}")]
+    Refused(Refusal),
 }
 
 /// What the router may hold and bind for requests.
@@ -126,6 +134,7 @@ pub struct Router {
     namers: ArcSwap<Namers>,
     cache: ClockCache<Box<[u8]>, Arc<Route>>,
     limits: RouterLimits,
+    policy: ArcSwap<OverridePolicy>,
     backends: BackendRegistry,
     metrics: Arc<Metrics>,
     generation: Arc<AtomicU64>,
@@ -144,6 +153,7 @@ impl Router {
             namers: ArcSwap::from_pointee(namers),
             cache: ClockCache::with_budget(limits.cache_entries, limits.cache_bytes),
             limits,
+            policy: ArcSwap::from_pointee(OverridePolicy::default()),
             backends: BackendRegistry::default(),
             metrics,
             generation,
@@ -173,6 +183,18 @@ impl Router {
     /// Replaces the namers (a changed namer setting).
     pub fn set_namers(&self, namers: Namers) {
         self.namers.store(Arc::new(namers));
+        self.generation.fetch_add(1, Ordering::Release);
+        self.cache.clear();
+    }
+
+    /// The override policy in force.
+    pub fn policy(&self) -> arc_swap::Guard<Arc<OverridePolicy>> {
+        self.policy.load()
+    }
+
+    /// Replaces the override policy; every cached route is made again.
+    pub fn set_policy(&self, policy: OverridePolicy) {
+        self.policy.store(Arc::new(policy));
         self.generation.fetch_add(1, Ordering::Release);
         self.cache.clear();
     }
@@ -230,7 +252,19 @@ impl Router {
     ) -> Result<Route, RouteError> {
         let ctx = parse_header_dtab("l5d-ctx-dtab", ctx)?;
         let req = parse_header_dtab("l5d-dtab", dtab)?;
-        let local = ctx.concat(&req);
+        let mut local = ctx.concat(&req);
+        // What the override may say: refused (403), or dropped.
+        let mut dropped_override = None;
+        let policy = self.policy.load();
+        if let Err(refusal) = policy.check(&local) {
+            match policy.on_refusal {
+                OnRefusal::Reject => return Err(RouteError::Refused(refusal)),
+                OnRefusal::Drop => {
+                    dropped_override = Some(refusal);
+                    local = Dtab::empty();
+                }
+            }
+        }
         let path = logical_path(name);
         let base = self.base.load();
         let namers = self.namers.load();
@@ -257,6 +291,7 @@ impl Router {
             name,
             local_dtab,
             overridden,
+            dropped_override,
             outcome,
             generation,
         })

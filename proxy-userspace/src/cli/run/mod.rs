@@ -42,7 +42,7 @@ use crate::{
         self, ProxyConfig, Shared,
         budget::{BudgetMetrics, MemoryBudget},
     },
-    route::{Identifier, Router, RouterLimits},
+    route::{Identifier, OverridePolicy, Router, RouterLimits},
 };
 
 pub use affinity::{allowed_cpus, pin, pin_current};
@@ -159,6 +159,7 @@ impl RunArgs {
             metrics.clone(),
             generation,
         ));
+        router.set_policy(OverridePolicy::new(&settings.overrides)?);
         metrics.add_extra(Arc::new(CacheCounters(router.clone())));
 
         raise_fd_limit(settings.limits.max_connections);

@@ -1,4 +1,6 @@
-//! Hot reload: the config file and the dtab file, polled for changes.
+//! Hot reload: the config file and the dtab file, polled for changes. The
+//! dtab, the namers and the override policy apply at once; other settings
+//! at the next restart.
 
 use std::{path::PathBuf, sync::Arc, time::SystemTime};
 
@@ -6,7 +8,7 @@ use super::{RunArgs, namers, parse_base};
 use crate::{
     config::{Settings, ms},
     namer::fs::FsNamer,
-    route::Router,
+    route::{OverridePolicy, Router},
 };
 
 /// Watches the config file and the dtab file; applies what changed.
@@ -60,11 +62,18 @@ pub(super) fn spawn_reloader(args: RunArgs, mut current: Settings, router: Arc<R
                     router.set_namers(namers(&fs_namer));
                     tracing::info!(fs_dir = ?next.fs_dir, "namers reloaded");
                 }
+                if next.overrides != current.overrides {
+                    // Validated with the rest of the settings.
+                    if let Ok(policy) = OverridePolicy::new(&next.overrides) {
+                        tracing::info!(policy = ?next.overrides, "override policy reloaded");
+                        router.set_policy(policy);
+                    }
+                }
                 if base.to_string() != router.base().dtab.to_string() {
                     tracing::info!(dtab = %base, "base dtab reloaded");
                     router.set_base(base);
                 }
-                let restart_only = Settings { dtab: next.dtab.clone(), dtab_file: next.dtab_file.clone(), fs_dir: next.fs_dir.clone(), watch_interval_ms: next.watch_interval_ms, ..current.clone() };
+                let restart_only = Settings { dtab: next.dtab.clone(), dtab_file: next.dtab_file.clone(), fs_dir: next.fs_dir.clone(), watch_interval_ms: next.watch_interval_ms, overrides: next.overrides.clone(), ..current.clone() };
                 if restart_only != next {
                     tracing::warn!("settings other than the dtab and namers changed; they apply at the next restart");
                 }

@@ -1,0 +1,203 @@
+//! The override policy: who may send `l5d-dtab`/`l5d-ctx-dtab`, what an
+//! override may say, and the edge. Real sockets on loopback, real backends,
+//! the real binary.
+
+use sidetrack_tests::{TempDir, backend::Backend, client, eventually, proxy::Proxy};
+
+/// The tutorial's routes: /svc/<host> goes to /host/<host>, which the file
+/// namer serves from /srv/<name>; world goes to world-v1.
+const DTAB: &str =
+    "/srv => /#/io.l5d.fs; /host => /srv; /svc => /host; /host/world => /srv/world-v1";
+
+struct Bed {
+    dir: TempDir,
+    _backends: [Backend; 3],
+    proxy: Proxy,
+}
+
+fn bed(config: &str) -> Bed {
+    let dir = TempDir::new("overrides");
+    let backends = [
+        Backend::start("hello"),
+        Backend::start("world-v1"),
+        Backend::start("world-v2"),
+    ];
+    for b in &backends {
+        dir.write(&b.name, &b.fs_line());
+    }
+    dir.write("config.yaml", config);
+    let config = dir.path().join("config.yaml");
+    let proxy = Proxy::start(&[
+        "--dtab",
+        DTAB,
+        "--fs-dir",
+        dir.str(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    Bed {
+        dir,
+        _backends: backends,
+        proxy,
+    }
+}
+
+const STAGE_V2: &str = "l5d-dtab: /host/world => /srv/world-v2";
+
+fn refused(b: &Bed) -> f64 {
+    b.proxy
+        .metric("sidetrack_errors_total", &[("kind", "override_refused")])
+}
+
+/// Under the default policy an override may bind any name the dtab and
+/// namers define, but no literal address: every SSRF-shaped override (the
+/// admin port, loopback, the node's addresses, cloud metadata) is answered
+/// 403 with the entry and the rule, and nothing is forwarded.
+#[test]
+fn by_default_an_override_may_name_services_but_not_addresses() {
+    let b = bed("");
+    let staged = client::get(b.proxy.addr, "world", "/", &[STAGE_V2]);
+    assert_eq!(staged.header("x-backend"), Some("world-v2"));
+    let admin = b.proxy.admin;
+    let backend = b._backends[0].addr;
+    for target in [
+        format!("/$/inet/{}/{}", admin.ip(), admin.port()),
+        format!("/$/inet/127.0.0.1/{}", backend.port()),
+        "/$/inet/198.18.0.1/4140".to_string(),
+        "/$/inet/169.254.169.254/80".to_string(),
+        format!("/srv/world-v2 | /$/inet/127.0.0.1/{}", admin.port()),
+    ] {
+        let header = format!("l5d-dtab: /host/world => {target}");
+        let r = client::get(b.proxy.addr, "world", "/metrics", &[&header]);
+        assert_eq!(r.status, 403, "{target}: {:?}", r.headers);
+        assert_eq!(r.header("x-backend"), None);
+        let err = r.header("l5d-err").unwrap_or_default();
+        assert!(
+            err.contains("override entry 0") && err.contains("denied_destinations"),
+            "{err}"
+        );
+        // The same in l5d-ctx-dtab, from an upstream hop.
+        let header = format!("l5d-ctx-dtab: /host/world => {target}");
+        let r = client::get(b.proxy.addr, "world", "/", &[&header]);
+        assert_eq!(r.status, 403, "ctx {target}");
+    }
+    assert_eq!(refused(&b), 10.0);
+}
+
+/// `trusted` honours overrides from listed networks only; others get 403.
+#[test]
+fn trusted_mode_honours_listed_sources_only() {
+    let elsewhere = bed("overrides:\n  mode: trusted\n  trusted_sources: [198.18.0.0/15]\n");
+    let r = client::get(elsewhere.proxy.addr, "world", "/", &[STAGE_V2]);
+    assert_eq!(r.status, 403);
+    assert!(
+        r.header("l5d-err")
+            .is_some_and(|e| e.contains("not accepted from 127.0.0.1")),
+        "{:?}",
+        r.headers
+    );
+    // Without an override the same client is served as usual.
+    let plain = client::get(elsewhere.proxy.addr, "world", "/", &[]);
+    assert_eq!(plain.header("x-backend"), Some("world-v1"));
+
+    let here = bed("overrides:\n  mode: trusted\n  trusted_sources: [127.0.0.0/8]\n");
+    let r = client::get(here.proxy.addr, "world", "/", &[STAGE_V2]);
+    assert_eq!(r.header("x-backend"), Some("world-v2"));
+}
+
+/// `off` drops every override (counted); `on_refusal: drop` routes a
+/// refused one as if it were not there, and never forwards it.
+#[test]
+fn dropped_overrides_route_as_if_absent_and_are_counted() {
+    let off = bed("overrides:\n  mode: off\n");
+    for _ in 0..3 {
+        let r = client::get(off.proxy.addr, "world", "/", &[STAGE_V2]);
+        assert_eq!(r.header("x-backend"), Some("world-v1"));
+        assert!(r.json()["headers"].get("l5d-ctx-dtab").is_none());
+    }
+    assert_eq!(refused(&off), 3.0);
+
+    let drop = bed("overrides:\n  on_refusal: drop\n");
+    let ssrf = "l5d-dtab: /host/world => /$/inet/127.0.0.1/9";
+    for _ in 0..3 {
+        let r = client::get(drop.proxy.addr, "world", "/", &[ssrf]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-backend"), Some("world-v1"));
+        assert!(
+            r.json()["headers"].get("l5d-ctx-dtab").is_none(),
+            "the refused override is not forwarded"
+        );
+    }
+    // Counted per request, cached route or not.
+    assert_eq!(refused(&drop), 3.0);
+    // An allowed override still works.
+    let r = client::get(drop.proxy.addr, "world", "/", &[STAGE_V2]);
+    assert_eq!(r.header("x-backend"), Some("world-v2"));
+}
+
+/// `rewritable_prefixes` and `allowed_destinations` narrow what an
+/// override may say.
+#[test]
+fn prefixes_and_destinations_narrow_overrides() {
+    let b = bed(
+        "overrides:\n  rewritable_prefixes: [/host/world]\n  allowed_destinations: [/srv/world-v2]\n",
+    );
+    let ok = client::get(b.proxy.addr, "world", "/", &[STAGE_V2]);
+    assert_eq!(ok.header("x-backend"), Some("world-v2"));
+    let r = client::get(
+        b.proxy.addr,
+        "hello",
+        "/",
+        &["l5d-dtab: /host/hello => /srv/world-v2"],
+    );
+    assert_eq!(r.status, 403);
+    assert!(r.header("l5d-err").unwrap().contains("rewritable_prefixes"));
+    let r = client::get(
+        b.proxy.addr,
+        "world",
+        "/",
+        &["l5d-dtab: /host/world => /srv/hello"],
+    );
+    assert_eq!(r.status, 403);
+    assert!(
+        r.header("l5d-err")
+            .unwrap()
+            .contains("allowed_destinations")
+    );
+}
+
+/// At the edge every `l5d-` header from the client is removed: its
+/// override, its context, its request id.
+#[test]
+fn an_edge_proxy_removes_every_l5d_header() {
+    let b = bed("overrides:\n  edge: true\n");
+    let r = client::get(
+        b.proxy.addr,
+        "world",
+        "/",
+        &[
+            STAGE_V2,
+            "l5d-ctx-dtab: /host/world => /srv/world-v2",
+            "l5d-ctx-trace: abc",
+            "l5d-reqid: client-chosen",
+        ],
+    );
+    assert_eq!(r.header("x-backend"), Some("world-v1"));
+    let headers = &r.json()["headers"];
+    assert!(headers.get("l5d-ctx-dtab").is_none(), "{headers}");
+    assert!(headers.get("l5d-ctx-trace").is_none(), "{headers}");
+    let reqid = headers["l5d-reqid"].as_str().unwrap();
+    assert!(reqid != "client-chosen" && reqid.len() == 16, "{reqid}");
+}
+
+/// The policy is reloaded with the config file.
+#[test]
+fn the_policy_reloads_live() {
+    let b = bed("overrides:\n  mode: any\n");
+    let r = client::get(b.proxy.addr, "world", "/", &[STAGE_V2]);
+    assert_eq!(r.header("x-backend"), Some("world-v2"));
+    b.dir.write("config.yaml", "overrides:\n  mode: off\n");
+    assert!(eventually(10, || {
+        client::get(b.proxy.addr, "world", "/", &[STAGE_V2]).header("x-backend") == Some("world-v1")
+    }));
+}
