@@ -201,3 +201,88 @@ fn the_policy_reloads_live() {
         client::get(b.proxy.addr, "world", "/", &[STAGE_V2]).header("x-backend") == Some("world-v1")
     }));
 }
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `l5d-dtab-sig` for `dtab`, signed with `key` named `kid`, valid for
+/// `secs` more seconds (negative: expired).
+fn signature(dtab: &str, kid: &str, key: &[u8], secs: i64) -> String {
+    let dtab = sidetrack::dtab::Dtab::parse(dtab).unwrap();
+    let exp = unix_now().saturating_add_signed(secs);
+    format!(
+        "l5d-dtab-sig: {}",
+        sidetrack::route::signing::sign(&dtab, kid, key, exp)
+    )
+}
+
+/// `signed` honours an override signed with a key the proxy holds, until
+/// it expires, and refuses one unsigned, tampered with, expired, replayed
+/// after its expiry, or signed with a key since removed. The signature
+/// goes on beside the override it covers.
+#[test]
+fn signed_overrides_are_honoured_only_with_a_valid_signature() {
+    let keys = TempDir::new("override-keys");
+    keys.write("2026-12", "december secret\n");
+    keys.write("2027-01", "january secret\n");
+    let b = bed(&format!(
+        "watch_interval_ms: 50\noverrides:\n  mode: signed\n  keys_dir: {}\n",
+        keys.str()
+    ));
+    let dtab = "/host/world => /srv/world-v2";
+    let signed = signature(dtab, "2026-12", b"december secret", 3600);
+    let r = client::get(b.proxy.addr, "world", "/", &[STAGE_V2, &signed]);
+    assert_eq!(r.header("x-backend"), Some("world-v2"), "{:?}", r.headers);
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["l5d-ctx-dtab"], "/host/world=>/srv/world-v2");
+    assert_eq!(
+        seen["l5d-dtab-sig"].as_str(),
+        signed.strip_prefix("l5d-dtab-sig: ")
+    );
+    // Spacing is not part of what is signed.
+    let r = client::get(
+        b.proxy.addr,
+        "world",
+        "/",
+        &["l5d-dtab: /host/world=>/srv/world-v2;", &signed],
+    );
+    assert_eq!(r.header("x-backend"), Some("world-v2"));
+
+    let refusal = |headers: &[&str], why: &str| {
+        let r = client::get(b.proxy.addr, "world", "/", headers);
+        assert_eq!(r.status, 403, "{headers:?}: {:?}", r.headers);
+        let err = r.header("l5d-err").unwrap_or_default().to_owned();
+        assert!(err.contains(why), "{headers:?}: {err}");
+    };
+    refusal(&[STAGE_V2], "not signed");
+    let other = signature(
+        "/host/world => /srv/hello",
+        "2026-12",
+        b"december secret",
+        3600,
+    );
+    refusal(&[STAGE_V2, &other], "does not match");
+    let expired = signature(dtab, "2026-12", b"december secret", -1);
+    refusal(&[STAGE_V2, &expired], "expired");
+    let forged = signature(dtab, "2026-12", b"guessed", 3600);
+    refusal(&[STAGE_V2, &forged], "does not match");
+
+    // Honoured until it expires, then refused though its route is cached.
+    let brief = signature(dtab, "2027-01", b"january secret", 2);
+    let r = client::get(b.proxy.addr, "world", "/", &[STAGE_V2, &brief]);
+    assert_eq!(r.header("x-backend"), Some("world-v2"));
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    refusal(&[STAGE_V2, &brief], "expired");
+
+    // A key removed from the directory no longer signs.
+    std::fs::remove_file(keys.path().join("2026-12")).unwrap();
+    assert!(eventually(10, || {
+        client::get(b.proxy.addr, "world", "/", &[STAGE_V2, &signed]).status == 403
+    }));
+    refusal(&[STAGE_V2, &signed], "does not hold");
+    assert!(refused(&b) >= 7.0);
+}

@@ -48,7 +48,10 @@ use crate::{
     http::{self, BodyLength, ChunkedScanner, HeadError, Known, Parsed, RequestHead, ResponseHead},
     namer::balancer::InFlight,
     observe::{log_limit, metrics::ErrorKind},
-    route::{self, Dest, OnRefusal, Outcome, Refusal, Route, RouteError, SourceVerdict},
+    route::{
+        self, Dest, OnRefusal, Outcome, Refusal, Route, RouteError, SourceVerdict, overrides,
+        signing::SIGNATURE_HEADER,
+    },
 };
 
 /// The `Via` entry the proxy adds.
@@ -70,7 +73,9 @@ fn is_proxy_header(name: &[u8]) -> bool {
     let is = |wanted: &[u8]| http::eq_ignore_case_lower(name, wanted);
     match name.len() {
         8 => is(b"l5d-dtab"),
-        12 => is(b"l5d-ctx-dtab"),
+        // l5d-dtab-sig too: the proxy sends it itself with the override
+        // it forwards, when that override was signed.
+        12 => is(b"l5d-ctx-dtab") || is(b"l5d-dtab-sig"),
         14 => is(b"l5d-dst-client"),
         15 => is(b"l5d-dst-service"),
         // Credentials for a proxy: this one takes none, and they are not
@@ -659,7 +664,8 @@ impl Conn {
         // where every l5d- header from outside goes.
         let policy = shared.router.policy();
         self.edge = policy.edge;
-        if policy.edge {
+        // At the edge a signed override may stay: its signature decides.
+        if policy.edge && policy.mode != overrides::Mode::Signed {
             (nctx, ndtab) = (0, 0);
         } else if nctx + ndtab > 0 {
             let refused = match policy.source(self.peer.ip()) {
@@ -681,10 +687,15 @@ impl Conn {
             }
         }
         drop(policy);
-        route::route_key(&mut self.key, &ctx[..nctx], &dtab[..ndtab], &self.name);
+        let sig = if nctx + ndtab > 0 {
+            req.get(buf, SIGNATURE_HEADER)
+        } else {
+            None
+        };
+        route::route_key(&mut self.key, &ctx[..nctx], &dtab[..ndtab], sig, &self.name);
         let route = shared
             .router
-            .route(&self.key, &ctx[..nctx], &dtab[..ndtab], &self.name)
+            .route(&self.key, &ctx[..nctx], &dtab[..ndtab], sig, &self.name)
             .map_err(|e| match e {
                 RouteError::BadDtab { .. } | RouteError::TooManyEntries { .. } => {
                     Failure::Respond {
@@ -737,11 +748,22 @@ impl Conn {
         let max_forwards = http::max_forwards(&self.req, &self.from_client);
         let mut forwards_text = [0u8; 20];
         let forwards = max_forwards.map(|n| http::decimal(n - 1, &mut forwards_text));
-        let mut extra: [(&[u8], &[u8]); 7] = [(b"", b""); 7];
+        // A signed override goes on with its signature: the next hop
+        // checks the same canonical text.
+        let signature = match route.signed_until {
+            Some(_) => self.req.get(&self.from_client, SIGNATURE_HEADER),
+            None => None,
+        };
+        let mut extra: [(&[u8], &[u8]); 8] = [(b"", b""); 8];
         let mut n = 0;
         for (k, v, on) in [
             (
-                &b"Max-Forwards"[..],
+                SIGNATURE_HEADER.as_bytes(),
+                signature.unwrap_or_default(),
+                signature.is_some(),
+            ),
+            (
+                b"Max-Forwards",
                 forwards.unwrap_or_default(),
                 forwards.is_some(),
             ),

@@ -13,6 +13,7 @@
 
 pub mod identify;
 pub mod overrides;
+pub mod signing;
 
 use std::sync::{
     Arc,
@@ -80,6 +81,9 @@ pub struct Route {
     pub local_dtab: String,
     /// Whether the request carried its own dtab entries (and they stood).
     pub overridden: bool,
+    /// A signed override's expiry (unix seconds): past it the route is
+    /// bound again, and refused.
+    pub signed_until: Option<u64>,
     /// The request's override, refused by the policy and dropped (with
     /// `on_refusal: drop`): why, to count each request it comes with.
     pub dropped_override: Option<Refusal>,
@@ -211,15 +215,17 @@ impl Router {
         key: &[u8],
         ctx: &[&[u8]],
         dtab: &[&[u8]],
+        sig: Option<&[u8]>,
         name: &[u8],
     ) -> Result<Arc<Route>, RouteError> {
         let generation = self.generation.load(Ordering::Acquire);
         let cacheable = key.len() <= self.limits.cache_key_bytes;
-        if cacheable
-            && let Some(route) = self
-                .cache
-                .get_fresh(key, |route| route.generation == generation)
-        {
+        // A signed route holds until its signature expires.
+        let fresh = |route: &Arc<Route>| {
+            route.generation == generation
+                && route.signed_until.is_none_or(|until| unix_now() < until)
+        };
+        if cacheable && let Some(route) = self.cache.get_fresh(key, fresh) {
             return Ok(route);
         }
         if !cacheable {
@@ -234,7 +240,7 @@ impl Router {
                 limit: self.limits.max_dtab_entries,
             });
         }
-        let route = Arc::new(self.bind(ctx, dtab, name, generation)?);
+        let route = Arc::new(self.bind(ctx, dtab, sig, name, generation)?);
         if cacheable {
             let weight = key.len() + route.weight();
             self.cache
@@ -247,6 +253,7 @@ impl Router {
         &self,
         ctx: &[&[u8]],
         dtab: &[&[u8]],
+        sig: Option<&[u8]>,
         name: &[u8],
         generation: u64,
     ) -> Result<Route, RouteError> {
@@ -256,7 +263,11 @@ impl Router {
         // What the override may say: refused (403), or dropped.
         let mut dropped_override = None;
         let policy = self.policy.load();
-        if let Err(refusal) = policy.check(&local) {
+        let checked = policy
+            .check(&local)
+            .and_then(|()| policy.check_signature(&local, sig, unix_now()));
+        let signed_until = *checked.as_ref().unwrap_or(&None);
+        if let Err(refusal) = checked {
             match policy.on_refusal {
                 OnRefusal::Reject => return Err(RouteError::Refused(refusal)),
                 OnRefusal::Drop => {
@@ -291,6 +302,7 @@ impl Router {
             name,
             local_dtab,
             overridden,
+            signed_until,
             dropped_override,
             outcome,
             generation,
@@ -399,6 +411,13 @@ fn parse_header_dtab(header: &'static str, values: &[&[u8]]) -> Result<Dtab, Rou
     })
 }
 
+/// Seconds since the Unix epoch: what signatures expire against.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// `/svc/world` written as bytes by the identifier becomes a path: the
 /// elements between slashes (the identifier has made each element one
 /// label, with any `/` inside a Host value already refused).
@@ -406,11 +425,21 @@ fn logical_path(name: &[u8]) -> Path {
     Path::from_elems(name.split(|b| *b == b'/').filter(|e| !e.is_empty()))
 }
 
-/// Writes the cache key of a request into `out` (cleared first): the dtab
-/// header values and the logical name, separated by bytes no header value
-/// can hold.
-pub fn route_key(out: &mut Vec<u8>, ctx: &[&[u8]], dtab: &[&[u8]], name: &[u8]) {
+/// Writes the cache key of a request into `out` (cleared first): the
+/// signature of its override (if any), the dtab header values and the
+/// logical name, separated by bytes no header value can hold.
+pub fn route_key(
+    out: &mut Vec<u8>,
+    ctx: &[&[u8]],
+    dtab: &[&[u8]],
+    sig: Option<&[u8]>,
+    name: &[u8],
+) {
     out.clear();
+    if let Some(sig) = sig {
+        out.extend_from_slice(sig);
+        out.push(2);
+    }
     for v in ctx {
         out.extend_from_slice(v);
         out.push(0);

@@ -2,7 +2,9 @@
 //! `l5d-ctx-dtab`), and what it may say.
 //!
 //! - **Who** ([`Mode`]): anyone (`any`, Linkerd 1's behaviour), clients
-//!   from listed source networks (`trusted`), or nobody (`off`).
+//!   from listed source networks (`trusted`), whoever signed the override
+//!   with a key the proxy holds (`signed`, see [`super::signing`]), or
+//!   nobody (`off`).
 //! - **What**: each entry's prefix must lie under one of
 //!   `rewritable_prefixes` (empty: any), and every name its tree binds to
 //!   must lie under one of `allowed_destinations` (empty: any) and under
@@ -21,6 +23,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
+use super::signing::{Keys, Signature, SignatureError};
 use crate::dtab::{Dentry, Dtab, Path, Prefix, PrefixElem};
 
 /// Who may send an override.
@@ -31,6 +34,8 @@ pub enum Mode {
     Off,
     /// Overrides are honoured from `trusted_sources` only.
     Trusted,
+    /// Overrides are honoured when signed with a key in `keys_dir`.
+    Signed,
     /// Overrides are honoured from anyone (what they may say still holds).
     #[default]
     Any,
@@ -63,8 +68,12 @@ pub struct OverrideSettings {
     /// Names an override may never bind to.
     pub denied_destinations: Vec<String>,
     pub on_refusal: OnRefusal,
-    /// Remove every `l5d-` header clients send (an edge proxy).
+    /// Remove every `l5d-` header clients send (an edge proxy); with
+    /// `mode: signed`, a signed override stays.
     pub edge: bool,
+    /// The keys of `mode: signed`: one file per key, named by its id (a
+    /// Kubernetes Secret volume), re-read when the directory changes.
+    pub keys_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for OverrideSettings {
@@ -77,6 +86,7 @@ impl Default for OverrideSettings {
             denied_destinations: vec!["/$".into()],
             on_refusal: OnRefusal::Reject,
             edge: false,
+            keys_dir: None,
         }
     }
 }
@@ -91,6 +101,8 @@ pub struct OverridePolicy {
     denied: Vec<Path>,
     pub on_refusal: OnRefusal,
     pub edge: bool,
+    /// What signed overrides may be signed with.
+    pub keys: Keys,
 }
 
 impl Default for OverridePolicy {
@@ -163,6 +175,8 @@ pub enum SourceVerdict {
 pub enum Refusal {
     #[error("overrides are not accepted from {0} (overrides.trusted_sources)")]
     Source(IpAddr),
+    #[error("{0}")]
+    Signature(SignatureError),
     #[error(
         "override entry {index} ({entry}) rewrites a prefix overrides may not (overrides.rewritable_prefixes)"
     )]
@@ -207,13 +221,21 @@ impl OverridePolicy {
             denied: paths("denied_destinations", &s.denied_destinations)?,
             on_refusal: s.on_refusal,
             edge: s.edge,
+            keys: Keys::default(),
         })
+    }
+
+    /// The policy with these keys for signed overrides.
+    pub fn with_keys(mut self, keys: Keys) -> OverridePolicy {
+        self.keys = keys;
+        self
     }
 
     /// Whether overrides from `source` are considered at all.
     pub fn source(&self, source: IpAddr) -> SourceVerdict {
         match self.mode {
-            Mode::Any => SourceVerdict::Honoured,
+            // The signature decides, wherever it came from.
+            Mode::Any | Mode::Signed => SourceVerdict::Honoured,
             Mode::Off => SourceVerdict::Dropped,
             Mode::Trusted if self.trusted.iter().any(|n| n.contains(source)) => {
                 SourceVerdict::Honoured
@@ -229,6 +251,25 @@ impl OverridePolicy {
             self.check_entry(index, dentry)?;
         }
         Ok(())
+    }
+
+    /// In `signed` mode, the signature of a request's combined override
+    /// (`sig`, the `l5d-dtab-sig` value) at `now` (unix seconds): until
+    /// when it holds. Other modes need none (`None`).
+    pub fn check_signature(
+        &self,
+        dtab: &Dtab,
+        sig: Option<&[u8]>,
+        now: u64,
+    ) -> Result<Option<u64>, Refusal> {
+        if self.mode != Mode::Signed || dtab.is_empty() {
+            return Ok(None);
+        }
+        let sig = Signature::parse(sig.ok_or(Refusal::Signature(SignatureError::Missing))?)
+            .map_err(Refusal::Signature)?;
+        sig.verify(dtab, &self.keys, now)
+            .map_err(Refusal::Signature)?;
+        Ok(Some(sig.expires))
     }
 
     fn check_entry(&self, index: usize, d: &Dentry) -> Result<(), Refusal> {

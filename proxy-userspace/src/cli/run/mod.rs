@@ -42,7 +42,7 @@ use crate::{
         self, ProxyConfig, Shared,
         budget::{BudgetMetrics, MemoryBudget},
     },
-    route::{Identifier, OverridePolicy, Router, RouterLimits},
+    route::{Identifier, OverridePolicy, Router, RouterLimits, overrides, signing::Keys},
 };
 
 pub use affinity::{allowed_cpus, pin, pin_current};
@@ -159,7 +159,7 @@ impl RunArgs {
             metrics.clone(),
             generation,
         ));
-        router.set_policy(OverridePolicy::new(&settings.overrides)?);
+        router.set_policy(override_policy(&settings)?);
         metrics.add_extra(Arc::new(CacheCounters(router.clone())));
 
         raise_fd_limit(settings.limits.max_connections);
@@ -332,6 +332,24 @@ impl ExtraCounters for CacheCounters {
             i64::try_from(s.bytes).unwrap_or(i64::MAX),
         ));
     }
+}
+
+/// The override policy of `s`, with the keys of signed overrides read
+/// from `overrides.keys_dir`.
+fn override_policy(s: &Settings) -> Result<OverridePolicy, String> {
+    let policy = OverridePolicy::new(&s.overrides)?;
+    let Some(dir) = &s.overrides.keys_dir else {
+        if policy.mode == overrides::Mode::Signed {
+            return Err("overrides.mode signed needs overrides.keys_dir".into());
+        }
+        return Ok(policy);
+    };
+    let keys =
+        Keys::read_dir(dir).map_err(|e| format!("overrides.keys_dir {}: {e}", dir.display()))?;
+    if keys.is_empty() && policy.mode == overrides::Mode::Signed {
+        tracing::warn!(dir = %dir.display(), "no keys for signed overrides: every override is refused");
+    }
+    Ok(policy.with_keys(keys))
 }
 
 fn parse_base(s: &Settings) -> Result<Dtab, String> {

@@ -4,12 +4,28 @@
 
 use std::{path::PathBuf, sync::Arc, time::SystemTime};
 
-use super::{RunArgs, namers, parse_base};
+use super::{RunArgs, namers, override_policy, parse_base};
 use crate::{
     config::{Settings, ms},
     namer::fs::FsNamer,
-    route::{OverridePolicy, Router},
+    route::Router,
 };
+
+/// What a directory holds, to notice a change: each entry's name,
+/// modification time and size (a Secret volume swaps a symlink, an editor
+/// rewrites a file in place).
+fn dir_stamp(dir: &Option<PathBuf>) -> Option<Vec<(std::ffi::OsString, SystemTime, u64)>> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir.as_ref()?)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let m = std::fs::metadata(e.path()).ok()?;
+            Some((e.file_name(), m.modified().ok()?, m.len()))
+        })
+        .collect();
+    entries.sort();
+    Some(entries)
+}
 
 /// Watches the config file and the dtab file; applies what changed.
 /// The router holds the namers, so replacing them there stops the old file
@@ -26,9 +42,23 @@ pub(super) fn spawn_reloader(args: RunArgs, mut current: Settings, router: Arc<R
         .spawn(move || {
             let mut config_stamp = stamp(&args.config);
             let mut dtab_stamp = stamp(&current.dtab_file);
+            let mut keys_stamp = dir_stamp(&current.overrides.keys_dir);
             loop {
                 std::thread::sleep(interval);
                 let (c, d) = (stamp(&args.config), stamp(&current.dtab_file));
+                let k = dir_stamp(&current.overrides.keys_dir);
+                if k != keys_stamp && c == config_stamp {
+                    // Keys rotated (a Secret volume updated): the same
+                    // policy with the keys now there.
+                    keys_stamp = k;
+                    match override_policy(&current) {
+                        Ok(policy) => {
+                            tracing::info!(keys = ?policy.keys, "override signing keys reloaded");
+                            router.set_policy(policy);
+                        }
+                        Err(e) => tracing::error!("override keys reload refused, keeping the running keys: {e}"),
+                    }
+                }
                 if c == config_stamp && d == dtab_stamp {
                     continue;
                 }
@@ -63,10 +93,13 @@ pub(super) fn spawn_reloader(args: RunArgs, mut current: Settings, router: Arc<R
                     tracing::info!(fs_dir = ?next.fs_dir, "namers reloaded");
                 }
                 if next.overrides != current.overrides {
-                    // Validated with the rest of the settings.
-                    if let Ok(policy) = OverridePolicy::new(&next.overrides) {
-                        tracing::info!(policy = ?next.overrides, "override policy reloaded");
-                        router.set_policy(policy);
+                    keys_stamp = dir_stamp(&next.overrides.keys_dir);
+                    match override_policy(&next) {
+                        Ok(policy) => {
+                            tracing::info!(policy = ?next.overrides, "override policy reloaded");
+                            router.set_policy(policy);
+                        }
+                        Err(e) => tracing::error!("override policy reload refused, keeping the running policy: {e}"),
                     }
                 }
                 if base.to_string() != router.base().dtab.to_string() {
