@@ -286,3 +286,84 @@ fn signed_overrides_are_honoured_only_with_a_valid_signature() {
     refusal(&[STAGE_V2, &signed], "does not hold");
     assert!(refused(&b) >= 7.0);
 }
+
+/// `sidetrack stage` builds and signs the override, and its `curl` line,
+/// run as printed, reaches the staged version through a proxy that
+/// honours signed overrides only; `--proxy` shows what each name binds to,
+/// a typo as `neg`.
+#[test]
+fn sidetrack_stage_prints_a_curl_line_that_stages_and_checks_names() {
+    let keys = TempDir::new("stage-keys");
+    keys.write("2026-12", "december secret\n");
+    let b = bed(&format!(
+        "overrides:\n  mode: signed\n  keys_dir: {}\n",
+        keys.str()
+    ));
+    let stage = |args: &[&str]| {
+        let out = std::process::Command::new(sidetrack_tests::proxy::binary())
+            .arg("stage")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let key = keys.path().join("2026-12");
+    let via = b.proxy.addr.to_string();
+    let admin = format!("http://{}", b.proxy.admin);
+    let out = stage(&[
+        "world=world-v2",
+        "--key",
+        key.to_str().unwrap(),
+        "--ttl",
+        "10m",
+        "--via",
+        &via,
+        "--proxy",
+        &admin,
+    ]);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("l5d-dtab: /host/world=>/srv/world-v2"));
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("l5d-dtab-sig: kid=2026-12, exp=")
+    );
+    assert_eq!(lines.next(), Some(""));
+    let curl = lines.next().unwrap();
+    assert!(curl.starts_with("curl -x "), "{curl}");
+    assert_eq!(lines.next(), Some("/svc/world -> /#/io.l5d.fs/world-v2"));
+    let ran = std::process::Command::new("sh")
+        .args(["-c", &format!("{curl} --silent --max-time 10")])
+        .output()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&ran.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&ran.stdout)));
+    assert_eq!(body["backend"], "world-v2");
+    // Unsigned, the same line is refused.
+    let unsigned = stage(&["world=world-v2", "--via", &via]);
+    let curl = unsigned.lines().nth(2).unwrap();
+    let ran = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("{curl} --silent --max-time 10 -o /dev/null -w '%{{http_code}}'"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "403");
+    // A typo is seen before any request: the name binds to nothing.
+    let typo = stage(&["world=wrold-v2", "--proxy", &admin, "--json"]);
+    let typo: serde_json::Value = serde_json::from_str(&typo).unwrap();
+    assert_eq!(typo["binds"][0]["name"], "/svc/world");
+    assert_eq!(typo["binds"][0]["staged"][0], "neg");
+    // Requests would fall back to the base dtab's version.
+    assert_eq!(typo["binds"][0]["to"][0], "/#/io.l5d.fs/world-v1");
+    let text = stage(&["world=wrold-v2", "--proxy", &admin]);
+    assert!(
+        text.ends_with(
+            "/svc/world -> /#/io.l5d.fs/world-v1 (the staged version binds to nothing: neg)\n"
+        ),
+        "{text}"
+    );
+}

@@ -6,6 +6,7 @@
 
 pub mod dtab;
 pub mod run;
+pub mod stage;
 
 use std::process::ExitCode;
 
@@ -41,6 +42,9 @@ pub enum Command {
     /// Work with delegation tables offline: show, eval, resolve, delegate.
     #[command(subcommand)]
     Dtab(dtab::DtabCommand),
+    /// Build (and sign) the override that stages a version, with a curl
+    /// line that sends it.
+    Stage(stage::StageArgs),
 }
 
 /// The `sidetrack` binary: parse the command line, set up logging, run.
@@ -55,6 +59,7 @@ impl Cli {
         match self.command {
             Command::Dtab(cmd) => cmd.run(),
             Command::Run(args) => args.run(),
+            Command::Stage(args) => args.run(),
         }
     }
 }
