@@ -9,12 +9,14 @@
 //! * `staging` and `apps`: the ad-hoc staging scenario of the demo and the
 //!   interception tests, and the small servers it runs.
 //! * `bench`: `cargo xtask bench`, Sidetrack against the limit and its peers.
+//! * `fuzz`: `cargo xtask fuzz`, every fuzz target in turn.
 
 pub mod apps;
 pub mod bench;
 pub mod build_ebpf;
 pub mod cmd;
 pub mod demo;
+pub mod fuzz;
 pub mod setup;
 pub mod staging;
 pub mod test;

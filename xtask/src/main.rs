@@ -45,12 +45,29 @@ enum Cmd {
         #[arg(long)]
         pod_cgroups: bool,
     },
+    /// Run every fuzz target of proxy-userspace/fuzz in turn and report
+    /// the executions of each (docs/fuzz.md).
+    Fuzz {
+        /// Minutes in all, shared evenly among the targets (fractions allowed).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Only these targets (comma-separated names, e.g. `chunked,framing`).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Run one of the demo's apps (used inside the demo's pods).
     #[command(hide = true)]
     App {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+fn fuzz_minutes(minutes: f64) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(minutes * 60.0)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow::anyhow!("--minutes {minutes}: give a positive number"))
 }
 
 fn main() -> ExitCode {
@@ -65,6 +82,8 @@ fn main() -> ExitCode {
             baseline,
             pod_cgroups,
         } => xtask::bench::run(quick, &only, baseline.as_deref(), pod_cgroups),
+        Cmd::Fuzz { minutes, only } => fuzz_minutes(minutes)
+            .and_then(|total| xtask::fuzz::run(xtask::fuzz::Budget::Total(total), &only)),
         Cmd::App { args } => xtask::apps::run(&args).map_err(Into::into),
     };
     match result {

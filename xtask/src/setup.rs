@@ -7,6 +7,8 @@
 //!   the tests drive (`bpftool`, `iproute2`, `nftables`, `iptables`), and
 //!   Chromium for the test of the admin page.
 //! * bpf-linker 0.13.0 built against LLVM 22 into `<target>/tools`.
+//! * cargo-fuzz into `<target>/tools`, for `cargo xtask fuzz` (and the short
+//!   fuzz run of `cargo xtask test`); g++ for the libFuzzer it compiles.
 //!
 //! A second run checks and prints, and takes seconds.
 
@@ -30,9 +32,15 @@ pub const PACKAGES: &[&str] = &[
     "chromium",
     // The demo's client pod calls its services with it.
     "curl",
+    // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
+    "g++",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz builds the fuzz targets with libFuzzer's instrumentation on
+/// stable Rust (with `--sanitizer none`; see `crate::fuzz`). Pinned so that
+/// the flags it passes do not change under us.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Where Debian's llvm-22-dev puts `llvm-config`, which bpf-linker's build needs.
 pub const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
@@ -45,19 +53,24 @@ pub fn bpf_linker() -> PathBuf {
     tools_dir().join("bin/bpf-linker")
 }
 
+pub fn cargo_fuzz() -> PathBuf {
+    tools_dir().join("bin/cargo-fuzz")
+}
+
 /// Installs whatever is missing; prints what it finds either way.
 pub fn run() -> Result<()> {
     step("setup: checking the machine");
     check_os()?;
     install_packages(PACKAGES)?;
     install_bpf_linker()?;
+    install_cargo_fuzz()?;
     step("setup: everything is in place");
     Ok(())
 }
 
 /// True when nothing needs installing (so `test` can skip the printing).
 pub fn is_complete() -> bool {
-    missing_packages(PACKAGES).is_empty() && bpf_linker_ok()
+    missing_packages(PACKAGES).is_empty() && bpf_linker_ok() && cargo_fuzz_ok()
 }
 
 fn check_os() -> Result<()> {
@@ -190,6 +203,45 @@ fn install_bpf_linker() -> Result<()> {
         bail!(
             "bpf-linker was built but {} does not answer --version",
             bpf_linker().display()
+        );
+    }
+    Ok(())
+}
+
+fn cargo_fuzz_ok() -> bool {
+    cmd::output(Command::new(cargo_fuzz()).arg("--version"))
+        .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION))
+}
+
+/// Builds cargo-fuzz into `<target>/tools` unless it is there (about 30 s).
+pub fn install_cargo_fuzz() -> Result<()> {
+    if cargo_fuzz_ok() {
+        note(format!(
+            "cargo-fuzz {CARGO_FUZZ_VERSION}: present at {}",
+            cargo_fuzz().display()
+        ));
+        return Ok(());
+    }
+    step(format!(
+        "setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (about 30 s)"
+    ));
+    cmd::run(
+        cmd::cargo()
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+                "--root",
+            ])
+            .arg(tools_dir()),
+    )
+    .context("building cargo-fuzz failed: is crates.io reachable?")?;
+    if !cargo_fuzz_ok() {
+        bail!(
+            "cargo-fuzz was built but {} does not answer --version",
+            cargo_fuzz().display()
         );
     }
     Ok(())

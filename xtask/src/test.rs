@@ -1,12 +1,18 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first
 //! failure: setup (when something is missing), build-ebpf, rustfmt, clippy,
-//! then every test of the workspace, the root ones included.
+//! every test of the workspace, the root ones included, then a short run of
+//! every fuzz target, which catches a fuzz crate that no longer builds and
+//! a crash the seeds or a few seconds of fuzzing find.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::{build_ebpf, cmd, setup};
+use crate::{build_ebpf, cmd, fuzz, setup};
+
+/// How long each fuzz target runs in CI: enough to replay its seeds and
+/// corpus and mutate for a while, small beside the tests.
+pub const FUZZ_SECONDS_EACH: u64 = 5;
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
@@ -33,6 +39,21 @@ pub fn run() -> Result<()> {
 
     cmd::step("tests (the root ones included)");
     cmd::run(cmd::cargo().args(["test", "--workspace", "--locked"]))?;
+
+    cmd::step(format!(
+        "fuzz: every target for {FUZZ_SECONDS_EACH} s (the fuzz crate is not in the workspace)"
+    ));
+    let fuzz_manifest = fuzz::fuzz_dir().join("Cargo.toml");
+    cmd::run(
+        cmd::cargo()
+            .args(["fmt", "--manifest-path"])
+            .arg(&fuzz_manifest)
+            .args(["--", "--check"]),
+    )?;
+    fuzz::run(
+        fuzz::Budget::EachTarget(Duration::from_secs(FUZZ_SECONDS_EACH)),
+        &[],
+    )?;
 
     cmd::step(format!(
         "all checks passed in {:.0} s",

@@ -6,17 +6,13 @@
 //! reads back as the default weight, printed without a prefix); the trie
 //! must find the same matches as the scan and bind alike.
 //!
-//! `cargo +nightly fuzz run dtab_parse` in proxy-userspace/fuzz.
+//! `cargo xtask fuzz --only dtab_parse` (docs/fuzz.md).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code, unused_imports)]
-#[path = "../../src/dtab/mod.rs"]
-mod dtab;
-
-use dtab::{CompiledDtab, Dtab, NameTree, Namers, Path, bind, bind_reference};
+use sidetrack_fuzz::dtab::{CompiledDtab, Dtab, NameTree, Namers, Path, bind, bind_reference};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

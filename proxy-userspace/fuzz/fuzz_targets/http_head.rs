@@ -8,19 +8,16 @@
 //!
 //! The first input byte picks split points and the response's request kind.
 //!
-//! `cargo +nightly fuzz run http_head` in proxy-userspace/fuzz.
+//! `cargo xtask fuzz --only http_head` (docs/fuzz.md); the chunked
+//! decoder has a target of its own (`chunked`) that checks much more.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-// Pure like the dtab engine: compiled on its own, without the proxy.
-#[allow(dead_code, unused_imports)]
-#[path = "../../src/http/mod.rs"]
-mod http;
-
-use http::{
-    BodyLength, ChunkedScanner, HeadError, Limits, Parsed, RequestHead, RequestKind, ResponseHead,
+use sidetrack_fuzz::http::{
+    self, BodyLength, ChunkedScanner, HeadError, Limits, Parsed, RequestHead, RequestKind,
+    ResponseHead,
 };
 
 fn scan(input: &[u8], cut: usize) -> (usize, bool, Option<HeadError>) {
