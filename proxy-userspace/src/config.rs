@@ -93,6 +93,22 @@ pub struct Settings {
     /// Who may send overrides (`l5d-dtab`, `l5d-ctx-dtab`) and what they
     /// may say (see `route::overrides`); reloaded live.
     pub overrides: crate::route::overrides::OverrideSettings,
+    /// How weighted unions (`0.1 * /srv/v23 & 0.9 * /srv/v22`) choose.
+    pub rollouts: Rollouts,
+    /// Routing rules, tried in order per request: the first that matches
+    /// adds its dtab (see `route::rules`); reloaded live.
+    pub rules: Vec<crate::route::rules::RuleSettings>,
+}
+
+/// Weighted rollouts. Read at start.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rollouts {
+    /// A request header (a customer id, say) whose value picks the branch
+    /// of a weighted union: the same value takes the same branch while the
+    /// weights stay, and when a branch's weight grows the values it had
+    /// keep it. A request without the header is chosen at random.
+    pub sticky_header: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -241,6 +257,8 @@ impl Default for Settings {
             shutdown_grace_ms: 10_000,
             interception: Interception::default(),
             overrides: Default::default(),
+            rollouts: Rollouts::default(),
+            rules: Vec::new(),
         }
     }
 }
@@ -335,6 +353,7 @@ impl Settings {
             ));
         }
         crate::route::OverridePolicy::new(&self.overrides)?;
+        crate::route::Rules::new(&self.rules)?;
         if l.max_connections == 0 {
             return Err("limits.max_connections: 0 would serve nobody".into());
         }

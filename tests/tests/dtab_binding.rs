@@ -486,3 +486,31 @@ fn sticky_choice_depends_only_on_the_key() {
     assert_eq!(NameTree::<Bound>::Neg.choose_sticky(b"k"), Choice::Neg);
     assert_eq!(NameTree::<Bound>::Fail.choose_sticky(b"k"), Choice::Fail);
 }
+
+/// A sticky rollout grown from 10% to 20% keeps the keys it had: every key
+/// on the new version at 10% is still there at 20%, and the shares stay
+/// within a binomial band (n = 10,000: 4.5 standard deviations).
+#[test]
+fn a_sticky_rollout_keeps_its_keys_when_it_grows() {
+    let at = |share: f64| {
+        resolve(
+            &format!("/s => {share} * {A} & {} * {B}", 1.0 - share),
+            "/s",
+        )
+        .unwrap()
+    };
+    let (ten, twenty) = (at(0.1), at(0.2));
+    let on_a = |t: &NameTree<Bound>, key: &str| matches!(t.choose_sticky(key.as_bytes()), Choice::Leaf(b) if b.id.to_string() == A);
+    let (mut at_ten, mut at_twenty) = (0usize, 0usize);
+    for i in 0..10_000u32 {
+        let key = format!("customer-{i}");
+        let before = on_a(&ten, &key);
+        let after = on_a(&twenty, &key);
+        assert!(!before || after, "{key} left the rollout as it grew");
+        at_ten += usize::from(before);
+        at_twenty += usize::from(after);
+    }
+    // sd = sqrt(n p (1-p)): 30 at 10%, 40 at 20%.
+    assert!((865..1135).contains(&at_ten), "{at_ten}");
+    assert!((1820..2180).contains(&at_twenty), "{at_twenty}");
+}

@@ -106,6 +106,10 @@ struct DelegateRequest {
     #[allow(dead_code)]
     #[serde(default)]
     namespace: Option<String>,
+    /// A request's header lines (`Name: value`, one a line), for the
+    /// routing rules.
+    #[serde(default)]
+    headers: String,
 }
 
 async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
@@ -140,7 +144,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
                     "the path query parameter is required\n",
                 );
             };
-            delegator_json(admin, &dtab, &path)
+            delegator_json(admin, &dtab, &path, &param("headers").unwrap_or_default())
         }
         (&Method::POST, "/delegator.json") => {
             let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
@@ -148,7 +152,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
                 Err(e) => return text(StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")),
             };
             match serde_json::from_slice::<DelegateRequest>(&body) {
-                Ok(d) => delegator_json(admin, &d.dtab, &d.path),
+                Ok(d) => delegator_json(admin, &d.dtab, &d.path, &d.headers),
                 Err(e) => text(
                     StatusCode::BAD_REQUEST,
                     format!("expected {{\"dtab\": ..., \"path\": ...}}: {e}\n"),
@@ -162,7 +166,9 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
     }
 }
 
-fn delegator_json(admin: &Admin, dtab: &str, path: &str) -> Resp {
+/// The delegation of `path` through the base dtab, the routing rule the
+/// pasted `headers` match (if any; shown as `rule`), and `dtab`.
+fn delegator_json(admin: &Admin, dtab: &str, path: &str, headers: &str) -> Resp {
     let local = match Dtab::parse(dtab) {
         Ok(d) => d,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid dtab: {e}\n")),
@@ -171,12 +177,67 @@ fn delegator_json(admin: &Admin, dtab: &str, path: &str) -> Resp {
         Ok(p) => p,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid path: {e}\n")),
     };
+    let rules = admin.router.rules();
+    let pasted = Pasted::new(headers, &path);
+    let rule = rules.first_match(&pasted).and_then(|i| rules.get(i));
+    let local = match rule {
+        Some(r) => r.dtab.concat(&local),
+        None => local,
+    };
     let base = admin.router.base();
     let namers = admin.router.namers();
     let tree = dtab::delegate(&base.compiled, &local, &path, namers.as_ref());
-    match serde_json::to_vec(&tree) {
-        Ok(json) => respond(StatusCode::OK, "application/json", json),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    let mut json = match serde_json::to_value(&tree) {
+        Ok(j) => j,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    if let (Some(r), Some(obj)) = (rule, json.as_object_mut()) {
+        obj.insert(
+            "rule".into(),
+            serde_json::json!({ "name": r.name, "dtab": r.dtab.to_string() }),
+        );
+    }
+    respond(StatusCode::OK, "application/json", json.to_string())
+}
+
+/// A request as pasted into the delegator: header lines, the path as its
+/// logical name, no source address (rules on sources do not match).
+struct Pasted {
+    headers: Vec<(String, String)>,
+    name: String,
+}
+
+impl Pasted {
+    fn new(text: &str, path: &Path) -> Pasted {
+        Pasted {
+            headers: text
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect(),
+            name: path.to_string(),
+        }
+    }
+}
+
+impl crate::route::rules::Facts for Pasted {
+    fn header_values(&self, name: &[u8], each: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.as_bytes() == name)
+            .any(|(_, v)| each(v.as_bytes()))
+    }
+    fn target(&self) -> &[u8] {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == ":path")
+            .map_or(b"/", |(_, v)| v.as_bytes())
+    }
+    fn logical_name(&self) -> &[u8] {
+        self.name.as_bytes()
+    }
+    fn source(&self) -> std::net::IpAddr {
+        std::net::IpAddr::from([0, 0, 0, 0])
     }
 }
 

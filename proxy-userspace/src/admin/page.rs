@@ -34,10 +34,13 @@ pub const DELEGATOR: &str = r#"<!doctype html>
  <input id="path" name="path" value="/svc/" autocomplete="off">
  <label for="dtab">Dtab override</label>
  <textarea id="dtab" name="dtab" placeholder="/host/world => /srv/world-v2"></textarea>
+ <label for="headers">Request headers (the routing rules look at them)</label>
+ <textarea id="headers" name="headers" placeholder="x-customer: acme&#10;cookie: plan=free"></textarea>
  <button id="go" type="submit">Delegate</button>
 </form>
 <label>Base dtab</label>
 <div id="base">loading…</div>
+<div id="rule"></div>
 <div id="error"></div>
 <ul class="tree" id="result"></ul>
 <script>
@@ -81,16 +84,18 @@ async function delegate(ev) {
   const resp = await fetch("delegator.json", {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ path: $("path").value, dtab: $("dtab").value }),
+    body: JSON.stringify({ path: $("path").value, dtab: $("dtab").value, headers: $("headers").value }),
   });
   const body = await resp.text();
   if (!resp.ok) { $("error").textContent = body; return; }
-  result.appendChild(render(JSON.parse(body)));
+  const tree = JSON.parse(body);
+  $("rule").textContent = tree.rule ? "rule " + tree.rule.name + " adds " + tree.rule.dtab : "no rule matches";
+  result.appendChild(render(tree));
 }
 $("form").addEventListener("submit", delegate);
 fetch("dtab").then((r) => r.text()).then((t) => { $("base").textContent = t.trim() || "(empty)"; });
 const q = new URLSearchParams(location.search);
-if (q.get("path")) { $("path").value = q.get("path"); $("dtab").value = q.get("dtab") || ""; delegate(); }
+if (q.get("path")) { $("path").value = q.get("path"); $("dtab").value = q.get("dtab") || ""; $("headers").value = q.get("headers") || ""; delegate(); }
 </script>
 </body>
 </html>

@@ -87,6 +87,8 @@ pub struct RouteLabels {
     pub dst: String,
     /// `"true"` when the request carried its own dtab entries.
     pub r#override: &'static str,
+    /// The routing rule that matched the request, or empty.
+    pub rule: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,6 +96,7 @@ pub struct ResponseLabels {
     pub service: String,
     pub dst: String,
     pub r#override: &'static str,
+    pub rule: String,
     pub class: &'static str,
 }
 
@@ -389,12 +392,21 @@ impl Metrics {
     }
 
     /// The handles of one route; called when a binding is cached.
-    pub fn route_stats(&self, service: &str, dst: &str, overridden: bool) -> RouteStats {
+    /// The counters of one destination of a route: `rule` is the routing
+    /// rule that picked it, or empty.
+    pub fn route_stats(
+        &self,
+        service: &str,
+        dst: &str,
+        overridden: bool,
+        rule: &str,
+    ) -> RouteStats {
         let r#override = if overridden { "true" } else { "false" };
         let mut labels = RouteLabels {
             service: service.to_owned(),
             dst: dst.to_owned(),
             r#override,
+            rule: rule.to_owned(),
         };
         if self.requests.get(&labels).is_none()
             && self.route_series.fetch_add(1, Ordering::Relaxed) >= self.max_route_series
@@ -410,6 +422,7 @@ impl Metrics {
                     service: labels.service.clone(),
                     dst: labels.dst.clone(),
                     r#override,
+                    rule: labels.rule.clone(),
                     class,
                 })
             }),
@@ -448,14 +461,14 @@ mod tests {
     fn a_route_shows_up_with_its_labels() {
         let m = Metrics::new(10);
         m.add_extra(Arc::new(Fixed));
-        let r = m.route_stats("/svc/world", "/$/inet/127.0.0.1/8080", true);
+        let r = m.route_stats("/svc/world", "/$/inet/127.0.0.1/8080", true, "beta");
         r.requests.inc();
         r.response(503);
         r.latency.observe(std::time::Duration::from_micros(300));
         m.error(ErrorKind::NoEndpoints);
         let text = m.encode();
         assert!(
-            text.contains(r#"sidetrack_requests_total{service="/svc/world",dst="/$/inet/127.0.0.1/8080",override="true"} 1"#),
+            text.contains(r#"sidetrack_requests_total{service="/svc/world",dst="/$/inet/127.0.0.1/8080",override="true",rule="beta"} 1"#),
             "{text}"
         );
         assert!(text.contains(r#"class="5xx"} 1"#), "{text}");
@@ -495,7 +508,7 @@ mod tests {
     fn route_series_are_capped() {
         let m = Metrics::new(2);
         for i in 0..5 {
-            m.route_stats(&format!("/svc/h{i}"), "/d", false)
+            m.route_stats(&format!("/svc/h{i}"), "/d", false, "")
                 .requests
                 .inc();
         }

@@ -50,7 +50,7 @@ use crate::{
     observe::{log_limit, metrics::ErrorKind},
     route::{
         self, Dest, OnRefusal, Outcome, Refusal, Route, RouteError, SourceVerdict, overrides,
-        signing::SIGNATURE_HEADER,
+        rules, signing::SIGNATURE_HEADER,
     },
 };
 
@@ -94,6 +94,32 @@ fn is_proxy_header_or_max_forwards(name: &[u8]) -> bool {
 /// Every `l5d-` header: what an edge proxy removes from clients' requests.
 fn is_l5d_header(name: &[u8]) -> bool {
     name.len() > 4 && http::eq_ignore_case_lower(&name[..4], b"l5d-")
+}
+
+/// What routing rules ask of a request, from its parsed head.
+struct RuleFacts<'a> {
+    req: &'a RequestHead,
+    buf: &'a [u8],
+    name: &'a [u8],
+    peer: std::net::IpAddr,
+}
+
+impl rules::Facts for RuleFacts<'_> {
+    fn header_values(&self, name: &[u8], each: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        let Ok(name) = std::str::from_utf8(name) else {
+            return false;
+        };
+        self.req.get_all(self.buf, name).any(each)
+    }
+    fn target(&self) -> &[u8] {
+        self.req.target(self.buf)
+    }
+    fn logical_name(&self) -> &[u8] {
+        self.name
+    }
+    fn source(&self) -> std::net::IpAddr {
+        self.peer
+    }
 }
 
 /// Why a request ended the connection or was answered by the proxy.
@@ -571,7 +597,12 @@ impl Conn {
         let (route, req) = self.route()?;
         // A refusal after routing keeps the connection only when the request
         // has no body left to skip.
-        let dest = pick_dest(&route, &mut self.rng, req.body != BodyLength::None)?;
+        // A rollout sticks to the request's key (a customer id) when it has one.
+        let sticky = match &self.shared.cfg.sticky_header {
+            Some(name) => self.req.get(&self.from_client, name.as_str()),
+            None => None,
+        };
+        let dest = pick_dest(&route, &mut self.rng, sticky, req.body != BodyLength::None)?;
         dest.stats.requests.inc();
         let whole = self.write_upstream_head(&route, dest, &req, head_len);
         let mut upstream = self.send(dest, &req, whole, started).await?;
@@ -692,10 +723,37 @@ impl Conn {
         } else {
             None
         };
-        route::route_key(&mut self.key, &ctx[..nctx], &dtab[..ndtab], sig, &self.name);
+        // The first routing rule the request matches, if there are rules.
+        let rules = shared.router.rules();
+        let rule = if rules.is_empty() {
+            None
+        } else {
+            rules.first_match(&RuleFacts {
+                req,
+                buf,
+                name: &self.name,
+                peer: self.peer.ip(),
+            })
+        };
+        drop(rules);
+        route::route_key(
+            &mut self.key,
+            &ctx[..nctx],
+            &dtab[..ndtab],
+            sig,
+            rule,
+            &self.name,
+        );
         let route = shared
             .router
-            .route(&self.key, &ctx[..nctx], &dtab[..ndtab], sig, &self.name)
+            .route(
+                &self.key,
+                &ctx[..nctx],
+                &dtab[..ndtab],
+                sig,
+                rule,
+                &self.name,
+            )
             .map_err(|e| match e {
                 RouteError::BadDtab { .. } | RouteError::TooManyEntries { .. } => {
                     Failure::Respond {
@@ -1461,6 +1519,7 @@ fn take_whole_body(
 fn pick_dest<'r>(
     route: &'r Route,
     rng: &mut SmallRng,
+    sticky: Option<&[u8]>,
     has_body: bool,
 ) -> Result<&'r Dest, Failure> {
     let refuse = |status: u16, kind: ErrorKind, why: String| Failure::Respond {
@@ -1469,10 +1528,13 @@ fn pick_dest<'r>(
         kind,
         close: has_body,
     };
-    // A bound tree chooses per request; the other outcomes are the same
-    // answers a choice can come to.
+    // A bound tree chooses per request, or by the sticky key; the other
+    // outcomes are the same answers a choice can come to.
     let choice = match &route.outcome {
-        Outcome::Bound(tree) => tree.choose(rng),
+        Outcome::Bound(tree) => match sticky {
+            Some(key) if !key.is_empty() => tree.choose_sticky(key),
+            _ => tree.choose(rng),
+        },
         Outcome::Neg => Choice::Neg,
         Outcome::Fail => Choice::Fail,
         Outcome::Empty => Choice::Empty,
@@ -1504,7 +1566,6 @@ fn pick_dest<'r>(
     }
 }
 
-/// Reads into the spare room of `buf`, growing it up to `limit`.
 /// Reads more of a head into `buf`, growing it (by doubling, up to the
 /// head limit) within the memory budget: `OutOfMemory` when the budget
 /// refuses.

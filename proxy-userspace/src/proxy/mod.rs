@@ -68,6 +68,9 @@ pub struct ProxyConfig {
     pub splice_threshold: u64,
     pub pool: PoolConfig,
     pub eject: Duration,
+    /// The header whose value picks a weighted union's branch (the same
+    /// value, the same branch), when a request has it.
+    pub sticky_header: Option<String>,
 }
 
 impl ProxyConfig {
@@ -99,6 +102,11 @@ impl ProxyConfig {
                 source: None,
             },
             eject: ms(s.pool.eject_ms),
+            sticky_header: s
+                .rollouts
+                .sticky_header
+                .as_ref()
+                .map(|h| h.to_ascii_lowercase()),
         }
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod identify;
 pub mod overrides;
+pub mod rules;
 pub mod signing;
 
 use std::sync::{
@@ -30,6 +31,7 @@ use crate::{
 
 pub use identify::Identifier;
 pub use overrides::{OnRefusal, OverridePolicy, Refusal, SourceVerdict};
+pub use rules::Rules;
 
 /// The base dtab, compiled, with the text it came from.
 pub struct Base {
@@ -81,6 +83,8 @@ pub struct Route {
     pub local_dtab: String,
     /// Whether the request carried its own dtab entries (and they stood).
     pub overridden: bool,
+    /// The routing rule that matched the request, by name.
+    pub rule: Option<String>,
     /// A signed override's expiry (unix seconds): past it the route is
     /// bound again, and refused.
     pub signed_until: Option<u64>,
@@ -139,6 +143,7 @@ pub struct Router {
     cache: ClockCache<Box<[u8]>, Arc<Route>>,
     limits: RouterLimits,
     policy: ArcSwap<OverridePolicy>,
+    rules: ArcSwap<Rules>,
     backends: BackendRegistry,
     metrics: Arc<Metrics>,
     generation: Arc<AtomicU64>,
@@ -158,6 +163,7 @@ impl Router {
             cache: ClockCache::with_budget(limits.cache_entries, limits.cache_bytes),
             limits,
             policy: ArcSwap::from_pointee(OverridePolicy::default()),
+            rules: ArcSwap::from_pointee(Rules::default()),
             backends: BackendRegistry::default(),
             metrics,
             generation,
@@ -203,19 +209,33 @@ impl Router {
         self.cache.clear();
     }
 
+    /// The routing rules in force.
+    pub fn rules(&self) -> arc_swap::Guard<Arc<Rules>> {
+        self.rules.load()
+    }
+
+    /// Replaces the routing rules; every cached route is made again.
+    pub fn set_rules(&self, rules: Rules) {
+        self.rules.store(Arc::new(rules));
+        self.generation.fetch_add(1, Ordering::Release);
+        self.cache.clear();
+    }
+
     pub fn cache_stats(&self) -> dtab::CacheStats {
         self.cache.stats()
     }
 
     /// The route for a request. `key` must be the bytes that decide the
     /// route, as [`route_key`] writes them; `ctx` and `dtab` are the header
-    /// values, `name` the logical name.
+    /// values, `sig` the override's signature, `rule` the routing rule
+    /// that matched (by index), `name` the logical name.
     pub fn route(
         &self,
         key: &[u8],
         ctx: &[&[u8]],
         dtab: &[&[u8]],
         sig: Option<&[u8]>,
+        rule: Option<usize>,
         name: &[u8],
     ) -> Result<Arc<Route>, RouteError> {
         let generation = self.generation.load(Ordering::Acquire);
@@ -240,7 +260,7 @@ impl Router {
                 limit: self.limits.max_dtab_entries,
             });
         }
-        let route = Arc::new(self.bind(ctx, dtab, sig, name, generation)?);
+        let route = Arc::new(self.bind(ctx, dtab, sig, rule, name, generation)?);
         if cacheable {
             let weight = key.len() + route.weight();
             self.cache
@@ -254,6 +274,7 @@ impl Router {
         ctx: &[&[u8]],
         dtab: &[&[u8]],
         sig: Option<&[u8]>,
+        rule: Option<usize>,
         name: &[u8],
         generation: u64,
     ) -> Result<Route, RouteError> {
@@ -281,9 +302,18 @@ impl Router {
         let namers = self.namers.load();
         let overridden = !local.is_empty();
         let name = path.to_string();
+        // The rule's entries come after the base dtab and before the
+        // request's own, which have the last word; they are not forwarded.
+        let rules = self.rules.load();
+        let rule = rule.and_then(|i| rules.get(i));
+        let binding = match rule {
+            Some(r) => r.dtab.concat(&local),
+            None => local.clone(),
+        };
+        let rule_name = rule.map_or("", |r| r.name.as_str());
         let outcome = match dtab::bind(
             &base.compiled,
-            &local,
+            &binding,
             &path,
             namers.as_ref() as &dyn NamerSet,
         ) {
@@ -291,7 +321,9 @@ impl Router {
             Ok(NameTree::Neg) => Outcome::Neg,
             Ok(NameTree::Fail) => Outcome::Fail,
             Ok(NameTree::Empty) => Outcome::Empty,
-            Ok(tree) => Outcome::Bound(tree.map(&mut |b: &Bound| self.dest(&name, b, overridden))),
+            Ok(tree) => Outcome::Bound(
+                tree.map(&mut |b: &Bound| self.dest(&name, b, overridden, rule_name)),
+            ),
         };
         let local_dtab = if local.is_empty() {
             String::new()
@@ -302,6 +334,7 @@ impl Router {
             name,
             local_dtab,
             overridden,
+            rule: rule.map(|r| r.name.clone()),
             signed_until,
             dropped_override,
             outcome,
@@ -309,7 +342,7 @@ impl Router {
         })
     }
 
-    fn dest(&self, name: &str, bound: &Bound, overridden: bool) -> Dest {
+    fn dest(&self, name: &str, bound: &Bound, overridden: bool, rule: &str) -> Dest {
         let id = bound.id.to_string();
         let backends = bound
             .endpoints
@@ -319,7 +352,7 @@ impl Router {
             .collect();
         let (service, dst) = metric_labels(name, &id, overridden);
         Dest {
-            stats: self.metrics.route_stats(service, dst, overridden),
+            stats: self.metrics.route_stats(service, dst, overridden, rule),
             id,
             residual: bound.residual.clone(),
             balancer: Balancer::new(backends),
@@ -426,16 +459,22 @@ fn logical_path(name: &[u8]) -> Path {
 }
 
 /// Writes the cache key of a request into `out` (cleared first): the
-/// signature of its override (if any), the dtab header values and the
-/// logical name, separated by bytes no header value can hold.
+/// routing rule that matched (if any), the signature of its override (if
+/// any), the dtab header values and the logical name, separated by bytes
+/// no header value can hold.
 pub fn route_key(
     out: &mut Vec<u8>,
     ctx: &[&[u8]],
     dtab: &[&[u8]],
     sig: Option<&[u8]>,
+    rule: Option<usize>,
     name: &[u8],
 ) {
     out.clear();
+    if let Some(rule) = rule {
+        out.push(3);
+        out.extend_from_slice(&(rule as u32).to_le_bytes());
+    }
     if let Some(sig) = sig {
         out.extend_from_slice(sig);
         out.push(2);

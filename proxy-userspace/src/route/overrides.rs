@@ -113,13 +113,13 @@ impl Default for OverridePolicy {
 
 /// A source network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Network {
+pub(crate) struct Network {
     addr: IpAddr,
     len: u8,
 }
 
 impl Network {
-    fn parse(s: &str) -> Result<Network, String> {
+    pub(crate) fn parse(s: &str) -> Result<Network, String> {
         let (addr, len) = s.split_once('/').map_or((s, None), |(a, l)| (a, Some(l)));
         let addr: IpAddr = addr
             .trim()
@@ -138,7 +138,7 @@ impl Network {
         Ok(Network { addr, len })
     }
 
-    fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         // An IPv4 client of a dual-stack listener shows as ::ffff:a.b.c.d.
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),

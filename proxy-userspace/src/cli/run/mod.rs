@@ -42,7 +42,7 @@ use crate::{
         self, ProxyConfig, Shared,
         budget::{BudgetMetrics, MemoryBudget},
     },
-    route::{Identifier, OverridePolicy, Router, RouterLimits, overrides, signing::Keys},
+    route::{Identifier, OverridePolicy, Router, RouterLimits, Rules, overrides, signing::Keys},
 };
 
 pub use affinity::{allowed_cpus, pin, pin_current};
@@ -160,6 +160,7 @@ impl RunArgs {
             generation,
         ));
         router.set_policy(override_policy(&settings)?);
+        router.set_rules(Rules::new(&settings.rules)?);
         metrics.add_extra(Arc::new(CacheCounters(router.clone())));
 
         raise_fd_limit(settings.limits.max_connections);

@@ -1,6 +1,6 @@
 //! Hot reload: the config file and the dtab file, polled for changes. The
-//! dtab, the namers and the override policy apply at once; other settings
-//! at the next restart.
+//! dtab, the namers, the override policy and the routing rules apply at
+//! once; other settings at the next restart.
 
 use std::{path::PathBuf, sync::Arc, time::SystemTime};
 
@@ -8,7 +8,7 @@ use super::{RunArgs, namers, override_policy, parse_base};
 use crate::{
     config::{Settings, ms},
     namer::fs::FsNamer,
-    route::Router,
+    route::{Router, Rules},
 };
 
 /// What a directory holds, to notice a change: each entry's name,
@@ -102,11 +102,18 @@ pub(super) fn spawn_reloader(args: RunArgs, mut current: Settings, router: Arc<R
                         Err(e) => tracing::error!("override policy reload refused, keeping the running policy: {e}"),
                     }
                 }
+                if next.rules != current.rules {
+                    // Validated with the rest of the settings.
+                    if let Ok(rules) = Rules::new(&next.rules) {
+                        tracing::info!(rules = next.rules.len(), "routing rules reloaded");
+                        router.set_rules(rules);
+                    }
+                }
                 if base.to_string() != router.base().dtab.to_string() {
                     tracing::info!(dtab = %base, "base dtab reloaded");
                     router.set_base(base);
                 }
-                let restart_only = Settings { dtab: next.dtab.clone(), dtab_file: next.dtab_file.clone(), fs_dir: next.fs_dir.clone(), watch_interval_ms: next.watch_interval_ms, overrides: next.overrides.clone(), ..current.clone() };
+                let restart_only = Settings { dtab: next.dtab.clone(), dtab_file: next.dtab_file.clone(), fs_dir: next.fs_dir.clone(), watch_interval_ms: next.watch_interval_ms, overrides: next.overrides.clone(), rules: next.rules.clone(), ..current.clone() };
                 if restart_only != next {
                     tracing::warn!("settings other than the dtab and namers changed; they apply at the next restart");
                 }
