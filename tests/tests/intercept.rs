@@ -682,3 +682,58 @@ fn iptables_shutdown_switches_interception_off_first_then_drains_and_exits_0() {
     assert!(status.success(), "{status}:\n{}", s.proxy_log());
     assert!(!nft_tables().contains(&table), "rules removed on exit");
 }
+
+/// Versions per customer and plan on the test bed, apps unaware: routing
+/// rules (reloaded live into the running proxy) send 1,000 requests each
+/// from two customers and two plans to their versions; an override to the
+/// node's admin port is refused under the default policy.
+#[test]
+fn ebpf_rules_route_customers_and_plans_and_overrides_cannot_reach_the_node() {
+    let mut s = start("ebpf-rules", Mode::Ebpf);
+    s.reconfigure(
+        "rules:\n\
+         - name: acme-beta\n  match: {headers: [{name: x-customer, exact: acme}]}\n  \
+           dtab: /host/world => /srv/world-v2\n\
+         - name: free-plan\n  match: {cookies: [{name: plan, exact: free}]}\n  \
+           dtab: /host/world => /srv/world-v2\n",
+    )
+    .unwrap();
+    let world = world_service();
+    let acme = ["x-customer: acme", "cookie: plan=paid"];
+    assert!(
+        sidetrack_tests::eventually(10, || s
+            .curl("http://world/", world, &acme)
+            .is_ok_and(|b| b.starts_with(b"earth"))),
+        "the rules did not load:\n{}",
+        s.proxy_log()
+    );
+    let cases: [(&[&str], &str); 4] = [
+        (&acme, "earth"),
+        (&["x-customer: globex", "cookie: plan=free"], "earth"),
+        (&["x-customer: globex", "cookie: plan=paid"], "world"),
+        (&["x-customer: initech"], "world"),
+    ];
+    for (headers, want) in cases {
+        // 1,000 requests on one connection (curl's URL range).
+        let body = s.curl("http://world/[1-1000]", world, headers).unwrap();
+        let text = String::from_utf8_lossy(&body);
+        let count = |word: &str| text.matches(&format!("{word} (")).count();
+        assert_eq!(count(want), 1_000, "{headers:?}: {text:.200}");
+        assert_eq!(count("earth") + count("world"), 1_000, "{headers:?}");
+    }
+    let m = s.metrics().unwrap();
+    assert!(metric(&m, "sidetrack_requests_total", &[("rule", "acme-beta")]) >= 1_000.0);
+    assert!(metric(&m, "sidetrack_requests_total", &[("rule", "free-plan")]) >= 1_000.0);
+
+    // The admin port, one header away: refused, with the rule that says so.
+    let ssrf = format!(
+        "l5d-dtab: /host/hello => /$/inet/{}/{}",
+        s.admin_addr.ip(),
+        s.admin_addr.port()
+    );
+    let refused = s.get_hello(&[&ssrf]).unwrap_err().to_string();
+    assert!(
+        refused.contains("403") && refused.contains("denied_destinations"),
+        "{refused}"
+    );
+}

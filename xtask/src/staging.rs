@@ -92,6 +92,8 @@ pub struct Staging {
     apps: Vec<Child>,
     proxy: Option<Child>,
     proxy_log: PathBuf,
+    /// Settings appended to the proxy's file (rules, an override policy).
+    extra_config: String,
     /// iptables mode: the machine's nftables are this run's alone (see
     /// `BedLock::take_nft`); dropped after the proxy removed its rules.
     _nft: Option<BedLock>,
@@ -130,6 +132,7 @@ impl Staging {
             apps: Vec::new(),
             proxy: None,
             proxy_log: PathBuf::new(),
+            extra_config: String::new(),
             _nft: nft,
             node,
         };
@@ -211,7 +214,19 @@ impl Staging {
             hello = self.hello.ip(),
             v1 = self.world_v1.ip(),
             cgroup = self.node.cgroup_path().display(),
-        )
+        ) + &self.extra_config
+    }
+
+    /// Rewrites the proxy's settings file with `extra` (YAML) appended:
+    /// what reloads live (rules, the override policy) applies within the
+    /// watch interval (200 ms).
+    pub fn reconfigure(&mut self, extra: &str) -> Result<()> {
+        self.extra_config = extra.to_owned();
+        let config = self.dir.join("sidetrack.yaml");
+        let tmp = self.dir.join(".sidetrack.yaml.tmp");
+        fs::write(&tmp, self.config())?;
+        fs::rename(&tmp, &config)?;
+        Ok(())
     }
 
     /// Starts the proxy (again, after `kill_proxy`) and waits for /ready.
