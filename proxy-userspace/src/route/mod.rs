@@ -186,15 +186,13 @@ impl Router {
     /// Replaces the base dtab; every cached route is made again.
     pub fn set_base(&self, dtab: Dtab) {
         self.base.store(Arc::new(Base::new(dtab)));
-        self.generation.fetch_add(1, Ordering::Release);
-        self.cache.clear();
+        self.remake_routes();
     }
 
     /// Replaces the namers (a changed namer setting).
     pub fn set_namers(&self, namers: Namers) {
         self.namers.store(Arc::new(namers));
-        self.generation.fetch_add(1, Ordering::Release);
-        self.cache.clear();
+        self.remake_routes();
     }
 
     /// The override policy in force.
@@ -205,8 +203,7 @@ impl Router {
     /// Replaces the override policy; every cached route is made again.
     pub fn set_policy(&self, policy: OverridePolicy) {
         self.policy.store(Arc::new(policy));
-        self.generation.fetch_add(1, Ordering::Release);
-        self.cache.clear();
+        self.remake_routes();
     }
 
     /// The routing rules in force.
@@ -217,6 +214,12 @@ impl Router {
     /// Replaces the routing rules; every cached route is made again.
     pub fn set_rules(&self, rules: Rules) {
         self.rules.store(Arc::new(rules));
+        self.remake_routes();
+    }
+
+    /// After a change to what routes are made of: routes made before go
+    /// stale (a request in flight keeps its own) and the cache empties.
+    fn remake_routes(&self) {
         self.generation.fetch_add(1, Ordering::Release);
         self.cache.clear();
     }
