@@ -153,6 +153,11 @@ fn three_restarts_in_a_row_lose_no_request_and_route_every_one_by_the_dtab() {
         };
         assert!(log.contains(expected), "restart {}: {log}", i + 1);
         traffic(&s, 50.0);
+        if i == 1 {
+            // Its programs run: they log at the level it patched in.
+            let log = s.proxy_log();
+            assert!(log.contains("sent to the proxy"), "no connect4 debug line:\n{log}");
+        }
         // The counters live in the maps the successor took over: they go
         // on from where they were.
         let now = intercepted(&s);
