@@ -467,7 +467,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.handover_socket().unwrap(), PathBuf::from("/tmp/h.sock"));
-        let s = Settings::from_yaml("listen: 10.0.0.5:4140\nhandover:\n  enabled: false\n").unwrap();
+        let s =
+            Settings::from_yaml("listen: 10.0.0.5:4140\nhandover:\n  enabled: false\n").unwrap();
         assert_eq!(s.handover_socket(), None);
     }
 

@@ -127,7 +127,11 @@ pub fn connect(path: &Path, timeout: Duration) -> Result<Option<Predecessor>, St
     let meta = match message {
         Message::Offer(meta) => meta,
         Message::Refused { reason } => return Err(format!("the running proxy refused: {reason}")),
-        other => return Err(format!("the running proxy answered {other:?}, not an offer")),
+        other => {
+            return Err(format!(
+                "the running proxy answered {other:?}, not an offer"
+            ));
+        }
     };
     if fds.len() != meta.fds.len() {
         return Err(format!(
@@ -136,7 +140,12 @@ pub fn connect(path: &Path, timeout: Duration) -> Result<Option<Predecessor>, St
             fds.len()
         ));
     }
-    let fds = meta.fds.iter().cloned().zip(fds.into_iter().map(Some)).collect();
+    let fds = meta
+        .fds
+        .iter()
+        .cloned()
+        .zip(fds.into_iter().map(Some))
+        .collect();
     Ok(Some(Predecessor { socket, meta, fds }))
 }
 
@@ -246,7 +255,13 @@ impl Listener {
             Ok((Message::Hello { protocol, pid }, _)) if protocol == PROTOCOL => pid,
             Ok((Message::Hello { protocol, pid }, _)) => {
                 let reason = format!("handover protocol {protocol}, ours is {PROTOCOL}");
-                let _ = send(&conn, &Message::Refused { reason: reason.clone() }, &[]);
+                let _ = send(
+                    &conn,
+                    &Message::Refused {
+                        reason: reason.clone(),
+                    },
+                    &[],
+                );
                 return Ok(Err(format!("successor {pid}: {reason}")));
             }
             Ok((other, _)) => return Ok(Err(format!("a successor said {other:?}, not hello"))),
@@ -421,15 +436,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sidetrack-handover-{}", std::process::id()));
         let path = dir.join("h.sock");
         let listener = Listener::bind(&path).unwrap();
-        assert!(connect(&path, Duration::from_secs(1)).unwrap().is_none(), "not published yet");
+        assert!(
+            connect(&path, Duration::from_secs(1)).unwrap().is_none(),
+            "not published yet"
+        );
         listener.publish().unwrap();
         let (mut ours, theirs) = UnixStream::pair().unwrap();
         let server = std::thread::spawn(move || {
             let theirs = theirs;
-            let got = listener.serve_one(Duration::from_secs(5), |_| {}, || {
-                let fd = || OwnedFd::from(theirs.try_clone().unwrap());
-                (meta(vec!["stream".into(), "stream".into()]), vec![fd(), fd()])
-            });
+            let got = listener.serve_one(
+                Duration::from_secs(5),
+                |_| {},
+                || {
+                    let fd = || OwnedFd::from(theirs.try_clone().unwrap());
+                    (
+                        meta(vec!["stream".into(), "stream".into()]),
+                        vec![fd(), fd()],
+                    )
+                },
+            );
             (got.unwrap(), listener)
         });
         let mut p = connect(&path, Duration::from_secs(5)).unwrap().unwrap();
@@ -482,7 +507,11 @@ mod tests {
         s.bind(&SockAddr::unix(&path).unwrap()).unwrap();
         drop(s);
         assert!(connect(&path, Duration::from_secs(1)).unwrap().is_none());
-        assert!(connect(&dir.join("none.sock"), Duration::from_secs(1)).unwrap().is_none());
+        assert!(
+            connect(&dir.join("none.sock"), Duration::from_secs(1))
+                .unwrap()
+                .is_none()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

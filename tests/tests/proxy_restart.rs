@@ -1,4 +1,5 @@
-//! Root tests: restarts without a gap, on the netns test bed in eBPF mode.
+//! Root tests: restarts without a gap, on the netns test bed in eBPF mode
+//! (and once in iptables mode).
 //!
 //! A closed-loop client in a pod (an app that knows nothing of the proxy)
 //! calls world-v1's pod address, which interception steers to the proxy,
@@ -17,7 +18,7 @@ use std::{
 use sidetrack_tests::require_root;
 use xtask::staging::{APP_PORT, Bins, Mode, PROXY_MARK, STAGE_V2, Staging, metric};
 
-fn start(tag: &str) -> Staging {
+fn start(tag: &str, mode: Mode) -> Staging {
     require_root();
     let dir = sidetrack_tests::proxy::binary()
         .parent()
@@ -28,7 +29,7 @@ fn start(tag: &str) -> Staging {
         app: dir.join("demo-app"),
         app_args: vec![],
     };
-    Staging::start(tag, Mode::Ebpf, bins).unwrap_or_else(|e| panic!("start the scenario: {e:#}"))
+    Staging::start(tag, mode, bins).unwrap_or_else(|e| panic!("start the scenario: {e:#}"))
 }
 
 /// The loop client, running in the client pod; killed if the test fails.
@@ -64,7 +65,12 @@ impl LoopClient {
         let mut child = self.0.take().unwrap();
         let _ = child.stdin.take().unwrap().write_all(b"stop\n");
         let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         assert!(child.wait().unwrap().success(), "loop-client: {out}");
         let v: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
         Tally {
@@ -103,7 +109,11 @@ fn assert_all_routed(s: &Staging, t: &Tally, at_least: u64, restarts: u64) {
     assert!(t.resent <= 4 * restarts, "resent: {t:?}");
     assert!(t.ok >= at_least, "only {} requests: {t:?}", t.ok);
     assert_eq!(t.bodies.len(), 1, "answers other than world-v2's: {t:?}");
-    assert_eq!(t.bodies.get(&v2).and_then(|v| v.as_u64()), Some(t.ok), "{t:?}");
+    assert_eq!(
+        t.bodies.get(&v2).and_then(|v| v.as_u64()),
+        Some(t.ok),
+        "{t:?}"
+    );
 }
 
 /// Lets the client run through the current proxy for a while.
@@ -121,7 +131,7 @@ fn traffic(s: &Staging, for_requests: f64) {
 
 #[test]
 fn three_restarts_in_a_row_lose_no_request_and_route_every_one_by_the_dtab() {
-    let mut s = start("restart3");
+    let mut s = start("restart3", Mode::Ebpf);
     let client = LoopClient::start(&s);
     traffic(&s, 100.0);
     let intercepted = |s: &Staging| counter(s, "sidetrack_ebpf_connect_intercepted_total");
@@ -138,7 +148,11 @@ fn three_restarts_in_a_row_lose_no_request_and_route_every_one_by_the_dtab() {
         // The kubelet deletes the old pod once the new one is ready: its
         // SIGTERM ends the old proxy, which had handed over and drained.
         for (status, log) in s.stop_retired(Duration::from_secs(15)).unwrap() {
-            assert!(status.success(), "restart {}: old proxy {status}:\n{log}", i + 1);
+            assert!(
+                status.success(),
+                "restart {}: old proxy {status}:\n{log}",
+                i + 1
+            );
             assert!(log.contains("handed over"), "{log}");
             assert!(
                 !log.contains("interception off"),
@@ -156,12 +170,19 @@ fn three_restarts_in_a_row_lose_no_request_and_route_every_one_by_the_dtab() {
         if i == 1 {
             // Its programs run: they log at the level it patched in.
             let log = s.proxy_log();
-            assert!(log.contains("sent to the proxy"), "no connect4 debug line:\n{log}");
+            assert!(
+                log.contains("sent to the proxy"),
+                "no connect4 debug line:\n{log}"
+            );
         }
         // The counters live in the maps the successor took over: they go
         // on from where they were.
         let now = intercepted(&s);
-        assert!(now > seen, "restart {}: {now} connects intercepted, {seen} before", i + 1);
+        assert!(
+            now > seen,
+            "restart {}: {now} connects intercepted, {seen} before",
+            i + 1
+        );
         seen = now;
     }
     let t = client.stop();
@@ -171,7 +192,11 @@ fn three_restarts_in_a_row_lose_no_request_and_route_every_one_by_the_dtab() {
     // then the drain, and the programs detach.
     let status = s.stop_proxy().unwrap();
     assert!(status.success(), "{status}:\n{}", s.proxy_log());
-    assert!(s.proxy_log().contains("interception off"), "{}", s.proxy_log());
+    assert!(
+        s.proxy_log().contains("interception off"),
+        "{}",
+        s.proxy_log()
+    );
     let out = s
         .curl(
             &format!("http://{}:{APP_PORT}/", s.world_v1.ip()),
@@ -188,7 +213,7 @@ fn three_restarts_in_a_row_lose_no_request_and_route_every_one_by_the_dtab() {
 
 #[test]
 fn a_successor_that_fails_to_start_leaves_the_running_proxy_serving() {
-    let mut s = start("restart-fail");
+    let mut s = start("restart-fail", Mode::Ebpf);
     let client = LoopClient::start(&s);
     traffic(&s, 100.0);
     let pid = s.proxy_pid();
@@ -202,9 +227,10 @@ fn a_successor_that_fails_to_start_leaves_the_running_proxy_serving() {
     // Settings that do not fit the running data path (another mark): the
     // successor takes the descriptors, refuses, and goes before it says
     // ready; the running proxy serves on with interception on.
-    let other_mark = s
-        .config()
-        .replace(&format!("mark: {PROXY_MARK}"), &format!("mark: {}", PROXY_MARK + 1));
+    let other_mark = s.config().replace(
+        &format!("mark: {PROXY_MARK}"),
+        &format!("mark: {}", PROXY_MARK + 1),
+    );
     assert_ne!(other_mark, s.config());
     let failed = s.start_successor(&other_mark, &[]).unwrap().unwrap_err();
     assert!(failed.contains("does not fit"), "{failed}");
@@ -226,5 +252,27 @@ fn a_successor_that_fails_to_start_leaves_the_running_proxy_serving() {
     }
     let t = client.stop();
     eprintln!("loop client through two failed starts and a restart: {t:?}");
+    assert_all_routed(&s, &t, 250, 1);
+}
+
+#[test]
+fn iptables_mode_restarts_without_losing_a_request() {
+    let mut s = start("restart-nft", Mode::Iptables);
+    let client = LoopClient::start(&s);
+    traffic(&s, 100.0);
+    // The successor replaces the rules in one transaction; the old proxy
+    // leaves them (and conntrack's NAT of what it still serves) alone.
+    let config = s.config();
+    if let Err(e) = s.start_successor(&config, &[]).unwrap() {
+        panic!("the successor failed: {e}");
+    }
+    traffic(&s, 100.0);
+    for (status, log) in s.stop_retired(Duration::from_secs(15)).unwrap() {
+        assert!(status.success(), "{status}:\n{log}");
+        assert!(!log.contains("rules removed"), "{log}");
+    }
+    traffic(&s, 50.0);
+    let t = client.stop();
+    eprintln!("loop client through a restart in iptables mode: {t:?}");
     assert_all_routed(&s, &t, 250, 1);
 }

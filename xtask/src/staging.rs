@@ -324,7 +324,10 @@ impl Staging {
     /// deletes the old pod) and waits up to `limit` for each; their exit
     /// statuses and logs. One that does not exit in time is killed, and
     /// that is an error.
-    pub fn stop_retired(&mut self, limit: Duration) -> Result<Vec<(std::process::ExitStatus, String)>> {
+    pub fn stop_retired(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Vec<(std::process::ExitStatus, String)>> {
         let mut out = Vec::new();
         for (mut child, log) in std::mem::take(&mut self.retired) {
             // SAFETY: kill has no memory preconditions.

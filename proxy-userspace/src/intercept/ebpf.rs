@@ -317,12 +317,13 @@ impl EbpfDataPath {
             let prog = load_program(&mut ebpf, name)?;
             // A bpf link always coexists with other programs on the
             // cgroup (a CNI's, say), and takes no mode flag.
-            let link = sys::link_create(prog, cgroup_dir.as_fd(), attach_type).map_err(|source| {
-                InterceptError::Sys {
-                    what: format!("attaching {name} to {}", opts.cgroup.display()),
-                    source,
-                }
-            })?;
+            let link =
+                sys::link_create(prog, cgroup_dir.as_fd(), attach_type).map_err(|source| {
+                    InterceptError::Sys {
+                        what: format!("attaching {name} to {}", opts.cgroup.display()),
+                        source,
+                    }
+                })?;
             links.push((name, link));
         }
         let (kept, maps) = ebpf_maps(&mut ebpf)?;
@@ -369,7 +370,8 @@ impl EbpfDataPath {
                 what: format!("duplicating map {name}"),
                 source,
             })?;
-            let data = MapData::from_fd(fd).map_err(|source| InterceptError::Map { name, source })?;
+            let data =
+                MapData::from_fd(fd).map_err(|source| InterceptError::Map { name, source })?;
             taken.insert(name, data);
         }
         let (ebpf, logs, sk_msg) = if programs == ours {
@@ -528,7 +530,8 @@ impl EbpfDataPath {
     /// sk_msg, attached to the map rather than linked, would be detached
     /// by the drop, and is left as it is.
     pub fn release(&self) {
-        self.released.store(true, std::sync::atomic::Ordering::Release);
+        self.released
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Stops steering new connects to the proxy (`connect4/6` let them go
@@ -713,10 +716,14 @@ fn ebpf_maps(ebpf: &mut Ebpf) -> Result<(KeptMaps, SharedFds), InterceptError> {
     let mut dups = Vec::new();
     for name in SHARED_MAPS {
         let data = map_data_mut(ebpf.map_mut(name), name)?;
-        let dup = data.fd().as_fd().try_clone_to_owned().map_err(|source| InterceptError::Sys {
-            what: format!("duplicating map {name}"),
-            source,
-        })?;
+        let dup = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| InterceptError::Sys {
+                what: format!("duplicating map {name}"),
+                source,
+            })?;
         dups.push((name, dup));
     }
     let mut take = |name| ebpf.take_map(name).ok_or(InterceptError::Missing(name));
@@ -796,7 +803,10 @@ fn linked_programs(opts: &EbpfOptions) -> Vec<(&'static str, u32)> {
 }
 
 /// Loads one of the cgroup programs into the kernel; its descriptor.
-fn load_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<BorrowedFd<'a>, InterceptError> {
+fn load_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<BorrowedFd<'a>, InterceptError> {
     if name == PROG_SOCKOPS {
         let prog: &mut SockOps = program(ebpf, name)?;
         prog.load().map_err(prog_err(name))?;
@@ -830,7 +840,10 @@ fn map_data_mut<'a>(
 /// Whether a running map can stand in for the one our object declares:
 /// same type, key and value sizes, and capacity.
 fn check_fits(name: &'static str, ours: &MapData, running: &MapData) -> Result<(), InterceptError> {
-    let info = |m: &MapData| m.info().map_err(|source| InterceptError::Map { name, source });
+    let info = |m: &MapData| {
+        m.info()
+            .map_err(|source| InterceptError::Map { name, source })
+    };
     let (a, b) = (info(ours)?, info(running)?);
     let shape = |i: &aya::maps::MapInfo| {
         (

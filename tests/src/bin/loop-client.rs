@@ -91,7 +91,13 @@ fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
-fn run_loop(addr: SocketAddr, request: Vec<u8>, keep_alive: bool, stop: &AtomicBool, tally: &Mutex<Tally>) {
+fn run_loop(
+    addr: SocketAddr,
+    request: Vec<u8>,
+    keep_alive: bool,
+    stop: &AtomicBool,
+    tally: &Mutex<Tally>,
+) {
     let mut conn: Option<TcpStream> = None;
     while !stop.load(Ordering::Relaxed) {
         let reused = conn.is_some();
@@ -169,7 +175,8 @@ fn main() {
     let started = Instant::now();
     let loops: Vec<_> = (0..conns)
         .map(|i| {
-            let (stop, tally, request) = (stop.clone(), tally.clone(), request.clone().into_bytes());
+            let (stop, tally, request) =
+                (stop.clone(), tally.clone(), request.clone().into_bytes());
             std::thread::spawn(move || run_loop(addr, request, i % 2 == 1, &stop, &tally))
         })
         .collect();

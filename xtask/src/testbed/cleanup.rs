@@ -100,7 +100,11 @@ pub fn cleanup_stale() -> Result<usize> {
         if let Some(node) = bed_handover_node(&name)
             && !live.contains(&node)
         {
-            tally("handover socket", &name, fs::remove_file(file.path()).map_err(Into::into));
+            tally(
+                "handover socket",
+                &name,
+                fs::remove_file(file.path()).map_err(Into::into),
+            );
         }
     }
     if addr::live_node_owners()?.is_empty() {
@@ -127,7 +131,9 @@ const HANDOVER_DIR: &str = "/run/sidetrack";
 /// The node address a proxy's handover socket is named for, if it is a
 /// test bed one: `handover-198_18_<b>_1-<port>.sock` is 198.18.b.1.
 fn bed_handover_node(name: &str) -> Option<std::net::Ipv4Addr> {
-    let rest = name.strip_prefix("handover-198_18_")?.strip_suffix(".sock")?;
+    let rest = name
+        .strip_prefix("handover-198_18_")?
+        .strip_suffix(".sock")?;
     let (ip, port) = rest.split_once('-')?;
     let (block, one) = ip.split_once('_')?;
     let block: u8 = block.parse().ok()?;

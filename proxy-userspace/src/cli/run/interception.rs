@@ -11,13 +11,14 @@ use crate::{
     config::{InterceptMode, Settings, parse_cidr},
     handover::{EbpfMeta, Predecessor},
     intercept::{
-        EbpfDataPath, EbpfOptions, InterceptSpec, OrigDst, cgroup,
-        ebpf::Handed,
-        nft::NftRules,
+        EbpfDataPath, EbpfOptions, InterceptSpec, OrigDst, cgroup, ebpf::Handed, nft::NftRules,
     },
     observe::metrics::{ExtraCounters, Metrics},
     proxy::ProxyConfig,
 };
+
+/// Descriptors to hand over, each with the name the successor asks for.
+pub(super) type NamedFds = Vec<(String, OwnedFd)>;
 
 /// What keeps interception in place while the proxy runs: dropping it
 /// detaches the eBPF programs or deletes the nftables rules.
@@ -55,7 +56,7 @@ impl Interception {
 
     /// What a successor is offered: the eBPF data path's description and
     /// descriptors (duplicates, the successor's to keep).
-    pub(super) fn offer(&self) -> std::io::Result<(Option<EbpfMeta>, Vec<(String, OwnedFd)>)> {
+    pub(super) fn offer(&self) -> std::io::Result<(Option<EbpfMeta>, NamedFds)> {
         let Interception::Ebpf(datapath) = self else {
             return Ok((None, Vec::new()));
         };
@@ -173,7 +174,11 @@ fn handed(p: &mut Predecessor, opts: &EbpfOptions) -> Result<Handed, String> {
         ))
     };
     if meta.abi != proxy_common::ABI {
-        return refuse(format!("map contract {}, ours is {}", meta.abi, proxy_common::ABI));
+        return refuse(format!(
+            "map contract {}, ours is {}",
+            meta.abi,
+            proxy_common::ABI
+        ));
     }
     let same_cgroup = match (meta.cgroup.canonicalize(), opts.cgroup.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
