@@ -5,12 +5,16 @@
 //! applies without a restart, and a file that no longer parses is refused
 //! with a log line while the old settings stay. SIGTERM or SIGINT stops
 //! accepting, lets in-flight requests finish within the grace period, and
-//! exits 0.
+//! exits 0. A proxy already running on the same address hands its
+//! listeners and interception over (`crate::handover`): the new one takes
+//! them before the old one stops accepting, and the old one drains.
 //!
 //! This file is the start-up sequence; each step it takes has a file of its
 //! own: `interception` (eBPF programs or nftables rules), `limits` (open
 //! files), `listen` (the workers' listeners), `affinity` (pinning workers),
-//! `signals` (stop signals, workers' ends) and `reload` (the file watcher).
+//! `signals` (stop signals, workers' ends), `succession` (taking over from a
+//! running proxy, offering ours to a successor) and `reload` (the file
+//! watcher).
 
 mod affinity;
 mod interception;
