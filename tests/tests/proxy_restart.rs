@@ -253,6 +253,21 @@ fn a_successor_that_fails_to_start_leaves_the_running_proxy_serving() {
     let t = client.stop();
     eprintln!("loop client through two failed starts and a restart: {t:?}");
     assert_all_routed(&s, &t, 250, 1);
+    // Nothing was pinned: with the old proxy gone, the new one is the last
+    // holder of the programs, and killed it still fails open.
+    s.kill_proxy().unwrap();
+    let direct = format!("world ({})", s.world_v1.ip());
+    assert!(
+        sidetrack_tests::eventually(5, || {
+            s.curl(
+                &format!("http://{}:{APP_PORT}/", s.world_v1.ip()),
+                std::net::SocketAddrV4::new(s.world_v1.ip(), APP_PORT),
+                &["Host: world", STAGE_V2],
+            )
+            .is_ok_and(|out| out == direct.as_bytes())
+        }),
+        "after SIGKILL, connects go straight to the pod"
+    );
 }
 
 #[test]
