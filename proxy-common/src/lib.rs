@@ -5,6 +5,13 @@
 //! every byte. Map names are constants so that neither side spells them twice.
 #![no_std]
 
+/// The version of this contract: the maps' names, key and value layouts
+/// and what their values mean. A proxy hands its maps over on a restart
+/// only to a successor built with the same version (see the handover in
+/// docs/ARCHITECTURE.md); bump it with any change a running program and a
+/// new userspace (or the reverse) could read differently.
+pub const ABI: u32 = 1;
+
 /// Name of the SOCKHASH that holds sockets eligible for `sk_msg` redirection,
 /// keyed by [`SockKey`].
 pub const MAP_SOCKHASH: &str = "SOCKHASH";

@@ -98,6 +98,8 @@ pub struct Settings {
     /// Routing rules, tried in order per request: the first that matches
     /// adds its dtab (see `route::rules`); reloaded live.
     pub rules: Vec<crate::route::rules::RuleSettings>,
+    /// Restarts without a gap (see `handover`).
+    pub handover: Handover,
 }
 
 /// Weighted rollouts. Read at start.
@@ -109,6 +111,31 @@ pub struct Rollouts {
     /// weights stay, and when a branch's weight grows the values it had
     /// keep it. A request without the header is chosen at random.
     pub sticky_header: Option<String>,
+}
+
+/// How a new proxy takes over from a running one. Read at start.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Handover {
+    /// Take over from a proxy running on the same listen address, and let
+    /// a successor take over from this one.
+    pub enabled: bool,
+    /// The Unix socket the running proxy offers its listeners and eBPF
+    /// data path on; default `/run/sidetrack/handover-<ip>-<port>.sock`
+    /// (none when listening on port 0).
+    pub socket: Option<PathBuf>,
+    /// How long either side waits for the other's next message.
+    pub timeout_ms: u64,
+}
+
+impl Default for Handover {
+    fn default() -> Self {
+        Handover {
+            enabled: true,
+            socket: None,
+            timeout_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -138,6 +165,19 @@ impl Default for Interception {
             mark: 0x5354,
         }
     }
+}
+
+/// The handover socket's path when the settings name none: one per listen
+/// address, under /run/sidetrack. `None` for port 0 (a proxy whose port is
+/// picked anew each start has nothing to take over).
+pub fn default_handover_socket(listen: SocketAddr) -> Option<PathBuf> {
+    (listen.port() != 0).then(|| {
+        let ip = listen.ip().to_string().replace([':', '.'], "_");
+        PathBuf::from(format!(
+            "/run/sidetrack/handover-{ip}-{}.sock",
+            listen.port()
+        ))
+    })
 }
 
 /// Parses `a.b.c.d/len` (a bare address is a /32).
@@ -259,6 +299,7 @@ impl Default for Settings {
             overrides: Default::default(),
             rollouts: Rollouts::default(),
             rules: Vec::new(),
+            handover: Handover::default(),
         }
     }
 }
@@ -340,6 +381,7 @@ impl Settings {
             ("pool.idle_timeout_ms", p.idle_timeout_ms),
             ("pool.connect_timeout_ms", p.connect_timeout_ms),
             ("pool.eject_ms", p.eject_ms),
+            ("handover.timeout_ms", self.handover.timeout_ms),
         ];
         for (name, v) in durations {
             if v > MAX_MS {
@@ -364,6 +406,18 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// Where this proxy offers its sockets to a successor and looks for a
+    /// predecessor; `None` when handover is off.
+    pub fn handover_socket(&self) -> Option<PathBuf> {
+        if !self.handover.enabled {
+            return None;
+        }
+        self.handover
+            .socket
+            .clone()
+            .or_else(|| default_handover_socket(self.listen))
     }
 
     /// Reads and parses a settings file.
@@ -416,6 +470,25 @@ mod tests {
             (s.route_cache_max_bytes, s.route_cache_max_key_bytes),
             (1000, 100)
         );
+    }
+
+    #[test]
+    fn the_handover_socket_is_per_listen_address_and_can_be_off() {
+        let s = Settings::from_yaml("listen: 10.0.0.5:4140\n").unwrap();
+        assert_eq!(
+            s.handover_socket().unwrap(),
+            PathBuf::from("/run/sidetrack/handover-10_0_0_5-4140.sock")
+        );
+        let s = Settings::from_yaml("listen: 127.0.0.1:0\n").unwrap();
+        assert_eq!(s.handover_socket(), None, "port 0: nothing to take over");
+        let s = Settings::from_yaml(
+            "listen: 10.0.0.5:4140\nhandover:\n  socket: /tmp/h.sock\n  timeout_ms: 5\n",
+        )
+        .unwrap();
+        assert_eq!(s.handover_socket().unwrap(), PathBuf::from("/tmp/h.sock"));
+        let s =
+            Settings::from_yaml("listen: 10.0.0.5:4140\nhandover:\n  enabled: false\n").unwrap();
+        assert_eq!(s.handover_socket(), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod dtab;
+pub mod handover;
 pub mod http;
 pub mod intercept;
 pub mod logging;

@@ -76,7 +76,7 @@ fn a_keep_alive_request_allocates_nothing_on_the_proxy() {
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop, stop_rx) = tokio::sync::watch::channel(proxy::Stop::No);
     // A worker as the binary runs it: a thread with its own event loop.
     let server = std::thread::spawn(move || {
         COUNTED.with(|c| c.set(true));
@@ -106,7 +106,7 @@ fn a_keep_alive_request_allocates_nothing_on_the_proxy() {
     }
     let per_request = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64;
     eprintln!("heap allocations per proxied keep-alive request: {per_request:.3}");
-    stop.send(true).unwrap();
+    stop.send(proxy::Stop::Drain).unwrap();
     drop(c);
     assert!(server.join().unwrap(), "the worker drained");
     assert!(per_request < 0.01, "{per_request} allocations per request");

@@ -94,6 +94,11 @@ pub struct Staging {
     proxy_log: PathBuf,
     /// Settings appended to the proxy's file (rules, an override policy).
     extra_config: String,
+    /// Proxies a successor took over from, still draining or waiting for
+    /// their stop signal, with their logs.
+    retired: Vec<(Child, PathBuf)>,
+    /// Proxies started so far (each has its own settings and log file).
+    starts: usize,
     /// iptables mode: the machine's nftables are this run's alone (see
     /// `BedLock::take_nft`); dropped after the proxy removed its rules.
     _nft: Option<BedLock>,
@@ -133,6 +138,8 @@ impl Staging {
             proxy: None,
             proxy_log: PathBuf::new(),
             extra_config: String::new(),
+            retired: Vec::new(),
+            starts: 0,
             _nft: nft,
             node,
         };
@@ -193,8 +200,9 @@ impl Staging {
         Ok(())
     }
 
-    /// The proxy's settings file.
-    fn config(&self) -> String {
+    /// The proxy's settings file: the scenario's, with its handover socket
+    /// in the scenario's directory.
+    pub fn config(&self) -> String {
         let (svc, svc_len) = SERVICE_RANGE;
         let mut dtab = String::new();
         for line in DTAB.lines() {
@@ -206,7 +214,8 @@ impl Staging {
             "listen: {proxy}\nadmin: {admin}\nintercept: {mode}\nfs_dir: {disco}\nwatch_interval_ms: 200\n\
              dtab: |\n{dtab}\
              interception:\n  cidrs: [{svc}/{svc_len}, {hello}/32, {v1}/32]\n  exclude_ports: [{EXCLUDED_PORT}]\n  \
-             cgroup: {cgroup}\n  mark: {PROXY_MARK}\n",
+             cgroup: {cgroup}\n  mark: {PROXY_MARK}\nhandover:\n  socket: {handover}\n",
+            handover = self.dir.join("handover.sock").display(),
             proxy = self.proxy_addr,
             admin = self.admin_addr,
             mode = self.mode.flag(),
@@ -222,7 +231,7 @@ impl Staging {
     /// watch interval (200 ms).
     pub fn reconfigure(&mut self, extra: &str) -> Result<()> {
         self.extra_config = extra.to_owned();
-        let config = self.dir.join("sidetrack.yaml");
+        let config = self.dir.join(format!("sidetrack-{}.yaml", self.starts));
         let tmp = self.dir.join(".sidetrack.yaml.tmp");
         fs::write(&tmp, self.config())?;
         fs::rename(&tmp, &config)?;
@@ -231,25 +240,9 @@ impl Staging {
 
     /// Starts the proxy (again, after `kill_proxy`) and waits for /ready.
     pub fn start_proxy(&mut self) -> Result<()> {
-        let config = self.dir.join("sidetrack.yaml");
-        fs::write(&config, self.config())?;
-        let proxy_cgroup = self.node.cgroup_path().join("sidetrack");
-        if !proxy_cgroup.is_dir() {
-            fs::create_dir(&proxy_cgroup)?;
-        }
-        self.proxy_log = self.dir.join("sidetrack.log");
-        let log = fs::File::create(&self.proxy_log)?;
-        let mut cmd = Command::new(&self.bins.sidetrack);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        node_process(&mut cmd, &proxy_cgroup)?;
-        let child = cmd.spawn().context("start sidetrack")?;
+        let (child, log) = self.spawn_proxy(&self.config(), &[])?;
         self.proxy = Some(child);
+        self.proxy_log = log;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(child) = &mut self.proxy
@@ -267,6 +260,111 @@ impl Staging {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts `sidetrack run` with the settings `config` (and `env`) as a
+    /// process of the node, logging to a file of its own.
+    fn spawn_proxy(&mut self, config: &str, env: &[(&str, &str)]) -> Result<(Child, PathBuf)> {
+        self.starts += 1;
+        let path = self.dir.join(format!("sidetrack-{}.yaml", self.starts));
+        fs::write(&path, config)?;
+        let proxy_cgroup = self.node.cgroup_path().join("sidetrack");
+        if !proxy_cgroup.is_dir() {
+            fs::create_dir(&proxy_cgroup)?;
+        }
+        let log_path = self.dir.join(format!("sidetrack-{}.log", self.starts));
+        let log = fs::File::create(&log_path)?;
+        let mut cmd = Command::new(&self.bins.sidetrack);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        node_process(&mut cmd, &proxy_cgroup)?;
+        let child = cmd.spawn().context("start sidetrack")?;
+        Ok((child, log_path))
+    }
+
+    /// Starts a second proxy with `config` while the running one serves,
+    /// as a DaemonSet's rolling update with a surge does. `Ok(Ok(()))` once
+    /// it took over (it says where it listens): it is the proxy from then
+    /// on, and the old one is retired (see [`Staging::stop_retired`]).
+    /// `Ok(Err(..))` with its exit status and log when it exits first.
+    pub fn start_successor(
+        &mut self,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<std::result::Result<(), String>> {
+        let (mut child, log) = self.spawn_proxy(config, env)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                return Ok(Err(format!("exited ({status}):\n{text}")));
+            }
+            if fs::read_to_string(&log).is_ok_and(|t| t.contains("listening on http://")) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the successor did not take over:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(old) = self.proxy.replace(child) {
+            let old_log = std::mem::replace(&mut self.proxy_log, log);
+            self.retired.push((old, old_log));
+        } else {
+            self.proxy_log = log;
+        }
+        Ok(Ok(()))
+    }
+
+    /// The retired proxies' logs, oldest first.
+    pub fn retired_logs(&self) -> Vec<String> {
+        self.retired
+            .iter()
+            .map(|(_, log)| fs::read_to_string(log).unwrap_or_default())
+            .collect()
+    }
+
+    /// Sends SIGTERM to every retired proxy (what the kubelet does when it
+    /// deletes the old pod) and waits up to `limit` for each; their exit
+    /// statuses and logs. One that does not exit in time is killed, and
+    /// that is an error.
+    pub fn stop_retired(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Vec<(std::process::ExitStatus, String)>> {
+        let mut out = Vec::new();
+        for (mut child, log) in std::mem::take(&mut self.retired) {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + limit;
+            let status = loop {
+                if let Some(status) = child.try_wait()? {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    child.kill()?;
+                    child.wait()?;
+                    bail!(
+                        "a retired proxy did not exit within {limit:?}:\n{}",
+                        fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            out.push((status, fs::read_to_string(&log).unwrap_or_default()));
+        }
+        Ok(out)
     }
 
     /// Stops the proxy with SIGTERM (it drains, detaches or removes its
@@ -401,7 +499,14 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        // Gracefully, so that iptables mode removes its rules.
+        // Retired proxies first (they leave interception alone), then the
+        // current one gracefully, so that iptables mode removes its rules.
+        if self.stop_retired(Duration::from_secs(15)).is_err() {
+            for (child, _) in &mut self.retired {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
         if self.proxy.is_some() && self.stop_proxy().is_err() {
             let _ = self.kill_proxy();
         }

@@ -44,7 +44,13 @@ pub struct Admin {
 }
 
 /// Starts the admin server on its own thread; returns the bound address.
-pub fn spawn(listener: std::net::TcpListener, admin: Admin) -> std::io::Result<SocketAddr> {
+/// It accepts until `stop` turns true (after a restart handed the listener
+/// to a successor), then lets go of the listener.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    admin: Admin,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     let admin = Arc::new(admin);
@@ -58,7 +64,11 @@ pub fn spawn(listener: std::net::TcpListener, admin: Admin) -> std::io::Result<S
             rt.block_on(async move {
                 let listener = TcpListener::from_std(listener).expect("admin listener");
                 loop {
-                    let stream = match listener.accept().await {
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = stop.wait_for(|s| *s) => break,
+                    };
+                    let stream = match accepted {
                         Ok((stream, _)) => stream,
                         // EMFILE and friends: back off instead of spinning.
                         Err(e) => {
@@ -78,6 +88,10 @@ pub fn spawn(listener: std::net::TcpListener, admin: Admin) -> std::io::Result<S
                             .await;
                     });
                 }
+                // The listener is the successor's now; requests already
+                // read get a moment to be answered.
+                drop(listener);
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             });
         })?;
     Ok(addr)

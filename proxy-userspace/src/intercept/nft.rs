@@ -64,21 +64,27 @@ impl NftRules {
                 set(exclude_ports.iter().map(u16::to_string).collect())
             ));
         }
+        // One transaction: a table left by an earlier proxy on the same
+        // port (the one a restart takes over from, or a killed one's) is
+        // replaced at once, so no connect finds no rule in between (the
+        // empty `table` line makes the delete valid when there is none).
         let script = format!(
-            "table ip {table} {{\n\
+            "table ip {table} {{}}\ndelete table ip {table}\n\
+             table ip {table} {{\n\
              \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\
              \t\tmeta mark {mark:#x} return\n\t\t{matches} dnat to {proxy}\n\t}}\n\
              \tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n\
              \t\tmeta mark {mark:#x} return\n\t\t{matches} dnat to {proxy}\n\t}}\n}}\n"
         );
-        // A table left by an earlier proxy on the same port goes first.
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &table])
-            .stderr(Stdio::null())
-            .status();
         nft_script(&script).map_err(|e| format!("{e}\n{script}"))?;
         tracing::info!(table, %proxy, "nftables interception rules installed");
         Ok(NftRules { table })
+    }
+
+    /// Lets go of the rules without deleting them: a successor installed
+    /// its own in their place.
+    pub fn release(self) {
+        std::mem::forget(self);
     }
 
     /// Stops sending new connections to the proxy: a `return` goes at the

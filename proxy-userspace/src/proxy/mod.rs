@@ -304,7 +304,20 @@ const REFUSAL_MEMORY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
     l5d-err: the proxy is near its memory budget (limits.memory_budget_bytes)\r\n\
     connection: close\r\ncontent-length: 0\r\n\r\n";
 
-/// Runs one worker on the calling thread until `shutdown` turns true and
+/// What the workers are told through their watch channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Serve.
+    No,
+    /// Stop accepting, take what waits in the accept queue (the listener
+    /// closes with this process), and drain.
+    Drain,
+    /// Stop accepting and drain; the accept queue is left to the successor
+    /// that holds the same listening sockets.
+    HandedOver,
+}
+
+/// Runs one worker on the calling thread until `shutdown` says stop and
 /// its connections drained (see [`serve`]): a tokio current-thread runtime
 /// with the I/O driver only (deadlines live on the watchdog), the
 /// connections as tasks on a `LocalSet`, and, with `yield_before_wait`,
@@ -313,7 +326,7 @@ const REFUSAL_MEMORY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 pub fn run_worker(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<Stop>,
     grace: Duration,
     yield_before_wait: bool,
 ) -> std::io::Result<bool> {
@@ -338,13 +351,13 @@ pub fn run_worker(
     })
 }
 
-/// Accepts and serves until `shutdown` turns true, then drains for at most
+/// Accepts and serves until `shutdown` says stop, then drains for at most
 /// `grace`. Returns whether every connection finished in time. Runs inside
 /// a `LocalSet`: connections are local tasks.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Stop>,
     grace: Duration,
 ) -> bool {
     let max = shared.cfg.max_connections;
@@ -358,7 +371,7 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = shutdown.wait_for(|s| *s != Stop::No) => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -383,11 +396,19 @@ pub async fn serve(
         }
     }
     watchdog.drain();
-    // Interception is off by now (the caller switches it off before it
-    // says stop), so nothing new is steered here; but connects steered
-    // just before wait in the backlog, and closing the listener would
-    // reset them. Take them first; each may still send its request.
-    let (swept, added) = sweep_backlog(listener, &slots, &worker);
+    let (swept, added) = if *shutdown.borrow() == Stop::HandedOver {
+        // The successor accepts from this very queue: nothing to take,
+        // and closing our descriptor leaves the socket open in its hands.
+        drop(listener);
+        (0, 0)
+    } else {
+        // Interception is off by now (the caller switches it off before
+        // it says stop), so nothing new is steered here; but connects
+        // steered just before wait in the backlog, and closing the
+        // listener would reset them. Take them first; each may still send
+        // its request.
+        sweep_backlog(listener, &slots, &worker)
+    };
     if swept > 0 {
         tracing::info!(connections = swept, "took the connections still queued");
     }

@@ -91,6 +91,22 @@ pub fn cleanup_stale() -> Result<usize> {
             tally("nftables table", &table, r);
         }
     }
+    // Proxies listening on a node address (the benchmark's) offer their
+    // sockets to a successor on a Unix socket named for that address under
+    // /run/sidetrack; one killed leaves the file behind. A new proxy would
+    // find nobody there and carry on, but the files would pile up.
+    for file in fs::read_dir(HANDOVER_DIR).into_iter().flatten().flatten() {
+        let name = file.file_name().to_string_lossy().into_owned();
+        if let Some(node) = bed_handover_node(&name)
+            && !live.contains(&node)
+        {
+            tally(
+                "handover socket",
+                &name,
+                fs::remove_file(file.path()).map_err(Into::into),
+            );
+        }
+    }
     if addr::live_node_owners()?.is_empty() {
         sysctl::restore()?;
     }
@@ -109,6 +125,21 @@ fn nft_tables() -> Vec<String> {
         .collect()
 }
 
+/// Where proxies put their handover sockets by default.
+const HANDOVER_DIR: &str = "/run/sidetrack";
+
+/// The node address a proxy's handover socket is named for, if it is a
+/// test bed one: `handover-198_18_<b>_1-<port>.sock` is 198.18.b.1.
+fn bed_handover_node(name: &str) -> Option<std::net::Ipv4Addr> {
+    let rest = name
+        .strip_prefix("handover-198_18_")?
+        .strip_suffix(".sock")?;
+    let (ip, port) = rest.split_once('-')?;
+    let (block, one) = ip.split_once('_')?;
+    let block: u8 = block.parse().ok()?;
+    (one == "1" && port.parse::<u16>().is_ok()).then(|| addr::node_ip(block))
+}
+
 /// The node address a proxy's table is named for, if it is a test bed one:
 /// `sidetrack_198_18_<b>_1_<port>` is 198.18.b.1.
 fn bed_table_node(table: &str) -> Option<std::net::Ipv4Addr> {
@@ -122,6 +153,17 @@ fn bed_table_node(table: &str) -> Option<std::net::Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_bed_node_handover_sockets_are_named_for_a_node() {
+        assert_eq!(
+            bed_handover_node("handover-198_18_7_1-4140.sock"),
+            Some(addr::node_ip(7))
+        );
+        assert_eq!(bed_handover_node("handover-10_0_0_1-4140.sock"), None);
+        assert_eq!(bed_handover_node("handover-198_18_7_2-4140.sock"), None);
+        assert_eq!(bed_handover_node("handover-198_18_7_1-4140.sock.123"), None);
+    }
 
     #[test]
     fn only_bed_node_tables_are_named_for_a_node() {

@@ -3,15 +3,22 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    os::fd::OwnedFd,
     sync::Arc,
 };
 
 use crate::{
     config::{InterceptMode, Settings, parse_cidr},
-    intercept::{EbpfDataPath, EbpfOptions, InterceptSpec, OrigDst, cgroup, nft::NftRules},
+    handover::{EbpfMeta, Predecessor},
+    intercept::{
+        EbpfDataPath, EbpfOptions, InterceptSpec, OrigDst, cgroup, ebpf::Handed, nft::NftRules,
+    },
     observe::metrics::{ExtraCounters, Metrics},
     proxy::ProxyConfig,
 };
+
+/// Descriptors to hand over, each with the name the successor asks for.
+pub(super) type NamedFds = Vec<(String, OwnedFd)>;
 
 /// What keeps interception in place while the proxy runs: dropping it
 /// detaches the eBPF programs or deletes the nftables rules.
@@ -36,15 +43,48 @@ impl Interception {
             Err(e) => tracing::warn!("could not switch interception off before draining: {e}"),
         }
     }
+
+    /// Lets go without undoing anything: a successor holds the programs or
+    /// has put its own rules in place.
+    pub(super) fn release(self) {
+        match self {
+            Interception::None => {}
+            Interception::Ebpf(datapath) => datapath.release(),
+            Interception::Nft(rules) => rules.release(),
+        }
+    }
+
+    /// What a successor is offered: the eBPF data path's description and
+    /// descriptors (duplicates, the successor's to keep).
+    pub(super) fn offer(&self) -> std::io::Result<(Option<EbpfMeta>, NamedFds)> {
+        let Interception::Ebpf(datapath) = self else {
+            return Ok((None, Vec::new()));
+        };
+        let fds = datapath
+            .handover_fds()
+            .into_iter()
+            .map(|(name, fd)| Ok((name, fd.try_clone_to_owned()?)))
+            .collect::<std::io::Result<_>>()?;
+        let meta = EbpfMeta {
+            abi: proxy_common::ABI,
+            programs: datapath.programs(),
+            cgroup: datapath.cgroup().to_owned(),
+            mark: datapath.mark(),
+        };
+        Ok((Some(meta), fds))
+    }
 }
 
 /// Sets up the `--intercept` mode: the eBPF programs or the nftables rules,
 /// the proxy's own-socket mark and source address, and where original
 /// destinations are looked up.
+/// With a `predecessor` (a restart), its data path is taken over rather
+/// than set up afresh.
 pub(super) fn start_interception(
     s: &Settings,
     cfg: &mut ProxyConfig,
     metrics: &Arc<Metrics>,
+    predecessor: Option<&mut Predecessor>,
 ) -> Result<(Option<OrigDst>, Interception), String> {
     if s.intercept == InterceptMode::None {
         return Ok((None, Interception::None));
@@ -79,11 +119,15 @@ pub(super) fn start_interception(
                 exclude_ports: i.exclude_ports.clone(),
                 mark: i.mark,
             };
-            let mut datapath = EbpfDataPath::load(&EbpfOptions {
+            let opts = EbpfOptions {
                 cgroup,
                 forward_logs: true,
                 intercept: Some(spec),
-            })
+            };
+            let mut datapath = match predecessor {
+                None => EbpfDataPath::load(&opts),
+                Some(p) => EbpfDataPath::adopt(&opts, handed(p, &opts)?),
+            }
             .map_err(|e| format!("eBPF interception: {e}"))?;
             // Loading parsed the kernel's BTF and the object (megabytes,
             // freed again), and glibc keeps freed heap pages: hand them
@@ -107,11 +151,65 @@ pub(super) fn start_interception(
             Ok((Some(OrigDst::Ebpf(map)), Interception::Ebpf(datapath)))
         }
         InterceptMode::Iptables => {
+            // On a restart too: the predecessor's table is replaced in one
+            // transaction, and it leaves ours in place when it goes.
             let rules = NftRules::install(proxy, &cidrs, &i.ports, &i.exclude_ports, i.mark)?;
             Ok((Some(OrigDst::Conntrack), Interception::Nft(rules)))
         }
         InterceptMode::None => unreachable!("handled above"),
     }
+}
+
+/// The predecessor's eBPF data path, if it fits ours: the same map
+/// contract, cgroup and mark (the mark is how the programs tell the
+/// proxy's sockets, the predecessor's among them while it drains).
+fn handed(p: &mut Predecessor, opts: &EbpfOptions) -> Result<Handed, String> {
+    let Some(meta) = p.meta.ebpf.clone() else {
+        return Err("the running proxy handed over no eBPF data path".into());
+    };
+    let refuse = |what: String| {
+        Err(format!(
+            "the running proxy's eBPF data path does not fit: {what}; \
+             stop it first (a restart with a gap)"
+        ))
+    };
+    if meta.abi != proxy_common::ABI {
+        return refuse(format!(
+            "map contract {}, ours is {}",
+            meta.abi,
+            proxy_common::ABI
+        ));
+    }
+    let same_cgroup = match (meta.cgroup.canonicalize(), opts.cgroup.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => meta.cgroup == opts.cgroup,
+    };
+    if !same_cgroup {
+        return refuse(format!(
+            "attached to {}, ours is {}",
+            meta.cgroup.display(),
+            opts.cgroup.display()
+        ));
+    }
+    let mark = opts.intercept.as_ref().map_or(0, |s| s.mark);
+    if meta.mark != mark {
+        return refuse(format!("mark {:#x}, ours is {mark:#x}", meta.mark));
+    }
+    let names: Vec<String> = p
+        .meta
+        .fds
+        .iter()
+        .filter(|n| n.starts_with("map:") || n.starts_with("link:"))
+        .cloned()
+        .collect();
+    let fds = names
+        .into_iter()
+        .filter_map(|name| p.take(&name).map(|fd| (name, fd)))
+        .collect();
+    Ok(Handed {
+        programs: meta.programs,
+        fds,
+    })
 }
 
 struct EbpfCounters(Arc<EbpfDataPath>);

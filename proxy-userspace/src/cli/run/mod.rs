@@ -5,12 +5,16 @@
 //! applies without a restart, and a file that no longer parses is refused
 //! with a log line while the old settings stay. SIGTERM or SIGINT stops
 //! accepting, lets in-flight requests finish within the grace period, and
-//! exits 0.
+//! exits 0. A proxy already running on the same address hands its
+//! listeners and interception over (`crate::handover`): the new one takes
+//! them before the old one stops accepting, and the old one drains.
 //!
 //! This file is the start-up sequence; each step it takes has a file of its
 //! own: `interception` (eBPF programs or nftables rules), `limits` (open
 //! files), `listen` (the workers' listeners), `affinity` (pinning workers),
-//! `signals` (stop signals, workers' ends) and `reload` (the file watcher).
+//! `signals` (stop signals, workers' ends), `succession` (taking over from a
+//! running proxy, offering ours to a successor) and `reload` (the file
+//! watcher).
 
 mod affinity;
 mod interception;
@@ -18,9 +22,11 @@ mod limits;
 mod listen;
 mod reload;
 mod signals;
+mod succession;
 
 use std::{
     net::SocketAddr,
+    os::fd::OwnedFd,
     path::PathBuf,
     process::ExitCode,
     sync::{
@@ -36,17 +42,18 @@ use crate::{
     admin,
     config::{IdentifierKind, InterceptMode, Settings, ms},
     dtab::{Dtab, Namers},
+    handover,
     namer::fs::{self, FsNamer},
     observe::metrics::{ExtraCounters, Metrics},
     proxy::{
-        self, ProxyConfig, Shared,
+        self, ProxyConfig, Shared, Stop,
         budget::{BudgetMetrics, MemoryBudget},
     },
     route::{Identifier, OverridePolicy, Router, RouterLimits, Rules, overrides, signing::Keys},
 };
 
 pub use affinity::{allowed_cpus, pin, pin_current};
-use interception::start_interception;
+use interception::{Interception, start_interception};
 use limits::raise_fd_limit;
 use listen::bind_workers;
 use reload::spawn_reloader;
@@ -146,6 +153,23 @@ impl RunArgs {
         };
         let settings = self.settings()?;
         let base = parse_base(&settings)?;
+        // A proxy running on our address hands its sockets and data path
+        // over: it is asked before anything is bound or loaded, and keeps
+        // serving until we say ready. Whatever fails before that leaves it
+        // as it was.
+        let handover_path = settings.handover_socket();
+        let mut predecessor = match &handover_path {
+            Some(path) => handover::connect(path, ms(settings.handover.timeout_ms))?,
+            None => None,
+        };
+        if let Some(p) = &predecessor {
+            succession::check(&settings, &p.meta)?;
+            tracing::info!(
+                pid = p.meta.pid,
+                version = p.meta.version,
+                "taking over from the running proxy"
+            );
+        }
         let generation = Arc::new(AtomicU64::new(0));
         let fs_namer = settings
             .fs_dir
@@ -164,13 +188,55 @@ impl RunArgs {
         metrics.add_extra(Arc::new(CacheCounters(router.clone())));
 
         raise_fd_limit(settings.limits.max_connections);
-        let workers = settings.workers.max(1);
-        let listeners = bind_workers(settings.listen, workers)
-            .map_err(|e| format!("listening on {}: {e}", settings.listen))?;
-        let admin_listener = std::net::TcpListener::bind(settings.admin)
-            .map_err(|e| format!("admin listener on {}: {e}", settings.admin))?;
+        let listeners = match &mut predecessor {
+            Some(p) => succession::take_listeners(p, settings.listen, settings.workers.max(1))?,
+            None => bind_workers(settings.listen, settings.workers.max(1))
+                .map_err(|e| format!("listening on {}: {e}", settings.listen))?,
+        };
+        let workers = listeners.len();
+        let handed_admin = predecessor
+            .as_mut()
+            .filter(|p| p.meta.admin == settings.admin)
+            .and_then(|p| p.take("admin"));
+        let admin_listener = match handed_admin {
+            Some(fd) => std::net::TcpListener::from(fd),
+            None => std::net::TcpListener::bind(settings.admin)
+                .map_err(|e| format!("admin listener on {}: {e}", settings.admin))?,
+        };
         let listen_addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
         let ready = Arc::new(AtomicBool::new(false));
+
+        let mut cfg = ProxyConfig::from_settings(&settings);
+        // Each worker accepts on its own listener, so each takes its share.
+        cfg.max_connections = cfg.max_connections.div_ceil(workers);
+        let (orig_dst, interception) =
+            start_interception(&settings, &mut cfg, &metrics, predecessor.as_mut())?;
+        // What a successor of ours will be offered: duplicates of every
+        // listener, kept before the workers take them.
+        let offered = match handover_path
+            .as_deref()
+            .map(|path| own_offer(path, &listeners, &admin_listener, &interception))
+        {
+            Some(Ok(offer)) => Some(offer),
+            Some(Err(e)) => {
+                tracing::warn!("restarts will have a gap: {e}");
+                None
+            }
+            None => None,
+        };
+        if let Some(p) = predecessor.take() {
+            let pid = p.meta.pid;
+            if let Err(e) = p.commit() {
+                // Nothing of ours served yet; what we hold is its too.
+                interception.release();
+                return Err(format!(
+                    "taking over from pid {pid}: {e}; it goes on serving"
+                ));
+            }
+            tracing::info!(pid, "took over; the old proxy drains what it holds");
+        }
+
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
         let admin_addr = admin::spawn(
             admin_listener,
             admin::Admin {
@@ -178,13 +244,9 @@ impl RunArgs {
                 router: router.clone(),
                 ready: ready.clone(),
             },
+            admin_stop_rx,
         )
         .map_err(|e| format!("admin server: {e}"))?;
-
-        let mut cfg = ProxyConfig::from_settings(&settings);
-        // Each worker accepts on its own listener, so each takes its share.
-        cfg.max_connections = cfg.max_connections.div_ceil(workers);
-        let (orig_dst, interception) = start_interception(&settings, &mut cfg, &metrics)?;
         let shared = Arc::new(Shared {
             cfg,
             router: router.clone(),
@@ -199,12 +261,34 @@ impl RunArgs {
         metrics.add_extra(Arc::new(BudgetMetrics(shared.clone())));
         let grace = ms(settings.shutdown_grace_ms);
         let yield_before_wait = settings.yield_before_wait;
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(Stop::No);
 
         let cpus = if settings.pin_workers {
             allowed_cpus().map_err(|e| format!("pin_workers: {e}"))?
         } else {
             Vec::new()
+        };
+        let (handover_tx, mut handover_rx) = tokio::sync::mpsc::unbounded_channel();
+        let handover_listener = match offered {
+            Some((listener, ebpf, fds)) => {
+                let listener = Arc::new(listener);
+                match listener.publish().and_then(|()| {
+                    succession::offer_to_successors(
+                        listener.clone(),
+                        &settings,
+                        ebpf,
+                        fds,
+                        handover_tx,
+                    )
+                }) {
+                    Ok(()) => Some(listener),
+                    Err(e) => {
+                        tracing::warn!("restarts will have a gap: handover socket: {e}");
+                        None
+                    }
+                }
+            }
+            None => None,
         };
         spawn_reloader(self, settings, router);
 
@@ -244,36 +328,95 @@ impl RunArgs {
         tracing::info!(
             "listening on http://{listen_addr}, admin on http://{admin_addr}, {workers} worker(s)"
         );
-        let worker_died = signals.block_on(async {
-            tokio::select! {
-                _ = stop_signals.recv() => None,
-                Some(i) = exited_rx.recv() => Some(i),
+        // Until a stop signal, a worker's end or a successor's takeover. A
+        // signal while a successor prepares waits for its outcome: it may
+        // be the one that replaces us (a DaemonSet's surge), and switching
+        // interception off under it would stop its traffic too.
+        let mut signalled = false;
+        let mut successor_preparing = false;
+        let ending = signals.block_on(async {
+            loop {
+                tokio::select! {
+                    _ = stop_signals.recv() => {
+                        if !successor_preparing || signalled {
+                            signalled = true;
+                            return Ending::Stop;
+                        }
+                        signalled = true;
+                        tracing::info!("stop signal while a successor prepares: waiting for it");
+                    }
+                    Some(i) = exited_rx.recv() => return Ending::WorkerDied(i),
+                    Some(event) = handover_rx.recv() => match event {
+                        succession::Event::Started => successor_preparing = true,
+                        succession::Event::Aborted(e) => {
+                            tracing::warn!("a successor did not take over: {e}; serving on");
+                            successor_preparing = false;
+                            if signalled {
+                                return Ending::Stop;
+                            }
+                        }
+                        succession::Event::Committed(pid) => return Ending::HandedOver(pid),
+                    },
+                }
             }
         });
-        match worker_died {
-            None => tracing::info!("shutdown requested"),
-            Some(i) => tracing::error!(
-                worker = i,
-                "a worker stopped on its own; shutting the proxy down"
-            ),
-        }
         ready.store(false, Ordering::Release);
-        // Interception first: from here new connects on the node go to
-        // their destinations, and only then do the listeners close.
-        interception.stop();
-        let _ = stop_tx.send(true);
+        let worker_died = match ending {
+            Ending::WorkerDied(i) => Some(i),
+            _ => None,
+        };
+        match ending {
+            Ending::HandedOver(pid) => {
+                // The successor accepts on the same listeners and runs the
+                // same programs: stop accepting, leave interception on.
+                tracing::info!(
+                    successor = pid,
+                    "handed over; draining, interception stays on"
+                );
+                let _ = admin_stop.send(true);
+                let _ = stop_tx.send(Stop::HandedOver);
+            }
+            Ending::Stop | Ending::WorkerDied(_) => {
+                match worker_died {
+                    None => tracing::info!("shutdown requested"),
+                    Some(i) => tracing::error!(
+                        worker = i,
+                        "a worker stopped on its own; shutting the proxy down"
+                    ),
+                }
+                // A stopping proxy has nothing to hand over.
+                if let Some(l) = &handover_listener {
+                    l.close();
+                }
+                // Interception first: from here new connects on the node go to
+                // their destinations, and only then do the listeners close.
+                interception.stop();
+                let _ = stop_tx.send(Stop::Drain);
+            }
+        }
+        let handed_over = matches!(ending, Ending::HandedOver(_));
         // Each worker reports its end on the channel, so the wait needs no
         // thread of its own (which, with the machine out of threads, could
-        // not be had), and a second signal can end it.
+        // not be had), and a second signal can end it. After a handover,
+        // the first signal is the one that would have stopped us anyway
+        // (the kubelet's, deleting the old pod): the drain goes on.
         let mut left = handles.len() - usize::from(worker_died.is_some());
         let all_ended = signals.block_on(async {
-            tokio::select! {
-                _ = async {
-                    while left > 0 && exited_rx.recv().await.is_some() {
-                        left -= 1;
+            loop {
+                tokio::select! {
+                    _ = async {
+                        while left > 0 && exited_rx.recv().await.is_some() {
+                            left -= 1;
+                        }
+                    } => return true,
+                    _ = stop_signals.recv() => {
+                        if handed_over && !signalled {
+                            signalled = true;
+                        } else {
+                            return false;
+                        }
                     }
-                } => true,
-                _ = stop_signals.recv() => false,
+                }
             }
         });
         let drained = if all_ended {
@@ -292,14 +435,71 @@ impl RunArgs {
             tracing::warn!("second stop signal: exiting without waiting for the drain");
             false
         };
-        // Dropped here, after the workers: the programs detach or the rules go.
-        drop(interception);
+        if handed_over {
+            // The successor holds the programs (or its own rules): nothing
+            // is detached or removed.
+            interception.release();
+            if all_ended && !signalled {
+                // Exiting now would have a supervisor start us again (a
+                // kubelet restarts an exited container until it deletes
+                // the pod), and that process would take over back.
+                tracing::info!("drained; exiting at the stop signal");
+                signals.block_on(stop_signals.recv());
+            }
+        } else {
+            // Dropped here, after the workers: the programs detach or the rules go.
+            drop(interception);
+        }
+        drop(handover_listener);
         Ok(if drained && worker_died.is_none() {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
         })
     }
+}
+
+/// How the serving part of the sequence ended.
+enum Ending {
+    Stop,
+    WorkerDied(usize),
+    HandedOver(u32),
+}
+
+/// Our own handover socket (bound, not yet published) and what it offers:
+/// duplicates of the listeners and of the data path's descriptors.
+type Offered = (
+    handover::Listener,
+    Option<handover::EbpfMeta>,
+    Vec<(String, OwnedFd)>,
+);
+
+fn own_offer(
+    path: &std::path::Path,
+    listeners: &[std::net::TcpListener],
+    admin: &std::net::TcpListener,
+    interception: &Interception,
+) -> Result<Offered, String> {
+    let dup = |l: &std::net::TcpListener| -> Result<OwnedFd, String> {
+        Ok(OwnedFd::from(l.try_clone().map_err(|e| e.to_string())?))
+    };
+    let mut fds = Vec::new();
+    for l in listeners {
+        fds.push(("listener".to_string(), dup(l)?));
+    }
+    fds.push(("admin".to_string(), dup(admin)?));
+    let (ebpf, data_path) = interception.offer().map_err(|e| e.to_string())?;
+    fds.extend(data_path);
+    if fds.len() > handover::MAX_FDS {
+        return Err(format!(
+            "{} descriptors to hand over, more than {}",
+            fds.len(),
+            handover::MAX_FDS
+        ));
+    }
+    let listener = handover::Listener::bind(path)
+        .map_err(|e| format!("handover socket {}: {e}", path.display()))?;
+    Ok((listener, ebpf, fds))
 }
 
 struct CacheCounters(Arc<Router>);
