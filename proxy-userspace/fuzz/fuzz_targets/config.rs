@@ -4,9 +4,9 @@
 //! - settings that are accepted can be used: every duration makes a
 //!   deadline without overflow, the limits the validation promises hold,
 //!   and the interception CIDRs parse to a normalised prefix or are refused;
-//! - the same document read as written, re-emitted as YAML and as JSON is
-//!   accepted every time, with the same settings, or refused every time:
-//!   what counts is the document, not its spelling. String-valued keys are
+//! - a document that is accepted as written is accepted, with the same
+//!   settings, when re-emitted as YAML and as JSON: what counts is the
+//!   document, not its spelling. String-valued keys are
 //!   left out of the comparison, and documents with tags or nulls are not
 //!   compared (see below): there the YAML library, not the settings,
 //!   decides.
@@ -97,6 +97,8 @@ fn spelling_free(mut s: Settings) -> Settings {
     o.allowed_destinations.clear();
     o.denied_destinations.clear();
     o.keys_dir = None;
+    // Rules are names, patterns and dtabs: strings throughout.
+    s.rules.clear();
     s
 }
 
@@ -132,7 +134,12 @@ fuzz_target!(|data: &[u8]| {
     if !all_nodes(&doc, &|v| !v.is_null()) || text.contains('!') {
         return;
     }
-    let accepted = parsed.ok().map(spelling_free);
+    // Only accepted settings are compared: a number the settings refuse as
+    // written may be spelt back in a form they take (`-0` into a u64 is
+    // refused; through a `Value` it is 0).
+    let Ok(accepted) = parsed.map(spelling_free) else {
+        return;
+    };
     let mut spellings = Vec::new();
     // JSON has no spelling for some (keys that are not strings).
     if all_nodes(&doc, &finite) {
@@ -143,8 +150,8 @@ fuzz_target!(|data: &[u8]| {
     // bare, which `from_yaml` takes for an empty file.
     for spelling in spellings.into_iter().filter(|s| !s.trim().is_empty()) {
         assert_eq!(
-            Settings::from_yaml(&spelling).ok().map(spelling_free),
-            accepted,
+            Settings::from_yaml(&spelling).map(spelling_free).as_ref(),
+            Ok(&accepted),
             "{text:?} spelt {spelling:?}"
         );
     }
