@@ -88,6 +88,11 @@ pub struct Settings {
     pub max_route_series: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.
     pub shutdown_grace_ms: u64,
+    /// While draining (a stop, or a successor's takeover), how long an
+    /// idle keep-alive connection stays open for a request already on its
+    /// way: it is served with `Connection: close` rather than met by a
+    /// closed socket. Responses during the drain all say close.
+    pub shutdown_idle_ms: u64,
     /// What transparent interception (`intercept: ebpf|iptables`) takes.
     pub interception: Interception,
     /// Who may send overrides (`l5d-dtab`, `l5d-ctx-dtab`) and what they
@@ -295,6 +300,7 @@ impl Default for Settings {
             route_cache_max_key_bytes: 4 << 10,
             max_route_series: 10_000,
             shutdown_grace_ms: 10_000,
+            shutdown_idle_ms: 500,
             interception: Interception::default(),
             overrides: Default::default(),
             rollouts: Rollouts::default(),
@@ -371,6 +377,7 @@ impl Settings {
         let durations = [
             ("watch_interval_ms", self.watch_interval_ms),
             ("shutdown_grace_ms", self.shutdown_grace_ms),
+            ("shutdown_idle_ms", self.shutdown_idle_ms),
             ("limits.head_timeout_ms", l.head_timeout_ms),
             ("limits.first_byte_timeout_ms", l.first_byte_timeout_ms),
             ("limits.idle_timeout_ms", l.idle_timeout_ms),

@@ -597,6 +597,13 @@ fn shutdown_hands_new_connections_back(mode: Mode, tag: &str) -> (Staging, KillO
     let filed = |s: &Staging| counter(s, "sidetrack_ebpf_sockhash_added_total");
     let filed_before = filed(&s);
     s.signal_proxy(libc::SIGTERM).unwrap();
+    // Interception goes off first (a connect that raced the signal would
+    // still be steered, and filed): wait for the proxy to say so.
+    assert!(
+        sidetrack_tests::eventually(10, || s.proxy_log().contains("interception off")),
+        "{}",
+        s.proxy_log()
+    );
     // A fresh connect, until one works (bounded); the proxy must still be
     // draining when it does.
     let started = Instant::now();

@@ -289,6 +289,47 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
 
+/// A draining proxy keeps an idle keep-alive connection open for
+/// `shutdown_idle_ms`, so a request already on its way is served (and told
+/// `Connection: close`) rather than met by a closed socket; a connection
+/// that stays idle is closed when that is over.
+#[test]
+fn a_draining_proxy_serves_a_request_on_an_idle_connection_and_says_close() {
+    let dir = TempDir::new("drain-idle");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    let mut proxy = Proxy::with_fs_namer(&dir, "shutdown_idle_ms: 2000\n", &[]);
+    let addr = proxy.addr;
+    let (mut late, mut quiet) = (Client::connect(addr), Client::connect(addr));
+    for c in [&mut late, &mut quiet] {
+        assert_eq!(c.get("web", "/", &[]).status, 200);
+    }
+    // Something in flight keeps the proxy draining.
+    let slow = thread::spawn(move || client::get(addr, "web", "/slow/3000", &[]));
+    assert!(sidetrack_tests::eventually(5, || proxy
+        .metric("sidetrack_connections_active", &[])
+        == 3.0));
+    proxy.terminate();
+    thread::sleep(Duration::from_millis(300));
+    let r = late.get("web", "/", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
+    assert!(
+        late.read_to_end().unwrap().is_empty(),
+        "and closed after it"
+    );
+    // The quiet one is closed once the grace is over.
+    let started = std::time::Instant::now();
+    assert!(quiet.read_to_end().unwrap().is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.join().unwrap().status, 200);
+    assert!(proxy.child.wait().unwrap().success());
+}
+
 /// Context switches (voluntary and not) of each of `pid`'s worker threads,
 /// by thread id. A worker blocks and is woken for the connections it
 /// serves; one that serves none sleeps on, and its counts stay put.

@@ -98,15 +98,16 @@ fn counter(s: &Staging, name: &str) -> f64 {
 
 /// Asserts that every request was answered, each by world-v2 (through
 /// the proxy's dtab and the override).
-/// `restarts` bounds the requests sent again: a keep-alive connection the
-/// old proxy closes as it drains (idle between two requests) costs its loop
-/// one resend, as it would any HTTP client; once per restart per loop, and
-/// a few more for a connection accepted just as the old proxy stopped.
+/// `restarts` bounds the requests sent again: a draining proxy answers
+/// with `Connection: close` and keeps an idle keep-alive connection open
+/// for `shutdown_idle_ms` (500 ms), so a loop resends only when it sat idle
+/// longer than that just then (none did in these runs; the bound allows
+/// one a restart, for a machine that stalls a loop).
 fn assert_all_routed(s: &Staging, t: &Tally, at_least: u64, restarts: u64) {
     let v2 = format!("earth ({})", s.world_v2.ip());
     assert_eq!(t.failed, 0, "failed requests: {t:?}");
     assert!(t.errors.is_empty(), "{t:?}");
-    assert!(t.resent <= 4 * restarts, "resent: {t:?}");
+    assert!(t.resent <= restarts, "resent: {t:?}");
     assert!(t.ok >= at_least, "only {} requests: {t:?}", t.ok);
     assert_eq!(t.bodies.len(), 1, "answers other than world-v2's: {t:?}");
     assert_eq!(

@@ -1075,7 +1075,10 @@ impl Conn {
         answer: Answer,
         upstream: Upstream,
     ) -> Result<Next, Failure> {
-        let reply = policy::after_response(req, &answer.facts, answer.body);
+        let mut reply = policy::after_response(req, &answer.facts, answer.body);
+        if self.worker.watchdog.draining() {
+            reply = reply.draining();
+        }
         let resp_body = answer.facts.body;
         self.heads.clear();
         // The proxy names itself in the response's Via too (RFC 9110 §7.6.3).

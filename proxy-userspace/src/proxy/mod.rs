@@ -68,6 +68,9 @@ pub struct ProxyConfig {
     pub splice_threshold: u64,
     pub pool: PoolConfig,
     pub eject: Duration,
+    /// While draining, how long an idle keep-alive connection stays open
+    /// for a request already on its way.
+    pub drain_idle: Duration,
     /// The header whose value picks a weighted union's branch (the same
     /// value, the same branch), when a request has it.
     pub sticky_header: Option<String>,
@@ -102,6 +105,7 @@ impl ProxyConfig {
                 source: None,
             },
             eject: ms(s.pool.eject_ms),
+            drain_idle: ms(s.shutdown_idle_ms),
             sticky_header: s
                 .rollouts
                 .sticky_header
@@ -395,7 +399,7 @@ pub async fn serve(
             None => refuse(stream, &worker.shared.metrics, Refusal::Connections),
         }
     }
-    watchdog.drain();
+    watchdog.drain(worker.shared.cfg.drain_idle);
     let (swept, added) = if *shutdown.borrow() == Stop::HandedOver {
         // The successor accepts from this very queue: nothing to take,
         // and closing our descriptor leaves the socket open in its hands.

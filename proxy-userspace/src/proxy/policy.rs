@@ -199,6 +199,21 @@ pub struct Reply {
     pub pool_backend: bool,
 }
 
+impl Reply {
+    /// The same reply while the proxy drains: a client that would keep its
+    /// connection is told to close it, and it ends after this response.
+    pub fn draining(self) -> Reply {
+        match self.client {
+            ClientNext::KeepAlive => Reply {
+                connection: ConnectionField::Close,
+                client: ClientNext::Close { linger: false },
+                ..self
+            },
+            _ => self,
+        }
+    }
+}
+
 /// The decision for a final response `resp` to `req`, whose body went as
 /// `body` says.
 pub fn after_response(req: &RequestFacts, resp: &ResponseFacts, body: RequestBody) -> Reply {

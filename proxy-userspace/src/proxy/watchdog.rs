@@ -76,6 +76,7 @@ impl Deadline {
     fn fire_if_due(&self, state: u64, now: u64, draining: bool) -> bool {
         let at = state & AT_MASK;
         let due = at != 0 && state & FIRED == 0 && (at <= now || (draining && state & IDLE != 0));
+        // `draining`: the drain's grace for idle connections is over.
         let fired = due
             && self
                 .state
@@ -103,15 +104,21 @@ impl Deadline {
         fut: F,
     ) -> Result<F::Output, Elapsed> {
         let now = dog.now_ms();
-        let at = (now + after.as_millis() as u64).min(AT_MASK);
+        let mut at = (now + after.as_millis() as u64).min(AT_MASK);
         if idle {
             self.idle_since.store(now, Ordering::Relaxed);
+            // Draining: an idle wait lasts at most to the end of the
+            // drain's grace for idle connections.
+            if dog.draining() {
+                let until = dog.idle_until_ms.load(Ordering::Relaxed);
+                if now >= until {
+                    return Err(Elapsed);
+                }
+                at = at.min(until);
+            }
         }
         self.state
             .store(at | if idle { IDLE } else { 0 }, Ordering::Release);
-        if idle && dog.draining() {
-            return Err(Elapsed);
-        }
         let out = Within {
             deadline: self,
             fut,
@@ -151,6 +158,8 @@ pub struct Watchdog {
     start: Instant,
     now_ms: AtomicU64,
     draining: AtomicBool,
+    /// While draining: when idle connections' waits end (the clock's ms).
+    idle_until_ms: AtomicU64,
     deadlines: Mutex<Vec<Weak<Deadline>>>,
 }
 
@@ -165,6 +174,7 @@ impl Default for Watchdog {
             // At least one tick, so that 0 can mean "disarmed".
             now_ms: AtomicU64::new(TICK.as_millis() as u64 + start.elapsed().as_millis() as u64),
             draining: AtomicBool::new(false),
+            idle_until_ms: AtomicU64::new(u64::MAX),
             deadlines: Mutex::default(),
         }
     }
@@ -198,8 +208,14 @@ impl Watchdog {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// From now on, idle connections are closed (now, and as they go idle).
-    pub fn drain(&self) {
+    /// From now on the proxy drains: connections idle between requests (or
+    /// before their first) are closed once `idle_grace` has passed, and
+    /// those that go idle after then at once. The grace is for a request
+    /// already on its way on an idle keep-alive connection: it is served
+    /// (and told `Connection: close`) instead of meeting a closed socket.
+    pub fn drain(&self, idle_grace: Duration) {
+        let until = self.now_ms() + idle_grace.as_millis() as u64;
+        self.idle_until_ms.store(until, Ordering::Relaxed);
         self.draining.store(true, Ordering::Release);
         self.sweep();
     }
@@ -240,7 +256,7 @@ impl Watchdog {
     pub fn sweep(&self) {
         let now = TICK.as_millis() as u64 + self.start.elapsed().as_millis() as u64;
         self.now_ms.store(now, Ordering::Relaxed);
-        let draining = self.draining();
+        let draining = self.draining() && now >= self.idle_until_ms.load(Ordering::Relaxed);
         let mut deadlines = self.deadlines.lock().expect("watchdog lock");
         deadlines.retain(|weak| {
             let Some(d) = weak.upgrade() else {
@@ -371,7 +387,7 @@ mod tests {
             .is_ok()
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        dog.drain();
+        dog.drain(Duration::ZERO);
         assert!(idle_wait.await.unwrap(), "the idle wait ended");
         assert!(busy_wait.await.unwrap(), "the busy wait finished normally");
         // Closed connections are forgotten at the next sweep.

@@ -56,7 +56,7 @@ pub use affinity::{allowed_cpus, pin, pin_current};
 use interception::{Interception, start_interception};
 use limits::raise_fd_limit;
 use listen::bind_workers;
-use reload::spawn_reloader;
+use reload::{Watched, spawn_reloader};
 use signals::{StopSignals, WorkerExit};
 
 #[derive(Debug, Args)]
@@ -151,7 +151,9 @@ impl RunArgs {
             let _entered = signals.enter();
             StopSignals::new().map_err(|e| format!("catching SIGTERM and SIGINT: {e}"))?
         };
+        let config_stamp = Watched::config(&self.config);
         let settings = self.settings()?;
+        let watched = Watched::with(config_stamp, &settings);
         let base = parse_base(&settings)?;
         // A proxy running on our address hands its sockets and data path
         // over: it is asked before anything is bound or loaded, and keeps
@@ -290,7 +292,7 @@ impl RunArgs {
             }
             None => None,
         };
-        spawn_reloader(self, settings, router);
+        spawn_reloader(self, settings, router, watched);
 
         // One single-threaded runtime per worker, each with its own
         // SO_REUSEPORT listener: the kernel spreads connections, and a

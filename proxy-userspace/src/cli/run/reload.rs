@@ -30,19 +30,51 @@ fn dir_stamp(dir: &Option<PathBuf>) -> Option<Vec<(std::ffi::OsString, SystemTim
 /// Watches the config file and the dtab file; applies what changed.
 /// The router holds the namers, so replacing them there stops the old file
 /// namer's watcher.
-pub(super) fn spawn_reloader(args: RunArgs, mut current: Settings, router: Arc<Router>) {
+/// What the watched files looked like when they were read: taken before
+/// reading them, so that a change made while the proxy starts is seen.
+pub(super) struct Watched {
+    config: Option<(SystemTime, u64)>,
+    dtab: Option<(SystemTime, u64)>,
+    keys: Option<Vec<(std::ffi::OsString, SystemTime, u64)>>,
+}
+
+impl Watched {
+    /// The config file's stamp, before the settings are read from it.
+    pub(super) fn config(path: &Option<PathBuf>) -> Option<(SystemTime, u64)> {
+        stamp(path)
+    }
+
+    /// With the stamps of the files the settings name, before those are read.
+    pub(super) fn with(config: Option<(SystemTime, u64)>, s: &Settings) -> Watched {
+        Watched {
+            config,
+            dtab: stamp(&s.dtab_file),
+            keys: dir_stamp(&s.overrides.keys_dir),
+        }
+    }
+}
+
+fn stamp(p: &Option<PathBuf>) -> Option<(SystemTime, u64)> {
+    p.as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+}
+
+pub(super) fn spawn_reloader(
+    args: RunArgs,
+    mut current: Settings,
+    router: Arc<Router>,
+    watched: Watched,
+) {
     let interval = ms(current.watch_interval_ms);
-    let stamp = |p: &Option<PathBuf>| {
-        p.as_ref()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-    };
     std::thread::Builder::new()
         .name("reload".into())
         .spawn(move || {
-            let mut config_stamp = stamp(&args.config);
-            let mut dtab_stamp = stamp(&current.dtab_file);
-            let mut keys_stamp = dir_stamp(&current.overrides.keys_dir);
+            let Watched {
+                config: mut config_stamp,
+                dtab: mut dtab_stamp,
+                keys: mut keys_stamp,
+            } = watched;
             loop {
                 std::thread::sleep(interval);
                 let (c, d) = (stamp(&args.config), stamp(&current.dtab_file));
