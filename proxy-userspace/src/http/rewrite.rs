@@ -120,7 +120,14 @@ pub fn write_response(
     close: bool,
     extra: &[(&[u8], &[u8])],
 ) {
-    write_response_as(out, head, buf, Framing::of(body), upgrade, close, extra);
+    // Transfer-Encoding means nothing in HTTP/1.0 (RFC 9112 §6.1): such a
+    // response's body ends at the close, and the field must not go on,
+    // or the client would read the body as coded.
+    let framing = match body {
+        BodyLength::UntilClose if head.minor_version() == 0 => Framing::Neither,
+        _ => Framing::of(body),
+    };
+    write_response_as(out, head, buf, framing, upgrade, close, extra);
 }
 
 /// Appends an interim (1xx) response head: the status line and the
@@ -255,13 +262,20 @@ fn write_fields(
     }
 }
 
-/// A Content-Length value that lists one number more than once, as that
-/// number once; any other value as it is.
+/// A Content-Length value as one number in its plain form: a list of
+/// one number (`10, 010`, which framing accepts as 10) as that number once,
+/// leading zeros gone, so that nobody downstream reads it otherwise; any
+/// other value as it is.
 fn single_length(value: &[u8]) -> &[u8] {
-    if !value.contains(&b',') {
-        return value;
+    fn plain(e: &[u8]) -> &[u8] {
+        let e = super::trim_ows(e);
+        let nonzero = e
+            .iter()
+            .position(|&b| b != b'0')
+            .unwrap_or(e.len().saturating_sub(1));
+        &e[nonzero..]
     }
-    let mut elements = value.split(|&b| b == b',').map(super::trim_ows);
+    let mut elements = value.split(|&b| b == b',').map(plain);
     let first = elements.next().unwrap_or_default();
     if elements.all(|e| e == first) {
         first
@@ -576,6 +590,30 @@ mod tests {
         assert_eq!(
             rewrite_response(get, "HTTP/1.1 299 \r\n\r\n", false),
             "HTTP/1.1 299 \r\n\r\n"
+        );
+        // A repeated length goes on once, in its plain form.
+        assert_eq!(
+            rewrite_response(
+                get,
+                "HTTP/1.1 200 OK\r\nContent-Length: 10, 010\r\n\r\n",
+                false
+            ),
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+        );
+        assert_eq!(
+            rewrite_response(get, "HTTP/1.1 200 OK\r\nContent-Length: 000\r\n\r\n", false),
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        );
+        // Transfer-Encoding means nothing in HTTP/1.0: the body ends at the
+        // close, and the field does not go on (found by the framing fuzz
+        // target: it went on, and the client read the body as chunked).
+        assert_eq!(
+            rewrite_response(
+                get,
+                "HTTP/1.0 200 R\r\nTransfer-Encoding: chunked\r\n\r\n",
+                true
+            ),
+            "HTTP/1.1 200 R\r\nConnection: close\r\n\r\n"
         );
         // TE wins over CL; an unknown final coding is forwarded with the close-delimited body.
         assert_eq!(
