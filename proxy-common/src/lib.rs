@@ -10,7 +10,7 @@
 /// only to a successor built with the same version (see the handover in
 /// docs/ARCHITECTURE.md); bump it with any change a running program and a
 /// new userspace (or the reverse) could read differently.
-pub const ABI: u32 = 1;
+pub const ABI: u32 = 2;
 
 /// Name of the SOCKHASH that holds sockets eligible for `sk_msg` redirection,
 /// keyed by [`SockKey`].
@@ -32,6 +32,10 @@ pub const MAP_COOKIE_DST: &str = "COOKIE_DST";
 /// Name of the LRU hash from the client socket's [`SockKey`] (client end
 /// first) to its [`OrigDst`]; the proxy reads it at accept.
 pub const MAP_ORIG_DST: &str = "ORIG_DST";
+/// Name of the LRU hash from a [`SockKey`] in the SOCKHASH to that
+/// socket's kernel address, which sk_msg reads its peer's queue through
+/// (see [`QueueBound`]).
+pub const MAP_SOCKETS: &str = "SOCKETS";
 
 /// Capacity of the SOCKHASH: two entries per proxied connection.
 pub const SOCKHASH_CAPACITY: u32 = 65_536;
@@ -74,6 +78,44 @@ pub struct InterceptConfig {
     /// marked sockets alone, so the proxy's connects are never rewritten.
     pub mark: u32,
     pub flags: u32,
+    /// How much sk_msg may queue on a receiver.
+    pub queue: QueueBound,
+}
+
+/// The bound on what `sk_msg` queues on a receiver.
+///
+/// A redirect puts a sender's bytes on the receiver's psock ingress queue
+/// and never blocks the sender: the kernel checks neither the receiver's
+/// `sk_rcvbuf` nor anything else per socket, so a receiver that does not
+/// read would queue all a sender sends. Before each redirect `sk_msg`
+/// reads how much the receiver holds there (`struct sk_psock`'s
+/// `msg_tot_len`, through `struct sock`'s `sk_user_data`); from the larger
+/// of its `sk_rcvbuf` and [`QueueBound::min_bytes`] on, messages go the
+/// normal TCP way, where the receiver's window holds the sender back.
+///
+/// Order: the receiver reads its ingress queue before its TCP queue, so a
+/// redirect must not overtake bytes sent the normal way and not yet read.
+/// A message is redirected only when the receiver has read every byte the
+/// sender put on the TCP path (the receiver's `copied_seq` equals the
+/// sender's `write_seq`); until then it goes the normal way too.
+///
+/// The offsets differ between kernels; userspace finds them in the
+/// kernel's BTF. All zero (the default): no bound.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueBound {
+    /// Bytes a receiver may hold before messages to it pass, when its
+    /// `sk_rcvbuf` is smaller; 0 turns the bound off.
+    pub min_bytes: u32,
+    /// Offsets in `struct sock` of `sk_rcvbuf` (an int) and `sk_user_data`
+    /// (the psock, its low bits flags), in `struct sk_psock` of
+    /// `msg_tot_len`, and in `struct tcp_sock` of `write_seq` and
+    /// `copied_seq` (u32s).
+    pub sk_rcvbuf: u32,
+    pub sk_user_data: u32,
+    pub psock_msg_tot_len: u32,
+    pub tcp_write_seq: u32,
+    pub tcp_copied_seq: u32,
 }
 
 /// Values of [`MAP_PORTS`].
@@ -154,11 +196,18 @@ pub enum Counter {
     ConnectOwn = 9,
     /// An original destination was filed under a 4-tuple for the proxy.
     OrigDstFiled = 10,
+    /// A message went the normal way because its receiver's queue was full
+    /// ([`QueueBound`]).
+    PassedQueueFull = 11,
+    /// A message went the normal way because bytes its sender had sent that
+    /// way were not all read yet ([`QueueBound`]: it must not overtake
+    /// them).
+    PassedInOrder = 12,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 13] = [
         Counter::EstablishedActive,
         Counter::EstablishedPassive,
         Counter::SockhashAdded,
@@ -170,6 +219,8 @@ impl Counter {
         Counter::ConnectIntercepted,
         Counter::ConnectOwn,
         Counter::OrigDstFiled,
+        Counter::PassedQueueFull,
+        Counter::PassedInOrder,
     ];
 
     /// The metric this counter is exported as (`sidetrack_` and `_total`
@@ -187,6 +238,8 @@ impl Counter {
             Counter::ConnectIntercepted => "ebpf_connect_intercepted",
             Counter::ConnectOwn => "ebpf_connect_own",
             Counter::OrigDstFiled => "ebpf_orig_dst_filed",
+            Counter::PassedQueueFull => "ebpf_msg_passed_queue_full",
+            Counter::PassedInOrder => "ebpf_msg_passed_in_order",
         }
     }
 
@@ -204,6 +257,8 @@ impl Counter {
             Counter::ConnectIntercepted => "connect_intercepted",
             Counter::ConnectOwn => "connect_own",
             Counter::OrigDstFiled => "orig_dst_filed",
+            Counter::PassedQueueFull => "msg_passed_queue_full",
+            Counter::PassedInOrder => "msg_passed_in_order",
         }
     }
 }

@@ -22,7 +22,11 @@
 //!   the map sends, look for the peer socket (the same 4-tuple seen from the
 //!   other end); if it is in the map, put the bytes straight into the peer's
 //!   receive queue, skipping the TCP/IP stack; otherwise let them go the
-//!   normal way.
+//!   normal way. A redirect never blocks the sender, so the peer's queue is
+//!   checked first: while it holds its bound (`QueueBound`) messages go the
+//!   normal way, where TCP's window holds the sender back, and they go on
+//!   doing so until the peer has read them all (a redirect must not
+//!   overtake them).
 //!
 //! The kernel side owns only these fast decisions; userspace owns policy.
 //! Counters are per-CPU so that no increment needs an atomic (the BPF target
@@ -34,9 +38,9 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_ANY, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, sk_action::SK_PASS,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, bpf_sock, sk_action::SK_PASS,
     },
-    helpers::bpf_get_socket_cookie,
+    helpers::{bpf_get_socket_cookie, bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock},
     macros::{cgroup_sock_addr, map, sk_msg, sock_ops},
     maps::{Array, HashMap, LruHashMap, LpmTrie, PerCpuArray, SockHash, lpm_trie::Key},
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
@@ -45,7 +49,7 @@ use aya_log_ebpf::debug;
 use proxy_common::{
     AF_INET, AF_INET6, CIDRS_CAPACITY, COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED,
     FLAG_NO_NEW, InterceptConfig, ORIG_DST_CAPACITY, OrigDst, PORTS_CAPACITY, PortPolicy,
-    SOCKHASH_CAPACITY, SockKey,
+    QueueBound, SOCKHASH_CAPACITY, SockKey,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -70,6 +74,15 @@ static COOKIE_DST: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(ORIG_
 
 #[map(name = "ORIG_DST")]
 static ORIG_DST: LruHashMap<SockKey, OrigDst> = LruHashMap::with_max_entries(ORIG_DST_CAPACITY, 0);
+
+/// The kernel address of each socket filed in `SOCKHASH`, by the same key,
+/// for sk_msg to read its peer's queue: a SOCKHASH lookup from sk_msg
+/// takes a reference that an sk_msg program cannot give back
+/// (`bpf_sk_release` is not among its helpers). Written when the socket is
+/// filed, so an entry whose key is in `SOCKHASH` names that socket; left
+/// to the LRU after it closes.
+#[map(name = "SOCKETS")]
+static SOCKETS: LruHashMap<SockKey, u64> = LruHashMap::with_max_entries(SOCKHASH_CAPACITY, 0);
 
 #[inline(always)]
 fn config() -> Option<&'static InterceptConfig> {
@@ -246,6 +259,10 @@ fn established(ctx: &SockOpsContext, mut key: SockKey, active: bool) {
     match SOCKHASH.update(&mut key, unsafe { &mut *ctx.ops }, BPF_ANY as u64) {
         Ok(()) => {
             count(Counter::SockhashAdded, 1);
+            // SAFETY: `sk` of a live bpf_sock_ops; at ESTABLISHED it is the
+            // full socket (null would only make the entry useless).
+            let sk = unsafe { core::ptr::read_volatile(&(*ctx.ops).__bindgen_anon_2.sk) };
+            let _ = SOCKETS.insert(&key, &(sk as u64), BPF_ANY as u64);
             debug!(
                 ctx,
                 "sockhash add {:i}:{} -> {:i}:{} active={}",
@@ -274,9 +291,7 @@ pub fn sidetrack_sk_msg(ctx: SkMsgContext) -> u32 {
         _ => None,
     };
     let Some((local_ip4, remote_ip4)) = ends else {
-        count(Counter::MsgPassed, 1);
-        count(Counter::BytesPassed, size);
-        return SK_PASS;
+        return pass(size);
     };
     // The peer's key is this socket's 4-tuple seen from the other end.
     let mut peer = SockKey {
@@ -285,16 +300,77 @@ pub fn sidetrack_sk_msg(ctx: SkMsgContext) -> u32 {
         src_port: remote_port_host(md.remote_port),
         dst_port: md.local_port,
     };
+    if let Some(bound) = CONFIG.get(0).map(|c| &c.queue)
+        && bound.min_bytes != 0
+    {
+        // SAFETY: `sk` of a live sk_msg_md is the sending socket.
+        let sender = unsafe { core::ptr::read_volatile(&md.__bindgen_anon_3.sk) };
+        if let Some(why) = hold(sender, &peer, bound) {
+            if why != Counter::MsgPassed {
+                count(why, 1);
+            }
+            return pass(size);
+        }
+    }
     // On a miss the helper returns SK_DROP and sets no redirect; answering
     // SK_PASS then sends the bytes the normal way instead of dropping them.
     if SOCKHASH.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64 {
         count(Counter::MsgRedirected, 1);
         count(Counter::BytesRedirected, size);
+        SK_PASS
     } else {
-        count(Counter::MsgPassed, 1);
-        count(Counter::BytesPassed, size);
+        pass(size)
     }
+}
+
+/// Counts a message that goes the normal way, and lets it.
+#[inline(always)]
+fn pass(size: u64) -> u32 {
+    count(Counter::MsgPassed, 1);
+    count(Counter::BytesPassed, size);
     SK_PASS
+}
+
+/// Why a message from `sender` to the socket filed under `peer` must go
+/// the normal way, if it must (see `QueueBound`): bytes `sender` sent that
+/// way are not all read yet, or the peer's ingress queue holds the larger
+/// of its `sk_rcvbuf` and `bound.min_bytes`. A peer whose address is not
+/// known cannot be checked, and the message passes (`Counter::MsgPassed`
+/// alone counts it).
+///
+/// The offsets are this kernel's (from its BTF). Addresses are only read
+/// through bpf_probe_read_kernel, which fails (as zero) rather than fault:
+/// a socket freed since it was filed gives a wrong answer, never a crash.
+#[inline(always)]
+fn hold(sender: *mut bpf_sock, peer: &SockKey, bound: &QueueBound) -> Option<Counter> {
+    // SAFETY: a value pointer from a map lookup, read at once.
+    let Some(sock) = SOCKETS.get_ptr(peer).map(|p| unsafe { *p }) else {
+        return Some(Counter::MsgPassed);
+    };
+    // SAFETY: the sending socket, a full TCP socket in sk_msg.
+    let own = unsafe { bpf_skc_to_tcp_sock(sender.cast()) } as u64;
+    if own == 0 {
+        return Some(Counter::MsgPassed);
+    }
+    let written = read_kernel::<u32>(own + u64::from(bound.tcp_write_seq));
+    if read_kernel::<u32>(sock + u64::from(bound.tcp_copied_seq)) != written {
+        return Some(Counter::PassedInOrder);
+    }
+    // The psock, with flag bits in the low three (SK_USER_DATA_*).
+    let psock = read_kernel::<u64>(sock + u64::from(bound.sk_user_data)) & !7;
+    let queued = read_kernel::<u32>(psock + u64::from(bound.psock_msg_tot_len));
+    if psock == 0 || queued < bound.min_bytes {
+        return None;
+    }
+    let rcvbuf = read_kernel::<i32>(sock + u64::from(bound.sk_rcvbuf));
+    (queued >= rcvbuf.max(0) as u32).then_some(Counter::PassedQueueFull)
+}
+
+/// A kernel value at address `at`, zero when it cannot be read.
+#[inline(always)]
+fn read_kernel<T: Default>(at: u64) -> T {
+    // SAFETY: bpf_probe_read_kernel checks the address itself.
+    unsafe { bpf_probe_read_kernel(at as *const T) }.unwrap_or_default()
 }
 
 #[cfg(not(test))]

@@ -158,6 +158,15 @@ pub struct Interception {
     pub cgroup: Option<PathBuf>,
     /// SO_MARK on the proxy's own sockets, which interception leaves alone.
     pub mark: u32,
+    /// eBPF mode: how much sk_msg may put on a receiver's queue that it has
+    /// not read, at least (the receiver's receive buffer, if larger, is the
+    /// bound instead). A redirect never blocks its sender; past the bound
+    /// messages go the normal TCP way, whose window holds the sender back,
+    /// until the receiver has caught up. The default, 4 MiB, is Linux's
+    /// default largest TCP send buffer (tcp_wmem), the buffer a redirect
+    /// bypasses: a bulk sender keeps the shortcut as far as TCP would let
+    /// it run ahead. 0 removes the bound.
+    pub redirect_queue_min_bytes: u32,
 }
 
 impl Default for Interception {
@@ -168,6 +177,7 @@ impl Default for Interception {
             exclude_ports: Vec::new(),
             cgroup: None,
             mark: 0x5354,
+            redirect_queue_min_bytes: 4 << 20,
         }
     }
 }
@@ -515,6 +525,9 @@ mod tests {
                 .unwrap();
         assert_eq!(s.interception.exclude_ports, vec![22]);
         assert_eq!(s.interception.mark, 0x5354);
+        assert_eq!(s.interception.redirect_queue_min_bytes, 4 << 20);
+        let off = Settings::from_yaml("interception:\n  redirect_queue_min_bytes: 0\n").unwrap();
+        assert_eq!(off.interception.redirect_queue_min_bytes, 0);
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl Fnv64 {
 }
 
 /// The payload the tests and the demo apps agree on.
-pub use xtask::apps::pattern;
+pub use xtask::apps::{Pattern, pattern};
 
 /// Fails the test unless it runs as root: root tests must run, never skip.
 pub fn require_root() {

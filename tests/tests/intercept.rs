@@ -182,7 +182,14 @@ fn ebpf_steers_dual_stack_sockets_that_connect_to_v4_mapped_addresses() {
 #[test]
 fn ebpf_redirects_large_bodies_byte_exact() {
     let s = start("ebpf-bytes", Mode::Ebpf);
-    let before = counter(&s, "sidetrack_ebpf_bytes_redirected_total");
+    let bytes = |s: &Staging| {
+        [
+            "sidetrack_ebpf_bytes_redirected_total",
+            "sidetrack_ebpf_bytes_passed_total",
+        ]
+        .map(|name| counter(s, name))
+    };
+    let before = bytes(&s);
     let n = 6 << 20;
     let body = s
         .curl(&format!("http://world/bytes/{n}"), world_service(), &[])
@@ -193,10 +200,18 @@ fn ebpf_redirects_large_bodies_byte_exact() {
         Fnv64::of(&pattern(n)),
         "the body changed on the way"
     );
-    let redirected = counter(&s, "sidetrack_ebpf_bytes_redirected_total") - before;
-    // Pod to proxy and proxy to client, both skipping the stack.
+    let after = bytes(&s);
+    let (redirected, passed) = (after[0] - before[0], after[1] - before[1]);
+    // Pod to proxy and proxy to client, through sk_msg: skipping the stack,
+    // except while curl lagged more than its queue bound (4 MiB) behind
+    // the proxy's writes, when they went the TCP way.
+    eprintln!("{redirected} bytes redirected, {passed} passed");
     assert!(
-        redirected >= 2.0 * n as f64,
+        redirected + passed >= 2.0 * n as f64,
+        "{redirected} bytes redirected and {passed} passed for a {n}-byte body"
+    );
+    assert!(
+        redirected >= n as f64 / 2.0,
         "only {redirected} bytes redirected for a {n}-byte body"
     );
 }
@@ -743,4 +758,159 @@ fn ebpf_rules_route_customers_and_plans_and_overrides_cannot_reach_the_node() {
         refused.contains("403") && refused.contains("denied_destinations"),
         "{refused}"
     );
+}
+
+/// TCP's pages in use on the machine (`/proc/net/sockstat`, the `mem` of
+/// the `TCP:` line; one count for every network namespace).
+fn tcp_mem_pages() -> u64 {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap();
+    let tcp = sockstat.lines().find(|l| l.starts_with("TCP:")).unwrap();
+    let mut words = tcp.split_whitespace();
+    words.find(|w| *w == "mem").unwrap();
+    words.next().unwrap().parse().unwrap()
+}
+
+/// How much a flood may have in flight to a receiver that never reads: on
+/// each of its two redirecting hops, the receiver's ingress queue bound
+/// (4 MiB, plus the message that crossed it) and what TCP holds once the
+/// hop goes its way (the sender's send buffer, up to tcp_wmem's 4 MiB,
+/// and the receiver's window); the proxy's own buffers are a few KiB.
+/// Seen: 8.4 MiB sent, TCP memory 8.1 MiB up (unbounded: all 96 MiB).
+const FLOOD_HELD_MAX: u64 = 24 << 20;
+
+/// A pod sends as fast as it can, through the proxy, to a pod that never
+/// reads. sk_msg's redirects never block a sender, so without a bound the
+/// receiver's ingress queue took everything: all 96 MiB in 1.3 s, every
+/// byte of it kernel memory (with `redirect_queue_min_bytes: 0`). With the
+/// bound each redirecting hop (the proxy's to the receiver, then the
+/// client's to the proxy, once the proxy stops reading) stops at its
+/// receiver's limit and goes the normal TCP way, whose window stops the
+/// sender. Once the receiver reads, every byte arrives in order, across
+/// both switches (to the TCP path and back to redirects).
+#[test]
+fn ebpf_a_receiver_that_never_reads_stops_its_sender() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::mpsc;
+
+    const FLOOD: usize = 96 << 20;
+    let s = start("ebpf-flood", Mode::Ebpf);
+    let mut sink = s.world_v1.command(echo_bin());
+    sink.args(["sink", &s.world_v1.ip().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut sink = KillOnDrop(sink.spawn().unwrap());
+    let mut sink_lines = BufReader::new(sink.0.stdout.take().unwrap()).lines();
+    let listening = sink_lines.next().unwrap().unwrap();
+    let addr = listening.strip_prefix("listening ").unwrap().to_owned();
+
+    let pages_before = tcp_mem_pages();
+    let mut flood = s.client.command(echo_bin());
+    flood
+        .args(["flood", &addr, &FLOOD.to_string()])
+        .stdout(std::process::Stdio::piped());
+    let mut flood = KillOnDrop(flood.spawn().unwrap());
+    let (tx, progress) = mpsc::channel();
+    let out = BufReader::new(flood.0.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out.lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+
+    // Until the sender has sent nothing for a second (or is done): at most
+    // 20 s. The most of TCP's pages seen meanwhile.
+    let (mut sent, mut moved, mut peak) = (0u64, Instant::now(), 0u64);
+    let started = Instant::now();
+    let (mut done, mut timeline, mut next_sample) = (false, String::new(), Duration::ZERO);
+    while moved.elapsed() < Duration::from_secs(1) && started.elapsed() < Duration::from_secs(20) {
+        let grown = tcp_mem_pages().saturating_sub(pages_before);
+        peak = peak.max(grown);
+        if started.elapsed() >= next_sample {
+            timeline += &format!(
+                " {:.2}s:{}KiB/{}KiB",
+                started.elapsed().as_secs_f64(),
+                sent >> 10,
+                grown * 4
+            );
+            next_sample += Duration::from_millis(250);
+        }
+        match progress.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                let (word, n) = line.split_once(' ').unwrap();
+                let n: u64 = n.parse().unwrap();
+                if n > sent {
+                    (sent, moved) = (n, Instant::now());
+                }
+                if word == "done" {
+                    done = true;
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the flood ended: {sent} sent"),
+        }
+    }
+    let m = s.metrics().unwrap();
+    let full = metric(&m, "sidetrack_ebpf_msg_passed_queue_full_total", &[]);
+    let redirected = metric(&m, "sidetrack_ebpf_bytes_redirected_total", &[]);
+    eprintln!(
+        "flood: {} KiB sent before the sender stopped; TCP memory grew by at most {} KiB; \
+         {full} messages met a full queue\n(time: sent/TCP memory grown){timeline}",
+        sent >> 10,
+        peak * 4
+    );
+    assert!(
+        !done,
+        "all {FLOOD} bytes went into a receiver that reads nothing"
+    );
+    // It got as far as a full queue, at least, and no further than the
+    // bounds allow.
+    assert!(sent >= 4 << 20, "only {sent} bytes sent");
+    assert!(
+        sent < FLOOD_HELD_MAX,
+        "{sent} bytes sent to a receiver that reads nothing"
+    );
+    assert!(
+        peak * 4096 < FLOOD_HELD_MAX,
+        "TCP memory grew by {} KiB",
+        peak * 4
+    );
+    assert!(full >= 2.0, "{m}");
+
+    // The receiver reads: the rest flows, byte-exact and in order across
+    // each connection's switch from redirects to the TCP path.
+    writeln!(sink.0.stdin.as_mut().unwrap(), "read").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = progress
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|e| panic!("the flood did not finish ({e}):\n{}", s.proxy_log()));
+        if line.starts_with("done ") {
+            assert_eq!(line, format!("done {FLOOD}"));
+            break;
+        }
+    }
+    // Once the receiver had read what went the TCP way, the shortcut came
+    // back.
+    let m = s.metrics().unwrap();
+    let again = metric(&m, "sidetrack_ebpf_bytes_redirected_total", &[]) - redirected;
+    eprintln!(
+        "then: {} KiB redirected, {} messages passed in order behind the TCP path",
+        again as u64 >> 10,
+        metric(&m, "sidetrack_ebpf_msg_passed_in_order_total", &[])
+    );
+    assert!(again > (FLOOD / 4) as f64, "{m}");
+    let _peer = sink_lines.next().unwrap().unwrap();
+    let closed = sink_lines.next().unwrap().unwrap();
+    let mut want = Fnv64::new();
+    let (mut pattern, mut chunk) = (sidetrack_tests::Pattern::default(), vec![0u8; 1 << 20]);
+    for _ in 0..FLOOD / chunk.len() {
+        pattern.fill(&mut chunk);
+        want.update(&chunk);
+    }
+    let want = format!(" {FLOOD} {:016x}", want.finish());
+    assert!(closed.ends_with(&want), "{closed}, want ...{want}");
 }

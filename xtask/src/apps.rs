@@ -175,15 +175,32 @@ fn serve_forever(
 /// A deterministic payload of `n` bytes that no small shift repeats, so
 /// that a lost, doubled or reordered chunk changes it (xorshift32).
 pub fn pattern(n: usize) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9;
-    (0..n)
-        .map(|_| {
+    let mut bytes = vec![0; n];
+    Pattern::default().fill(&mut bytes);
+    bytes
+}
+
+/// [`pattern`] as a stream, for payloads too large to hold: each
+/// [`Pattern::fill`] goes on where the last one stopped.
+pub struct Pattern(u32);
+
+impl Default for Pattern {
+    fn default() -> Self {
+        Pattern(0x9e37_79b9)
+    }
+}
+
+impl Pattern {
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut x = self.0;
+        for b in buf {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
-            x as u8
-        })
-        .collect()
+            *b = x as u8;
+        }
+        self.0 = x;
+    }
 }
 
 /// One request head: its target and its `l5d-ctx-*` lines.

@@ -38,11 +38,12 @@ use aya::{
 };
 use proxy_common::{
     COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED, FLAG_NO_NEW, InterceptConfig, MAP_CIDRS,
-    MAP_CONFIG, MAP_COOKIE_DST, MAP_COUNTERS, MAP_ORIG_DST, MAP_PORTS, MAP_SOCKHASH, OrigDst,
-    PROG_CONNECT4, PROG_CONNECT6, PROG_SK_MSG, PROG_SOCKOPS, PortPolicy, SockKey,
+    MAP_CONFIG, MAP_COOKIE_DST, MAP_COUNTERS, MAP_ORIG_DST, MAP_PORTS, MAP_SOCKETS, MAP_SOCKHASH,
+    OrigDst, PROG_CONNECT4, PROG_CONNECT6, PROG_SK_MSG, PROG_SOCKOPS, PortPolicy, QueueBound,
+    SockKey,
 };
 
-use super::{bpf_log::LogForwarder, cgroup};
+use super::{bpf_log::LogForwarder, btf, cgroup};
 
 /// The object built by `cargo xtask build-ebpf`, embedded at build time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SIDETRACK_EBPF_OBJECT"));
@@ -95,8 +96,9 @@ pub enum InterceptError {
 }
 
 /// The maps a successor takes over, with everything in them.
-const SHARED_MAPS: [&str; 7] = [
+const SHARED_MAPS: [&str; 8] = [
     MAP_SOCKHASH,
+    MAP_SOCKETS,
     MAP_COUNTERS,
     MAP_CONFIG,
     MAP_CIDRS,
@@ -145,6 +147,9 @@ pub struct InterceptSpec {
     pub exclude_ports: Vec<u16>,
     /// The SO_MARK the proxy puts on its own sockets.
     pub mark: u32,
+    /// What sk_msg may queue on a receiver before messages to it pass, at
+    /// least (`QueueBound::min_bytes`); 0: no bound.
+    pub redirect_queue_min_bytes: u32,
 }
 
 impl EbpfOptions {
@@ -486,6 +491,7 @@ impl EbpfDataPath {
             proxy_port: u32::from(spec.proxy.port()),
             mark: spec.mark,
             flags,
+            queue: queue_bound(spec.redirect_queue_min_bytes),
         };
         let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
         config
@@ -734,6 +740,39 @@ fn ebpf_maps(ebpf: &mut Ebpf) -> Result<(KeptMaps, SharedFds), InterceptError> {
         orig_dst: take(MAP_ORIG_DST)?,
     };
     Ok((kept, dups))
+}
+
+/// sk_msg's bound on what it queues on a receiver, with the offsets of
+/// the fields it reads from this kernel's BTF. Off, with a warning, on a
+/// kernel that lacks one of them (`msg_tot_len` is recent): redirects are
+/// then unbounded, as they were.
+fn queue_bound(min_bytes: u32) -> QueueBound {
+    if min_bytes == 0 {
+        return QueueBound::default();
+    }
+    let found = btf::Btf::from_file(Path::new(btf::VMLINUX))
+        .map_err(|e| format!("{}: {e}", btf::VMLINUX))
+        .and_then(|btf| {
+            let find = |s: &str, m: &str| {
+                btf.member_offset(s, m)
+                    .ok_or_else(|| format!("the kernel's struct {s} has no {m}"))
+            };
+            Ok(QueueBound {
+                min_bytes,
+                sk_rcvbuf: find("sock", "sk_rcvbuf")?,
+                sk_user_data: find("sock", "sk_user_data")?,
+                psock_msg_tot_len: find("sk_psock", "msg_tot_len")?,
+                tcp_write_seq: find("tcp_sock", "write_seq")?,
+                tcp_copied_seq: find("tcp_sock", "copied_seq")?,
+            })
+        });
+    found.unwrap_or_else(|e| {
+        tracing::warn!(
+            error = %e,
+            "sk_msg redirects will not be bounded by their receivers' queues"
+        );
+        QueueBound::default()
+    })
 }
 
 /// Opens the attach cgroup, checked to be a cgroup v2 directory.

@@ -3,11 +3,13 @@
 //!
 //! `ebpf` loads and attaches the programs (aya) and reads their maps;
 //! `cgroup` finds and handles cgroup v2 directories; `bpf_log` forwards the
-//! programs' aya-log lines to `tracing`; `nft` is the iptables-mode
+//! programs' aya-log lines to `tracing`; `btf` finds the kernel struct
+//! offsets the programs read; `nft` is the iptables-mode
 //! fallback. [`OrigDst`] is the one question the proxy asks of either mode:
 //! where was this accepted connection going?
 
 mod bpf_log;
+mod btf;
 pub mod cgroup;
 pub mod ebpf;
 pub mod nft;

@@ -10,6 +10,14 @@
 //! * `netns-echo send-close ADDR BYTES`: connects, sends BYTES of the test
 //!   pattern, closes at once (reading nothing) and prints `sent <n> from
 //!   <local addr>`.
+//! * `netns-echo sink IP`: listens on IP (any port), prints `listening
+//!   <addr>`, accepts one connection and prints `peer <addr>`, then reads
+//!   nothing until a line comes on its stdin; then reads to the end and
+//!   prints `closed <peer> <bytes read> <fnv1a64 of them>`.
+//! * `netns-echo flood ADDR BYTES`: connects and writes BYTES of the test
+//!   pattern as fast as the connection takes them, printing `sent <n>` every
+//!   50 ms; at the end closes its sending side and prints `done <n>`. A
+//!   write blocked for a minute fails it.
 //! * `netns-echo abandon-node`: makes a test bed node with one pod running a
 //!   server, prints `ready <pod netns> <host veth> <pod cgroup> <node ip>`,
 //!   then sleeps (up to 10 minutes) so that the test can kill it and find
@@ -28,7 +36,7 @@ use std::{
     time::Duration,
 };
 
-use sidetrack_tests::{Fnv64, pattern};
+use sidetrack_tests::{Fnv64, Pattern, pattern};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -115,6 +123,70 @@ fn send_close(addr: SocketAddr, bytes: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Accepts one connection and leaves its bytes unread until told (a line
+/// on stdin), then reads them all.
+fn sink(ip: &str) -> io::Result<()> {
+    let listener = TcpListener::bind((ip, 0))?;
+    println!("listening {}", listener.local_addr()?);
+    io::stdout().flush()?;
+    let (mut stream, peer) = listener.accept()?;
+    println!("peer {peer}");
+    io::stdout().flush()?;
+    io::stdin().read_line(&mut String::new())?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut read, mut hash) = (0, Fnv64::new());
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                read += n;
+                hash.update(&buf[..n]);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::yield_now(),
+            Err(e) => return Err(e),
+        }
+    }
+    println!("closed {peer} {read} {:016x}", hash.finish());
+    io::stdout().flush()
+}
+
+/// Writes `bytes` of the pattern as fast as the connection takes them,
+/// saying how far it got every 50 ms.
+fn flood(addr: SocketAddr, bytes: usize) -> io::Result<()> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let sent = sent.clone();
+        thread::spawn(move || -> io::Result<()> {
+            let (mut pattern, mut chunk) = (Pattern::default(), vec![0u8; 64 * 1024]);
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                pattern.fill(&mut chunk[..n]);
+                stream.write_all(&chunk[..n])?;
+                sent.fetch_add(n, Ordering::Relaxed);
+                left -= n;
+            }
+            stream.shutdown(Shutdown::Write)
+        })
+    };
+    while !writer.is_finished() {
+        println!("sent {}", sent.load(Ordering::Relaxed));
+        io::stdout().flush()?;
+        thread::sleep(Duration::from_millis(50));
+    }
+    writer.join().expect("writer thread")?;
+    println!("done {}", sent.load(Ordering::Relaxed));
+    io::stdout().flush()
+}
+
 fn node_then_sleep() -> anyhow::Result<()> {
     let mut node = xtask::testbed::Node::new("abandoned")?;
     let pod = node.add_pod("left")?;
@@ -142,6 +214,8 @@ fn main() -> anyhow::Result<()> {
         ["serve", ip] => serve(ip)?,
         ["send", addr, bytes] => send(addr.parse()?, bytes.parse()?)?,
         ["send-close", addr, bytes] => send_close(addr.parse()?, bytes.parse()?)?,
+        ["sink", ip] => sink(ip)?,
+        ["flood", addr, bytes] => flood(addr.parse()?, bytes.parse()?)?,
         ["abandon-node"] => node_then_sleep()?,
         ["hold-node"] => {
             xtask::testbed::teardown_on_signal()?;
@@ -149,7 +223,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             anyhow::bail!(
-                "usage: netns-echo serve IP | send ADDR BYTES | send-close ADDR BYTES | abandon-node | hold-node"
+                "usage: netns-echo serve IP | send ADDR BYTES | send-close ADDR BYTES | sink IP | flood ADDR BYTES | abandon-node | hold-node"
             )
         }
     }

@@ -118,6 +118,7 @@ pub(super) fn start_interception(
                 ports: i.ports.clone(),
                 exclude_ports: i.exclude_ports.clone(),
                 mark: i.mark,
+                redirect_queue_min_bytes: i.redirect_queue_min_bytes,
             };
             let opts = EbpfOptions {
                 cgroup,
