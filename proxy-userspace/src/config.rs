@@ -96,13 +96,13 @@ pub struct Settings {
     /// What transparent interception (`intercept: ebpf|iptables`) takes.
     pub interception: Interception,
     /// Who may send overrides (`l5d-dtab`, `l5d-ctx-dtab`) and what they
-    /// may say (see `route::overrides`); reloaded live.
-    pub overrides: crate::route::overrides::OverrideSettings,
+    /// may say (see `policy::overrides`); reloaded live.
+    pub overrides: crate::policy::overrides::OverrideSettings,
     /// How weighted unions (`0.1 * /srv/v23 & 0.9 * /srv/v22`) choose.
     pub rollouts: Rollouts,
     /// Routing rules, tried in order per request: the first that matches
-    /// adds its dtab (see `route::rules`); reloaded live.
-    pub rules: Vec<crate::route::rules::RuleSettings>,
+    /// adds its dtab (see `policy::rules`); reloaded live.
+    pub rules: Vec<crate::policy::rules::RuleSettings>,
     /// Restarts without a gap (see `handover`).
     pub handover: Handover,
 }
@@ -411,8 +411,8 @@ impl Settings {
                 self.watch_interval_ms
             ));
         }
-        crate::route::OverridePolicy::new(&self.overrides)?;
-        crate::route::Rules::new(&self.rules)?;
+        crate::policy::OverridePolicy::new(&self.overrides)?;
+        crate::policy::Rules::new(&self.rules)?;
         if l.max_connections == 0 {
             return Err("limits.max_connections: 0 would serve nobody".into());
         }

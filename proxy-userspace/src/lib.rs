@@ -22,5 +22,6 @@ pub mod intercept;
 pub mod logging;
 pub mod namer;
 pub mod observe;
+pub mod policy;
 pub mod proxy;
 pub mod route;

@@ -216,7 +216,7 @@ fn signature(dtab: &str, kid: &str, key: &[u8], secs: i64) -> String {
     let exp = unix_now().saturating_add_signed(secs);
     format!(
         "l5d-dtab-sig: {}",
-        sidetrack::route::signing::sign(&dtab, kid, key, exp)
+        sidetrack::policy::signing::sign(&dtab, kid, key, exp)
     )
 }
 

@@ -19,5 +19,6 @@ pub mod http;
 #[path = "../../src/config.rs"]
 pub mod config;
 
-/// The parts of the router that the settings read (`src/route/mod.rs` here).
-pub mod route;
+#[allow(dead_code, unused_imports)]
+#[path = "../../src/policy/mod.rs"]
+pub mod policy;

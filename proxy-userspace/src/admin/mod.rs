@@ -234,7 +234,7 @@ impl Pasted {
     }
 }
 
-impl crate::route::rules::Facts for Pasted {
+impl crate::policy::rules::Facts for Pasted {
     fn header_values(&self, name: &[u8], each: &mut dyn FnMut(&[u8]) -> bool) -> bool {
         self.headers
             .iter()

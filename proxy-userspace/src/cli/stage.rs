@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::{
     dtab::{Dentry, Dtab},
-    route::signing::{SIGNATURE_HEADER, sign},
+    policy::signing::{SIGNATURE_HEADER, sign},
 };
 
 #[derive(Debug, Args)]

@@ -48,10 +48,8 @@ use crate::{
     http::{self, BodyLength, ChunkedScanner, HeadError, Known, Parsed, RequestHead, ResponseHead},
     namer::balancer::InFlight,
     observe::{log_limit, metrics::ErrorKind},
-    route::{
-        self, Dest, OnRefusal, Outcome, Refusal, Route, RouteError, SourceVerdict, overrides,
-        rules, signing::SIGNATURE_HEADER,
-    },
+    policy::{OnRefusal, Refusal, SourceVerdict, overrides, rules, signing::SIGNATURE_HEADER},
+    route::{self, Dest, Outcome, Route, RouteError},
 };
 
 /// The `Via` entry the proxy adds.

@@ -12,9 +12,6 @@
 //! namer change bumps the routing generation, which makes older routes stale.
 
 pub mod identify;
-pub mod overrides;
-pub mod rules;
-pub mod signing;
 
 use std::sync::{
     Arc,
@@ -29,9 +26,8 @@ use crate::{
     observe::metrics::{Metrics, RouteStats},
 };
 
+pub use crate::policy::{OnRefusal, OverridePolicy, Refusal, Rules, SourceVerdict};
 pub use identify::Identifier;
-pub use overrides::{OnRefusal, OverridePolicy, Refusal, SourceVerdict};
-pub use rules::Rules;
 
 /// The base dtab, compiled, with the text it came from.
 pub struct Base {

@@ -45,11 +45,12 @@ use crate::{
     handover,
     namer::fs::{self, FsNamer},
     observe::metrics::{ExtraCounters, Metrics},
+    policy::{OverridePolicy, Rules, overrides, signing::Keys},
     proxy::{
         self, ProxyConfig, Shared, Stop,
         budget::{BudgetMetrics, MemoryBudget},
     },
-    route::{Identifier, OverridePolicy, Router, RouterLimits, Rules, overrides, signing::Keys},
+    route::{Identifier, Router, RouterLimits},
 };
 
 pub use affinity::{allowed_cpus, pin, pin_current};
