@@ -99,6 +99,11 @@ pub struct InterceptConfig {
 /// sender put on the TCP path (the receiver's `copied_seq` equals the
 /// sender's `write_seq`); until then it goes the normal way too.
 ///
+/// A check that lets a message go leaves its sender a credit (socket
+/// storage of the sk_msg program's own, not part of this contract): the
+/// room left under `min_bytes`, which later messages use up without a
+/// check until a message passes, which voids it.
+///
 /// The offsets differ between kernels; userspace finds them in the
 /// kernel's BTF. All zero (the default): no bound.
 #[repr(C)]

@@ -26,7 +26,10 @@
 //!   checked first: while it holds its bound (`QueueBound`) messages go the
 //!   normal way, where TCP's window holds the sender back, and they go on
 //!   doing so until the peer has read them all (a redirect must not
-//!   overtake them).
+//!   overtake them). A check that finds order intact and the queue short
+//!   of the bound leaves the sender a credit (`SENDERS`, socket storage):
+//!   the bytes it may redirect before the next check, no more than the
+//!   room left under the bound, so most messages skip the check.
 //!
 //! The kernel side owns only these fast decisions; userspace owns policy.
 //! Counters are per-CPU so that no increment needs an atomic (the BPF target
@@ -37,11 +40,16 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_ANY, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, bpf_sock, sk_action::SK_PASS,
+        BPF_ANY, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, bpf_sock,
+        sk_action::SK_PASS,
     },
-    helpers::{bpf_get_socket_cookie, bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock},
-    macros::{cgroup_sock_addr, map, sk_msg, sock_ops},
+    btf_maps::SkStorage,
+    helpers::{
+        bpf_get_socket_cookie, bpf_probe_read_kernel,
+        generated::{bpf_sk_storage_get, bpf_skc_to_tcp_sock},
+    },
+    macros::{btf_map, cgroup_sock_addr, map, sk_msg, sock_ops},
     maps::{Array, HashMap, LruHashMap, LpmTrie, PerCpuArray, SockHash, lpm_trie::Key},
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
@@ -83,6 +91,26 @@ static ORIG_DST: LruHashMap<SockKey, OrigDst> = LruHashMap::with_max_entries(ORI
 /// to the LRU after it closes.
 #[map(name = "SOCKETS")]
 static SOCKETS: LruHashMap<SockKey, u64> = LruHashMap::with_max_entries(SOCKHASH_CAPACITY, 0);
+
+/// What a sending socket may still redirect without a check: see
+/// [`sidetrack_sk_msg`]. Socket storage, so it lives and dies with the
+/// socket and costs no hash lookup; the socket is locked while its verdict
+/// runs, so one program run at a time reads and writes it. Not handed over
+/// on a restart: a socket runs the program it was filed with, and that
+/// program's own map, for life; a socket with no entry starts at no
+/// credit, which only means a check.
+#[btf_map(name = "SENDERS")]
+static SENDERS: SkStorage<Credit> = SkStorage::new();
+
+/// A sender's credit: `bytes` it may redirect before the next check, given
+/// by a check made under `min_bytes` ([`QueueBound::min_bytes`] then; a
+/// credit from another bound is void).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Credit {
+    pub bytes: u32,
+    pub min_bytes: u32,
+}
 
 #[inline(always)]
 fn config() -> Option<&'static InterceptConfig> {
@@ -291,7 +319,7 @@ pub fn sidetrack_sk_msg(ctx: SkMsgContext) -> u32 {
         _ => None,
     };
     let Some((local_ip4, remote_ip4)) = ends else {
-        return pass(size);
+        return pass(size, core::ptr::null_mut());
     };
     // The peer's key is this socket's 4-tuple seen from the other end.
     let mut peer = SockKey {
@@ -300,16 +328,52 @@ pub fn sidetrack_sk_msg(ctx: SkMsgContext) -> u32 {
         src_port: remote_port_host(md.remote_port),
         dst_port: md.local_port,
     };
-    if let Some(bound) = CONFIG.get(0).map(|c| &c.queue)
-        && bound.min_bytes != 0
-    {
-        // SAFETY: `sk` of a live sk_msg_md is the sending socket.
-        let sender = unsafe { core::ptr::read_volatile(&md.__bindgen_anon_3.sk) };
-        if let Some(why) = hold(sender, &peer, bound) {
-            if why != Counter::MsgPassed {
-                count(why, 1);
+    // SAFETY: `sk` of a live sk_msg_md is the sending socket.
+    let sender = unsafe { core::ptr::read_volatile(&md.__bindgen_anon_3.sk) };
+    let bound = CONFIG.get(0).map(|c| &c.queue).filter(|b| b.min_bytes != 0);
+    // Null with the bound off (nothing is created then), or when the
+    // kernel could not allocate the entry: every message is checked.
+    // SAFETY: the map is ours; `sender` is a full socket (the helper takes
+    // any socket pointer the verifier knows as one).
+    let credit = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(&SENDERS).cast_mut().cast(),
+            sender.cast(),
+            core::ptr::null_mut(),
+            if bound.is_some() { u64::from(BPF_SK_STORAGE_GET_F_CREATE) } else { 0 },
+        )
+    }
+    .cast::<Credit>();
+    if let Some(bound) = bound {
+        // SAFETY: a storage pointer from the helper, this socket's own; the
+        // socket is locked while its verdict runs.
+        let left = match unsafe { credit.as_mut() } {
+            Some(c) if c.min_bytes == bound.min_bytes => c.bytes,
+            _ => 0,
+        };
+        if size <= u64::from(left) {
+            // Checked before: no byte has passed since (a pass voids the
+            // credit) and the receiver's queue has room for these.
+            // SAFETY: as above; non-null, since `left` is not zero or
+            // `size` is (then nothing changes).
+            if let Some(c) = unsafe { credit.as_mut() } {
+                c.bytes = left - size as u32;
             }
-            return pass(size);
+        } else {
+            match hold(sender, &peer, bound, size) {
+                Ok(room) => {
+                    // SAFETY: as above.
+                    if let Some(c) = unsafe { credit.as_mut() } {
+                        *c = Credit { bytes: room, min_bytes: bound.min_bytes };
+                    }
+                }
+                Err(why) => {
+                    if why != Counter::MsgPassed {
+                        count(why, 1);
+                    }
+                    return pass(size, credit);
+                }
+            }
         }
     }
     // On a miss the helper returns SK_DROP and sets no redirect; answering
@@ -319,51 +383,77 @@ pub fn sidetrack_sk_msg(ctx: SkMsgContext) -> u32 {
         count(Counter::BytesRedirected, size);
         SK_PASS
     } else {
-        pass(size)
+        pass(size, credit)
     }
 }
 
-/// Counts a message that goes the normal way, and lets it.
+/// Counts a message that goes the normal way, and lets it. The sender's
+/// credit (when it has one) is void from here: until a check finds these
+/// bytes read, a redirect could overtake them.
 #[inline(always)]
-fn pass(size: u64) -> u32 {
+fn pass(size: u64, credit: *mut Credit) -> u32 {
+    // SAFETY: null or the sender's storage, as the caller got it.
+    if let Some(c) = unsafe { credit.as_mut() } {
+        c.bytes = 0;
+    }
     count(Counter::MsgPassed, 1);
     count(Counter::BytesPassed, size);
     SK_PASS
 }
 
-/// Why a message from `sender` to the socket filed under `peer` must go
-/// the normal way, if it must (see `QueueBound`): bytes `sender` sent that
-/// way are not all read yet, or the peer's ingress queue holds the larger
-/// of its `sk_rcvbuf` and `bound.min_bytes`. A peer whose address is not
-/// known cannot be checked, and the message passes (`Counter::MsgPassed`
-/// alone counts it).
+/// Why a message of `size` bytes from `sender` to the socket filed under
+/// `peer` must go the normal way, if it must (see `QueueBound`): bytes
+/// `sender` sent that way are not all read yet, or the peer's ingress
+/// queue holds the larger of its `sk_rcvbuf` and `bound.min_bytes`. A peer
+/// whose address is not known cannot be checked, and the message passes
+/// (`Counter::MsgPassed` alone counts it).
+///
+/// Else the message may go, and the answer is the sender's credit: the
+/// bytes it may redirect after this message without a check, the room the
+/// queue has under `bound.min_bytes` once this message is on it. The
+/// queue only shrinks meanwhile (the receiver reads, and this sender is
+/// its only writer), so the credit keeps it under the bound; `sk_rcvbuf`
+/// only raises the bound above `min_bytes`, so its changes cannot void it.
 ///
 /// The offsets are this kernel's (from its BTF). Addresses are only read
 /// through bpf_probe_read_kernel, which fails (as zero) rather than fault:
 /// a socket freed since it was filed gives a wrong answer, never a crash.
 #[inline(always)]
-fn hold(sender: *mut bpf_sock, peer: &SockKey, bound: &QueueBound) -> Option<Counter> {
+fn hold(
+    sender: *mut bpf_sock,
+    peer: &SockKey,
+    bound: &QueueBound,
+    size: u64,
+) -> Result<u32, Counter> {
     // SAFETY: a value pointer from a map lookup, read at once.
     let Some(sock) = SOCKETS.get_ptr(peer).map(|p| unsafe { *p }) else {
-        return Some(Counter::MsgPassed);
+        return Err(Counter::MsgPassed);
     };
     // SAFETY: the sending socket, a full TCP socket in sk_msg.
     let own = unsafe { bpf_skc_to_tcp_sock(sender.cast()) } as u64;
     if own == 0 {
-        return Some(Counter::MsgPassed);
+        return Err(Counter::MsgPassed);
     }
     let written = read_kernel::<u32>(own + u64::from(bound.tcp_write_seq));
     if read_kernel::<u32>(sock + u64::from(bound.tcp_copied_seq)) != written {
-        return Some(Counter::PassedInOrder);
+        return Err(Counter::PassedInOrder);
     }
     // The psock, with flag bits in the low three (SK_USER_DATA_*).
     let psock = read_kernel::<u64>(sock + u64::from(bound.sk_user_data)) & !7;
+    if psock == 0 {
+        // Not a socket in the map (the redirect will miss): no credit.
+        return Ok(0);
+    }
     let queued = read_kernel::<u32>(psock + u64::from(bound.psock_msg_tot_len));
-    if psock == 0 || queued < bound.min_bytes {
-        return None;
+    if queued < bound.min_bytes {
+        let after = u64::from(queued) + size;
+        return Ok(u64::from(bound.min_bytes).saturating_sub(after) as u32);
     }
     let rcvbuf = read_kernel::<i32>(sock + u64::from(bound.sk_rcvbuf));
-    (queued >= rcvbuf.max(0) as u32).then_some(Counter::PassedQueueFull)
+    if queued >= rcvbuf.max(0) as u32 {
+        return Err(Counter::PassedQueueFull);
+    }
+    Ok(0)
 }
 
 /// A kernel value at address `at`, zero when it cannot be read.
