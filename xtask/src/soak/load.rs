@@ -455,7 +455,7 @@ const ANSWER: Duration = Duration::from_secs(10);
 /// `world-v2` staged: hello calls world through the proxy again, passing
 /// the override on in `l5d-ctx-dtab`.
 fn hello_keepalive(ctx: &Ctx, s: &mut Session, rec: &Rec) {
-    let staged = s.seq % 3 == 0;
+    let staged = s.seq.is_multiple_of(3);
     let extra: &[&str] = if staged { &[STAGE_V2] } else { &[] };
     let e = &ctx.env;
     let want = if staged {
@@ -488,7 +488,7 @@ fn hello_keepalive(ctx: &Ctx, s: &mut Session, rec: &Rec) {
 /// every other one with `app-v2` staged.
 fn app_short(ctx: &Ctx, s: &mut Session, rec: &Rec) {
     s.conn = None;
-    let staged = s.seq % 2 == 0;
+    let staged = s.seq.is_multiple_of(2);
     let mut extra = vec!["Connection: close"];
     if staged {
         extra.push(STAGE_APP_V2);
@@ -554,7 +554,7 @@ fn app_bodies(ctx: &Ctx, s: &mut Session, rec: &Rec) {
 /// A backend that takes 100-600 ms (must succeed), and every tenth
 /// request longer than the proxy's response timeout (must get 504).
 fn slow_backend(ctx: &Ctx, s: &mut Session, rec: &Rec) {
-    let too_slow = s.seq % 10 == 0;
+    let too_slow = s.seq.is_multiple_of(10);
     let limit = ctx.env.limits.response_timeout_ms;
     let delay = if too_slow {
         limit + 1500
@@ -599,7 +599,7 @@ fn refusing_backend(ctx: &Ctx, s: &mut Session, rec: &Rec) {
 /// `l5d-dtab` (40 entries, about 2.4 KB; each a new route for the
 /// cache); every tenth has 101 entries and must get 400.
 fn big_dtab(ctx: &Ctx, s: &mut Session, rec: &Rec) {
-    let too_many = s.seq % 10 == 0;
+    let too_many = s.seq.is_multiple_of(10);
     let entries = if too_many { 101 } else { 40 };
     let seq = s.seq;
     let dtab: Vec<String> = (0..entries)
@@ -677,7 +677,7 @@ fn partial_head(ctx: &Ctx, _s: &mut Session, rec: &Rec) {
 /// `refused` pod each time (502; one folded pair of metric labels, warnings
 /// rate-limited), and every fourth to `app-v1`'s own address (200).
 fn inet_overrides(ctx: &Ctx, s: &mut Session, rec: &Rec) {
-    let live = s.seq % 4 == 0;
+    let live = s.seq.is_multiple_of(4);
     let to = if live {
         format!("{}/{}", ctx.env.app_v1.ip(), ctx.env.app_v1.port())
     } else {
@@ -771,7 +771,7 @@ fn trickled_body(ctx: &Ctx, _s: &mut Session, rec: &Rec) {
 /// OPTIONS and TRACE with `Max-Forwards: 0`, in turn: the proxy answers
 /// them itself (200 with Allow; 405 with l5d-err).
 fn max_forwards(ctx: &Ctx, s: &mut Session, rec: &Rec) {
-    let options = s.seq % 2 == 0;
+    let options = s.seq.is_multiple_of(2);
     let method = if options { "OPTIONS" } else { "TRACE" };
     let req = request(method, "/", "app", &["Max-Forwards: 0"], b"", false);
     let what = format!("{method} with Max-Forwards: 0");

@@ -50,6 +50,13 @@ fn summary(o: &Outcome) -> String {
          | series | start | end | growth | allowed | slope /min | |\n|---|--:|--:|--:|--:|--:|---|\n",
     );
     for s in &SERIES {
+        if s.tolerance.is_some() && s.judged(&o.options).is_none() {
+            let _ = writeln!(
+                t,
+                "| {} | | | | | | not judged: needs a warm-up of {:.0} s |",
+                s.title, s.min_warmup_secs
+            );
+        }
         if let Some(tr) = o.trends.iter().find(|x| x.key == s.key) {
             let _ = writeln!(
                 t,
@@ -107,6 +114,15 @@ fn summary(o: &Outcome) -> String {
     t
 }
 
+/// A tick label with a decimal when the axis spans little.
+fn fmt_tick(v: f64, span: f64) -> String {
+    if span < 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
 /// One panel per series, three across.
 fn plot(o: &Outcome, path: &Path) -> Result<()> {
     let err = |e: &dyn std::fmt::Debug| anyhow!("{e:?}");
@@ -151,8 +167,8 @@ fn plot(o: &Outcome, path: &Path) -> Result<()> {
             .x_labels(6)
             .y_labels(5)
             .x_desc("minutes")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|v| format!("{v:.0}"))
+            .x_label_formatter(&|x| fmt_tick(*x, minutes))
+            .y_label_formatter(&|v| fmt_tick(*v, hi - lo))
             .draw()
             .map_err(|e| err(&e))?;
         chart

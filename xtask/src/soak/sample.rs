@@ -1,7 +1,8 @@
 //! What the soak samples, every few seconds: the proxy's resident memory
 //! and open descriptors (/proc), the entries of its eBPF maps (found
 //! through the descriptors it holds, counted with bpftool), the kernel's
-//! TCP socket counts and memory (/proc/net/sockstat), and a few of its
+//! TCP socket counts and memory (/proc/net/sockstat) and socket buffers
+//! (/proc/slabinfo), and a few of its
 //! own gauges (/metrics).
 
 use std::{collections::BTreeMap, fs, process::Command};
@@ -110,6 +111,18 @@ pub fn sockstat(values: &mut BTreeMap<String, f64>) {
     }
 }
 
+/// Active objects of the slab cache of socket buffer heads (machine-wide).
+pub fn skbuff_slab(values: &mut BTreeMap<String, f64>) {
+    let text = fs::read_to_string("/proc/slabinfo").unwrap_or_default();
+    if let Some(active) = text
+        .lines()
+        .find_map(|l| l.strip_prefix("skbuff_head_cache "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+    {
+        values.insert("skbuff_slab".into(), active);
+    }
+}
+
 /// The proxy's own gauges, and how many samples /metrics has (a label set
 /// that grows with the traffic would show there).
 pub fn metrics(text: &str, values: &mut BTreeMap<String, f64>) {
@@ -135,6 +148,7 @@ pub fn take(pid: u32, maps: &Maps, metrics_text: Option<&str>) -> BTreeMap<Strin
     values.insert("fds".into(), proc::fd_count(pid) as f64);
     maps.count(&mut values);
     sockstat(&mut values);
+    skbuff_slab(&mut values);
     if let Some(text) = metrics_text {
         metrics(text, &mut values);
     }

@@ -124,7 +124,9 @@ mod tests {
         // do not move beyond 50 (5%).
         let noisy = line(60, |t| {
             let i = (t / 5.0) as usize;
-            1000.0 + if i % 2 == 0 { 30.0 } else { -30.0 } + if i % 17 == 0 { 900.0 } else { 0.0 }
+            1000.0
+                + if i.is_multiple_of(2) { 30.0 } else { -30.0 }
+                + if i.is_multiple_of(17) { 900.0 } else { 0.0 }
         });
         assert!(!judge("x", &noisy, TOL, 1.0).unwrap().upward);
         // A series that falls (a cache settling) is not a leak.
