@@ -11,6 +11,8 @@ use std::{
     time::Instant,
 };
 
+use crate::bench::loadgen::find_head_end;
+
 /// One final response.
 #[derive(Debug, Default)]
 pub struct Response {
@@ -98,10 +100,6 @@ fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> Result<
         }
         Err(e) => Err(ReadError::Io(e)),
     }
-}
-
-pub fn find_head_end(b: &[u8]) -> Option<usize> {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
 /// Status and headers of a response head (without its blank line).

@@ -33,6 +33,7 @@ use super::{
     http::{ReadError, Response, read_response},
 };
 use crate::{apps::pattern, staging::STAGE_V2};
+use Role::{Good, Hostile};
 
 /// Everything the clients need to know about the bed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -99,115 +100,42 @@ const fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
+/// A kind: name, role, threads, a step every `every_ms`, the step.
+const fn kind(
+    name: &'static str,
+    role: Role,
+    threads: usize,
+    every_ms: u64,
+    step: fn(&Ctx, &mut Session, &Rec),
+) -> Kind {
+    Kind {
+        name,
+        role,
+        threads,
+        every: ms(every_ms),
+        step,
+    }
+}
+
 /// Every kind, and its rate: about 90 requests a second from the good
 /// pod (and 50 more from `hello` to `world`), about 30 from the hostile
 /// one plus 50 idle connections a second and the slow-drip ones.
 const KINDS: [Kind; 15] = [
-    Kind {
-        name: "hello-keepalive",
-        role: Role::Good,
-        threads: 2,
-        every: ms(40),
-        step: hello_keepalive,
-    },
-    Kind {
-        name: "app-short",
-        role: Role::Good,
-        threads: 1,
-        every: ms(100),
-        step: app_short,
-    },
-    Kind {
-        name: "app-bodies",
-        role: Role::Good,
-        threads: 2,
-        every: ms(125),
-        step: app_bodies,
-    },
-    Kind {
-        name: "slow-backend",
-        role: Role::Good,
-        threads: 1,
-        every: ms(0),
-        step: slow_backend,
-    },
-    Kind {
-        name: "flaky-backend",
-        role: Role::Good,
-        threads: 1,
-        every: ms(250),
-        step: flaky_backend,
-    },
-    Kind {
-        name: "refusing-backend",
-        role: Role::Good,
-        threads: 1,
-        every: ms(250),
-        step: refusing_backend,
-    },
-    Kind {
-        name: "big-dtab",
-        role: Role::Hostile,
-        threads: 1,
-        every: ms(100),
-        step: big_dtab,
-    },
-    Kind {
-        name: "interim-flood",
-        role: Role::Hostile,
-        threads: 1,
-        every: ms(500),
-        step: interim_flood,
-    },
-    Kind {
-        name: "partial-head",
-        role: Role::Hostile,
-        threads: 6,
-        every: ms(0),
-        step: partial_head,
-    },
-    Kind {
-        name: "inet-overrides",
-        role: Role::Hostile,
-        threads: 1,
-        every: ms(200),
-        step: inet_overrides,
-    },
-    Kind {
-        name: "idle-sockets",
-        role: Role::Hostile,
-        threads: 1,
-        every: ms(20),
-        step: idle_sockets,
-    },
-    Kind {
-        name: "trickled-body",
-        role: Role::Hostile,
-        threads: 2,
-        every: ms(0),
-        step: trickled_body,
-    },
-    Kind {
-        name: "max-forwards",
-        role: Role::Hostile,
-        threads: 1,
-        every: ms(500),
-        step: max_forwards,
-    },
-    Kind {
-        name: "http-1.2",
-        role: Role::Hostile,
-        threads: 1,
-        every: ms(500),
-        step: http_1_2,
-    },
-    Kind {
-        name: "proxy-authorization",
-        role: Role::Hostile,
-        threads: 1,
-        every: ms(500),
-        step: proxy_authorization,
-    },
+    kind("hello-keepalive", Good, 2, 40, hello_keepalive),
+    kind("app-short", Good, 1, 100, app_short),
+    kind("app-bodies", Good, 2, 125, app_bodies),
+    kind("slow-backend", Good, 1, 0, slow_backend),
+    kind("flaky-backend", Good, 1, 250, flaky_backend),
+    kind("refusing-backend", Good, 1, 250, refusing_backend),
+    kind("big-dtab", Hostile, 1, 100, big_dtab),
+    kind("interim-flood", Hostile, 1, 500, interim_flood),
+    kind("partial-head", Hostile, 6, 0, partial_head),
+    kind("inet-overrides", Hostile, 1, 200, inet_overrides),
+    kind("idle-sockets", Hostile, 1, 20, idle_sockets),
+    kind("trickled-body", Hostile, 2, 0, trickled_body),
+    kind("max-forwards", Hostile, 1, 500, max_forwards),
+    kind("http-1.2", Hostile, 1, 500, http_1_2),
+    kind("proxy-authorization", Hostile, 1, 500, proxy_authorization),
 ];
 
 /// What every thread shares.
@@ -844,7 +772,8 @@ pub fn total<'a>(reports: impl IntoIterator<Item = &'a Report>) -> KindTally {
 
 #[cfg(test)]
 mod tests {
-    use super::{super::http::find_head_end, *};
+    use super::*;
+    use crate::bench::loadgen::find_head_end;
 
     #[test]
     fn requests_are_framed() {
