@@ -29,7 +29,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ProxyLimits,
+    DENIED, ProxyLimits,
     http::{ReadError, Response, read_response},
 };
 use crate::{apps::pattern, staging::STAGE_V2};
@@ -602,20 +602,25 @@ fn partial_head(ctx: &Ctx, _s: &mut Session, rec: &Rec) {
 }
 
 /// Overrides to many distinct literal addresses: a refused port of the
-/// `refused` pod each time (502; one folded pair of metric labels, warnings
-/// rate-limited), and every fourth to `app-v1`'s own address (200).
+/// `refused` pod (502; one folded pair of metric labels, warnings
+/// rate-limited), every fourth to `app-v1`'s own address (200), and every
+/// fourth to a loopback port, which the soak's override policy denies
+/// (403, never connected).
 fn inet_overrides(ctx: &Ctx, s: &mut Session, rec: &Rec) {
-    let live = s.seq.is_multiple_of(4);
+    let (live, denied) = (s.seq.is_multiple_of(4), s.seq % 4 == 2);
     let to = if live {
-        format!("{}/{}", ctx.env.app_v1.ip(), ctx.env.app_v1.port())
+        format!("/$/inet/{}/{}", ctx.env.app_v1.ip(), ctx.env.app_v1.port())
+    } else if denied {
+        format!("{DENIED}/{}", 1024 + s.seq % 60_000)
     } else {
-        format!("{}/{}", ctx.env.refused, 20_000 + s.seq % 40_000)
+        format!("/$/inet/{}/{}", ctx.env.refused, 20_000 + s.seq % 40_000)
     };
-    let header = format!("l5d-dtab: /host/app => /$/inet/{to}");
+    let header = format!("l5d-dtab: /host/app => {to}");
     let req = request("GET", "/", "app", &[&header], b"", false);
-    let what = format!("GET app via /$/inet/{to}");
+    let what = format!("GET app via {to}");
     match exchange(ctx, s, rec, &req, ANSWER) {
         Ok(r) if live => rec.check(r.status == 200 && r.body == b"app-v1", &what, &r),
+        Ok(r) if denied => rec.check_refusal(r.is_proxy_error(&[403]), &what, &r),
         Ok(r) => rec.check_refusal(r.is_proxy_error(&[502, 503]), &what, &r),
         Err(err) => rec.failed(format!("{what}: {err}")),
     }

@@ -110,7 +110,11 @@ fn summary(o: &Outcome) -> String {
     for (name, v) in &o.proxy_counters {
         let _ = writeln!(t, "- `{name}` {v}");
     }
-    let _ = writeln!(t, "\nSettings beside the staging defaults: {:?}", o.limits);
+    let _ = writeln!(
+        t,
+        "\nThe proxy's settings beside the demo's:\n\n```yaml\n{}```",
+        o.limits.yaml()
+    );
     t
 }
 

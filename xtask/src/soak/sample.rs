@@ -134,6 +134,10 @@ pub fn metrics(text: &str, values: &mut BTreeMap<String, f64>) {
         "dtab_cache_kb".into(),
         metric(text, "sidetrack_dtab_cache_bytes", &[]) / 1024.0,
     );
+    values.insert(
+        "memory_charged_kb".into(),
+        metric(text, "sidetrack_memory_used_bytes", &[]) / 1024.0,
+    );
     let lines = text
         .lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
