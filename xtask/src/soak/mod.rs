@@ -307,7 +307,11 @@ fn soak(opts: &Options, bins: Bins) -> Result<()> {
     ));
     let mut loads = Loads::start(&st, &backends, &bins, &env, &opts.out_dir)?;
     let (samples, died) = watch(opts, &mut st, pid, &maps, &loads);
-    let (reports, mut problems) = loads.finish(Duration::from_secs(60));
+    let (reports, mut problems) = match died {
+        // No need to wait out the load's deadline against a dead proxy.
+        Some(_) => (loads.abort(), Vec::new()),
+        None => loads.finish(Duration::from_secs(60)),
+    };
     let metrics_text = st.metrics().unwrap_or_default();
     fs::write(opts.out_dir.join("metrics.txt"), &metrics_text)?;
     fs::write(opts.out_dir.join("sidetrack.log"), st.proxy_log())?;
@@ -493,6 +497,18 @@ impl Loads {
             .iter()
             .filter_map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect()
+    }
+
+    /// Stops both now; returns what they reported last.
+    fn abort(&mut self) -> Vec<Report> {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        self.reports()
     }
 
     /// Waits for both to end (each stops at its deadline and finishes its
