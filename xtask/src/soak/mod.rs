@@ -260,17 +260,18 @@ pub struct Outcome {
 
 /// `cargo xtask soak --minutes N`: results in `target/soak`.
 pub fn run(minutes: f64) -> Result<()> {
-    let opts = Options::minutes(minutes, crate::target_dir().join("soak"))?;
-    // First, before any thread exists: Ctrl-C tears the test bed down.
-    testbed::teardown_on_signal()?;
-    let bins = Bins::build()?;
-    soak(&opts, bins)
+    run_into(minutes, "soak")
 }
 
 /// The short soak of `cargo xtask test` (75 s), results in
 /// `target/soak-test`.
 pub fn run_short() -> Result<()> {
-    let opts = Options::minutes(1.25, crate::target_dir().join("soak-test"))?;
+    run_into(1.25, "soak-test")
+}
+
+fn run_into(minutes: f64, dir: &str) -> Result<()> {
+    let opts = Options::minutes(minutes, crate::target_dir().join(dir))?;
+    // Before the soak's threads: Ctrl-C tears the test bed down.
     testbed::teardown_on_signal()?;
     let bins = Bins::build()?;
     soak(&opts, bins)
