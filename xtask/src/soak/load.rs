@@ -249,7 +249,9 @@ pub fn main(args: &[String]) -> Result<()> {
     }
     let mut out = io::stdout();
     while Instant::now() < ctx.deadline {
-        thread::sleep(Duration::from_secs(1).min(ctx.deadline - Instant::now().min(ctx.deadline)));
+        thread::sleep(
+            Duration::from_secs(1).min(ctx.deadline.saturating_duration_since(Instant::now())),
+        );
         writeln!(out, "{}", serde_json::to_string(&report(false))?)?;
     }
     for w in workers {

@@ -173,8 +173,10 @@ const fn shown(key: &'static str, title: &'static str) -> Series {
 ///   follows the connections open; 512 KiB or 20%.
 ///
 /// Socket buffers in the slab (`skbuff_head_cache`, machine-wide) are
-/// shown, not judged: every other process's traffic is in them.
-pub const SERIES: [Series; 17] = [
+/// shown, not judged: every other process's traffic is in them. So are
+/// the stall probe and the machine's CPU pressure, which tell whether
+/// failures came with the whole machine stopping.
+pub const SERIES: [Series; 19] = [
     judged("rss_kb", "proxy RSS (kB)", 2048.0, 0.05),
     judged("fds", "proxy open descriptors", 40.0, 0.2),
     judged("sockhash", "SOCKHASH entries", 80.0, 0.2),
@@ -197,6 +199,11 @@ pub const SERIES: [Series; 17] = [
     ),
     judged("metric_series", "samples in /metrics", 8.0, 0.0),
     shown("skbuff_slab", "socket buffers in the slab, machine"),
+    shown("stall_ms", "the soak's probe thread overslept (ms, most)"),
+    shown(
+        "cpu_pressure_pct",
+        "CPU pressure, machine (% of time some task waited)",
+    ),
     shown("rps", "answers/s (ok + expected refusals)"),
     shown("retried", "requests retried (cumulative)"),
     shown("failed", "requests failed (cumulative)"),
@@ -332,7 +339,7 @@ fn soak(opts: &Options, bins: Bins) -> Result<()> {
         })
         .collect();
     problems.extend(died);
-    problems.extend(check(opts, &trends, &reports));
+    problems.extend(check(opts, &samples, &trends, &reports));
     let outcome = Outcome {
         options: opts.clone(),
         limits,
@@ -576,6 +583,8 @@ fn watch(
     let mut samples: Vec<Sample> = Vec::new();
     let (mut next, mut last_print) = (start, start);
     let mut answered_before = 0.0;
+    let probe = sample::StallProbe::start();
+    let mut pressure_before = sample::cpu_pressure_us();
     while start.elapsed().as_secs_f64() < opts.duration_secs {
         next += every;
         thread::sleep(next.saturating_duration_since(Instant::now()));
@@ -598,6 +607,15 @@ fn watch(
         values.insert("retried".into(), total.retried as f64);
         values.insert("failed".into(), total.failed as f64);
         answered_before = answered;
+        values.insert("stall_ms".into(), probe.take_ms());
+        let pressure = sample::cpu_pressure_us();
+        if let (Some(now), Some(before)) = (pressure, pressure_before) {
+            values.insert(
+                "cpu_pressure_pct".into(),
+                (now - before) / 1e4 / dt.max(1e-3),
+            );
+        }
+        pressure_before = pressure;
         if last_print.elapsed() >= Duration::from_secs(30) || samples.is_empty() {
             last_print = Instant::now();
             let v = |k: &str| values.get(k).copied().unwrap_or(f64::NAN);
@@ -630,7 +648,7 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// What makes the run fail besides the proxy dying: a series trending
 /// upward, a request that failed, a kind of traffic that never ran.
-fn check(opts: &Options, trends: &[Trend], reports: &[Report]) -> Vec<String> {
+fn check(opts: &Options, samples: &[Sample], trends: &[Trend], reports: &[Report]) -> Vec<String> {
     let mut problems = Vec::new();
     for s in SERIES.iter().filter(|s| s.judged(opts).is_some()) {
         match trends.iter().find(|t| t.key == s.key) {
@@ -642,6 +660,7 @@ fn check(opts: &Options, trends: &[Trend], reports: &[Report]) -> Vec<String> {
             None => problems.push(format!("{}: too few samples after the warm-up to judge", s.title)),
         }
     }
+    problems.extend(failure_times(samples));
     for r in reports {
         for (kind, t) in &r.kinds {
             if t.failed > 0 {
@@ -662,6 +681,29 @@ fn check(opts: &Options, trends: &[Trend], reports: &[Report]) -> Vec<String> {
         }
     }
     problems
+}
+
+/// When requests failed (the sample intervals in which the count grew),
+/// with the most the probe thread overslept there and the machine's CPU
+/// pressure: failures that come with a stalled machine point at the
+/// machine first.
+fn failure_times(samples: &[Sample]) -> Option<String> {
+    let v = |s: &Sample, k: &str| s.values.get(k).copied().unwrap_or(0.0);
+    let at: Vec<String> = samples
+        .windows(2)
+        .filter(|w| v(&w[1], "failed") > v(&w[0], "failed"))
+        .map(|w| {
+            format!(
+                "{:.0}-{:.0} s: {:.0} failed, the probe overslept {:.0} ms, CPU pressure {:.0}%",
+                w[0].t_secs,
+                w[1].t_secs,
+                v(&w[1], "failed") - v(&w[0], "failed"),
+                v(&w[1], "stall_ms").max(v(&w[0], "stall_ms")),
+                v(&w[1], "cpu_pressure_pct")
+            )
+        })
+        .collect();
+    (!at.is_empty()).then(|| format!("requests failed in {}", at.join("; ")))
 }
 
 /// The proxy's counters worth a line in the summary: errors by kind,

@@ -2,10 +2,21 @@
 //! and open descriptors (/proc), the entries of its eBPF maps (found
 //! through the descriptors it holds, counted with bpftool), the kernel's
 //! TCP socket counts and memory (/proc/net/sockstat) and socket buffers
-//! (/proc/slabinfo), and a few of its
+//! (/proc/slabinfo), how much the machine itself stalled (a probe thread,
+//! CPU pressure), and a few of its
 //! own gauges (/metrics).
 
-use std::{collections::BTreeMap, fs, process::Command};
+use std::{
+    collections::BTreeMap,
+    fs,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use proxy_common::{MAP_COOKIE_DST, MAP_ORIG_DST, MAP_SOCKHASH};
@@ -143,6 +154,65 @@ pub fn metrics(text: &str, values: &mut BTreeMap<String, f64>) {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .count();
     values.insert("metric_series".into(), lines as f64);
+}
+
+/// A thread of the soak's own that sleeps 20 ms at a time and keeps the
+/// most it overslept: when the proxy misses its deadlines, this tells a
+/// machine that stopped running everyone (other builds and tests on
+/// it) from a proxy that stopped on its own.
+pub struct StallProbe {
+    max_us: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl StallProbe {
+    pub fn start() -> StallProbe {
+        let max_us = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, st) = (Arc::clone(&max_us), Arc::clone(&stop));
+        let thread = thread::spawn(move || {
+            const NAP: Duration = Duration::from_millis(20);
+            while !st.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                thread::sleep(NAP);
+                let late = t.elapsed().saturating_sub(NAP).as_micros() as u64;
+                m.fetch_max(late, Ordering::Relaxed);
+            }
+        });
+        StallProbe {
+            max_us,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The most it overslept since the last call, in ms.
+    pub fn take_ms(&self) -> f64 {
+        self.max_us.swap(0, Ordering::Relaxed) as f64 / 1000.0
+    }
+}
+
+impl Drop for StallProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Microseconds some task waited for a CPU, machine-wide, since boot
+/// (`/proc/pressure/cpu`, `some`); `None` without PSI.
+pub fn cpu_pressure_us() -> Option<f64> {
+    fs::read_to_string("/proc/pressure/cpu")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("some "))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
 }
 
 /// One sample of everything but the load's counts.
