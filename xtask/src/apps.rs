@@ -23,6 +23,8 @@
 //! * `relay LISTEN TO`: a bare epoll byte pump, the floor of a userspace
 //!   hop; `tokio-relay` and `uring-relay` are the same pump on tokio and on
 //!   io_uring (`bench/floors.rs`).
+//!
+//! For `cargo xtask soak`: `soak-backend` and `soak-load` (`soak/`).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -39,12 +41,17 @@ pub fn run(args: &[String]) -> std::io::Result<()> {
         [app, listen, to] if app == "relay" => relay(listen, to),
         [app, listen, to] if app == "tokio-relay" => crate::bench::floors::tokio_relay(listen, to),
         [app, listen, to] if app == "uring-relay" => crate::bench::floors::uring_relay(listen, to),
+        [app, rest @ ..] if app == "soak-backend" => crate::soak::backend_main(rest),
+        [app, rest @ ..] if app == "soak-load" => {
+            crate::soak::load_main(rest).map_err(|e| std::io::Error::other(format!("{e:#}")))
+        }
         [app, rest @ ..] if app == "loadgen" => {
             crate::bench::loadgen::main(rest).map_err(|e| std::io::Error::other(format!("{e:#}")))
         }
         _ => Err(std::io::Error::other(
             "usage: app hello LISTEN WORLD_ADDR | app world LISTEN WORD | app bench-server LISTEN \
-             | app relay|tokio-relay|uring-relay LISTEN TO | app loadgen ARGS",
+             | app relay|tokio-relay|uring-relay LISTEN TO | app loadgen ARGS \
+             | app soak-backend LISTEN ROLE NAME | app soak-load ROLE ENV",
         )),
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 
 use crate::{
-    build_ebpf, cmd, setup,
+    cmd,
     staging::{self, Bins, Mode, STAGE_V2, Staging},
     testbed,
 };
@@ -20,26 +20,7 @@ use crate::{
 pub fn run(keep: bool) -> Result<()> {
     // First, before any thread exists: Ctrl-C tears the test bed down.
     testbed::teardown_on_signal()?;
-    if !setup::is_complete() {
-        setup::run()?;
-    }
-    build_ebpf::run()?;
-    cmd::step("building sidetrack");
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--locked",
-        "--package",
-        "sidetrack",
-        "--bin",
-        "sidetrack",
-    ]))?;
-    let bins = Bins {
-        sidetrack: crate::target_dir().join("debug/sidetrack"),
-        // The apps are a subcommand of this very binary.
-        app: std::env::current_exe()?,
-        app_args: vec!["app".into()],
-    };
-
+    let bins = Bins::build()?;
     cmd::step(
         "starting a node with pods client, hello, world-v1, world-v2, and sidetrack in eBPF mode",
     );

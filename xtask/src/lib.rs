@@ -10,6 +10,7 @@
 //!   interception tests, and the small servers it runs.
 //! * `bench`: `cargo xtask bench`, Sidetrack against the limit and its peers.
 //! * `fuzz`: `cargo xtask fuzz`, every fuzz target in turn.
+//! * `soak`: `cargo xtask soak`, a long mixed load that fails on growth.
 
 pub mod apps;
 pub mod bench;
@@ -18,6 +19,7 @@ pub mod cmd;
 pub mod demo;
 pub mod fuzz;
 pub mod setup;
+pub mod soak;
 pub mod staging;
 pub mod test;
 pub mod testbed;

@@ -55,6 +55,15 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// A long mixed load on the test bed in eBPF mode, hostile clients and
+    /// failing backends included; fails if the proxy's memory, descriptors,
+    /// eBPF map entries or kernel socket memory trend upward after the
+    /// warm-up, or if any request gets the wrong answer (issue 18).
+    Soak {
+        /// How long to run (the first 20% is warm-up).
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+    },
     /// Run one of the demo's apps (used inside the demo's pods).
     #[command(hide = true)]
     App {
@@ -84,6 +93,7 @@ fn main() -> ExitCode {
         } => xtask::bench::run(quick, &only, baseline.as_deref(), pod_cgroups),
         Cmd::Fuzz { minutes, only } => fuzz_minutes(minutes)
             .and_then(|total| xtask::fuzz::run(xtask::fuzz::Budget::Total(total), &only)),
+        Cmd::Soak { minutes } => xtask::soak::run(minutes),
         Cmd::App { args } => xtask::apps::run(&args).map_err(Into::into),
     };
     match result {

@@ -77,6 +77,32 @@ pub struct Bins {
     pub app_args: Vec<String>,
 }
 
+impl Bins {
+    /// What `cargo xtask demo` and `soak` run: installs what is missing,
+    /// builds the eBPF object and the debug `sidetrack`; the apps are this
+    /// very binary's `app` subcommand.
+    pub fn build() -> Result<Bins> {
+        if !crate::setup::is_complete() {
+            crate::setup::run()?;
+        }
+        crate::build_ebpf::run()?;
+        crate::cmd::step("building sidetrack");
+        crate::cmd::run(crate::cmd::cargo().args([
+            "build",
+            "--locked",
+            "--package",
+            "sidetrack",
+            "--bin",
+            "sidetrack",
+        ]))?;
+        Ok(Bins {
+            sidetrack: crate::target_dir().join("debug/sidetrack"),
+            app: std::env::current_exe()?,
+            app_args: vec!["app".into()],
+        })
+    }
+}
+
 /// The running scenario. Dropping it stops every process and tears the node
 /// down.
 pub struct Staging {
@@ -110,6 +136,12 @@ impl Staging {
     /// Makes the node and its pods, starts the apps and the proxy, and waits
     /// until the proxy is ready.
     pub fn start(tag: &str, mode: Mode, bins: Bins) -> Result<Staging> {
+        Staging::start_with(tag, mode, bins, "")
+    }
+
+    /// [`Staging::start`] with `extra_config` (YAML lines: limits,
+    /// workers) appended to the proxy's settings from its first start.
+    pub fn start_with(tag: &str, mode: Mode, bins: Bins, extra_config: &str) -> Result<Staging> {
         let nft = match mode {
             Mode::Iptables => Some(BedLock::take_nft()?),
             Mode::Ebpf => None,
@@ -137,7 +169,7 @@ impl Staging {
             apps: Vec::new(),
             proxy: None,
             proxy_log: PathBuf::new(),
-            extra_config: String::new(),
+            extra_config: extra_config.to_owned(),
             retired: Vec::new(),
             starts: 0,
             _nft: nft,
@@ -549,7 +581,7 @@ pub fn node_process(cmd: &mut Command, dir: &Path) -> Result<()> {
 }
 
 /// Waits until something in `pod` accepts connections on `port`.
-fn wait_listening(pod: &Pod, port: u16) -> Result<()> {
+pub fn wait_listening(pod: &Pod, port: u16) -> Result<()> {
     let addr = SocketAddr::from((pod.ip(), port));
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {

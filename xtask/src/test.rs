@@ -2,13 +2,15 @@
 //! failure: setup (when something is missing), build-ebpf, rustfmt, clippy,
 //! every test of the workspace, the root ones included, then a short run of
 //! every fuzz target, which catches a fuzz crate that no longer builds and
-//! a crash the seeds or a few seconds of fuzzing find.
+//! a crash the seeds or a few seconds of fuzzing find, then a short soak
+//! (75 s of `cargo xtask soak`: mixed and hostile load in eBPF mode,
+//! nothing may grow, no request may fail).
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::{build_ebpf, cmd, fuzz, setup};
+use crate::{build_ebpf, cmd, fuzz, setup, soak};
 
 /// How long each fuzz target runs in CI: enough to replay its seeds and
 /// corpus and mutate for a while, small beside the tests.
@@ -54,6 +56,8 @@ pub fn run() -> Result<()> {
         fuzz::Budget::EachTarget(Duration::from_secs(FUZZ_SECONDS_EACH)),
         &[],
     )?;
+
+    soak::run_short()?;
 
     cmd::step(format!(
         "all checks passed in {:.0} s",

@@ -395,7 +395,8 @@ pub fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> Resul
     Ok(body_len)
 }
 
-fn find_head_end(b: &[u8]) -> Option<usize> {
+/// Where a head ends (after its blank line), if it has.
+pub fn find_head_end(b: &[u8]) -> Option<usize> {
     b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 

@@ -36,7 +36,7 @@ pub mod floors;
 mod haltpoll;
 pub mod loadgen;
 mod machine;
-mod proc;
+pub(crate) mod proc;
 mod report;
 mod scenarios;
 
@@ -48,6 +48,8 @@ use serde::Serialize;
 
 use crate::{build_ebpf, cmd, setup, testbed};
 use scenarios::{Bed, Bins, LoadArgs, NO_SPLICE, Proxy, Scenario};
+
+pub(crate) use report::machine;
 
 /// `cargo` arguments that build the Sidetrack binary the bench runs (this
 /// tree's, and a `--baseline` revision's in its worktree).

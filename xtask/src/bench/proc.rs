@@ -1,5 +1,6 @@
-//! What the bench reads about processes from /proc and cgroup v2: the
-//! processes of a cgroup, their threads, CPU time and memory.
+//! What the bench (and the soak) read about processes from /proc and
+//! cgroup v2: the processes of a cgroup, their threads, CPU time, memory
+//! and open descriptors.
 
 use std::{fs, ops::Add, path::Path};
 
@@ -165,6 +166,11 @@ impl Add for Memory {
     }
 }
 
+/// Open file descriptors of `pid` (0 when it is gone).
+pub fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 pub fn memory(pid: u32) -> Memory {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     Memory {
@@ -183,6 +189,9 @@ mod tests {
         assert!(memory(me).rss_kb > 0);
         assert!(memory(me).hwm_kb >= memory(me).rss_kb / 2);
         assert!(!threads(me).is_empty());
+        // stdin, stdout, stderr at least (other tests' files come and go).
+        assert!(fd_count(me) >= 3);
+        assert_eq!(fd_count(u32::MAX), 0);
         // Burn some user time: it must show (in ticks of 10 ms).
         let before = cpu(me);
         let t = std::time::Instant::now();
