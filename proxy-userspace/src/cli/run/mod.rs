@@ -272,15 +272,17 @@ impl RunArgs {
             Vec::new()
         };
         let (handover_tx, mut handover_rx) = tokio::sync::mpsc::unbounded_channel();
+        let offered_fds: succession::Offered = Arc::default();
         let handover_listener = match offered {
             Some((listener, ebpf, fds)) => {
                 let listener = Arc::new(listener);
+                *offered_fds.lock().unwrap_or_else(|e| e.into_inner()) = fds;
                 match listener.publish().and_then(|()| {
                     succession::offer_to_successors(
                         listener.clone(),
                         &settings,
                         ebpf,
-                        fds,
+                        offered_fds.clone(),
                         handover_tx,
                     )
                 }) {
@@ -377,6 +379,8 @@ impl RunArgs {
                     "handed over; draining, interception stays on"
                 );
                 let _ = admin_stop.send(true);
+                // The successor holds the sockets now; our copies go.
+                succession::withdraw(&offered_fds);
                 let _ = stop_tx.send(Stop::HandedOver);
             }
             Ending::Stop | Ending::WorkerDied(_) => {
@@ -387,10 +391,12 @@ impl RunArgs {
                         "a worker stopped on its own; shutting the proxy down"
                     ),
                 }
-                // A stopping proxy has nothing to hand over.
+                // A stopping proxy has nothing to hand over, and keeps no
+                // copy of a listener past its workers' own.
                 if let Some(l) = &handover_listener {
                     l.close();
                 }
+                succession::withdraw(&offered_fds);
                 // Interception first: from here new connects on the node go to
                 // their destinations, and only then do the listeners close.
                 interception.stop();

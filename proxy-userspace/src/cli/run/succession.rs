@@ -87,13 +87,24 @@ pub(super) enum Event {
     Committed(u32),
 }
 
+/// What a running proxy offers: the descriptors it duplicates for a
+/// successor. A stopping proxy empties it before its workers close their
+/// listeners, so that no copy keeps a listening socket open after them (a
+/// connection queued on it then would be reset, not served).
+pub(super) type Offered = Arc<std::sync::Mutex<Vec<(String, OwnedFd)>>>;
+
+/// Closes what is offered: nothing more is handed over.
+pub(super) fn withdraw(fds: &Offered) {
+    fds.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 /// Offers `fds` (duplicated for each successor that asks) on `listener`
 /// until one takes over, on a thread of its own; reports on `events`.
 pub(super) fn offer_to_successors(
     listener: Arc<handover::Listener>,
     settings: &Settings,
     ebpf: Option<EbpfMeta>,
-    fds: Vec<(String, OwnedFd)>,
+    fds: Offered,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<()> {
     let meta = OfferMeta {
@@ -103,7 +114,12 @@ pub(super) fn offer_to_successors(
         admin: settings.admin,
         intercept: mode_name(settings.intercept).into(),
         ebpf,
-        fds: fds.iter().map(|(name, _)| name.clone()).collect(),
+        fds: fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect(),
     };
     let timeout = Duration::from_millis(settings.handover.timeout_ms);
     std::thread::Builder::new()
@@ -112,6 +128,8 @@ pub(super) fn offer_to_successors(
             loop {
                 let offer = || {
                     let dups = fds
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
                         .iter()
                         .filter_map(|(_, fd)| fd.try_clone().ok())
                         .collect::<Vec<_>>();
