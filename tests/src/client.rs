@@ -143,6 +143,19 @@ impl Client {
     }
 }
 
+/// Asserts an answer the proxy made itself: `status`, with an `l5d-err`
+/// that contains `reason_part`.
+pub fn assert_err(r: &Response, status: u16, reason_part: &str) {
+    assert_eq!(r.status, status, "{:?} {}", r.headers, r.text());
+    let err = r
+        .header("l5d-err")
+        .unwrap_or_else(|| panic!("no l5d-err on {status}: {:?}", r.headers));
+    assert!(
+        err.contains(reason_part),
+        "l5d-err {err:?} lacks {reason_part:?}"
+    );
+}
+
 /// One request on a new connection.
 pub fn get(addr: SocketAddr, host: &str, path: &str, headers: &[&str]) -> Response {
     Client::connect(addr).get(host, path, headers)

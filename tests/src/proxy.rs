@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use crate::TempDir;
+use crate::{TempDir, backend::Backend};
 
 pub struct Proxy {
     pub child: Child,
@@ -66,6 +66,17 @@ impl Proxy {
         ];
         all.extend_from_slice(args);
         Self::start(&all)
+    }
+
+    /// A proxy that routes `/svc/web` to a backend of its own, under the
+    /// settings `config` (YAML): the bed most single-proxy tests need. The
+    /// directory and the backend live as long as what is returned.
+    pub fn with_web_backend(tag: &str, config: &str) -> (TempDir, Backend, Proxy) {
+        let dir = TempDir::new(tag);
+        let web = Backend::start("web");
+        dir.write("web", &web.fs_line());
+        let proxy = Self::with_fs_namer(&dir, config, &[]);
+        (dir, web, proxy)
     }
 
     /// Starts `cmd` (a `sidetrack run`) and waits for its listening line.

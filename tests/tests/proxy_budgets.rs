@@ -5,16 +5,12 @@
 use sidetrack_tests::{
     TempDir,
     backend::Backend,
-    client::Client,
+    client::{self, Client},
     proxy::{Proxy, rss_kb},
 };
 
 fn bed(config: &str) -> (TempDir, Backend, Proxy) {
-    let dir = TempDir::new("budgets");
-    let web = Backend::start("web");
-    dir.write("web", &web.fs_line());
-    let proxy = Proxy::with_fs_namer(&dir, config, &[]);
-    (dir, web, proxy)
+    Proxy::with_web_backend("budgets", config)
 }
 
 /// A dtab of `entries` entries, distinct for each `seed`, about `entry_len`
@@ -184,13 +180,7 @@ fn at_the_connection_limit_with_none_idle_a_new_connection_is_refused_at_once() 
         .unwrap();
     let _ = refused.send(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n");
     let r = refused.read_response(false).expect("an answer, not a wait");
-    assert_eq!(r.status, 503);
-    assert!(
-        r.header("l5d-err")
-            .is_some_and(|e| e.contains("max_connections")),
-        "{:?}",
-        r.headers
-    );
+    client::assert_err(&r, 503, "max_connections");
     assert_eq!(
         proxy.metric("sidetrack_errors_total", &[("kind", "overloaded")]),
         1.0

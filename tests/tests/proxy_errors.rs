@@ -48,53 +48,42 @@ fn raw(proxy: &Proxy, bytes: &[u8]) -> Response {
     c.read_response(false).unwrap()
 }
 
-fn assert_err(r: &Response, status: u16, reason_part: &str) {
-    assert_eq!(r.status, status, "{:?} {}", r.headers, r.text());
-    let err = r
-        .header("l5d-err")
-        .unwrap_or_else(|| panic!("no l5d-err on {status}: {:?}", r.headers));
-    assert!(
-        err.contains(reason_part),
-        "l5d-err {err:?} lacks {reason_part:?}"
-    );
-}
-
 #[test]
 fn refusals_have_their_status_and_l5d_err_and_are_counted() {
     let b = bed(&[]);
     let p = &b.proxy;
-    assert_err(&raw(p, b"GARBAGE\r\n\r\n"), 400, "");
-    assert_err(
+    client::assert_err(&raw(p, b"GARBAGE\r\n\r\n"), 400, "");
+    client::assert_err(
         &client::get(p.addr, "web", "/", &["l5d-dtab: /a =>"]),
         400,
         "l5d-dtab",
     );
     // HTTP/1.1 requires Host (a framing error); HTTP/1.0 without it has no name.
-    assert_err(&raw(p, b"GET / HTTP/1.1\r\n\r\n"), 400, "Host");
-    assert_err(&raw(p, b"GET / HTTP/1.0\r\n\r\n"), 400, "Host");
+    client::assert_err(&raw(p, b"GET / HTTP/1.1\r\n\r\n"), 400, "Host");
+    client::assert_err(&raw(p, b"GET / HTTP/1.0\r\n\r\n"), 400, "Host");
     let long = format!("GET /{} HTTP/1.1\r\nHost: web\r\n\r\n", "a".repeat(9000));
-    assert_err(&raw(p, long.as_bytes()), 414, "");
+    client::assert_err(&raw(p, long.as_bytes()), 414, "");
     let big = format!(
         "GET / HTTP/1.1\r\nHost: web\r\nx-big: {}\r\n\r\n",
         "b".repeat(70_000)
     );
-    assert_err(&raw(p, big.as_bytes()), 431, "");
-    assert_err(
+    client::assert_err(&raw(p, big.as_bytes()), 431, "");
+    client::assert_err(
         &client::get(p.addr, "unknown", "/", &[]),
         502,
         "/svc/unknown",
     );
-    assert_err(&client::get(p.addr, "failing", "/", &[]), 502, "fail");
-    assert_err(&client::get(p.addr, "nothing", "/", &[]), 502, "neg");
-    assert_err(&client::get(p.addr, "empty", "/", &[]), 503, "no endpoints");
-    assert_err(
+    client::assert_err(&client::get(p.addr, "failing", "/", &[]), 502, "fail");
+    client::assert_err(&client::get(p.addr, "nothing", "/", &[]), 502, "neg");
+    client::assert_err(&client::get(p.addr, "empty", "/", &[]), 503, "no endpoints");
+    client::assert_err(
         &client::get(p.addr, "dead", "/", &[]),
         502,
         "/#/io.l5d.fs/dead",
     );
     let vias: Vec<String> = (0..10).map(|i| format!("Via: 1.1 hop{i}")).collect();
     let via_refs: Vec<&str> = vias.iter().map(String::as_str).collect();
-    assert_err(&client::get(p.addr, "web", "/", &via_refs), 508, "Via");
+    client::assert_err(&client::get(p.addr, "web", "/", &via_refs), 508, "Via");
 
     for (kind, n) in [
         ("bad_request", 2.0),
@@ -148,10 +137,7 @@ fn a_routing_refusal_to_a_client_that_asked_to_close_closes() {
 
 #[test]
 fn a_slow_client_gets_408_and_does_not_hold_up_others() {
-    let dir = TempDir::new("slowloris");
-    let web = Backend::start("web");
-    dir.write("web", &web.fs_line());
-    let p = Proxy::with_fs_namer(&dir, "limits:\n  head_timeout_ms: 300\n", &[]);
+    let (_dir, _web, p) = Proxy::with_web_backend("slowloris", "limits:\n  head_timeout_ms: 300\n");
     // Slowloris: a head dribbled a byte at a time, never finished.
     let mut slow = TcpStream::connect(p.addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -175,13 +161,9 @@ fn a_slow_client_gets_408_and_does_not_hold_up_others() {
 /// not held for the idle timeout; one that spoke keeps the idle timeout.
 #[test]
 fn a_silent_new_connection_is_closed_at_the_first_byte_timeout() {
-    let dir = TempDir::new("first-byte");
-    let web = Backend::start("web");
-    dir.write("web", &web.fs_line());
-    let p = Proxy::with_fs_namer(
-        &dir,
+    let (_dir, _web, p) = Proxy::with_web_backend(
+        "first-byte",
         "limits:\n  first_byte_timeout_ms: 200\n  idle_timeout_ms: 60000\n",
-        &[],
     );
     let mut silent = TcpStream::connect(p.addr).unwrap();
     silent
@@ -204,13 +186,9 @@ fn a_silent_new_connection_is_closed_at_the_first_byte_timeout() {
 #[test]
 fn lingering_connections_hold_no_buffer_of_their_own() {
     const SLOW: usize = 800;
-    let dir = TempDir::new("linger-memory");
-    let web = Backend::start("web");
-    dir.write("web", &web.fs_line());
-    let p = Proxy::with_fs_namer(
-        &dir,
+    let (_dir, _web, p) = Proxy::with_web_backend(
+        "linger-memory",
         "limits:\n  head_timeout_ms: 200\n  linger_ms: 10000\n",
-        &[],
     );
     // Warm: buffers and the route the first requests need.
     assert_eq!(client::get(p.addr, "web", "/", &[]).status, 200);
@@ -316,13 +294,9 @@ fn a_backend_dying_mid_body_closes_the_client_cleanly() {
 /// `limits.body_min_bytes_per_sec`, and one that falls behind gets 408.
 #[test]
 fn a_trickling_request_body_is_cut_when_it_falls_behind_the_minimum_rate() {
-    let dir = TempDir::new("trickle");
-    let web = Backend::start("web");
-    dir.write("web", &web.fs_line());
-    let p = Proxy::with_fs_namer(
-        &dir,
+    let (_dir, _web, p) = Proxy::with_web_backend(
+        "trickle",
         "limits:\n  body_timeout_ms: 1000\n  body_min_bytes_per_sec: 1000\n",
-        &[],
     );
     let mut slow = TcpStream::connect(p.addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10)))
