@@ -105,6 +105,11 @@ pub struct Settings {
     pub rules: Vec<crate::policy::rules::RuleSettings>,
     /// Restarts without a gap (see `handover`).
     pub handover: Handover,
+    /// How copies of requests are made and carried (see `policy::mirror`).
+    pub shadow: crate::policy::mirror::ShadowSettings,
+    /// Which requests are copied to which other versions, and which are
+    /// compared (see `policy::mirror`); reloaded live.
+    pub mirrors: Vec<crate::policy::mirror::MirrorSettings>,
 }
 
 /// Weighted rollouts. Read at start.
@@ -315,6 +320,8 @@ impl Default for Settings {
             overrides: Default::default(),
             rollouts: Rollouts::default(),
             rules: Vec::new(),
+            shadow: Default::default(),
+            mirrors: Vec::new(),
             handover: Handover::default(),
         }
     }
@@ -399,6 +406,7 @@ impl Settings {
             ("pool.connect_timeout_ms", p.connect_timeout_ms),
             ("pool.eject_ms", p.eject_ms),
             ("handover.timeout_ms", self.handover.timeout_ms),
+            ("shadow.timeout_ms", self.shadow.timeout_ms),
         ];
         for (name, v) in durations {
             if v > MAX_MS {
@@ -413,6 +421,8 @@ impl Settings {
         }
         crate::policy::OverridePolicy::new(&self.overrides)?;
         crate::policy::Rules::new(&self.rules)?;
+        crate::policy::Mirrors::new(&self.mirrors)?;
+        self.shadow.validate()?;
         if l.max_connections == 0 {
             return Err("limits.max_connections: 0 would serve nobody".into());
         }

@@ -16,13 +16,16 @@
 //! - a request with `Upgrade: echo`: 101, then echoes every byte back;
 //!   CONNECT: 200, then the same.
 //!
-//! The server counts connections and requests, and stops when dropped.
+//! The server counts connections and requests, keeps the last
+//! [`KEPT_REQUESTS`] requests it saw (`seen`), waits `delay_ms` before
+//! every answer (0 unless a test sets it), and stops when dropped.
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
+        Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
@@ -37,6 +40,23 @@ pub struct Backend {
     stop: Arc<AtomicBool>,
     pub connections: Arc<AtomicU64>,
     pub requests: Arc<AtomicU64>,
+    /// The last requests seen, oldest first.
+    pub seen: Arc<Mutex<std::collections::VecDeque<SeenRequest>>>,
+    /// Milliseconds to wait before each answer.
+    pub delay_ms: Arc<AtomicU64>,
+}
+
+/// Requests a backend keeps in `seen`.
+pub const KEPT_REQUESTS: usize = 256;
+
+/// What a backend's serving threads share.
+#[derive(Clone)]
+struct State {
+    name: String,
+    requests: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<std::collections::VecDeque<SeenRequest>>>,
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl Backend {
@@ -51,28 +71,35 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicU64::new(0));
-        let requests = Arc::new(AtomicU64::new(0));
+        let state = State {
+            name: name.to_owned(),
+            requests: Arc::new(AtomicU64::new(0)),
+            stop: stop.clone(),
+            seen: Arc::default(),
+            delay_ms: Arc::default(),
+        };
         let b = Backend {
             name: name.to_owned(),
             addr,
             stop: stop.clone(),
             connections: connections.clone(),
-            requests: requests.clone(),
+            requests: state.requests.clone(),
+            seen: state.seen.clone(),
+            delay_ms: state.delay_ms.clone(),
         };
-        let name = name.to_owned();
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((s, _)) => {
                         connections.fetch_add(1, Ordering::Relaxed);
-                        let (name, requests, stop) = (name.clone(), requests.clone(), stop.clone());
+                        let state = state.clone();
                         thread::spawn(move || {
                             let _ = s.set_nonblocking(false);
                             // Responses go out in several writes: without this,
                             // Nagle and delayed ACKs add 40 ms to each.
                             let _ = s.set_nodelay(true);
                             let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                            let _ = serve(s, &name, &requests, &stop);
+                            let _ = serve(s, &state);
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -88,6 +115,16 @@ impl Backend {
     pub fn fs_line(&self) -> String {
         format!("{} {}\n", self.addr.ip(), self.addr.port())
     }
+
+    /// The requests seen so far (the last [`KEPT_REQUESTS`]), oldest first.
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Backend {
@@ -96,17 +133,29 @@ impl Drop for Backend {
     }
 }
 
-fn serve(stream: TcpStream, name: &str, requests: &AtomicU64, stop: &AtomicBool) -> io::Result<()> {
+fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
     let mut out = stream.try_clone()?;
     let mut r = BufReader::new(stream);
+    let name = state.name.as_str();
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if state.stop.load(Ordering::Relaxed) {
             return Ok(());
         }
         let Some(req) = read_request(&mut r, Some(&mut out))? else {
             return Ok(());
         };
-        requests.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut seen = state.seen.lock().unwrap();
+            if seen.len() == KEPT_REQUESTS {
+                seen.pop_front();
+            }
+            seen.push_back(req.clone());
+        }
+        let delay = state.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            thread::sleep(Duration::from_millis(delay));
+        }
+        state.requests.fetch_add(1, Ordering::Relaxed);
         let path = req.target.clone();
         let connect = req.method == "CONNECT";
         if connect
@@ -244,6 +293,7 @@ fn serve(stream: TcpStream, name: &str, requests: &AtomicU64, stop: &AtomicBool)
 }
 
 /// A request as the backend saw it.
+#[derive(Clone, Debug)]
 pub struct SeenRequest {
     pub method: String,
     pub target: String,

@@ -119,13 +119,13 @@ fn pick<T>(ws: &[Weighted<T>], u: f64) -> usize {
 
 /// FNV-1a: stable across processes and machines, so a key sticks to the
 /// same branch on every proxy.
-fn stable_hash(key: &[u8]) -> u64 {
+pub(crate) fn stable_hash(key: &[u8]) -> u64 {
     key.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
-fn splitmix(state: &mut u64) -> u64 {
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

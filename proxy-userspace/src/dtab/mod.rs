@@ -42,6 +42,7 @@ pub use bind::{
 };
 pub use cache::{BindCache, CacheStats, ClockCache};
 pub use choose::{Choice, weight_share};
+pub(crate) use choose::{splitmix, stable_hash};
 pub use delegate::{
     AddrJson, AddressJson, BoundJson, DelegateTree, DentryJson, WeightedJson, delegate,
     delegate_reference,

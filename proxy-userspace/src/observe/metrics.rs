@@ -101,6 +101,15 @@ pub struct ResponseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub service: String,
+    /// The mirror's target path (`/srv/world-v2`), or `(request)` for the
+    /// copies requests asked for themselves.
+    pub target: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: &'static str,
 }
@@ -202,6 +211,34 @@ impl RouteStats {
     }
 }
 
+/// What became of the copies of one (service, mirror target), fetched
+/// once per route.
+#[derive(Clone, Debug)]
+pub struct MirrorStats {
+    /// Copies answered (whatever the status).
+    pub answered: Counter,
+    /// Copies that failed: no binding, connect, a bad or missing answer.
+    pub failed: Counter,
+    /// Copies whose answer took longer than `shadow.timeout_ms`.
+    pub timed_out: Counter,
+    /// Copies dropped because the target's queue was full.
+    pub dropped: Counter,
+    /// Requests not copied: their body was over `shadow.max_body_bytes`
+    /// (or could not be kept whole).
+    pub body_too_large: Counter,
+    /// Requests not copied: a method that changes state, on a mirror that
+    /// copies reads only.
+    pub writes_skipped: Counter,
+    /// Diff mode: requests whose three answers were compared.
+    pub diffed: Counter,
+    /// Diff mode: those where the candidate's answer differed from the
+    /// live one.
+    pub differing: Counter,
+    /// Diff mode: requests copied but not compared (the live answer's
+    /// body was not kept, or a copy failed).
+    pub diff_skipped: Counter,
+}
+
 /// Something else to show at scrape time (dtab cache, eBPF counters): a
 /// name, help and value per line, counters and gauges.
 pub trait ExtraCounters: Send + Sync + 'static {
@@ -217,6 +254,7 @@ pub struct Metrics {
     responses: Family<ResponseLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     errors: [Counter; ErrorKind::ALL.len()],
+    mirrors: Family<MirrorLabels, Counter>,
     pub connections_active: Gauge,
     pub connections_total: Counter,
     /// Idle connections closed to make room for a new one at `max_connections`.
@@ -298,6 +336,7 @@ impl Metrics {
         let latency = Family::<RouteLabels, Histogram>::default();
         let mut errors: [Counter; ErrorKind::ALL.len()] = Default::default();
         let error_family = Family::<ErrorLabels, Counter>::default();
+        let mirrors = Family::<MirrorLabels, Counter>::default();
         let connections_active = Gauge::default();
         let connections_total = Counter::default();
         let connections_evicted = Counter::default();
@@ -319,6 +358,11 @@ impl Metrics {
             "errors",
             "Errors the proxy answered or saw, by kind",
             error_family.clone(),
+        );
+        registry.register(
+            "mirror_requests",
+            "Copies of requests sent to shadow targets, and requests not copied, by outcome",
+            mirrors.clone(),
         );
         registry.register(
             "connections_active",
@@ -366,6 +410,7 @@ impl Metrics {
             responses,
             latency,
             errors,
+            mirrors,
             connections_active,
             connections_total,
             connections_evicted,
@@ -427,6 +472,31 @@ impl Metrics {
                 })
             }),
             latency: self.latency.get_or_create_owned(&labels),
+        }
+    }
+
+    /// The counters of one mirror target of a service; called when a
+    /// route is bound. Targets come from the settings, so the label sets
+    /// are bounded by them (copies a request asked for itself count under
+    /// one target label, `(request)`).
+    pub fn mirror_stats(&self, service: &str, target: &str) -> MirrorStats {
+        let get = |outcome| {
+            self.mirrors.get_or_create_owned(&MirrorLabels {
+                service: service.to_owned(),
+                target: target.to_owned(),
+                outcome,
+            })
+        };
+        MirrorStats {
+            answered: get("answered"),
+            failed: get("failed"),
+            timed_out: get("timeout"),
+            dropped: get("dropped"),
+            body_too_large: get("body_too_large"),
+            writes_skipped: get("write_skipped"),
+            diffed: get("diffed"),
+            differing: get("differing"),
+            diff_skipped: get("diff_skipped"),
         }
     }
 

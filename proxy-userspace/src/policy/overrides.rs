@@ -190,6 +190,10 @@ pub enum Refusal {
         name: String,
         rule: &'static str,
     },
+    #[error("a copy may not go to {name} (overrides.{rule})")]
+    MirrorDestination { name: String, rule: &'static str },
+    #[error("per-request mirrors are not accepted in overrides.mode: {0}")]
+    MirrorMode(&'static str),
 }
 
 impl OverridePolicy {
@@ -272,6 +276,34 @@ impl OverridePolicy {
         Ok(Some(sig.expires))
     }
 
+    /// Checks where a request asks its copy to go (`l5d-mirror`): the
+    /// destination rules as for an override's entries. In `signed` mode a
+    /// mirror is refused (its header is not signed), and in `off` mode it
+    /// never gets here.
+    pub fn check_destination(&self, to: &Path) -> Result<(), Refusal> {
+        if self.mode == Mode::Signed {
+            return Err(Refusal::MirrorMode("signed"));
+        }
+        match self.destination_rule(to) {
+            Some(rule) => Err(Refusal::MirrorDestination {
+                name: to.to_string(),
+                rule,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The destination rule `name` breaks, if any.
+    fn destination_rule(&self, name: &Path) -> Option<&'static str> {
+        if self.denied.iter().any(|p| name.starts_with(p)) {
+            Some("denied_destinations")
+        } else if !self.allowed.is_empty() && !self.allowed.iter().any(|p| name.starts_with(p)) {
+            Some("allowed_destinations")
+        } else {
+            None
+        }
+    }
+
     fn check_entry(&self, index: usize, d: &Dentry) -> Result<(), Refusal> {
         let entry = || d.to_string();
         if !self.prefixes.is_empty() && !self.prefixes.iter().any(|p| covers(p, &d.prefix)) {
@@ -285,15 +317,9 @@ impl OverridePolicy {
             if refused.is_some() {
                 return;
             }
-            let rule = if self.denied.iter().any(|p| name.starts_with(p)) {
-                Some("denied_destinations")
-            } else if !self.allowed.is_empty() && !self.allowed.iter().any(|p| name.starts_with(p))
-            {
-                Some("allowed_destinations")
-            } else {
-                None
-            };
-            refused = rule.map(|rule| (name.to_string(), rule));
+            refused = self
+                .destination_rule(name)
+                .map(|rule| (name.to_string(), rule));
         });
         match refused {
             Some((name, rule)) => Err(Refusal::Destination {

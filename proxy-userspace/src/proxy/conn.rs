@@ -27,7 +27,7 @@ use std::{
     time::Instant,
 };
 
-use rand::{SeedableRng, rngs::SmallRng};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
 use tokio::net::TcpStream;
 
 use super::{
@@ -38,6 +38,7 @@ use super::{
         ResponseFacts, SendFailure,
     },
     pool::{self, Liveness},
+    shadow::{Copies, Tee},
     splice::{Broken, Pipe},
     stream::{self, copy_until_eof},
     tunnel,
@@ -48,8 +49,13 @@ use crate::{
     http::{self, BodyLength, ChunkedScanner, HeadError, Known, Parsed, RequestHead, ResponseHead},
     namer::balancer::InFlight,
     observe::{log_limit, metrics::ErrorKind},
-    policy::{OnRefusal, Refusal, SourceVerdict, overrides, rules, signing::SIGNATURE_HEADER},
-    route::{self, Dest, Outcome, Route, RouteError},
+    policy::{
+        OnRefusal, Refusal, SourceVerdict,
+        mirror::{HostSettings, Verdict},
+        overrides, rules,
+        signing::SIGNATURE_HEADER,
+    },
+    route::{self, Dest, Outcome, Route, RouteError, RouteQuery},
 };
 
 /// The `Via` entry the proxy adds.
@@ -188,6 +194,8 @@ pub struct Conn {
     /// The override policy's edge setting, for this request: every `l5d-`
     /// header the client sent is removed.
     edge: bool,
+    /// The request's copies (shadowing), while its exchange runs.
+    copies: Copies,
 }
 
 impl Drop for Conn {
@@ -270,6 +278,7 @@ impl Conn {
             served: 0,
             charged: 0,
             edge: false,
+            copies: Copies::default(),
         }
     }
 
@@ -288,6 +297,7 @@ impl Conn {
             + self.name.capacity()
             + self.key.capacity()
             + self.scratch.capacity()
+            + self.copies.capacity()
     }
 
     /// Between requests with the budget nearly spent: the buffers give
@@ -302,6 +312,7 @@ impl Conn {
         self.heads.shrink_to(1024);
         self.scratch.truncate(SMALL_COPY);
         self.scratch.shrink_to(SMALL_COPY);
+        self.copies.shrink();
     }
 
     pub async fn serve(mut self) {
@@ -602,12 +613,105 @@ impl Conn {
         };
         let dest = pick_dest(&route, &mut self.rng, sticky, req.body != BodyLength::None)?;
         dest.stats.requests.inc();
-        let whole = self.write_upstream_head(&route, dest, &req, head_len);
+        self.copies.clear();
+        if !route.mirrors.is_empty() {
+            self.choose_copies(&route, &req);
+        }
+        let (whole, head_end) = self.write_upstream_head(&route, dest, &req, head_len);
+        if self.copies.any() {
+            let limit = self.shared.cfg.shadow.max_body;
+            self.copies.body.start(limit);
+            if whole {
+                self.copies.body.take(&self.heads[head_end..]);
+                self.copies.body.finish();
+            } else if matches!(req.body, BodyLength::Length(n) if n > limit as u64) {
+                // Known too large: the live body streams (or is spliced)
+                // as ever, and there is no copy.
+                self.copies.body.give_up();
+            }
+        }
         let mut upstream = self.send(dest, &req, whole, started).await?;
         let answer = self
             .await_final_response(dest, &req, whole, &mut upstream)
             .await?;
-        self.relay(dest, &req, answer, upstream).await
+        let next = self.relay(dest, &req, answer, upstream).await?;
+        if self.copies.any() {
+            self.copies.dispatch(&self.worker);
+        }
+        Ok(next)
+    }
+
+    /// Which of the route's mirrors take a copy of this request, and the
+    /// copies' heads. A request that is itself a copy (it carries the
+    /// marker header) is not copied again, nor is an upgrade or CONNECT.
+    fn choose_copies(&mut self, route: &Arc<Route>, req: &RequestFacts) {
+        let buf = &self.from_client[..];
+        let cfg = &self.shared.cfg.shadow;
+        if req.kind.upgrade
+            || req.kind.connect
+            || self.req.get(buf, cfg.marker_header.as_str()).is_some()
+        {
+            return;
+        }
+        let method = self.req.method(buf);
+        for (index, bound) in route.mirrors.iter().enumerate() {
+            let sticky = match &bound.mirror.sticky_header {
+                Some(h) => self.req.get(buf, h.as_str()),
+                None => None,
+            };
+            match bound.mirror.takes(method, sticky, self.rng.random()) {
+                Verdict::Copy => {}
+                Verdict::Skip => continue,
+                Verdict::Write => {
+                    bound.stats.writes_skipped.inc();
+                    continue;
+                }
+            }
+            // A suffix needs a Host to add it to; a fixed Host is set anyway.
+            let mut host = Vec::new();
+            let authority = self.req.authority(buf);
+            let new_host = match (authority, &bound.mirror.host) {
+                (None, HostSettings::Suffix) => None,
+                _ => bound.mirror.host(authority.unwrap_or_default(), &mut host),
+            };
+            let replace_host = new_host.is_some();
+            let request_header = cfg.request_header.as_bytes();
+            let edge = self.edge;
+            let mut extra: [(&[u8], &[u8]); 6] = [(b"", b""); 6];
+            let mut n = 0;
+            for (k, v, on) in [
+                (cfg.marker_header.as_bytes(), &b"1"[..], true),
+                (b"Host", new_host.unwrap_or_default(), replace_host),
+                (b"l5d-dst-service", route.name.as_bytes(), true),
+                (
+                    b"l5d-ctx-dtab",
+                    route.local_dtab.as_bytes(),
+                    !route.local_dtab.is_empty(),
+                ),
+                (b"Via", VIA, true),
+            ] {
+                if on {
+                    extra[n] = (k, v);
+                    n += 1;
+                }
+            }
+            let mut head = Vec::with_capacity(self.req.head_len() + 128);
+            http::write_request(
+                &mut head,
+                &self.req,
+                buf,
+                &req.body,
+                false,
+                |name: &[u8]| {
+                    is_proxy_header(name)
+                        || http::eq_ignore_case_lower(name, request_header)
+                        || (replace_host && http::eq_ignore_case_lower(name, b"host"))
+                        || (edge && is_l5d_header(name))
+                },
+                &extra[..n],
+            );
+            self.copies.choose(route, index, head);
+        }
     }
 
     /// A TRACE or OPTIONS that may be forwarded no further is answered by
@@ -715,6 +819,27 @@ impl Conn {
                 (nctx, ndtab) = (0, 0);
             }
         }
+        // The copy a request asks for: the same source rules as its dtab
+        // headers (but it is refused in `signed` mode, when routed).
+        let mut mirror = None;
+        if !policy.edge
+            && let Some(to) = req.get(buf, shared.cfg.shadow.request_header.as_str())
+        {
+            match policy.source(self.peer.ip()) {
+                SourceVerdict::Honoured => mirror = Some(to),
+                SourceVerdict::Refused if policy.on_refusal == OnRefusal::Reject => {
+                    return Err(Failure::Respond {
+                        status: 403,
+                        reason: Refusal::Source(self.peer.ip()).to_string(),
+                        kind: ErrorKind::OverrideRefused,
+                        close: framing.length != BodyLength::None,
+                    });
+                }
+                SourceVerdict::Refused | SourceVerdict::Dropped => {
+                    shared.metrics.error(ErrorKind::OverrideRefused);
+                }
+            }
+        }
         drop(policy);
         let sig = if nctx + ndtab > 0 {
             req.get(buf, SIGNATURE_HEADER)
@@ -734,24 +859,18 @@ impl Conn {
             })
         };
         drop(rules);
-        route::route_key(
-            &mut self.key,
-            &ctx[..nctx],
-            &dtab[..ndtab],
+        let query = RouteQuery {
+            ctx: &ctx[..nctx],
+            dtab: &dtab[..ndtab],
             sig,
             rule,
-            &self.name,
-        );
+            mirror,
+            name: &self.name,
+        };
+        route::route_key(&mut self.key, &query);
         let route = shared
             .router
-            .route(
-                &self.key,
-                &ctx[..nctx],
-                &dtab[..ndtab],
-                sig,
-                rule,
-                &self.name,
-            )
+            .route(&self.key, &query)
             .map_err(|e| match e {
                 RouteError::BadDtab { .. } | RouteError::TooManyEntries { .. } => {
                     Failure::Respond {
@@ -761,7 +880,7 @@ impl Conn {
                         close: true,
                     }
                 }
-                RouteError::Refused(_) => Failure::Respond {
+                RouteError::Refused(_) | RouteError::BadMirror(_) => Failure::Respond {
                     status: 403,
                     reason: e.to_string(),
                     kind: ErrorKind::OverrideRefused,
@@ -776,14 +895,15 @@ impl Conn {
 
     /// The head to send on, into `heads`, with the body when it arrived
     /// whole with the head; the head leaves `from_client`. Returns whether
-    /// the request is whole in `heads` (and so can be written again).
+    /// the request is whole in `heads` (and so can be written again), and
+    /// where in `heads` the head ends (and that body starts).
     fn write_upstream_head(
         &mut self,
         route: &Route,
         dest: &Dest,
         req: &RequestFacts,
         head_len: usize,
-    ) -> bool {
+    ) -> (bool, usize) {
         let mut reqid = [0u8; 16];
         // At the edge the client's l5d-reqid goes with its other l5d- headers.
         let has_reqid = !self.edge && self.req.get(&self.from_client, Known::L5dReqid).is_some();
@@ -800,6 +920,7 @@ impl Conn {
             &mut host_text,
         );
         let edge = self.edge;
+        let request_header = self.shared.cfg.shadow.request_header.as_bytes();
         // A TRACE or OPTIONS goes on with one forward less (0 was answered).
         let max_forwards = http::max_forwards(&self.req, &self.from_client);
         let mut forwards_text = [0u8; 20];
@@ -852,18 +973,22 @@ impl Conn {
                 } else {
                     is_proxy_header(name)
                 };
-                dropped || (edge && is_l5d_header(name))
+                dropped
+                    || (edge && is_l5d_header(name))
+                    || http::eq_ignore_case_lower(name, request_header)
             },
             &extra[..n],
         );
         self.from_client.drain(..head_len);
+        let head_end = self.heads.len();
         // A body that arrived whole with the head goes out with it.
-        take_whole_body(
+        let whole = take_whole_body(
             &mut self.from_client,
             &req.body,
             &mut self.heads,
             &self.shared,
-        )
+        );
+        (whole, head_end)
     }
 
     /// Send: a backend connection (pooled or new), and the head (with the
@@ -1078,6 +1203,12 @@ impl Conn {
             reply = reply.draining();
         }
         let resp_body = answer.facts.body;
+        // Diff mode: the live answer is kept, to compare the copies' with.
+        let keep_live = self.copies.diff() && reply.relay == Relay::AsFramed;
+        if keep_live {
+            self.copies
+                .keep_live_head(&self.from_backend[..answer.head_len], self.shared.cfg.shadow.max_body);
+        }
         self.heads.clear();
         // The proxy names itself in the response's Via too (RFC 9110 §7.6.3).
         let extra: &[(&[u8], &[u8])] = match reply.connection {
@@ -1099,6 +1230,7 @@ impl Conn {
         }
         self.from_backend.drain(..answer.head_len);
         dest.stats.response(answer.facts.status);
+        let head_end = self.heads.len();
         // A body already read whole goes out with the head: one write, one
         // wake-up of the client.
         let body_with_head = reply.relay == Relay::AsFramed
@@ -1108,6 +1240,14 @@ impl Conn {
                 &mut self.heads,
                 &self.shared,
             );
+        if keep_live {
+            if body_with_head {
+                self.copies.live.take(&self.heads[head_end..]);
+                self.copies.live.finish();
+            } else if !matches!(resp_body, BodyLength::Length(_) | BodyLength::Chunked) {
+                self.copies.live.give_up();
+            }
+        }
         stream::write_all(&self.client, &self.heads)
             .await
             .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
@@ -1138,7 +1278,8 @@ impl Conn {
             }
             Relay::Dechunked => self.relay_dechunked(&backend).await?,
             Relay::AsFramed if !body_with_head => {
-                self.relay_response_body(&backend, &resp_body).await?
+                self.relay_response_body(&backend, &resp_body).await?;
+                self.copies.live.finish();
             }
             Relay::AsFramed => {}
         }
@@ -1276,7 +1417,13 @@ impl Conn {
         backend: &TcpStream,
         body: &BodyLength,
     ) -> Result<RequestBody, Failure> {
-        let threshold = self.shared.cfg.splice_threshold;
+        // A body being kept for copies goes through userspace.
+        let tee = self.copies.body.is_on();
+        let threshold = if tee {
+            u64::MAX
+        } else {
+            self.shared.cfg.splice_threshold
+        };
         let metrics = self.shared.metrics.clone();
         let after = self.shared.cfg.body_timeout;
         let (deadline, watchdog) = (&*self.deadline, &*self.worker.watchdog);
@@ -1297,6 +1444,7 @@ impl Conn {
                 splice_threshold: threshold,
                 progress: &progress,
                 budget: &self.shared.budget,
+                tee: tee.then_some(&mut self.copies.body),
             },
         );
         let moved = match deadline.within(watchdog, after, false, moving).await {
@@ -1331,6 +1479,7 @@ impl Conn {
         };
         metrics.bytes_copied.inc_by(moved.copied);
         metrics.bytes_spliced.inc_by(moved.spliced);
+        self.copies.body.finish();
         Ok(RequestBody::Sent)
     }
 
@@ -1372,7 +1521,12 @@ impl Conn {
         backend: &TcpStream,
         body: &BodyLength,
     ) -> Result<(), Failure> {
-        let threshold = self.shared.cfg.splice_threshold;
+        let tee = self.copies.live.is_on();
+        let threshold = if tee {
+            u64::MAX
+        } else {
+            self.shared.cfg.splice_threshold
+        };
         let after = self.shared.cfg.body_timeout;
         let (deadline, watchdog) = (&*self.deadline, &*self.worker.watchdog);
         let progress = |_| deadline.extend(watchdog, after);
@@ -1387,6 +1541,7 @@ impl Conn {
                 splice_threshold: threshold,
                 progress: &progress,
                 budget: &self.shared.budget,
+                tee: tee.then_some(&mut self.copies.live),
             },
         );
         let Ok(moved) = deadline.within(watchdog, after, false, moving).await else {
@@ -1593,7 +1748,7 @@ enum Waited<T> {
 
 /// Why no response head could be read from a backend.
 #[derive(Debug)]
-enum ReadHeadError {
+pub(super) enum ReadHeadError {
     /// The connection ended before the first byte (a pooled connection the
     /// backend had closed, usually).
     ClosedBeforeResponse,
@@ -1621,7 +1776,7 @@ impl std::fmt::Display for ReadHeadError {
 }
 
 /// Reads until `bbuf` holds a whole response head; returns its length.
-async fn read_response_head(
+pub(super) async fn read_response_head(
     backend: &TcpStream,
     bbuf: &mut Vec<u8>,
     resp: &mut ResponseHead,
@@ -1697,6 +1852,9 @@ struct Moving<'a, P> {
     progress: &'a P,
     /// What copy buffers grow within.
     budget: &'a MemoryBudget,
+    /// Where the body is kept as it passes (for copies), if anywhere;
+    /// `splice_threshold` is then `u64::MAX`.
+    tee: Option<&'a mut Tee>,
 }
 
 impl From<Broken> for MoveError {
@@ -1723,12 +1881,19 @@ async fn move_body<P: Fn(usize)>(
         splice_threshold,
         progress,
         budget,
+        mut tee,
     } = how;
+    let mut keep = |data: &[u8]| {
+        if let Some(t) = tee.as_deref_mut() {
+            t.take(data);
+        }
+    };
     let mut moved = Moved::default();
     match *body {
         BodyLength::None | BodyLength::Tunnel => {}
         BodyLength::Length(n) => {
             let first = (n as usize).min(pending.len());
+            keep(&pending[..first]);
             stream::write_all(to, &pending[..first])
                 .await
                 .map_err(MoveError::To)?;
@@ -1745,7 +1910,7 @@ async fn move_body<P: Fn(usize)>(
                     .await
                     .map_err(MoveError::from)?;
             } else {
-                moved.copied += copy_exact(from, to, copy, rest, progress, budget).await?;
+                moved.copied += copy_exact(from, to, copy, rest, progress, budget, &mut keep).await?;
             }
         }
         BodyLength::Chunked => {
@@ -1753,6 +1918,7 @@ async fn move_body<P: Fn(usize)>(
             loop {
                 if !pending.is_empty() {
                     let k = scanner.scan(pending).map_err(MoveError::Framing)?;
+                    keep(&pending[..k]);
                     stream::write_all(to, &pending[..k])
                         .await
                         .map_err(MoveError::To)?;
@@ -1773,6 +1939,11 @@ async fn move_body<P: Fn(usize)>(
             }
         }
         BodyLength::UntilClose if splice_threshold == u64::MAX => {
+            // Not kept: an answer that ends with its connection is not
+            // compared.
+            if let Some(t) = tee {
+                t.give_up();
+            }
             stream::write_all(to, pending)
                 .await
                 .map_err(MoveError::To)?;
@@ -1864,6 +2035,7 @@ async fn copy_exact(
     n: u64,
     progress: &impl Fn(usize),
     budget: &MemoryBudget,
+    keep: &mut impl FnMut(&[u8]),
 ) -> Result<u64, MoveError> {
     if n == 0 {
         return Ok(0);
@@ -1884,6 +2056,7 @@ async fn copy_exact(
                 Err(e) => return Err(MoveError::From(e)),
             }
         };
+        keep(&copy[..got]);
         stream::write_all(to, &copy[..got])
             .await
             .map_err(MoveError::To)?;

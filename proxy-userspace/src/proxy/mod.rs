@@ -20,6 +20,7 @@ pub mod conn;
 pub mod park;
 pub mod policy;
 pub mod pool;
+pub mod shadow;
 pub mod splice;
 mod stream;
 pub mod tunnel;
@@ -74,6 +75,8 @@ pub struct ProxyConfig {
     /// The header whose value picks a weighted union's branch (the same
     /// value, the same branch), when a request has it.
     pub sticky_header: Option<String>,
+    /// How copies of requests are made and carried (shadowing).
+    pub shadow: shadow::ShadowConfig,
 }
 
 impl ProxyConfig {
@@ -111,6 +114,7 @@ impl ProxyConfig {
                 .sticky_header
                 .as_ref()
                 .map(|h| h.to_ascii_lowercase()),
+            shadow: shadow::ShadowConfig::of(&s.shadow),
         }
     }
 }
@@ -133,6 +137,9 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     pub watchdog: Arc<Watchdog>,
     pub pool: RefCell<Pool>,
+    /// Copies of requests on their way to other versions (shadowing),
+    /// with their own pool.
+    pub shadow: shadow::Shadow,
     /// Where lingering connections' unread bytes are read and dropped:
     /// one buffer per worker, not one per connection.
     drain: RefCell<Vec<u8>>,
@@ -142,9 +149,10 @@ impl Worker {
     pub fn new(shared: Arc<Shared>) -> Rc<Worker> {
         let pool = Pool::new(shared.cfg.pool);
         Rc::new(Worker {
-            shared,
             watchdog: Arc::new(Watchdog::default()),
             pool: RefCell::new(pool),
+            shadow: shadow::Shadow::new(shared.cfg.pool),
+            shared,
             drain: RefCell::default(),
         })
     }

@@ -23,10 +23,11 @@ use arc_swap::ArcSwap;
 use crate::{
     dtab::{self, Bound, ClockCache, CompiledDtab, Dtab, NameTree, NamerSet, Namers, Path},
     namer::balancer::{BackendRegistry, Balancer},
-    observe::metrics::{Metrics, RouteStats},
+    observe::metrics::{MirrorStats, Metrics, RouteStats},
+    policy::mirror::Mirror,
 };
 
-pub use crate::policy::{OnRefusal, OverridePolicy, Refusal, Rules, SourceVerdict};
+pub use crate::policy::{Mirrors, OnRefusal, OverridePolicy, Refusal, Rules, SourceVerdict};
 pub use identify::Identifier;
 
 /// The base dtab, compiled, with the text it came from.
@@ -88,7 +89,35 @@ pub struct Route {
     /// `on_refusal: drop`): why, to count each request it comes with.
     pub dropped_override: Option<Refusal>,
     pub outcome: Outcome,
+    /// Where copies of the route's requests go (the `mirrors:` entries
+    /// whose prefix covers the name, then the request's own `l5d-mirror`),
+    /// bound with the same dtab as the route.
+    pub mirrors: Vec<BoundMirror>,
     generation: u64,
+}
+
+/// A mirror of a route, bound.
+#[derive(Debug)]
+pub struct BoundMirror {
+    pub mirror: Mirror,
+    /// The target, bound; why not when it binds to nothing.
+    pub target: Result<NameTree<Dest>, String>,
+    /// Diff mode: the second instance of the live version, bound.
+    pub secondary: Option<Result<NameTree<Dest>, String>>,
+    pub stats: MirrorStats,
+}
+
+/// What a request's route is decided by: its dtab header values, the
+/// signature of its override, the routing rule it matched (by index), the
+/// mirror it asked for (`l5d-mirror`), and its logical name.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RouteQuery<'a> {
+    pub ctx: &'a [&'a [u8]],
+    pub dtab: &'a [&'a [u8]],
+    pub sig: Option<&'a [u8]>,
+    pub rule: Option<usize>,
+    pub mirror: Option<&'a [u8]>,
+    pub name: &'a [u8],
 }
 
 /// Why a request could not be routed before binding.
@@ -106,6 +135,9 @@ pub enum RouteError {
     /// The override policy refuses an entry (`on_refusal: reject`).
     #[error("{0}")]
     Refused(Refusal),
+    /// An `l5d-mirror` that names no path, or one the policy refuses.
+    #[error("l5d-mirror: {0}")]
+    BadMirror(String),
 }
 
 /// What the router may hold and bind for requests.
@@ -140,6 +172,7 @@ pub struct Router {
     limits: RouterLimits,
     policy: ArcSwap<OverridePolicy>,
     rules: ArcSwap<Rules>,
+    mirrors: ArcSwap<Mirrors>,
     backends: BackendRegistry,
     metrics: Arc<Metrics>,
     generation: Arc<AtomicU64>,
@@ -160,6 +193,7 @@ impl Router {
             limits,
             policy: ArcSwap::from_pointee(OverridePolicy::default()),
             rules: ArcSwap::from_pointee(Rules::default()),
+            mirrors: ArcSwap::from_pointee(Mirrors::default()),
             backends: BackendRegistry::default(),
             metrics,
             generation,
@@ -213,6 +247,17 @@ impl Router {
         self.remake_routes();
     }
 
+    /// The mirrors in force.
+    pub fn mirrors(&self) -> arc_swap::Guard<Arc<Mirrors>> {
+        self.mirrors.load()
+    }
+
+    /// Replaces the mirrors; every cached route is made again.
+    pub fn set_mirrors(&self, mirrors: Mirrors) {
+        self.mirrors.store(Arc::new(mirrors));
+        self.remake_routes();
+    }
+
     /// After a change to what routes are made of: routes made before go
     /// stale (a request in flight keeps its own) and the cache empties.
     fn remake_routes(&self) {
@@ -225,18 +270,8 @@ impl Router {
     }
 
     /// The route for a request. `key` must be the bytes that decide the
-    /// route, as [`route_key`] writes them; `ctx` and `dtab` are the header
-    /// values, `sig` the override's signature, `rule` the routing rule
-    /// that matched (by index), `name` the logical name.
-    pub fn route(
-        &self,
-        key: &[u8],
-        ctx: &[&[u8]],
-        dtab: &[&[u8]],
-        sig: Option<&[u8]>,
-        rule: Option<usize>,
-        name: &[u8],
-    ) -> Result<Arc<Route>, RouteError> {
+    /// route, as [`route_key`] writes them from the same `query`.
+    pub fn route(&self, key: &[u8], query: &RouteQuery<'_>) -> Result<Arc<Route>, RouteError> {
         let generation = self.generation.load(Ordering::Acquire);
         let cacheable = key.len() <= self.limits.cache_key_bytes;
         // A signed route holds until its signature expires.
@@ -252,14 +287,14 @@ impl Router {
         }
         // Refused before parsing: binding costs time in the number of
         // local entries, and a request with a new dtab is bound afresh.
-        let count = dtab_entries(ctx) + dtab_entries(dtab);
+        let count = dtab_entries(query.ctx) + dtab_entries(query.dtab);
         if count > self.limits.max_dtab_entries {
             return Err(RouteError::TooManyEntries {
                 count,
                 limit: self.limits.max_dtab_entries,
             });
         }
-        let route = Arc::new(self.bind(ctx, dtab, sig, rule, name, generation)?);
+        let route = Arc::new(self.bind(query, generation)?);
         if cacheable {
             let weight = key.len() + route.weight();
             self.cache
@@ -268,17 +303,12 @@ impl Router {
         Ok(route)
     }
 
-    fn bind(
-        &self,
-        ctx: &[&[u8]],
-        dtab: &[&[u8]],
-        sig: Option<&[u8]>,
-        rule: Option<usize>,
-        name: &[u8],
-        generation: u64,
-    ) -> Result<Route, RouteError> {
-        let ctx = parse_header_dtab("l5d-ctx-dtab", ctx)?;
-        let req = parse_header_dtab("l5d-dtab", dtab)?;
+    fn bind(&self, query: &RouteQuery<'_>, generation: u64) -> Result<Route, RouteError> {
+        let RouteQuery {
+            sig, rule, name, ..
+        } = *query;
+        let ctx = parse_header_dtab("l5d-ctx-dtab", query.ctx)?;
+        let req = parse_header_dtab("l5d-dtab", query.dtab)?;
         let mut local = ctx.concat(&req);
         // What the override may say: refused (403), or dropped.
         let mut dropped_override = None;
@@ -310,12 +340,8 @@ impl Router {
             None => local.clone(),
         };
         let rule_name = rule.map_or("", |r| r.name.as_str());
-        let outcome = match dtab::bind(
-            &base.compiled,
-            &binding,
-            &path,
-            namers.as_ref() as &dyn NamerSet,
-        ) {
+        let namers = namers.as_ref() as &dyn NamerSet;
+        let outcome = match dtab::bind(&base.compiled, &binding, &path, namers) {
             Err(e) => Outcome::Error(e.to_string()),
             Ok(NameTree::Neg) => Outcome::Neg,
             Ok(NameTree::Fail) => Outcome::Fail,
@@ -324,6 +350,35 @@ impl Router {
                 tree.map(&mut |b: &Bound| self.dest(&name, b, overridden, rule_name)),
             ),
         };
+        // Copies are bound like the request: the same base, rule and
+        // override, so a staged dependency stays staged for its copy too.
+        let bind_copy = |to: &Path| -> Result<NameTree<Dest>, String> {
+            match dtab::bind(&base.compiled, &binding, to, namers) {
+                Err(e) => Err(e.to_string()),
+                Ok(NameTree::Neg) => Err(format!("{to} binds to nothing (neg)")),
+                Ok(NameTree::Fail) => Err(format!("{to} binds to fail")),
+                Ok(NameTree::Empty) => Err(format!("{to} has no members")),
+                Ok(tree) => Ok(tree.map(&mut |b: &Bound| {
+                    self.dest(&name, b, overridden, MIRROR_LABEL)
+                })),
+            }
+        };
+        let configured = self.mirrors.load();
+        let asked = match query.mirror {
+            Some(to) => Some(self.asked_mirror(to, &policy, &path)?),
+            None => None,
+        };
+        let mirrors = configured
+            .for_name(&path)
+            .map(|(_, m)| (m.clone(), m.name.to_string(), m.to.to_string()))
+            .chain(asked.map(|m| (m, REQUEST_LABEL.into(), REQUEST_LABEL.into())))
+            .map(|(mirror, service, target)| BoundMirror {
+                target: bind_copy(&mirror.to),
+                secondary: mirror.secondary.as_ref().map(&bind_copy),
+                stats: self.metrics.mirror_stats(&service, &target),
+                mirror,
+            })
+            .collect();
         let local_dtab = if local.is_empty() {
             String::new()
         } else {
@@ -337,8 +392,28 @@ impl Router {
             signed_until,
             dropped_override,
             outcome,
+            mirrors,
             generation,
         })
+    }
+
+    /// The mirror a request asked for with `l5d-mirror`: a path the
+    /// override policy allows as a destination. Whether the client may
+    /// ask at all was decided before (as for its dtab headers).
+    fn asked_mirror(
+        &self,
+        to: &[u8],
+        policy: &OverridePolicy,
+        name: &Path,
+    ) -> Result<Mirror, RouteError> {
+        let text = std::str::from_utf8(to)
+            .map_err(|_| RouteError::BadMirror("not UTF-8".into()))?
+            .trim();
+        let to = Path::read(text).map_err(|e| RouteError::BadMirror(format!("{text:?}: {e}")))?;
+        policy
+            .check_destination(&to)
+            .map_err(|r| RouteError::BadMirror(r.to_string()))?;
+        Ok(Mirror::per_request(name.clone(), to))
     }
 
     fn dest(&self, name: &str, bound: &Bound, overridden: bool, rule: &str) -> Dest {
@@ -376,7 +451,25 @@ impl Route {
             Outcome::Error(e) => e.len(),
             Outcome::Neg | Outcome::Fail | Outcome::Empty => 0,
         };
-        std::mem::size_of::<Route>() + self.name.len() + self.local_dtab.len() + outcome
+        let mirrors: usize = self
+            .mirrors
+            .iter()
+            .map(|m| {
+                let bound = |t: &Result<NameTree<Dest>, String>| match t {
+                    Ok(t) => tree(t),
+                    Err(e) => e.len(),
+                };
+                std::mem::size_of::<BoundMirror>()
+                    + bound(&m.target)
+                    + m.secondary.as_ref().map_or(0, bound)
+                    + m.mirror.to.heap_bytes()
+            })
+            .sum();
+        std::mem::size_of::<Route>()
+            + self.name.len()
+            + self.local_dtab.len()
+            + outcome
+            + mirrors
     }
 }
 
@@ -414,6 +507,11 @@ fn metric_labels<'a>(name: &'a str, id: &'a str, overridden: bool) -> (&'a str, 
         (name, id)
     }
 }
+
+/// The `rule` label of the route metrics of copies (shadowing).
+pub const MIRROR_LABEL: &str = "(mirror)";
+/// The labels of the copies requests asked for themselves (`l5d-mirror`).
+pub const REQUEST_LABEL: &str = "(request)";
 
 /// The service label of requests an override sent to a literal address.
 pub const OVERRIDE_LABEL: &str = "(override)";
@@ -458,37 +556,34 @@ fn logical_path(name: &[u8]) -> Path {
 }
 
 /// Writes the cache key of a request into `out` (cleared first): the
-/// routing rule that matched (if any), the signature of its override (if
-/// any), the dtab header values and the logical name, separated by bytes
-/// no header value can hold.
-pub fn route_key(
-    out: &mut Vec<u8>,
-    ctx: &[&[u8]],
-    dtab: &[&[u8]],
-    sig: Option<&[u8]>,
-    rule: Option<usize>,
-    name: &[u8],
-) {
+/// routing rule that matched (if any), the mirror it asked for (if any),
+/// the signature of its override (if any), the dtab header values and the
+/// logical name, separated by bytes no header value can hold.
+pub fn route_key(out: &mut Vec<u8>, query: &RouteQuery<'_>) {
     out.clear();
-    if let Some(rule) = rule {
+    if let Some(rule) = query.rule {
         out.push(3);
         out.extend_from_slice(&(rule as u32).to_le_bytes());
     }
-    if let Some(sig) = sig {
+    if let Some(mirror) = query.mirror {
+        out.extend_from_slice(mirror);
+        out.push(4);
+    }
+    if let Some(sig) = query.sig {
         out.extend_from_slice(sig);
         out.push(2);
     }
-    for v in ctx {
+    for v in query.ctx {
         out.extend_from_slice(v);
         out.push(0);
     }
     out.push(1);
-    for v in dtab {
+    for v in query.dtab {
         out.extend_from_slice(v);
         out.push(0);
     }
     out.push(1);
-    out.extend_from_slice(name);
+    out.extend_from_slice(query.name);
 }
 
 /// `l5d-reqid` for a request that has none: 16 hex digits, written into a

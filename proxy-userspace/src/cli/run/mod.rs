@@ -45,7 +45,7 @@ use crate::{
     handover,
     namer::fs::{self, FsNamer},
     observe::metrics::{ExtraCounters, Metrics},
-    policy::{OverridePolicy, Rules, overrides, signing::Keys},
+    policy::{Mirrors, OverridePolicy, Rules, overrides, signing::Keys},
     proxy::{
         self, ProxyConfig, Shared, Stop,
         budget::{BudgetMetrics, MemoryBudget},
@@ -188,6 +188,7 @@ impl RunArgs {
         ));
         router.set_policy(override_policy(&settings)?);
         router.set_rules(Rules::new(&settings.rules)?);
+        router.set_mirrors(Mirrors::new(&settings.mirrors)?);
         metrics.add_extra(Arc::new(CacheCounters(router.clone())));
 
         raise_fd_limit(settings.limits.max_connections);

@@ -1,5 +1,5 @@
 //! Hot reload: the config file and the dtab file, polled for changes. The
-//! dtab, the namers, the override policy and the routing rules apply at
+//! dtab, the namers, the override policy, the routing rules and the mirrors apply at
 //! once; other settings at the next restart.
 
 use std::{path::PathBuf, sync::Arc, time::SystemTime};
@@ -8,7 +8,7 @@ use super::{RunArgs, namers, override_policy, parse_base};
 use crate::{
     config::{Settings, ms},
     namer::fs::FsNamer,
-    route::{Router, Rules},
+    route::{Mirrors, Router, Rules},
 };
 
 /// What a directory holds, to notice a change: each entry's name,
@@ -141,11 +141,18 @@ pub(super) fn spawn_reloader(
                         router.set_rules(rules);
                     }
                 }
+                if next.mirrors != current.mirrors {
+                    // Validated with the rest of the settings.
+                    if let Ok(mirrors) = Mirrors::new(&next.mirrors) {
+                        tracing::info!(mirrors = next.mirrors.len(), "mirrors reloaded");
+                        router.set_mirrors(mirrors);
+                    }
+                }
                 if base.to_string() != router.base().dtab.to_string() {
                     tracing::info!(dtab = %base, "base dtab reloaded");
                     router.set_base(base);
                 }
-                let restart_only = Settings { dtab: next.dtab.clone(), dtab_file: next.dtab_file.clone(), fs_dir: next.fs_dir.clone(), watch_interval_ms: next.watch_interval_ms, overrides: next.overrides.clone(), rules: next.rules.clone(), ..current.clone() };
+                let restart_only = Settings { dtab: next.dtab.clone(), dtab_file: next.dtab_file.clone(), fs_dir: next.fs_dir.clone(), watch_interval_ms: next.watch_interval_ms, overrides: next.overrides.clone(), rules: next.rules.clone(), mirrors: next.mirrors.clone(), ..current.clone() };
                 if restart_only != next {
                     tracing::warn!("settings other than the dtab and namers changed; they apply at the next restart");
                 }

@@ -1,0 +1,603 @@
+//! Shadowing in the data path: copies of requests sent to other versions,
+//! off the request path.
+//!
+//! While a request is routed, the mirrors of its route (see
+//! `policy::mirror`) decide whether it is copied; the copy's head is
+//! written then, and its body is kept as it streams to the live version
+//! (a [`Tee`], up to `shadow.max_body_bytes`; past it the copy is given
+//! up, and the live request goes on as ever). When the live exchange has
+//! been answered, each copy becomes a [`Job`] for its target's lane on
+//! this worker: at most `max_in_flight` copies run at once per target,
+//! `max_queued` wait, and past that a copy is dropped and counted. The
+//! live exchange never waits for a copy: copies start after its answer is
+//! relayed, on their own connection pool, with their own timeout, and
+//! whatever becomes of them is only counted.
+//!
+//! A copy's answer is read and thrown away, or, in diff mode, kept (its
+//! head and its body up to the limit, dechunked) with the live answer's
+//! and the secondary's, and handed to the diff engine.
+
+use std::{
+    cell::RefCell,
+    collections::{HashMap, VecDeque},
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rand::{SeedableRng, rngs::SmallRng};
+use tokio::net::TcpStream;
+
+use super::{
+    Worker,
+    conn::read_response_head,
+    pool::{self, Liveness, Pool},
+    stream,
+};
+use crate::{
+    dtab::{Choice, NameTree},
+    http::{self, BodyLength, ChunkedScanner, Known, RequestKind, ResponseHead},
+    policy::mirror::ShadowSettings,
+    route::{BoundMirror, Dest, Route},
+};
+
+/// What the data path needs of the shadow settings, in its shape.
+#[derive(Clone, Debug)]
+pub struct ShadowConfig {
+    /// Lower case.
+    pub marker_header: String,
+    /// Lower case.
+    pub request_header: String,
+    pub max_in_flight: usize,
+    pub max_queued: usize,
+    pub timeout: Duration,
+    pub max_body: usize,
+}
+
+impl ShadowConfig {
+    pub fn of(s: &ShadowSettings) -> ShadowConfig {
+        ShadowConfig {
+            marker_header: s.marker_header.to_ascii_lowercase(),
+            request_header: s.request_header.to_ascii_lowercase(),
+            max_in_flight: s.max_in_flight.max(1),
+            max_queued: s.max_queued,
+            timeout: crate::config::ms(s.timeout_ms),
+            max_body: s.max_body_bytes,
+        }
+    }
+}
+
+/// A body kept as it passes, up to a limit: past it, nothing is kept and
+/// the tee says so.
+#[derive(Debug, Default)]
+pub struct Tee {
+    buf: Vec<u8>,
+    limit: usize,
+    on: bool,
+    done: bool,
+    overflowed: bool,
+}
+
+impl Tee {
+    /// Starts keeping, up to `limit` bytes.
+    pub fn start(&mut self, limit: usize) {
+        self.buf.clear();
+        self.limit = limit;
+        self.on = true;
+        self.done = false;
+        self.overflowed = false;
+    }
+
+    /// Keeps nothing more: the body is too large to keep, or goes a way
+    /// that cannot keep it.
+    pub fn give_up(&mut self) {
+        self.on = false;
+        self.overflowed = true;
+        self.buf.clear();
+    }
+
+    /// Whether bytes passing are kept: while they are, bodies must go
+    /// through userspace (no splice).
+    pub fn is_on(&self) -> bool {
+        self.on && !self.done
+    }
+
+    /// Bytes passing.
+    pub fn take(&mut self, data: &[u8]) {
+        if !self.is_on() {
+            return;
+        }
+        if self.buf.len() + data.len() > self.limit {
+            self.give_up();
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+    }
+
+    /// The whole body has passed.
+    pub fn finish(&mut self) {
+        if self.on {
+            self.done = true;
+        }
+    }
+
+    /// The body, when it passed whole and was kept whole.
+    pub fn kept(&self) -> Option<&[u8]> {
+        (self.on && self.done).then_some(&self.buf[..])
+    }
+
+    /// The body was too large to keep.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    fn reset(&mut self) {
+        self.on = false;
+        self.done = false;
+        self.overflowed = false;
+        self.buf.clear();
+    }
+}
+
+/// A request's copies while its live exchange runs: the mirrors that take
+/// one, each with its copy's head, the request body as it passes, and in
+/// diff mode the live answer.
+#[derive(Debug, Default)]
+pub struct Copies {
+    route: Option<Arc<Route>>,
+    chosen: Vec<(usize, Vec<u8>)>,
+    diff: bool,
+    pub body: Tee,
+    live_head: Vec<u8>,
+    pub live: Tee,
+}
+
+impl Copies {
+    /// Ready for the next request.
+    pub fn clear(&mut self) {
+        self.route = None;
+        self.chosen.clear();
+        self.diff = false;
+        self.body.reset();
+        self.live.reset();
+        self.live_head.clear();
+    }
+
+    /// Whether the request is copied at all.
+    pub fn any(&self) -> bool {
+        !self.chosen.is_empty()
+    }
+
+    /// Whether a copy is compared with the live answer (diff mode).
+    pub fn diff(&self) -> bool {
+        self.diff
+    }
+
+    /// The route's mirror `index` takes a copy, whose head is `head`.
+    pub fn choose(&mut self, route: &Arc<Route>, index: usize, head: Vec<u8>) {
+        if self.route.is_none() {
+            self.route = Some(route.clone());
+        }
+        self.diff |= route.mirrors[index].secondary.is_some();
+        self.chosen.push((index, head));
+    }
+
+    /// Diff mode: the live answer's head, and its body kept from here on.
+    pub fn keep_live_head(&mut self, head: &[u8], limit: usize) {
+        self.live_head.clear();
+        self.live_head.extend_from_slice(head);
+        self.live.start(limit);
+    }
+
+    /// What the buffers hold on to, for the memory budget.
+    pub fn capacity(&self) -> usize {
+        self.body.buf.capacity() + self.live.buf.capacity() + self.live_head.capacity()
+    }
+
+    /// Gives back what a large body took.
+    pub fn shrink(&mut self) {
+        self.body.buf.shrink_to(0);
+        self.live.buf.shrink_to(0);
+        self.live_head.shrink_to(0);
+    }
+
+    /// After the live exchange: each copy to its target's lane, or counted
+    /// as not made (its body was too large; in diff mode, the live answer
+    /// was not kept).
+    pub fn dispatch(&mut self, worker: &Rc<Worker>) {
+        let Some(route) = self.route.take() else {
+            return;
+        };
+        let live = if self.diff {
+            self.live.kept().and_then(|body| live_answer(&self.live_head, body)).map(Rc::new)
+        } else {
+            None
+        };
+        let body = self.body.kept();
+        let budget = &worker.shared.budget;
+        for (index, mut head) in self.chosen.drain(..) {
+            let bound = &route.mirrors[index];
+            let Some(body) = body else {
+                if self.body.overflowed() {
+                    bound.stats.body_too_large.inc();
+                } else {
+                    bound.stats.failed.inc();
+                }
+                continue;
+            };
+            if bound.secondary.is_some() && live.is_none() {
+                bound.stats.diff_skipped.inc();
+                continue;
+            }
+            if budget.pressure() != super::budget::Pressure::Normal {
+                bound.stats.dropped.inc();
+                continue;
+            }
+            head.extend_from_slice(body);
+            let job = Job {
+                route: route.clone(),
+                index,
+                request: Rc::from(head),
+                live: bound.secondary.as_ref().and(live.clone()),
+                charged: 0,
+            };
+            submit(worker, job);
+        }
+    }
+}
+
+/// The live answer as a diff wants it: its head, and its body (as it was
+/// framed, in `framed`) without chunked coding.
+fn live_answer(head: &[u8], framed: &[u8]) -> Option<Kept> {
+    let mut resp = ResponseHead::with_capacity(64);
+    resp.parse(head, &http::Limits::default()).ok()?;
+    let chunked = resp.get_all(head, Known::TransferEncoding).next().is_some();
+    let body = if chunked {
+        let mut out = Vec::with_capacity(framed.len());
+        let mut scanner = ChunkedScanner::new();
+        scanner.decode(framed, |d| out.extend_from_slice(d)).ok()?;
+        out
+    } else {
+        framed.to_vec()
+    };
+    Some(Kept {
+        head: head.to_vec(),
+        body,
+        truncated: false,
+    })
+}
+
+/// An answer kept for a diff: its head as it came, and its body without
+/// chunked coding, up to the limit.
+#[derive(Debug, Default)]
+pub struct Kept {
+    pub head: Vec<u8>,
+    pub body: Vec<u8>,
+    pub truncated: bool,
+}
+
+impl Kept {
+    fn size(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+}
+
+/// One copy of a request, ready to go.
+pub struct Job {
+    pub route: Arc<Route>,
+    /// Which of the route's mirrors.
+    pub index: usize,
+    /// The copy's head and body.
+    pub request: Rc<[u8]>,
+    /// Diff mode: the live answer.
+    pub live: Option<Rc<Kept>>,
+    /// What the job is charged against the memory budget.
+    charged: usize,
+}
+
+impl Job {
+    fn mirror(&self) -> &BoundMirror {
+        &self.route.mirrors[self.index]
+    }
+}
+
+/// One target's copies on this worker.
+#[derive(Default)]
+struct Lane {
+    in_flight: usize,
+    queue: VecDeque<Job>,
+}
+
+/// A worker's shadowing: its lanes and its own connection pool.
+pub struct Shadow {
+    pool: RefCell<Pool>,
+    lanes: RefCell<HashMap<Box<str>, Lane>>,
+}
+
+impl Shadow {
+    pub fn new(pool: pool::PoolConfig) -> Shadow {
+        Shadow {
+            pool: RefCell::new(Pool::new(pool)),
+            lanes: RefCell::default(),
+        }
+    }
+
+    /// Copies running or waiting on this worker.
+    pub fn pending(&self) -> usize {
+        self.lanes
+            .borrow()
+            .values()
+            .map(|l| l.in_flight + l.queue.len())
+            .sum()
+    }
+}
+
+/// Hands a copy to its target's lane: run now, queued, or dropped when the
+/// lane is full.
+pub fn submit(worker: &Rc<Worker>, mut job: Job) {
+    let cfg = &worker.shared.cfg.shadow;
+    let key = job.mirror().mirror.to.to_string();
+    let mut lanes = worker.shadow.lanes.borrow_mut();
+    let lane = lanes.entry(key.as_str().into()).or_default();
+    let admitted = lane.in_flight < cfg.max_in_flight || lane.queue.len() < cfg.max_queued;
+    if admitted {
+        // What a copy holds counts against the memory budget until it is done.
+        job.charged = job.request.len() + job.live.as_ref().map_or(0, |k| k.size());
+        worker.shared.budget.recharge(0, job.charged);
+    }
+    if lane.in_flight < cfg.max_in_flight {
+        lane.in_flight += 1;
+        drop(lanes);
+        tokio::task::spawn_local(run_lane(worker.clone(), key.into(), job));
+    } else if lane.queue.len() < cfg.max_queued {
+        lane.queue.push_back(job);
+    } else {
+        job.mirror().stats.dropped.inc();
+    }
+}
+
+/// Runs copies of one lane, this one and then those waiting, until none
+/// waits.
+async fn run_lane(worker: Rc<Worker>, key: Box<str>, mut job: Job) {
+    let mut rng = SmallRng::from_os_rng();
+    loop {
+        run(&worker, &job, &mut rng).await;
+        worker.shared.budget.recharge(job.charged, 0);
+        let mut lanes = worker.shadow.lanes.borrow_mut();
+        let Some(lane) = lanes.get_mut(&key) else {
+            return;
+        };
+        match lane.queue.pop_front() {
+            Some(next) => job = next,
+            None => {
+                lane.in_flight -= 1;
+                if lane.in_flight == 0 {
+                    lanes.remove(&key);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Why a copy came to nothing.
+#[derive(Debug)]
+enum CopyError {
+    Failed(String),
+    TimedOut,
+}
+
+/// Sends one copy (and, in diff mode, the secondary's) and counts what
+/// became of it.
+async fn run(worker: &Rc<Worker>, job: &Job, rng: &mut SmallRng) {
+    let bound = job.mirror();
+    let stats = &bound.stats;
+    let timeout = worker.shared.cfg.shadow.timeout;
+    let watchdog = worker.watchdog.clone();
+    let Some(secondary) = &bound.secondary else {
+        let sent = watchdog.timeout(timeout, copy(worker, &bound.target, &job.request, None, rng));
+        count(stats, flatten(sent.await));
+        return;
+    };
+    let (mut candidate, mut second) = (Kept::default(), Kept::default());
+    let mut rng2 = SmallRng::from_rng(rng);
+    let both = async {
+        tokio::join!(
+            copy(worker, &bound.target, &job.request, Some(&mut candidate), rng),
+            copy(worker, secondary, &job.request, Some(&mut second), &mut rng2),
+        )
+    };
+    let (a, b) = match watchdog.timeout(timeout, both).await {
+        Ok((a, b)) => (a, b),
+        Err(_) => (Err(CopyError::TimedOut), Err(CopyError::TimedOut)),
+    };
+    let compared = a.is_ok() && b.is_ok() && job.live.is_some();
+    count(stats, a);
+    if !compared {
+        stats.diff_skipped.inc();
+        return;
+    }
+    if let Some(live) = &job.live {
+        let differs = compare(worker, &job.route, &job.request, live, &second, &candidate);
+        stats.diffed.inc();
+        if differs {
+            stats.differing.inc();
+        }
+    }
+}
+
+/// Hands the three answers to the diff engine; whether the candidate's
+/// differed from the live one.
+fn compare(
+    _worker: &Worker,
+    _route: &Route,
+    _request: &[u8],
+    _live: &Kept,
+    _secondary: &Kept,
+    _candidate: &Kept,
+) -> bool {
+    false
+}
+
+fn flatten(r: Result<Result<(), CopyError>, super::watchdog::Elapsed>) -> Result<(), CopyError> {
+    r.unwrap_or(Err(CopyError::TimedOut))
+}
+
+fn count(stats: &crate::observe::metrics::MirrorStats, r: Result<(), CopyError>) {
+    match r {
+        Ok(()) => {
+            stats.answered.inc();
+        }
+        Err(CopyError::TimedOut) => {
+            stats.timed_out.inc();
+        }
+        Err(CopyError::Failed(why)) => {
+            stats.failed.inc();
+            tracing::debug!(%why, "a copy of a request failed");
+        }
+    }
+}
+
+/// Sends `request` to a member of `target` and reads the answer, keeping
+/// it in `keep` when given.
+async fn copy(
+    worker: &Rc<Worker>,
+    target: &Result<NameTree<Dest>, String>,
+    request: &[u8],
+    keep: Option<&mut Kept>,
+    rng: &mut SmallRng,
+) -> Result<(), CopyError> {
+    let tree = target.as_ref().map_err(|e| CopyError::Failed(e.clone()))?;
+    let Choice::Leaf(dest) = tree.choose(rng) else {
+        return Err(CopyError::Failed("the target chose no destination".into()));
+    };
+    let backend = dest
+        .balancer
+        .pick(rng)
+        .ok_or_else(|| CopyError::Failed(format!("no endpoints for {}", dest.id)))?
+        .clone();
+    let addr = backend.addr();
+    let shared = &worker.shared;
+    let started = Instant::now();
+    let now = worker.watchdog.now_ms();
+    let pooled = worker.shadow.pool.borrow_mut().take(addr, now, Liveness::Sure);
+    let conn = match pooled {
+        Some(c) => c,
+        None => {
+            let cfg = *worker.shadow.pool.borrow().config();
+            pool::connect(addr, &cfg, &worker.watchdog)
+                .await
+                .map_err(|e| CopyError::Failed(e.to_string()))?
+        }
+    };
+    dest.stats.requests.inc();
+    let io = |e: std::io::Error| CopyError::Failed(format!("{addr}: {e}"));
+    stream::write_all(&conn, request).await.map_err(io)?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut resp = ResponseHead::with_capacity(shared.cfg.limits.max_headers);
+    let head_len = loop {
+        let n = read_response_head(&conn, &mut buf, &mut resp, &shared.cfg.limits, &shared.budget)
+            .await
+            .map_err(|e| CopyError::Failed(format!("{addr}: {e}")))?;
+        if resp.is_interim() {
+            buf.drain(..n);
+            continue;
+        }
+        break n;
+    };
+    dest.stats.response(resp.status());
+    let kind = RequestKind {
+        head: request.starts_with(b"HEAD "),
+        ..RequestKind::default()
+    };
+    let framing = http::response_body(kind, &resp, &buf)
+        .map_err(|e| CopyError::Failed(format!("{addr}: {e}")))?;
+    let close = framing.close
+        || http::wants_close(resp.minor_version(), resp.get_all(&buf, Known::Connection));
+    let limit = shared.cfg.shadow.max_body;
+    let mut keep = keep;
+    if let Some(k) = keep.as_deref_mut() {
+        k.head.extend_from_slice(&buf[..head_len]);
+    }
+    buf.drain(..head_len);
+    let whole = read_body(&conn, &mut buf, framing.length, keep, limit).await?;
+    dest.stats.latency.observe(started.elapsed());
+    if whole && !close && buf.is_empty() {
+        let now = worker.watchdog.now_ms();
+        worker.shadow.pool.borrow_mut().put(addr, conn, now);
+    }
+    Ok(())
+}
+
+/// Reads an answer's body (its first bytes in `buf`), keeping up to
+/// `limit` bytes of it, dechunked, in `keep`. Returns whether the
+/// connection is at a message boundary afterwards.
+async fn read_body(
+    conn: &TcpStream,
+    buf: &mut Vec<u8>,
+    length: BodyLength,
+    mut keep: Option<&mut Kept>,
+    limit: usize,
+) -> Result<bool, CopyError> {
+    let mut take = |data: &[u8]| {
+        if let Some(k) = keep.as_deref_mut() {
+            let room = limit.saturating_sub(k.body.len());
+            if data.len() > room {
+                k.truncated = true;
+            }
+            k.body.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    };
+    let eof = || CopyError::Failed("the answer ended early".into());
+    match length {
+        BodyLength::None => Ok(true),
+        BodyLength::Tunnel => Ok(false),
+        BodyLength::Length(n) => {
+            let mut left = n;
+            loop {
+                let here = (buf.len() as u64).min(left) as usize;
+                take(&buf[..here]);
+                buf.drain(..here);
+                left -= here as u64;
+                if left == 0 {
+                    return Ok(true);
+                }
+                if more(conn, buf).await? == 0 {
+                    return Err(eof());
+                }
+            }
+        }
+        BodyLength::Chunked => {
+            let mut scanner = ChunkedScanner::new();
+            loop {
+                let k = scanner
+                    .decode(buf, &mut take)
+                    .map_err(|e| CopyError::Failed(e.to_string()))?;
+                buf.drain(..k);
+                if scanner.is_done() {
+                    return Ok(true);
+                }
+                if more(conn, buf).await? == 0 {
+                    return Err(eof());
+                }
+            }
+        }
+        BodyLength::UntilClose => loop {
+            take(buf);
+            buf.clear();
+            if more(conn, buf).await? == 0 {
+                return Ok(false);
+            }
+        },
+    }
+}
+
+/// Reads what the connection has into `buf` (64 KiB at most at a time).
+async fn more(conn: &TcpStream, buf: &mut Vec<u8>) -> Result<usize, CopyError> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(64 * 1024);
+    }
+    stream::read_buf(conn, buf)
+        .await
+        .map_err(|e| CopyError::Failed(e.to_string()))
+}
