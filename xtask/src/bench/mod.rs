@@ -378,6 +378,8 @@ pub struct Results {
     pub targets: Vec<report::Target>,
     /// `--baseline`: the revision, and the current scenarios against it.
     pub baseline: Option<report::Baseline>,
+    /// Scenarios with a feature against the same without it (mirroring).
+    pub costs: Vec<report::BaselinePair>,
     /// `--pod-cgroups`: the directory of the client's, server's and
     /// proxy's CPU cgroups (v1 cpu hierarchy).
     pub pod_cgroups: Option<PathBuf>,
@@ -584,6 +586,7 @@ pub fn run(
         })
         .collect();
     let targets = report::targets(&scenarios, &plan);
+    let costs = report::feature_pairs(&scenarios);
     let baseline = rev.map(|rev| report::Baseline {
         pairs: report::baseline_pairs(&scenarios),
         rev,
@@ -607,6 +610,7 @@ pub fn run(
         dtab,
         targets,
         baseline,
+        costs,
         pod_cgroups: pod_cgroups_dir,
         halt_poll: halt_poll_state,
         machine_costs,

@@ -256,13 +256,23 @@ impl Versus {
 
 /// The pairs of `Scenario::BASELINE` that ran, with `direct`.
 pub fn baseline_pairs(s: &[ScenarioResult]) -> Vec<BaselinePair> {
+    pairs(s, &Scenario::BASELINE)
+}
+
+/// The pairs of `Scenario::COMPARED` that ran: what a feature costs, the
+/// same binary with and without it, side by side in one run.
+pub fn feature_pairs(s: &[ScenarioResult]) -> Vec<BaselinePair> {
+    pairs(s, &Scenario::COMPARED)
+}
+
+fn pairs(s: &[ScenarioResult], which: &[(Scenario, Scenario)]) -> Vec<BaselinePair> {
     let Some(direct) = find(s, "direct") else {
         return Vec::new();
     };
     let cpu = |x: &ScenarioResult| x.c32.cpu_s_per_1k_requests.map(|c| c * 1e3);
-    Scenario::BASELINE
-        .into_iter()
-        .filter_map(|(c, b)| {
+    which
+        .iter()
+        .filter_map(|&(c, b)| {
             let (current, base) = (find(s, c.name())?, find(s, b.name())?);
             let cpu_us = cpu(current).zip(cpu(base)).map(|(c, b)| [c, b]);
             Some(BaselinePair {
@@ -416,6 +426,15 @@ pub fn tables(r: &Results) -> String {
     }
     if let Some(b) = &r.baseline {
         baseline_lines(&mut t, b, r.plan.rounds);
+    }
+    if !r.costs.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nWhat features cost (with / without, side by side in this run; +p50 over direct at c=1 from each one's best of {} round(s), \
+             the median of per-round differences beside it; ratios with / without):\n",
+            r.plan.rounds
+        );
+        pair_lines(&mut t, &r.costs);
     }
     if let (Some(d), Some(explicit), Some(relay)) =
         (direct, find(s, "sidetrack-explicit"), find(s, "tcp-relay"))
@@ -656,6 +675,11 @@ fn baseline_lines(t: &mut String, b: &Baseline, rounds: usize) {
             "- no comparison: it needs `direct` and `sidetrack-explicit` or `sidetrack-ebpf` in the run"
         );
     }
+    pair_lines(t, &b.pairs);
+}
+
+/// A line per pair: +p50 pinned and unpinned, c=32 throughput, CPU.
+fn pair_lines(t: &mut String, pairs: &[BaselinePair]) {
     let ratio = |r: Option<f64>| r.map_or("n/a".to_owned(), |r| format!("{r:.2}x"));
     let versus = |v: &Versus| {
         format!(
@@ -670,7 +694,7 @@ fn baseline_lines(t: &mut String, b: &Baseline, rounds: usize) {
             ratio(v.median_ratio)
         )
     };
-    for p in &b.pairs {
+    for p in pairs {
         let cpu = p.cpu_us_per_request.map_or("–".to_owned(), |[c, base]| {
             format!("{c:.2} / {base:.2} µs ({})", ratio(p.cpu_per_request_ratio))
         });

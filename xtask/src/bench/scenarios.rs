@@ -71,6 +71,12 @@ pub enum Scenario {
     /// `sidetrack-ebpf` with `yield_before_wait: false`: what the yield
     /// before a park buys.
     SidetrackEbpfNoYield,
+    /// `sidetrack-ebpf` copying every request to a fast candidate (a
+    /// second address of the same server): what shadowing costs the live
+    /// exchange.
+    SidetrackEbpfMirror100,
+    /// The same, copying 10% of requests.
+    SidetrackEbpfMirror10,
     /// `sidetrack-explicit` from the `--baseline` revision's binary.
     BaselineExplicit,
     /// `sidetrack-ebpf` from the `--baseline` revision's binary.
@@ -78,11 +84,13 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Direct,
         Scenario::SidetrackExplicit,
         Scenario::SidetrackIptables,
         Scenario::SidetrackEbpf,
+        Scenario::SidetrackEbpfMirror100,
+        Scenario::SidetrackEbpfMirror10,
         Scenario::Nginx,
         Scenario::Haproxy,
         Scenario::TcpRelay,
@@ -102,6 +110,13 @@ impl Scenario {
     pub const BASELINE: [(Scenario, Scenario); 2] = [
         (Scenario::SidetrackExplicit, Scenario::BaselineExplicit),
         (Scenario::SidetrackEbpf, Scenario::BaselineEbpf),
+    ];
+
+    /// Scenarios read against another of the same run (what a feature
+    /// costs), like `--baseline`'s pairs.
+    pub const COMPARED: [(Scenario, Scenario); 2] = [
+        (Scenario::SidetrackEbpfMirror100, Scenario::SidetrackEbpf),
+        (Scenario::SidetrackEbpfMirror10, Scenario::SidetrackEbpf),
     ];
 
     fn is_baseline(self) -> bool {
@@ -127,6 +142,8 @@ impl Scenario {
             Scenario::UringRelay => "uring-relay",
             Scenario::SidetrackEbpfTunnel => "sidetrack-ebpf-tunnel",
             Scenario::SidetrackEbpfNoYield => "sidetrack-ebpf-no-yield",
+            Scenario::SidetrackEbpfMirror100 => "sidetrack-ebpf-mirror-100",
+            Scenario::SidetrackEbpfMirror10 => "sidetrack-ebpf-mirror-10",
             Scenario::BaselineExplicit => "baseline-explicit",
             Scenario::BaselineEbpf => "baseline-ebpf",
         }
@@ -147,6 +164,8 @@ impl Scenario {
             Scenario::SidetrackEbpf
             | Scenario::SidetrackEbpfTunnel
             | Scenario::SidetrackEbpfNoYield
+            | Scenario::SidetrackEbpfMirror100
+            | Scenario::SidetrackEbpfMirror10
             | Scenario::BaselineEbpf => Some("ebpf"),
             _ => None,
         }
@@ -260,6 +279,8 @@ impl Bed {
             Scenario::SidetrackIptables
             | Scenario::SidetrackEbpf
             | Scenario::SidetrackEbpfNoYield
+            | Scenario::SidetrackEbpfMirror100
+            | Scenario::SidetrackEbpfMirror10
             | Scenario::BaselineEbpf => self.service_addr(),
             Scenario::Nginx => SocketAddrV4::new(node, NGINX_PORT),
             Scenario::Haproxy => SocketAddrV4::new(node, HAPROXY_PORT),
@@ -406,6 +427,26 @@ impl Bed {
         }
         if scenario == Scenario::SidetrackEbpfNoYield {
             conf.push_str("yield_before_wait: false\n");
+        }
+        // The candidate is the same server under another name: as fast as
+        // the live version, so the numbers are the copies' own cost.
+        let percent = match scenario {
+            Scenario::SidetrackEbpfMirror100 => Some(100),
+            Scenario::SidetrackEbpfMirror10 => Some(10),
+            _ => None,
+        };
+        if let Some(percent) = percent {
+            conf = conf.replacen(
+                "dtab: |\n",
+                &format!(
+                    "dtab: |\n  /srv/candidate => /$/inet/{ip}/{SERVER_PORT};\n",
+                    ip = self.server.ip()
+                ),
+                1,
+            );
+            conf.push_str(&format!(
+                "mirrors:\n  - {{name: /svc/bench, to: /srv/candidate, percent: {percent}}}\n"
+            ));
         }
         conf
     }
