@@ -914,3 +914,67 @@ fn ebpf_a_receiver_that_never_reads_stops_its_sender() {
     let want = format!(" {FLOOD} {:016x}", want.finish());
     assert!(closed.ends_with(&want), "{closed}, want ...{want}");
 }
+
+/// Shadowing on the eBPF test bed: an app that knows nothing of the proxy
+/// calls world; a tenth of its requests are copied to world-v2 (the dtab
+/// path bound by the same namer), in a binomial band, every live answer
+/// still world-v1's, every copy answered.
+#[test]
+fn ebpf_mirrors_copy_a_share_of_live_traffic_to_a_candidate() {
+    let mut s = start("ebpf-mirror", Mode::Ebpf);
+    s.reconfigure("mirrors:\n  - {name: /svc/world, to: /srv/world-v2, percent: 10}\n")
+        .unwrap();
+    let world = world_service();
+    let answered = |s: &Staging| {
+        metric(
+            &s.metrics().unwrap(),
+            "sidetrack_mirror_requests_total",
+            &[("target", "/srv/world-v2"), ("outcome", "answered")],
+        )
+    };
+    // Loaded once a copy has been answered.
+    assert!(
+        sidetrack_tests::eventually(10, || {
+            s.curl("http://world/[1-50]", world, &[]).is_ok() && answered(&s) > 0.0
+        }),
+        "the mirror did not load:\n{}",
+        s.proxy_log()
+    );
+    let settled = |s: &Staging| {
+        let mut last = answered(s);
+        sidetrack_tests::eventually(10, || {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = answered(s);
+            std::mem::replace(&mut last, now) == now
+        });
+        last
+    };
+    let before = settled(&s);
+    let body = s.curl("http://world/[1-2000]", world, &[]).unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(text.matches("world (").count(), 2_000, "{text:.200}");
+    assert_eq!(text.matches("earth (").count(), 0);
+    let copies = settled(&s) - before;
+    // Binomial(2,000, 0.1): 200 ± 13.4; six deviations either way.
+    assert!((120.0..=280.0).contains(&copies), "{copies} copies of 2,000");
+    let m = s.metrics().unwrap();
+    for outcome in ["failed", "timeout", "dropped"] {
+        assert_eq!(
+            metric(
+                &m,
+                "sidetrack_mirror_requests_total",
+                &[("target", "/srv/world-v2"), ("outcome", outcome)]
+            ),
+            0.0,
+            "{outcome}"
+        );
+    }
+    // The copies' own route metrics: world-v2, labelled as a mirror's.
+    assert!(
+        metric(
+            &m,
+            "sidetrack_requests_total",
+            &[("dst", "/#/io.l5d.fs/world-v2"), ("rule", "(mirror)")]
+        ) >= copies
+    );
+}
