@@ -20,7 +20,7 @@ pub const DIFF: &str = r##"<!doctype html>
  #summary { color: #444; }
  table { border-collapse: collapse; margin-top: .4em; }
  th, td { text-align: left; padding: .2em .8em .2em 0; vertical-align: top; }
- th { font-weight: 600; border-bottom: 1px solid #ccc; }
+ th { font-weight: 600; border-bottom: 1px solid #ccc; } th.num { text-align: right; }
  td.num { text-align: right; font-variant-numeric: tabular-nums; }
  td.path, .mono, pre { font: 12px ui-monospace, monospace; }
  tr.quiet { color: #777; }
@@ -59,6 +59,9 @@ function el(tag, cls, text) {
   return e;
 }
 function pct(x) { return (Math.round(x * 100) / 100) + "%"; }
+function pretty(body) {
+  try { return JSON.stringify(JSON.parse(body), null, 2); } catch (e) { return body; }
+}
 function kinds(k) { return Object.entries(k).map(([kind, n]) => kind + " ×" + n).join(", "); }
 function message(title, m) {
   const d = el("div");
@@ -66,7 +69,7 @@ function message(title, m) {
   if (m.status !== undefined) d.appendChild(el("div", "mono", "status " + m.status));
   else d.appendChild(el("div", "mono", m.method + " " + m.path));
   d.appendChild(el("pre", "headers", m.headers.map(([n, v]) => n + ": " + v).join("\n")));
-  d.appendChild(el("pre", "body", m.body + (m.body_truncated ? "\n… (cut)" : "")));
+  d.appendChild(el("pre", "body", m.body_truncated ? m.body + "\n… (cut)" : pretty(m.body)));
   return d;
 }
 function sample(ep, f, key) {
@@ -109,7 +112,9 @@ function endpoint(ep, all) {
   }
   const table = el("table");
   const head = el("tr");
-  for (const h of ["field", "kinds", "raw", "noise", "relative", "absolute", ""]) head.appendChild(el("th", null, h));
+  for (const h of ["field", "kinds", "raw", "noise", "relative", "absolute", ""]) {
+    head.appendChild(el("th", ["raw", "noise", "relative", "absolute"].includes(h) ? "num" : null, h));
+  }
   table.appendChild(head);
   for (const f of shown) {
     const tr = el("tr", "field " + (f.reported ? "reported" : "quiet"));
