@@ -143,6 +143,19 @@ mod tests {
     }
 
     #[test]
+    fn the_worked_example_of_docs_shadowing_md() {
+        for (raw, noise, want) in [
+            (10_000, 10_000, false),
+            (480, 0, true),
+            (40, 30, false),
+            (5, 1, true),
+            (4, 1, false),
+        ] {
+            assert_eq!(reported(raw, noise, 10_000), want, "{raw} vs {noise}");
+        }
+    }
+
+    #[test]
     fn percentages_are_of_the_requests_and_of_the_sum() {
         let v = judge(30, 10, 200, R, A);
         assert_eq!(v.raw_pct, 15.0);
