@@ -821,4 +821,65 @@ mod tests {
         let nested = |leaf: &str| format!("{}{leaf}{}", "[".repeat(200), "]".repeat(200));
         assert_eq!(diff(&nested("1"), &nested("2")), ["200.body value"]);
     }
+
+    /// A small JSON document from a seed of bytes: keys, nesting, arrays
+    /// and scalars of every type.
+    fn doc(seed: &[u8]) -> String {
+        fn value(seed: &mut std::slice::Iter<u8>, depth: u32) -> String {
+            let Some(b) = seed.next() else {
+                return "null".into();
+            };
+            match (b % 7, depth) {
+                (0, _) => "null".into(),
+                (1, _) => (b % 2 == 0).to_string(),
+                (2, _) => format!("{}", b / 7),
+                (3, _) => format!("\"{}\"", (b'a' + b % 5) as char),
+                (4, d) if d < 4 => {
+                    let n = seed.next().map_or(0, |n| n % 4);
+                    let items: Vec<_> = (0..n).map(|_| value(seed, d + 1)).collect();
+                    format!("[{}]", items.join(","))
+                }
+                (_, d) if d < 4 => {
+                    let n = seed.next().map_or(0, |n| n % 4);
+                    let members: Vec<_> = (0..n)
+                        .map(|i| format!("\"k{}\":{}", (i + b) % 5, value(seed, d + 1)))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }
+                _ => "1.5".into(),
+            }
+        }
+        value(&mut seed.iter(), 0)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_response_never_differs_from_itself_and_nothing_panics(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            sets in proptest::prelude::any::<bool>(),
+            cap in 0usize..80,
+        ) {
+            let s = DiffSettings { arrays_as_sets: sets, max_body_bytes: cap, ..Default::default() };
+            let (ja, jb) = (doc(&a), doc(&b));
+            for (x, y) in [(&ja[..], &jb[..]), (&ja[..], &ja[..])] {
+                let d = compare(&s, &json(200, x), &json(200, y));
+                if x == y {
+                    proptest::prop_assert!(d.is_empty(), "{x}: {d:?}");
+                }
+                for path in d.keys() {
+                    proptest::prop_assert!(path.starts_with("200.body"), "{path}");
+                }
+            }
+            // Raw bytes, JSON or not: equal captured bytes never differ,
+            // and bytes that are not JSON differ whenever they do.
+            let d = compare(&s, &Response::new(200, &[], &a), &Response::new(200, &[], &b));
+            let seen = |v: &[u8]| (v.len() > cap, v[..v.len().min(cap)].to_vec());
+            if seen(&a) == seen(&b) {
+                proptest::prop_assert!(d.is_empty(), "{d:?}");
+            } else if serde_json::from_slice::<Value>(&a).is_err() {
+                proptest::prop_assert!(!d.is_empty());
+            }
+        }
+    }
 }
