@@ -6,7 +6,8 @@
 //! and runs the HTTP/1.1 connection loop over `http` (pure framing);
 //! `route` names a request and binds it with `dtab` (the pure routing
 //! language) and `namer` (file namer, balancer); `observe` holds the
-//! metrics they count into; `admin` serves them and the delegator; `config` holds the settings; `cli` is the command line;
+//! metrics they count into; `diff` compares a primary's responses with a
+//! candidate's (pure); `admin` serves them and the delegator; `config` holds the settings; `cli` is the command line;
 //! `logging` sets up `tracing`.
 
 // Every `unsafe` block says, in a SAFETY comment, why it is sound.
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod dtab;
 pub mod handover;
 pub mod http;

@@ -2,6 +2,7 @@
 //! patterns, and the cgroup and child-process handling the root tests need.
 
 pub mod backend;
+pub mod browser;
 pub mod cgroup;
 pub mod client;
 pub mod proxy;

@@ -2,36 +2,7 @@
 //! a path and a dtab in the query, the page asks `/delegator.json` and draws
 //! the tree; the test reads the DOM Chromium ends with.
 
-use std::process::Command;
-
-use sidetrack_tests::{TempDir, proxy::Proxy};
-
-fn chromium_dom(url: &str, profile: &TempDir) -> String {
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            // Let the page's fetch finish before the DOM is dumped.
-            "--virtual-time-budget=10000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.str()))
-        .arg("--dump-dom")
-        .arg(url)
-        .output()
-        .expect("run chromium (cargo xtask setup installs it)");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use sidetrack_tests::{browser::chromium_dom, proxy::Proxy};
 
 #[test]
 fn the_delegator_page_draws_every_branch() {
@@ -39,14 +10,13 @@ fn the_delegator_page_draws_every_branch() {
         "--dtab",
         "/svc => /host; /host/world => /$/inet/127.0.0.1/8081; /host/world => /$/fail",
     ]);
-    let profile = TempDir::new("chromium");
     // The override adds a union with a weighted branch; the base dtab's two
     // world entries make an alternation whose later entry (fail) comes first.
     let url = format!(
         "http://{}/delegator?path=/svc/world&dtab={}",
         proxy.admin, "/host/world%20=>%200.7%20*%20/$/inet/127.0.0.1/8082%20%26%200.3%20*%20/$/nil"
     );
-    let dom = chromium_dom(&url, &profile);
+    let dom = chromium_dom(&url);
     assert!(dom.contains("Sidetrack delegator"), "{dom}");
     // The base dtab is shown.
     assert!(

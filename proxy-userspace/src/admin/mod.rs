@@ -1,9 +1,11 @@
 //! The admin server (hyper): `/metrics`, `/ready`, `/dtab`,
-//! `/delegator.json` and the `/delegator` page.
+//! `/delegator.json` and the `/delegator` page, `/diff.json`, the `/diff`
+//! page and `POST /diff/reset`.
 //!
 //! It runs on a thread and a single-threaded runtime of its own, so a slow
 //! scrape or a big explanation tree never takes a worker from the data path.
 
+mod diff_page;
 mod page;
 
 use std::{
@@ -20,7 +22,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{
     Method, Request, Response, StatusCode,
     body::Incoming,
-    header::{CONTENT_TYPE, HeaderValue},
+    header::{CONTENT_TYPE, HOST, HeaderValue, ORIGIN},
     server::conn::http1,
     service::service_fn,
 };
@@ -41,6 +43,8 @@ pub struct Admin {
     pub router: Arc<Router>,
     /// True once the proxy listens, false again when it drains.
     pub ready: Arc<AtomicBool>,
+    /// The response diff engine the mirror tasks record into.
+    pub diff: Arc<crate::diff::Engine>,
 }
 
 /// Starts the admin server on its own thread; returns the bound address.
@@ -173,11 +177,45 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
                 ),
             }
         }
+        (&Method::GET, "/diff") => {
+            respond(StatusCode::OK, "text/html; charset=utf-8", diff_page::DIFF)
+        }
+        (&Method::GET, "/diff.json") => match serde_json::to_string(&admin.diff.report()) {
+            Ok(json) => respond(StatusCode::OK, "application/json", json),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        (&Method::POST, "/diff/reset") => {
+            if !same_origin(&req) {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "a reset from another origin's page is refused\n",
+                );
+            }
+            admin.diff.reset();
+            text(StatusCode::OK, "reset\n")
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /ready, /dtab, /delegator or /delegator.json\n",
+            "not found: try /metrics, /ready, /dtab, /delegator, /delegator.json, /diff or /diff.json\n",
         ),
     }
+}
+
+/// Whether a state-changing request comes from the admin server's own
+/// page or from no page at all (curl, `sidetrack`): a browser sends
+/// `Origin` with a cross-origin POST, and a page elsewhere must not be
+/// able to reset the diff through a user's port-forward.
+fn same_origin(req: &Request<Incoming>) -> bool {
+    let Some(origin) = req.headers().get(ORIGIN) else {
+        return true;
+    };
+    let authority = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, a)| a);
+    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
 /// The delegation of `path` through the base dtab, the routing rule the

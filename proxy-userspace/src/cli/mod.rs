@@ -4,6 +4,8 @@
 //! the documented contracts (exit 2 on a dtab error, JSON on stdout) are kept
 //! in one place per command.
 
+pub mod admin_http;
+pub mod diff;
 pub mod dtab;
 pub mod run;
 pub mod stage;
@@ -45,6 +47,9 @@ pub enum Command {
     /// Build (and sign) the override that stages a version, with a curl
     /// line that sends it.
     Stage(stage::StageArgs),
+    /// Show a running proxy's response diff report (candidate vs primary,
+    /// noise cancelled); exit 1 when a field is reported.
+    Diff(diff::DiffArgs),
 }
 
 /// The `sidetrack` binary: parse the command line, set up logging, run.
@@ -60,6 +65,7 @@ impl Cli {
             Command::Dtab(cmd) => cmd.run(),
             Command::Run(args) => args.run(),
             Command::Stage(args) => args.run(),
+            Command::Diff(args) => args.run(),
         }
     }
 }

@@ -10,8 +10,6 @@
 //! as `neg` before any request is sent.
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     path::PathBuf,
     process::ExitCode,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -312,38 +310,12 @@ fn shell_quote(s: &str) -> String {
 /// POSTs `body` as JSON to `path` on the admin server at `base`
 /// (`http://host:port`) and parses the JSON answer.
 fn post_json(base: &str, path: &str, body: &str) -> Result<serde_json::Value, String> {
-    let authority = base
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("--proxy {base:?}: expected http://host:port"))?
-        .trim_end_matches('/');
-    let mut conn = TcpStream::connect(authority).map_err(|e| format!("{authority}: {e}"))?;
-    let timeout = Some(Duration::from_secs(10));
-    conn.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-    conn.set_write_timeout(timeout).map_err(|e| e.to_string())?;
-    write!(
-        conn,
-        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| format!("{authority}: {e}"))?;
-    let mut answer = Vec::new();
-    conn.read_to_end(&mut answer)
-        .map_err(|e| format!("{authority}: {e}"))?;
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut head = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(len)) = head.parse(&answer) else {
-        return Err(format!("{authority}: not an HTTP response"));
-    };
-    let body = &answer[len..];
-    if head.code != Some(200) {
-        return Err(format!(
-            "{authority}{path}: {} {}",
-            head.code.unwrap_or(0),
-            String::from_utf8_lossy(body).trim()
-        ));
+    if !base.starts_with("http://") {
+        return Err(format!("--proxy {base:?}: expected http://host:port"));
     }
-    serde_json::from_slice(body).map_err(|e| format!("{authority}{path}: {e}"))
+    let authority = super::admin_http::authority(base);
+    let answer = super::admin_http::request(authority, "POST", path, Some(body))?;
+    serde_json::from_slice(&answer).map_err(|e| format!("{authority}{path}: {e}"))
 }
 
 #[cfg(test)]

@@ -247,6 +247,8 @@ impl RunArgs {
                 metrics: metrics.clone(),
                 router: router.clone(),
                 ready: ready.clone(),
+                // Default settings until the config carries them.
+                diff: Arc::new(crate::diff::Engine::new(Default::default())),
             },
             admin_stop_rx,
         )
