@@ -110,6 +110,9 @@ pub struct Settings {
     /// Which requests are copied to which other versions, and which are
     /// compared (see `policy::mirror`); reloaded live.
     pub mirrors: Vec<crate::policy::mirror::MirrorSettings>,
+    /// How diff mode compares answers and judges noise (see `diff`);
+    /// reloaded live.
+    pub diff: crate::diff::DiffSettings,
 }
 
 /// Weighted rollouts. Read at start.
@@ -322,6 +325,7 @@ impl Default for Settings {
             rules: Vec::new(),
             shadow: Default::default(),
             mirrors: Vec::new(),
+            diff: Default::default(),
             handover: Handover::default(),
         }
     }
@@ -423,6 +427,7 @@ impl Settings {
         crate::policy::Rules::new(&self.rules)?;
         crate::policy::Mirrors::new(&self.mirrors)?;
         self.shadow.validate()?;
+        self.diff.validate()?;
         if l.max_connections == 0 {
             return Err("limits.max_connections: 0 would serve nobody".into());
         }

@@ -956,7 +956,10 @@ fn ebpf_mirrors_copy_a_share_of_live_traffic_to_a_candidate() {
     assert_eq!(text.matches("earth (").count(), 0);
     let copies = settled(&s) - before;
     // Binomial(2,000, 0.1): 200 ± 13.4; six deviations either way.
-    assert!((120.0..=280.0).contains(&copies), "{copies} copies of 2,000");
+    assert!(
+        (120.0..=280.0).contains(&copies),
+        "{copies} copies of 2,000"
+    );
     let m = s.metrics().unwrap();
     for outcome in ["failed", "timeout", "dropped"] {
         assert_eq!(

@@ -68,17 +68,20 @@ impl Bed {
     fn mirror_of(&self, service: &str, target: &str, outcome: &str) -> f64 {
         self.proxy.metric(
             "sidetrack_mirror_requests_total",
-            &[("service", service), ("target", target), ("outcome", outcome)],
+            &[
+                ("service", service),
+                ("target", target),
+                ("outcome", outcome),
+            ],
         )
     }
 
     /// Waits until the candidate has had `n` requests and no more come.
     fn candidate_settles_at(&self, n: u64) -> bool {
-        eventually(10, || self.candidate.requests() >= n)
-            && {
-                thread::sleep(Duration::from_millis(200));
-                self.candidate.requests() == n
-            }
+        eventually(10, || self.candidate.requests() >= n) && {
+            thread::sleep(Duration::from_millis(200));
+            self.candidate.requests() == n
+        }
     }
 }
 
@@ -150,11 +153,17 @@ fn a_sticky_share_copies_whole_customers_and_reloads() {
         // Each copy leaves after its live answer: wait for the last.
         eventually(1, || b.candidate.requests() - before == 5);
         let copies = b.candidate.requests() - before;
-        assert!(copies == 0 || copies == 5, "customer {customer}: {copies} of 5 copied");
+        assert!(
+            copies == 0 || copies == 5,
+            "customer {customer}: {copies} of 5 copied"
+        );
         copied_customers += usize::from(copies == 5);
     }
     // Binomial(40, 0.5): 20 ± 3.2; six deviations either way.
-    assert!((1..=39).contains(&copied_customers), "{copied_customers} of 40");
+    assert!(
+        (1..=39).contains(&copied_customers),
+        "{copied_customers} of 40"
+    );
     // Mirrors off: nothing more is copied.
     b.dir
         .write("config.yaml", "watch_interval_ms: 50\nmirrors: []\n");
@@ -263,13 +272,20 @@ fn a_slow_dead_or_resetting_candidate_leaves_the_live_exchange_alone() {
     let (mirrored, plain) = live_p99s(&b.proxy, 1000);
     bound(mirrored, plain);
     // Four in flight and eight waiting at most: the rest were dropped.
-    assert!(b.mirror("dropped") >= 1000.0 - 12.0 - 8.0, "{}", b.proxy.metrics());
+    assert!(
+        b.mirror("dropped") >= 1000.0 - 12.0 - 8.0,
+        "{}",
+        b.proxy.metrics()
+    );
     assert!(eventually(10, || b.mirror("timeout") >= 4.0));
     assert!(b.candidate.connections.load(Ordering::Relaxed) <= 12);
     assert_eq!(b.mirror("answered"), 0.0);
 
     // Dead: nothing listens where the candidate was.
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     b.dir
         .write("world-v2", &format!("{} {}\n", dead.ip(), dead.port()));
     assert!(eventually(5, || {
@@ -304,7 +320,8 @@ fn writes_are_copied_only_when_allowed_and_then_byte_exact() {
     let body = pattern(3000);
     for method in ["POST", "PUT", "PATCH", "DELETE"] {
         c.send(
-            format!("{method} /w HTTP/1.1\r\nHost: world\r\nContent-Length: 3000\r\n\r\n").as_bytes(),
+            format!("{method} /w HTTP/1.1\r\nHost: world\r\nContent-Length: 3000\r\n\r\n")
+                .as_bytes(),
         )
         .unwrap();
         c.send(&body).unwrap();
@@ -353,15 +370,15 @@ fn writes_are_copied_only_when_allowed_and_then_byte_exact() {
 /// request's body arrives whole and exact, large enough to be spliced.
 #[test]
 fn a_body_over_the_limit_is_not_copied_and_the_live_body_is_exact() {
-    let b = bed(
-        "shadow: {max_body_bytes: 4096}\n\
-         mirrors:\n  - {name: /svc/world, to: /srv/world-v2, allow_writes: true}\n",
-    );
+    let b = bed("shadow: {max_body_bytes: 4096}\n\
+         mirrors:\n  - {name: /svc/world, to: /srv/world-v2, allow_writes: true}\n");
     let mut c = Client::connect(b.proxy.addr);
     for len in [4096usize, 4097, 300_000] {
         let body = pattern(len);
-        c.send(format!("POST /up HTTP/1.1\r\nHost: world\r\nContent-Length: {len}\r\n\r\n").as_bytes())
-            .unwrap();
+        c.send(
+            format!("POST /up HTTP/1.1\r\nHost: world\r\nContent-Length: {len}\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
         for part in body.chunks(50_000) {
             c.send(part).unwrap();
         }
@@ -393,12 +410,10 @@ fn a_body_over_the_limit_is_not_copied_and_the_live_body_is_exact() {
 /// a fixed value.
 #[test]
 fn host_rewrite_modes() {
-    let b = bed(
-        "mirrors:\n\
+    let b = bed("mirrors:\n\
          \x20 - {name: /svc/world, to: /srv/world-v2}\n\
          \x20 - {name: /svc/hello, to: /srv/world-v2, host: suffix}\n\
-         \x20 - {name: /svc/hello, to: /srv/world-v2, host: {set: candidate.internal}}\n",
-    );
+         \x20 - {name: /svc/hello, to: /srv/world-v2, host: {set: candidate.internal}}\n");
     let mut c = Client::connect(b.proxy.addr);
     c.get("world", "/keep", &[]);
     assert!(b.candidate_settles_at(1));
@@ -445,4 +460,201 @@ fn a_request_asks_for_its_own_copy_under_the_override_policy() {
     let r = client::get(b.proxy.addr, "hello", "/", &["l5d-mirror: /srv/world-v2"]);
     client::assert_err(&r, 403, "trusted_sources");
     assert!(b.candidate_settles_at(copies));
+}
+
+/// A JSON service: each answer is `body(target, n)` for its `n`th request.
+struct JsonServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl JsonServer {
+    fn start(body: fn(&str, u64) -> String) -> JsonServer {
+        use std::io::BufReader;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((s, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                let count = count.clone();
+                thread::spawn(move || {
+                    s.set_nonblocking(false).unwrap();
+                    let _ = s.set_nodelay(true);
+                    let mut out = s.try_clone().unwrap();
+                    let mut r = BufReader::new(s);
+                    while let Ok(Some(req)) = sidetrack_tests::backend::read_request(&mut r, None) {
+                        let n = count.fetch_add(1, Ordering::Relaxed);
+                        let text = body(&req.target, n);
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nDate: {n}\r\nContent-Length: {}\r\n\r\n",
+                            text.len()
+                        );
+                        if out.write_all(head.as_bytes()).is_err()
+                            || out.write_all(text.as_bytes()).is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        JsonServer { addr, stop }
+    }
+
+    fn fs_line(&self) -> String {
+        format!("{} {}\n", self.addr.ip(), self.addr.port())
+    }
+}
+
+impl Drop for JsonServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A timestamp that differs at every answer.
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// The user id of a target `/users/ID`.
+fn user_id(target: &str) -> &str {
+    target.rsplit('/').next().unwrap_or("")
+}
+
+/// Diff mode end to end, Diffy's example: the live version and a second
+/// instance of it answer the same user with a different timestamp (noise);
+/// the candidate also spells the name differently. After a few hundred
+/// requests the report names the field that really differs and cancels the
+/// timestamp, on `/diff.json`, in `sidetrack diff` and on the `/diff` page;
+/// the counters agree.
+#[test]
+fn diff_mode_reports_what_differs_and_cancels_the_noise() {
+    fn live(target: &str, _: u64) -> String {
+        format!(
+            r#"{{"user":{{"id":{},"name":"ann"}},"time":{},"tags":["a","b"]}}"#,
+            user_id(target),
+            now_ns()
+        )
+    }
+    fn candidate(target: &str, _: u64) -> String {
+        format!(
+            r#"{{"user":{{"id":{},"name":"Ann"}},"time":{},"tags":["a","b"]}}"#,
+            user_id(target),
+            now_ns()
+        )
+    }
+    let (primary, secondary, cand) = (
+        JsonServer::start(live),
+        JsonServer::start(live),
+        JsonServer::start(candidate),
+    );
+    let dir = TempDir::new("diff");
+    dir.write("users", &primary.fs_line());
+    dir.write("users-b", &secondary.fs_line());
+    dir.write("users-v2", &cand.fs_line());
+    dir.write(
+        "config.yaml",
+        "mirrors:\n  - {name: /svc/users, to: /srv/users-v2, secondary: /srv/users-b}\n",
+    );
+    let proxy = Proxy::start(&[
+        "--dtab",
+        DTAB,
+        "--fs-dir",
+        dir.str(),
+        "--config",
+        dir.path().join("config.yaml").to_str().unwrap(),
+    ]);
+    let mut c = Client::connect(proxy.addr);
+    const N: u64 = 300;
+    for i in 0..N {
+        let r = c.get("users", &format!("/users/{}", 1000 + i % 37), &[]);
+        assert_eq!(r.status, 200);
+        // The live answer, untouched.
+        assert!(r.text().contains(r#""name":"ann""#), "{}", r.text());
+    }
+    let diffed = || {
+        proxy.metric(
+            "sidetrack_mirror_requests_total",
+            &[("service", "/svc/users"), ("outcome", "diffed")],
+        )
+    };
+    assert!(
+        eventually(10, || diffed() == N as f64),
+        "{}",
+        proxy.metrics()
+    );
+    assert_eq!(
+        proxy.metric(
+            "sidetrack_mirror_requests_total",
+            &[("service", "/svc/users"), ("outcome", "differing")],
+        ),
+        N as f64
+    );
+
+    let report = client::get(proxy.admin, "admin", "/diff.json", &[]).json();
+    let endpoints = report["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1, "{report:#}");
+    let ep = &endpoints[0];
+    // Numbers in the path collapse into one endpoint.
+    assert_eq!(ep["name"], "/svc/users GET /users/{id}", "{ep:#}");
+    assert_eq!(ep["requests"], N);
+    let field = |path: &str| {
+        ep["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == path)
+            .unwrap_or_else(|| panic!("no field {path} in {ep:#}"))
+            .clone()
+    };
+    let name = field("200.body.user.name");
+    assert_eq!(name["reported"], true, "{name:#}");
+    assert_eq!(
+        (name["raw"].as_u64(), name["noise"].as_u64()),
+        (Some(N), Some(0))
+    );
+    let time = field("200.body.time");
+    assert_eq!(time["reported"], false, "{time:#}");
+    assert_eq!(
+        (time["raw"].as_u64(), time["noise"].as_u64()),
+        (Some(N), Some(N))
+    );
+    // Date (the answer's count: it differs when the three fall out of
+    // step) is ignored by default; the id and tags never differ.
+    for path in ["headers.date", "200.body.user.id", "200.body.tags[]"] {
+        assert!(
+            ep["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f["path"] != path),
+            "{path} in {ep:#}"
+        );
+    }
+
+    // The command line says the same, and exits 1: something differs.
+    let out = std::process::Command::new(sidetrack_tests::proxy::binary())
+        .args(["diff", "--admin", &proxy.admin.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("200.body.user.name"), "{text}");
+    assert!(!text.contains("200.body.time"), "{text}");
+
+    // The page, in headless Chromium.
+    let dom = sidetrack_tests::browser::chromium_dom(&format!("http://{}/diff", proxy.admin));
+    assert!(dom.contains("200.body.user.name"), "{dom:.2000}");
+    assert!(dom.contains("/svc/users GET /users/{id}"), "{dom:.2000}");
 }

@@ -45,6 +45,9 @@ const SAMPLE_OVERHEAD: usize = 64;
 /// The diff engine. `Send + Sync`: share it in an `Arc`.
 pub struct Engine {
     inner: Mutex<Inner>,
+    /// `max_body_bytes` of the settings in force, read without the lock
+    /// by the data path (what it keeps of a live answer).
+    max_body: std::sync::atomic::AtomicUsize,
 }
 
 struct Inner {
@@ -89,6 +92,7 @@ struct Compared<'a> {
 impl Engine {
     pub fn new(settings: DiffSettings) -> Engine {
         Engine {
+            max_body: settings.max_body_bytes.into(),
             inner: Mutex::new(Inner {
                 settings: Arc::new(settings),
                 generation: 0,
@@ -115,12 +119,22 @@ impl Engine {
     /// Returns whether it reset.
     pub fn set_settings(&self, settings: DiffSettings) -> bool {
         let mut inner = self.lock();
+        self.max_body.store(
+            settings.max_body_bytes,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let reset = !inner.settings.same_comparison(&settings);
         inner.settings = Arc::new(settings);
         if reset {
             inner.reset();
         }
         reset
+    }
+
+    /// How many bytes of each body a comparison looks at
+    /// (`max_body_bytes`), without taking the lock.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Forgets every count and sample.
@@ -130,7 +144,8 @@ impl Engine {
 
     /// Compares one request's three responses and counts the differences
     /// under `endpoint` (see [`super::endpoint()`]): primary vs candidate
-    /// (raw) and primary vs secondary (noise).
+    /// (raw) and primary vs secondary (noise). Returns whether the
+    /// candidate's answer differed from the primary's at all.
     pub fn record(
         &self,
         endpoint: &str,
@@ -138,7 +153,7 @@ impl Engine {
         primary: &Response,
         secondary: &Response,
         candidate: &Response,
-    ) {
+    ) -> bool {
         let (settings, generation) = {
             let inner = self.lock();
             (inner.settings.clone(), inner.generation)
@@ -151,10 +166,12 @@ impl Engine {
             secondary,
             candidate,
         };
+        let differs = !compared.raw.is_empty();
         let mut inner = self.lock();
         if inner.generation == generation {
             inner.count(endpoint, compared);
         }
+        differs
     }
 
     /// The report: every endpoint, every field, judged by the thresholds

@@ -115,8 +115,8 @@ pub struct ShadowSettings {
     /// answer.
     pub timeout_ms: u64,
     /// Request bodies up to this size are copied; a larger one is not (the
-    /// request still goes to its version, streamed as ever). Also what a
-    /// diff keeps of each answer's body.
+    /// request still goes to its version, streamed as ever). What a diff
+    /// keeps of each answer's body is `diff.max_body_bytes`.
     pub max_body_bytes: usize,
 }
 
@@ -237,7 +237,11 @@ impl Mirror {
             sticky_header: s.sticky_header.as_ref().map(|h| h.to_ascii_lowercase()),
             host: s.host.clone(),
             allow_writes: s.allow_writes,
-            secondary: s.secondary.as_deref().map(|p| parse_path("secondary", p)).transpose()?,
+            secondary: s
+                .secondary
+                .as_deref()
+                .map(|p| parse_path("secondary", p))
+                .transpose()?,
         })
     }
 
@@ -410,7 +414,10 @@ mod tests {
             taken += usize::from(first == Verdict::Copy);
         }
         // 30% of 2000 customers, within five standard deviations (~20.5).
-        assert!((497..=703).contains(&taken), "{taken} customers of 2000 copied");
+        assert!(
+            (497..=703).contains(&taken),
+            "{taken} customers of 2000 copied"
+        );
     }
 
     #[test]
@@ -418,7 +425,10 @@ mod tests {
         let mut out = Vec::new();
         let m = entry("{name: /svc, to: /srv/v2, host: suffix}").unwrap();
         assert_eq!(m.host(b"world", &mut out), Some(&b"world-shadow"[..]));
-        assert_eq!(m.host(b"world:8080", &mut out), Some(&b"world-shadow:8080"[..]));
+        assert_eq!(
+            m.host(b"world:8080", &mut out),
+            Some(&b"world-shadow:8080"[..])
+        );
         assert_eq!(m.host(b"[::1]:80", &mut out), Some(&b"[::1]-shadow:80"[..]));
         assert_eq!(m.host(b"[::1]", &mut out), Some(&b"[::1]-shadow"[..]));
         let m = entry("{name: /svc, to: /srv/v2, host: {set: world-canary}}").unwrap();

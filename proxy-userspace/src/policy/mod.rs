@@ -10,6 +10,6 @@ pub mod overrides;
 pub mod rules;
 pub mod signing;
 
-pub use overrides::{OnRefusal, OverridePolicy, Refusal, SourceVerdict};
 pub use mirror::Mirrors;
+pub use overrides::{OnRefusal, OverridePolicy, Refusal, SourceVerdict};
 pub use rules::Rules;

@@ -444,4 +444,36 @@ mod tests {
             assert!(OverridePolicy::new(&s).is_err(), "{yaml}");
         }
     }
+
+    #[test]
+    fn a_requested_mirror_is_held_to_the_destination_rules() {
+        let p = policy("{denied_destinations: [/$, /srv/secret]}");
+        let path = |s: &str| Path::read(s).unwrap();
+        assert!(p.check_destination(&path("/srv/world-v2")).is_ok());
+        assert!(matches!(
+            p.check_destination(&path("/srv/secret/x")),
+            Err(Refusal::MirrorDestination {
+                rule: "denied_destinations",
+                ..
+            })
+        ));
+        assert!(
+            p.check_destination(&path("/$/inet/127.0.0.1/9990"))
+                .is_err()
+        );
+        let p = policy("{allowed_destinations: [/srv/world-v2]}");
+        assert!(p.check_destination(&path("/srv/world-v2")).is_ok());
+        assert!(matches!(
+            p.check_destination(&path("/srv/other")),
+            Err(Refusal::MirrorDestination {
+                rule: "allowed_destinations",
+                ..
+            })
+        ));
+        let p = policy("{mode: signed}");
+        assert_eq!(
+            p.check_destination(&path("/srv/world-v2")),
+            Err(Refusal::MirrorMode("signed"))
+        );
+    }
 }

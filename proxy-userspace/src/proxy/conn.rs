@@ -1206,8 +1206,9 @@ impl Conn {
         // Diff mode: the live answer is kept, to compare the copies' with.
         let keep_live = self.copies.diff() && reply.relay == Relay::AsFramed;
         if keep_live {
+            let limit = self.shared.diff.max_body_bytes();
             self.copies
-                .keep_live_head(&self.from_backend[..answer.head_len], self.shared.cfg.shadow.max_body);
+                .keep_live_head(&self.from_backend[..answer.head_len], limit);
         }
         self.heads.clear();
         // The proxy names itself in the response's Via too (RFC 9110 §7.6.3).
@@ -1910,7 +1911,8 @@ async fn move_body<P: Fn(usize)>(
                     .await
                     .map_err(MoveError::from)?;
             } else {
-                moved.copied += copy_exact(from, to, copy, rest, progress, budget, &mut keep).await?;
+                moved.copied +=
+                    copy_exact(from, to, copy, rest, progress, budget, &mut keep).await?;
             }
         }
         BodyLength::Chunked => {

@@ -129,6 +129,9 @@ pub struct Shared {
     pub orig_dst: Option<crate::intercept::OrigDst>,
     /// What connections' buffers may take in all.
     pub budget: MemoryBudget,
+    /// Where diff mode's answers are compared (off the request path, in
+    /// the copies' tasks).
+    pub diff: Arc<crate::diff::Engine>,
 }
 
 /// What one worker owns: its connections' deadlines and its idle backend

@@ -18,7 +18,7 @@
 //! and the secondary's, and handed to the diff engine.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::{HashMap, VecDeque},
     rc::Rc,
     sync::Arc,
@@ -30,13 +30,16 @@ use tokio::net::TcpStream;
 
 use super::{
     Worker,
-    conn::read_response_head,
+    conn::{ReadHeadError, read_response_head},
     pool::{self, Liveness, Pool},
     stream,
 };
 use crate::{
+    diff,
     dtab::{Choice, NameTree},
-    http::{self, BodyLength, ChunkedScanner, Known, RequestKind, ResponseHead},
+    http::{
+        self, BodyLength, ChunkedScanner, Known, Parsed, RequestHead, RequestKind, ResponseHead,
+    },
     policy::mirror::ShadowSettings,
     route::{BoundMirror, Dest, Route},
 };
@@ -209,7 +212,10 @@ impl Copies {
             return;
         };
         let live = if self.diff {
-            self.live.kept().and_then(|body| live_answer(&self.live_head, body)).map(Rc::new)
+            self.live
+                .kept()
+                .and_then(|body| live_answer(&self.live_head, body))
+                .map(Rc::new)
         } else {
             None
         };
@@ -237,7 +243,7 @@ impl Copies {
             let job = Job {
                 route: route.clone(),
                 index,
-                request: Rc::from(head),
+                request: head,
                 live: bound.secondary.as_ref().and(live.clone()),
                 charged: 0,
             };
@@ -262,6 +268,7 @@ fn live_answer(head: &[u8], framed: &[u8]) -> Option<Kept> {
     };
     Some(Kept {
         head: head.to_vec(),
+        len: body.len() as u64,
         body,
         truncated: false,
     })
@@ -273,12 +280,29 @@ fn live_answer(head: &[u8], framed: &[u8]) -> Option<Kept> {
 pub struct Kept {
     pub head: Vec<u8>,
     pub body: Vec<u8>,
+    /// The body went on past what was kept.
     pub truncated: bool,
+    /// The body's whole length, kept or not.
+    pub len: u64,
 }
 
 impl Kept {
     fn size(&self) -> usize {
         self.head.len() + self.body.len()
+    }
+
+    /// The answer as the diff engine takes it.
+    fn response<'a>(
+        &'a self,
+        status: u16,
+        headers: &'a [(&'a [u8], &'a [u8])],
+    ) -> diff::Response<'a> {
+        let r = diff::Response::new(status, headers, &self.body);
+        if self.truncated {
+            r.truncated(Some(self.len))
+        } else {
+            r
+        }
     }
 }
 
@@ -288,7 +312,7 @@ pub struct Job {
     /// Which of the route's mirrors.
     pub index: usize,
     /// The copy's head and body.
-    pub request: Rc<[u8]>,
+    pub request: Vec<u8>,
     /// Diff mode: the live answer.
     pub live: Option<Rc<Kept>>,
     /// What the job is charged against the memory budget.
@@ -308,17 +332,34 @@ struct Lane {
     queue: VecDeque<Job>,
 }
 
-/// A worker's shadowing: its lanes and its own connection pool.
+/// A read buffer and a parsed head, kept between copies.
+struct Spare {
+    buf: Vec<u8>,
+    resp: ResponseHead,
+}
+
+/// A worker's shadowing: its lanes, its own connection pool, and the
+/// buffers copies reuse.
 pub struct Shadow {
     pool: RefCell<Pool>,
-    lanes: RefCell<HashMap<Box<str>, Lane>>,
+    lanes: RefCell<HashMap<Arc<str>, Lane>>,
+    spares: RefCell<Vec<Spare>>,
+    /// Seeds the copies' random choices (of a branch, of a backend).
+    seed: Cell<u64>,
 }
+
+/// Spare buffers a worker keeps, at most.
+const MAX_SPARES: usize = 16;
+/// A spare read buffer that grew past this is let go.
+const SPARE_BUF: usize = 16 * 1024;
 
 impl Shadow {
     pub fn new(pool: pool::PoolConfig) -> Shadow {
         Shadow {
             pool: RefCell::new(Pool::new(pool)),
             lanes: RefCell::default(),
+            spares: RefCell::default(),
+            seed: Cell::new(rand::random()),
         }
     }
 
@@ -330,25 +371,47 @@ impl Shadow {
             .map(|l| l.in_flight + l.queue.len())
             .sum()
     }
+
+    fn rng(&self) -> SmallRng {
+        let mut state = self.seed.get();
+        let seed = crate::dtab::splitmix(&mut state);
+        self.seed.set(state);
+        SmallRng::seed_from_u64(seed)
+    }
+
+    fn spare(&self, max_headers: usize) -> Spare {
+        self.spares.borrow_mut().pop().unwrap_or_else(|| Spare {
+            buf: Vec::with_capacity(4096),
+            resp: ResponseHead::with_capacity(max_headers),
+        })
+    }
+
+    fn give_back(&self, mut spare: Spare) {
+        let mut spares = self.spares.borrow_mut();
+        if spares.len() < MAX_SPARES && spare.buf.capacity() <= SPARE_BUF {
+            spare.buf.clear();
+            spares.push(spare);
+        }
+    }
 }
 
 /// Hands a copy to its target's lane: run now, queued, or dropped when the
 /// lane is full.
 pub fn submit(worker: &Rc<Worker>, mut job: Job) {
     let cfg = &worker.shared.cfg.shadow;
-    let key = job.mirror().mirror.to.to_string();
+    let key = job.mirror().lane.clone();
     let mut lanes = worker.shadow.lanes.borrow_mut();
-    let lane = lanes.entry(key.as_str().into()).or_default();
+    let lane = lanes.entry(key.clone()).or_default();
     let admitted = lane.in_flight < cfg.max_in_flight || lane.queue.len() < cfg.max_queued;
     if admitted {
         // What a copy holds counts against the memory budget until it is done.
-        job.charged = job.request.len() + job.live.as_ref().map_or(0, |k| k.size());
+        job.charged = job.request.capacity() + job.live.as_ref().map_or(0, |k| k.size());
         worker.shared.budget.recharge(0, job.charged);
     }
     if lane.in_flight < cfg.max_in_flight {
         lane.in_flight += 1;
         drop(lanes);
-        tokio::task::spawn_local(run_lane(worker.clone(), key.into(), job));
+        tokio::task::spawn_local(run_lane(worker.clone(), key, job));
     } else if lane.queue.len() < cfg.max_queued {
         lane.queue.push_back(job);
     } else {
@@ -358,8 +421,8 @@ pub fn submit(worker: &Rc<Worker>, mut job: Job) {
 
 /// Runs copies of one lane, this one and then those waiting, until none
 /// waits.
-async fn run_lane(worker: Rc<Worker>, key: Box<str>, mut job: Job) {
-    let mut rng = SmallRng::from_os_rng();
+async fn run_lane(worker: Rc<Worker>, key: Arc<str>, mut job: Job) {
+    let mut rng = worker.shadow.rng();
     loop {
         run(&worker, &job, &mut rng).await;
         worker.shared.budget.recharge(job.charged, 0);
@@ -395,52 +458,125 @@ async fn run(worker: &Rc<Worker>, job: &Job, rng: &mut SmallRng) {
     let timeout = worker.shared.cfg.shadow.timeout;
     let watchdog = worker.watchdog.clone();
     let Some(secondary) = &bound.secondary else {
-        let sent = watchdog.timeout(timeout, copy(worker, &bound.target, &job.request, None, rng));
-        count(stats, flatten(sent.await));
+        let sent = watchdog.timeout(
+            timeout,
+            copy(worker, &bound.target, &job.request, None, rng),
+        );
+        count(stats, sent.await.unwrap_or(Err(CopyError::TimedOut)));
         return;
     };
+    let keep = worker.shared.diff.max_body_bytes();
     let (mut candidate, mut second) = (Kept::default(), Kept::default());
     let mut rng2 = SmallRng::from_rng(rng);
     let both = async {
         tokio::join!(
-            copy(worker, &bound.target, &job.request, Some(&mut candidate), rng),
-            copy(worker, secondary, &job.request, Some(&mut second), &mut rng2),
+            copy(
+                worker,
+                &bound.target,
+                &job.request,
+                Some((&mut candidate, keep)),
+                rng
+            ),
+            copy(
+                worker,
+                secondary,
+                &job.request,
+                Some((&mut second, keep)),
+                &mut rng2
+            ),
         )
     };
     let (a, b) = match watchdog.timeout(timeout, both).await {
         Ok((a, b)) => (a, b),
         Err(_) => (Err(CopyError::TimedOut), Err(CopyError::TimedOut)),
     };
-    let compared = a.is_ok() && b.is_ok() && job.live.is_some();
+    let compared = a.is_ok() && b.is_ok();
     count(stats, a);
-    if !compared {
-        stats.diff_skipped.inc();
-        return;
-    }
-    if let Some(live) = &job.live {
-        let differs = compare(worker, &job.route, &job.request, live, &second, &candidate);
-        stats.diffed.inc();
-        if differs {
-            stats.differing.inc();
+    let differs = match &job.live {
+        Some(live) if compared => {
+            compare(worker, &job.route, &job.request, live, &second, &candidate)
+        }
+        _ => None,
+    };
+    match differs {
+        Some(differs) => {
+            stats.diffed.inc();
+            if differs {
+                stats.differing.inc();
+            }
+        }
+        None => {
+            stats.diff_skipped.inc();
         }
     }
 }
 
-/// Hands the three answers to the diff engine; whether the candidate's
-/// differed from the live one.
+/// Hands the three answers to the diff engine, under the request's
+/// endpoint; whether the candidate's answer differed from the live one.
+/// `None` when an answer's head does not parse again (it did once).
 fn compare(
-    _worker: &Worker,
-    _route: &Route,
-    _request: &[u8],
-    _live: &Kept,
-    _secondary: &Kept,
-    _candidate: &Kept,
-) -> bool {
-    false
+    worker: &Worker,
+    route: &Route,
+    request: &[u8],
+    live: &Kept,
+    secondary: &Kept,
+    candidate: &Kept,
+) -> Option<bool> {
+    let engine = &worker.shared.diff;
+    let settings = engine.settings();
+    let limits = &worker.shared.cfg.limits;
+    let mut head = RequestHead::with_capacity(limits.max_headers);
+    let Ok(Parsed::Complete { head_len }) = head.parse(request, limits) else {
+        return None;
+    };
+    let headers: Vec<(&[u8], &[u8])> = head.headers(request).collect();
+    let named = settings
+        .endpoint_header
+        .as_deref()
+        .and_then(|h| head.get(request, h));
+    let endpoint = diff::endpoint(
+        &route.name,
+        head.method(request),
+        head.target(request),
+        named,
+    );
+    let req = diff::Request {
+        method: head.method(request),
+        path: head.target(request),
+        headers: &headers,
+        body: &request[head_len..],
+    };
+    let (mut a, mut b, mut c) = (
+        ResponseHead::with_capacity(limits.max_headers),
+        ResponseHead::with_capacity(limits.max_headers),
+        ResponseHead::with_capacity(limits.max_headers),
+    );
+    let (ha, hb, hc);
+    let primary = {
+        ha = answer_headers(&mut a, live, limits)?;
+        live.response(a.status(), &ha)
+    };
+    let second = {
+        hb = answer_headers(&mut b, secondary, limits)?;
+        secondary.response(b.status(), &hb)
+    };
+    let cand = {
+        hc = answer_headers(&mut c, candidate, limits)?;
+        candidate.response(c.status(), &hc)
+    };
+    Some(engine.record(&endpoint, &req, &primary, &second, &cand))
 }
 
-fn flatten(r: Result<Result<(), CopyError>, super::watchdog::Elapsed>) -> Result<(), CopyError> {
-    r.unwrap_or(Err(CopyError::TimedOut))
+/// An answer's header fields, from its head parsed again into `resp`.
+fn answer_headers<'k>(
+    resp: &mut ResponseHead,
+    kept: &'k Kept,
+    limits: &http::Limits,
+) -> Option<Vec<(&'k [u8], &'k [u8])>> {
+    match resp.parse(&kept.head, limits) {
+        Ok(Parsed::Complete { .. }) => Some(resp.headers(&kept.head).collect()),
+        _ => None,
+    }
 }
 
 fn count(stats: &crate::observe::metrics::MirrorStats, r: Result<(), CopyError>) {
@@ -453,18 +589,21 @@ fn count(stats: &crate::observe::metrics::MirrorStats, r: Result<(), CopyError>)
         }
         Err(CopyError::Failed(why)) => {
             stats.failed.inc();
-            tracing::debug!(%why, "a copy of a request failed");
+            if crate::observe::log_limit::allow() {
+                tracing::debug!(%why, "a copy of a request failed");
+            }
         }
     }
 }
 
 /// Sends `request` to a member of `target` and reads the answer, keeping
-/// it in `keep` when given.
+/// it (up to a number of body bytes) in `keep` when given. A pooled
+/// connection found closed before any answer is replaced once by a new one.
 async fn copy(
     worker: &Rc<Worker>,
     target: &Result<NameTree<Dest>, String>,
     request: &[u8],
-    keep: Option<&mut Kept>,
+    mut keep: Option<(&mut Kept, usize)>,
     rng: &mut SmallRng,
 ) -> Result<(), CopyError> {
     let tree = target.as_ref().map_err(|e| CopyError::Failed(e.clone()))?;
@@ -479,73 +618,104 @@ async fn copy(
     let addr = backend.addr();
     let shared = &worker.shared;
     let started = Instant::now();
-    let now = worker.watchdog.now_ms();
-    let pooled = worker.shadow.pool.borrow_mut().take(addr, now, Liveness::Sure);
-    let conn = match pooled {
-        Some(c) => c,
-        None => {
-            let cfg = *worker.shadow.pool.borrow().config();
-            pool::connect(addr, &cfg, &worker.watchdog)
-                .await
-                .map_err(|e| CopyError::Failed(e.to_string()))?
-        }
-    };
     dest.stats.requests.inc();
-    let io = |e: std::io::Error| CopyError::Failed(format!("{addr}: {e}"));
-    stream::write_all(&conn, request).await.map_err(io)?;
-    let mut buf = Vec::with_capacity(4096);
-    let mut resp = ResponseHead::with_capacity(shared.cfg.limits.max_headers);
-    let head_len = loop {
-        let n = read_response_head(&conn, &mut buf, &mut resp, &shared.cfg.limits, &shared.budget)
-            .await
-            .map_err(|e| CopyError::Failed(format!("{addr}: {e}")))?;
-        if resp.is_interim() {
-            buf.drain(..n);
-            continue;
-        }
-        break n;
+    let mut spare = worker.shadow.spare(shared.cfg.limits.max_headers);
+    let pooled = {
+        let now = worker.watchdog.now_ms();
+        worker
+            .shadow
+            .pool
+            .borrow_mut()
+            .take(addr, now, Liveness::Cached)
     };
+    let mut reused = pooled.is_some();
+    let mut conn = pooled;
+    let (conn, head_len) = loop {
+        let c = match conn.take() {
+            Some(c) => c,
+            None => {
+                let cfg = *worker.shadow.pool.borrow().config();
+                pool::connect(addr, &cfg, &worker.watchdog)
+                    .await
+                    .map_err(|e| CopyError::Failed(e.to_string()))?
+            }
+        };
+        spare.buf.clear();
+        let sent = match stream::write_all(&c, request).await {
+            Ok(()) => read_final_head(&c, &mut spare, shared).await,
+            Err(_) => Err(ReadHeadError::ClosedBeforeResponse),
+        };
+        match sent {
+            Ok(n) => break (c, n),
+            // A pooled connection the target had closed: once more, new.
+            Err(ReadHeadError::ClosedBeforeResponse) if reused => reused = false,
+            Err(e) => return Err(CopyError::Failed(format!("{addr}: {e}"))),
+        }
+    };
+    let Spare { buf, resp } = &mut spare;
     dest.stats.response(resp.status());
     let kind = RequestKind {
         head: request.starts_with(b"HEAD "),
         ..RequestKind::default()
     };
-    let framing = http::response_body(kind, &resp, &buf)
+    let framing = http::response_body(kind, resp, buf)
         .map_err(|e| CopyError::Failed(format!("{addr}: {e}")))?;
     let close = framing.close
-        || http::wants_close(resp.minor_version(), resp.get_all(&buf, Known::Connection));
-    let limit = shared.cfg.shadow.max_body;
-    let mut keep = keep;
-    if let Some(k) = keep.as_deref_mut() {
+        || http::wants_close(resp.minor_version(), resp.get_all(buf, Known::Connection));
+    if let Some((k, _)) = keep.as_mut() {
         k.head.extend_from_slice(&buf[..head_len]);
     }
     buf.drain(..head_len);
-    let whole = read_body(&conn, &mut buf, framing.length, keep, limit).await?;
+    let whole = read_body(&conn, buf, framing.length, keep).await?;
     dest.stats.latency.observe(started.elapsed());
     if whole && !close && buf.is_empty() {
         let now = worker.watchdog.now_ms();
         worker.shadow.pool.borrow_mut().put(addr, conn, now);
     }
+    worker.shadow.give_back(spare);
     Ok(())
 }
 
-/// Reads an answer's body (its first bytes in `buf`), keeping up to
-/// `limit` bytes of it, dechunked, in `keep`. Returns whether the
+/// Reads up to the final answer's head (interim ones skipped); its length.
+async fn read_final_head(
+    conn: &TcpStream,
+    spare: &mut Spare,
+    shared: &super::Shared,
+) -> Result<usize, ReadHeadError> {
+    loop {
+        let n = read_response_head(
+            conn,
+            &mut spare.buf,
+            &mut spare.resp,
+            &shared.cfg.limits,
+            &shared.budget,
+        )
+        .await?;
+        if !spare.resp.is_interim() {
+            return Ok(n);
+        }
+        spare.buf.drain(..n);
+    }
+}
+
+/// Reads an answer's body (its first bytes in `buf`), keeping up to the
+/// given number of bytes of it, dechunked, in `keep`. Returns whether the
 /// connection is at a message boundary afterwards.
 async fn read_body(
     conn: &TcpStream,
     buf: &mut Vec<u8>,
     length: BodyLength,
-    mut keep: Option<&mut Kept>,
-    limit: usize,
+    keep: Option<(&mut Kept, usize)>,
 ) -> Result<bool, CopyError> {
+    let mut keep = keep;
     let mut take = |data: &[u8]| {
-        if let Some(k) = keep.as_deref_mut() {
+        if let Some((k, limit)) = keep.as_mut() {
             let room = limit.saturating_sub(k.body.len());
             if data.len() > room {
                 k.truncated = true;
             }
             k.body.extend_from_slice(&data[..data.len().min(room)]);
+            k.len += data.len() as u64;
         }
     };
     let eof = || CopyError::Failed("the answer ended early".into());

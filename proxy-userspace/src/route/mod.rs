@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use crate::{
     dtab::{self, Bound, ClockCache, CompiledDtab, Dtab, NameTree, NamerSet, Namers, Path},
     namer::balancer::{BackendRegistry, Balancer},
-    observe::metrics::{MirrorStats, Metrics, RouteStats},
+    observe::metrics::{Metrics, MirrorStats, RouteStats},
     policy::mirror::Mirror,
 };
 
@@ -100,6 +100,8 @@ pub struct Route {
 #[derive(Debug)]
 pub struct BoundMirror {
     pub mirror: Mirror,
+    /// The target path as text: the key of its copies' lane on a worker.
+    pub lane: Arc<str>,
     /// The target, bound; why not when it binds to nothing.
     pub target: Result<NameTree<Dest>, String>,
     /// Diff mode: the second instance of the live version, bound.
@@ -358,9 +360,9 @@ impl Router {
                 Ok(NameTree::Neg) => Err(format!("{to} binds to nothing (neg)")),
                 Ok(NameTree::Fail) => Err(format!("{to} binds to fail")),
                 Ok(NameTree::Empty) => Err(format!("{to} has no members")),
-                Ok(tree) => Ok(tree.map(&mut |b: &Bound| {
-                    self.dest(&name, b, overridden, MIRROR_LABEL)
-                })),
+                Ok(tree) => {
+                    Ok(tree.map(&mut |b: &Bound| self.dest(&name, b, overridden, MIRROR_LABEL)))
+                }
             }
         };
         let configured = self.mirrors.load();
@@ -373,6 +375,7 @@ impl Router {
             .map(|(_, m)| (m.clone(), m.name.to_string(), m.to.to_string()))
             .chain(asked.map(|m| (m, REQUEST_LABEL.into(), REQUEST_LABEL.into())))
             .map(|(mirror, service, target)| BoundMirror {
+                lane: mirror.to.to_string().into(),
                 target: bind_copy(&mirror.to),
                 secondary: mirror.secondary.as_ref().map(&bind_copy),
                 stats: self.metrics.mirror_stats(&service, &target),
@@ -465,11 +468,7 @@ impl Route {
                     + m.mirror.to.heap_bytes()
             })
             .sum();
-        std::mem::size_of::<Route>()
-            + self.name.len()
-            + self.local_dtab.len()
-            + outcome
-            + mirrors
+        std::mem::size_of::<Route>() + self.name.len() + self.local_dtab.len() + outcome + mirrors
     }
 }
 

@@ -241,20 +241,21 @@ impl RunArgs {
         }
 
         let (admin_stop, admin_stop_rx) = watch::channel(false);
+        let diff = Arc::new(crate::diff::Engine::new(settings.diff.clone()));
         let admin_addr = admin::spawn(
             admin_listener,
             admin::Admin {
                 metrics: metrics.clone(),
                 router: router.clone(),
                 ready: ready.clone(),
-                // Default settings until the config carries them.
-                diff: Arc::new(crate::diff::Engine::new(Default::default())),
+                diff: diff.clone(),
             },
             admin_stop_rx,
         )
         .map_err(|e| format!("admin server: {e}"))?;
         let shared = Arc::new(Shared {
             cfg,
+            diff: diff.clone(),
             router: router.clone(),
             metrics: metrics.clone(),
             identifier: Identifier::new(settings.identifier, &settings.dst_prefix),
@@ -298,7 +299,7 @@ impl RunArgs {
             }
             None => None,
         };
-        spawn_reloader(self, settings, router, watched);
+        spawn_reloader(self, settings, router, diff, watched);
 
         // One single-threaded runtime per worker, each with its own
         // SO_REUSEPORT listener: the kernel spreads connections, and a

@@ -1,6 +1,6 @@
 //! Hot reload: the config file and the dtab file, polled for changes. The
-//! dtab, the namers, the override policy, the routing rules and the mirrors apply at
-//! once; other settings at the next restart.
+//! dtab, the namers, the override policy, the routing rules, the mirrors
+//! and the diff settings apply at once; other settings at the next restart.
 
 use std::{path::PathBuf, sync::Arc, time::SystemTime};
 
@@ -64,6 +64,7 @@ pub(super) fn spawn_reloader(
     args: RunArgs,
     mut current: Settings,
     router: Arc<Router>,
+    diff: Arc<crate::diff::Engine>,
     watched: Watched,
 ) {
     let interval = ms(current.watch_interval_ms);
@@ -148,11 +149,15 @@ pub(super) fn spawn_reloader(
                         router.set_mirrors(mirrors);
                     }
                 }
+                if next.diff != current.diff {
+                    let reset = diff.set_settings(next.diff.clone());
+                    tracing::info!(reset, "diff settings reloaded");
+                }
                 if base.to_string() != router.base().dtab.to_string() {
                     tracing::info!(dtab = %base, "base dtab reloaded");
                     router.set_base(base);
                 }
-                let restart_only = Settings { dtab: next.dtab.clone(), dtab_file: next.dtab_file.clone(), fs_dir: next.fs_dir.clone(), watch_interval_ms: next.watch_interval_ms, overrides: next.overrides.clone(), rules: next.rules.clone(), mirrors: next.mirrors.clone(), ..current.clone() };
+                let restart_only = Settings { dtab: next.dtab.clone(), dtab_file: next.dtab_file.clone(), fs_dir: next.fs_dir.clone(), watch_interval_ms: next.watch_interval_ms, overrides: next.overrides.clone(), rules: next.rules.clone(), mirrors: next.mirrors.clone(), diff: next.diff.clone(), ..current.clone() };
                 if restart_only != next {
                     tracing::warn!("settings other than the dtab and namers changed; they apply at the next restart");
                 }
