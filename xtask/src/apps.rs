@@ -10,8 +10,14 @@
 //!   serves onto the request it makes: that is how a per-request dtab
 //!   override reaches the next hop.
 //!
-//! They run as `cargo xtask app hello|world LISTEN ARG` (the demo starts its
-//! own binary that way) and as the tests' `demo-app` binary.
+//! * `json-world WORD`: answers JSON, `{"greeting": WORD, "path": ...,
+//!   "served_at": <nanoseconds>}`: the demo's shadowing part runs a live
+//!   version, a second instance of it and a candidate of these, whose
+//!   answers differ in the timestamp always (noise) and, for the
+//!   candidate, in the greeting.
+//!
+//! They run as `cargo xtask app hello|world|json-world LISTEN ARG` (the
+//! demo starts its own binary that way) and as the tests' `demo-app` binary.
 //!
 //! For `cargo xtask bench`:
 //!
@@ -37,6 +43,7 @@ pub fn run(args: &[String]) -> std::io::Result<()> {
     match args {
         [app, listen, arg] if app == "hello" => serve_forever(listen, arg, hello_serve),
         [app, listen, arg] if app == "world" => serve_forever(listen, arg, world_serve),
+        [app, listen, arg] if app == "json-world" => serve_forever(listen, arg, json_world_serve),
         [app, listen] if app == "bench-server" => serve_forever(listen, "", bench_serve),
         [app, listen, to] if app == "relay" => relay(listen, to),
         [app, listen, to] if app == "tokio-relay" => crate::bench::floors::tokio_relay(listen, to),
@@ -49,7 +56,7 @@ pub fn run(args: &[String]) -> std::io::Result<()> {
             crate::bench::loadgen::main(rest).map_err(|e| std::io::Error::other(format!("{e:#}")))
         }
         _ => Err(std::io::Error::other(
-            "usage: app hello LISTEN WORLD_ADDR | app world LISTEN WORD | app bench-server LISTEN \
+            "usage: app hello LISTEN WORLD_ADDR | app world|json-world LISTEN WORD | app bench-server LISTEN \
              | app relay|tokio-relay|uring-relay LISTEN TO | app loadgen ARGS \
              | app soak-backend LISTEN ROLE NAME | app soak-load ROLE ENV",
         )),
@@ -261,6 +268,29 @@ fn world_serve(stream: TcpStream, word: &str) -> std::io::Result<()> {
             }
             None => respond(&mut out, &format!("{word} ({me})"))?,
         }
+    }
+    Ok(())
+}
+
+fn json_world_serve(stream: TcpStream, word: &str) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut out = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    while let Some(head) = read_head(&mut reader)? {
+        let served_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let body = serde_json::json!({
+            "greeting": word,
+            "path": head.target,
+            "served_at": served_at as u64,
+        })
+        .to_string();
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
     }
     Ok(())
 }

@@ -5,7 +5,13 @@
 //! `http://world/`. Neither knows the proxy: `cgroup/connect4` sends their
 //! connects to it, and the dtab routes `world` to `world-v1`, or, for a
 //! request carrying `l5d-dtab: /host/world => /srv/world-v2`, to the staged
-//! `world-v2`. Everything is torn down at the end (or on Ctrl-C).
+//! `world-v2`.
+//!
+//! Then shadowing, Diffy's way: `users` (JSON) is mirrored to a candidate
+//! `users-v2` whose greeting differs, and to `users-b`, a second instance
+//! of the live version whose answers differ from it only in a timestamp;
+//! after 300 requests `sidetrack diff` reports the greeting and cancels the
+//! timestamp as noise. Everything is torn down at the end (or on Ctrl-C).
 
 use std::time::Duration;
 
@@ -24,7 +30,7 @@ pub fn run(keep: bool) -> Result<()> {
     cmd::step(
         "starting a node with pods client, hello, world-v1, world-v2, and sidetrack in eBPF mode",
     );
-    let s = Staging::start("demo", Mode::Ebpf, bins)?;
+    let mut s = Staging::start("demo", Mode::Ebpf, bins)?;
     for pod in [&s.client, &s.hello, &s.world_v1, &s.world_v2] {
         cmd::note(format!("pod {:<9} {}", pod.name(), pod.ip()));
     }
@@ -89,6 +95,8 @@ pub fn run(keep: bool) -> Result<()> {
         s.admin_addr
     );
 
+    shadowing(&mut s)?;
+
     if keep {
         cmd::step("running until Ctrl-C (try the delegator page, or curl from the client pod)");
         loop {
@@ -98,5 +106,63 @@ pub fn run(keep: bool) -> Result<()> {
     cmd::step("tearing the node down");
     drop(s);
     cmd::step("demo done");
+    Ok(())
+}
+
+/// The shadowing part: a mirror in diff mode, live traffic, the report.
+fn shadowing(s: &mut Staging) -> Result<()> {
+    cmd::step(
+        "shadowing: copies of live traffic to a candidate, compared with the live answers",
+    );
+    let mirror = s.start_users()?;
+    cmd::note(
+        "users (live) and users-b (a second instance of it) greet \"world\", the candidate users-v2 \"earth\"; \
+         every answer carries its own served_at timestamp",
+    );
+    println!("settings added (reloaded live):\n{}", mirror.trim_end());
+    s.reconfigure(mirror)?;
+    let diffed = |s: &Staging| -> Result<f64> {
+        Ok(staging::metric(
+            &s.metrics()?,
+            "sidetrack_mirror_requests_total",
+            &[("service", "/svc/users"), ("outcome", "diffed")],
+        ))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while diffed(s)? == 0.0 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the mirror did not load:\n{}",
+            s.proxy_log()
+        );
+        s.curl("http://users/users/0", staging::world_service(), &[])?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = diffed(s)?;
+    println!("$ curl http://users/users/[1-300]   (300 requests on one connection)");
+    let body = s.curl("http://users/users/[1-300]", staging::world_service(), &[])?;
+    let text = String::from_utf8_lossy(&body);
+    let live = text.matches(r#""greeting":"world""#).count();
+    println!("{live} answers, every one from the live version (greeting \"world\")");
+    ensure!(live == 300, "expected 300 live answers: {text:.300}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while diffed(s)? < before + 300.0 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the copies were not all compared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("$ sidetrack diff --admin {}", s.admin_addr);
+    let out = std::process::Command::new(&s.bins.sidetrack)
+        .args(["diff", "--admin", &s.admin_addr.to_string()])
+        .output()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    print!("{report}");
+    ensure!(
+        report.contains("body.greeting") && !report.contains("served_at"),
+        "the report should name the greeting and cancel the timestamp"
+    );
+    println!("diff page: http://{}/diff", s.admin_addr);
     Ok(())
 }

@@ -35,6 +35,12 @@ pub const APP_PORT: u16 = 8080;
 /// A port the interception leaves alone (excluded), served by `hello` too.
 pub const EXCLUDED_PORT: u16 = 9091;
 pub const PROXY_PORT: u16 = 4140;
+/// Where the shadowing scenario's `users` services listen (and the next port).
+pub const USERS_PORT: u16 = 8081;
+/// The mirror that compares `users-v2` with `users`, `users-b` telling
+/// the noise.
+pub const USERS_MIRROR: &str =
+    "mirrors:\n  - {name: /svc/users, to: /srv/users-v2, secondary: /srv/users-b}\n";
 pub const ADMIN_PORT: u16 = 9990;
 pub const PROXY_MARK: u32 = 0x5354;
 
@@ -114,7 +120,7 @@ pub struct Staging {
     pub admin_addr: SocketAddrV4,
     pub dir: PathBuf,
     pub mode: Mode,
-    bins: Bins,
+    pub bins: Bins,
     apps: Vec<Child>,
     proxy: Option<Child>,
     proxy_log: PathBuf,
@@ -220,6 +226,32 @@ impl Staging {
             wait_listening(pod, APP_PORT)?;
         }
         Ok(())
+    }
+
+    /// The shadowing scenario's services, beside the others: `users`
+    /// (world-v1's pod, port 8081), a second instance of it `users-b`
+    /// (port 8082) and the candidate `users-v2` (world-v2's pod), all
+    /// `json-world`; the candidate greets "earth" where the others greet
+    /// "world". Returns the mirror entry that compares them.
+    pub fn start_users(&mut self) -> Result<&'static str> {
+        let specs = [
+            (self.world_v1.clone(), USERS_PORT, "users", "world"),
+            (self.world_v1.clone(), USERS_PORT + 1, "users-b", "world"),
+            (self.world_v2.clone(), USERS_PORT, "users-v2", "earth"),
+        ];
+        for (pod, port, name, word) in &specs {
+            let child = self.app(
+                pod,
+                &["json-world".into(), format!("0.0.0.0:{port}"), (*word).into()],
+            )?;
+            self.apps.push(child);
+            wait_listening(pod, *port)?;
+            fs::write(
+                self.dir.join("disco").join(name),
+                format!("{} {port}\n", pod.ip()),
+            )?;
+        }
+        Ok(USERS_MIRROR)
     }
 
     fn write_namer_files(&self) -> Result<()> {
