@@ -241,7 +241,7 @@ fn live_p99s(proxy: &Proxy, n: usize) -> (Duration, Duration) {
     (p99(&mut mirrored), p99(&mut plain))
 }
 
-/// A candidate that answers in 3 s (past the 1 s copy timeout), one that
+/// A candidate that answers in 5 s (past the 1 s copy timeout), one that
 /// is not there, and one that resets every connection: the live answers
 /// are the same and their p99 stays within a bound of the unmirrored
 /// service's, measured side by side; the copies time out, fail or are
@@ -268,7 +268,7 @@ fn a_slow_dead_or_resetting_candidate_leaves_the_live_exchange_alone() {
     };
 
     // Slow.
-    b.candidate.delay_ms.store(3000, Ordering::Relaxed);
+    b.candidate.delay_ms.store(5000, Ordering::Relaxed);
     let (mirrored, plain) = live_p99s(&b.proxy, 1000);
     bound(mirrored, plain);
     // Four in flight and eight waiting at most: the rest were dropped.
