@@ -23,6 +23,15 @@ pub enum IdentifierKind {
     #[serde(rename = "io.l5d.methodAndHost")]
     #[value(name = "io.l5d.methodAndHost")]
     MethodAndHost,
+    /// `/svc/<namespace>/<port>/<service>` from the names pods write
+    /// (`world`, `world.default`, `world.default.svc`,
+    /// `world.default.svc.cluster.local`, each with or without a port):
+    /// the shape of `/#/io.l5d.k8s/<namespace>/<port>/<service>`, so that
+    /// `/svc => /#/io.l5d.k8s` routes them. Other hosts are named as
+    /// `io.l5d.header.token` names them.
+    #[serde(rename = "k8s")]
+    #[value(name = "k8s")]
+    K8s,
 }
 
 /// How traffic reaches the proxy.
@@ -113,6 +122,41 @@ pub struct Settings {
     /// How diff mode compares answers and judges noise (see `diff`);
     /// reloaded live.
     pub diff: crate::diff::DiffSettings,
+    /// Kubernetes service discovery and names.
+    pub k8s: K8s,
+}
+
+/// Kubernetes: the `io.l5d.k8s` namer and the `k8s` identifier. Read at
+/// start.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct K8s {
+    /// Run the `io.l5d.k8s` namer: watch the API server's EndpointSlices
+    /// and Services.
+    pub enabled: bool,
+    /// The API server's URL; default: the pod's service account
+    /// (in-cluster), else the kubeconfig.
+    pub api_server: Option<String>,
+    /// How long a request waits for the namer's first sync of what it
+    /// names; then 503 with `l5d-err`.
+    pub sync_timeout_ms: u64,
+    /// The namespace of a short name (`Host: world`) when the calling
+    /// pod's is not known.
+    pub namespace: String,
+    /// The cluster's DNS domain (`world.default.svc.<domain>`).
+    pub cluster_domain: String,
+}
+
+impl Default for K8s {
+    fn default() -> K8s {
+        K8s {
+            enabled: false,
+            api_server: None,
+            sync_timeout_ms: 3_000,
+            namespace: "default".into(),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
 }
 
 /// Weighted rollouts. Read at start.
@@ -326,6 +370,7 @@ impl Default for Settings {
             shadow: Default::default(),
             mirrors: Vec::new(),
             diff: Default::default(),
+            k8s: K8s::default(),
             handover: Handover::default(),
         }
     }
@@ -411,6 +456,7 @@ impl Settings {
             ("pool.eject_ms", p.eject_ms),
             ("handover.timeout_ms", self.handover.timeout_ms),
             ("shadow.timeout_ms", self.shadow.timeout_ms),
+            ("k8s.sync_timeout_ms", self.k8s.sync_timeout_ms),
         ];
         for (name, v) in durations {
             if v > MAX_MS {

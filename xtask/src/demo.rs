@@ -111,9 +111,7 @@ pub fn run(keep: bool) -> Result<()> {
 
 /// The shadowing part: a mirror in diff mode, live traffic, the report.
 fn shadowing(s: &mut Staging) -> Result<()> {
-    cmd::step(
-        "shadowing: copies of live traffic to a candidate, compared with the live answers",
-    );
+    cmd::step("shadowing: copies of live traffic to a candidate, compared with the live answers");
     let mirror = s.start_users()?;
     cmd::note(
         "users (live) and users-b (a second instance of it) greet \"world\", the candidate users-v2 \"earth\"; \

@@ -242,7 +242,11 @@ impl Staging {
         for (pod, port, name, word) in &specs {
             let child = self.app(
                 pod,
-                &["json-world".into(), format!("0.0.0.0:{port}"), (*word).into()],
+                &[
+                    "json-world".into(),
+                    format!("0.0.0.0:{port}"),
+                    (*word).into(),
+                ],
             )?;
             self.apps.push(child);
             wait_listening(pod, *port)?;

@@ -763,6 +763,7 @@ impl Conn {
                 req.method(buf),
                 req.minor_version(),
                 name_authority(req.authority(buf), self.orig_dst, &mut orig_text),
+                self.orig_dst.map(|a| a.port()),
             )
             .map_err(|e| Failure::Respond {
                 status: 400,

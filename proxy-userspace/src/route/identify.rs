@@ -5,6 +5,13 @@
 //!   (or the absolute-form authority) as one element, port included.
 //! * `io.l5d.methodAndHost`: `<prefix>/1.1/<METHOD>/<host>`; HTTP/1.0
 //!   requests are named `1.0`.
+//! * `k8s`: `<prefix>/<namespace>/<port>/<service>` from the names pods
+//!   write: `world`, `world.default`, `world.default.svc` and
+//!   `world.default.svc.<cluster domain>`, with or without a port. A short
+//!   name is in the identifier's namespace; a missing port is the original
+//!   destination's (the Service port the pod called), else 80. Any other
+//!   host (an IP address, a name outside the cluster) is named as
+//!   `io.l5d.header.token` names it.
 //!
 //! The name is written into a caller's buffer; nothing is allocated.
 
@@ -14,6 +21,9 @@ use crate::config::IdentifierKind;
 pub struct Identifier {
     kind: IdentifierKind,
     prefix: String,
+    /// `k8s`: the namespace of short names, and the cluster's domain.
+    namespace: String,
+    cluster_domain: String,
 }
 
 /// Why a request has no name.
@@ -31,16 +41,28 @@ impl Identifier {
         Identifier {
             kind,
             prefix: prefix.trim_end_matches('/').to_owned(),
+            namespace: "default".into(),
+            cluster_domain: "cluster.local".into(),
         }
     }
 
-    /// Writes the logical name into `out` (cleared first).
+    /// `k8s`: short names are in `namespace`; full names end in
+    /// `.svc.<cluster_domain>`.
+    pub fn with_k8s(mut self, namespace: &str, cluster_domain: &str) -> Identifier {
+        self.namespace = namespace.to_owned();
+        self.cluster_domain = cluster_domain.trim_matches('.').to_owned();
+        self
+    }
+
+    /// Writes the logical name into `out` (cleared first). `dst_port` is
+    /// the port the client connected to, when intercepted.
     pub fn identify(
         &self,
         out: &mut Vec<u8>,
         method: &[u8],
         minor: u8,
         host: Option<&[u8]>,
+        dst_port: Option<u16>,
     ) -> Result<(), IdentifyError> {
         let host = host
             .filter(|h| !h.is_empty())
@@ -50,6 +72,9 @@ impl Identifier {
         }
         out.clear();
         out.extend_from_slice(self.prefix.as_bytes());
+        if self.kind == IdentifierKind::K8s && self.k8s_name(out, host, dst_port) {
+            return Ok(());
+        }
         if self.kind == IdentifierKind::MethodAndHost {
             out.extend_from_slice(if minor == 0 { b"/1.0/" } else { b"/1.1/" });
             out.extend_from_slice(method);
@@ -57,6 +82,52 @@ impl Identifier {
         out.push(b'/');
         out.extend_from_slice(host);
         Ok(())
+    }
+}
+
+impl Identifier {
+    /// Appends `/<namespace>/<port>/<service>` when `host` is a cluster
+    /// name; false (nothing written) when it is not.
+    fn k8s_name(&self, out: &mut Vec<u8>, host: &[u8], dst_port: Option<u16>) -> bool {
+        let (name, port) = match host.iter().rposition(|&b| b == b':') {
+            Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && i + 1 < host.len() => {
+                (&host[..i], Some(&host[i + 1..]))
+            }
+            _ => (host, None),
+        };
+        let name = name.strip_suffix(b".").unwrap_or(name);
+        let labels: Vec<&[u8]> = name.split(|&b| b == b'.').collect();
+        let domain = self.cluster_domain.as_bytes();
+        let (service, namespace) = match labels.as_slice() {
+            [svc] => (*svc, self.namespace.as_bytes()),
+            [svc, ns] | [svc, ns, b"svc"] => (*svc, *ns),
+            [svc, ns, b"svc", rest @ ..] if rest.join(&b'.') == domain => (*svc, *ns),
+            _ => return false,
+        };
+        // DNS labels: what a Service or namespace name can be.
+        let label = |l: &[u8]| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.iter()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+                && !l[0].is_ascii_digit()
+        };
+        if !label(service) || !label(namespace) {
+            return false;
+        }
+        let mut digits = [0u8; 20];
+        let port = match (port, dst_port) {
+            (Some(p), _) => p,
+            (None, Some(p)) => crate::http::decimal(u64::from(p), &mut digits),
+            (None, None) => b"80",
+        };
+        out.push(b'/');
+        out.extend_from_slice(namespace);
+        out.push(b'/');
+        out.extend_from_slice(port);
+        out.push(b'/');
+        out.extend_from_slice(service);
+        true
     }
 }
 
@@ -71,8 +142,53 @@ mod tests {
         host: Option<&str>,
     ) -> Result<String, IdentifyError> {
         let mut out = Vec::new();
-        id.identify(&mut out, method.as_bytes(), minor, host.map(str::as_bytes))?;
+        id.identify(
+            &mut out,
+            method.as_bytes(),
+            minor,
+            host.map(str::as_bytes),
+            None,
+        )?;
         Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn k8s_names_every_form_pods_write_alike() {
+        let id = Identifier::new(IdentifierKind::K8s, "/svc").with_k8s("shop", "cluster.local");
+        let k8s = |host: &str, dst: Option<u16>| {
+            let mut out = Vec::new();
+            id.identify(&mut out, b"GET", 1, Some(host.as_bytes()), dst)
+                .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        for host in [
+            "world.default",
+            "world.default.svc",
+            "world.default.svc.cluster.local",
+            "world.default.svc.cluster.local.",
+        ] {
+            assert_eq!(k8s(host, None), "/svc/default/80/world", "{host}");
+            assert_eq!(
+                k8s(&format!("{host}:8080"), None),
+                "/svc/default/8080/world",
+                "{host}"
+            );
+        }
+        // A short name is in the identifier's namespace; the port the pod
+        // called stands in for a missing one.
+        assert_eq!(k8s("world", None), "/svc/shop/80/world");
+        assert_eq!(k8s("world", Some(9000)), "/svc/shop/9000/world");
+        assert_eq!(k8s("world:81", Some(9000)), "/svc/shop/81/world");
+        // Not cluster names: as io.l5d.header.token.
+        for host in [
+            "198.19.0.2:80",
+            "api.example.com",
+            "world.default.svc.other.domain",
+            "World",
+            "[::1]:80",
+        ] {
+            assert_eq!(k8s(host, None), format!("/svc/{host}"), "{host}");
+        }
     }
 
     #[test]

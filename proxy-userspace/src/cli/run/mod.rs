@@ -258,7 +258,8 @@ impl RunArgs {
             diff: diff.clone(),
             router: router.clone(),
             metrics: metrics.clone(),
-            identifier: Identifier::new(settings.identifier, &settings.dst_prefix),
+            identifier: Identifier::new(settings.identifier, &settings.dst_prefix)
+                .with_k8s(&settings.k8s.namespace, &settings.k8s.cluster_domain),
             orig_dst,
             budget: MemoryBudget::new(
                 settings.limits.memory_budget_bytes,
