@@ -203,8 +203,18 @@ pub struct Interception {
     pub cidrs: Vec<String>,
     /// Ports to intercept; empty means every port not excluded.
     pub ports: Vec<u16>,
-    /// Ports never intercepted (server-first protocols, say).
+    /// Ports never intercepted: connects to them go straight to their
+    /// destination (the kernel's path, no proxy).
     pub exclude_ports: Vec<u16>,
+    /// Ports intercepted but never parsed: a connection to one is
+    /// tunnelled to its original destination at once (MySQL, SMTP, brokers:
+    /// server-first protocols, and anything that is not HTTP/1).
+    pub opaque_ports: Vec<u16>,
+    /// An intercepted connection whose client has sent nothing this long
+    /// after it was accepted is tunnelled to its original destination: a
+    /// server-first protocol on a port not listed as opaque. 0: wait for a
+    /// request head as on any connection.
+    pub detect_timeout_ms: u64,
     /// The cgroup v2 directory the eBPF programs attach to; default: the
     /// kubelet's pods cgroup when found, else the cgroup v2 root.
     pub cgroup: Option<PathBuf>,
@@ -227,6 +237,8 @@ impl Default for Interception {
             cidrs: vec!["10.96.0.0/12".into()],
             ports: Vec::new(),
             exclude_ports: Vec::new(),
+            opaque_ports: Vec::new(),
+            detect_timeout_ms: 300,
             cgroup: None,
             mark: 0x5354,
             redirect_queue_min_bytes: 4 << 20,
@@ -457,6 +469,10 @@ impl Settings {
             ("handover.timeout_ms", self.handover.timeout_ms),
             ("shadow.timeout_ms", self.shadow.timeout_ms),
             ("k8s.sync_timeout_ms", self.k8s.sync_timeout_ms),
+            (
+                "interception.detect_timeout_ms",
+                self.interception.detect_timeout_ms,
+            ),
         ];
         for (name, v) in durations {
             if v > MAX_MS {

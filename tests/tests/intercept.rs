@@ -474,6 +474,50 @@ fn a_connection_that_is_not_http_is_tunnelled_to_its_destination() {
     assert_eq!(counter(&s, "sidetrack_opaque_connections_total"), 1.0);
 }
 
+/// A server-first protocol (SMTP, MySQL: the server speaks before the
+/// client) on an intercepted port that is not listed as opaque: the client
+/// waits for the banner, and the proxy, hearing nothing within the
+/// detection timeout, tunnels the connection to its destination. Without
+/// detection it would wait for a request head until the first-byte timeout
+/// and close.
+#[test]
+fn ebpf_a_server_first_protocol_is_tunnelled_after_the_detection_timeout() {
+    let s = start("ebpf-server-first", Mode::Ebpf);
+    let mut server = s.world_v1.command(echo_bin());
+    server
+        .args(["serve-first", &s.world_v1.ip().to_string()])
+        .stdout(std::process::Stdio::piped());
+    let mut server = KillOnDrop(server.spawn().unwrap());
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        server.0.stdout.take().unwrap(),
+    ));
+    let addr = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .strip_prefix("listening ")
+        .unwrap()
+        .to_owned();
+    let started = Instant::now();
+    let out = echo_client_args(&s, &["banner", &addr]);
+    let took = started.elapsed();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(said.trim(), format!("banner 220 {addr} ready then QUIT"));
+    // The detection timeout (300 ms), not the first-byte timeout (5 s).
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // Through the proxy: the server saw the node's address.
+    let peer = lines.next().unwrap().unwrap();
+    assert!(peer.starts_with(&format!("peer {}:", s.proxy_addr.ip())), "{peer}");
+    assert_eq!(counter(&s, "sidetrack_opaque_connections_total"), 1.0);
+    drop(server);
+}
+
+/// `netns-echo ARGS` in the client pod.
+fn echo_client_args(s: &Staging, args: &[&str]) -> std::process::Output {
+    s.client.command(echo_bin()).args(args).output().unwrap()
+}
+
 /// Entries in the running proxy's ORIG_DST map: found among the maps its
 /// descriptors hold (`map_id` in their fdinfo), read with `bpftool`.
 fn orig_dst_entries(s: &Staging) -> usize {

@@ -320,6 +320,15 @@ impl Conn {
             self.orig_dst = orig.lookup(&self.client, self.peer);
         }
         self.account();
+        // An intercepted connection that is not HTTP/1 by its port, or
+        // whose client says nothing at first (a server-first protocol),
+        // goes to where it was going, untouched.
+        if let Some(dst) = self.orig_dst
+            && (self.shared.cfg.opaque_ports.contains(&dst.port()) || !self.client_speaks_first().await)
+        {
+            self.tunnel_opaque().await;
+            return;
+        }
         loop {
             let head_len = self.read_request_head().await;
             self.account();
@@ -372,6 +381,42 @@ impl Conn {
                     // head is all there is to skip.
                     self.from_client.drain(..head_len);
                 }
+            }
+        }
+    }
+
+    /// Whether the client of a new connection sends something within the
+    /// detection timeout (what it sent is kept in `from_client`). A client
+    /// that closes counts as speaking: the loop then sees the end.
+    async fn client_speaks_first(&mut self) -> bool {
+        let after = self.shared.cfg.detect_timeout;
+        if after.is_zero() {
+            return true;
+        }
+        // Usually the request is there already: read now (the read the
+        // head would have needed), no wait, no timer.
+        match stream::try_read_buf_now(&self.client, &mut self.from_client) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            _ => return true,
+        }
+        let until = Instant::now() + after;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let ready = stream::read_ready(&self.client);
+            if self
+                .deadline
+                .within(&self.worker.watchdog, left, false, ready)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            // Readiness can be stale (a socket the eBPF programs redirect
+            // into reports it with nothing queued): only bytes, or the
+            // end, count. This read clears a stale readiness.
+            match self.client.try_read_buf(&mut self.from_client) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                _ => return true,
             }
         }
     }

@@ -77,6 +77,10 @@ pub struct ProxyConfig {
     pub sticky_header: Option<String>,
     /// How copies of requests are made and carried (shadowing).
     pub shadow: shadow::ShadowConfig,
+    /// Intercepted connections to these ports are tunnelled at once.
+    pub opaque_ports: Vec<u16>,
+    /// An intercepted connection silent this long is tunnelled (zero: off).
+    pub detect_timeout: Duration,
 }
 
 impl ProxyConfig {
@@ -115,6 +119,8 @@ impl ProxyConfig {
                 .as_ref()
                 .map(|h| h.to_ascii_lowercase()),
             shadow: shadow::ShadowConfig::of(&s.shadow),
+            opaque_ports: s.interception.opaque_ports.clone(),
+            detect_timeout: ms(s.interception.detect_timeout_ms),
         }
     }
 }

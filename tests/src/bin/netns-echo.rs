@@ -18,6 +18,13 @@
 //!   pattern as fast as the connection takes them, printing `sent <n>` every
 //!   50 ms; at the end closes its sending side and prints `done <n>`. A
 //!   write blocked for a minute fails it.
+//! * `netns-echo serve-first IP`: listens on IP (any port), prints
+//!   `listening <addr>`; on each connection writes the line `220 <its own
+//!   address> ready` before reading anything (a server-first protocol, as
+//!   SMTP or MySQL), then echoes.
+//! * `netns-echo banner ADDR`: connects, sends nothing until it has read
+//!   the server's first line, then sends `QUIT` and reads the echo; prints
+//!   `banner <line> then <echo>`.
 //! * `netns-echo abandon-node`: makes a test bed node with one pod running a
 //!   server, prints `ready <pod netns> <host veth> <pod cgroup> <node ip>`,
 //!   then sleeps (up to 10 minutes) so that the test can kill it and find
@@ -79,6 +86,35 @@ fn serve(ip: &str) -> io::Result<()> {
         io::stdout().flush()?;
         thread::spawn(move || echo(stream, peer));
     }
+}
+
+fn serve_first(ip: &str) -> io::Result<()> {
+    let listener = TcpListener::bind((ip, 0))?;
+    let me = listener.local_addr()?;
+    println!("listening {me}");
+    io::stdout().flush()?;
+    loop {
+        let (mut stream, peer) = listener.accept()?;
+        println!("peer {peer}");
+        io::stdout().flush()?;
+        thread::spawn(move || -> io::Result<()> {
+            stream.write_all(format!("220 {me} ready\r\n").as_bytes())?;
+            echo(stream, peer)
+        });
+    }
+}
+
+fn banner(addr: SocketAddr) -> io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut reader = io::BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    io::BufRead::read_line(&mut reader, &mut line)?;
+    stream.write_all(b"QUIT\r\n")?;
+    let mut echo = String::new();
+    io::BufRead::read_line(&mut reader, &mut echo)?;
+    println!("banner {} then {}", line.trim_end(), echo.trim_end());
+    Ok(())
 }
 
 fn send(addr: SocketAddr, bytes: usize) -> io::Result<()> {
@@ -212,6 +248,8 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args[..] {
         ["serve", ip] => serve(ip)?,
+        ["serve-first", ip] => serve_first(ip)?,
+        ["banner", addr] => banner(addr.parse()?)?,
         ["send", addr, bytes] => send(addr.parse()?, bytes.parse()?)?,
         ["send-close", addr, bytes] => send_close(addr.parse()?, bytes.parse()?)?,
         ["sink", ip] => sink(ip)?,
@@ -223,7 +261,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             anyhow::bail!(
-                "usage: netns-echo serve IP | send ADDR BYTES | send-close ADDR BYTES | sink IP | flood ADDR BYTES | abandon-node | hold-node"
+                "usage: netns-echo serve IP | serve-first IP | banner ADDR | send ADDR BYTES | send-close ADDR BYTES | sink IP | flood ADDR BYTES | abandon-node | hold-node"
             )
         }
     }
