@@ -10,7 +10,7 @@
 /// only to a successor built with the same version (see the handover in
 /// docs/ARCHITECTURE.md); bump it with any change a running program and a
 /// new userspace (or the reverse) could read differently.
-pub const ABI: u32 = 2;
+pub const ABI: u32 = 3;
 
 /// Name of the SOCKHASH that holds sockets eligible for `sk_msg` redirection,
 /// keyed by [`SockKey`].
@@ -80,6 +80,10 @@ pub struct InterceptConfig {
     pub flags: u32,
     /// How much sk_msg may queue on a receiver.
     pub queue: QueueBound,
+    /// The host's network namespace (its cookie): connects made there
+    /// (the node's own processes and host-network pods in the attach
+    /// cgroup) are left alone. 0: no such check.
+    pub host_netns: u64,
 }
 
 /// The bound on what `sk_msg` queues on a receiver.
@@ -208,11 +212,14 @@ pub enum Counter {
     /// way were not all read yet ([`QueueBound`]: it must not overtake
     /// them).
     PassedInOrder = 12,
+    /// A connect from the host's network namespace (a host-network pod)
+    /// was left alone.
+    ConnectHostNetwork = 13,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Counter::EstablishedActive,
         Counter::EstablishedPassive,
         Counter::SockhashAdded,
@@ -226,6 +233,7 @@ impl Counter {
         Counter::OrigDstFiled,
         Counter::PassedQueueFull,
         Counter::PassedInOrder,
+        Counter::ConnectHostNetwork,
     ];
 
     /// The metric this counter is exported as (`sidetrack_` and `_total`
@@ -245,6 +253,7 @@ impl Counter {
             Counter::OrigDstFiled => "ebpf_orig_dst_filed",
             Counter::PassedQueueFull => "ebpf_msg_passed_queue_full",
             Counter::PassedInOrder => "ebpf_msg_passed_in_order",
+            Counter::ConnectHostNetwork => "ebpf_connect_host_network",
         }
     }
 
@@ -264,6 +273,7 @@ impl Counter {
             Counter::OrigDstFiled => "orig_dst_filed",
             Counter::PassedQueueFull => "msg_passed_queue_full",
             Counter::PassedInOrder => "msg_passed_in_order",
+            Counter::ConnectHostNetwork => "connect_host_network",
         }
     }
 }

@@ -47,7 +47,7 @@ use aya_ebpf::{
     btf_maps::SkStorage,
     helpers::{
         bpf_get_socket_cookie, bpf_probe_read_kernel,
-        generated::{bpf_sk_storage_get, bpf_skc_to_tcp_sock},
+        generated::{bpf_get_netns_cookie, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
     },
     macros::{btf_map, cgroup_sock_addr, map, sk_msg, sock_ops},
     maps::{Array, HashMap, LruHashMap, LpmTrie, PerCpuArray, SockHash, lpm_trie::Key},
@@ -191,6 +191,17 @@ fn steer(ctx: &SockAddrContext, ip: u32, user_port: u32) -> Option<(u32, u32)> {
     if mark == cfg.mark && cfg.mark != 0 {
         count(Counter::ConnectOwn, 1);
         return None;
+    }
+    // The node's own network namespace: a host-network pod (or a node
+    // process in the attach cgroup) goes its own way, as on a node
+    // without the proxy.
+    if cfg.host_netns != 0 {
+        // SAFETY: a socket address context has a network namespace.
+        let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        if netns == cfg.host_netns {
+            count(Counter::ConnectHostNetwork, 1);
+            return None;
+        }
     }
     // The first octet of a network-order address is its lowest byte here.
     if ip & 0xff == 127 {

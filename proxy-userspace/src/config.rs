@@ -215,6 +215,11 @@ pub struct Interception {
     /// server-first protocol on a port not listed as opaque. 0: wait for a
     /// request head as on any connection.
     pub detect_timeout_ms: u64,
+    /// eBPF mode: connects made in the proxy's own network namespace (the
+    /// node's: host-network pods, node processes in the attach cgroup) are
+    /// not intercepted, as the kubelet's and the node's own traffic is not
+    /// (it is outside the pods' cgroup).
+    pub skip_host_network: bool,
     /// The cgroup v2 directory the eBPF programs attach to; default: the
     /// kubelet's pods cgroup when found, else the cgroup v2 root.
     pub cgroup: Option<PathBuf>,
@@ -239,6 +244,7 @@ impl Default for Interception {
             exclude_ports: Vec::new(),
             opaque_ports: Vec::new(),
             detect_timeout_ms: 300,
+            skip_host_network: true,
             cgroup: None,
             mark: 0x5354,
             redirect_queue_min_bytes: 4 << 20,

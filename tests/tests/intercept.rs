@@ -488,9 +488,8 @@ fn ebpf_a_server_first_protocol_is_tunnelled_after_the_detection_timeout() {
         .args(["serve-first", &s.world_v1.ip().to_string()])
         .stdout(std::process::Stdio::piped());
     let mut server = KillOnDrop(server.spawn().unwrap());
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
-        server.0.stdout.take().unwrap(),
-    ));
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(server.0.stdout.take().unwrap()));
     let addr = lines
         .next()
         .unwrap()
@@ -502,13 +501,20 @@ fn ebpf_a_server_first_protocol_is_tunnelled_after_the_detection_timeout() {
     let out = echo_client_args(&s, &["banner", &addr]);
     let took = started.elapsed();
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(said.trim(), format!("banner 220 {addr} ready then QUIT"));
     // The detection timeout (300 ms), not the first-byte timeout (5 s).
     assert!(took < Duration::from_secs(3), "{took:?}");
     // Through the proxy: the server saw the node's address.
     let peer = lines.next().unwrap().unwrap();
-    assert!(peer.starts_with(&format!("peer {}:", s.proxy_addr.ip())), "{peer}");
+    assert!(
+        peer.starts_with(&format!("peer {}:", s.proxy_addr.ip())),
+        "{peer}"
+    );
     assert_eq!(counter(&s, "sidetrack_opaque_connections_total"), 1.0);
     drop(server);
 }
@@ -1024,4 +1030,50 @@ fn ebpf_mirrors_copy_a_share_of_live_traffic_to_a_candidate() {
             &[("dst", "/#/io.l5d.fs/world-v2"), ("rule", "(mirror)")]
         ) >= copies
     );
+}
+
+/// A host-network pod (a process in the pods' cgroup but in the node's
+/// network namespace) calling an intercepted address goes straight there,
+/// as the node's own processes do; a pod calling the same address is
+/// intercepted.
+#[test]
+fn ebpf_host_network_pods_are_not_intercepted() {
+    let s = start("ebpf-hostnet", Mode::Ebpf);
+    let dir = s.node.cgroup_path().join("hostnet");
+    std::fs::create_dir(&dir).unwrap();
+    struct Rmdir(std::path::PathBuf);
+    impl Drop for Rmdir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _rmdir = Rmdir(dir.clone());
+    let c = |name: &str| counter(&s, &format!("sidetrack_ebpf_{name}_total"));
+    let (intercepted, host) = (c("connect_intercepted"), c("connect_host_network"));
+    // world-v1's pod address is intercepted; its app calls nothing.
+    let url = format!("http://{}:{APP_PORT}/", s.world_v1.ip());
+    let mut curl = Command::new("curl");
+    curl.args([
+        "--silent",
+        "--show-error",
+        "--max-time",
+        "5",
+        "-H",
+        "Host: world",
+        &url,
+    ]);
+    xtask::staging::node_process(&mut curl, &dir).unwrap();
+    let out = curl.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("world ("));
+    assert_eq!(c("connect_intercepted"), intercepted, "{}", s.proxy_log());
+    assert_eq!(c("connect_host_network"), host + 1.0);
+    // The same call from a pod is intercepted.
+    let said = get_pod(&s, s.world_v1.ip(), APP_PORT, "world");
+    assert!(said.starts_with("world ("), "{said}");
+    assert_eq!(c("connect_intercepted"), intercepted + 1.0);
 }

@@ -150,6 +150,9 @@ pub struct InterceptSpec {
     /// What sk_msg may queue on a receiver before messages to it pass, at
     /// least (`QueueBound::min_bytes`); 0: no bound.
     pub redirect_queue_min_bytes: u32,
+    /// Leave connects made in the proxy's own network namespace (the
+    /// host's) alone: host-network pods.
+    pub skip_host_network: bool,
 }
 
 impl EbpfOptions {
@@ -475,6 +478,7 @@ impl EbpfDataPath {
     }
 
     /// Writes the config slot: interception on (the last step of a start).
+    /// (See [`own_netns_cookie`] for the host network check.)
     fn switch_on(&self, opts: &EbpfOptions) -> Result<(), InterceptError> {
         let Some(spec) = &opts.intercept else {
             tracing::info!(cgroup = %opts.cgroup.display(), "eBPF sockops and sk_msg attached");
@@ -492,6 +496,11 @@ impl EbpfDataPath {
             mark: spec.mark,
             flags,
             queue: queue_bound(spec.redirect_queue_min_bytes),
+            host_netns: if spec.skip_host_network {
+                own_netns_cookie()
+            } else {
+                0
+            },
         };
         let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
         config
@@ -504,6 +513,7 @@ impl EbpfDataPath {
             cgroup = %opts.cgroup.display(),
             proxy = %spec.proxy,
             cidrs = ?spec.cidrs,
+            host_netns = value.host_netns,
             "eBPF interception on: connect4, connect6, sockops and sk_msg attached"
         );
         Ok(())
@@ -1043,4 +1053,28 @@ mod tests {
         assert_eq!(local, "198.18.0.1:40000".parse().unwrap());
         assert_eq!(remote, "127.0.0.1:8080".parse().unwrap());
     }
+}
+
+/// The cookie of the network namespace this process runs in (the host's,
+/// for a node proxy: hostNetwork), or 0 when the kernel cannot say
+/// (SO_NETNS_COOKIE is Linux 5.14): connects from it are then checked like
+/// any other.
+fn own_netns_cookie() -> u64 {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let Ok(socket) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        return 0;
+    };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a live socket, and a buffer of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 { cookie } else { 0 }
 }

@@ -324,7 +324,8 @@ impl Conn {
         // whose client says nothing at first (a server-first protocol),
         // goes to where it was going, untouched.
         if let Some(dst) = self.orig_dst
-            && (self.shared.cfg.opaque_ports.contains(&dst.port()) || !self.client_speaks_first().await)
+            && (self.shared.cfg.opaque_ports.contains(&dst.port())
+                || !self.client_speaks_first().await)
         {
             self.tunnel_opaque().await;
             return;

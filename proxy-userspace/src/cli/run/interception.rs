@@ -119,6 +119,7 @@ pub(super) fn start_interception(
                 exclude_ports: i.exclude_ports.clone(),
                 mark: i.mark,
                 redirect_queue_min_bytes: i.redirect_queue_min_bytes,
+                skip_host_network: i.skip_host_network,
             };
             let opts = EbpfOptions {
                 cgroup,
