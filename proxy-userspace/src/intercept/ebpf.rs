@@ -1037,24 +1037,6 @@ fn prog_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> Inter
     move |source| InterceptError::Program { name, source }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_addrs_reads_network_order_ips_and_host_order_ports() {
-        let key = SockKey {
-            src_ip4: u32::from_ne_bytes([198, 18, 0, 1]),
-            dst_ip4: u32::from_ne_bytes([127, 0, 0, 1]),
-            src_port: 40000,
-            dst_port: 8080,
-        };
-        let (local, remote) = key_addrs(&key);
-        assert_eq!(local, "198.18.0.1:40000".parse().unwrap());
-        assert_eq!(remote, "127.0.0.1:8080".parse().unwrap());
-    }
-}
-
 /// The cookie of the network namespace this process runs in (the host's,
 /// for a node proxy: hostNetwork), or 0 when the kernel cannot say
 /// (SO_NETNS_COOKIE is Linux 5.14): connects from it are then checked like
@@ -1077,4 +1059,22 @@ fn own_netns_cookie() -> u64 {
         )
     };
     if rc == 0 { cookie } else { 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_addrs_reads_network_order_ips_and_host_order_ports() {
+        let key = SockKey {
+            src_ip4: u32::from_ne_bytes([198, 18, 0, 1]),
+            dst_ip4: u32::from_ne_bytes([127, 0, 0, 1]),
+            src_port: 40000,
+            dst_port: 8080,
+        };
+        let (local, remote) = key_addrs(&key);
+        assert_eq!(local, "198.18.0.1:40000".parse().unwrap());
+        assert_eq!(remote, "127.0.0.1:8080".parse().unwrap());
+    }
 }
