@@ -1072,6 +1072,14 @@ fn ebpf_host_network_pods_are_not_intercepted() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("world ("));
     assert_eq!(c("connect_intercepted"), intercepted, "{}", s.proxy_log());
     assert_eq!(c("connect_host_network"), host + 1.0);
+    // /ready says what interception took.
+    let (status, ready) =
+        xtask::staging::http_get(std::net::SocketAddr::V4(s.admin_addr), "/ready").unwrap();
+    assert_eq!(status, 200);
+    let cgroup = format!("cgroup: {}\n", s.node.cgroup_path().display());
+    assert!(ready.starts_with("ready\nintercept: ebpf\n"), "{ready}");
+    assert!(ready.contains(&cgroup), "{ready}");
+    assert!(ready.contains("host network: left alone"), "{ready}");
     // The same call from a pod is intercepted.
     let said = get_pod(&s, s.world_v1.ip(), APP_PORT, "world");
     assert!(said.starts_with("world ("), "{said}");

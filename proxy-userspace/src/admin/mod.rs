@@ -43,6 +43,9 @@ pub struct Admin {
     pub router: Arc<Router>,
     /// True once the proxy listens, false again when it drains.
     pub ready: Arc<AtomicBool>,
+    /// What interception takes (mode, cgroup, destinations), shown on
+    /// `/ready` after its first line.
+    pub about: String,
     /// The response diff engine the mirror tasks record into.
     pub diff: Arc<crate::diff::Engine>,
 }
@@ -139,9 +142,12 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
         ),
         (&Method::GET, "/ready") => {
             if admin.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, "ready\n")
+                text(StatusCode::OK, format!("ready\n{}", admin.about))
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready\n{}", admin.about),
+                )
             }
         }
         (&Method::GET, "/dtab") => text(StatusCode::OK, format!("{}\n", admin.router.base().dtab)),

@@ -29,6 +29,35 @@ pub(super) enum Interception {
 }
 
 impl Interception {
+    /// What interception takes, for `/ready` and the log: the mode, the
+    /// cgroup the programs attach to, the destinations and ports.
+    pub(super) fn describe(&self, s: &Settings) -> String {
+        let i = &s.interception;
+        let ports = if i.ports.is_empty() {
+            "every port".to_owned()
+        } else {
+            format!("{:?}", i.ports)
+        };
+        let mut out = match self {
+            Interception::None => return "intercept: none\n".into(),
+            Interception::Ebpf(datapath) => format!(
+                "intercept: ebpf\ncgroup: {}\nhost network: {}\n",
+                datapath.cgroup().display(),
+                if i.skip_host_network {
+                    "left alone"
+                } else {
+                    "intercepted"
+                }
+            ),
+            Interception::Nft(_) => "intercept: iptables (nftables)\n".into(),
+        };
+        out.push_str(&format!(
+            "cidrs: {:?}\nports: {ports}, except {:?}\nopaque ports: {:?}\nprotocol detection: {} ms\n",
+            i.cidrs, i.exclude_ports, i.opaque_ports, i.detect_timeout_ms
+        ));
+        out
+    }
+
     /// Stops steering new connections to the proxy; those already steered
     /// keep working (the sockmap shortcut stays, conntrack keeps its NAT)
     /// until this is dropped.

@@ -249,6 +249,7 @@ impl RunArgs {
                 router: router.clone(),
                 ready: ready.clone(),
                 diff: diff.clone(),
+                about: interception.describe(&settings),
             },
             admin_stop_rx,
         )
