@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod browser;
 pub mod cgroup;
+pub mod kube_api;
 pub mod client;
 pub mod proxy;
 

@@ -23,7 +23,7 @@ use serde_yaml_ng::Value;
 use sidetrack_fuzz::config::{self, MAX_MS, MIN_WATCH_INTERVAL_MS, Settings};
 
 /// Every duration in the settings, in milliseconds.
-fn durations(s: &Settings) -> [u64; 12] {
+fn durations(s: &Settings) -> [u64; 15] {
     let (l, p) = (&s.limits, &s.pool);
     [
         s.watch_interval_ms,
@@ -38,6 +38,9 @@ fn durations(s: &Settings) -> [u64; 12] {
         p.idle_timeout_ms,
         p.connect_timeout_ms,
         p.eject_ms,
+        s.shadow.timeout_ms,
+        s.k8s.sync_timeout_ms,
+        s.interception.detect_timeout_ms,
     ]
 }
 
@@ -97,8 +100,17 @@ fn spelling_free(mut s: Settings) -> Settings {
     o.allowed_destinations.clear();
     o.denied_destinations.clear();
     o.keys_dir = None;
-    // Rules are names, patterns and dtabs: strings throughout.
+    // Rules are names, patterns and dtabs: strings throughout; so are
+    // mirrors, and the header names and namespaces below.
     s.rules.clear();
+    s.mirrors.clear();
+    s.shadow.marker_header.clear();
+    s.shadow.request_header.clear();
+    s.diff.ignore_headers.clear();
+    s.diff.endpoint_header = None;
+    s.k8s.api_server = None;
+    s.k8s.namespace.clear();
+    s.k8s.cluster_domain.clear();
     s
 }
 

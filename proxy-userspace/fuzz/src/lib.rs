@@ -22,3 +22,7 @@ pub mod config;
 #[allow(dead_code, unused_imports)]
 #[path = "../../src/policy/mod.rs"]
 pub mod policy;
+
+#[allow(dead_code, unused_imports)]
+#[path = "../../src/diff/mod.rs"]
+pub mod diff;
