@@ -192,7 +192,10 @@ fn serve(
             )?;
             continue;
         };
-        if query.split('&').any(|p| p == "watch=true" || p == "watch=1") {
+        if query
+            .split('&')
+            .any(|p| p == "watch=true" || p == "watch=1")
+        {
             // Nothing changes: hold the watch open, then end it cleanly.
             let secs = query
                 .split('&')

@@ -4,8 +4,8 @@
 pub mod backend;
 pub mod browser;
 pub mod cgroup;
-pub mod kube_api;
 pub mod client;
+pub mod kube_api;
 pub mod proxy;
 
 /// FNV-1a, 64-bit: a checksum that needs no dependency and catches any
