@@ -10,12 +10,12 @@
 //! not neg: neg would let an earlier dentry take over a name that exists.
 //!
 //! The watches are `kube::runtime::watcher`s on the namer's own thread and
-//! current-thread runtime (the proxy's workers never run them). The watcher
-//! resumes a watch that ends, relists on `410 Gone`, and is polled again
-//! after a back-off when it fails (API server down, 403, 5xx); the
-//! snapshot is kept meanwhile, and a relist replaces it only once
-//! complete. Every change bumps the shared routing generation, so cached
-//! routes bind again.
+//! current-thread runtime (the proxy's workers never run them). A watch
+//! that ends normally is resumed by the watcher; one that fails (API
+//! server down or restarted, `410 Gone`, 403, 5xx) starts over with a list
+//! after a back-off. The snapshot is kept meanwhile, and a list replaces
+//! it only once complete. Every change bumps the shared routing
+//! generation, so cached routes bind again.
 
 pub mod state;
 
@@ -35,10 +35,7 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::{
-    Api, Client,
-    runtime::{WatchStreamExt, watcher},
-};
+use kube::{Api, Client, runtime::watcher};
 
 use crate::dtab::{Endpoint, Endpoints, NameTree, Namer, NamerBound, NamerError, Path};
 use state::{Namespace, PortRef, SERVICE_NAME_LABEL};
@@ -54,7 +51,7 @@ const CONSUMED: usize = 3;
 pub struct Options {
     /// The first wait after a watch fails; it doubles up to `backoff_max`
     /// (each wait drawn between half and all of it) and starts again after
-    /// any success.
+    /// a complete list.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     /// Namespaces watched at most. Paths come from requests' own dtabs
@@ -87,7 +84,6 @@ struct Shared {
     namespaces: RwLock<HashMap<String, Arc<RwLock<Slot>>>>,
     generation: Arc<AtomicU64>,
     restarts: AtomicU64,
-    relists: AtomicU64,
 }
 
 /// One namespace: what its watches said, and how they are doing.
@@ -105,16 +101,16 @@ struct Slot {
 /// What `/metrics` shows of the namer.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Stats {
-    /// Errors after which a watch started again (after a back-off).
+    /// Errors after which a watch started again with a list (after a
+    /// back-off): the API server down or restarted, `410 Gone`, 403, 5xx.
     pub restarts: u64,
-    /// Lists after a watch's first (after `410 Gone`, mostly).
-    pub relists: u64,
     pub namespaces: usize,
     pub services: usize,
     /// Endpoints in all the slices known, ready or not.
     pub endpoints: usize,
-    /// How long the least current watch has not been current (zero when
-    /// every one has listed and had no error since).
+    /// How long the least current watch has not been known current: since
+    /// it started, or failed, without a complete list since (zero when
+    /// every watch has listed and had no error since).
     pub sync_age: Duration,
 }
 
@@ -167,7 +163,6 @@ impl K8sNamer {
                 namespaces: RwLock::default(),
                 generation,
                 restarts: AtomicU64::new(0),
-                relists: AtomicU64::new(0),
             }),
             client,
             runtime,
@@ -178,7 +173,13 @@ impl K8sNamer {
 
     /// The slot of `ns`, its watches started if this is its first lookup.
     fn slot(&self, ns: &str) -> Result<Arc<RwLock<Slot>>, NamerError> {
-        if let Some(slot) = self.shared.namespaces.read().expect("k8s namer lock").get(ns) {
+        if let Some(slot) = self
+            .shared
+            .namespaces
+            .read()
+            .expect("k8s namer lock")
+            .get(ns)
+        {
             return Ok(slot.clone());
         }
         let mut namespaces = self.shared.namespaces.write().expect("k8s namer lock");
@@ -230,7 +231,6 @@ impl K8sNamer {
         let now = Instant::now();
         let mut stats = Stats {
             restarts: self.shared.restarts.load(Ordering::Relaxed),
-            relists: self.shared.relists.load(Ordering::Relaxed),
             namespaces: namespaces.len(),
             ..Stats::default()
         };
@@ -324,6 +324,13 @@ impl Apply for EndpointSlice {
 }
 
 /// Runs one watch for as long as the namer's runtime runs.
+///
+/// After an error the watch starts over with a list, after a back-off:
+/// kube's watcher would resume from the last resourceVersion, but a
+/// resumed watch says nothing until something changes, so the namer could
+/// not tell when it is current again. A list ends in `InitDone`, which
+/// does (and a `410 Gone` needs the list anyway). The snapshot is kept
+/// meanwhile, and replaced only once the list is complete.
 async fn watch<K>(api: Api<K>, config: watcher::Config, w: Watch)
 where
     K: Apply
@@ -334,53 +341,40 @@ where
         + Send
         + 'static,
 {
-    let backoff = Backoff::new(w.options.backoff_initial, w.options.backoff_max);
-    let mut events = pin!(watcher(api, config).backoff(backoff));
+    let mut backoff = Backoff::new(w.options.backoff_initial, w.options.backoff_max);
     let i = w.kind as usize;
-    let mut listed = false;
-    while let Some(item) = events.next().await {
-        let mut slot = w.slot.write().expect("k8s namer lock");
-        match item {
-            Ok(event) => {
-                match &event {
-                    watcher::Event::Init => {
-                        slot.stale_since[i].get_or_insert_with(Instant::now);
-                        if listed {
-                            w.shared.relists.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    watcher::Event::InitDone => {
-                        listed = true;
-                        slot.stale_since[i] = None;
-                        slot.last_error = None;
-                    }
-                    watcher::Event::InitApply(_) => {}
-                    watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
-                        slot.stale_since[i] = None;
-                        slot.last_error = None;
-                    }
+    loop {
+        let mut events = pin!(watcher(api.clone(), config.clone()));
+        while let Some(item) = events.next().await {
+            let mut slot = w.slot.write().expect("k8s namer lock");
+            let event = match item {
+                Ok(event) => event,
+                Err(e) => {
+                    w.shared.restarts.fetch_add(1, Ordering::Relaxed);
+                    slot.stale_since[i].get_or_insert_with(Instant::now);
+                    tracing::warn!(namespace = %w.namespace, kind = ?w.kind, error = %e, "k8s namer: watch failed; keeping what is known and listing again after a back-off");
+                    slot.last_error = Some(e.to_string());
+                    break;
                 }
-                let done = matches!(event, watcher::Event::InitDone);
-                if K::apply(&mut slot.state, event) {
-                    w.shared.generation.fetch_add(1, Ordering::Release);
-                }
-                if done {
-                    tracing::debug!(namespace = %w.namespace, kind = ?w.kind, "k8s namer: listed");
-                }
+            };
+            let done = matches!(event, watcher::Event::InitDone);
+            if K::apply(&mut slot.state, event) {
+                w.shared.generation.fetch_add(1, Ordering::Release);
             }
-            Err(e) => {
-                w.shared.restarts.fetch_add(1, Ordering::Relaxed);
-                slot.stale_since[i].get_or_insert_with(Instant::now);
-                tracing::warn!(namespace = %w.namespace, kind = ?w.kind, error = %e, "k8s namer: watch failed; keeping what is known and trying again after a back-off");
-                slot.last_error = Some(e.to_string());
+            if done {
+                slot.stale_since[i] = None;
+                slot.last_error = None;
+                backoff.reset();
+                tracing::debug!(namespace = %w.namespace, kind = ?w.kind, "k8s namer: listed");
             }
         }
+        tokio::time::sleep(backoff.next_wait()).await;
     }
 }
 
 /// Exponential back-off with jitter: each wait between half and all of a
-/// step that doubles from `initial` to `max`; `reset` (after any success)
-/// starts again.
+/// step that doubles from `initial` to `max`; `reset` (after a complete
+/// list) starts again.
 struct Backoff {
     initial: Duration,
     max: Duration,
@@ -395,19 +389,13 @@ impl Backoff {
             step: initial,
         }
     }
-}
 
-impl Iterator for Backoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
+    fn next_wait(&mut self) -> Duration {
         let step = self.step;
         self.step = (step * 2).min(self.max);
-        Some(step.mul_f64(rand::random_range(0.5..=1.0)))
+        step.mul_f64(rand::random_range(0.5..=1.0))
     }
-}
 
-impl kube::runtime::utils::Backoff for Backoff {
     fn reset(&mut self) {
         self.step = self.initial;
     }

@@ -154,10 +154,7 @@ pub fn slice_entry(slice: &EndpointSlice) -> Option<(SliceKey, SliceInfo)> {
             })
         })
         .collect();
-    Some((
-        SliceKey { service, name },
-        SliceInfo { ports, endpoints },
-    ))
+    Some((SliceKey { service, name }, SliceInfo { ports, endpoints }))
 }
 
 fn is_tcp(protocol: Option<&str>) -> bool {
@@ -234,7 +231,8 @@ impl<K: Key, T: PartialEq> Watched<K, T> {
                 if !self.items.contains_key(&k) {
                     // A new key: drop the object's entry under any old one.
                     let before = self.items.len();
-                    self.items.retain(|old, _| old.object_name() != k.object_name());
+                    self.items
+                        .retain(|old, _| old.object_name() != k.object_name());
                     changed = self.items.len() != before;
                 }
                 if self.items.get(&k) == Some(&t) {
@@ -263,7 +261,10 @@ impl<K: Key, T: PartialEq> Watched<K, T> {
 
 /// Turns a watcher's event on API objects into one on the namer's entries
 /// (an object that converts to nothing: `None`).
-pub fn convert<O, K, T>(event: Event<O>, f: impl Fn(&O) -> Option<(K, T)>) -> Option<Event<(K, T)>> {
+pub fn convert<O, K, T>(
+    event: Event<O>,
+    f: impl Fn(&O) -> Option<(K, T)>,
+) -> Option<Event<(K, T)>> {
     Some(match event {
         Event::Init => Event::Init,
         Event::InitDone => Event::InitDone,
@@ -311,16 +312,13 @@ impl Namespace {
     pub fn lookup(&self, port: PortRef<'_>, service: &str) -> Option<Vec<SocketAddr>> {
         let svc = self.services.items.get(service);
         let slices = self.slices_of(service);
-        // How each slice numbers the port asked for (`None`: it has not).
-        let port_in: Box<dyn Fn(&SliceInfo) -> Option<u16> + '_> = match port {
+        // How the slices number the port asked for.
+        let at = match port {
             PortRef::Number(n) => {
                 let sp = svc?.ports.iter().find(|p| p.port == n)?;
                 match &sp.target {
-                    Target::Number(t) => {
-                        let t = *t;
-                        Box::new(move |_| Some(t))
-                    }
-                    Target::Name(_) => Box::new(move |s| slice_port(s, &sp.name)),
+                    Target::Number(t) => At::Number(*t),
+                    Target::Name(_) => At::SlicePort(&sp.name),
                 }
             }
             PortRef::Name(name) => {
@@ -334,11 +332,14 @@ impl Namespace {
                     }
                     None => {}
                 }
-                Box::new(move |s| slice_port(s, name))
+                At::SlicePort(name)
             }
         };
         let candidates = slices.flat_map(|s| {
-            let port = port_in(s);
+            let port = match at {
+                At::Number(n) => Some(n),
+                At::SlicePort(name) => slice_port(s, name),
+            };
             s.endpoints
                 .iter()
                 .filter_map(move |e| port.map(|p| (SocketAddr::new(e.ip, p), *e)))
@@ -376,6 +377,14 @@ impl Namespace {
     }
 }
 
+/// Where a lookup's endpoints listen: one number, or each slice's port of
+/// that name (none when a slice has no such port).
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Number(u16),
+    SlicePort(&'a str),
+}
+
 fn slice_port(s: &SliceInfo, name: &str) -> Option<u16> {
     s.ports.iter().find(|p| p.name == name).map(|p| p.port)
 }
@@ -390,14 +399,22 @@ mod tests {
         service_entry(&svc).unwrap()
     }
 
-    fn slice(name: &str, service: &str, eps: &[Ep], ports: &[(&str, u16)]) -> (SliceKey, SliceInfo) {
+    fn slice(
+        name: &str,
+        service: &str,
+        eps: &[Ep],
+        ports: &[(&str, u16)],
+    ) -> (SliceKey, SliceInfo) {
         let s: EndpointSlice =
             serde_json::from_value(fixtures::slice(name, service, 1, eps, ports)).unwrap();
         slice_entry(&s).unwrap()
     }
 
     /// A namespace listed with these objects.
-    fn listed(services: Vec<(String, ServiceInfo)>, slices: Vec<(SliceKey, SliceInfo)>) -> Namespace {
+    fn listed(
+        services: Vec<(String, ServiceInfo)>,
+        slices: Vec<(SliceKey, SliceInfo)>,
+    ) -> Namespace {
         let mut ns = Namespace::default();
         ns.services.apply(Event::Init);
         for s in services {
@@ -433,7 +450,11 @@ mod tests {
             vec![slice(
                 "world-abcde",
                 "world",
-                &[ready("10.244.1.7"), unready("10.244.2.9"), ready("10.244.1.5")],
+                &[
+                    ready("10.244.1.7"),
+                    unready("10.244.2.9"),
+                    ready("10.244.1.5"),
+                ],
                 &[("http", 8080)],
             )],
         );
@@ -446,7 +467,10 @@ mod tests {
     #[test]
     fn a_port_number_is_the_service_port_mapped_to_its_target() {
         let ns = listed(
-            vec![svc("world", &[("http", 80, "8080"), ("admin", 9990, "9990")])],
+            vec![svc(
+                "world",
+                &[("http", 80, "8080"), ("admin", 9990, "9990")],
+            )],
             vec![slice(
                 "world-abcde",
                 "world",
@@ -454,8 +478,14 @@ mod tests {
                 &[("http", 8080), ("admin", 9990)],
             )],
         );
-        assert_eq!(addrs(&ns, "80", "world"), Some(vec!["10.244.1.5:8080".into()]));
-        assert_eq!(addrs(&ns, "9990", "world"), Some(vec!["10.244.1.5:9990".into()]));
+        assert_eq!(
+            addrs(&ns, "80", "world"),
+            Some(vec!["10.244.1.5:8080".into()])
+        );
+        assert_eq!(
+            addrs(&ns, "9990", "world"),
+            Some(vec!["10.244.1.5:9990".into()])
+        );
         // 8080 is a target, not a port of the Service.
         assert_eq!(addrs(&ns, "8080", "world"), None);
     }
@@ -467,8 +497,18 @@ mod tests {
         let ns = listed(
             vec![svc("world", &[("http", 80, "web")])],
             vec![
-                slice("world-v1", "world", &[ready("10.244.1.5")], &[("http", 8080)]),
-                slice("world-v2", "world", &[ready("10.244.2.6")], &[("http", 9090)]),
+                slice(
+                    "world-v1",
+                    "world",
+                    &[ready("10.244.1.5")],
+                    &[("http", 8080)],
+                ),
+                slice(
+                    "world-v2",
+                    "world",
+                    &[ready("10.244.2.6")],
+                    &[("http", 9090)],
+                ),
             ],
         );
         assert_eq!(
@@ -481,19 +521,34 @@ mod tests {
     #[test]
     fn an_unnamed_port_and_a_missing_target_port() {
         let mut v = fixtures::service("hello", 1, &[("", 80, "")]);
-        v["spec"]["ports"][0].as_object_mut().unwrap().remove("targetPort");
+        v["spec"]["ports"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("targetPort");
         let s: Service = serde_json::from_value(v).unwrap();
         let ns = listed(
             vec![service_entry(&s).unwrap()],
-            vec![slice("hello-x", "hello", &[ready("10.244.1.5")], &[("", 80)])],
+            vec![slice(
+                "hello-x",
+                "hello",
+                &[ready("10.244.1.5")],
+                &[("", 80)],
+            )],
         );
         // No targetPort means the port itself.
-        assert_eq!(addrs(&ns, "80", "hello"), Some(vec!["10.244.1.5:80".into()]));
+        assert_eq!(
+            addrs(&ns, "80", "hello"),
+            Some(vec!["10.244.1.5:80".into()])
+        );
     }
 
     #[test]
     fn with_no_ready_endpoint_the_serving_ones_terminating_included_are_used() {
-        let eps = [unready("10.244.1.5"), terminating("10.244.1.6"), terminating("10.244.1.4")];
+        let eps = [
+            unready("10.244.1.5"),
+            terminating("10.244.1.6"),
+            terminating("10.244.1.4"),
+        ];
         let ns = listed(
             vec![svc("world", &[("http", 80, "8080")])],
             vec![slice("world-a", "world", &eps, &[("http", 8080)])],
@@ -507,16 +562,33 @@ mod tests {
             vec![svc("world", &[("http", 80, "8080")])],
             vec![
                 slice("world-a", "world", &eps, &[("http", 8080)]),
-                slice("world-b", "world", &[ready("10.244.2.1")], &[("http", 8080)]),
+                slice(
+                    "world-b",
+                    "world",
+                    &[ready("10.244.2.1")],
+                    &[("http", 8080)],
+                ),
             ],
         );
-        assert_eq!(addrs(&ns, "http", "world"), Some(vec!["10.244.2.1:8080".into()]));
+        assert_eq!(
+            addrs(&ns, "http", "world"),
+            Some(vec!["10.244.2.1:8080".into()])
+        );
     }
 
     #[test]
     fn conditions_left_out_mean_ready() {
-        let mut v = fixtures::slice("world-a", "world", 1, &[ready("10.244.1.5")], &[("http", 8080)]);
-        v["endpoints"][0].as_object_mut().unwrap().remove("conditions");
+        let mut v = fixtures::slice(
+            "world-a",
+            "world",
+            1,
+            &[ready("10.244.1.5")],
+            &[("http", 8080)],
+        );
+        v["endpoints"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("conditions");
         let s: EndpointSlice = serde_json::from_value(v).unwrap();
         let (_, info) = slice_entry(&s).unwrap();
         assert!(info.endpoints[0].ready && info.endpoints[0].serving);
@@ -525,8 +597,16 @@ mod tests {
     #[test]
     fn unknown_services_and_ports_are_neg_and_a_known_port_without_endpoints_is_empty() {
         let ns = listed(
-            vec![svc("world", &[("http", 80, "8080")]), svc("idle", &[("http", 80, "8080")])],
-            vec![slice("world-a", "world", &[ready("10.244.1.5")], &[("http", 8080)])],
+            vec![
+                svc("world", &[("http", 80, "8080")]),
+                svc("idle", &[("http", 80, "8080")]),
+            ],
+            vec![slice(
+                "world-a",
+                "world",
+                &[ready("10.244.1.5")],
+                &[("http", 8080)],
+            )],
         );
         assert_eq!(addrs(&ns, "http", "nobody"), None);
         assert_eq!(addrs(&ns, "grpc", "world"), None);
@@ -542,9 +622,17 @@ mod tests {
     fn slices_without_their_service() {
         let ns = listed(
             vec![],
-            vec![slice("orphan-a", "orphan", &[ready("10.244.1.5")], &[("http", 8080)])],
+            vec![slice(
+                "orphan-a",
+                "orphan",
+                &[ready("10.244.1.5")],
+                &[("http", 8080)],
+            )],
         );
-        assert_eq!(addrs(&ns, "http", "orphan"), Some(vec!["10.244.1.5:8080".into()]));
+        assert_eq!(
+            addrs(&ns, "http", "orphan"),
+            Some(vec!["10.244.1.5:8080".into()])
+        );
         assert_eq!(addrs(&ns, "grpc", "orphan"), None);
         assert_eq!(addrs(&ns, "80", "orphan"), None);
     }
@@ -554,13 +642,31 @@ mod tests {
         let mut v = fixtures::service("dns", 1, &[("dns", 53, "53"), ("dns-tcp", 53, "53")]);
         v["spec"]["ports"][0]["protocol"] = "UDP".into();
         let s: Service = serde_json::from_value(v).unwrap();
-        let mut sl = fixtures::slice("dns-a", "dns", 1, &[ready("10.244.0.10")], &[("dns", 53), ("dns-tcp", 53)]);
+        let mut sl = fixtures::slice(
+            "dns-a",
+            "dns",
+            1,
+            &[ready("10.244.0.10")],
+            &[("dns", 53), ("dns-tcp", 53)],
+        );
         sl["ports"][0]["protocol"] = "UDP".into();
         let sl: EndpointSlice = serde_json::from_value(sl).unwrap();
-        let mut fqdn = fixtures::slice("ext-a", "ext", 1, &[ready("example.invalid")], &[("http", 80)]);
+        let mut fqdn = fixtures::slice(
+            "ext-a",
+            "ext",
+            1,
+            &[ready("example.invalid")],
+            &[("http", 80)],
+        );
         fqdn["addressType"] = "FQDN".into();
         let fqdn: EndpointSlice = serde_json::from_value(fqdn).unwrap();
-        let mut v6 = fixtures::slice("six-a", "six", 1, &[ready("fd00:10:244::5")], &[("http", 8080)]);
+        let mut v6 = fixtures::slice(
+            "six-a",
+            "six",
+            1,
+            &[ready("fd00:10:244::5")],
+            &[("http", 8080)],
+        );
         v6["addressType"] = "IPv6".into();
         let v6: EndpointSlice = serde_json::from_value(v6).unwrap();
         let ns = listed(
@@ -572,15 +678,27 @@ mod tests {
             ],
         );
         assert_eq!(addrs(&ns, "dns", "dns"), None);
-        assert_eq!(addrs(&ns, "dns-tcp", "dns"), Some(vec!["10.244.0.10:53".into()]));
+        assert_eq!(
+            addrs(&ns, "dns-tcp", "dns"),
+            Some(vec!["10.244.0.10:53".into()])
+        );
         assert_eq!(addrs(&ns, "53", "dns"), Some(vec!["10.244.0.10:53".into()]));
         assert_eq!(addrs(&ns, "http", "ext"), Some(vec![]));
-        assert_eq!(addrs(&ns, "http", "six"), Some(vec!["[fd00:10:244::5]:8080".into()]));
+        assert_eq!(
+            addrs(&ns, "http", "six"),
+            Some(vec!["[fd00:10:244::5]:8080".into()])
+        );
     }
 
     #[test]
     fn a_slice_without_the_service_label_is_not_kept() {
-        let mut v = fixtures::slice("world-a", "world", 1, &[ready("10.244.1.5")], &[("http", 8080)]);
+        let mut v = fixtures::slice(
+            "world-a",
+            "world",
+            1,
+            &[ready("10.244.1.5")],
+            &[("http", 8080)],
+        );
         v["metadata"]["labels"]
             .as_object_mut()
             .unwrap()
@@ -596,14 +714,29 @@ mod tests {
         let ports = [("http", 8080)];
         let mut ns = listed(
             vec![svc("world", &[("http", 80, "8080")])],
-            vec![slice("world-a", "world", &[ready("10.244.1.5"), ready("10.244.1.6")], &ports)],
+            vec![slice(
+                "world-a",
+                "world",
+                &[ready("10.244.1.5"), ready("10.244.1.6")],
+                &ports,
+            )],
         );
-        assert!(ns.slices.apply(Event::Apply(slice("world-b", "world", &[ready("10.244.1.6")], &ports))));
+        assert!(ns.slices.apply(Event::Apply(slice(
+            "world-b",
+            "world",
+            &[ready("10.244.1.6")],
+            &ports
+        ))));
         assert_eq!(
             addrs(&ns, "http", "world"),
             Some(vec!["10.244.1.5:8080".into(), "10.244.1.6:8080".into()])
         );
-        assert!(ns.slices.apply(Event::Apply(slice("world-a", "world", &[ready("10.244.1.5")], &ports))));
+        assert!(ns.slices.apply(Event::Apply(slice(
+            "world-a",
+            "world",
+            &[ready("10.244.1.5")],
+            &ports
+        ))));
         assert_eq!(
             addrs(&ns, "http", "world"),
             Some(vec!["10.244.1.5:8080".into(), "10.244.1.6:8080".into()])
@@ -623,7 +756,10 @@ mod tests {
         assert!(ns.slices.apply(Event::Apply(flipped.clone())));
         assert_eq!(addrs(&ns, "http", "world"), Some(vec![]));
         assert!(ns.slices.apply(Event::Apply(a.clone())));
-        assert_eq!(addrs(&ns, "http", "world"), Some(vec!["10.244.1.5:8080".into()]));
+        assert_eq!(
+            addrs(&ns, "http", "world"),
+            Some(vec!["10.244.1.5:8080".into()])
+        );
         assert!(ns.slices.apply(Event::Delete(a.clone())));
         assert!(!ns.slices.apply(Event::Delete(a)));
         assert_eq!(addrs(&ns, "http", "world"), None);
@@ -634,10 +770,21 @@ mod tests {
     #[test]
     fn a_slice_relabelled_leaves_its_old_service() {
         let ports = [("http", 8080)];
-        let mut ns = listed(vec![], vec![slice("shared-a", "one", &[ready("10.244.1.5")], &ports)]);
-        assert!(ns.slices.apply(Event::Apply(slice("shared-a", "two", &[ready("10.244.1.5")], &ports))));
+        let mut ns = listed(
+            vec![],
+            vec![slice("shared-a", "one", &[ready("10.244.1.5")], &ports)],
+        );
+        assert!(ns.slices.apply(Event::Apply(slice(
+            "shared-a",
+            "two",
+            &[ready("10.244.1.5")],
+            &ports
+        ))));
         assert_eq!(addrs(&ns, "http", "one"), None);
-        assert_eq!(addrs(&ns, "http", "two"), Some(vec!["10.244.1.5:8080".into()]));
+        assert_eq!(
+            addrs(&ns, "http", "two"),
+            Some(vec!["10.244.1.5:8080".into()])
+        );
         assert_eq!(ns.slices.len(), 1);
     }
 
@@ -649,13 +796,25 @@ mod tests {
         let ports = [("http", 8080)];
         let a = slice("world-a", "world", &[ready("10.244.1.5")], &ports);
         let b = slice("world-b", "world", &[ready("10.244.1.6")], &ports);
-        let mut ns = listed(vec![svc("world", &[("http", 80, "8080")])], vec![a.clone(), b]);
+        let mut ns = listed(
+            vec![svc("world", &[("http", 80, "8080")])],
+            vec![a.clone(), b],
+        );
         let before = addrs(&ns, "http", "world");
         assert!(!ns.slices.apply(Event::Init));
         assert_eq!(addrs(&ns, "http", "world"), before);
-        let a2 = slice("world-a", "world", &[ready("10.244.1.5"), ready("10.244.1.8")], &ports);
+        let a2 = slice(
+            "world-a",
+            "world",
+            &[ready("10.244.1.5"), ready("10.244.1.8")],
+            &ports,
+        );
         assert!(!ns.slices.apply(Event::InitApply(a2)));
-        assert_eq!(addrs(&ns, "http", "world"), before, "nothing dropped mid-list");
+        assert_eq!(
+            addrs(&ns, "http", "world"),
+            before,
+            "nothing dropped mid-list"
+        );
         assert!(ns.synced());
         assert!(ns.slices.apply(Event::InitDone));
         assert_eq!(
@@ -664,8 +823,12 @@ mod tests {
         );
         // A relist that finds what was known changes nothing.
         ns.slices.apply(Event::Init);
-        ns.slices
-            .apply(Event::InitApply(slice("world-a", "world", &[ready("10.244.1.5"), ready("10.244.1.8")], &ports)));
+        ns.slices.apply(Event::InitApply(slice(
+            "world-a",
+            "world",
+            &[ready("10.244.1.5"), ready("10.244.1.8")],
+            &ports,
+        )));
         assert!(!ns.slices.apply(Event::InitDone));
     }
 
@@ -674,7 +837,10 @@ mod tests {
         let mut ns = Namespace::default();
         assert!(!ns.synced());
         ns.services.apply(Event::Init);
-        assert!(ns.services.apply(Event::InitDone), "the first list is a change");
+        assert!(
+            ns.services.apply(Event::InitDone),
+            "the first list is a change"
+        );
         assert!(!ns.synced());
         ns.slices.apply(Event::Init);
         ns.slices.apply(Event::InitDone);
