@@ -90,9 +90,9 @@ struct Shared {
 #[derive(Default)]
 struct Slot {
     state: Namespace,
-    /// The last error of either watch, until the next success (shown in
+    /// Each watch's last error, until its next complete list (shown in
     /// pending answers).
-    last_error: Option<String>,
+    last_error: [Option<String>; 2],
     /// Since when each watch (Services, EndpointSlices) has not been known
     /// current: not listed yet, relisting, or failed with no success since.
     stale_since: [Option<Instant>; 2],
@@ -262,10 +262,12 @@ impl Namer for K8sNamer {
         let slot = self.slot(ns)?;
         let slot = slot.read().expect("k8s namer lock");
         if !slot.state.synced() {
-            let why = match &slot.last_error {
-                Some(e) => format!("; last error: {e}"),
-                None => String::new(),
-            };
+            let why: String = slot
+                .last_error
+                .iter()
+                .flatten()
+                .map(|e| format!("; last error: {e}"))
+                .collect();
             return Err(NamerError::pending(format!(
                 "{KIND}: namespace {ns} is not synced yet (waiting for the API server's first list of its Services and EndpointSlices{why})"
             )));
@@ -353,7 +355,7 @@ where
                     w.shared.restarts.fetch_add(1, Ordering::Relaxed);
                     slot.stale_since[i].get_or_insert_with(Instant::now);
                     tracing::warn!(namespace = %w.namespace, kind = ?w.kind, error = %e, "k8s namer: watch failed; keeping what is known and listing again after a back-off");
-                    slot.last_error = Some(e.to_string());
+                    slot.last_error[i] = Some(e.to_string());
                     break;
                 }
             };
@@ -363,7 +365,7 @@ where
             }
             if done {
                 slot.stale_since[i] = None;
-                slot.last_error = None;
+                slot.last_error[i] = None;
                 backoff.reset();
                 tracing::debug!(namespace = %w.namespace, kind = ?w.kind, "k8s namer: listed");
             }

@@ -652,7 +652,11 @@ mod tests {
         later.0.store(true, Ordering::Release);
         router.generation().fetch_add(1, Ordering::Release);
         let route = router.route(&key, &query).unwrap();
-        assert!(matches!(route.outcome, Outcome::Bound(_)), "{:?}", route.outcome);
+        assert!(
+            matches!(route.outcome, Outcome::Bound(_)),
+            "{:?}",
+            route.outcome
+        );
         assert_eq!(router.cache_stats().len, 1);
     }
 }

@@ -780,3 +780,76 @@ async fn stats_count_what_is_known() {
         }
     );
 }
+
+/// `k8s.api_server: http://...` as `sidetrack run` connects: a plain-HTTP
+/// API server on the loopback, over real TCP (no credentials are looked
+/// for, none are sent).
+#[tokio::test]
+async fn sidetrack_run_connects_to_a_plain_http_api_server() {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let answer = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let uri = req.uri().to_string();
+                    assert!(req.headers().get("authorization").is_none());
+                    log.lock().unwrap().push(uri.clone());
+                    let body: Body = if uri.contains("watch=true") {
+                        // A watch held open, with nothing to say.
+                        BodyExt::boxed(StreamBody::new(futures::stream::pending::<
+                            Result<Frame<Bytes>, Infallible>,
+                        >()))
+                    } else if uri.starts_with(SERVICES) {
+                        json(list(
+                            "ServiceList",
+                            "v1",
+                            100,
+                            vec![service("world", 90, &[("http", 80, "8080")])],
+                        ))
+                        .into_body()
+                    } else {
+                        json(list(
+                            "EndpointSliceList",
+                            "discovery.k8s.io/v1",
+                            200,
+                            vec![slice("world-a", "world", 190, &[ready("10.244.1.5")], HTTP)],
+                        ))
+                        .into_body()
+                    };
+                    async move { Ok::<_, Infallible>(Response::new(body)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(io), answer)
+                    .await;
+            });
+        }
+    });
+    let url = format!("http://{addr}");
+    let namer = K8sNamer::start(move || super::connect(Some(url)), Arc::default(), fast()).unwrap();
+    is_pending(look(&namer, "/default/80/world"));
+    until(&namer, "/default/80/world", bound(&["10.244.1.5:8080"])).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < 4 {
+        assert!(Instant::now() < deadline, "{:?}", seen.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            LIST_SERVICES.to_string(),
+            watch_services(100),
+            LIST_SLICES.to_string(),
+            watch_slices(200)
+        ]
+    );
+    assert!(super::connect(Some("not a url".into())).await.is_err());
+}
