@@ -329,7 +329,8 @@ impl Namer for FakeFs {
                 sidetrack::dtab::Weighted::new(1.0, bound(vec![ep("10.3.0.1:80", 1.0)])),
                 sidetrack::dtab::Weighted::new(1.0, NameTree::Neg),
             ]),
-            Some(b"boom") => return Err(NamerError("disk on fire".into())),
+            Some(b"boom") => return Err(NamerError::new("disk on fire")),
+            Some(b"later") => return Err(NamerError::pending("not synced yet")),
             _ => NameTree::Neg,
         })
     }
@@ -386,7 +387,8 @@ fn configured_namers_bind_under_their_prefix() {
         err,
         BindError::Namer {
             path: path("/#/io.l5d.fs/boom"),
-            message: "disk on fire".into()
+            message: "disk on fire".into(),
+            pending: false,
         }
     );
     // ... that a neg alternative before it does not hide, and a union drops.
@@ -410,6 +412,29 @@ fn configured_namers_bind_under_their_prefix() {
             .unwrap()
         ),
         "10.2.0.1:80"
+    );
+    // A namer that has not synced is pending, not neg: an alternative
+    // after it does not take over, and the error says pending.
+    let err = bind_with(
+        "/svc => /#/io.l5d.fs/later | /#/io.l5d.fs/api",
+        "",
+        "/svc",
+        &n,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        BindError::Namer {
+            path: path("/#/io.l5d.fs/later"),
+            message: "not synced yet".into(),
+            pending: true,
+        }
+    );
+    assert!(err.is_pending());
+    assert!(
+        !bind_with("/svc => /#/io.l5d.fs", "", "/svc/boom", &n)
+            .unwrap_err()
+            .is_pending()
     );
     // Other prefixes are neg.
     assert_eq!(

@@ -14,7 +14,7 @@ struct ErrorNamer;
 
 impl Namer for ErrorNamer {
     fn lookup(&self, p: &Path) -> Result<NameTree<NamerBound>, NamerError> {
-        Err(NamerError(format!("error naming /#/error{p}")))
+        Err(NamerError::new(format!("error naming /#/error{p}")))
     }
 }
 

@@ -47,8 +47,14 @@ pub enum BindError {
     /// Binding made more than `MAX_LOOKUPS` lookups or more than
     /// `MAX_NESTED_STEPS` nested steps.
     TooComplex { path: Path },
-    /// A namer failed, or a `/$/...` name was malformed.
-    Namer { path: Path, message: String },
+    /// A namer failed, or a `/$/...` name was malformed. `pending`: the
+    /// namer does not know yet (see [`NamerError`]); binding again later
+    /// may succeed.
+    Namer {
+        path: Path,
+        message: String,
+        pending: bool,
+    },
 }
 
 impl fmt::Display for BindError {
@@ -62,12 +68,21 @@ impl fmt::Display for BindError {
                 f,
                 "binding went past the limits of {MAX_LOOKUPS} lookups or {MAX_NESTED_STEPS} nested steps (reached {path})"
             ),
-            BindError::Namer { path, message } => write!(f, "error binding {path}: {message}"),
+            BindError::Namer { path, message, .. } => {
+                write!(f, "error binding {path}: {message}")
+            }
         }
     }
 }
 
 impl std::error::Error for BindError {}
+
+impl BindError {
+    /// Whether a namer has not synced yet, rather than failed.
+    pub fn is_pending(&self) -> bool {
+        matches!(self, BindError::Namer { pending: true, .. })
+    }
+}
 
 pub type BindResult = Result<NameTree<Bound>, BindError>;
 
@@ -186,7 +201,8 @@ impl<'a, L: DtabLookup> Binder<'a, L> {
             self.matches.truncate(start);
             let tree = lookup_namers(&path, self.namers).map_err(|e| BindError::Namer {
                 path: path.clone(),
-                message: e.0,
+                message: e.message,
+                pending: e.pending,
             })?;
             if depth + 1 > MAX_DEPTH {
                 return Err(BindError::DepthExceeded { path });

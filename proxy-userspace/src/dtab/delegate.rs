@@ -348,7 +348,7 @@ impl<'a, L: DtabLookup> Delegator<'a, L> {
 
         if goes_to_namers(lookup, &matches) {
             match lookup_namers(&path, self.namers) {
-                Err(e) => return Ok(Node::new(path, dentry, Kind::Exception(e.0))),
+                Err(e) => return Ok(Node::new(path, dentry, Kind::Exception(e.message))),
                 // A lone `~` rewrite that the namers do not override is
                 // shown as the rewrite it is.
                 Ok(NameTree::Neg) if !matches.is_empty() => {}

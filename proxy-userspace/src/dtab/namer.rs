@@ -80,12 +80,39 @@ pub struct NamerBound {
 }
 
 /// A namer failure, carried into the binding error or the explanation tree.
+///
+/// A pending one is no answer yet: the namer has not learnt what it would
+/// bind the path to (the Kubernetes namer before its first list of a
+/// namespace). Neg would be wrong then (an earlier dentry would take over
+/// for good), so binding fails instead, and the router neither caches nor
+/// refuses such a route for good: the request may wait and bind again.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NamerError(pub String);
+pub struct NamerError {
+    pub message: String,
+    pub pending: bool,
+}
+
+impl NamerError {
+    /// A failure: the path cannot be bound.
+    pub fn new(message: impl Into<String>) -> NamerError {
+        NamerError {
+            message: message.into(),
+            pending: false,
+        }
+    }
+
+    /// Not known yet: binding again later may succeed.
+    pub fn pending(message: impl Into<String>) -> NamerError {
+        NamerError {
+            message: message.into(),
+            pending: true,
+        }
+    }
+}
 
 impl fmt::Display for NamerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -158,7 +185,7 @@ pub(crate) fn lookup_system(path: &Path) -> Result<NameTree<Bound>, NamerError> 
         b"inet" | b"fixedinet" => lookup_inet(path),
         b"fail" => Ok(NameTree::Fail),
         b"nil" => Ok(NameTree::Empty),
-        _ => Err(NamerError(format!(
+        _ => Err(NamerError::new(format!(
             "unknown namer /$/{} for path {path} (the built-in ones are /$/inet, /$/fixedinet, /$/nil and /$/fail)",
             String::from_utf8_lossy(kind)
         ))),
@@ -174,16 +201,16 @@ fn lookup_inet(path: &Path) -> Result<NameTree<Bound>, NamerError> {
         _ => match label(2).and_then(java_int) {
             Some(port) => ("", port, 3),
             None => {
-                return Err(NamerError(format!(
+                return Err(NamerError::new(format!(
                     "malformed inet path {path}: expected /$/inet/<ip>/<port>"
                 )));
             }
         },
     };
     let port = u16::try_from(port)
-        .map_err(|_| NamerError(format!("port {port} out of range in {path}")))?;
+        .map_err(|_| NamerError::new(format!("port {port} out of range in {path}")))?;
     let ip = parse_host(host).ok_or_else(|| {
-        NamerError(format!(
+        NamerError::new(format!(
             "{host} in {path} is not an IP address (the dtab engine does not resolve DNS names)"
         ))
     })?;

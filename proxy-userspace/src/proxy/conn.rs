@@ -1749,6 +1749,9 @@ fn pick_dest<'r>(
                 format!("binding {} failed: {e}", route.name),
             ));
         }
+        Outcome::Pending(e) => {
+            return Err(refuse(503, ErrorKind::NoEndpoints, e.clone()));
+        }
     };
     match choice {
         Choice::Leaf(dest) => Ok(dest),

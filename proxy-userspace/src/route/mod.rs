@@ -68,6 +68,10 @@ pub enum Outcome {
     Empty,
     /// Binding itself failed (a loop, a namer error): 502.
     Error(String),
+    /// A namer has not synced what the name needs yet (the Kubernetes
+    /// namer before its first list of a namespace): the request may wait
+    /// and route again. Such a route is never cached.
+    Pending(String),
 }
 
 /// Everything the request path needs for one (local dtab, name).
@@ -297,7 +301,9 @@ impl Router {
             });
         }
         let route = Arc::new(self.bind(query, generation)?);
-        if cacheable {
+        // A pending route is bound again by the next request: caching it
+        // would keep the answer "not yet" after the namer has synced.
+        if cacheable && !matches!(route.outcome, Outcome::Pending(_)) {
             let weight = key.len() + route.weight();
             self.cache
                 .insert_weighted(Box::from(key), route.clone(), weight);
@@ -344,6 +350,7 @@ impl Router {
         let rule_name = rule.map_or("", |r| r.name.as_str());
         let namers = namers.as_ref() as &dyn NamerSet;
         let outcome = match dtab::bind(&base.compiled, &binding, &path, namers) {
+            Err(e) if e.is_pending() => Outcome::Pending(e.to_string()),
             Err(e) => Outcome::Error(e.to_string()),
             Ok(NameTree::Neg) => Outcome::Neg,
             Ok(NameTree::Fail) => Outcome::Fail,
@@ -451,7 +458,7 @@ impl Route {
         }
         let outcome = match &self.outcome {
             Outcome::Bound(t) => tree(t),
-            Outcome::Error(e) => e.len(),
+            Outcome::Error(e) | Outcome::Pending(e) => e.len(),
             Outcome::Neg | Outcome::Fail | Outcome::Empty => 0,
         };
         let mirrors: usize = self
@@ -592,5 +599,64 @@ pub fn new_request_id(rng: &mut impl rand::Rng, out: &mut [u8; 16]) {
     let v = rng.random::<u64>();
     for (i, digit) in out.iter_mut().enumerate() {
         *digit = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::dtab::{Endpoint, Endpoints, Namer, NamerBound, NamerError};
+
+    /// Pending until `synced`, then one address.
+    struct Later(AtomicBool);
+
+    impl Namer for Later {
+        fn lookup(&self, _: &Path) -> Result<NameTree<NamerBound>, NamerError> {
+            if !self.0.load(Ordering::Acquire) {
+                return Err(NamerError::pending("not synced yet"));
+            }
+            Ok(NameTree::Leaf(NamerBound {
+                consumed: 1,
+                endpoints: Endpoints::One(Endpoint::new("127.0.0.1:8080".parse().unwrap())),
+            }))
+        }
+    }
+
+    #[test]
+    fn a_pending_binding_is_an_outcome_of_its_own_and_never_cached() {
+        let later = Arc::new(Later(AtomicBool::new(false)));
+        let router = Router::new(
+            Dtab::parse("/svc => /#/later").unwrap(),
+            Namers::default().with("later", later.clone()),
+            RouterLimits::of(&crate::config::Settings::default()),
+            Arc::new(Metrics::new(100)),
+            Arc::default(),
+        );
+        let query = RouteQuery {
+            name: b"/svc/web",
+            ..RouteQuery::default()
+        };
+        let mut key = Vec::new();
+        route_key(&mut key, &query);
+        for _ in 0..2 {
+            let route = router.route(&key, &query).unwrap();
+            match &route.outcome {
+                Outcome::Pending(e) => assert!(e.contains("not synced yet"), "{e}"),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(router.cache_stats().len, 0, "a pending route is not cached");
+        }
+        // Synced: the namer bumps the generation, and the route binds.
+        later.0.store(true, Ordering::Release);
+        router.generation().fetch_add(1, Ordering::Release);
+        let route = router.route(&key, &query).unwrap();
+        assert!(
+            matches!(route.outcome, Outcome::Bound(_)),
+            "{:?}",
+            route.outcome
+        );
+        assert_eq!(router.cache_stats().len, 1);
     }
 }

@@ -43,7 +43,10 @@ use crate::{
     config::{IdentifierKind, InterceptMode, Settings, ms},
     dtab::{Dtab, Namers},
     handover,
-    namer::fs::{self, FsNamer},
+    namer::{
+        fs::{self, FsNamer},
+        k8s::{self, K8sNamer},
+    },
     observe::metrics::{ExtraCounters, Metrics},
     policy::{Mirrors, OverridePolicy, Rules, overrides, signing::Keys},
     proxy::{
@@ -178,10 +181,20 @@ impl RunArgs {
             .fs_dir
             .clone()
             .map(|dir| FsNamer::start(dir, ms(settings.watch_interval_ms), generation.clone()));
+        let k8s_namer = if settings.k8s.enabled {
+            let api_server = settings.k8s.api_server.clone();
+            Some(K8sNamer::start(
+                move || k8s::connect(api_server),
+                generation.clone(),
+                k8s::Options::default(),
+            )?)
+        } else {
+            None
+        };
         let metrics = Arc::new(Metrics::new(settings.max_route_series));
         let router = Arc::new(Router::new(
             base,
-            namers(&fs_namer),
+            namers(&fs_namer, &k8s_namer),
             RouterLimits::of(&settings),
             metrics.clone(),
             generation,
@@ -190,6 +203,9 @@ impl RunArgs {
         router.set_rules(Rules::new(&settings.rules)?);
         router.set_mirrors(Mirrors::new(&settings.mirrors)?);
         metrics.add_extra(Arc::new(CacheCounters(router.clone())));
+        if let Some(k8s) = &k8s_namer {
+            metrics.add_extra(Arc::new(K8sCounters(k8s.clone())));
+        }
 
         raise_fd_limit(settings.limits.max_connections);
         let listeners = match &mut predecessor {
@@ -301,7 +317,7 @@ impl RunArgs {
             }
             None => None,
         };
-        spawn_reloader(self, settings, router, diff, watched);
+        spawn_reloader(self, settings, router, diff, watched, k8s_namer);
 
         // One single-threaded runtime per worker, each with its own
         // SO_REUSEPORT listener: the kernel spreads connections, and a
@@ -550,6 +566,44 @@ impl ExtraCounters for CacheCounters {
     }
 }
 
+/// The Kubernetes namer in `/metrics`.
+struct K8sCounters(Arc<K8sNamer>);
+
+impl ExtraCounters for K8sCounters {
+    fn counters(&self, out: &mut Vec<(&'static str, &'static str, u64)>) {
+        out.push((
+            "k8s_watch_restarts",
+            "Kubernetes watches that failed and started again with a list, after a back-off (API server down, 410 Gone, 403, 5xx)",
+            self.0.stats().restarts,
+        ));
+    }
+
+    fn gauges(&self, out: &mut Vec<(&'static str, &'static str, i64)>) {
+        let s = self.0.stats();
+        let as_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        out.push((
+            "k8s_last_sync_age_seconds",
+            "Seconds the least current Kubernetes watch has gone without a complete list since it started or failed (0: every watch is in sync)",
+            i64::try_from(s.sync_age.as_secs()).unwrap_or(i64::MAX),
+        ));
+        out.push((
+            "k8s_namespaces",
+            "Namespaces the Kubernetes namer watches",
+            as_i64(s.namespaces),
+        ));
+        out.push((
+            "k8s_services",
+            "Services known in the watched namespaces",
+            as_i64(s.services),
+        ));
+        out.push((
+            "k8s_endpoints",
+            "Endpoints in the EndpointSlices of the watched namespaces, ready or not (over k8s_services: endpoints per service)",
+            as_i64(s.endpoints),
+        ));
+    }
+}
+
 /// The override policy of `s`, with the keys of signed overrides read
 /// from `overrides.keys_dir`.
 fn override_policy(s: &Settings) -> Result<OverridePolicy, String> {
@@ -573,10 +627,13 @@ fn parse_base(s: &Settings) -> Result<Dtab, String> {
     Dtab::parse(&text).map_err(|e| format!("invalid base dtab: {e}"))
 }
 
-fn namers(fs: &Option<Arc<FsNamer>>) -> Namers {
+fn namers(fs: &Option<Arc<FsNamer>>, k8s: &Option<Arc<K8sNamer>>) -> Namers {
     let mut namers = Namers::default();
     if let Some(fs) = fs {
         namers = namers.with(fs::KIND, fs.clone());
+    }
+    if let Some(k8s) = k8s {
+        namers = namers.with(k8s::KIND, k8s.clone());
     }
     namers
 }

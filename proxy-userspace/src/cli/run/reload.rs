@@ -66,6 +66,7 @@ pub(super) fn spawn_reloader(
     router: Arc<Router>,
     diff: Arc<crate::diff::Engine>,
     watched: Watched,
+    k8s: Option<Arc<crate::namer::k8s::K8sNamer>>,
 ) {
     let interval = ms(current.watch_interval_ms);
     std::thread::Builder::new()
@@ -122,7 +123,7 @@ pub(super) fn spawn_reloader(
                 };
                 if next.fs_dir != current.fs_dir || next.watch_interval_ms != current.watch_interval_ms {
                     let fs_namer = next.fs_dir.clone().map(|dir| FsNamer::start(dir, ms(next.watch_interval_ms), router.generation().clone()));
-                    router.set_namers(namers(&fs_namer));
+                    router.set_namers(namers(&fs_namer, &k8s));
                     tracing::info!(fs_dir = ?next.fs_dir, "namers reloaded");
                 }
                 if next.overrides != current.overrides {
