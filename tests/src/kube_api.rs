@@ -93,6 +93,12 @@ pub struct KubeApi {
 impl KubeApi {
     /// Serves `services` on `bind` (an address and port 0, say).
     pub fn start(bind: SocketAddr, services: Vec<Service>) -> KubeApi {
+        Self::start_slow(bind, services, Duration::ZERO)
+    }
+
+    /// [`KubeApi::start`], answering each list `delay` late (a slow or
+    /// far API server: the namer's first sync takes that long).
+    pub fn start_slow(bind: SocketAddr, services: Vec<Service>, delay: Duration) -> KubeApi {
         let listener = TcpListener::bind(bind).expect("bind the API stand-in");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -106,7 +112,7 @@ impl KubeApi {
                     Ok((s, _)) => {
                         let (flag, seen, services) = (flag.clone(), seen.clone(), services.clone());
                         thread::spawn(move || {
-                            let _ = serve(s, &services, &seen, &flag);
+                            let _ = serve(s, &services, &seen, &flag, delay);
                         });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
@@ -140,6 +146,7 @@ fn serve(
     services: &[Service],
     seen: &Mutex<Vec<String>>,
     stop: &AtomicBool,
+    delay: Duration,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(600)))?;
@@ -215,6 +222,7 @@ fn serve(
             out.flush()?;
             continue;
         }
+        thread::sleep(delay);
         let api_version = if kind == "ServiceList" {
             "v1"
         } else {

@@ -226,6 +226,15 @@ impl K8sNamer {
         Ok(slot)
     }
 
+    /// Starts watching `ns` now, before any request names it (the
+    /// namespace of short names, at start), so the first request there
+    /// does not wait for the first list.
+    pub fn watch_namespace(&self, ns: &str) {
+        if let Err(e) = self.slot(ns) {
+            tracing::warn!(namespace = ns, error = %e, "k8s namer: not watching");
+        }
+    }
+
     pub fn stats(&self) -> Stats {
         let namespaces = self.shared.namespaces.read().expect("k8s namer lock");
         let now = Instant::now();

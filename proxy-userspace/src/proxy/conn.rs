@@ -58,6 +58,9 @@ use crate::{
     route::{self, Dest, Outcome, Route, RouteError, RouteQuery},
 };
 
+/// How often a request waiting for a namer's first sync is routed again.
+const SYNC_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The `Via` entry the proxy adds.
 const VIA: &[u8] = b"1.1 sidetrack";
 /// Dtab headers a request may repeat; more instances are refused.
@@ -649,7 +652,10 @@ impl Conn {
         if http::max_forwards(&self.req, &self.from_client) == Some(0) {
             return self.answer_max_forwards(head_len).await;
         }
-        let (route, req) = self.route()?;
+        let (mut route, mut req) = self.route()?;
+        if matches!(route.outcome, Outcome::Pending(_)) {
+            (route, req) = self.await_synced(route, req).await?;
+        }
         // A refusal after routing keeps the connection only when the request
         // has no body left to skip.
         // A rollout sticks to the request's key (a customer id) when it has one.
@@ -685,6 +691,28 @@ impl Conn {
             self.copies.dispatch(&self.worker);
         }
         Ok(next)
+    }
+
+    /// A route a namer could not bind yet (it has not synced what the name
+    /// needs): routed again every few milliseconds until it binds or
+    /// `sync_timeout` passes (the last answer, pending, is then a 503).
+    /// Pending routes are not cached, so each try binds afresh.
+    async fn await_synced(
+        &mut self,
+        mut route: Arc<Route>,
+        mut req: RequestFacts,
+    ) -> Result<(Arc<Route>, RequestFacts), Failure> {
+        let until = Instant::now() + self.shared.cfg.sync_timeout;
+        while matches!(route.outcome, Outcome::Pending(_)) && Instant::now() < until {
+            let pause = SYNC_POLL.min(until.saturating_duration_since(Instant::now()));
+            let _ = self
+                .worker
+                .watchdog
+                .timeout(pause, std::future::pending::<()>())
+                .await;
+            (route, req) = self.route()?;
+        }
+        Ok((route, req))
     }
 
     /// Which of the route's mirrors take a copy of this request, and the
@@ -1750,7 +1778,11 @@ fn pick_dest<'r>(
             ));
         }
         Outcome::Pending(e) => {
-            return Err(refuse(503, ErrorKind::NoEndpoints, e.clone()));
+            return Err(refuse(
+                503,
+                ErrorKind::NoEndpoints,
+                format!("{e}; gave up after k8s.sync_timeout_ms"),
+            ));
         }
     };
     match choice {

@@ -81,6 +81,9 @@ pub struct ProxyConfig {
     pub opaque_ports: Vec<u16>,
     /// An intercepted connection silent this long is tunnelled (zero: off).
     pub detect_timeout: Duration,
+    /// How long a request waits for a namer that has not synced what it
+    /// names (`k8s.sync_timeout_ms`).
+    pub sync_timeout: Duration,
 }
 
 impl ProxyConfig {
@@ -121,6 +124,7 @@ impl ProxyConfig {
             shadow: shadow::ShadowConfig::of(&s.shadow),
             opaque_ports: s.interception.opaque_ports.clone(),
             detect_timeout: ms(s.interception.detect_timeout_ms),
+            sync_timeout: ms(s.k8s.sync_timeout_ms),
         }
     }
 }

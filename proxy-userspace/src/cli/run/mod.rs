@@ -204,6 +204,7 @@ impl RunArgs {
         router.set_mirrors(Mirrors::new(&settings.mirrors)?);
         metrics.add_extra(Arc::new(CacheCounters(router.clone())));
         if let Some(k8s) = &k8s_namer {
+            k8s.watch_namespace(&settings.k8s.namespace);
             metrics.add_extra(Arc::new(K8sCounters(k8s.clone())));
         }
 
