@@ -246,7 +246,12 @@ fn what_the_settings_name_is_mounted() {
     assert_eq!(v["hostPath"]["path"].as_str(), Some("/sys/fs/cgroup"));
 
     // Files the settings read, when they name any.
-    for path in s.dtab_file.iter().chain(&s.fs_dir) {
+    for path in s
+        .dtab_file
+        .iter()
+        .chain(&s.fs_dir)
+        .chain(&s.overrides.keys_dir)
+    {
         mount_of(path);
     }
 }
