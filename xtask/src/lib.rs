@@ -4,6 +4,8 @@
 //! * `setup`: install, idempotently, what building and testing need on Debian 12.
 //! * `build_ebpf`: build `proxy-ebpf` with Debian's toolchain for the BPF target.
 //! * `test`: everything CI checks.
+//! * `image`: `cargo xtask image`, the container image, offline.
+//! * `deploy`: deploy/ rendered and validated against the Kubernetes schemas.
 //! * `cmd`: running commands with each step printed.
 //! * `testbed`: a node with pods (network namespaces, veths, cgroups).
 //! * `staging` and `apps`: the ad-hoc staging scenario of the demo and the
@@ -17,7 +19,9 @@ pub mod bench;
 pub mod build_ebpf;
 pub mod cmd;
 pub mod demo;
+pub mod deploy;
 pub mod fuzz;
+pub mod image;
 pub mod setup;
 pub mod soak;
 pub mod staging;

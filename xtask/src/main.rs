@@ -16,8 +16,12 @@ enum Cmd {
     Setup,
     /// Build the eBPF programs with Debian's toolchain for bpfel-unknown-none.
     BuildEbpf,
-    /// Everything CI checks: setup, build-ebpf, fmt, clippy, every test.
+    /// Everything CI checks: setup, build-ebpf, fmt, clippy, deploy/
+    /// validated, every test.
     Test,
+    /// The container image sidetrack:dev, offline and from scratch (a static
+    /// binary): target/image/sidetrack-oci.tar and sidetrack-docker.tar.
+    Image,
     /// The ad-hoc staging demo on a netns test bed, the proxy in eBPF mode.
     Demo {
         /// Keep the test bed running until Ctrl-C.
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Cmd::Setup => xtask::setup::run(),
         Cmd::BuildEbpf => xtask::build_ebpf::run(),
         Cmd::Test => xtask::test::run(),
+        Cmd::Image => xtask::image::run(),
         Cmd::Demo { keep } => xtask::demo::run(keep),
         Cmd::Bench {
             quick,

@@ -9,6 +9,10 @@
 //! * bpf-linker 0.13.0 built against LLVM 22 into `<target>/tools`.
 //! * cargo-fuzz into `<target>/tools`, for `cargo xtask fuzz` (and the short
 //!   fuzz run of `cargo xtask test`); g++ for the libFuzzer it compiles.
+//! * kubernetes-validate from PyPI into a venv under `<target>/tools`, which
+//!   checks deploy/ against the Kubernetes API's schemas offline; umoci,
+//!   skopeo and oci-image-tool, which `cargo xtask image` assembles and
+//!   checks the container image with.
 //!
 //! A second run checks and prints, and takes seconds.
 
@@ -34,13 +38,22 @@ pub const PACKAGES: &[&str] = &[
     "curl",
     // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
     "g++",
+    // The venv kubernetes-validate is installed into.
+    "python3-venv",
 ];
+
+/// What `cargo xtask image` assembles, converts and validates the OCI
+/// image with, with no daemon and nothing pulled.
+pub const IMAGE_PACKAGES: &[&str] = &["umoci", "skopeo", "oci-image-tool"];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz builds the fuzz targets with libFuzzer's instrumentation on
 /// stable Rust (with `--sanitizer none`; see `crate::fuzz`). Pinned so that
 /// the flags it passes do not change under us.
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// Validates deploy/ offline: its wheel ships the API's JSON schemas for
+/// Kubernetes 1.25 to 1.37. Pinned: the version decides the newest schema.
+pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 /// Where Debian's llvm-22-dev puts `llvm-config`, which bpf-linker's build needs.
 pub const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
@@ -57,20 +70,34 @@ pub fn cargo_fuzz() -> PathBuf {
     tools_dir().join("bin/cargo-fuzz")
 }
 
+/// The Python venv that holds kubernetes-validate, not the system's Python.
+pub fn venv_dir() -> PathBuf {
+    tools_dir().join("venv")
+}
+
+pub fn kubernetes_validate() -> PathBuf {
+    venv_dir().join("bin/kubernetes-validate")
+}
+
 /// Installs whatever is missing; prints what it finds either way.
 pub fn run() -> Result<()> {
     step("setup: checking the machine");
     check_os()?;
-    install_packages(PACKAGES)?;
+    install_packages(&[PACKAGES, IMAGE_PACKAGES].concat())?;
     install_bpf_linker()?;
     install_cargo_fuzz()?;
+    install_kubernetes_validate()?;
     step("setup: everything is in place");
     Ok(())
 }
 
 /// True when nothing needs installing (so `test` can skip the printing).
 pub fn is_complete() -> bool {
-    missing_packages(PACKAGES).is_empty() && bpf_linker_ok() && cargo_fuzz_ok()
+    missing_packages(PACKAGES).is_empty()
+        && missing_packages(IMAGE_PACKAGES).is_empty()
+        && bpf_linker_ok()
+        && cargo_fuzz_ok()
+        && kubernetes_validate_ok()
 }
 
 fn check_os() -> Result<()> {
@@ -242,6 +269,58 @@ pub fn install_cargo_fuzz() -> Result<()> {
         bail!(
             "cargo-fuzz was built but {} does not answer --version",
             cargo_fuzz().display()
+        );
+    }
+    Ok(())
+}
+
+fn kubernetes_validate_ok() -> bool {
+    cmd::output(Command::new(kubernetes_validate()).arg("--version"))
+        .is_some_and(|v| v.trim() == KUBERNETES_VALIDATE_VERSION)
+}
+
+/// Installs kubernetes-validate from PyPI into `<target>/tools/venv` unless
+/// it is there (about 10 s). Debian's own Python makes the venv: its
+/// python3-venv is what `PACKAGES` installs, whatever else is on PATH.
+pub fn install_kubernetes_validate() -> Result<()> {
+    if kubernetes_validate_ok() {
+        note(format!(
+            "kubernetes-validate {KUBERNETES_VALIDATE_VERSION}: present at {}",
+            kubernetes_validate().display()
+        ));
+        return Ok(());
+    }
+    step(format!(
+        "setup: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} into {}",
+        venv_dir().display()
+    ));
+    let python = venv_dir().join("bin/python3");
+    if !python.is_file() {
+        cmd::run(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(venv_dir()),
+        )
+        .context("making the venv failed: is python3-venv installed?")?;
+    }
+    cmd::run(
+        Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!(
+                "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+            )),
+    )
+    .context("pip could not install kubernetes-validate: is PyPI reachable?")?;
+    if !kubernetes_validate_ok() {
+        bail!(
+            "kubernetes-validate was installed but {} does not answer --version with {KUBERNETES_VALIDATE_VERSION}",
+            kubernetes_validate().display()
         );
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first
 //! failure: setup (when something is missing), build-ebpf, rustfmt, clippy,
+//! deploy/ rendered and validated against the Kubernetes API's schemas,
 //! every test of the workspace, the root ones included, then a short run of
 //! every fuzz target, which catches a fuzz crate that no longer builds and
 //! a crash the seeds or a few seconds of fuzzing find, then a short soak
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::{build_ebpf, cmd, fuzz, setup, soak};
+use crate::{build_ebpf, cmd, deploy, fuzz, setup, soak};
 
 /// How long each fuzz target runs in CI: enough to replay its seeds and
 /// corpus and mutate for a while, small beside the tests.
@@ -38,6 +39,12 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+
+    cmd::step(format!(
+        "deploy/: every object valid for Kubernetes {}",
+        deploy::KUBERNETES_VERSIONS.join(" and ")
+    ));
+    deploy::validate()?;
 
     cmd::step("tests (the root ones included)");
     cmd::run(cmd::cargo().args(["test", "--workspace", "--locked"]))?;
