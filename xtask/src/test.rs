@@ -1,7 +1,9 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first
 //! failure: setup (when something is missing), build-ebpf, rustfmt, clippy,
 //! deploy/ rendered and validated against the Kubernetes API's schemas,
-//! every test of the workspace, the root ones included, then a short run of
+//! the container image (`cargo xtask image`: the node test runs the binary
+//! from its root filesystem), every test of the workspace, the root ones
+//! included, then a short run of
 //! every fuzz target, which catches a fuzz crate that no longer builds and
 //! a crash the seeds or a few seconds of fuzzing find, then a short soak
 //! (75 s of `cargo xtask soak`: mixed and hostile load in eBPF mode,
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::{build_ebpf, cmd, deploy, fuzz, setup, soak};
+use crate::{build_ebpf, cmd, deploy, fuzz, image, setup, soak};
 
 /// How long each fuzz target runs in CI: enough to replay its seeds and
 /// corpus and mutate for a while, small beside the tests.
@@ -45,6 +47,10 @@ pub fn run() -> Result<()> {
         deploy::KUBERNETES_VERSIONS.join(" and ")
     ));
     deploy::validate()?;
+
+    // tests/tests/k8s_node.rs runs the image's binary with deploy/'s
+    // arguments and settings.
+    image::run()?;
 
     cmd::step("tests (the root ones included)");
     cmd::run(cmd::cargo().args(["test", "--workspace", "--locked"]))?;
