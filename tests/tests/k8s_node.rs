@@ -7,7 +7,8 @@
 //! stands for `kubepods`), the API server (a stand-in on loopback: no
 //! cluster is reachable here) and the handover socket's directory. Then
 //! the demo's two requests: `hello` calls `world` by its Service name,
-//! and an override stages `world-v2` for one request.
+//! and an override stages `world-v2` for one request; and a request whose
+//! Host is only the ClusterIP it went to is named by that IP's Service.
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
@@ -251,8 +252,19 @@ fn the_image_with_deploys_settings_routes_and_stages_by_service_name() {
         staged,
         format!("Hello ({}) earth ({})!!", s.hello.ip(), s.world_v2.ip())
     );
+    // A request that names no host (its Host is the ClusterIP it was sent
+    // to) is named by the Service that owns that ClusterIP.
+    let world = world_service();
+    let by_ip = s
+        .curl(&format!("http://{}/", world.ip()), world, &[])
+        .unwrap();
+    let by_ip = String::from_utf8_lossy(&by_ip);
+    assert_eq!(by_ip, format!("world ({})", s.world_v1.ip()), "{}", logs());
     // Names from the namer, as the metrics say.
     let m = s.metrics().unwrap();
     assert!(m.contains("dst=\"/#/io.l5d.k8s/default/80/world\""), "{m}");
-    assert!(api.requests().iter().any(|r| r.contains("endpointslices")));
+    let requests = api.requests();
+    assert!(requests.iter().any(|r| r.contains("endpointslices")));
+    // Every namespace's Services, for their ClusterIPs.
+    assert!(requests.iter().any(|r| r.starts_with("/api/v1/services")), "{requests:#?}");
 }

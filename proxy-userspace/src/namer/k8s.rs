@@ -17,6 +17,7 @@
 //! it only once complete. Every change bumps the shared routing
 //! generation, so cached routes bind again.
 
+pub mod cluster_ips;
 pub mod state;
 
 #[cfg(test)]
@@ -58,6 +59,10 @@ pub struct Options {
     /// too, so a client must not be able to open watches without bound;
     /// a lookup past it is an error.
     pub max_namespaces: usize,
+    /// Watch every namespace's Services for their ClusterIPs (what names
+    /// a request without a usable Host). The namer's own tests, which
+    /// answer each request by hand, leave it out.
+    pub cluster_ips: bool,
 }
 
 impl Default for Options {
@@ -67,12 +72,15 @@ impl Default for Options {
             backoff_initial: Duration::from_millis(800),
             backoff_max: Duration::from_secs(30),
             max_namespaces: 256,
+            cluster_ips: true,
         }
     }
 }
 
 pub struct K8sNamer {
     shared: Arc<Shared>,
+    /// Which Service owns a ClusterIP (every namespace's, one watch).
+    cluster_ips: Arc<cluster_ips::ClusterIps>,
     client: Client,
     runtime: tokio::runtime::Handle,
     options: Options,
@@ -158,7 +166,12 @@ impl K8sNamer {
         let (client, runtime) = ready_rx
             .recv()
             .map_err(|_| "the k8s namer thread ended".to_string())??;
+        let cluster_ips = Arc::new(cluster_ips::ClusterIps::default());
+        if options.cluster_ips {
+            runtime.spawn(cluster_ips::watch(client.clone(), cluster_ips.clone()));
+        }
         Ok(Arc::new(K8sNamer {
+            cluster_ips,
             shared: Arc::new(Shared {
                 namespaces: RwLock::default(),
                 generation,
@@ -224,6 +237,12 @@ impl K8sNamer {
             },
         ));
         Ok(slot)
+    }
+
+    /// The Service whose ClusterIP is `ip` (namespace, name), for a
+    /// request whose original destination must name it. Lock-free.
+    pub fn service_at(&self, ip: std::net::Ipv4Addr) -> Option<cluster_ips::ServiceName> {
+        self.cluster_ips.service_at(ip)
     }
 
     /// Starts watching `ns` now, before any request names it (the

@@ -55,7 +55,7 @@ use crate::{
         overrides, rules,
         signing::SIGNATURE_HEADER,
     },
-    route::{self, Dest, Outcome, Route, RouteError, RouteQuery},
+    route::{self, Dest, Outcome, Route, RouteError, RouteQuery, identify},
 };
 
 /// How often a request waiting for a namer's first sync is routed again.
@@ -830,21 +830,38 @@ impl Conn {
         }
         let framing = http::request_body(req, buf)?;
         let mut orig_text = [0u8; 21];
-        shared
-            .identifier
-            .identify(
-                &mut self.name,
-                req.method(buf),
-                req.minor_version(),
-                name_authority(req.authority(buf), self.orig_dst, &mut orig_text),
-                self.orig_dst.map(|a| a.port()),
-            )
-            .map_err(|e| Failure::Respond {
-                status: 400,
-                reason: e.to_string(),
-                kind: ErrorKind::Unidentified,
-                close: framing.length != BodyLength::None,
-            })?;
+        // In a cluster, a request without a usable Host (none, or an IP
+        // address) is named by the Service that owns the ClusterIP it was
+        // sent to, as its Host would have named it.
+        let service = match (&shared.k8s, self.orig_dst) {
+            (Some(k8s), Some(dst))
+                if shared.identifier.is_k8s() && identify::names_no_host(req.authority(buf)) =>
+            {
+                k8s.service_at(*dst.ip()).map(|s| (s, dst.port()))
+            }
+            _ => None,
+        };
+        if let Some(((namespace, name), port)) = service {
+            shared
+                .identifier
+                .k8s_service(&mut self.name, &namespace, port, &name);
+        } else {
+            shared
+                .identifier
+                .identify(
+                    &mut self.name,
+                    req.method(buf),
+                    req.minor_version(),
+                    name_authority(req.authority(buf), self.orig_dst, &mut orig_text),
+                    self.orig_dst.map(|a| a.port()),
+                )
+                .map_err(|e| Failure::Respond {
+                    status: 400,
+                    reason: e.to_string(),
+                    kind: ErrorKind::Unidentified,
+                    close: framing.length != BodyLength::None,
+                })?;
+        }
         let mut ctx: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
         let mut dtab: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
         let (mut nctx, mut ndtab) = (0, 0);

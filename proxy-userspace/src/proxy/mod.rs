@@ -142,6 +142,9 @@ pub struct Shared {
     /// Where diff mode's answers are compared (off the request path, in
     /// the copies' tasks).
     pub diff: Arc<crate::diff::Engine>,
+    /// The Kubernetes namer, when on: which Service owns a ClusterIP, for
+    /// requests without a usable Host (the `k8s` identifier).
+    pub k8s: Option<Arc<crate::namer::k8s::K8sNamer>>,
 }
 
 /// What one worker owns: its connections' deadlines and its idle backend

@@ -26,6 +26,22 @@ pub struct Identifier {
     cluster_domain: String,
 }
 
+/// Whether an authority (`host[:port]`) names its host by an IP address,
+/// or not at all: then a Service may name it instead.
+pub fn names_no_host(authority: Option<&[u8]>) -> bool {
+    let Some(a) = authority.filter(|a| !a.is_empty()) else {
+        return true;
+    };
+    if a.first() == Some(&b'[') {
+        return true;
+    }
+    let host = match a.iter().rposition(|&b| b == b':') {
+        Some(i) => &a[..i],
+        None => a,
+    };
+    std::str::from_utf8(host).is_ok_and(|h| h.parse::<std::net::Ipv4Addr>().is_ok())
+}
+
 /// Why a request has no name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IdentifyError {
@@ -86,6 +102,25 @@ impl Identifier {
 }
 
 impl Identifier {
+    /// The `k8s` identifier: a request without a usable Host may be named
+    /// by the Service that owns its original destination.
+    pub fn is_k8s(&self) -> bool {
+        self.kind == IdentifierKind::K8s
+    }
+
+    /// Writes the `k8s` name of a known Service into `out` (cleared first).
+    pub fn k8s_service(&self, out: &mut Vec<u8>, namespace: &str, port: u16, service: &str) {
+        let mut digits = [0u8; 20];
+        out.clear();
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.push(b'/');
+        out.extend_from_slice(namespace.as_bytes());
+        out.push(b'/');
+        out.extend_from_slice(crate::http::decimal(u64::from(port), &mut digits));
+        out.push(b'/');
+        out.extend_from_slice(service.as_bytes());
+    }
+
     /// Appends `/<namespace>/<port>/<service>` when `host` is a cluster
     /// name; false (nothing written) when it is not.
     fn k8s_name(&self, out: &mut Vec<u8>, host: &[u8], dst_port: Option<u16>) -> bool {
@@ -150,6 +185,31 @@ mod tests {
             None,
         )?;
         Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn hosts_that_name_no_host() {
+        for a in [
+            None,
+            Some(&b""[..]),
+            Some(b"10.96.0.10"),
+            Some(b"10.96.0.10:80"),
+            Some(b"[fd00::1]:80"),
+        ] {
+            assert!(names_no_host(a), "{a:?}");
+        }
+        for a in [
+            &b"world"[..],
+            b"world:80",
+            b"world.default.svc",
+            b"10.96.0.10.nip.io",
+        ] {
+            assert!(!names_no_host(Some(a)), "{a:?}");
+        }
+        let id = Identifier::new(IdentifierKind::K8s, "/svc");
+        let mut out = Vec::new();
+        id.k8s_service(&mut out, "shop", 8080, "cart");
+        assert_eq!(out, b"/svc/shop/8080/cart");
     }
 
     #[test]

@@ -274,6 +274,7 @@ impl RunArgs {
         let shared = Arc::new(Shared {
             cfg,
             diff: diff.clone(),
+            k8s: k8s_namer.clone(),
             router: router.clone(),
             metrics: metrics.clone(),
             identifier: Identifier::new(settings.identifier, &settings.dst_prefix)

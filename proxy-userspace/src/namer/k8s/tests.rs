@@ -162,6 +162,7 @@ fn fast() -> Options {
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
         max_namespaces: 4,
+        cluster_ips: false,
     }
 }
 
@@ -507,6 +508,7 @@ async fn api_errors_back_off_and_keep_the_namespace_pending() {
         backoff_initial: Duration::from_millis(100),
         backoff_max: Duration::from_millis(400),
         max_namespaces: 4,
+        cluster_ips: false,
     });
     is_pending(look(&namer, "/default/http/world"));
     // Slices list at once.
