@@ -266,5 +266,8 @@ fn the_image_with_deploys_settings_routes_and_stages_by_service_name() {
     let requests = api.requests();
     assert!(requests.iter().any(|r| r.contains("endpointslices")));
     // Every namespace's Services, for their ClusterIPs.
-    assert!(requests.iter().any(|r| r.starts_with("/api/v1/services")), "{requests:#?}");
+    assert!(
+        requests.iter().any(|r| r.starts_with("/api/v1/services")),
+        "{requests:#?}"
+    );
 }

@@ -245,6 +245,12 @@ impl K8sNamer {
         self.cluster_ips.service_at(ip)
     }
 
+    /// Whether the Service at ClusterIP `ip` marks `port` opaque (the
+    /// `sidetrack.io/opaque-ports` annotation). Lock-free.
+    pub fn is_opaque(&self, ip: std::net::Ipv4Addr, port: u16) -> bool {
+        self.cluster_ips.is_opaque(ip, port)
+    }
+
     /// Starts watching `ns` now, before any request names it (the
     /// namespace of short names, at start), so the first request there
     /// does not wait for the first list.

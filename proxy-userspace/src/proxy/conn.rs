@@ -328,6 +328,11 @@ impl Conn {
         // goes to where it was going, untouched.
         if let Some(dst) = self.orig_dst
             && (self.shared.cfg.opaque_ports.contains(&dst.port())
+                || self
+                    .shared
+                    .k8s
+                    .as_ref()
+                    .is_some_and(|k| k.is_opaque(*dst.ip(), dst.port()))
                 || !self.client_speaks_first().await)
         {
             self.tunnel_opaque().await;

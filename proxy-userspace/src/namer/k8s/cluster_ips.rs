@@ -4,6 +4,8 @@
 //!
 //! One watch of every namespace's Services (the namer's others are per
 //! namespace, started by lookups: a ClusterIP can be any namespace's).
+//! The same watch reads each Service's [`OPAQUE_PORTS`] annotation: its
+//! ports whose connections are tunnelled, never parsed.
 //! The data path reads the table without a lock: each change publishes a
 //! new one through an `ArcSwap`.
 
@@ -20,16 +22,37 @@ use kube::{
 /// A Service: its namespace and name.
 pub type ServiceName = (Arc<str>, Arc<str>);
 
+/// The annotation that lists a Service's opaque ports (its own ports,
+/// comma-separated): connections to them are tunnelled to their
+/// destination and never parsed, like `interception.opaque_ports` for one
+/// Service.
+pub const OPAQUE_PORTS: &str = "sidetrack.io/opaque-ports";
+
+/// A ClusterIP's Service and its opaque ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub service: ServiceName,
+    pub opaque_ports: Vec<u16>,
+}
+
 /// The table the data path reads.
 #[derive(Default)]
 pub struct ClusterIps {
-    table: ArcSwap<HashMap<Ipv4Addr, ServiceName>>,
+    table: ArcSwap<HashMap<Ipv4Addr, Owner>>,
 }
 
 impl ClusterIps {
     /// The Service whose ClusterIP is `ip`.
     pub fn service_at(&self, ip: Ipv4Addr) -> Option<ServiceName> {
-        self.table.load().get(&ip).cloned()
+        self.table.load().get(&ip).map(|o| o.service.clone())
+    }
+
+    /// Whether the Service at `ip` marks `port` opaque.
+    pub fn is_opaque(&self, ip: Ipv4Addr, port: u16) -> bool {
+        self.table
+            .load()
+            .get(&ip)
+            .is_some_and(|o| o.opaque_ports.contains(&port))
     }
 
     pub fn len(&self) -> usize {
@@ -49,9 +72,16 @@ impl ClusterIps {
 /// namespace and name. Pure, for the tests.
 #[derive(Default)]
 pub struct Known {
-    services: HashMap<ServiceName, Vec<Ipv4Addr>>,
+    services: HashMap<ServiceName, Entry>,
     /// A relist in progress, applied whole at its end.
-    relist: Option<HashMap<ServiceName, Vec<Ipv4Addr>>>,
+    relist: Option<HashMap<ServiceName, Entry>>,
+}
+
+/// What the table keeps of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    ips: Vec<Ipv4Addr>,
+    opaque_ports: Vec<u16>,
 }
 
 impl Known {
@@ -63,8 +93,8 @@ impl Known {
                 false
             }
             watcher::Event::InitApply(s) => {
-                if let (Some(relist), Some((name, ips))) = (&mut self.relist, entry(&s)) {
-                    relist.insert(name, ips);
+                if let (Some(relist), Some((name, e))) = (&mut self.relist, entry(&s)) {
+                    relist.insert(name, e);
                 }
                 false
             }
@@ -76,7 +106,7 @@ impl Known {
                 _ => false,
             },
             watcher::Event::Apply(s) => match entry(&s) {
-                Some((name, ips)) => self.services.insert(name, ips.clone()) != Some(ips),
+                Some((name, e)) => self.services.insert(name, e.clone()) != Some(e),
                 None => false,
             },
             watcher::Event::Delete(s) => match entry(&s) {
@@ -87,16 +117,27 @@ impl Known {
     }
 
     /// ClusterIP to Service.
-    pub fn table(&self) -> HashMap<Ipv4Addr, ServiceName> {
+    pub fn table(&self) -> HashMap<Ipv4Addr, Owner> {
         self.services
             .iter()
-            .flat_map(|(name, ips)| ips.iter().map(move |ip| (*ip, name.clone())))
+            .flat_map(|(name, e)| {
+                e.ips.iter().map(move |ip| {
+                    (
+                        *ip,
+                        Owner {
+                            service: name.clone(),
+                            opaque_ports: e.opaque_ports.clone(),
+                        },
+                    )
+                })
+            })
             .collect()
     }
 }
 
-/// A Service's name and IPv4 ClusterIPs (none for a headless one).
-fn entry(s: &Service) -> Option<(ServiceName, Vec<Ipv4Addr>)> {
+/// A Service's name, IPv4 ClusterIPs (none for a headless one) and opaque
+/// ports (what of the annotation is a port number; the rest is ignored).
+fn entry(s: &Service) -> Option<(ServiceName, Entry)> {
     let ns = s.metadata.namespace.as_deref()?;
     let name = s.metadata.name.as_deref()?;
     let spec = s.spec.as_ref()?;
@@ -112,7 +153,14 @@ fn entry(s: &Service) -> Option<(ServiceName, Vec<Ipv4Addr>)> {
             }
             v
         });
-    Some(((ns.into(), name.into()), ips))
+    let opaque_ports = s
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(OPAQUE_PORTS))
+        .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    Some(((ns.into(), name.into()), Entry { ips, opaque_ports }))
 }
 
 /// Keeps `table` current from a watch of every namespace's Services,
@@ -153,7 +201,29 @@ mod tests {
     fn at(k: &Known, ip: &str) -> Option<String> {
         k.table()
             .get(&ip.parse().unwrap())
-            .map(|(ns, name)| format!("{ns}/{name}"))
+            .map(|o| format!("{}/{}", o.service.0, o.service.1))
+    }
+
+    #[test]
+    fn a_services_opaque_ports_come_from_its_annotation() {
+        let mut k = Known::default();
+        let mut s = service("db", "mysql", &["10.96.0.30"]);
+        s.metadata.annotations = Some(
+            [(OPAQUE_PORTS.to_string(), "3306, 33060,x".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        assert!(k.apply(watcher::Event::Apply(s)));
+        let t = ClusterIps::default();
+        t.publish(&k);
+        let ip = "10.96.0.30".parse().unwrap();
+        assert!(t.is_opaque(ip, 3306) && t.is_opaque(ip, 33060));
+        assert!(!t.is_opaque(ip, 80));
+        assert!(!t.is_opaque("10.96.0.31".parse().unwrap(), 3306));
+        assert_eq!(
+            t.service_at(ip).map(|s| s.1.to_string()).as_deref(),
+            Some("mysql")
+        );
     }
 
     #[test]
