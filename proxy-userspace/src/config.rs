@@ -145,6 +145,11 @@ pub struct K8s {
     pub namespace: String,
     /// The cluster's DNS domain (`world.default.svc.<domain>`).
     pub cluster_domain: String,
+    /// This node's name: the namer watches the pods on it, so that a short
+    /// name is in the calling pod's namespace. Default: `NODE_NAME` from
+    /// the environment (the DaemonSet sets it from the downward API); with
+    /// neither, short names are in `namespace`.
+    pub node_name: Option<String>,
 }
 
 impl Default for K8s {
@@ -155,6 +160,7 @@ impl Default for K8s {
             sync_timeout_ms: 3_000,
             namespace: "default".into(),
             cluster_domain: "cluster.local".into(),
+            node_name: None,
         }
     }
 }

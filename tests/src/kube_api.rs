@@ -5,7 +5,9 @@
 //!
 //! - `GET .../namespaces/NS/services` and `GET /api/v1/services` (a list):
 //!   a `ServiceList` of the test's Services (in NS, or all).
-//! - The same for `.../endpointslices` (`discovery.k8s.io/v1`).
+//! - The same for `.../endpointslices` (`discovery.k8s.io/v1`), and for
+//!   `/api/v1/pods` (a `PodList` of the test's pods, whatever the field
+//!   selector: they are all on the node).
 //! - `...&watch=true...`: 200, chunked, no event until the test ends (or
 //!   the watch's `timeoutSeconds`), then the end of the body.
 //! - Anything else: 404 with a `Status`.
@@ -83,6 +85,31 @@ impl Service {
     }
 }
 
+/// A pod: namespace, name, address.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub ip: String,
+}
+
+impl Pod {
+    fn json(&self) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "resourceVersion": "100",
+                "uid": format!("uid-pod-{}-{}", self.namespace, self.name),
+            },
+            "spec": {"nodeName": "bed-node", "containers": [{"name": "app", "image": "app"}]},
+            "status": {"phase": "Running", "podIP": self.ip, "podIPs": [{"ip": self.ip}]},
+        })
+    }
+}
+
 /// The server; stops when dropped.
 pub struct KubeApi {
     pub addr: SocketAddr,
@@ -99,20 +126,34 @@ impl KubeApi {
     /// [`KubeApi::start`], answering each list `delay` late (a slow or
     /// far API server: the namer's first sync takes that long).
     pub fn start_slow(bind: SocketAddr, services: Vec<Service>, delay: Duration) -> KubeApi {
+        Self::serve_all(bind, services, Vec::new(), delay)
+    }
+
+    /// [`KubeApi::start`] with the pods of the node too.
+    pub fn start_with_pods(bind: SocketAddr, services: Vec<Service>, pods: Vec<Pod>) -> KubeApi {
+        Self::serve_all(bind, services, pods, Duration::ZERO)
+    }
+
+    fn serve_all(
+        bind: SocketAddr,
+        services: Vec<Service>,
+        pods: Vec<Pod>,
+        delay: Duration,
+    ) -> KubeApi {
         let listener = TcpListener::bind(bind).expect("bind the API stand-in");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let services = Arc::new(services);
+        let objects = Arc::new((services, pods));
         let (flag, seen) = (stop.clone(), requests.clone());
         thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((s, _)) => {
-                        let (flag, seen, services) = (flag.clone(), seen.clone(), services.clone());
+                        let (flag, seen, objects) = (flag.clone(), seen.clone(), objects.clone());
                         thread::spawn(move || {
-                            let _ = serve(s, &services, &seen, &flag, delay);
+                            let _ = serve(s, &objects.0, &objects.1, &seen, &flag, delay);
                         });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
@@ -144,6 +185,7 @@ impl Drop for KubeApi {
 fn serve(
     stream: TcpStream,
     services: &[Service],
+    pods: &[Pod],
     seen: &Mutex<Vec<String>>,
     stop: &AtomicBool,
     delay: Duration,
@@ -177,6 +219,8 @@ fn serve(
                 "ServiceList",
                 services.iter().filter(of_ns).map(Service::json).collect(),
             )
+        } else if path.ends_with("/pods") {
+            ("PodList", pods.iter().map(Pod::json).collect())
         } else if path.ends_with("/endpointslices") {
             (
                 "EndpointSliceList",
@@ -223,7 +267,7 @@ fn serve(
             continue;
         }
         thread::sleep(delay);
-        let api_version = if kind == "ServiceList" {
+        let api_version = if kind == "ServiceList" || kind == "PodList" {
             "v1"
         } else {
             "discovery.k8s.io/v1"

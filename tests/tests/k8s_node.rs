@@ -8,7 +8,8 @@
 //! cluster is reachable here) and the handover socket's directory. Then
 //! the demo's two requests: `hello` calls `world` by its Service name,
 //! and an override stages `world-v2` for one request; and a request whose
-//! Host is only the ClusterIP it went to is named by that IP's Service.
+//! Host is only the ClusterIP it went to is named by that IP's Service,
+//! and a short name is in the calling pod's namespace.
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
@@ -20,7 +21,7 @@ use std::{
 use serde_yaml_ng::Value;
 use sidetrack_tests::{
     TempDir,
-    kube_api::{KubeApi, Service},
+    kube_api::{KubeApi, Pod, Service},
     require_root,
 };
 use xtask::{
@@ -182,12 +183,34 @@ fn the_image_with_deploys_settings_routes_and_stages_by_service_name() {
     let mut s = Staging::start("k8s-node", Mode::Ebpf, bins()).unwrap();
     // The bed's own proxy makes way for the image's.
     s.kill_proxy().unwrap();
-    let api = KubeApi::start(
+    // The client pod is in namespace shop, where Services hello (the
+    // hello pod, which is in default) and greet (world-v2's pod) are; the
+    // others are in default.
+    let in_shop = |mut svc: Service| {
+        svc.namespace = "shop".into();
+        svc
+    };
+    let greet = in_shop(svc("greet", "198.19.0.4".parse().unwrap(), s.world_v2.ip()));
+    let shop_hello = in_shop(svc("hello", "198.19.0.5".parse().unwrap(), s.hello.ip()));
+    let pod = |ns: &str, name: &str, ip: std::net::Ipv4Addr| Pod {
+        namespace: ns.into(),
+        name: name.into(),
+        ip: ip.to_string(),
+    };
+    let api = KubeApi::start_with_pods(
         "127.0.0.1:0".parse().unwrap(),
         vec![
             svc("hello", *hello_service().ip(), s.hello.ip()),
             svc("world", *world_service().ip(), s.world_v1.ip()),
             svc("world-v2", "198.19.0.3".parse().unwrap(), s.world_v2.ip()),
+            greet,
+            shop_hello,
+        ],
+        vec![
+            pod("shop", "client", s.client.ip()),
+            pod("default", "hello", s.hello.ip()),
+            pod("default", "world-v1", s.world_v1.ip()),
+            pod("default", "world-v2", s.world_v2.ip()),
         ],
     );
     let objects = xtask::deploy::documents(&xtask::deploy::render().unwrap()).unwrap();
@@ -235,7 +258,8 @@ fn the_image_with_deploys_settings_routes_and_stages_by_service_name() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // hello calls world by its Service name (Host: world, port 80).
+    // The client calls hello, shop's; hello (in default) calls world by
+    // its Service name (Host: world, port 80): default's.
     let plain = s
         .get_hello(&[])
         .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
@@ -260,6 +284,15 @@ fn the_image_with_deploys_settings_routes_and_stages_by_service_name() {
         .unwrap();
     let by_ip = String::from_utf8_lossy(&by_ip);
     assert_eq!(by_ip, format!("world ({})", s.world_v1.ip()), "{}", logs());
+    // A short name is in the calling pod's namespace: the client's greet
+    // is shop's (the node's pods, watched for their namespaces).
+    let greet = s.curl("http://greet/", world, &[]).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&greet),
+        format!("earth ({})", s.world_v2.ip()),
+        "{}",
+        logs()
+    );
     // Names from the namer, as the metrics say.
     let m = s.metrics().unwrap();
     assert!(m.contains("dst=\"/#/io.l5d.k8s/default/80/world\""), "{m}");

@@ -18,6 +18,7 @@
 //! generation, so cached routes bind again.
 
 pub mod cluster_ips;
+pub mod pods;
 pub mod state;
 
 #[cfg(test)]
@@ -63,6 +64,8 @@ pub struct Options {
     /// a request without a usable Host). The namer's own tests, which
     /// answer each request by hand, leave it out.
     pub cluster_ips: bool,
+    /// This node's name: its pods are watched for their namespaces.
+    pub node_name: Option<String>,
 }
 
 impl Default for Options {
@@ -73,6 +76,7 @@ impl Default for Options {
             backoff_max: Duration::from_secs(30),
             max_namespaces: 256,
             cluster_ips: true,
+            node_name: None,
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct K8sNamer {
     shared: Arc<Shared>,
     /// Which Service owns a ClusterIP (every namespace's, one watch).
     cluster_ips: Arc<cluster_ips::ClusterIps>,
+    /// The namespace of each pod on this node, by address.
+    pods: Arc<pods::PodNamespaces>,
     client: Client,
     runtime: tokio::runtime::Handle,
     options: Options,
@@ -170,8 +176,13 @@ impl K8sNamer {
         if options.cluster_ips {
             runtime.spawn(cluster_ips::watch(client.clone(), cluster_ips.clone()));
         }
+        let pods = Arc::new(pods::PodNamespaces::default());
+        if let Some(node) = options.node_name.clone() {
+            runtime.spawn(pods::watch(client.clone(), node, pods.clone()));
+        }
         Ok(Arc::new(K8sNamer {
             cluster_ips,
+            pods,
             shared: Arc::new(Shared {
                 namespaces: RwLock::default(),
                 generation,
@@ -243,6 +254,12 @@ impl K8sNamer {
     /// request whose original destination must name it. Lock-free.
     pub fn service_at(&self, ip: std::net::Ipv4Addr) -> Option<cluster_ips::ServiceName> {
         self.cluster_ips.service_at(ip)
+    }
+
+    /// The namespace of the pod on this node whose address is `ip`.
+    /// Lock-free.
+    pub fn namespace_of(&self, ip: std::net::Ipv4Addr) -> Option<Arc<str>> {
+        self.pods.namespace_of(ip)
     }
 
     /// Whether the Service at ClusterIP `ip` marks `port` opaque (the

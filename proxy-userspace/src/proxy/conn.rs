@@ -851,14 +851,22 @@ impl Conn {
                 .identifier
                 .k8s_service(&mut self.name, &namespace, port, &name);
         } else {
+            // The namespace of short names: the calling pod's, when known.
+            let pod_namespace = match (&shared.k8s, self.peer.ip()) {
+                (Some(k8s), std::net::IpAddr::V4(ip)) if shared.identifier.is_k8s() => {
+                    k8s.namespace_of(ip)
+                }
+                _ => None,
+            };
             shared
                 .identifier
-                .identify(
+                .identify_from(
                     &mut self.name,
                     req.method(buf),
                     req.minor_version(),
                     name_authority(req.authority(buf), self.orig_dst, &mut orig_text),
                     self.orig_dst.map(|a| a.port()),
+                    pod_namespace.as_deref(),
                 )
                 .map_err(|e| Failure::Respond {
                     status: 400,

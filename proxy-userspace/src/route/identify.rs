@@ -80,6 +80,20 @@ impl Identifier {
         host: Option<&[u8]>,
         dst_port: Option<u16>,
     ) -> Result<(), IdentifyError> {
+        self.identify_from(out, method, minor, host, dst_port, None)
+    }
+
+    /// [`Identifier::identify`] for a client known to be in `namespace`
+    /// (`k8s`: the namespace of its short names).
+    pub fn identify_from(
+        &self,
+        out: &mut Vec<u8>,
+        method: &[u8],
+        minor: u8,
+        host: Option<&[u8]>,
+        dst_port: Option<u16>,
+        namespace: Option<&str>,
+    ) -> Result<(), IdentifyError> {
         let host = host
             .filter(|h| !h.is_empty())
             .ok_or(IdentifyError::NoHost)?;
@@ -88,7 +102,7 @@ impl Identifier {
         }
         out.clear();
         out.extend_from_slice(self.prefix.as_bytes());
-        if self.kind == IdentifierKind::K8s && self.k8s_name(out, host, dst_port) {
+        if self.kind == IdentifierKind::K8s && self.k8s_name(out, host, dst_port, namespace) {
             return Ok(());
         }
         if self.kind == IdentifierKind::MethodAndHost {
@@ -123,7 +137,14 @@ impl Identifier {
 
     /// Appends `/<namespace>/<port>/<service>` when `host` is a cluster
     /// name; false (nothing written) when it is not.
-    fn k8s_name(&self, out: &mut Vec<u8>, host: &[u8], dst_port: Option<u16>) -> bool {
+    fn k8s_name(
+        &self,
+        out: &mut Vec<u8>,
+        host: &[u8],
+        dst_port: Option<u16>,
+        namespace: Option<&str>,
+    ) -> bool {
+        let short = namespace.unwrap_or(&self.namespace).as_bytes();
         let (name, port) = match host.iter().rposition(|&b| b == b':') {
             Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && i + 1 < host.len() => {
                 (&host[..i], Some(&host[i + 1..]))
@@ -134,7 +155,7 @@ impl Identifier {
         let labels: Vec<&[u8]> = name.split(|&b| b == b'.').collect();
         let domain = self.cluster_domain.as_bytes();
         let (service, namespace) = match labels.as_slice() {
-            [svc] => (*svc, self.namespace.as_bytes()),
+            [svc] => (*svc, short),
             [svc, ns] | [svc, ns, b"svc"] => (*svc, *ns),
             [svc, ns, b"svc", rest @ ..] if rest.join(&b'.') == domain => (*svc, *ns),
             _ => return false,
@@ -239,6 +260,14 @@ mod tests {
         assert_eq!(k8s("world", None), "/svc/shop/80/world");
         assert_eq!(k8s("world", Some(9000)), "/svc/shop/9000/world");
         assert_eq!(k8s("world:81", Some(9000)), "/svc/shop/81/world");
+        // A client known to be in a namespace: its short names are there.
+        let mut out = Vec::new();
+        id.identify_from(&mut out, b"GET", 1, Some(b"world"), None, Some("blog"))
+            .unwrap();
+        assert_eq!(out, b"/svc/blog/80/world");
+        id.identify_from(&mut out, b"GET", 1, Some(b"world.shop"), None, Some("blog"))
+            .unwrap();
+        assert_eq!(out, b"/svc/shop/80/world");
         // Not cluster names: as io.l5d.header.token.
         for host in [
             "198.19.0.2:80",

@@ -183,10 +183,19 @@ impl RunArgs {
             .map(|dir| FsNamer::start(dir, ms(settings.watch_interval_ms), generation.clone()));
         let k8s_namer = if settings.k8s.enabled {
             let api_server = settings.k8s.api_server.clone();
+            // The node's pods name the namespace of short names.
+            let node_name = settings
+                .k8s
+                .node_name
+                .clone()
+                .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()));
             Some(K8sNamer::start(
                 move || k8s::connect(api_server),
                 generation.clone(),
-                k8s::Options::default(),
+                k8s::Options {
+                    node_name,
+                    ..k8s::Options::default()
+                },
             )?)
         } else {
             None

@@ -63,6 +63,7 @@ impl ClusterIps {
         self.len() == 0
     }
 
+    #[cfg(test)]
     fn publish(&self, known: &Known) {
         self.table.store(Arc::new(known.table()));
     }
@@ -163,22 +164,43 @@ fn entry(s: &Service) -> Option<(ServiceName, Entry)> {
     Some(((ns.into(), name.into()), Entry { ips, opaque_ports }))
 }
 
-/// Keeps `table` current from a watch of every namespace's Services,
-/// with kube's default back-off after errors; never returns.
+/// Keeps `table` current from a watch of every namespace's Services;
+/// never returns.
 pub async fn watch(client: Client, table: Arc<ClusterIps>) {
-    let api: Api<Service> = Api::all(client);
     let mut known = Known::default();
+    keep_current(
+        Api::<Service>::all(client),
+        watcher::Config::default(),
+        "ClusterIP",
+        |event| known.apply(event).then(|| known.table()),
+        |t| table.table.store(Arc::new(t)),
+    )
+    .await
+}
+
+/// Runs a watch forever (kube's default back-off after errors, what is
+/// known kept meanwhile): each event goes to `apply`, and a table it
+/// returns (the event changed something) to `publish`.
+pub async fn keep_current<K, T>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &str,
+    mut apply: impl FnMut(watcher::Event<K>) -> Option<T>,
+    mut publish: impl FnMut(T),
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     loop {
-        let mut events = pin!(watcher(api.clone(), watcher::Config::default()).default_backoff());
+        let mut events = pin!(watcher(api.clone(), config.clone()).default_backoff());
         while let Some(item) = events.next().await {
             match item {
                 Ok(event) => {
-                    if known.apply(event) {
-                        table.publish(&known);
+                    if let Some(t) = apply(event) {
+                        publish(t);
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "k8s: the ClusterIP watch failed; keeping what is known");
+                    tracing::warn!(error = %e, "k8s: the {what} watch failed; keeping what is known");
                 }
             }
         }

@@ -163,6 +163,7 @@ fn fast() -> Options {
         backoff_max: Duration::from_millis(100),
         max_namespaces: 4,
         cluster_ips: false,
+        node_name: None,
     }
 }
 
@@ -509,6 +510,7 @@ async fn api_errors_back_off_and_keep_the_namespace_pending() {
         backoff_max: Duration::from_millis(400),
         max_namespaces: 4,
         cluster_ips: false,
+        node_name: None,
     });
     is_pending(look(&namer, "/default/http/world"));
     // Slices list at once.
