@@ -31,9 +31,12 @@ impl PodNamespaces {
 /// namespace and name. Pure, for the tests.
 #[derive(Default)]
 pub struct Known {
-    pods: HashMap<(Arc<str>, Arc<str>), Vec<Ipv4Addr>>,
-    relist: Option<HashMap<(Arc<str>, Arc<str>), Vec<Ipv4Addr>>>,
+    pods: Addresses,
+    relist: Option<Addresses>,
 }
+
+/// Each pod's addresses, by namespace and name.
+type Addresses = HashMap<(Arc<str>, Arc<str>), Vec<Ipv4Addr>>;
 
 impl Known {
     /// Applies one event; whether the table changed.
