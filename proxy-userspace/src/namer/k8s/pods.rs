@@ -35,8 +35,10 @@ pub struct Known {
     relist: Option<Addresses>,
 }
 
-/// Each pod's addresses, by namespace and name.
-type Addresses = HashMap<(Arc<str>, Arc<str>), Vec<Ipv4Addr>>;
+/// A pod by namespace and name.
+type PodKey = (Arc<str>, Arc<str>);
+/// Each pod's addresses.
+type Addresses = HashMap<PodKey, Vec<Ipv4Addr>>;
 
 impl Known {
     /// Applies one event; whether the table changed.
@@ -79,7 +81,7 @@ impl Known {
 }
 
 /// A pod's key and IPv4 addresses (none for a host-network pod).
-fn entry(p: &Pod) -> Option<((Arc<str>, Arc<str>), Vec<Ipv4Addr>)> {
+fn entry(p: &Pod) -> Option<(PodKey, Vec<Ipv4Addr>)> {
     let ns = p.metadata.namespace.as_deref()?;
     let name = p.metadata.name.as_deref()?;
     let host_network = p
