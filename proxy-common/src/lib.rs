@@ -29,6 +29,9 @@ pub const MAP_PORTS: &str = "PORTS";
 /// Name of the LRU hash from socket cookie to [`OrigDst`], written at
 /// connect and moved to [`MAP_ORIG_DST`] at ESTABLISHED.
 pub const MAP_COOKIE_DST: &str = "COOKIE_DST";
+/// Name of the hash of destinations never intercepted, whatever the CIDRs
+/// and ports say (a Service port marked so): key an [`OrigDst`], value 1.
+pub const MAP_SKIP: &str = "SKIP";
 /// Name of the LRU hash from the client socket's [`SockKey`] (client end
 /// first) to its [`OrigDst`]; the proxy reads it at accept.
 pub const MAP_ORIG_DST: &str = "ORIG_DST";
@@ -44,6 +47,8 @@ pub const ORIG_DST_CAPACITY: u32 = 65_536;
 /// Capacity of the CIDR trie and of the port policy hash.
 pub const CIDRS_CAPACITY: u32 = 1024;
 pub const PORTS_CAPACITY: u32 = 1024;
+/// Capacity of the hash of skipped destinations.
+pub const SKIP_CAPACITY: u32 = 4096;
 
 /// Program names as they appear in the object file.
 pub const PROG_SOCKOPS: &str = "sidetrack_sockops";
@@ -138,7 +143,7 @@ pub enum PortPolicy {
 /// Where an intercepted connect was going: address in network byte order,
 /// port in host byte order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct OrigDst {
     pub ip4: u32,
     pub port: u32,
@@ -215,11 +220,13 @@ pub enum Counter {
     /// A connect from the host's network namespace (a host-network pod)
     /// was left alone.
     ConnectHostNetwork = 13,
+    /// A connect to a destination in [`MAP_SKIP`] was left alone.
+    ConnectSkipped = 14,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 15] = [
         Counter::EstablishedActive,
         Counter::EstablishedPassive,
         Counter::SockhashAdded,
@@ -234,6 +241,7 @@ impl Counter {
         Counter::PassedQueueFull,
         Counter::PassedInOrder,
         Counter::ConnectHostNetwork,
+        Counter::ConnectSkipped,
     ];
 
     /// The metric this counter is exported as (`sidetrack_` and `_total`
@@ -254,6 +262,7 @@ impl Counter {
             Counter::PassedQueueFull => "ebpf_msg_passed_queue_full",
             Counter::PassedInOrder => "ebpf_msg_passed_in_order",
             Counter::ConnectHostNetwork => "ebpf_connect_host_network",
+            Counter::ConnectSkipped => "ebpf_connect_skipped",
         }
     }
 
@@ -274,6 +283,7 @@ impl Counter {
             Counter::PassedQueueFull => "msg_passed_queue_full",
             Counter::PassedInOrder => "msg_passed_in_order",
             Counter::ConnectHostNetwork => "connect_host_network",
+            Counter::ConnectSkipped => "connect_skipped",
         }
     }
 }

@@ -57,7 +57,7 @@ use aya_log_ebpf::debug;
 use proxy_common::{
     AF_INET, AF_INET6, CIDRS_CAPACITY, COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED,
     FLAG_NO_NEW, InterceptConfig, ORIG_DST_CAPACITY, OrigDst, PORTS_CAPACITY, PortPolicy,
-    QueueBound, SOCKHASH_CAPACITY, SockKey,
+    QueueBound, SKIP_CAPACITY, SOCKHASH_CAPACITY, SockKey,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -76,6 +76,9 @@ static CIDRS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(CIDRS_CAPACITY, BPF_
 
 #[map(name = "PORTS")]
 static PORTS: HashMap<u32, u32> = HashMap::with_max_entries(PORTS_CAPACITY, 0);
+
+#[map(name = "SKIP")]
+static SKIP: HashMap<OrigDst, u32> = HashMap::with_max_entries(SKIP_CAPACITY, 0);
 
 #[map(name = "COOKIE_DST")]
 static COOKIE_DST: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(ORIG_DST_CAPACITY, 0);
@@ -215,6 +218,12 @@ fn steer(ctx: &SockAddrContext, ip: u32, user_port: u32) -> Option<(u32, u32)> {
         _ => return None,
     }
     CIDRS.get(Key::new(32, ip))?;
+    // A destination marked never to intercept (a Service port).
+    // SAFETY: the value is only tested for presence.
+    if unsafe { SKIP.get(&OrigDst { ip4: ip, port }) }.is_some() {
+        count(Counter::ConnectSkipped, 1);
+        return None;
+    }
     // SAFETY: the context is a socket address context, which has a cookie.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let dst = OrigDst { ip4: ip, port };

@@ -37,6 +37,7 @@ pub struct Service {
     pub ports: Vec<(String, u16, u16)>,
     /// The endpoints' addresses (ready), all on each target port.
     pub endpoints: Vec<String>,
+    pub annotations: Vec<(String, String)>,
 }
 
 impl Service {
@@ -49,6 +50,11 @@ impl Service {
                 "namespace": self.namespace,
                 "resourceVersion": "100",
                 "uid": format!("uid-svc-{}-{}", self.namespace, self.name),
+                "annotations": self
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+                    .collect::<serde_json::Map<String, Value>>(),
             },
             "spec": {
                 "type": "ClusterIP",

@@ -24,6 +24,7 @@ fn service(name: &str, ip: &str, backend: &Backend) -> Service {
         cluster_ip: ip.into(),
         ports: vec![("http".into(), 80, backend.addr.port())],
         endpoints: vec![backend.addr.ip().to_string()],
+        annotations: Vec::new(),
     }
 }
 

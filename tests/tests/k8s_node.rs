@@ -9,7 +9,8 @@
 //! the demo's two requests: `hello` calls `world` by its Service name,
 //! and an override stages `world-v2` for one request; and a request whose
 //! Host is only the ClusterIP it went to is named by that IP's Service,
-//! and a short name is in the calling pod's namespace.
+//! a short name is in the calling pod's namespace, and a Service port
+//! marked `sidetrack.io/skip-ports` is not intercepted.
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
@@ -70,6 +71,13 @@ fn unpack_image(dir: &TempDir) -> std::path::PathBuf {
     let binary = bundle.join("rootfs").join(entry.trim_start_matches('/'));
     assert!(binary.is_file(), "{} in the image", binary.display());
     binary
+}
+
+fn echo_bin() -> std::path::PathBuf {
+    sidetrack_tests::proxy::binary()
+        .parent()
+        .unwrap()
+        .join("netns-echo")
 }
 
 fn object<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
@@ -172,6 +180,7 @@ fn svc(name: &str, ip: std::net::Ipv4Addr, pod: std::net::Ipv4Addr) -> Service {
         cluster_ip: ip.to_string(),
         ports: vec![("http".into(), 80, APP_PORT)],
         endpoints: vec![pod.to_string()],
+        annotations: Vec::new(),
     }
 }
 
@@ -183,6 +192,28 @@ fn the_image_with_deploys_settings_routes_and_stages_by_service_name() {
     let mut s = Staging::start("k8s-node", Mode::Ebpf, bins()).unwrap();
     // The bed's own proxy makes way for the image's.
     s.kill_proxy().unwrap();
+    // An echo server on world-v1's (intercepted) address, behind a
+    // Service that says its port is never intercepted.
+    let mut echo = s.world_v1.command(echo_bin());
+    echo.args(["serve", &s.world_v1.ip().to_string()])
+        .stdout(Stdio::piped());
+    let mut echo = Running(echo.spawn().unwrap());
+    let mut echo_lines =
+        std::io::BufRead::lines(std::io::BufReader::new(echo.0.stdout.take().unwrap()));
+    let echo_addr: SocketAddrV4 = echo_lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .strip_prefix("listening ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut skipped = svc("echo", s.world_v1.ip(), s.world_v1.ip());
+    skipped.ports = vec![("tcp".into(), echo_addr.port(), echo_addr.port())];
+    skipped.annotations = vec![(
+        "sidetrack.io/skip-ports".into(),
+        echo_addr.port().to_string(),
+    )];
     // The client pod is in namespace shop, where Services hello (the
     // hello pod, which is in default) and greet (world-v2's pod) are; the
     // others are in default.
@@ -205,6 +236,7 @@ fn the_image_with_deploys_settings_routes_and_stages_by_service_name() {
             svc("world-v2", "198.19.0.3".parse().unwrap(), s.world_v2.ip()),
             greet,
             shop_hello,
+            skipped,
         ],
         vec![
             pod("shop", "client", s.client.ip()),
@@ -293,6 +325,42 @@ fn the_image_with_deploys_settings_routes_and_stages_by_service_name() {
         "{}",
         logs()
     );
+    // The skipped Service port: the echo server sees the client itself,
+    // not the proxy (once the namer has put it in the data path's map).
+    let skip_counted = || {
+        xtask::staging::metric(
+            &s.metrics().unwrap(),
+            "sidetrack_ebpf_connect_skipped_total",
+            &[],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = s
+            .client
+            .command(echo_bin())
+            .args(["send", &echo_addr.to_string(), "1000"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let peer = echo_lines.next().unwrap().unwrap();
+        // Each connection says `peer <addr>` and then `closed ...`.
+        let _closed = echo_lines.next();
+        if peer.starts_with(&format!("peer {}:", s.client.ip())) {
+            break;
+        }
+        assert!(
+            peer.starts_with(&format!("peer {}:", s.proxy_addr.ip())),
+            "{peer}"
+        );
+        assert!(Instant::now() < deadline, "never skipped:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(skip_counted() >= 1.0);
     // Names from the namer, as the metrics say.
     let m = s.metrics().unwrap();
     assert!(m.contains("dst=\"/#/io.l5d.k8s/default/80/world\""), "{m}");

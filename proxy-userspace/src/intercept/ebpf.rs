@@ -38,9 +38,9 @@ use aya::{
 };
 use proxy_common::{
     COUNTER_SLOTS, Counter, FLAG_ALL_PORTS, FLAG_ENABLED, FLAG_NO_NEW, InterceptConfig, MAP_CIDRS,
-    MAP_CONFIG, MAP_COOKIE_DST, MAP_COUNTERS, MAP_ORIG_DST, MAP_PORTS, MAP_SOCKETS, MAP_SOCKHASH,
-    OrigDst, PROG_CONNECT4, PROG_CONNECT6, PROG_SK_MSG, PROG_SOCKOPS, PortPolicy, QueueBound,
-    SockKey,
+    MAP_CONFIG, MAP_COOKIE_DST, MAP_COUNTERS, MAP_ORIG_DST, MAP_PORTS, MAP_SKIP, MAP_SOCKETS,
+    MAP_SOCKHASH, OrigDst, PROG_CONNECT4, PROG_CONNECT6, PROG_SK_MSG, PROG_SOCKOPS, PortPolicy,
+    QueueBound, SockKey,
 };
 
 use super::{bpf_log::LogForwarder, btf, cgroup};
@@ -96,13 +96,14 @@ pub enum InterceptError {
 }
 
 /// The maps a successor takes over, with everything in them.
-const SHARED_MAPS: [&str; 8] = [
+const SHARED_MAPS: [&str; 9] = [
     MAP_SOCKHASH,
     MAP_SOCKETS,
     MAP_COUNTERS,
     MAP_CONFIG,
     MAP_CIDRS,
     MAP_PORTS,
+    MAP_SKIP,
     MAP_COOKIE_DST,
     MAP_ORIG_DST,
 ];
@@ -176,6 +177,8 @@ pub struct EbpfDataPath {
     /// The slot the programs read; [`FLAG_NO_NEW`] in it stops new
     /// interception while sockets already steered keep their shortcut.
     config: Mutex<Array<MapData, InterceptConfig>>,
+    /// Destinations never intercepted (Service ports marked so).
+    skip: Mutex<HashMap<MapData, OrigDst, u32>>,
     orig_dst: Option<OrigDstMap>,
     /// The cgroup links (sockops, connect4, connect6), by program name:
     /// descriptors of this process (and of a successor it handed them
@@ -431,6 +434,7 @@ impl EbpfDataPath {
             sockhash: typed(MAP_SOCKHASH)?,
             counters: typed(MAP_COUNTERS)?,
             config: typed(MAP_CONFIG)?,
+            skip: typed(MAP_SKIP)?,
             orig_dst: typed(MAP_ORIG_DST)?,
         };
         let running = if ebpf.is_some() { ours } else { programs };
@@ -454,6 +458,7 @@ impl EbpfDataPath {
         let sockhash = SockHash::try_from(kept.sockhash).map_err(typed(MAP_SOCKHASH))?;
         let counters = PerCpuArray::try_from(kept.counters).map_err(typed(MAP_COUNTERS))?;
         let config = Array::try_from(kept.config).map_err(typed(MAP_CONFIG))?;
+        let skip = HashMap::try_from(kept.skip).map_err(typed(MAP_SKIP))?;
         let orig_dst = match &opts.intercept {
             Some(_) => Some(OrigDstMap(
                 HashMap::try_from(kept.orig_dst).map_err(typed(MAP_ORIG_DST))?,
@@ -465,6 +470,7 @@ impl EbpfDataPath {
             sockhash,
             counters,
             config: Mutex::new(config),
+            skip: Mutex::new(skip),
             orig_dst,
             links,
             maps,
@@ -475,6 +481,35 @@ impl EbpfDataPath {
             mark: opts.intercept.as_ref().map_or(0, |s| s.mark),
             released: Default::default(),
         })
+    }
+
+    /// Brings the destinations never intercepted to `wanted` (addresses
+    /// and ports): new ones first, then those no longer wanted go.
+    pub fn set_skipped(&self, wanted: &[(Ipv4Addr, u16)]) -> Result<(), InterceptError> {
+        let map_err = |source| InterceptError::Map {
+            name: MAP_SKIP,
+            source,
+        };
+        let wanted: HashSet<OrigDst> = wanted
+            .iter()
+            .map(|(ip, port)| OrigDst {
+                ip4: u32::from_ne_bytes(ip.octets()),
+                port: u32::from(*port),
+            })
+            .collect();
+        let mut skip = self.skip.lock().unwrap_or_else(|e| e.into_inner());
+        for key in &wanted {
+            skip.insert(key, 1, 0).map_err(map_err)?;
+        }
+        let stale: Vec<OrigDst> = skip
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for key in stale {
+            skip.remove(&key).map_err(map_err)?;
+        }
+        Ok(())
     }
 
     /// Writes the config slot: interception on (the last step of a start).
@@ -720,6 +755,7 @@ struct KeptMaps {
     sockhash: Map,
     counters: Map,
     config: Map,
+    skip: Map,
     orig_dst: Map,
 }
 
@@ -747,6 +783,7 @@ fn ebpf_maps(ebpf: &mut Ebpf) -> Result<(KeptMaps, SharedFds), InterceptError> {
         sockhash: take(MAP_SOCKHASH)?,
         counters: take(MAP_COUNTERS)?,
         config: take(MAP_CONFIG)?,
+        skip: take(MAP_SKIP)?,
         orig_dst: take(MAP_ORIG_DST)?,
     };
     Ok((kept, dups))

@@ -256,6 +256,12 @@ impl K8sNamer {
         self.cluster_ips.service_at(ip)
     }
 
+    /// Keeps `hook` told of the ClusterIPs and ports whose Services say
+    /// never to intercept them (`sidetrack.io/skip-ports`).
+    pub fn on_skipped(&self, hook: cluster_ips::SkipHook) {
+        self.cluster_ips.on_skipped(hook);
+    }
+
     /// The namespace of the pod on this node whose address is `ip`.
     /// Lock-free.
     pub fn namespace_of(&self, ip: std::net::Ipv4Addr) -> Option<Arc<str>> {

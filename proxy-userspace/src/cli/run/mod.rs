@@ -241,6 +241,22 @@ impl RunArgs {
         cfg.max_connections = cfg.max_connections.div_ceil(workers);
         let (orig_dst, interception) =
             start_interception(&settings, &mut cfg, &metrics, predecessor.as_mut())?;
+        // Service ports the cluster says never to intercept go into the
+        // data path's map as the namer learns them.
+        if let (Some(k8s), Interception::Ebpf(datapath)) = (&k8s_namer, &interception) {
+            let datapath = datapath.clone();
+            k8s.on_skipped(Box::new(move |skipped| {
+                match datapath.set_skipped(skipped) {
+                    Ok(()) => tracing::info!(
+                        destinations = skipped.len(),
+                        "skipped Service ports updated"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not update the skipped Service ports")
+                    }
+                }
+            }));
+        }
         // What a successor of ours will be offered: duplicates of every
         // listener, kept before the workers take them.
         let offered = match handover_path

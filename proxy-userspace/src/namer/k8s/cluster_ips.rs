@@ -28,6 +28,14 @@ pub type ServiceName = (Arc<str>, Arc<str>);
 /// Service.
 pub const OPAQUE_PORTS: &str = "sidetrack.io/opaque-ports";
 
+/// The annotation that lists a Service's ports never intercepted: connects
+/// to them go straight to the ClusterIP, as if no proxy ran (eBPF mode),
+/// like `interception.exclude_ports` for one Service.
+pub const SKIP_PORTS: &str = "sidetrack.io/skip-ports";
+
+/// Told the destinations never intercepted whenever they change.
+pub type SkipHook = Box<dyn Fn(&[(Ipv4Addr, u16)]) + Send + Sync>;
+
 /// A ClusterIP's Service and its opaque ports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
@@ -39,6 +47,9 @@ pub struct Owner {
 #[derive(Default)]
 pub struct ClusterIps {
     table: ArcSwap<HashMap<Ipv4Addr, Owner>>,
+    /// The destinations never intercepted, and who keeps the eBPF map of
+    /// them (set once interception is on).
+    skipped: std::sync::Mutex<(Vec<(Ipv4Addr, u16)>, Option<SkipHook>)>,
 }
 
 impl ClusterIps {
@@ -53,6 +64,24 @@ impl ClusterIps {
             .load()
             .get(&ip)
             .is_some_and(|o| o.opaque_ports.contains(&port))
+    }
+
+    /// Keeps `hook` told of the destinations never intercepted: now, and
+    /// at each change.
+    pub fn on_skipped(&self, hook: SkipHook) {
+        let mut skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        hook(&skipped.0);
+        skipped.1 = Some(hook);
+    }
+
+    fn set_skipped(&self, list: Vec<(Ipv4Addr, u16)>) {
+        let mut skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        if skipped.0 != list {
+            if let Some(hook) = &skipped.1 {
+                hook(&list);
+            }
+            skipped.0 = list;
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -83,6 +112,7 @@ pub struct Known {
 struct Entry {
     ips: Vec<Ipv4Addr>,
     opaque_ports: Vec<u16>,
+    skip_ports: Vec<u16>,
 }
 
 impl Known {
@@ -115,6 +145,23 @@ impl Known {
                 None => false,
             },
         }
+    }
+
+    /// Every ClusterIP and port a Service says is never intercepted,
+    /// sorted.
+    pub fn skipped(&self) -> Vec<(Ipv4Addr, u16)> {
+        let mut out: Vec<(Ipv4Addr, u16)> = self
+            .services
+            .values()
+            .flat_map(|e| {
+                e.ips
+                    .iter()
+                    .flat_map(|ip| e.skip_ports.iter().map(move |p| (*ip, *p)))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// ClusterIP to Service.
@@ -154,14 +201,22 @@ fn entry(s: &Service) -> Option<(ServiceName, Entry)> {
             }
             v
         });
-    let opaque_ports = s
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(OPAQUE_PORTS))
-        .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
-        .unwrap_or_default();
-    Some(((ns.into(), name.into()), Entry { ips, opaque_ports }))
+    let ports = |key: &str| -> Vec<u16> {
+        s.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    Some((
+        (ns.into(), name.into()),
+        Entry {
+            ips,
+            opaque_ports: ports(OPAQUE_PORTS),
+            skip_ports: ports(SKIP_PORTS),
+        },
+    ))
 }
 
 /// Keeps `table` current from a watch of every namespace's Services;
@@ -172,8 +227,11 @@ pub async fn watch(client: Client, table: Arc<ClusterIps>) {
         Api::<Service>::all(client),
         watcher::Config::default(),
         "ClusterIP",
-        |event| known.apply(event).then(|| known.table()),
-        |t| table.table.store(Arc::new(t)),
+        |event| known.apply(event).then(|| (known.table(), known.skipped())),
+        |(t, skipped)| {
+            table.table.store(Arc::new(t));
+            table.set_skipped(skipped);
+        },
     )
     .await
 }
@@ -297,5 +355,35 @@ mod tests {
         k.apply(watcher::Event::Init);
         assert!(k.apply(watcher::Event::InitDone));
         assert!(k.table().is_empty());
+    }
+
+    #[test]
+    fn skipped_ports_of_every_cluster_ip_reach_the_hook_when_they_change() {
+        let mut k = Known::default();
+        let mut s = service("db", "pg", &["10.96.0.40", "10.96.0.41"]);
+        s.metadata.annotations = Some(
+            [(SKIP_PORTS.to_string(), "5432".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        k.apply(watcher::Event::Apply(s));
+        k.apply(watcher::Event::Apply(service(
+            "default",
+            "world",
+            &["10.96.0.10"],
+        )));
+        let want = vec![
+            ("10.96.0.40".parse().unwrap(), 5432),
+            ("10.96.0.41".parse().unwrap(), 5432),
+        ];
+        assert_eq!(k.skipped(), want);
+        let t = ClusterIps::default();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        t.on_skipped(Box::new(move |l| log.lock().unwrap().push(l.to_vec())));
+        t.set_skipped(k.skipped());
+        t.set_skipped(k.skipped());
+        t.set_skipped(Vec::new());
+        assert_eq!(*seen.lock().unwrap(), [Vec::new(), want, Vec::new()]);
     }
 }
