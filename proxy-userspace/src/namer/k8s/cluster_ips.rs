@@ -34,7 +34,10 @@ pub const OPAQUE_PORTS: &str = "sidetrack.io/opaque-ports";
 pub const SKIP_PORTS: &str = "sidetrack.io/skip-ports";
 
 /// Told the destinations never intercepted whenever they change.
-pub type SkipHook = Box<dyn Fn(&[(Ipv4Addr, u16)]) + Send + Sync>;
+pub type SkipHook = Box<dyn Fn(&[Destination]) + Send + Sync>;
+
+/// A ClusterIP and a port.
+pub type Destination = (Ipv4Addr, u16);
 
 /// A ClusterIP's Service and its opaque ports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +52,7 @@ pub struct ClusterIps {
     table: ArcSwap<HashMap<Ipv4Addr, Owner>>,
     /// The destinations never intercepted, and who keeps the eBPF map of
     /// them (set once interception is on).
-    skipped: std::sync::Mutex<(Vec<(Ipv4Addr, u16)>, Option<SkipHook>)>,
+    skipped: std::sync::Mutex<(Vec<Destination>, Option<SkipHook>)>,
 }
 
 impl ClusterIps {
