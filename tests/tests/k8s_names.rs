@@ -13,7 +13,7 @@ use sidetrack_tests::{
     TempDir,
     backend::Backend,
     client::{self, Client},
-    kube_api::{KubeApi, Service},
+    kube_api::{KubeApi, Pod, Service},
     proxy::Proxy,
 };
 
@@ -125,4 +125,80 @@ fn a_request_before_the_first_sync_waits_for_it_up_to_the_timeout() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// The calling pod's namespace (the namer watches the node's pods; here
+/// the client, 127.0.0.1, is a pod of `shop`): its short names are shop's,
+/// a rule can match it, and the override policy can trust it.
+#[test]
+fn the_calling_pods_namespace_names_matches_rules_and_is_trusted() {
+    let (v1, v2) = (Backend::start("world-v1"), Backend::start("world-v2"));
+    let in_shop = |mut s: Service| {
+        s.namespace = "shop".into();
+        s
+    };
+    let api = KubeApi::start_with_pods(
+        loopback(),
+        vec![
+            service("world", "10.96.0.10", &v2),
+            in_shop(service("world", "10.96.0.20", &v1)),
+            in_shop(service("world-v2", "10.96.0.21", &v2)),
+        ],
+        vec![Pod {
+            namespace: "shop".into(),
+            name: "client".into(),
+            ip: "127.0.0.1".into(),
+        }],
+    );
+    let rules = "  node_name: bed-node\n\
+        rules:\n\
+        - name: shop-beta\n  match: {namespaces: [shop], headers: [{name: x-beta, exact: 'yes'}]}\n  \
+          dtab: /svc/shop/80/world => /#/io.l5d.k8s/shop/80/world-v2\n\
+        overrides: {mode: trusted, trusted_namespaces: [shop]}\n";
+    let (dir, proxy) = start_proxy(&api, rules);
+    // The pod table fills from the namer's first list of the node's pods.
+    assert!(sidetrack_tests::eventually(10, || {
+        client::get(proxy.addr, "world", "/", &[]).header("x-backend") == Some("world-v1")
+    }));
+    let mut c = Client::connect(proxy.addr);
+    // Short names are shop's (default's world would be world-v2).
+    assert_eq!(
+        c.get("world", "/", &[]).header("x-backend"),
+        Some("world-v1")
+    );
+    assert_eq!(
+        c.get("world.default", "/", &[]).header("x-backend"),
+        Some("world-v2")
+    );
+    // The rule for shop's pods.
+    assert_eq!(
+        c.get("world", "/", &["x-beta: yes"]).header("x-backend"),
+        Some("world-v2")
+    );
+    // Overrides from shop's pods are trusted...
+    let staged = c.get(
+        "world",
+        "/",
+        &["l5d-dtab: /svc/shop/80/world => /#/io.l5d.k8s/shop/80/world-v2"],
+    );
+    assert_eq!(staged.header("x-backend"), Some("world-v2"));
+    // ...and from no other namespace's.
+    dir.write(
+        "config.yaml",
+        &format!(
+            "identifier: k8s\ndtab: /svc => /#/io.l5d.k8s;\nk8s:\n  enabled: true\n  api_server: {}\n  node_name: bed-node\n\
+             overrides: {{mode: trusted, trusted_namespaces: [platform]}}\nwatch_interval_ms: 50\n",
+            api.url()
+        ),
+    );
+    assert!(sidetrack_tests::eventually(10, || {
+        client::get(
+            proxy.addr,
+            "world",
+            "/",
+            &["l5d-dtab: /svc/shop/80/world => /#/io.l5d.k8s/shop/80/world-v2"],
+        )
+        .status
+            == 403
+    }));
 }

@@ -96,6 +96,7 @@ fn spelling_free(mut s: Settings) -> Settings {
     s.interception.cgroup = None;
     let o = &mut s.overrides;
     o.trusted_sources.clear();
+    o.trusted_namespaces.clear();
     o.rewritable_prefixes.clear();
     o.allowed_destinations.clear();
     o.denied_destinations.clear();
@@ -111,6 +112,7 @@ fn spelling_free(mut s: Settings) -> Settings {
     s.k8s.api_server = None;
     s.k8s.namespace.clear();
     s.k8s.cluster_domain.clear();
+    s.k8s.node_name = None;
     s
 }
 

@@ -268,6 +268,12 @@ impl K8sNamer {
         self.pods.namespace_of(ip)
     }
 
+    /// What is known of the pod on this node whose address is `ip`: its
+    /// namespace and labels. Lock-free.
+    pub fn pod_at(&self, ip: std::net::Ipv4Addr) -> Option<Arc<pods::PodInfo>> {
+        self.pods.pod_at(ip)
+    }
+
     /// Whether the Service at ClusterIP `ip` marks `port` opaque (the
     /// `sidetrack.io/opaque-ports` annotation). Lock-free.
     pub fn is_opaque(&self, ip: std::net::Ipv4Addr, port: u16) -> bool {

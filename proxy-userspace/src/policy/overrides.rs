@@ -60,6 +60,9 @@ pub struct OverrideSettings {
     /// Source networks (`10.0.0.0/8`, `::1/128`) whose overrides `trusted`
     /// mode honours.
     pub trusted_sources: Vec<String>,
+    /// Kubernetes namespaces whose pods' overrides `trusted` mode honours
+    /// (on a node whose namer watches its pods).
+    pub trusted_namespaces: Vec<String>,
     /// Prefixes an override's entries may rewrite (`/host`, `/svc/*`);
     /// empty: any.
     pub rewritable_prefixes: Vec<String>,
@@ -81,6 +84,7 @@ impl Default for OverrideSettings {
         OverrideSettings {
             mode: Mode::Any,
             trusted_sources: Vec::new(),
+            trusted_namespaces: Vec::new(),
             rewritable_prefixes: Vec::new(),
             allowed_destinations: Vec::new(),
             denied_destinations: vec!["/$".into()],
@@ -96,6 +100,7 @@ impl Default for OverrideSettings {
 pub struct OverridePolicy {
     pub mode: Mode,
     trusted: Vec<Network>,
+    trusted_namespaces: Vec<String>,
     prefixes: Vec<Prefix>,
     allowed: Vec<Path>,
     denied: Vec<Path>,
@@ -173,7 +178,7 @@ pub enum SourceVerdict {
 /// Why an override was refused: the entry and the rule.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("overrides are not accepted from {0} (overrides.trusted_sources)")]
+    #[error("overrides are not accepted from {0} (overrides.trusted_sources, trusted_namespaces)")]
     Source(IpAddr),
     #[error("{0}")]
     Signature(SignatureError),
@@ -213,6 +218,7 @@ impl OverridePolicy {
                 .iter()
                 .map(|n| Network::parse(n).map_err(|e| format!("overrides.trusted_sources: {e}")))
                 .collect::<Result<_, _>>()?,
+            trusted_namespaces: s.trusted_namespaces.clone(),
             prefixes: s
                 .rewritable_prefixes
                 .iter()
@@ -237,13 +243,21 @@ impl OverridePolicy {
 
     /// Whether overrides from `source` are considered at all.
     pub fn source(&self, source: IpAddr) -> SourceVerdict {
+        self.source_in(source, None)
+    }
+
+    /// [`OverridePolicy::source`] for a client known to be a pod of
+    /// `namespace`: `trusted_namespaces` count too.
+    pub fn source_in(&self, source: IpAddr, namespace: Option<&str>) -> SourceVerdict {
+        let trusted = || {
+            self.trusted.iter().any(|n| n.contains(source))
+                || namespace.is_some_and(|ns| self.trusted_namespaces.iter().any(|t| t == ns))
+        };
         match self.mode {
             // The signature decides, wherever it came from.
             Mode::Any | Mode::Signed => SourceVerdict::Honoured,
             Mode::Off => SourceVerdict::Dropped,
-            Mode::Trusted if self.trusted.iter().any(|n| n.contains(source)) => {
-                SourceVerdict::Honoured
-            }
+            Mode::Trusted if trusted() => SourceVerdict::Honoured,
             Mode::Trusted => SourceVerdict::Refused,
         }
     }
@@ -475,5 +489,22 @@ mod tests {
             p.check_destination(&path("/srv/world-v2")),
             Err(Refusal::MirrorMode("signed"))
         );
+    }
+
+    #[test]
+    fn trusted_namespaces_are_trusted_sources_too() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let p = policy(
+            "mode: trusted\ntrusted_sources: [10.0.0.0/8]\ntrusted_namespaces: [platform]\n",
+        );
+        let pod = ip("10.244.1.5");
+        assert_eq!(p.source_in(ip("10.1.2.3"), None), SourceVerdict::Honoured);
+        assert_eq!(p.source_in(pod, Some("platform")), SourceVerdict::Honoured);
+        assert_eq!(p.source_in(pod, Some("shop")), SourceVerdict::Honoured);
+        let p = policy("mode: trusted\ntrusted_namespaces: [platform]\n");
+        assert_eq!(p.source_in(pod, Some("platform")), SourceVerdict::Honoured);
+        assert_eq!(p.source_in(pod, Some("shop")), SourceVerdict::Refused);
+        assert_eq!(p.source_in(pod, None), SourceVerdict::Refused);
+        assert_eq!(p.source(pod), SourceVerdict::Refused);
     }
 }

@@ -11,7 +11,12 @@
 //! - `cookies`: the same for a cookie of the `Cookie` header;
 //! - `query`: the same for a query parameter of the target;
 //! - `name`: the same for the logical name (`/svc/builder`);
-//! - `sources`: the client's address is in one of these networks.
+//! - `sources`: the client's address is in one of these networks;
+//! - `namespaces`: the calling pod is in one of these Kubernetes
+//!   namespaces (known on a node whose namer watches its pods; a caller
+//!   of unknown namespace matches none);
+//! - `pod_labels`: the calling pod's label of that name is exactly, starts
+//!   with, or matches the value (known as namespaces are).
 //!
 //! A header, cookie or parameter the request lacks matches nothing. The
 //! rule's dtab is not forwarded downstream: the next proxy applies its own
@@ -46,6 +51,8 @@ pub struct MatchSettings {
     pub query: Vec<ValueMatchSettings>,
     pub name: Option<TextMatchSettings>,
     pub sources: Vec<String>,
+    pub namespaces: Vec<String>,
+    pub pod_labels: Vec<ValueMatchSettings>,
 }
 
 /// A named value (header, cookie, parameter) and how it must look.
@@ -113,6 +120,8 @@ pub struct Rule {
     query: Vec<ValueMatch>,
     logical_name: Option<TextMatch>,
     sources: Vec<Network>,
+    namespaces: Vec<String>,
+    pod_labels: Vec<ValueMatch>,
 }
 
 /// What a rule may ask about a request: borrowed from its head.
@@ -125,6 +134,14 @@ pub trait Facts {
     fn logical_name(&self) -> &[u8];
     /// The client's address.
     fn source(&self) -> IpAddr;
+    /// The calling pod's namespace, when known.
+    fn source_namespace(&self) -> Option<&str> {
+        None
+    }
+    /// A label of the calling pod, when known.
+    fn source_label(&self, _name: &str) -> Option<&str> {
+        None
+    }
 }
 
 impl Rule {
@@ -164,12 +181,23 @@ impl Rule {
                 .map(|n| Network::parse(n))
                 .collect::<Result<_, _>>()
                 .map_err(at)?,
+            namespaces: m.namespaces.clone(),
+            pod_labels: values(&m.pod_labels, false).map_err(at)?,
         })
     }
 
     /// Whether every condition holds for the request.
     pub fn matches(&self, f: &dyn Facts) -> bool {
         (self.sources.is_empty() || self.sources.iter().any(|n| n.contains(f.source())))
+            && (self.namespaces.is_empty()
+                || f.source_namespace()
+                    .is_some_and(|ns| self.namespaces.iter().any(|n| n == ns)))
+            && self.pod_labels.iter().all(|l| {
+                std::str::from_utf8(&l.name)
+                    .ok()
+                    .and_then(|name| f.source_label(name))
+                    .is_some_and(|v| l.how.matches(v.as_bytes()))
+            })
             && self
                 .logical_name
                 .as_ref()
@@ -352,5 +380,61 @@ mod tests {
         let unknown: Result<Vec<RuleSettings>, _> =
             serde_yaml_ng::from_str("- {name: a, match: {header: []}, dtab: /a => /b}");
         assert!(unknown.is_err());
+    }
+
+    /// A request from a pod of `shop` labelled `team=checkout`.
+    struct FromPod(Req);
+
+    impl Facts for FromPod {
+        fn header_values(&self, name: &[u8], each: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+            self.0.header_values(name, each)
+        }
+        fn target(&self) -> &[u8] {
+            self.0.target()
+        }
+        fn logical_name(&self) -> &[u8] {
+            self.0.logical_name()
+        }
+        fn source(&self) -> IpAddr {
+            self.0.source()
+        }
+        fn source_namespace(&self) -> Option<&str> {
+            Some("shop")
+        }
+        fn source_label(&self, name: &str) -> Option<&str> {
+            (name == "team").then_some("checkout")
+        }
+    }
+
+    #[test]
+    fn the_calling_pods_namespace_and_labels() {
+        let r = rules(
+            "
+- name: by-namespace
+  match: {namespaces: [blog, shop]}
+  dtab: /a => /b
+- name: by-label
+  match: {pod_labels: [{name: team, prefix: check}]}
+  dtab: /a => /c
+",
+        );
+        // A caller whose pod is unknown matches neither.
+        assert_eq!(r.first_match(&req(&[])), None);
+        assert_eq!(r.first_match(&FromPod(req(&[]))), Some(0));
+        let r = rules(
+            "
+- name: by-label
+  match: {pod_labels: [{name: team, exact: checkout}], namespaces: [shop]}
+  dtab: /a => /c
+- name: other-label
+  match: {pod_labels: [{name: tier, exact: web}]}
+  dtab: /a => /d
+",
+        );
+        assert_eq!(r.first_match(&FromPod(req(&[]))), Some(0));
+        let r = rules(
+            "- {name: x, match: {pod_labels: [{name: team, exact: search}]}, dtab: /a => /c}",
+        );
+        assert_eq!(r.first_match(&FromPod(req(&[]))), None);
     }
 }

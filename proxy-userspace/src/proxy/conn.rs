@@ -58,6 +58,10 @@ use crate::{
     route::{self, Dest, Outcome, Route, RouteError, RouteQuery, identify},
 };
 
+/// A deadline that never comes in practice (a year): for tunnels that
+/// never idle out.
+const NEVER: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
 /// How often a request waiting for a namer's first sync is routed again.
 const SYNC_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -109,6 +113,8 @@ struct RuleFacts<'a> {
     buf: &'a [u8],
     name: &'a [u8],
     peer: std::net::IpAddr,
+    /// The calling pod, when known.
+    pod: Option<&'a crate::namer::k8s::pods::PodInfo>,
 }
 
 impl rules::Facts for RuleFacts<'_> {
@@ -126,6 +132,12 @@ impl rules::Facts for RuleFacts<'_> {
     }
     fn source(&self) -> std::net::IpAddr {
         self.peer
+    }
+    fn source_namespace(&self) -> Option<&str> {
+        self.pod.map(|p| &*p.namespace)
+    }
+    fn source_label(&self, name: &str) -> Option<&str> {
+        self.pod.and_then(|p| p.label(name))
     }
 }
 
@@ -250,6 +262,19 @@ struct Answer {
     body: RequestBody,
 }
 
+/// What a new intercepted connection's client did first.
+enum First {
+    /// Sent bytes (or closed): parse them.
+    Spoke,
+    /// Nothing within the detection timeout (or an opaque port): tunnel.
+    Silent,
+    /// Closed by the proxy meanwhile (to make room, or draining).
+    Evicted,
+}
+
+/// A deadline that fired this much before its time was pulled in.
+const EARLY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// How the exchange of one request ended, for the loop.
 enum Next {
     /// Keep the client connection for another request.
@@ -326,17 +351,28 @@ impl Conn {
         // An intercepted connection that is not HTTP/1 by its port, or
         // whose client says nothing at first (a server-first protocol),
         // goes to where it was going, untouched.
-        if let Some(dst) = self.orig_dst
-            && (self.shared.cfg.opaque_ports.contains(&dst.port())
+        if let Some(dst) = self.orig_dst {
+            let opaque = self.shared.cfg.opaque_ports.contains(&dst.port())
                 || self
                     .shared
                     .k8s
                     .as_ref()
-                    .is_some_and(|k| k.is_opaque(*dst.ip(), dst.port()))
-                || !self.client_speaks_first().await)
-        {
-            self.tunnel_opaque().await;
-            return;
+                    .is_some_and(|k| k.is_opaque(*dst.ip(), dst.port()));
+            let first = if opaque {
+                First::Silent
+            } else {
+                self.client_speaks_first().await
+            };
+            match first {
+                First::Spoke => {}
+                First::Silent => {
+                    self.tunnel_opaque().await;
+                    return;
+                }
+                // Closed to make room, or the proxy drains: as an idle
+                // connection would be.
+                First::Evicted => return,
+            }
         }
         loop {
             let head_len = self.read_request_head().await;
@@ -397,35 +433,42 @@ impl Conn {
     /// Whether the client of a new connection sends something within the
     /// detection timeout (what it sent is kept in `from_client`). A client
     /// that closes counts as speaking: the loop then sees the end.
-    async fn client_speaks_first(&mut self) -> bool {
+    async fn client_speaks_first(&mut self) -> First {
         let after = self.shared.cfg.detect_timeout;
         if after.is_zero() {
-            return true;
+            return First::Spoke;
         }
         // Usually the request is there already: read now (the read the
         // head would have needed), no wait, no timer.
         match stream::try_read_buf_now(&self.client, &mut self.from_client) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            _ => return true,
+            _ => return First::Spoke,
         }
         let until = Instant::now() + after;
         loop {
             let left = until.saturating_duration_since(Instant::now());
+            // Idle-marked: a connection that has said nothing is the first
+            // to make room at max_connections, as between requests.
             let ready = stream::read_ready(&self.client);
             if self
                 .deadline
-                .within(&self.worker.watchdog, left, false, ready)
+                .within(&self.worker.watchdog, left, true, ready)
                 .await
                 .is_err()
             {
-                return false;
+                // Early: the deadline was pulled in (evicted, draining).
+                return if Instant::now() + EARLY < until {
+                    First::Evicted
+                } else {
+                    First::Silent
+                };
             }
             // Readiness can be stale (a socket the eBPF programs redirect
             // into reports it with nothing queued): only bytes, or the
             // end, count. This read clears a stale readiness.
             match self.client.try_read_buf(&mut self.from_client) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                _ => return true,
+                _ => return First::Spoke,
             }
         }
     }
@@ -453,14 +496,49 @@ impl Conn {
         {
             return;
         }
-        self.tunnel(&backend, self.from_client.len() as u64).await;
+        // A tunnel neither side has said anything on yet (a silent client,
+        // tunnelled by detection or by its port) must see a first byte
+        // within the first-byte timeout, as a request would: otherwise
+        // idle connections would hold their slots for the tunnel idle
+        // timeout. A server-first protocol's banner is that first byte.
+        let quiet = self
+            .from_client
+            .is_empty()
+            .then_some(self.shared.cfg.first_byte_timeout);
+        if let Some(after) = quiet {
+            // Until a side speaks the connection is idle (evictable at
+            // max_connections), as a connection waiting for its request.
+            let (client, watchdog) = (&self.client, &*self.worker.watchdog);
+            let either = async {
+                tokio::select! {
+                    r = stream::read_ready(client) => r,
+                    r = stream::read_ready(&backend) => r,
+                }
+            };
+            if self
+                .deadline
+                .within(watchdog, after, true, either)
+                .await
+                .is_err()
+            {
+                self.shared.metrics.error(ErrorKind::TunnelIdle);
+                return;
+            }
+        }
+        self.tunnel(&backend, self.from_client.len() as u64, quiet)
+            .await;
     }
 
     /// Runs the byte tunnel between the client and `backend` until both
     /// directions end, or nothing moves either way for `tunnel_idle`, and
     /// counts the bytes moved (with `sent_first`, those written before)
     /// however it ends: a tunnel's usual end is a reset or the idle timeout.
-    async fn tunnel(&self, backend: &TcpStream, sent_first: u64) {
+    async fn tunnel(
+        &self,
+        backend: &TcpStream,
+        sent_first: u64,
+        quiet: Option<std::time::Duration>,
+    ) {
         let cfg = &self.shared.cfg;
         let metrics = &self.shared.metrics;
         let splice = cfg.splice_threshold != u64::MAX;
@@ -468,17 +546,20 @@ impl Conn {
         // A task of this worker's: nothing here needs to be Send.
         let moved = std::cell::Cell::new(sent_first);
         let count = |n: usize| moved.set(moved.get() + n as u64);
-        if after.is_zero() {
+        if after.is_zero() && quiet.is_none() {
             let _ = tunnel::run(&self.client, backend, splice, &count).await;
         } else {
+            // Zero: tunnels never idle out, once a byte has moved.
+            let idle = if after.is_zero() { NEVER } else { after };
             let (deadline, watchdog) = (&*self.deadline, &*self.worker.watchdog);
             let progress = |n| {
                 count(n);
-                deadline.extend(watchdog, after);
+                deadline.extend(watchdog, idle);
             };
             let moving = tunnel::run(&self.client, backend, splice, &progress);
+            let first = quiet.unwrap_or(idle);
             if deadline
-                .within(watchdog, after, false, moving)
+                .within(watchdog, first, false, moving)
                 .await
                 .is_err()
             {
@@ -835,6 +916,13 @@ impl Conn {
         }
         let framing = http::request_body(req, buf)?;
         let mut orig_text = [0u8; 21];
+        // In a cluster, the calling pod's namespace: that of its short
+        // names, and what rules and the override policy may ask.
+        let pod = match (&shared.k8s, self.peer.ip()) {
+            (Some(k8s), std::net::IpAddr::V4(ip)) => k8s.pod_at(ip),
+            _ => None,
+        };
+        let pod_namespace = pod.as_ref().map(|p| p.namespace.clone());
         // In a cluster, a request without a usable Host (none, or an IP
         // address) is named by the Service that owns the ClusterIP it was
         // sent to, as its Host would have named it.
@@ -851,13 +939,6 @@ impl Conn {
                 .identifier
                 .k8s_service(&mut self.name, &namespace, port, &name);
         } else {
-            // The namespace of short names: the calling pod's, when known.
-            let pod_namespace = match (&shared.k8s, self.peer.ip()) {
-                (Some(k8s), std::net::IpAddr::V4(ip)) if shared.identifier.is_k8s() => {
-                    k8s.namespace_of(ip)
-                }
-                _ => None,
-            };
             shared
                 .identifier
                 .identify_from(
@@ -866,7 +947,9 @@ impl Conn {
                     req.minor_version(),
                     name_authority(req.authority(buf), self.orig_dst, &mut orig_text),
                     self.orig_dst.map(|a| a.port()),
-                    pod_namespace.as_deref(),
+                    pod_namespace
+                        .as_deref()
+                        .filter(|_| shared.identifier.is_k8s()),
                 )
                 .map_err(|e| Failure::Respond {
                     status: 400,
@@ -906,7 +989,7 @@ impl Conn {
         if policy.edge && policy.mode != overrides::Mode::Signed {
             (nctx, ndtab) = (0, 0);
         } else if nctx + ndtab > 0 {
-            let refused = match policy.source(self.peer.ip()) {
+            let refused = match policy.source_in(self.peer.ip(), pod_namespace.as_deref()) {
                 SourceVerdict::Honoured => false,
                 SourceVerdict::Dropped => true,
                 SourceVerdict::Refused if policy.on_refusal == OnRefusal::Drop => true,
@@ -930,7 +1013,7 @@ impl Conn {
         if !policy.edge
             && let Some(to) = req.get(buf, shared.cfg.shadow.request_header.as_str())
         {
-            match policy.source(self.peer.ip()) {
+            match policy.source_in(self.peer.ip(), pod_namespace.as_deref()) {
                 SourceVerdict::Honoured => mirror = Some(to),
                 SourceVerdict::Refused if policy.on_refusal == OnRefusal::Reject => {
                     return Err(Failure::Respond {
@@ -961,6 +1044,7 @@ impl Conn {
                 buf,
                 name: &self.name,
                 peer: self.peer.ip(),
+                pod: pod.as_deref(),
             })
         };
         drop(rules);
@@ -1379,7 +1463,7 @@ impl Conn {
                 dest.stats.latency.observe(in_flight.started().elapsed());
                 drop(in_flight);
                 let sent_first = (self.from_backend.len() + self.from_client.len()) as u64;
-                self.tunnel(&backend, sent_first).await;
+                self.tunnel(&backend, sent_first, None).await;
                 return Ok(Next::Close);
             }
             Relay::Dechunked => self.relay_dechunked(&backend).await?,

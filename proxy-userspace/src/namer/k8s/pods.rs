@@ -15,14 +15,35 @@ use kube::{Api, Client, runtime::watcher};
 
 use super::cluster_ips::keep_current;
 
-/// Pod address to namespace.
+/// What is known of a pod on this node: its namespace and labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: Arc<str>,
+    /// Sorted by name.
+    pub labels: Vec<(String, String)>,
+}
+
+impl PodInfo {
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| self.labels[i].1.as_str())
+    }
+}
+
+/// Pod address to what is known of the pod.
 #[derive(Default)]
 pub struct PodNamespaces {
-    table: ArcSwap<HashMap<Ipv4Addr, Arc<str>>>,
+    table: ArcSwap<HashMap<Ipv4Addr, Arc<PodInfo>>>,
 }
 
 impl PodNamespaces {
     pub fn namespace_of(&self, ip: Ipv4Addr) -> Option<Arc<str>> {
+        self.table.load().get(&ip).map(|p| p.namespace.clone())
+    }
+
+    pub fn pod_at(&self, ip: Ipv4Addr) -> Option<Arc<PodInfo>> {
         self.table.load().get(&ip).cloned()
     }
 }
@@ -37,8 +58,10 @@ pub struct Known {
 
 /// A pod by namespace and name.
 type PodKey = (Arc<str>, Arc<str>);
-/// Each pod's addresses.
-type Addresses = HashMap<PodKey, Vec<Ipv4Addr>>;
+/// A pod's addresses, and what is known of it.
+type Seen = (Vec<Ipv4Addr>, Arc<PodInfo>);
+/// Every pod's.
+type Addresses = HashMap<PodKey, Seen>;
 
 impl Known {
     /// Applies one event; whether the table changed.
@@ -72,16 +95,17 @@ impl Known {
         }
     }
 
-    pub fn table(&self) -> HashMap<Ipv4Addr, Arc<str>> {
+    pub fn table(&self) -> HashMap<Ipv4Addr, Arc<PodInfo>> {
         self.pods
-            .iter()
-            .flat_map(|((ns, _), ips)| ips.iter().map(move |ip| (*ip, ns.clone())))
+            .values()
+            .flat_map(|(ips, info)| ips.iter().map(move |ip| (*ip, info.clone())))
             .collect()
     }
 }
 
-/// A pod's key and IPv4 addresses (none for a host-network pod).
-fn entry(p: &Pod) -> Option<(PodKey, Vec<Ipv4Addr>)> {
+/// A pod's key, IPv4 addresses (none for a host-network pod), namespace
+/// and labels.
+fn entry(p: &Pod) -> Option<(PodKey, Seen)> {
     let ns = p.metadata.namespace.as_deref()?;
     let name = p.metadata.name.as_deref()?;
     let host_network = p
@@ -105,7 +129,19 @@ fn entry(p: &Pod) -> Option<(PodKey, Vec<Ipv4Addr>)> {
             }),
         _ => Vec::new(),
     };
-    Some(((ns.into(), name.into()), ips))
+    let mut labels: Vec<(String, String)> = p
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.sort();
+    let info = Arc::new(PodInfo {
+        namespace: ns.into(),
+        labels,
+    });
+    Some(((ns.into(), name.into()), (ips, info)))
 }
 
 /// Keeps `table` current from a watch of the pods on `node`; never
@@ -128,7 +164,7 @@ mod tests {
 
     fn pod(ns: &str, name: &str, ip: Option<&str>, host_network: bool) -> Pod {
         serde_json::from_value(serde_json::json!({
-            "metadata": {"namespace": ns, "name": name},
+            "metadata": {"namespace": ns, "name": name, "labels": {"app": "cart", "tier": "web"}},
             "spec": {"hostNetwork": host_network, "containers": []},
             "status": {"podIP": ip, "podIPs": ip.map(|ip| vec![serde_json::json!({"ip": ip})])},
         }))
@@ -157,10 +193,11 @@ mod tests {
         )));
         assert!(k.apply(watcher::Event::InitDone));
         let t = k.table();
-        assert_eq!(
-            t.get(&"10.244.1.5".parse().unwrap()).map(|n| &**n),
-            Some("shop")
-        );
+        let ns = |t: &HashMap<Ipv4Addr, Arc<PodInfo>>, ip: &str| {
+            t.get(&ip.parse().unwrap()).map(|p| p.namespace.to_string())
+        };
+        assert_eq!(ns(&t, "10.244.1.5").as_deref(), Some("shop"));
+        assert_eq!(t[&"10.244.1.5".parse().unwrap()].label("app"), Some("cart"));
         assert_eq!(t.get(&"10.0.0.5".parse().unwrap()), None);
         assert_eq!(t.len(), 1);
         // A new pod, an address reused by another namespace's pod.
@@ -171,9 +208,6 @@ mod tests {
             Some("10.244.1.5"),
             false
         ))));
-        assert_eq!(
-            k.table().get(&"10.244.1.5".parse().unwrap()).map(|n| &**n),
-            Some("blog")
-        );
+        assert_eq!(ns(&k.table(), "10.244.1.5").as_deref(), Some("blog"));
     }
 }
