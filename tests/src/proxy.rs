@@ -208,3 +208,14 @@ pub fn worker_counts(pid: u32, fields: &[&str]) -> std::collections::BTreeMap<St
     }
     out
 }
+
+/// The binaries the test bed's scenarios run (`xtask::staging`): this
+/// build's `sidetrack` and the demo's apps.
+pub fn staging_bins() -> xtask::staging::Bins {
+    let dir = binary().parent().unwrap().to_path_buf();
+    xtask::staging::Bins {
+        sidetrack: binary(),
+        app: dir.join("demo-app"),
+        app_args: vec![],
+    }
+}

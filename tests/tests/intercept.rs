@@ -15,15 +15,7 @@ use xtask::staging::{
 };
 
 fn bins() -> Bins {
-    let dir = sidetrack_tests::proxy::binary()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    Bins {
-        sidetrack: sidetrack_tests::proxy::binary(),
-        app: dir.join("demo-app"),
-        app_args: vec![],
-    }
+    sidetrack_tests::proxy::staging_bins()
 }
 
 fn start(tag: &str, mode: Mode) -> Staging {

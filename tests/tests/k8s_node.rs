@@ -33,15 +33,7 @@ use xtask::{
 };
 
 fn bins() -> Bins {
-    let dir = sidetrack_tests::proxy::binary()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    Bins {
-        sidetrack: sidetrack_tests::proxy::binary(),
-        app: dir.join("demo-app"),
-        app_args: vec![],
-    }
+    sidetrack_tests::proxy::staging_bins()
 }
 
 /// The image's root filesystem, unpacked into `dir`; the binary's path.

@@ -55,11 +55,7 @@ pub fn docker_archive() -> PathBuf {
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
-    if setup::is_complete() {
-        cmd::step("setup: everything is in place");
-    } else {
-        setup::run()?;
-    }
+    setup::ensure()?;
     build_ebpf::run()?;
     let binary = build_static()?;
     assemble(&binary)?;

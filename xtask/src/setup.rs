@@ -92,6 +92,16 @@ pub fn run() -> Result<()> {
 }
 
 /// True when nothing needs installing (so `test` can skip the printing).
+/// Installs what is missing, or says that nothing is.
+pub fn ensure() -> anyhow::Result<()> {
+    if is_complete() {
+        crate::cmd::step("setup: everything is in place");
+        Ok(())
+    } else {
+        run()
+    }
+}
+
 pub fn is_complete() -> bool {
     missing_packages(PACKAGES).is_empty()
         && missing_packages(IMAGE_PACKAGES).is_empty()

@@ -21,11 +21,7 @@ pub const FUZZ_SECONDS_EACH: u64 = 5;
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
-    if setup::is_complete() {
-        cmd::step("setup: everything is in place");
-    } else {
-        setup::run()?;
-    }
+    setup::ensure()?;
     build_ebpf::run()?;
 
     cmd::step("rustfmt");

@@ -71,20 +71,8 @@ impl Identifier {
     }
 
     /// Writes the logical name into `out` (cleared first). `dst_port` is
-    /// the port the client connected to, when intercepted.
-    pub fn identify(
-        &self,
-        out: &mut Vec<u8>,
-        method: &[u8],
-        minor: u8,
-        host: Option<&[u8]>,
-        dst_port: Option<u16>,
-    ) -> Result<(), IdentifyError> {
-        self.identify_from(out, method, minor, host, dst_port, None)
-    }
-
-    /// [`Identifier::identify`] for a client known to be in `namespace`
-    /// (`k8s`: the namespace of its short names).
+    /// the port the client connected to, when intercepted; `namespace`
+    /// the client's, when known (`k8s`: the namespace of its short names).
     pub fn identify_from(
         &self,
         out: &mut Vec<u8>,
@@ -198,11 +186,12 @@ mod tests {
         host: Option<&str>,
     ) -> Result<String, IdentifyError> {
         let mut out = Vec::new();
-        id.identify(
+        id.identify_from(
             &mut out,
             method.as_bytes(),
             minor,
             host.map(str::as_bytes),
+            None,
             None,
         )?;
         Ok(String::from_utf8(out).unwrap())
@@ -238,7 +227,7 @@ mod tests {
         let id = Identifier::new(IdentifierKind::K8s, "/svc").with_k8s("shop", "cluster.local");
         let k8s = |host: &str, dst: Option<u16>| {
             let mut out = Vec::new();
-            id.identify(&mut out, b"GET", 1, Some(host.as_bytes()), dst)
+            id.identify_from(&mut out, b"GET", 1, Some(host.as_bytes()), dst, None)
                 .unwrap();
             String::from_utf8(out).unwrap()
         };
