@@ -348,6 +348,10 @@ pub struct Shadow {
     seed: Cell<u64>,
 }
 
+/// Targets with copies running or waiting on a worker, at most; a copy
+/// for another is dropped and counted.
+const MAX_LANES: usize = 256;
+
 /// Spare buffers a worker keeps, at most.
 const MAX_SPARES: usize = 16;
 /// A spare read buffer that grew past this is let go.
@@ -401,6 +405,12 @@ pub fn submit(worker: &Rc<Worker>, mut job: Job) {
     let cfg = &worker.shared.cfg.shadow;
     let key = job.mirror().lane.clone();
     let mut lanes = worker.shadow.lanes.borrow_mut();
+    // Targets come from requests too (`l5d-mirror`): lanes are bounded
+    // in number as each is in length.
+    if lanes.len() >= MAX_LANES && !lanes.contains_key(&key) {
+        job.mirror().stats.dropped.inc();
+        return;
+    }
     let lane = lanes.entry(key.clone()).or_default();
     let admitted = lane.in_flight < cfg.max_in_flight || lane.queue.len() < cfg.max_queued;
     if admitted {
