@@ -75,6 +75,7 @@ fn a_keep_alive_request_allocates_nothing_on_the_proxy() {
         budget: MemoryBudget::new(usize::MAX, 0),
         diff: Arc::new(sidetrack::diff::Engine::new(Default::default())),
         k8s: None,
+        observers: Vec::new(),
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

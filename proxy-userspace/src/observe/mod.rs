@@ -4,5 +4,6 @@
 //! Everything here is bounded and off the request path's critical
 //! section (atomics only on the hot path).
 
+pub mod exchange;
 pub mod log_limit;
 pub mod metrics;

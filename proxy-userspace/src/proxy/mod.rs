@@ -145,6 +145,9 @@ pub struct Shared {
     /// The Kubernetes namer, when on: which Service owns a ClusterIP, for
     /// requests without a usable Host (the `k8s` identifier).
     pub k8s: Option<Arc<crate::namer::k8s::K8sNamer>>,
+    /// Told about every exchange when it ends (access log, dashboard,
+    /// capture).
+    pub observers: Vec<Arc<dyn crate::observe::exchange::Observer>>,
 }
 
 /// What one worker owns: its connections' deadlines and its idle backend

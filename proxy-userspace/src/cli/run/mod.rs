@@ -300,6 +300,7 @@ impl RunArgs {
             cfg,
             diff: diff.clone(),
             k8s: k8s_namer.clone(),
+            observers: Vec::new(),
             router: router.clone(),
             metrics: metrics.clone(),
             identifier: Identifier::new(settings.identifier, &settings.dst_prefix)

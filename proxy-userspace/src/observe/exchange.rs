@@ -1,0 +1,154 @@
+//! One exchange (a request and its response) as the observers see it when
+//! it ends: the access log, the dashboard's windows and capture.
+//!
+//! The connection loop fills a [`Record`] of borrowed parts as the exchange
+//! goes (nothing is copied for it) and hands it to each [`Observer`] once,
+//! after the response's last byte went to the client or the exchange
+//! failed. Observers must not block: whatever they keep they copy into a
+//! bounded buffer and write elsewhere (see `access_log`, `capture`).
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant, SystemTime},
+};
+
+use crate::{
+    observe::metrics::ErrorKind,
+    route::{Dest, Route},
+};
+
+/// How the destination was chosen, from the most specific cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// The base dtab alone.
+    Base,
+    /// A routing rule (its name is `Route::rule`).
+    Rule,
+    /// The request's own `l5d-dtab` / `l5d-ctx-dtab`.
+    Override,
+    /// A copy made by a mirror (shadowing).
+    Mirror,
+}
+
+impl Via {
+    pub fn of(route: &Route) -> Via {
+        if route.overridden {
+            Via::Override
+        } else if route.rule.is_some() {
+            Via::Rule
+        } else {
+            Via::Base
+        }
+    }
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Via::Base => "base",
+            Via::Rule => "rule",
+            Via::Override => "override",
+            Via::Mirror => "mirror",
+        }
+    }
+}
+
+/// Where the proxy's own time went, from the complete request head:
+/// each an offset from `Record::started`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spans {
+    /// The logical name was known (identify).
+    pub identified: Option<Duration>,
+    /// The route was bound and a destination picked (route).
+    pub routed: Option<Duration>,
+    /// A backend connection was ready (taken from the pool or connected).
+    pub connected: Option<Duration>,
+    /// The backend's response head began to arrive (first byte).
+    pub first_byte: Option<Duration>,
+}
+
+/// One finished exchange. Text fields are empty when the exchange ended
+/// before they were known.
+#[derive(Debug)]
+pub struct Record<'a> {
+    /// When the request head was complete.
+    pub started: Instant,
+    /// The same moment on the wall clock.
+    pub started_wall: SystemTime,
+    /// From `started` to the response's last byte (or the failure).
+    pub total: Duration,
+    pub spans: Spans,
+    /// The client (the calling pod, on a node).
+    pub peer: SocketAddr,
+    pub method: &'a str,
+    /// The Host header (or the absolute form's authority).
+    pub authority: &'a str,
+    /// The request-target as the client sent it, query included.
+    pub target: &'a str,
+    /// The status the client was answered with; 0 when it got none (the
+    /// connection was closed).
+    pub status: u16,
+    /// Set when the proxy itself answered (or closed): what went wrong.
+    pub error: Option<ErrorKind>,
+    /// Bytes read from the client for this exchange (head and body).
+    pub bytes_in: u64,
+    /// Bytes written to the client for this exchange (head and body).
+    pub bytes_out: u64,
+    /// The route, once the request was identified and bound.
+    pub route: Option<&'a Route>,
+    /// The destination (version) the request went to.
+    pub dest: Option<&'a Dest>,
+    /// `l5d-reqid`: the client's or the one the proxy gave it.
+    pub request_id: &'a str,
+    /// The request was copied to a mirror.
+    pub mirrored: bool,
+    /// The request was sent again on a fresh connection after a pooled
+    /// one turned out closed before any response byte.
+    pub retried: bool,
+    /// `traceparent` as forwarded (the client's, or the one the proxy
+    /// started), or empty.
+    pub traceparent: &'a str,
+    /// For observers that asked for bodies ([`Observer::keep_bodies`]):
+    /// the request head as the client sent it, the request body as far as
+    /// it was kept, and the response head and body as the client got them.
+    pub bodies: Option<Bodies<'a>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Bodies<'a> {
+    pub request_head: &'a [u8],
+    /// `None` when the body was larger than the limit (or not kept whole).
+    pub request_body: Option<&'a [u8]>,
+    pub response_head: &'a [u8],
+    pub response_body: Option<&'a [u8]>,
+}
+
+impl Record<'_> {
+    pub fn via(&self) -> Via {
+        self.route.map_or(Via::Base, Via::of)
+    }
+
+    /// The logical name, or empty.
+    pub fn name(&self) -> &str {
+        self.route.map_or("", |r| r.name.as_str())
+    }
+
+    /// The bound destination's id, or empty.
+    pub fn dst(&self) -> &str {
+        self.dest.map_or("", |d| d.id.as_str())
+    }
+
+    /// The routing rule that matched, or empty.
+    pub fn rule(&self) -> &str {
+        self.route.and_then(|r| r.rule.as_deref()).unwrap_or("")
+    }
+}
+
+/// Something told about every exchange.
+pub trait Observer: Send + Sync {
+    fn exchange(&self, record: &Record<'_>);
+
+    /// Whether this observer wants the request's and response's heads and
+    /// bodies for a route, and up to how many bytes of each body.
+    fn keep_bodies(&self, _route: &Route) -> Option<usize> {
+        None
+    }
+}
