@@ -112,6 +112,11 @@ pub struct Record<'a> {
     pub bodies: Option<Bodies<'a>>,
 }
 
+///
+/// Bodies are as framed on the wire: a chunked body keeps its chunked
+/// coding (its head says `Transfer-Encoding: chunked`); [`unframed`] takes
+/// it off. The response head is the one the client got (the proxy's own
+/// error answer, body included, when the proxy answered).
 #[derive(Debug, Clone, Copy)]
 pub struct Bodies<'a> {
     pub request_head: &'a [u8],
@@ -119,6 +124,20 @@ pub struct Bodies<'a> {
     pub request_body: Option<&'a [u8]>,
     pub response_head: &'a [u8],
     pub response_body: Option<&'a [u8]>,
+}
+
+/// A body as kept in [`Bodies`], without its chunked coding when `chunked`
+/// (`None` when the coding is broken).
+pub fn unframed(body: &[u8], chunked: bool) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if !chunked {
+        return Some(std::borrow::Cow::Borrowed(body));
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut scanner = crate::http::ChunkedScanner::new();
+    scanner
+        .decode(body, |data| out.extend_from_slice(data))
+        .ok()?;
+    Some(std::borrow::Cow::Owned(out))
 }
 
 impl Record<'_> {
@@ -150,5 +169,20 @@ pub trait Observer: Send + Sync {
     /// bodies for a route, and up to how many bytes of each body.
     fn keep_bodies(&self, _route: &Route) -> Option<usize> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unframed;
+
+    #[test]
+    fn chunked_bodies_are_unframed() {
+        assert_eq!(
+            unframed(b"5\r\nhello\r\n0\r\n\r\n", true).unwrap().as_ref(),
+            b"hello"
+        );
+        assert_eq!(unframed(b"hello", false).unwrap().as_ref(), b"hello");
+        assert!(unframed(b"zz\r\nhello", true).is_none());
     }
 }
