@@ -47,7 +47,11 @@ use crate::{
         fs::{self, FsNamer},
         k8s::{self, K8sNamer},
     },
-    observe::metrics::{ExtraCounters, Metrics},
+    observe::{
+        capture::Capture,
+        exchange::Observer,
+        metrics::{ExtraCounters, Metrics},
+    },
     policy::{Mirrors, OverridePolicy, Rules, overrides, signing::Keys},
     proxy::{
         self, ProxyConfig, Shared, Stop,
@@ -296,11 +300,17 @@ impl RunArgs {
             admin_stop_rx,
         )
         .map_err(|e| format!("admin server: {e}"))?;
+        let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
+        if settings.capture.enabled {
+            let capture = Capture::start(&settings.capture)?;
+            metrics.add_extra(capture.stats());
+            observers.push(Arc::new(capture));
+        }
         let shared = Arc::new(Shared {
             cfg,
             diff: diff.clone(),
             k8s: k8s_namer.clone(),
-            observers: Vec::new(),
+            observers,
             router: router.clone(),
             metrics: metrics.clone(),
             identifier: Identifier::new(settings.identifier, &settings.dst_prefix)
