@@ -713,7 +713,13 @@ mod tests {
         assert_eq!(c.names, ["/svc/world"]);
         assert_eq!(c.only, CaptureOnly::Override);
         assert_eq!(
-            (c.max_body_bytes, c.max_bytes, c.max_age_secs, c.segment_bytes, c.buffer),
+            (
+                c.max_body_bytes,
+                c.max_bytes,
+                c.max_age_secs,
+                c.segment_bytes,
+                c.buffer
+            ),
             (100, 65536, 60, 8192, 8)
         );
         assert_eq!(c.redact, ["x-api-key"]);

@@ -574,7 +574,10 @@ mod tests {
         let s = &v["_sidetrack"];
         assert_eq!(s["name"], "/svc/world");
         assert_eq!(s["dst"], "/#/io.l5d.fs/world");
-        assert_eq!((s["via"].as_str(), s["rule"].as_str()), (Some("rule"), Some("beta")));
+        assert_eq!(
+            (s["via"].as_str(), s["rule"].as_str()),
+            (Some("rule"), Some("beta"))
+        );
         assert_eq!(s["request_id"], "abc");
         assert_eq!(s["started_unix_ms"], 1_777_636_800_123u64);
         // Round trip: replay reads what the writer wrote.
@@ -604,7 +607,10 @@ mod tests {
             assert_eq!(value(&e.request.headers, name), [REDACTED], "{name}");
         }
         assert_eq!(value(&e.request.headers, "host"), ["world"]);
-        assert_eq!(value(&e.response.headers, "set-cookie"), [REDACTED, REDACTED]);
+        assert_eq!(
+            value(&e.response.headers, "set-cookie"),
+            [REDACTED, REDACTED]
+        );
         let line = serde_json::to_string(&e).unwrap();
         for secret in ["s3cret", "sid=1", "s=2", "t=3"] {
             assert!(!line.contains(secret), "{secret} in {line}");
@@ -625,7 +631,10 @@ mod tests {
         );
         let e = Entry::of(&x, &Redact::new(&[]));
         let p = e.request.post_data.as_ref().unwrap();
-        assert_eq!((p.text.as_str(), p.encoding.as_deref()), ("AP/+YQ==", Some("base64")));
+        assert_eq!(
+            (p.text.as_str(), p.encoding.as_deref()),
+            ("AP/+YQ==", Some("base64"))
+        );
         assert_eq!(e.request_body().unwrap(), binary);
         assert_eq!(e.response.content.encoding.as_deref(), Some("base64"));
         assert_eq!(e.response_body().unwrap(), b"\xff\x00\x01hi");

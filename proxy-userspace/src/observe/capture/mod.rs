@@ -76,8 +76,9 @@ impl Filter {
     }
 }
 
-/// Whether the name prefix `prefix` covers `name`, element by element.
-fn covers(prefix: &str, name: &str) -> bool {
+/// Whether the name prefix `prefix` (no trailing `/`) covers `name`,
+/// element by element.
+pub fn covers(prefix: &str, name: &str) -> bool {
     prefix == "/"
         || name
             .strip_prefix(prefix)
@@ -136,7 +137,9 @@ impl Exchange {
             dst: r.dst().to_owned(),
             via: r.via(),
             rule: r.route.and_then(|route| route.rule.clone()),
-            local_dtab: r.route.map_or(String::new(), |route| route.local_dtab.clone()),
+            local_dtab: r
+                .route
+                .map_or(String::new(), |route| route.local_dtab.clone()),
             request_id: r.request_id.to_owned(),
             mirrored: r.mirrored,
             retried: r.retried,
@@ -315,11 +318,9 @@ impl Writer {
     }
 
     fn write(&mut self, x: &Exchange) {
-        if let Some(until) = self.stopped_until {
-            if Instant::now() < until {
-                self.stats.lost.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+        if self.stopped_until.is_some_and(|until| Instant::now() < until) {
+            self.stats.lost.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         let mut line = match serde_json::to_vec(&Entry::of(x, &self.redact)) {
             Ok(line) => line,
@@ -371,7 +372,10 @@ mod tests {
 
     #[test]
     fn names_are_prefixes_by_element_and_only_narrows() {
-        let f = Filter::new(&["/svc/world/".into(), "/svc/hello".into()], CaptureOnly::Any);
+        let f = Filter::new(
+            &["/svc/world/".into(), "/svc/hello".into()],
+            CaptureOnly::Any,
+        );
         for (name, want) in [
             ("/svc/world", true),
             ("/svc/world/v2", true),
@@ -431,7 +435,8 @@ mod tests {
     /// The observer end to end, without a proxy: records in, lines out.
     #[test]
     fn the_observer_writes_entries_off_the_callers_thread() {
-        let dir = std::env::temp_dir().join(format!("sidetrack-capture-obs-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sidetrack-capture-obs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let c = Capture::start(&settings(&dir, 64)).unwrap();
         let world = route("/svc/world", None, false);
@@ -510,7 +515,8 @@ mod tests {
     /// counts what comes meanwhile as lost.
     #[test]
     fn a_write_error_stops_capture_and_is_counted() {
-        let dir = std::env::temp_dir().join(format!("sidetrack-capture-err-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sidetrack-capture-err-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let ring = Ring::open(
             &dir,

@@ -166,9 +166,7 @@ impl Ring {
 
     fn start_segment(&mut self, now: SystemTime) -> io::Result<()> {
         self.current = None;
-        let path = self
-            .dir
-            .join(segment_name(unix_ms(now), self.next_seq));
+        let path = self.dir.join(segment_name(unix_ms(now), self.next_seq));
         self.next_seq += 1;
         let file = OpenOptions::new()
             .append(true)
@@ -230,10 +228,8 @@ mod tests {
     struct Dir(PathBuf);
     impl Dir {
         fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!(
-                "sidetrack-ring-{tag}-{}",
-                std::process::id()
-            ));
+            let p =
+                std::env::temp_dir().join(format!("sidetrack-ring-{tag}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&p);
             Dir(p)
         }
@@ -295,7 +291,10 @@ mod tests {
         assert!(newest.ends_with(&String::from_utf8(line(49)).unwrap()));
         // The oldest line kept is from 8 lines before the newest.
         let oldest = fs::read_to_string(d.0.join(&files[0].0)).unwrap();
-        assert!(oldest.starts_with(&String::from_utf8(line(42)).unwrap()), "{oldest}");
+        assert!(
+            oldest.starts_with(&String::from_utf8(line(42)).unwrap()),
+            "{oldest}"
+        );
         // A line larger than the whole ring is refused, the rest kept.
         assert!(matches!(
             r.append(&vec![b'x'; 1_001], at(60)),
