@@ -300,7 +300,17 @@ impl RunArgs {
             admin_stop_rx,
         )
         .map_err(|e| format!("admin server: {e}"))?;
+        // Told about every exchange: the access log and capture, when on.
         let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
+        let access_log = if settings.access_log.enabled {
+            let log = crate::observe::access_log::AccessLog::start(&settings.access_log)
+                .map_err(|e| format!("access_log: {}: {e}", settings.access_log.path))?;
+            metrics.add_extra(log.clone());
+            observers.push(log.clone());
+            Some(log)
+        } else {
+            None
+        };
         if settings.capture.enabled {
             let capture = Capture::start(&settings.capture)?;
             metrics.add_extra(capture.stats());
@@ -520,6 +530,10 @@ impl RunArgs {
             drop(interception);
         }
         drop(handover_listener);
+        // What the workers logged last is written before the exit.
+        if let Some(log) = access_log {
+            log.stop();
+        }
         Ok(if drained && worker_died.is_none() {
             ExitCode::SUCCESS
         } else {

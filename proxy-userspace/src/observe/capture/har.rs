@@ -277,7 +277,7 @@ impl Entry {
         };
 
         Entry {
-            started_date_time: rfc3339_ms(started_unix_ms),
+            started_date_time: humantime::format_rfc3339_millis(x.started_wall).to_string(),
             time: ms(x.total),
             request: Request {
                 method: x.method.clone(),
@@ -457,29 +457,6 @@ fn query(target: &str) -> Vec<NameValue> {
             }
         })
         .collect()
-}
-
-/// Unix milliseconds as `2026-05-01T12:00:00.123Z`.
-pub fn rfc3339_ms(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Days to a civil date (Howard Hinnant's algorithm), from 1970-01-01.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        unix_ms % 1000
-    )
 }
 
 /// Unix milliseconds of a moment.
@@ -671,12 +648,5 @@ mod tests {
         assert_eq!((e.request.headers_size, e.request.body_size), (-1, -1));
         assert_eq!(e.timings.wait, -1.0);
         assert_eq!(e.sidetrack.error.as_deref(), Some("connect_failed"));
-    }
-
-    #[test]
-    fn dates_are_utc_with_milliseconds() {
-        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(951_782_400_001), "2000-02-29T00:00:00.001Z");
-        assert_eq!(rfc3339_ms(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
     }
 }
