@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::{
     observe::capture::{
-        covers,
+        REPLAY_HEADER, covers,
         har::{Entry, REDACTED},
     },
     policy::signing::SIGNATURE_HEADER,
@@ -116,16 +116,21 @@ const FRAMING: [&str; 7] = [
 ];
 const OVERRIDES: [&str; 3] = ["l5d-dtab", "l5d-ctx-dtab", SIGNATURE_HEADER];
 
+/// The value of [`REPLAY_HEADER`] on replayed requests.
+const REPLAY_MARK: &str = "1";
+
 /// The request to send for `e`: its method, target and headers as
 /// captured, less redacted headers (their values were not kept) and the
-/// ones above, with its body, a length, `Connection: close` and, through a
-/// proxy, the override.
+/// ones above, with its body, a length, `Connection: close`, the replay
+/// mark (capture leaves marked requests out) and, through a proxy, the
+/// override.
 pub fn request(e: &Entry, via: &Via, body: &[u8]) -> Vec<u8> {
     let mut out = format!("{} {} HTTP/1.1\r\n", e.request.method, e.target()).into_bytes();
     let mut host = false;
     for h in &e.request.headers {
         let name = h.name.as_str();
         let dropped = h.value == REDACTED
+            || name.eq_ignore_ascii_case(REPLAY_HEADER)
             || FRAMING.iter().any(|f| f.eq_ignore_ascii_case(name))
             || (matches!(via, Via::Proxy { .. })
                 && OVERRIDES.iter().any(|f| f.eq_ignore_ascii_case(name)));
@@ -149,6 +154,7 @@ pub fn request(e: &Entry, via: &Via, body: &[u8]) -> Vec<u8> {
             format!("l5d-dtab: {}\r\n", override_dtab(&e.sidetrack.name, to)).as_bytes(),
         );
     }
+    out.extend_from_slice(format!("{REPLAY_HEADER}: {REPLAY_MARK}\r\n").as_bytes());
     if !body.is_empty() || !is_safe(&e.request.method) {
         out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
     }
@@ -319,7 +325,7 @@ mod tests {
         assert_eq!(
             text,
             "POST /users/7?x=1 HTTP/1.1\r\nHost: world\r\nAccept: application/json\r\n\
-             l5d-dtab: /svc/world => /srv/world-v2\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+             l5d-dtab: /svc/world => /srv/world-v2\r\nl5d-replay: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
         );
         // Straight to an address: as captured (its own override too).
         let text =
@@ -327,7 +333,7 @@ mod tests {
         assert_eq!(
             text,
             "GET /users/7?x=1 HTTP/1.1\r\nHost: world\r\nAccept: application/json\r\n\
-             l5d-dtab: /svc/world => /srv/world-v3\r\nConnection: close\r\n\r\n"
+             l5d-dtab: /svc/world => /srv/world-v3\r\nl5d-replay: 1\r\nConnection: close\r\n\r\n"
         );
         // A missing Host comes from the URL.
         let mut e = entry("GET", "/svc/world", 1);

@@ -43,6 +43,11 @@ use ring::{AppendError, Bounds, Ring};
 /// again (in a new segment).
 pub const RETRY_AFTER: Duration = Duration::from_secs(30);
 
+/// The header `sidetrack replay` marks its requests with: they are not
+/// captured, so that a replay through a capturing proxy does not record
+/// itself (and the next replay send it again).
+pub const REPLAY_HEADER: &str = "l5d-replay";
+
 /// How often an idle writer applies the age bound.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -173,27 +178,27 @@ impl ExtraCounters for Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         out.extend([
             (
-                "sidetrack_capture_entries",
+                "capture_entries",
                 "Exchanges captured (written to the ring).",
                 get(&self.captured),
             ),
             (
-                "sidetrack_capture_dropped",
+                "capture_dropped",
                 "Exchanges not captured because the writer's buffer was full.",
                 get(&self.dropped),
             ),
             (
-                "sidetrack_capture_lost",
+                "capture_lost",
                 "Exchanges not captured because capture was stopped by a write error (or too large for the ring).",
                 get(&self.lost),
             ),
             (
-                "sidetrack_capture_write_errors",
+                "capture_write_errors",
                 "Writes to the capture ring that failed (a full disk): each stops capture for a while.",
                 get(&self.write_errors),
             ),
             (
-                "sidetrack_capture_written_bytes",
+                "capture_written_bytes",
                 "Bytes written to the capture ring.",
                 get(&self.bytes_written),
             ),
@@ -202,7 +207,7 @@ impl ExtraCounters for Stats {
 
     fn gauges(&self, out: &mut Vec<(&'static str, &'static str, i64)>) {
         out.push((
-            "sidetrack_capture_disk_bytes",
+            "capture_disk_bytes",
             "Bytes the capture ring's segments take on disk.",
             self.disk_bytes.load(Ordering::Relaxed) as i64,
         ));
@@ -318,8 +323,14 @@ impl Writer {
     }
 
     fn write(&mut self, x: &Exchange) {
-        if self.stopped_until.is_some_and(|until| Instant::now() < until) {
+        if self
+            .stopped_until
+            .is_some_and(|until| Instant::now() < until)
+        {
             self.stats.lost.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if is_replay(&x.request_head) {
             return;
         }
         let mut line = match serde_json::to_vec(&Entry::of(x, &self.redact)) {
@@ -361,10 +372,31 @@ impl Writer {
     }
 }
 
+/// Whether a request head carries [`REPLAY_HEADER`].
+fn is_replay(head: &[u8]) -> bool {
+    head.split(|&b| b == b'\n').skip(1).any(|line| {
+        line.len() > REPLAY_HEADER.len()
+            && line[REPLAY_HEADER.len()] == b':'
+            && line[..REPLAY_HEADER.len()].eq_ignore_ascii_case(REPLAY_HEADER.as_bytes())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::observe::exchange::Bodies;
+
+    #[test]
+    fn replayed_requests_are_known_by_their_header() {
+        assert!(is_replay(
+            b"GET / HTTP/1.1\r\nHost: w\r\nL5d-Replay: 1\r\n\r\n"
+        ));
+        assert!(!is_replay(
+            b"GET / HTTP/1.1\r\nHost: w\r\nl5d-replayed: 1\r\n\r\n"
+        ));
+        assert!(!is_replay(b"GET /l5d-replay: HTTP/1.1\r\n\r\n"));
+        assert!(!is_replay(b""));
+    }
 
     fn route(name: &str, rule: Option<&str>, overridden: bool) -> Route {
         Route::for_test(name, rule, overridden)
