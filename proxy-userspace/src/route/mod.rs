@@ -445,23 +445,6 @@ impl Router {
 }
 
 impl Route {
-    /// A route as the observers' tests need one: a name, how it was
-    /// chosen, bound to nothing.
-    #[cfg(test)]
-    pub fn for_test(name: &str, rule: Option<&str>, overridden: bool) -> Route {
-        Route {
-            name: name.to_owned(),
-            local_dtab: String::new(),
-            overridden,
-            rule: rule.map(str::to_owned),
-            signed_until: None,
-            dropped_override: None,
-            outcome: Outcome::Neg,
-            mirrors: Vec::new(),
-            generation: 0,
-        }
-    }
-
     /// About what the route holds, in bytes: what the cache counts it as
     /// (with its key) against `route_cache_max_bytes`.
     pub fn weight(&self) -> usize {

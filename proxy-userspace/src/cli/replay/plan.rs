@@ -248,7 +248,6 @@ mod tests {
                 dst: "/#/io.l5d.fs/world".into(),
                 via: "base".into(),
                 rule: None,
-                local_dtab: String::new(),
                 request_id: "r".into(),
                 peer: "127.0.0.1:1".into(),
                 error: None,

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::Exchange;
-use crate::http::ChunkedScanner;
+use crate::observe::exchange::unframed;
 
 /// What a redacted header's value becomes.
 pub const REDACTED: &str = "<redacted>";
@@ -163,9 +163,6 @@ pub struct Sidetrack {
     pub via: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
-    /// The override or context dtab the request carried.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub local_dtab: String,
     pub request_id: String,
     /// The client's address.
     pub peer: String,
@@ -309,7 +306,6 @@ impl Entry {
                 dst: x.dst.clone(),
                 via: x.via.label().to_owned(),
                 rule: x.rule.clone(),
-                local_dtab: x.local_dtab.clone(),
                 request_id: x.request_id.clone(),
                 peer: x.peer.to_string(),
                 error: x.error.map(|e| e.label().to_owned()),
@@ -378,24 +374,13 @@ fn body_text(body: &[u8]) -> (String, Option<String>) {
     }
 }
 
-/// The body without its chunked coding when the head says chunked and
-/// the bytes are a whole chunked body; otherwise as it is (already
-/// dechunked by the data path).
+/// The body without its chunked coding when the head says chunked (as
+/// the data path keeps it: as framed); a broken coding is kept as it is.
 fn dechunked(headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
     let chunked = headers.iter().any(|(n, v)| {
         n.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
     });
-    if chunked {
-        let mut scanner = ChunkedScanner::new();
-        let mut out = Vec::with_capacity(body.len());
-        if let Ok(n) = scanner.decode(body, |d| out.extend_from_slice(d))
-            && scanner.is_done()
-            && n == body.len()
-        {
-            return out;
-        }
-    }
-    body.to_vec()
+    unframed(body, chunked).map_or_else(|| body.to_vec(), |b| b.into_owned())
 }
 
 /// A head's first line and its header fields, as text (lossy).
@@ -492,7 +477,6 @@ mod tests {
             dst: "/#/io.l5d.fs/world".into(),
             via: Via::Rule,
             rule: Some("beta".into()),
-            local_dtab: String::new(),
             request_id: "abc".into(),
             mirrored: false,
             retried: false,

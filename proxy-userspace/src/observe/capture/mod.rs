@@ -33,7 +33,6 @@ use crate::{
         exchange::{Observer, Record, Spans, Via},
         metrics::{ErrorKind, ExtraCounters},
     },
-    route::Route,
 };
 
 use har::{Entry, Redact};
@@ -71,13 +70,17 @@ impl Filter {
         Filter { names, only }
     }
 
-    pub fn wants(&self, route: &Route) -> bool {
+    /// Whether requests to `name` routed `via` are captured. `via` is the
+    /// most specific cause: a request with an override that a rule also
+    /// matched is an override's.
+    pub fn wants(&self, name: &str, via: Via) -> bool {
         let how = match self.only {
-            CaptureOnly::Any => true,
-            CaptureOnly::Rule => route.rule.is_some(),
-            CaptureOnly::Override => route.overridden,
+            CaptureOnly::Any => via != Via::Mirror,
+            CaptureOnly::Rule => via == Via::Rule,
+            CaptureOnly::Override => via == Via::Override,
         };
-        how && (self.names.is_empty() || self.names.iter().any(|p| covers(p, &route.name)))
+        how && !name.is_empty()
+            && (self.names.is_empty() || self.names.iter().any(|p| covers(p, name)))
     }
 }
 
@@ -108,7 +111,6 @@ pub struct Exchange {
     pub dst: String,
     pub via: Via,
     pub rule: Option<String>,
-    pub local_dtab: String,
     pub request_id: String,
     pub mirrored: bool,
     pub retried: bool,
@@ -138,13 +140,10 @@ impl Exchange {
             error: r.error,
             bytes_in: r.bytes_in,
             bytes_out: r.bytes_out,
-            name: r.name().to_owned(),
-            dst: r.dst().to_owned(),
-            via: r.via(),
-            rule: r.route.and_then(|route| route.rule.clone()),
-            local_dtab: r
-                .route
-                .map_or(String::new(), |route| route.local_dtab.clone()),
+            name: r.name.to_owned(),
+            dst: r.dst.to_owned(),
+            via: r.via,
+            rule: (!r.rule.is_empty()).then(|| r.rule.to_owned()),
             request_id: r.request_id.to_owned(),
             mirrored: r.mirrored,
             retried: r.retried,
@@ -280,10 +279,7 @@ fn ring_summary(stats: &Stats) -> String {
 
 impl Observer for Capture {
     fn exchange(&self, record: &Record<'_>) {
-        let Some(route) = record.route else {
-            return;
-        };
-        if !self.filter.wants(route) {
+        if !self.filter.wants(record.name, record.via) {
             return;
         }
         match self.tx.try_send(Exchange::of(record, self.max_body)) {
@@ -294,8 +290,8 @@ impl Observer for Capture {
         }
     }
 
-    fn keep_bodies(&self, route: &Route) -> Option<usize> {
-        self.filter.wants(route).then_some(self.max_body)
+    fn keep_bodies(&self, name: &str, via: Via) -> Option<usize> {
+        self.filter.wants(name, via).then_some(self.max_body)
     }
 }
 
@@ -398,10 +394,6 @@ mod tests {
         assert!(!is_replay(b""));
     }
 
-    fn route(name: &str, rule: Option<&str>, overridden: bool) -> Route {
-        Route::for_test(name, rule, overridden)
-    }
-
     #[test]
     fn names_are_prefixes_by_element_and_only_narrows() {
         let f = Filter::new(
@@ -415,19 +407,22 @@ mod tests {
             ("/svc/hello", true),
             ("/svc", false),
         ] {
-            assert_eq!(f.wants(&route(name, None, false)), want, "{name}");
+            assert_eq!(f.wants(name, Via::Base), want, "{name}");
         }
         let all = Filter::new(&[], CaptureOnly::Any);
-        assert!(all.wants(&route("/anything", None, false)));
+        assert!(all.wants("/anything", Via::Override));
+        assert!(!all.wants("", Via::Base), "not routed");
+        assert!(!all.wants("/svc/x", Via::Mirror), "a copy");
         let root = Filter::new(&["/".into()], CaptureOnly::Any);
-        assert!(root.wants(&route("/svc/x", None, false)));
+        assert!(root.wants("/svc/x", Via::Base));
 
         let rule = Filter::new(&[], CaptureOnly::Rule);
-        assert!(rule.wants(&route("/svc/x", Some("beta"), false)));
-        assert!(!rule.wants(&route("/svc/x", None, true)));
+        assert!(rule.wants("/svc/x", Via::Rule));
+        assert!(!rule.wants("/svc/x", Via::Override));
+        assert!(!rule.wants("/svc/x", Via::Base));
         let over = Filter::new(&[], CaptureOnly::Override);
-        assert!(over.wants(&route("/svc/x", None, true)));
-        assert!(!over.wants(&route("/svc/x", Some("beta"), false)));
+        assert!(over.wants("/svc/x", Via::Override));
+        assert!(!over.wants("/svc/x", Via::Rule));
     }
 
     fn settings(dir: &std::path::Path, buffer: usize) -> config::Capture {
@@ -440,7 +435,7 @@ mod tests {
         }
     }
 
-    fn record<'a>(route: &'a Route, bodies: Option<Bodies<'a>>) -> Record<'a> {
+    fn record<'a>(name: &'a str, bodies: Option<Bodies<'a>>) -> Record<'a> {
         Record {
             started: Instant::now(),
             started_wall: SystemTime::now(),
@@ -454,8 +449,12 @@ mod tests {
             error: None,
             bytes_in: 40,
             bytes_out: 60,
-            route: Some(route),
-            dest: None,
+            name,
+            dst: "/#/io.l5d.fs/world",
+            via: Via::Base,
+            rule: "",
+            overridden: false,
+            stats: None,
             request_id: "r1",
             mirrored: false,
             retried: false,
@@ -471,10 +470,9 @@ mod tests {
             std::env::temp_dir().join(format!("sidetrack-capture-obs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let c = Capture::start(&settings(&dir, 64)).unwrap();
-        let world = route("/svc/world", None, false);
-        let other = route("/svc/hello", None, false);
-        assert_eq!(c.keep_bodies(&world), Some(64 << 10));
-        assert_eq!(c.keep_bodies(&other), None);
+        let (world, other) = ("/svc/world", "/svc/hello");
+        assert_eq!(c.keep_bodies(world, Via::Base), Some(64 << 10));
+        assert_eq!(c.keep_bodies(other, Via::Base), None);
         let bodies = Bodies {
             request_head: b"GET /users/1 HTTP/1.1\r\nHost: world\r\nCookie: a=b\r\n\r\n",
             request_body: Some(b""),
@@ -482,8 +480,8 @@ mod tests {
             response_body: Some(b"hi"),
         };
         for _ in 0..10 {
-            c.exchange(&record(&world, Some(bodies)));
-            c.exchange(&record(&other, Some(bodies)));
+            c.exchange(&record(world, Some(bodies)));
+            c.exchange(&record(other, Some(bodies)));
         }
         let stats = c.stats();
         assert!(crate::observe::capture::tests::wait(|| {
@@ -518,10 +516,9 @@ mod tests {
             tx,
             stats: Arc::default(),
         };
-        let world = route("/svc/world", None, false);
         let start = Instant::now();
         for _ in 0..100 {
-            c.exchange(&record(&world, None));
+            c.exchange(&record("/svc/world", None));
         }
         assert!(start.elapsed() < Duration::from_secs(1));
         assert_eq!(c.stats.dropped.load(Ordering::Relaxed), 98);
@@ -529,7 +526,7 @@ mod tests {
         let big = [0u8; 11];
         let x = Exchange::of(
             &record(
-                &world,
+                "/svc/world",
                 Some(Bodies {
                     request_head: b"",
                     request_body: Some(&big),
@@ -567,8 +564,7 @@ mod tests {
             stats: Arc::default(),
             stopped_until: None,
         };
-        let world = route("/svc/world", None, false);
-        let x = Exchange::of(&record(&world, None), 10);
+        let x = Exchange::of(&record("/svc/world", None), 10);
         for _ in 0..3 {
             w.write(&x);
         }
