@@ -129,6 +129,124 @@ pub struct Settings {
     /// Trace context: starting a `traceparent`, and the proxy's timing
     /// told to backends (see `observe::trace`).
     pub trace: TraceSettings,
+    /// Requests and their answers recorded to an on-disk ring, for
+    /// `sidetrack replay` (see `observe::capture`). Read at start.
+    pub capture: Capture,
+}
+
+/// Which routed requests capture records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureOnly {
+    /// Every request to a chosen name.
+    #[default]
+    Any,
+    /// Only those a routing rule chose the destination of.
+    Rule,
+    /// Only those that carried their own dtab (`l5d-dtab`, `l5d-ctx-dtab`).
+    Override,
+}
+
+/// Capture: requests to chosen logical names and their answers, as JSON
+/// lines of HAR entries in segment files under `dir`, bounded by size and
+/// age (`observe::capture`; docs/observability.md). Read at start.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Capture {
+    pub enabled: bool,
+    /// Where the segment files go (created if missing); required when
+    /// enabled.
+    pub dir: Option<PathBuf>,
+    /// Logical-name prefixes to capture (`/svc/world` takes `/svc/world`
+    /// and `/svc/world/...`, not `/svc/worldly`); empty: every name.
+    pub names: Vec<String>,
+    /// Every request to those names, or only those a rule routed, or only
+    /// those that carried an override.
+    pub only: CaptureOnly,
+    /// Request and response bodies are kept up to this many bytes each; a
+    /// longer body is recorded by its size alone.
+    pub max_body_bytes: usize,
+    /// What all segments together may take on disk: the oldest go first.
+    pub max_bytes: u64,
+    /// Segments whose last entry is older than this are deleted.
+    pub max_age_secs: u64,
+    /// A new segment is started when the current one would grow past this.
+    pub segment_bytes: u64,
+    /// Exchanges waiting for the writer thread, at most; past it they are
+    /// dropped and counted (capture never makes a request wait).
+    pub buffer: usize,
+    /// Request and response headers whose values are replaced by
+    /// `<redacted>`, besides `Authorization`, `Proxy-Authorization`,
+    /// `Cookie` and `Set-Cookie`, which always are.
+    pub redact: Vec<String>,
+}
+
+impl Default for Capture {
+    fn default() -> Capture {
+        Capture {
+            enabled: false,
+            dir: None,
+            names: Vec::new(),
+            only: CaptureOnly::Any,
+            max_body_bytes: 64 << 10,
+            max_bytes: 256 << 20,
+            max_age_secs: 3_600,
+            segment_bytes: 16 << 20,
+            buffer: 1_024,
+            redact: Vec::new(),
+        }
+    }
+}
+
+/// The largest `capture.max_body_bytes`: each waiting exchange may hold
+/// two bodies this big, `capture.buffer` of them.
+pub const MAX_CAPTURE_BODY: usize = 16 << 20;
+/// The smallest `capture.segment_bytes`.
+pub const MIN_CAPTURE_SEGMENT: u64 = 4 << 10;
+
+impl Capture {
+    fn validate(&self) -> Result<(), String> {
+        if self.enabled && self.dir.is_none() {
+            return Err("capture.dir: required when capture is enabled".into());
+        }
+        if let Some(name) = self.names.iter().find(|n| !n.starts_with('/')) {
+            return Err(format!(
+                "capture.names: {name:?} is not a path (like /svc/world)"
+            ));
+        }
+        if self.max_body_bytes > MAX_CAPTURE_BODY {
+            return Err(format!(
+                "capture.max_body_bytes: {} is more than {MAX_CAPTURE_BODY}",
+                self.max_body_bytes
+            ));
+        }
+        if self.segment_bytes < MIN_CAPTURE_SEGMENT {
+            return Err(format!(
+                "capture.segment_bytes: {} is less than {MIN_CAPTURE_SEGMENT}",
+                self.segment_bytes
+            ));
+        }
+        if self.max_bytes < self.segment_bytes {
+            return Err(format!(
+                "capture.max_bytes: {} is less than one segment ({})",
+                self.max_bytes, self.segment_bytes
+            ));
+        }
+        if self.max_age_secs == 0 || self.max_age_secs > MAX_MS / 1000 {
+            return Err(format!(
+                "capture.max_age_secs: {} is not between 1 and a year",
+                self.max_age_secs
+            ));
+        }
+        if self.buffer == 0 || self.buffer > 1 << 20 {
+            return Err(format!(
+                "capture.buffer: {} is not between 1 and {}",
+                self.buffer,
+                1 << 20
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The access log's format.
@@ -494,6 +612,7 @@ impl Default for Settings {
             handover: Handover::default(),
             access_log: Default::default(),
             trace: Default::default(),
+            capture: Capture::default(),
         }
     }
 }
@@ -605,6 +724,7 @@ impl Settings {
         self.shadow.validate()?;
         self.diff.validate()?;
         self.access_log.validate()?;
+        self.capture.validate()?;
         if l.max_connections == 0 {
             return Err("limits.max_connections: 0 would serve nobody".into());
         }
@@ -682,6 +802,33 @@ mod tests {
     }
 
     #[test]
+    fn capture_is_off_by_default_and_reads_its_section() {
+        assert!(!Settings::default().capture.enabled);
+        let s = Settings::from_yaml(
+            "capture:\n  enabled: true\n  dir: /tmp/cap\n  names: [/svc/world]\n  only: override\n\
+             \x20 max_body_bytes: 100\n  max_bytes: 65536\n  max_age_secs: 60\n  segment_bytes: 8192\n\
+             \x20 buffer: 8\n  redact: [x-api-key]\n",
+        )
+        .unwrap();
+        let c = &s.capture;
+        assert!(c.enabled);
+        assert_eq!(c.dir.as_deref(), Some(std::path::Path::new("/tmp/cap")));
+        assert_eq!(c.names, ["/svc/world"]);
+        assert_eq!(c.only, CaptureOnly::Override);
+        assert_eq!(
+            (
+                c.max_body_bytes,
+                c.max_bytes,
+                c.max_age_secs,
+                c.segment_bytes,
+                c.buffer
+            ),
+            (100, 65536, 60, 8192, 8)
+        );
+        assert_eq!(c.redact, ["x-api-key"]);
+    }
+
+    #[test]
     fn the_handover_socket_is_per_listen_address_and_can_be_off() {
         let s = Settings::from_yaml("listen: 10.0.0.5:4140\n").unwrap();
         assert_eq!(
@@ -743,6 +890,15 @@ mod tests {
         assert!(err("pool:\n  eject_ms: 31536000001\n").contains("pool.eject_ms"));
         assert!(err("limits:\n  max_connections: 0\n").contains("max_connections"));
         assert!(err("interception:\n  mark: 0\n").contains("interception.mark"));
+        assert!(err("capture:\n  enabled: true\n").contains("capture.dir"));
+        assert!(err("capture:\n  names: [svc/world]\n").contains("capture.names"));
+        assert!(err("capture:\n  segment_bytes: 10\n").contains("capture.segment_bytes"));
+        assert!(
+            err("capture:\n  max_bytes: 8192\n  segment_bytes: 16384\n")
+                .contains("capture.max_bytes")
+        );
+        assert!(err("capture:\n  buffer: 0\n").contains("capture.buffer"));
+        assert!(err("capture:\n  only: always\n").contains("only"));
         // The edges themselves are fine, and 0 still means "never" where it does.
         let s = Settings::from_yaml(
             "watch_interval_ms: 10\nshutdown_grace_ms: 31536000000\nlimits:\n  tunnel_idle_timeout_ms: 0\n",

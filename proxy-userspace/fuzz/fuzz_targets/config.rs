@@ -114,6 +114,9 @@ fn spelling_free(mut s: Settings) -> Settings {
     s.k8s.cluster_domain.clear();
     s.k8s.node_name = None;
     s.access_log.path.clear();
+    s.capture.dir = None;
+    s.capture.names.clear();
+    s.capture.redact.clear();
     s
 }
 

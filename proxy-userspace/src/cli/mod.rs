@@ -7,6 +7,7 @@
 pub mod admin_http;
 pub mod diff;
 pub mod dtab;
+pub mod replay;
 pub mod run;
 pub mod stage;
 
@@ -50,6 +51,10 @@ pub enum Command {
     /// Show a running proxy's response diff report (candidate vs primary,
     /// noise cancelled); exit 1 when a field is reported.
     Diff(diff::DiffArgs),
+    /// Send captured requests again (to another version, through a proxy
+    /// or straight to an address) and report per endpoint how the answers
+    /// differ from the recorded ones; exit 1 when one does.
+    Replay(replay::ReplayArgs),
 }
 
 /// The `sidetrack` binary: parse the command line, set up logging, run.
@@ -66,6 +71,7 @@ impl Cli {
             Command::Run(args) => args.run(),
             Command::Stage(args) => args.run(),
             Command::Diff(args) => args.run(),
+            Command::Replay(args) => args.run(),
         }
     }
 }

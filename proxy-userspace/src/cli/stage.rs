@@ -286,7 +286,7 @@ fn read_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
 }
 
 /// `90s`, `30m`, `1h`, `2d`.
-fn parse_ttl(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_ttl(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
     let n: u64 = n

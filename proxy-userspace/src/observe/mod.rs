@@ -5,6 +5,7 @@
 //! section (atomics only on the hot path).
 
 pub mod access_log;
+pub mod capture;
 pub mod exchange;
 pub mod log_limit;
 pub mod metrics;

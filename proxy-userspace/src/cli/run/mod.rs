@@ -47,7 +47,11 @@ use crate::{
         fs::{self, FsNamer},
         k8s::{self, K8sNamer},
     },
-    observe::metrics::{ExtraCounters, Metrics},
+    observe::{
+        capture::Capture,
+        exchange::Observer,
+        metrics::{ExtraCounters, Metrics},
+    },
     policy::{Mirrors, OverridePolicy, Rules, overrides, signing::Keys},
     proxy::{
         self, ProxyConfig, Shared, Stop,
@@ -296,8 +300,8 @@ impl RunArgs {
             admin_stop_rx,
         )
         .map_err(|e| format!("admin server: {e}"))?;
-        // Told about every exchange: the access log when on.
-        let mut observers: Vec<Arc<dyn crate::observe::exchange::Observer>> = Vec::new();
+        // Told about every exchange: the access log and capture, when on.
+        let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
         let access_log = if settings.access_log.enabled {
             let log = crate::observe::access_log::AccessLog::start(&settings.access_log)
                 .map_err(|e| format!("access_log: {}: {e}", settings.access_log.path))?;
@@ -307,6 +311,11 @@ impl RunArgs {
         } else {
             None
         };
+        if settings.capture.enabled {
+            let capture = Capture::start(&settings.capture)?;
+            metrics.add_extra(capture.stats());
+            observers.push(Arc::new(capture));
+        }
         let shared = Arc::new(Shared {
             cfg,
             diff: diff.clone(),
