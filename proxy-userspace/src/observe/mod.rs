@@ -4,6 +4,7 @@
 //! Everything here is bounded and off the request path's critical
 //! section (atomics only on the hot path).
 
+pub mod dashboard;
 pub mod exchange;
 pub mod log_limit;
 pub mod metrics;
