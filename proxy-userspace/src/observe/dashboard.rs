@@ -131,7 +131,7 @@ impl Slot {
             }
             if current == CLEARING {
                 spins += 1;
-                if spins % 64 == 0 {
+                if spins.is_multiple_of(64) {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();

@@ -47,7 +47,11 @@ use crate::{
         fs::{self, FsNamer},
         k8s::{self, K8sNamer},
     },
-    observe::metrics::{ExtraCounters, Metrics},
+    observe::{
+        dashboard::Dashboard,
+        exchange::Observer,
+        metrics::{ExtraCounters, Metrics},
+    },
     policy::{Mirrors, OverridePolicy, Rules, overrides, signing::Keys},
     proxy::{
         self, ProxyConfig, Shared, Stop,
@@ -200,7 +204,14 @@ impl RunArgs {
         } else {
             None
         };
-        let metrics = Arc::new(Metrics::new(settings.max_route_series));
+        let mut metrics = Metrics::new(settings.max_route_series);
+        if settings.dashboard.enabled {
+            metrics = metrics.with_dashboard(Dashboard::new(
+                settings.dashboard.clone(),
+                std::time::Instant::now(),
+            ));
+        }
+        let metrics = Arc::new(metrics);
         let router = Arc::new(Router::new(
             base,
             namers(&fs_namer, &k8s_namer),
@@ -300,7 +311,9 @@ impl RunArgs {
             cfg,
             diff: diff.clone(),
             k8s: k8s_namer.clone(),
-            observers: Vec::new(),
+            // The metrics count each exchange's bytes and its row on the
+            // dashboard.
+            observers: vec![metrics.clone() as Arc<dyn Observer>],
             router: router.clone(),
             metrics: metrics.clone(),
             identifier: Identifier::new(settings.identifier, &settings.dst_prefix)

@@ -261,10 +261,10 @@ fn the_flag_rule() {
     };
     let healthy = totals(100, 1, 10);
     // Errors: more than twice the siblings' rate and 5 points above it.
-    let why = judge(totals(100, 10, 10), &[healthy.clone()]).unwrap();
+    let why = judge(totals(100, 10, 10), std::slice::from_ref(&healthy)).unwrap();
     assert_eq!(why, "errors 10.0% against 1.0% on its siblings");
     assert_eq!(
-        judge(totals(100, 5, 10), &[healthy.clone()]),
+        judge(totals(100, 5, 10), std::slice::from_ref(&healthy)),
         None,
         "4 points"
     );
@@ -274,7 +274,7 @@ fn the_flag_rule() {
         "not twice"
     );
     assert_eq!(
-        judge(totals(19, 19, 10), &[healthy.clone()]),
+        judge(totals(19, 19, 10), std::slice::from_ref(&healthy)),
         None,
         "too few requests"
     );
