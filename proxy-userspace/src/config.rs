@@ -126,6 +126,11 @@ pub struct Settings {
     pub k8s: K8s,
     /// The per-version dashboard (`/dashboard`, see `observe::dashboard`).
     pub dashboard: Dashboard,
+    /// One line per exchange, off by default (see `observe::access_log`).
+    pub access_log: AccessLogSettings,
+    /// Trace context: starting a `traceparent`, and the proxy's timing
+    /// told to backends (see `observe::trace`).
+    pub trace: TraceSettings,
 }
 
 /// The per-version dashboard: per logical name, destination and how the
@@ -162,6 +167,44 @@ impl Default for Dashboard {
     }
 }
 
+/// The access log's format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// The common log format, then the proxy's fields as `key=value`.
+    Common,
+}
+
+/// `access_log:` in the settings; read at start.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessLogSettings {
+    pub enabled: bool,
+    pub format: AccessLogFormat,
+    /// `-` for stdout, else a file (appended to, reopened on SIGHUP).
+    pub path: String,
+    /// Keep the query string in the logged path (it may hold secrets).
+    pub include_query: bool,
+    /// How many bytes of lines may wait for the writer; past it lines are
+    /// dropped and counted.
+    pub buffer_bytes: usize,
+}
+
+impl Default for AccessLogSettings {
+    fn default() -> AccessLogSettings {
+        AccessLogSettings {
+            enabled: false,
+            format: AccessLogFormat::Json,
+            path: "-".into(),
+            include_query: false,
+            buffer_bytes: 1 << 20,
+        }
+    }
+}
+
 /// The most rows `dashboard.max_rows` may ask for: a setting, not a
 /// client, bounds the dashboard's memory, and this bounds the setting.
 pub const MAX_DASHBOARD_ROWS: usize = 10_000;
@@ -184,6 +227,55 @@ impl Dashboard {
             return Err("dashboard.flag_min_requests: 0 would judge versions on nothing".into());
         }
         Ok(())
+    }
+}
+
+impl AccessLogSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.enabled && self.path.is_empty() {
+            return Err("access_log.path: empty (use - for stdout)".into());
+        }
+        if self.buffer_bytes < 4096 {
+            return Err(format!(
+                "access_log.buffer_bytes: {} is less than one line may take (4096)",
+                self.buffer_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Trace context (see `observe::trace`).
+/// When the backend is told the proxy's timing.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Timing {
+    /// Never.
+    Off,
+    /// When the request carries `l5d-timing` (any value; it is replaced).
+    #[default]
+    OnRequest,
+    /// On every request.
+    Always,
+}
+
+/// `trace:` in the settings; read at start.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TraceSettings {
+    /// Start a trace (a new `traceparent`, sampled) for a request that
+    /// comes without one, so that the services behind can join it.
+    pub start: bool,
+    /// When the backend gets `l5d-timing`.
+    pub timing: Timing,
+}
+
+impl Default for TraceSettings {
+    fn default() -> TraceSettings {
+        TraceSettings {
+            start: false,
+            timing: Timing::OnRequest,
+        }
     }
 }
 
@@ -458,6 +550,8 @@ impl Default for Settings {
             k8s: K8s::default(),
             handover: Handover::default(),
             dashboard: Dashboard::default(),
+            access_log: Default::default(),
+            trace: Default::default(),
         }
     }
 }
@@ -565,6 +659,7 @@ impl Settings {
         self.shadow.validate()?;
         self.diff.validate()?;
         self.dashboard.validate()?;
+        self.access_log.validate()?;
         if l.max_connections == 0 {
             return Err("limits.max_connections: 0 would serve nobody".into());
         }

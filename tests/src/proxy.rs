@@ -80,10 +80,16 @@ impl Proxy {
     }
 
     /// Starts `cmd` (a `sidetrack run`) and waits for its listening line.
-    pub fn spawn(mut cmd: Command) -> Proxy {
+    pub fn spawn(cmd: Command) -> Proxy {
+        Self::spawn_with_stdout(cmd, Stdio::null())
+    }
+
+    /// [`Proxy::spawn`], with the proxy's standard output going to
+    /// `stdout` (a pipe nobody reads, say).
+    pub fn spawn_with_stdout(mut cmd: Command, stdout: Stdio) -> Proxy {
         cmd.env("NO_COLOR", "1")
             .env("RUST_LOG", "info,sidetrack=debug")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start sidetrack");
         let stderr = child.stderr.take().unwrap();

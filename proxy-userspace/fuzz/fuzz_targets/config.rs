@@ -113,6 +113,7 @@ fn spelling_free(mut s: Settings) -> Settings {
     s.k8s.namespace.clear();
     s.k8s.cluster_domain.clear();
     s.k8s.node_name = None;
+    s.access_log.path.clear();
     s
 }
 

@@ -4,7 +4,9 @@
 //! Everything here is bounded and off the request path's critical
 //! section (atomics only on the hot path).
 
+pub mod access_log;
 pub mod dashboard;
 pub mod exchange;
 pub mod log_limit;
 pub mod metrics;
+pub mod trace;

@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 use super::{
     Shared, Worker,
     budget::{self, MemoryBudget, OverBudget},
+    observed::Observed,
     policy::{
         self, Attempt, ClientNext, ConnectionField, Relay, RequestBody, RequestFacts,
         ResponseFacts, SendFailure,
@@ -48,7 +49,12 @@ use crate::{
     dtab::Choice,
     http::{self, BodyLength, ChunkedScanner, HeadError, Known, Parsed, RequestHead, ResponseHead},
     namer::balancer::InFlight,
-    observe::{log_limit, metrics::ErrorKind},
+    observe::{
+        exchange::Bodies,
+        log_limit,
+        metrics::ErrorKind,
+        trace::{self, TIMING_HEADER, TRACEPARENT, Timing},
+    },
     policy::{
         OnRefusal, Refusal, SourceVerdict,
         mirror::{HostSettings, Verdict},
@@ -211,6 +217,9 @@ pub struct Conn {
     edge: bool,
     /// The request's copies (shadowing), while its exchange runs.
     copies: Copies,
+    /// The exchange as its observers will see it (access log, dashboard,
+    /// capture); kept only when there are observers.
+    obs: Observed,
 }
 
 impl Drop for Conn {
@@ -285,6 +294,7 @@ enum Next {
 impl Conn {
     pub fn new(client: TcpStream, peer: SocketAddr, worker: Rc<Worker>) -> Conn {
         let shared = worker.shared.clone();
+        let shared_observers = shared.observers.clone();
         let max_headers = shared.cfg.limits.max_headers;
         Conn {
             client,
@@ -307,6 +317,7 @@ impl Conn {
             charged: 0,
             edge: false,
             copies: Copies::default(),
+            obs: Observed::new(&shared_observers),
         }
     }
 
@@ -388,18 +399,41 @@ impl Conn {
                     self.tunnel_opaque().await;
                     return;
                 }
+                Err(f) if self.obs.on && !matches!(f, Failure::Close(_)) => {
+                    // A head the proxy refused: logged without its fields.
+                    self.obs.begin(Instant::now(), &[], false);
+                    self.fail(f).await;
+                    self.observe();
+                    return;
+                }
                 Err(f) => {
                     self.fail(f).await;
                     return;
                 }
             };
             self.served += 1;
+            let timing = match self.shared.cfg.trace.timing {
+                Timing::Off => false,
+                Timing::Always => true,
+                Timing::OnRequest => self.req.get(&self.from_client, TIMING_HEADER).is_some(),
+            };
+            if self.obs.on || timing {
+                let head = if self.obs.on {
+                    &self.from_client[..head_len]
+                } else {
+                    &[]
+                };
+                self.obs.begin(Instant::now(), head, timing);
+            }
             let next = self.exchange(head_len).await;
             self.shrink_if_pressed();
             self.account();
             match next {
-                Ok(Next::KeepAlive) => {}
-                Ok(Next::Close) => return,
+                Ok(Next::KeepAlive) => self.observe(),
+                Ok(Next::Close) => {
+                    self.observe();
+                    return;
+                }
                 Err(mut f) => {
                     // A refusal that would keep the connection comes before
                     // anything was forwarded, so the head is still in
@@ -418,6 +452,7 @@ impl Conn {
                     let close =
                         matches!(f, Failure::Close(_) | Failure::Respond { close: true, .. });
                     self.fail(f).await;
+                    self.observe();
                     if close {
                         return;
                     }
@@ -609,6 +644,43 @@ impl Conn {
             .await;
     }
 
+    /// The exchange that just ended, to the observers.
+    fn observe(&mut self) {
+        if !self.obs.on {
+            return;
+        }
+        let bodies = self.obs.keep.map(|_| Bodies {
+            request_head: &self.obs.head,
+            request_body: self.copies.body.kept(),
+            response_head: &self.heads[..self.obs.response_head.min(self.heads.len())],
+            response_body: self.copies.live.kept(),
+        });
+        self.obs
+            .tell(&self.shared.observers, self.peer, &self.req, bodies);
+        // What the exchange kept is not held on to until the next one.
+        self.obs.route = None;
+    }
+
+    /// `l5d-timing` with the proxy's spans so far, into the head waiting
+    /// in `heads` (which ends at `head_end`), before its blank line.
+    fn add_timing(&mut self, head_end: usize) {
+        let mut line = Vec::with_capacity(96);
+        line.extend_from_slice(TIMING_HEADER.as_bytes());
+        line.extend_from_slice(b": ");
+        let s = &self.obs.spans;
+        trace::write_timing(
+            &mut line,
+            &[
+                ("identify", s.identified),
+                ("route", s.routed),
+                ("connect", s.connected),
+            ],
+        );
+        line.extend_from_slice(b"\r\n");
+        let at = head_end - 2;
+        self.heads.splice(at..at, line);
+    }
+
     /// Answers or counts a failure. Errors the proxy answers carry `l5d-err`.
     async fn fail(&mut self, f: Failure) {
         match f {
@@ -622,7 +694,15 @@ impl Conn {
                 tracing::debug!(peer = %self.peer, status, reason, "request refused");
                 self.heads.clear();
                 http::write_error(&mut self.heads, status, &reason, close);
-                let _ = stream::write_all(&self.client, &self.heads).await;
+                let written = stream::write_all(&self.client, &self.heads).await;
+                if self.obs.on {
+                    self.obs.error = Some(kind);
+                    if written.is_ok() {
+                        self.obs.status = status;
+                        self.obs.bytes_out += self.heads.len() as u64;
+                        self.obs.response_head = self.heads.len();
+                    }
+                }
                 if close {
                     stream::shutdown_write(&self.client);
                     self.linger().await;
@@ -631,6 +711,9 @@ impl Conn {
             Failure::Close(kind) => {
                 if let Some(kind) = kind {
                     self.shared.metrics.error(kind);
+                    if self.obs.on {
+                        self.obs.error = Some(kind);
+                    }
                 }
             }
         }
@@ -749,15 +832,27 @@ impl Conn {
             Some(name) => self.req.get(&self.from_client, name.as_str()),
             None => None,
         };
+        if self.obs.track() {
+            self.obs.routed(&route, &self.shared.observers);
+        }
         let dest = pick_dest(&route, &mut self.rng, sticky, req.body != BodyLength::None)?;
         dest.stats.requests.inc();
         self.copies.clear();
         if !route.mirrors.is_empty() {
             self.choose_copies(&route, &req);
         }
+        if self.obs.on {
+            self.obs.picked(&route, dest);
+            self.obs.mirrored = self.copies.any();
+        }
         let (whole, head_end) = self.write_upstream_head(&route, dest, &req, head_len);
-        if self.copies.any() {
-            let limit = self.shared.cfg.shadow.max_body;
+        // The request body is kept for copies, and for observers that
+        // asked (capture), up to the larger of their limits.
+        let keep_body = match (self.copies.any(), self.obs.keep) {
+            (true, keep) => Some(self.shared.cfg.shadow.max_body.max(keep.unwrap_or(0))),
+            (false, keep) => keep,
+        };
+        if let Some(limit) = keep_body {
             self.copies.body.start(limit);
             if whole {
                 self.copies.body.take(&self.heads[head_end..]);
@@ -768,7 +863,7 @@ impl Conn {
                 self.copies.body.give_up();
             }
         }
-        let mut upstream = self.send(dest, &req, whole, started).await?;
+        let mut upstream = self.send(dest, &req, whole, started, head_end).await?;
         let answer = self
             .await_final_response(dest, &req, whole, &mut upstream)
             .await?;
@@ -958,6 +1053,9 @@ impl Conn {
                     close: framing.length != BodyLength::None,
                 })?;
         }
+        if self.obs.track() {
+            self.obs.spans.identified = Some(self.obs.since());
+        }
         let mut ctx: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
         let mut dtab: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
         let (mut nctx, mut ndtab) = (0, 0);
@@ -1099,6 +1197,25 @@ impl Conn {
         if !has_reqid {
             route::new_request_id(&mut self.rng, &mut reqid);
         }
+        // A trace started here, for a request that comes without one.
+        let mut traceparent = [0u8; trace::TRACEPARENT_LEN];
+        let client_trace = self.req.get(&self.from_client, TRACEPARENT);
+        let start_trace = client_trace.is_none() && self.shared.cfg.trace.start;
+        if start_trace {
+            trace::start_traceparent(self.rng.random(), &mut traceparent);
+        }
+        if self.obs.on {
+            match self.req.get(&self.from_client, Known::L5dReqid) {
+                Some(id) if has_reqid => self.obs.request_id.set(id),
+                _ => self.obs.request_id.set(&reqid),
+            }
+            match client_trace {
+                Some(t) => self.obs.traceparent.set(t),
+                None if start_trace => self.obs.traceparent.set(&traceparent),
+                None => {}
+            }
+        }
+        let timing = self.obs.timing;
         // HTTP/1.1 requires Host (RFC 9112 §3.2): an HTTP/1.0 request
         // without one (routed by its original destination in the
         // transparent modes) gets that address, or an empty value.
@@ -1120,9 +1237,10 @@ impl Conn {
             Some(_) => self.req.get(&self.from_client, SIGNATURE_HEADER),
             None => None,
         };
-        let mut extra: [(&[u8], &[u8]); 8] = [(b"", b""); 8];
+        let mut extra: [(&[u8], &[u8]); 9] = [(b"", b""); 9];
         let mut n = 0;
         for (k, v, on) in [
+            (TRACEPARENT.as_bytes(), &traceparent[..], start_trace),
             (
                 SIGNATURE_HEADER.as_bytes(),
                 signature.unwrap_or_default(),
@@ -1165,6 +1283,7 @@ impl Conn {
                 dropped
                     || (edge && is_l5d_header(name))
                     || http::eq_ignore_case_lower(name, request_header)
+                    || (timing && http::eq_ignore_case_lower(name, TIMING_HEADER.as_bytes()))
             },
             &extra[..n],
         );
@@ -1177,6 +1296,7 @@ impl Conn {
             &mut self.heads,
             &self.shared,
         );
+        self.obs.bytes_in += (self.heads.len() - head_end) as u64;
         (whole, head_end)
     }
 
@@ -1189,10 +1309,17 @@ impl Conn {
         req: &RequestFacts,
         whole: bool,
         started: Instant,
+        head_end: usize,
     ) -> Result<Upstream, Failure> {
         let mut upstream = self
             .connect(dest, started, policy::liveness(req, whole))
             .await?;
+        if self.obs.track() {
+            self.obs.spans.connected = Some(self.obs.since());
+        }
+        if self.obs.timing {
+            self.add_timing(head_end);
+        }
         loop {
             match stream::write_all(&upstream.conn, &self.heads).await {
                 Ok(()) => return Ok(upstream),
@@ -1266,6 +1393,9 @@ impl Conn {
             let head_len = match waited {
                 Ok(Waited::Head(Ok(n))) => {
                     self.account();
+                    if self.obs.track() && self.obs.spans.first_byte.is_none() {
+                        self.obs.spans.first_byte = Some(self.obs.since());
+                    }
                     n
                 }
                 Ok(Waited::Client) => {
@@ -1392,10 +1522,17 @@ impl Conn {
             reply = reply.draining();
         }
         let resp_body = answer.facts.body;
-        // Diff mode: the live answer is kept, to compare the copies' with.
-        let keep_live = self.copies.diff() && reply.relay == Relay::AsFramed;
+        // Diff mode: the live answer is kept, to compare the copies' with;
+        // and for observers that asked (capture).
+        let keep_live =
+            (self.copies.diff() || self.obs.keep.is_some()) && reply.relay == Relay::AsFramed;
         if keep_live {
-            let limit = self.shared.diff.max_body_bytes();
+            let diff = if self.copies.diff() {
+                self.shared.diff.max_body_bytes()
+            } else {
+                0
+            };
+            let limit = diff.max(self.obs.keep.unwrap_or(0));
             self.copies
                 .keep_live_head(&self.from_backend[..answer.head_len], limit);
         }
@@ -1441,6 +1578,11 @@ impl Conn {
         stream::write_all(&self.client, &self.heads)
             .await
             .map_err(|_| Failure::Close(Some(ErrorKind::ClientDied)))?;
+        if self.obs.on {
+            self.obs.status = answer.facts.status;
+            self.obs.bytes_out += self.heads.len() as u64;
+            self.obs.response_head = head_end;
+        }
 
         let Upstream {
             conn: backend,
@@ -1578,6 +1720,7 @@ impl Conn {
     async fn reconnect(&mut self, dest: &Dest, upstream: &mut Upstream) -> Result<(), Failure> {
         let cfg = &self.shared.cfg;
         let backend = upstream.in_flight.backend();
+        self.obs.retried = true;
         match pool::connect(backend.addr(), &cfg.pool, &self.worker.watchdog).await {
             Ok(conn) => {
                 upstream.conn = conn;
@@ -1669,6 +1812,7 @@ impl Conn {
         };
         metrics.bytes_copied.inc_by(moved.copied);
         metrics.bytes_spliced.inc_by(moved.spliced);
+        self.obs.bytes_in += moved.copied + moved.spliced;
         self.copies.body.finish();
         Ok(RequestBody::Sent)
     }
@@ -1692,6 +1836,7 @@ impl Conn {
         match moved {
             Ok(n) => {
                 self.shared.metrics.bytes_copied.inc_by(n);
+                self.obs.bytes_out += n;
                 Ok(())
             }
             Err(MoveError::To(_)) => Err(Failure::Close(Some(ErrorKind::ClientDied))),
@@ -1741,6 +1886,7 @@ impl Conn {
             Ok(m) => {
                 self.shared.metrics.bytes_copied.inc_by(m.copied);
                 self.shared.metrics.bytes_spliced.inc_by(m.spliced);
+                self.obs.bytes_out += m.copied + m.spliced;
                 Ok(())
             }
             Err(MoveError::To(_)) => Err(Failure::Close(Some(ErrorKind::ClientDied))),

@@ -17,6 +17,7 @@
 
 pub mod budget;
 pub mod conn;
+pub mod observed;
 pub mod park;
 pub mod policy;
 pub mod pool;
@@ -77,6 +78,8 @@ pub struct ProxyConfig {
     pub sticky_header: Option<String>,
     /// How copies of requests are made and carried (shadowing).
     pub shadow: shadow::ShadowConfig,
+    /// Starting traces, and telling backends the proxy's timing.
+    pub trace: crate::observe::trace::TraceSettings,
     /// Intercepted connections to these ports are tunnelled at once.
     pub opaque_ports: Vec<u16>,
     /// An intercepted connection silent this long is tunnelled (zero: off).
@@ -122,6 +125,7 @@ impl ProxyConfig {
                 .as_ref()
                 .map(|h| h.to_ascii_lowercase()),
             shadow: shadow::ShadowConfig::of(&s.shadow),
+            trace: s.trace.clone(),
             opaque_ports: s.interception.opaque_ports.clone(),
             detect_timeout: ms(s.interception.detect_timeout_ms),
             sync_timeout: ms(s.k8s.sync_timeout_ms),

@@ -212,20 +212,27 @@ impl Copies {
         let Some(route) = self.route.take() else {
             return;
         };
+        // The bodies may have been kept for an observer too, up to its
+        // limit: copies and diffs take them up to their own.
+        let limits = &worker.shared;
         let live = if self.diff {
             self.live
                 .kept()
+                .filter(|b| b.len() <= limits.diff.max_body_bytes())
                 .and_then(|body| live_answer(&self.live_head, body))
                 .map(Rc::new)
         } else {
             None
         };
-        let body = self.body.kept();
+        let max_body = limits.cfg.shadow.max_body;
+        let body = self.body.kept().filter(|b| b.len() <= max_body);
+        let too_large =
+            self.body.overflowed() || self.body.kept().is_some_and(|b| b.len() > max_body);
         let budget = &worker.shared.budget;
         for (index, mut head) in self.chosen.drain(..) {
             let bound = &route.mirrors[index];
             let Some(body) = body else {
-                if self.body.overflowed() {
+                if too_large {
                     bound.stats.body_too_large.inc();
                 } else {
                     bound.stats.failed.inc();

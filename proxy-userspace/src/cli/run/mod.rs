@@ -307,13 +307,28 @@ impl RunArgs {
             admin_stop_rx,
         )
         .map_err(|e| format!("admin server: {e}"))?;
+        // Told about every exchange: the metrics when the dashboard is on
+        // (each exchange's row there, and its bytes on its route's
+        // counters), the access log when on. With none, the connections
+        // note nothing for observers.
+        let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
+        if metrics.dashboard().is_some() {
+            observers.push(metrics.clone());
+        }
+        let access_log = if settings.access_log.enabled {
+            let log = crate::observe::access_log::AccessLog::start(&settings.access_log)
+                .map_err(|e| format!("access_log: {}: {e}", settings.access_log.path))?;
+            metrics.add_extra(log.clone());
+            observers.push(log.clone());
+            Some(log)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             cfg,
             diff: diff.clone(),
             k8s: k8s_namer.clone(),
-            // The metrics count each exchange's bytes and its row on the
-            // dashboard.
-            observers: vec![metrics.clone() as Arc<dyn Observer>],
+            observers,
             router: router.clone(),
             metrics: metrics.clone(),
             identifier: Identifier::new(settings.identifier, &settings.dst_prefix)
@@ -523,6 +538,10 @@ impl RunArgs {
             drop(interception);
         }
         drop(handover_listener);
+        // What the workers logged last is written before the exit.
+        if let Some(log) = access_log {
+            log.stop();
+        }
         Ok(if drained && worker_died.is_none() {
             ExitCode::SUCCESS
         } else {
