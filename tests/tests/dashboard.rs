@@ -282,3 +282,46 @@ fn the_dashboard_can_be_off() {
         );
     }
 }
+
+#[test]
+fn copies_show_on_mirror_rows() {
+    let dir = TempDir::new("dashboard-mirror");
+    let backends: Vec<Backend> = ["web", "web-v2"].into_iter().map(Backend::start).collect();
+    for b in &backends {
+        dir.write(&b.name, &b.fs_line());
+    }
+    let config = "mirrors:\n  - {name: /svc/web, to: /#/io.l5d.fs/web-v2}\n";
+    let proxy = Proxy::with_fs_namer(&dir, config, &[]);
+    let mut c = Client::connect(proxy.addr);
+    for _ in 0..20 {
+        assert_eq!(c.get("web", "/status/503", &[]).status, 503);
+    }
+    // Copies run after the live answer: their rows fill a moment later.
+    let mirrored = |d: &Value| {
+        d["names"].as_array().unwrap().iter().any(|n| {
+            n["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["via"] == "mirror" && r["windows"]["1m"]["requests"] == 20)
+        })
+    };
+    assert!(
+        eventually(5, || mirrored(&dashboard(&proxy))),
+        "{:#}",
+        dashboard(&proxy)
+    );
+    let d = dashboard(&proxy);
+    let copies = row(&d, "/svc/web", "/#/io.l5d.fs/web-v2");
+    assert_eq!(copies["via"], "mirror");
+    let w = &copies["windows"]["1m"];
+    assert_eq!(
+        (&w["errors_5xx"], &w["errors_proxy"]),
+        (&20.into(), &0.into())
+    );
+    let request = "GET /status/503 HTTP/1.1\r\nHost: web\r\n\r\n".len() as u64;
+    assert!(w["bytes_in"].as_u64().unwrap() >= 20 * request, "{w:#}");
+    let live = row(&d, "/svc/web", "/#/io.l5d.fs/web");
+    assert_eq!(live["via"], "base");
+    assert_eq!(live["windows"]["1m"]["requests"], 20);
+}
