@@ -12,10 +12,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::{
-    observe::metrics::ErrorKind,
-    route::{Dest, Route},
-};
+use crate::observe::metrics::{ErrorKind, RouteStats};
 
 /// How the destination was chosen, from the most specific cause.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,10 +28,12 @@ pub enum Via {
 }
 
 impl Via {
-    pub fn of(route: &Route) -> Via {
-        if route.overridden {
+    /// The most specific cause: an override beats a rule, a rule the base
+    /// dtab.
+    pub fn of(overridden: bool, rule: bool) -> Via {
+        if overridden {
             Via::Override
-        } else if route.rule.is_some() {
+        } else if rule {
             Via::Rule
         } else {
             Via::Base
@@ -92,10 +91,22 @@ pub struct Record<'a> {
     pub bytes_in: u64,
     /// Bytes written to the client for this exchange (head and body).
     pub bytes_out: u64,
-    /// The route, once the request was identified and bound.
-    pub route: Option<&'a Route>,
-    /// The destination (version) the request went to.
-    pub dest: Option<&'a Dest>,
+    /// The logical name (`/svc/world`), once the request was identified
+    /// and routed; else empty.
+    pub name: &'a str,
+    /// The bound destination's id (`/#/io.l5d.fs/world-v2`), the version
+    /// the request went to; else empty.
+    pub dst: &'a str,
+    /// How the destination was chosen (`Base` when the request was not
+    /// routed).
+    pub via: Via,
+    /// The routing rule that matched, or empty.
+    pub rule: &'a str,
+    /// The request's own dtab entries stood.
+    pub overridden: bool,
+    /// The destination's counters (the route's `RouteStats`), when the
+    /// request had a destination: what the metrics count it under.
+    pub stats: Option<&'a RouteStats>,
     /// `l5d-reqid`: the client's or the one the proxy gave it.
     pub request_id: &'a str,
     /// The request was copied to a mirror.
@@ -112,6 +123,11 @@ pub struct Record<'a> {
     pub bodies: Option<Bodies<'a>>,
 }
 
+///
+/// Bodies are as framed on the wire: a chunked body keeps its chunked
+/// coding (its head says `Transfer-Encoding: chunked`); [`unframed`] takes
+/// it off. The response head is the one the client got (the proxy's own
+/// error answer, body included, when the proxy answered).
 #[derive(Debug, Clone, Copy)]
 pub struct Bodies<'a> {
     pub request_head: &'a [u8],
@@ -121,24 +137,38 @@ pub struct Bodies<'a> {
     pub response_body: Option<&'a [u8]>,
 }
 
+/// A body as kept in [`Bodies`], without its chunked coding when `chunked`
+/// (`None` when the coding is broken).
+pub fn unframed(body: &[u8], chunked: bool) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if !chunked {
+        return Some(std::borrow::Cow::Borrowed(body));
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut scanner = crate::http::ChunkedScanner::new();
+    scanner
+        .decode(body, |data| out.extend_from_slice(data))
+        .ok()?;
+    Some(std::borrow::Cow::Owned(out))
+}
+
 impl Record<'_> {
     pub fn via(&self) -> Via {
-        self.route.map_or(Via::Base, Via::of)
+        self.via
     }
 
     /// The logical name, or empty.
     pub fn name(&self) -> &str {
-        self.route.map_or("", |r| r.name.as_str())
+        self.name
     }
 
     /// The bound destination's id, or empty.
     pub fn dst(&self) -> &str {
-        self.dest.map_or("", |d| d.id.as_str())
+        self.dst
     }
 
     /// The routing rule that matched, or empty.
     pub fn rule(&self) -> &str {
-        self.route.and_then(|r| r.rule.as_deref()).unwrap_or("")
+        self.rule
     }
 }
 
@@ -147,8 +177,24 @@ pub trait Observer: Send + Sync {
     fn exchange(&self, record: &Record<'_>);
 
     /// Whether this observer wants the request's and response's heads and
-    /// bodies for a route, and up to how many bytes of each body.
-    fn keep_bodies(&self, _route: &Route) -> Option<usize> {
+    /// bodies of requests to logical name `name` routed `via`, and up to
+    /// how many bytes of each body. Asked once per request, when routed.
+    fn keep_bodies(&self, _name: &str, _via: Via) -> Option<usize> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unframed;
+
+    #[test]
+    fn chunked_bodies_are_unframed() {
+        assert_eq!(
+            unframed(b"5\r\nhello\r\n0\r\n\r\n", true).unwrap().as_ref(),
+            b"hello"
+        );
+        assert_eq!(unframed(b"hello", false).unwrap().as_ref(), b"hello");
+        assert!(unframed(b"zz\r\nhello", true).is_none());
     }
 }

@@ -16,7 +16,7 @@ use std::{
 use crate::{
     http::RequestHead,
     observe::{
-        exchange::{Bodies, Observer, Record, Spans},
+        exchange::{Bodies, Observer, Record, Spans, Via},
         metrics::ErrorKind,
     },
     route::{Dest, Outcome, Route},
@@ -154,7 +154,11 @@ impl Observed {
         if !self.on {
             return;
         }
-        self.keep = observers.iter().filter_map(|o| o.keep_bodies(route)).max();
+        let via = Via::of(route.overridden, route.rule.is_some());
+        self.keep = observers
+            .iter()
+            .filter_map(|o| o.keep_bodies(&route.name, via))
+            .max();
         self.route = Some(route.clone());
     }
 
@@ -217,8 +221,12 @@ impl Observed {
             error: self.error,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
-            route,
-            dest,
+            name: route.map_or("", |r| r.name.as_str()),
+            dst: dest.map_or("", |d| d.id.as_str()),
+            via: route.map_or(Via::Base, |r| Via::of(r.overridden, r.rule.is_some())),
+            rule: route.and_then(|r| r.rule.as_deref()).unwrap_or(""),
+            overridden: route.is_some_and(|r| r.overridden),
+            stats: dest.map(|d| &d.stats),
             request_id: self.request_id.as_str(),
             mirrored: self.mirrored,
             retried: self.retried,

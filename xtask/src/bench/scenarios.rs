@@ -77,6 +77,9 @@ pub enum Scenario {
     SidetrackEbpfMirror100,
     /// The same, copying 10% of requests.
     SidetrackEbpfMirror10,
+    /// `sidetrack-ebpf` writing an access log line (JSON) for every
+    /// request to a file: what the access log costs.
+    SidetrackEbpfAccessLog,
     /// `sidetrack-explicit` from the `--baseline` revision's binary.
     BaselineExplicit,
     /// `sidetrack-ebpf` from the `--baseline` revision's binary.
@@ -84,13 +87,14 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Direct,
         Scenario::SidetrackExplicit,
         Scenario::SidetrackIptables,
         Scenario::SidetrackEbpf,
         Scenario::SidetrackEbpfMirror100,
         Scenario::SidetrackEbpfMirror10,
+        Scenario::SidetrackEbpfAccessLog,
         Scenario::Nginx,
         Scenario::Haproxy,
         Scenario::TcpRelay,
@@ -114,9 +118,10 @@ impl Scenario {
 
     /// Scenarios read against another of the same run (what a feature
     /// costs), like `--baseline`'s pairs.
-    pub const COMPARED: [(Scenario, Scenario); 2] = [
+    pub const COMPARED: [(Scenario, Scenario); 3] = [
         (Scenario::SidetrackEbpfMirror100, Scenario::SidetrackEbpf),
         (Scenario::SidetrackEbpfMirror10, Scenario::SidetrackEbpf),
+        (Scenario::SidetrackEbpfAccessLog, Scenario::SidetrackEbpf),
     ];
 
     fn is_baseline(self) -> bool {
@@ -144,6 +149,7 @@ impl Scenario {
             Scenario::SidetrackEbpfNoYield => "sidetrack-ebpf-no-yield",
             Scenario::SidetrackEbpfMirror100 => "sidetrack-ebpf-mirror-100",
             Scenario::SidetrackEbpfMirror10 => "sidetrack-ebpf-mirror-10",
+            Scenario::SidetrackEbpfAccessLog => "sidetrack-ebpf-access-log",
             Scenario::BaselineExplicit => "baseline-explicit",
             Scenario::BaselineEbpf => "baseline-ebpf",
         }
@@ -166,6 +172,7 @@ impl Scenario {
             | Scenario::SidetrackEbpfNoYield
             | Scenario::SidetrackEbpfMirror100
             | Scenario::SidetrackEbpfMirror10
+            | Scenario::SidetrackEbpfAccessLog
             | Scenario::BaselineEbpf => Some("ebpf"),
             _ => None,
         }
@@ -281,6 +288,7 @@ impl Bed {
             | Scenario::SidetrackEbpfNoYield
             | Scenario::SidetrackEbpfMirror100
             | Scenario::SidetrackEbpfMirror10
+            | Scenario::SidetrackEbpfAccessLog
             | Scenario::BaselineEbpf => self.service_addr(),
             Scenario::Nginx => SocketAddrV4::new(node, NGINX_PORT),
             Scenario::Haproxy => SocketAddrV4::new(node, HAPROXY_PORT),
@@ -435,6 +443,12 @@ impl Bed {
             Scenario::SidetrackEbpfMirror10 => Some(10),
             _ => None,
         };
+        if scenario == Scenario::SidetrackEbpfAccessLog {
+            conf.push_str(&format!(
+                "access_log:\n  enabled: true\n  path: {}\n",
+                self.dir.join("access.log").display()
+            ));
+        }
         if let Some(percent) = percent {
             conf = conf.replacen(
                 "dtab: |\n",
