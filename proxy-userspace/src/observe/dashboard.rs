@@ -367,7 +367,7 @@ impl Totals {
 /// How [`Via`] is derived from the labels a destination's metrics are
 /// made with: the mirror's label first, then an override, then a rule.
 pub fn via_of(overridden: bool, rule: &str) -> Via {
-    if rule == crate::route::MIRROR_LABEL {
+    if rule == super::metrics::MIRROR_LABEL {
         Via::Mirror
     } else if overridden {
         Via::Override

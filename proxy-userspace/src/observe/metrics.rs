@@ -202,6 +202,9 @@ impl ErrorKind {
     ];
 }
 
+/// The `rule` label of the route metrics of copies (shadowing).
+pub const MIRROR_LABEL: &str = "(mirror)";
+
 /// The counters of one (service, dst, override) route, fetched once.
 #[derive(Clone, Debug)]
 pub struct RouteStats {
@@ -631,7 +634,7 @@ mod tests {
         );
     }
 
-    fn record<'a>(dest: Option<&'a crate::route::Dest>, status: u16) -> Record<'a> {
+    fn record<'a>(stats: Option<&'a RouteStats>, status: u16) -> Record<'a> {
         Record {
             started: std::time::Instant::now(),
             started_wall: std::time::SystemTime::now(),
@@ -642,11 +645,15 @@ mod tests {
             authority: "world",
             target: "/",
             status,
-            error: (dest.is_none()).then_some(ErrorKind::Unidentified),
+            error: stats.is_none().then_some(ErrorKind::Unidentified),
             bytes_in: 40,
             bytes_out: 300,
-            route: None,
-            dest,
+            name: "",
+            dst: "",
+            via: Via::Base,
+            rule: "",
+            overridden: false,
+            stats,
             request_id: "",
             mirrored: false,
             retried: false,
@@ -661,14 +668,9 @@ mod tests {
             crate::config::Dashboard::default(),
             std::time::Instant::now(),
         ));
-        let dest = crate::route::Dest {
-            id: "/#/io.l5d.fs/world-v2".into(),
-            residual: crate::dtab::Path::empty(),
-            balancer: crate::namer::balancer::Balancer::new(Vec::new()),
-            stats: m.route_stats("/svc/world", "/#/io.l5d.fs/world-v2", true, ""),
-        };
-        m.exchange(&record(Some(&dest), 200));
-        m.exchange(&record(Some(&dest), 503));
+        let stats = m.route_stats("/svc/world", "/#/io.l5d.fs/world-v2", true, "");
+        m.exchange(&record(Some(&stats), 200));
+        m.exchange(&record(Some(&stats), 503));
         m.exchange(&record(None, 400));
         let text = m.encode();
         assert!(
@@ -729,23 +731,22 @@ impl Observer for Metrics {
             bytes_in: r.bytes_in,
             bytes_out: r.bytes_out,
         };
-        if let Some(dest) = r.dest {
-            dest.stats.bytes_in.inc_by(r.bytes_in);
-            dest.stats.bytes_out.inc_by(r.bytes_out);
-            if let Some(row) = &dest.stats.dashboard {
+        if let Some(stats) = r.stats {
+            stats.bytes_in.inc_by(r.bytes_in);
+            stats.bytes_out.inc_by(r.bytes_out);
+            if let Some(row) = &stats.dashboard {
                 row.record(now, &sample);
             }
         } else if let Some(d) = &self.dashboard {
-            let name = match r.name() {
+            let name = match r.name {
                 "" => UNIDENTIFIED,
                 name => name,
             };
-            let via = r.via();
             let key = Key {
                 name: name.to_owned(),
                 dst: NO_DST.to_owned(),
-                via,
-                rule: if via == Via::Rule { r.rule() } else { "" }.to_owned(),
+                via: r.via,
+                rule: if r.via == Via::Rule { r.rule } else { "" }.to_owned(),
             };
             d.record_keyed(&key, now, &sample);
         }

@@ -349,5 +349,8 @@ fn via_comes_from_the_labels() {
     assert_eq!(via_of(false, ""), Via::Base);
     assert_eq!(via_of(false, "beta"), Via::Rule);
     assert_eq!(via_of(true, "beta"), Via::Override);
-    assert_eq!(via_of(true, crate::route::MIRROR_LABEL), Via::Mirror);
+    assert_eq!(
+        via_of(true, crate::observe::metrics::MIRROR_LABEL),
+        Via::Mirror
+    );
 }
