@@ -191,6 +191,9 @@ pub struct AccessLogSettings {
     /// How many bytes of lines may wait for the writer; past it lines are
     /// dropped and counted.
     pub buffer_bytes: usize,
+    /// How often the writer writes what has gathered (sooner when the
+    /// buffer is half full): lines reach the file this late at most.
+    pub flush_interval_ms: u64,
 }
 
 impl Default for AccessLogSettings {
@@ -201,6 +204,7 @@ impl Default for AccessLogSettings {
             path: "-".into(),
             include_query: false,
             buffer_bytes: 1 << 20,
+            flush_interval_ms: 100,
         }
     }
 }
@@ -637,6 +641,10 @@ impl Settings {
             ("handover.timeout_ms", self.handover.timeout_ms),
             ("shadow.timeout_ms", self.shadow.timeout_ms),
             ("k8s.sync_timeout_ms", self.k8s.sync_timeout_ms),
+            (
+                "access_log.flush_interval_ms",
+                self.access_log.flush_interval_ms,
+            ),
             (
                 "interception.detect_timeout_ms",
                 self.interception.detect_timeout_ms,

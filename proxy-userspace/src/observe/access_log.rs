@@ -42,6 +42,7 @@ struct Inner {
     pending: Mutex<Pending>,
     ready: Condvar,
     capacity: usize,
+    flush_interval: Duration,
     written: AtomicU64,
     dropped: AtomicU64,
     write_errors: AtomicU64,
@@ -124,6 +125,7 @@ impl AccessLog {
                 }),
                 ready: Condvar::new(),
                 capacity: settings.buffer_bytes,
+                flush_interval: Duration::from_millis(settings.flush_interval_ms.max(1)),
                 written: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 write_errors: AtomicU64::new(0),
@@ -160,10 +162,14 @@ impl AccessLog {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let was_empty = pending.lines.is_empty();
+        let before = pending.lines.len();
         pending.lines.extend_from_slice(line);
         drop(pending);
-        if was_empty {
+        // The writer wakes by itself every flush interval; it is woken
+        // early only when the buffer is half full, so that a busy proxy
+        // does not wake it for every line.
+        let half = self.inner.capacity / 2;
+        if before < half && before + line.len() >= half {
             self.inner.ready.notify_one();
         }
     }
@@ -182,16 +188,14 @@ fn write_lines(inner: &Inner, sink: &mut Sink) {
     loop {
         let closed = {
             let mut pending = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            while pending.lines.is_empty() && !pending.closed {
-                // Woken by lines, or now and then to see whether to reopen.
+            if !pending.closed && pending.lines.len() < inner.capacity / 2 {
+                // Every flush interval, or early when the buffer is half
+                // full or the log stops.
                 let (p, _) = inner
                     .ready
-                    .wait_timeout(pending, Duration::from_millis(500))
+                    .wait_timeout(pending, inner.flush_interval)
                     .unwrap_or_else(|e| e.into_inner());
                 pending = p;
-                if inner.reopen.load(Ordering::Relaxed) {
-                    break;
-                }
             }
             std::mem::swap(&mut pending.lines, &mut batch);
             pending.closed
@@ -251,11 +255,21 @@ fn micros(d: Option<Duration>) -> Option<u64> {
     d.map(|d| d.as_micros() as u64)
 }
 
+/// A field written as its `Display` form, straight into the line (no
+/// string of its own).
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
 /// One JSON line's fields.
 #[derive(Serialize)]
 struct Line<'a> {
-    time: String,
-    source: String,
+    time: Shown<humantime::Rfc3339Timestamp>,
+    source: Shown<std::net::SocketAddr>,
     method: &'a str,
     authority: &'a str,
     path: &'a str,
@@ -282,8 +296,8 @@ struct Line<'a> {
 
 fn write_json(out: &mut Vec<u8>, r: &Record<'_>, include_query: bool) {
     let line = Line {
-        time: humantime::format_rfc3339_micros(r.started_wall).to_string(),
-        source: r.peer.to_string(),
+        time: Shown(humantime::format_rfc3339_micros(r.started_wall)),
+        source: Shown(r.peer),
         method: r.method,
         authority: r.authority,
         path: logged_path(r.target, include_query),
@@ -312,39 +326,64 @@ fn write_json(out: &mut Vec<u8>, r: &Record<'_>, include_query: bool) {
 /// `host - - [time] "METHOD path HTTP/1.1" status bytes` and then the
 /// proxy's fields as `key=value` (values without spaces; `-` when empty).
 fn write_common(out: &mut Vec<u8>, r: &Record<'_>, include_query: bool) {
-    let dash = |s: &str| {
-        if s.is_empty() {
-            "-".to_owned()
-        } else {
-            s.replace([' ', '"'], "_")
-        }
-    };
-    let opt = |d: Option<Duration>| micros(d).map_or("-".to_owned(), |v| v.to_string());
     let _ = write!(
         out,
         "{} - - [{}] \"{} {} HTTP/1.1\" {} {} name={} dst={} via={} rule={} error={} duration_us={} first_byte_us={} bytes_in={} retried={} mirrored={} request_id={} traceparent={} identify_us={} route_us={} connect_us={}",
         r.peer.ip(),
         humantime::format_rfc3339_micros(r.started_wall),
-        dash(r.method),
-        dash(logged_path(r.target, include_query)),
+        Dashed(r.method),
+        Dashed(logged_path(r.target, include_query)),
         r.status,
         r.bytes_out,
-        dash(r.name()),
-        dash(r.dst()),
+        Dashed(r.name()),
+        Dashed(r.dst()),
         r.via().label(),
-        dash(r.rule()),
+        Dashed(r.rule()),
         r.error.map_or("-", |e| e.label()),
         r.total.as_micros(),
-        opt(r.spans.first_byte),
+        Micros(r.spans.first_byte),
         r.bytes_in,
         r.retried,
         r.mirrored,
-        dash(r.request_id),
-        dash(r.traceparent),
-        opt(r.spans.identified),
-        opt(r.spans.routed),
-        opt(r.spans.connected),
+        Dashed(r.request_id),
+        Dashed(r.traceparent),
+        Micros(r.spans.identified),
+        Micros(r.spans.routed),
+        Micros(r.spans.connected),
     );
+}
+
+/// A common-format value: `-` when empty, spaces and quotes as `_`.
+struct Dashed<'a>(&'a str);
+
+impl std::fmt::Display for Dashed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        for part in self.0.split_inclusive([' ', '"']) {
+            match part.strip_suffix([' ', '"']) {
+                Some(text) => {
+                    f.write_str(text)?;
+                    f.write_str("_")?;
+                }
+                None => f.write_str(part)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A span in microseconds, or `-`.
+struct Micros(Option<Duration>);
+
+impl std::fmt::Display for Micros {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{}", d.as_micros()),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 impl ExtraCounters for AccessLog {
@@ -440,6 +479,13 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with(" connect_us=-"), "{line}");
+    }
+
+    #[test]
+    fn common_values_have_no_spaces_or_quotes() {
+        assert_eq!(Dashed("").to_string(), "-");
+        assert_eq!(Dashed("a b\"c").to_string(), "a_b_c");
+        assert_eq!(Dashed("/svc/world").to_string(), "/svc/world");
     }
 
     #[test]
