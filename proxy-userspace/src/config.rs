@@ -124,6 +124,8 @@ pub struct Settings {
     pub diff: crate::diff::DiffSettings,
     /// Kubernetes service discovery and names.
     pub k8s: K8s,
+    /// The per-version dashboard (`/dashboard`, see `observe::dashboard`).
+    pub dashboard: Dashboard,
     /// One line per exchange, off by default (see `observe::access_log`).
     pub access_log: AccessLogSettings,
     /// Trace context: starting a `traceparent`, and the proxy's timing
@@ -249,6 +251,40 @@ impl Capture {
     }
 }
 
+/// The per-version dashboard: per logical name, destination and how the
+/// destination was chosen, the last 15 minutes in fixed time buckets.
+/// Read at start.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dashboard {
+    /// Keep the dashboard's rows (`/dashboard`, `/dashboard.json`). Off,
+    /// the pages answer 404 and requests record nothing there.
+    pub enabled: bool,
+    /// Rows kept apart, at most (one per name, destination and way it was
+    /// chosen); traffic of any further one is counted in one `(other)`
+    /// row. Each row takes about 35 KiB (10 s buckets), so the default
+    /// bounds the dashboard to about 9 MiB.
+    pub max_rows: usize,
+    /// The width of a time bucket, in seconds: a divisor of 60. The
+    /// windows (1, 5, 15 minutes) are read in whole buckets.
+    pub bucket_secs: u64,
+    /// A version is compared with its siblings (flagged when much worse)
+    /// only once it, and its siblings together, served this many
+    /// requests in the window.
+    pub flag_min_requests: u64,
+}
+
+impl Default for Dashboard {
+    fn default() -> Dashboard {
+        Dashboard {
+            enabled: true,
+            max_rows: 256,
+            bucket_secs: 10,
+            flag_min_requests: 20,
+        }
+    }
+}
+
 /// The access log's format.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -288,6 +324,31 @@ impl Default for AccessLogSettings {
             buffer_bytes: 1 << 20,
             flush_interval_ms: 100,
         }
+    }
+}
+
+/// The most rows `dashboard.max_rows` may ask for: a setting, not a
+/// client, bounds the dashboard's memory, and this bounds the setting.
+pub const MAX_DASHBOARD_ROWS: usize = 10_000;
+
+impl Dashboard {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.bucket_secs == 0 || 60 % self.bucket_secs != 0 {
+            return Err(format!(
+                "dashboard.bucket_secs: {} does not divide a minute",
+                self.bucket_secs
+            ));
+        }
+        if self.max_rows == 0 || self.max_rows > MAX_DASHBOARD_ROWS {
+            return Err(format!(
+                "dashboard.max_rows: {} is not between 1 and {MAX_DASHBOARD_ROWS}",
+                self.max_rows
+            ));
+        }
+        if self.flag_min_requests == 0 {
+            return Err("dashboard.flag_min_requests: 0 would judge versions on nothing".into());
+        }
+        Ok(())
     }
 }
 
@@ -610,6 +671,7 @@ impl Default for Settings {
             diff: Default::default(),
             k8s: K8s::default(),
             handover: Handover::default(),
+            dashboard: Dashboard::default(),
             access_log: Default::default(),
             trace: Default::default(),
             capture: Capture::default(),
@@ -723,6 +785,7 @@ impl Settings {
         crate::policy::Mirrors::new(&self.mirrors)?;
         self.shadow.validate()?;
         self.diff.validate()?;
+        self.dashboard.validate()?;
         self.access_log.validate()?;
         self.capture.validate()?;
         if l.max_connections == 0 {
@@ -826,6 +889,24 @@ mod tests {
             (100, 65536, 60, 8192, 8)
         );
         assert_eq!(c.redact, ["x-api-key"]);
+    }
+
+    #[test]
+    fn dashboard_settings_are_checked() {
+        let s = Settings::from_yaml("dashboard:\n  max_rows: 8\n  bucket_secs: 15\n").unwrap();
+        assert_eq!((s.dashboard.max_rows, s.dashboard.bucket_secs), (8, 15));
+        assert!(s.dashboard.enabled, "on by default");
+        for bad in [
+            "bucket_secs: 7",
+            "bucket_secs: 0",
+            "bucket_secs: 120",
+            "max_rows: 0",
+            "max_rows: 10001",
+            "flag_min_requests: 0",
+        ] {
+            let e = Settings::from_yaml(&format!("dashboard:\n  {bad}\n")).unwrap_err();
+            assert!(e.starts_with("dashboard."), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - `/chunked-die/N`: chunked; announces a chunk of 2N bytes, sends N,
 //!   then closes.
 //! - `/slow/MS`: answers after MS milliseconds.
+//! - `/status/N`: answers with status N (and a two-byte body).
 //! - `/close`: answers with `Connection: close` and closes.
 //! - `/then-close`: answers as keep-alive, then closes 20 ms later.
 //! - a request with `Upgrade: echo`: 101, then echoes every byte back;
@@ -245,6 +246,14 @@ fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
             thread::sleep(Duration::from_millis(20));
             let _ = out.shutdown(Shutdown::Both);
             return Ok(());
+        } else if let Some(status) = path
+            .strip_prefix("/status/")
+            .and_then(|n| n.parse::<u16>().ok())
+        {
+            write!(
+                out,
+                "HTTP/1.1 {status} Status\r\nx-backend: {name}\r\nContent-Length: 2\r\n\r\nno"
+            )?;
         } else if path == "/close" {
             write!(
                 out,

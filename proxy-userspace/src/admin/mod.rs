@@ -1,10 +1,12 @@
 //! The admin server (hyper): `/metrics`, `/ready`, `/dtab`,
 //! `/delegator.json` and the `/delegator` page, `/diff.json`, the `/diff`
-//! page and `POST /diff/reset`.
+//! page and `POST /diff/reset`, `/dashboard.json` and the `/dashboard`
+//! page.
 //!
 //! It runs on a thread and a single-threaded runtime of its own, so a slow
 //! scrape or a big explanation tree never takes a worker from the data path.
 
+mod dashboard_page;
 mod diff_page;
 mod page;
 
@@ -190,6 +192,21 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
             Ok(json) => respond(StatusCode::OK, "application/json", json),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
+        (&Method::GET, "/dashboard") => match admin.metrics.dashboard() {
+            Some(_) => respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                dashboard_page::DASHBOARD,
+            ),
+            None => dashboard_off(),
+        },
+        (&Method::GET, "/dashboard.json") => match admin.metrics.dashboard() {
+            Some(d) => match serde_json::to_string(&d.snapshot(std::time::Instant::now())) {
+                Ok(json) => respond(StatusCode::OK, "application/json", json),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            },
+            None => dashboard_off(),
+        },
         (&Method::POST, "/diff/reset") => {
             if !same_origin(&req) {
                 return text(
@@ -202,9 +219,16 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Resp {
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /ready, /dtab, /delegator, /delegator.json, /diff or /diff.json\n",
+            "not found: try /metrics, /ready, /dtab, /delegator, /delegator.json, /diff, /diff.json, /dashboard or /dashboard.json\n",
         ),
     }
+}
+
+fn dashboard_off() -> Resp {
+    text(
+        StatusCode::NOT_FOUND,
+        "the dashboard is off (dashboard.enabled: false)\n",
+    )
 }
 
 /// Whether a state-changing request comes from the admin server's own

@@ -176,6 +176,14 @@ impl Record<'_> {
 pub trait Observer: Send + Sync {
     fn exchange(&self, record: &Record<'_>);
 
+    /// Whether this observer reads the request's own fields (method,
+    /// authority, target, wall time, spans, request id, traceparent).
+    /// When none does, a connection does not note them: an observer of
+    /// counts alone (the dashboard) costs no copy of the head.
+    fn wants_request(&self) -> bool {
+        true
+    }
+
     /// Whether this observer wants the request's and response's heads and
     /// bodies of requests to logical name `name` routed `via`, and up to
     /// how many bytes of each body. Asked once per request, when routed.

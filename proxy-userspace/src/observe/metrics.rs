@@ -8,11 +8,18 @@
 //! made and cached, so a request only touches atomics: no label hashing, no
 //! lock. Histograms are our own lock-free ones for the same reason.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicU64, AtomicUsize, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Instant,
 };
 
+use super::{
+    dashboard::{self, Dashboard, Key, NO_DST, Row, Sample, UNIDENTIFIED},
+    exchange::{Observer, Record, Via},
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
@@ -195,6 +202,9 @@ impl ErrorKind {
     ];
 }
 
+/// The `rule` label of the route metrics of copies (shadowing).
+pub const MIRROR_LABEL: &str = "(mirror)";
+
 /// The counters of one (service, dst, override) route, fetched once.
 #[derive(Clone, Debug)]
 pub struct RouteStats {
@@ -202,6 +212,12 @@ pub struct RouteStats {
     /// Responses by status class: index 0 is 1xx … index 4 is 5xx.
     pub responses: [Counter; 5],
     pub latency: Histogram,
+    /// Bytes read from clients (heads and bodies).
+    pub bytes_in: Counter,
+    /// Bytes written to clients (heads and bodies).
+    pub bytes_out: Counter,
+    /// The destination's row on the dashboard, when it is on.
+    pub dashboard: Option<Arc<Row>>,
 }
 
 impl RouteStats {
@@ -253,6 +269,8 @@ pub struct Metrics {
     requests: Family<RouteLabels, Counter>,
     responses: Family<ResponseLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    bytes_in: Family<RouteLabels, Counter>,
+    bytes_out: Family<RouteLabels, Counter>,
     errors: [Counter; ErrorKind::ALL.len()],
     mirrors: Family<MirrorLabels, Counter>,
     pub connections_active: Gauge,
@@ -266,6 +284,7 @@ pub struct Metrics {
     extras: Arc<Extras>,
     route_series: AtomicUsize,
     max_route_series: usize,
+    dashboard: Option<Dashboard>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -334,6 +353,8 @@ impl Metrics {
         let requests = Family::<RouteLabels, Counter>::default();
         let responses = Family::<ResponseLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram>::default();
+        let bytes_in = Family::<RouteLabels, Counter>::default();
+        let bytes_out = Family::<RouteLabels, Counter>::default();
         let mut errors: [Counter; ErrorKind::ALL.len()] = Default::default();
         let error_family = Family::<ErrorLabels, Counter>::default();
         let mirrors = Family::<MirrorLabels, Counter>::default();
@@ -353,6 +374,16 @@ impl Metrics {
             "request_duration_seconds",
             "Time from request head to the end of the response",
             latency.clone(),
+        );
+        registry.register(
+            "request_bytes",
+            "Bytes read from clients (heads and bodies), by logical name and bound destination",
+            bytes_in.clone(),
+        );
+        registry.register(
+            "response_bytes",
+            "Bytes written to clients (heads and bodies), by logical name and bound destination",
+            bytes_out.clone(),
         );
         registry.register(
             "errors",
@@ -409,6 +440,8 @@ impl Metrics {
             requests,
             responses,
             latency,
+            bytes_in,
+            bytes_out,
             errors,
             mirrors,
             connections_active,
@@ -420,7 +453,20 @@ impl Metrics {
             extras,
             route_series: AtomicUsize::new(0),
             max_route_series,
+            dashboard: None,
         }
+    }
+
+    /// Keeps the dashboard's rows too: every route's destination gets its
+    /// row when its handles are made, and [`Observer::exchange`] counts
+    /// into it.
+    pub fn with_dashboard(mut self, dashboard: Dashboard) -> Self {
+        self.dashboard = Some(dashboard);
+        self
+    }
+
+    pub fn dashboard(&self) -> Option<&Dashboard> {
+        self.dashboard.as_ref()
     }
 
     /// Adds counters read at scrape time.
@@ -472,6 +518,20 @@ impl Metrics {
                 })
             }),
             latency: self.latency.get_or_create_owned(&labels),
+            bytes_in: self.bytes_in.get_or_create_owned(&labels),
+            bytes_out: self.bytes_out.get_or_create_owned(&labels),
+            // The dashboard has a cap of its own, and is keyed by the
+            // labels as they were asked for.
+            dashboard: self.dashboard.as_ref().map(|d| {
+                let via = dashboard::via_of(overridden, rule);
+                let key = Key {
+                    name: service.to_owned(),
+                    dst: dst.to_owned(),
+                    via,
+                    rule: if via == Via::Rule { rule } else { "" }.to_owned(),
+                };
+                d.row(&key, Instant::now())
+            }),
         }
     }
 
@@ -574,6 +634,75 @@ mod tests {
         );
     }
 
+    fn record<'a>(stats: Option<&'a RouteStats>, status: u16) -> Record<'a> {
+        Record {
+            started: std::time::Instant::now(),
+            started_wall: std::time::SystemTime::now(),
+            total: std::time::Duration::from_millis(3),
+            spans: Default::default(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            method: "GET",
+            authority: "world",
+            target: "/",
+            status,
+            error: stats.is_none().then_some(ErrorKind::Unidentified),
+            bytes_in: 40,
+            bytes_out: 300,
+            name: "",
+            dst: "",
+            via: Via::Base,
+            rule: "",
+            overridden: false,
+            stats,
+            request_id: "",
+            mirrored: false,
+            retried: false,
+            traceparent: "",
+            bodies: None,
+        }
+    }
+
+    #[test]
+    fn exchanges_count_bytes_and_go_on_the_dashboard() {
+        let m = Metrics::new(10).with_dashboard(Dashboard::new(
+            crate::config::Dashboard::default(),
+            std::time::Instant::now(),
+        ));
+        let stats = m.route_stats("/svc/world", "/#/io.l5d.fs/world-v2", true, "");
+        m.exchange(&record(Some(&stats), 200));
+        m.exchange(&record(Some(&stats), 503));
+        m.exchange(&record(None, 400));
+        let text = m.encode();
+        assert!(
+            text.contains(r#"sidetrack_request_bytes_total{service="/svc/world",dst="/#/io.l5d.fs/world-v2",override="true",rule=""} 80"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sidetrack_response_bytes_total{service="/svc/world",dst="/#/io.l5d.fs/world-v2",override="true",rule=""} 600"#),
+            "{text}"
+        );
+        let snap = m
+            .dashboard()
+            .unwrap()
+            .snapshot(std::time::Instant::now() + std::time::Duration::from_secs(1));
+        let names: Vec<_> = snap.names.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["(unidentified)", "/svc/world"]);
+        let unidentified = &snap.names[0].rows[0];
+        assert_eq!(
+            (unidentified.dst.as_str(), unidentified.via.as_str()),
+            ("(none)", "base")
+        );
+        assert_eq!(unidentified.windows.m1.errors_proxy, 1);
+        let world = &snap.names[1].rows[0];
+        assert_eq!(world.via, "override");
+        let w = &world.windows.m1;
+        assert_eq!(
+            (w.requests, w.errors_5xx, w.bytes_in, w.bytes_out),
+            (2, 1, 80, 600)
+        );
+        assert_eq!(w.success_rate, Some(0.5));
+    }
+
     #[test]
     fn route_series_are_capped() {
         let m = Metrics::new(2);
@@ -585,6 +714,47 @@ mod tests {
         let text = m.encode();
         assert!(text.contains(r#"service="overflow""#), "{text}");
         assert!(!text.contains("/svc/h4"), "{text}");
+    }
+}
+
+/// Every exchange, once it ends: its bytes on its route's counters, and
+/// its row on the dashboard. A routed exchange's row is its
+/// destination's (atomics only); one that never reached a destination is
+/// counted by name under [`NO_DST`] (or [`UNIDENTIFIED`] without a name).
+impl Observer for Metrics {
+    /// Counts, latency and bytes only.
+    fn wants_request(&self) -> bool {
+        false
+    }
+
+    fn exchange(&self, r: &Record<'_>) {
+        let now = r.started + r.total;
+        let sample = Sample {
+            latency: r.total,
+            status: r.status,
+            proxy_error: r.error.is_some(),
+            bytes_in: r.bytes_in,
+            bytes_out: r.bytes_out,
+        };
+        if let Some(stats) = r.stats {
+            stats.bytes_in.inc_by(r.bytes_in);
+            stats.bytes_out.inc_by(r.bytes_out);
+            if let Some(row) = &stats.dashboard {
+                row.record(now, &sample);
+            }
+        } else if let Some(d) = &self.dashboard {
+            let name = match r.name {
+                "" => UNIDENTIFIED,
+                name => name,
+            };
+            let key = Key {
+                name: name.to_owned(),
+                dst: NO_DST.to_owned(),
+                via: r.via,
+                rule: if r.via == Via::Rule { r.rule } else { "" }.to_owned(),
+            };
+            d.record_keyed(&key, now, &sample);
+        }
     }
 }
 

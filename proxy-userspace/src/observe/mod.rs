@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod capture;
+pub mod dashboard;
 pub mod exchange;
 pub mod log_limit;
 pub mod metrics;

@@ -418,12 +418,8 @@ impl Conn {
                 Timing::OnRequest => self.req.get(&self.from_client, TIMING_HEADER).is_some(),
             };
             if self.obs.on || timing {
-                let head = if self.obs.on {
-                    &self.from_client[..head_len]
-                } else {
-                    &[]
-                };
-                self.obs.begin(Instant::now(), head, timing);
+                self.obs
+                    .begin(Instant::now(), &self.from_client[..head_len], timing);
             }
             let next = self.exchange(head_len).await;
             self.shrink_if_pressed();
@@ -832,7 +828,7 @@ impl Conn {
             Some(name) => self.req.get(&self.from_client, name.as_str()),
             None => None,
         };
-        if self.obs.track() {
+        if self.obs.on || self.obs.timing {
             self.obs.routed(&route, &self.shared.observers);
         }
         let dest = pick_dest(&route, &mut self.rng, sticky, req.body != BodyLength::None)?;
@@ -1204,7 +1200,7 @@ impl Conn {
         if start_trace {
             trace::start_traceparent(self.rng.random(), &mut traceparent);
         }
-        if self.obs.on {
+        if self.obs.details {
             match self.req.get(&self.from_client, Known::L5dReqid) {
                 Some(id) if has_reqid => self.obs.request_id.set(id),
                 _ => self.obs.request_id.set(&reqid),

@@ -64,6 +64,9 @@ pub(super) struct Observed {
     /// The proxy has observers: every other field is kept only then (or
     /// the spans for `timing`).
     pub on: bool,
+    /// Some observer reads the request's own fields: the head is copied,
+    /// the wall clock read, the spans and ids kept.
+    pub details: bool,
     /// This request asked for the proxy's timing (`l5d-timing`), or every
     /// request gets it: the spans are kept, and told to the backend.
     pub timing: bool,
@@ -96,6 +99,7 @@ impl Observed {
     pub(super) fn new(observers: &[Arc<dyn Observer>]) -> Observed {
         Observed {
             on: !observers.is_empty(),
+            details: observers.iter().any(|o| o.wants_request()),
             timing: false,
             started: Instant::now(),
             started_wall: SystemTime::UNIX_EPOCH,
@@ -118,17 +122,19 @@ impl Observed {
 
     /// Whether spans are taken for this exchange.
     pub(super) fn track(&self) -> bool {
-        self.on || self.timing
+        self.details || self.timing
     }
 
     /// A new exchange, whose head is `head`.
     pub(super) fn begin(&mut self, started: Instant, head: &[u8], timing: bool) {
         self.timing = timing;
         self.started = started;
-        self.started_wall = SystemTime::now();
         self.spans = Spans::default();
         self.head.clear();
-        self.head.extend_from_slice(head);
+        if self.details {
+            self.started_wall = SystemTime::now();
+            self.head.extend_from_slice(head);
+        }
         self.route = None;
         self.dest = None;
         self.status = 0;
@@ -150,7 +156,9 @@ impl Observed {
 
     /// The route is known: which observers want bodies of it, and how much.
     pub(super) fn routed(&mut self, route: &Arc<Route>, observers: &[Arc<dyn Observer>]) {
-        self.spans.routed = Some(self.since());
+        if self.track() {
+            self.spans.routed = Some(self.since());
+        }
         if !self.on {
             return;
         }

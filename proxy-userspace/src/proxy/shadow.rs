@@ -40,6 +40,7 @@ use crate::{
     http::{
         self, BodyLength, ChunkedScanner, Known, Parsed, RequestHead, RequestKind, ResponseHead,
     },
+    observe::dashboard::Sample,
     policy::mirror::ShadowSettings,
     route::{BoundMirror, Dest, Route},
 };
@@ -636,6 +637,7 @@ async fn copy(
     let shared = &worker.shared;
     let started = Instant::now();
     dest.stats.requests.inc();
+    let mut tally = Tally::new(dest, started, request.len());
     let mut spare = worker.shadow.spare(shared.cfg.limits.max_headers);
     let pooled = {
         let now = worker.watchdog.now_ms();
@@ -671,6 +673,8 @@ async fn copy(
     };
     let Spare { buf, resp } = &mut spare;
     dest.stats.response(resp.status());
+    tally.status = resp.status();
+    tally.bytes_out = head_len as u64;
     let kind = RequestKind {
         head: request.starts_with(b"HEAD "),
         ..RequestKind::default()
@@ -683,14 +687,62 @@ async fn copy(
         k.head.extend_from_slice(&buf[..head_len]);
     }
     buf.drain(..head_len);
-    let whole = read_body(&conn, buf, framing.length, keep).await?;
+    let whole = read_body(&conn, buf, framing.length, keep, &mut tally.bytes_out).await?;
     dest.stats.latency.observe(started.elapsed());
+    tally.answered = true;
     if whole && !close && buf.is_empty() {
         let now = worker.watchdog.now_ms();
         worker.shadow.pool.borrow_mut().put(addr, conn, now);
     }
     worker.shadow.give_back(spare);
     Ok(())
+}
+
+/// One copy on its destination's dashboard row (`Via::Mirror`), counted
+/// when the copy ends however it ends: answered, failed, or dropped by the
+/// copy timeout (then the future, and this with it, is dropped). A copy
+/// that was not answered whole counts as the proxy's error.
+struct Tally<'a> {
+    dest: &'a Dest,
+    started: Instant,
+    /// The answer's status (0: none yet).
+    status: u16,
+    bytes_in: u64,
+    /// The answer's head and (dechunked) body bytes read so far.
+    bytes_out: u64,
+    answered: bool,
+}
+
+impl<'a> Tally<'a> {
+    fn new(dest: &'a Dest, started: Instant, request: usize) -> Tally<'a> {
+        Tally {
+            dest,
+            started,
+            status: 0,
+            bytes_in: request as u64,
+            bytes_out: 0,
+            answered: false,
+        }
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        let Some(row) = &self.dest.stats.dashboard else {
+            return;
+        };
+        let now = Instant::now();
+        row.record(
+            now,
+            &Sample {
+                latency: now - self.started,
+                status: self.status,
+                proxy_error: !self.answered,
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+            },
+        );
+    }
 }
 
 /// Reads up to the final answer's head (interim ones skipped); its length.
@@ -723,9 +775,11 @@ async fn read_body(
     buf: &mut Vec<u8>,
     length: BodyLength,
     keep: Option<(&mut Kept, usize)>,
+    counted: &mut u64,
 ) -> Result<bool, CopyError> {
     let mut keep = keep;
     let mut take = |data: &[u8]| {
+        *counted += data.len() as u64;
         if let Some((k, limit)) = keep.as_mut() {
             let room = limit.saturating_sub(k.body.len());
             if data.len() > room {

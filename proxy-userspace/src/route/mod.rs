@@ -515,7 +515,7 @@ fn metric_labels<'a>(name: &'a str, id: &'a str, overridden: bool) -> (&'a str, 
 }
 
 /// The `rule` label of the route metrics of copies (shadowing).
-pub const MIRROR_LABEL: &str = "(mirror)";
+pub use crate::observe::metrics::MIRROR_LABEL;
 /// The labels of the copies requests asked for themselves (`l5d-mirror`).
 pub const REQUEST_LABEL: &str = "(request)";
 

@@ -80,6 +80,12 @@ pub enum Scenario {
     /// `sidetrack-ebpf` writing an access log line (JSON) for every
     /// request to a file: what the access log costs.
     SidetrackEbpfAccessLog,
+    /// `sidetrack-ebpf` capturing every request and its answer (bodies
+    /// included) to the on-disk ring: what capture costs.
+    SidetrackEbpfCapture,
+    /// `sidetrack-ebpf` with the dashboard off, so no observer at all:
+    /// what the dashboard (on by default) costs.
+    SidetrackEbpfNoDashboard,
     /// `sidetrack-explicit` from the `--baseline` revision's binary.
     BaselineExplicit,
     /// `sidetrack-ebpf` from the `--baseline` revision's binary.
@@ -87,7 +93,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Direct,
         Scenario::SidetrackExplicit,
         Scenario::SidetrackIptables,
@@ -95,6 +101,7 @@ impl Scenario {
         Scenario::SidetrackEbpfMirror100,
         Scenario::SidetrackEbpfMirror10,
         Scenario::SidetrackEbpfAccessLog,
+        Scenario::SidetrackEbpfCapture,
         Scenario::Nginx,
         Scenario::Haproxy,
         Scenario::TcpRelay,
@@ -102,11 +109,12 @@ impl Scenario {
 
     /// Scenarios only `--only` runs: the runtime floors, which answer a
     /// design question rather than measure the product.
-    pub const EXTRA: [Scenario; 4] = [
+    pub const EXTRA: [Scenario; 5] = [
         Scenario::TokioRelay,
         Scenario::UringRelay,
         Scenario::SidetrackEbpfTunnel,
         Scenario::SidetrackEbpfNoYield,
+        Scenario::SidetrackEbpfNoDashboard,
     ];
 
     /// `--baseline`'s scenarios, each after the one it repeats with the
@@ -118,10 +126,12 @@ impl Scenario {
 
     /// Scenarios read against another of the same run (what a feature
     /// costs), like `--baseline`'s pairs.
-    pub const COMPARED: [(Scenario, Scenario); 3] = [
+    pub const COMPARED: [(Scenario, Scenario); 5] = [
         (Scenario::SidetrackEbpfMirror100, Scenario::SidetrackEbpf),
         (Scenario::SidetrackEbpfMirror10, Scenario::SidetrackEbpf),
         (Scenario::SidetrackEbpfAccessLog, Scenario::SidetrackEbpf),
+        (Scenario::SidetrackEbpfCapture, Scenario::SidetrackEbpf),
+        (Scenario::SidetrackEbpf, Scenario::SidetrackEbpfNoDashboard),
     ];
 
     fn is_baseline(self) -> bool {
@@ -150,6 +160,8 @@ impl Scenario {
             Scenario::SidetrackEbpfMirror100 => "sidetrack-ebpf-mirror-100",
             Scenario::SidetrackEbpfMirror10 => "sidetrack-ebpf-mirror-10",
             Scenario::SidetrackEbpfAccessLog => "sidetrack-ebpf-access-log",
+            Scenario::SidetrackEbpfCapture => "sidetrack-ebpf-capture",
+            Scenario::SidetrackEbpfNoDashboard => "sidetrack-ebpf-no-dashboard",
             Scenario::BaselineExplicit => "baseline-explicit",
             Scenario::BaselineEbpf => "baseline-ebpf",
         }
@@ -173,6 +185,8 @@ impl Scenario {
             | Scenario::SidetrackEbpfMirror100
             | Scenario::SidetrackEbpfMirror10
             | Scenario::SidetrackEbpfAccessLog
+            | Scenario::SidetrackEbpfCapture
+            | Scenario::SidetrackEbpfNoDashboard
             | Scenario::BaselineEbpf => Some("ebpf"),
             _ => None,
         }
@@ -289,6 +303,8 @@ impl Bed {
             | Scenario::SidetrackEbpfMirror100
             | Scenario::SidetrackEbpfMirror10
             | Scenario::SidetrackEbpfAccessLog
+            | Scenario::SidetrackEbpfCapture
+            | Scenario::SidetrackEbpfNoDashboard
             | Scenario::BaselineEbpf => self.service_addr(),
             Scenario::Nginx => SocketAddrV4::new(node, NGINX_PORT),
             Scenario::Haproxy => SocketAddrV4::new(node, HAPROXY_PORT),
@@ -448,6 +464,15 @@ impl Bed {
                 "access_log:\n  enabled: true\n  path: {}\n",
                 self.dir.join("access.log").display()
             ));
+        }
+        if scenario == Scenario::SidetrackEbpfCapture {
+            conf.push_str(&format!(
+                "capture:\n  enabled: true\n  dir: {}\n  names: [/svc/bench]\n",
+                self.dir.join("capture").display()
+            ));
+        }
+        if scenario == Scenario::SidetrackEbpfNoDashboard {
+            conf.push_str("dashboard:\n  enabled: false\n");
         }
         if let Some(percent) = percent {
             conf = conf.replacen(

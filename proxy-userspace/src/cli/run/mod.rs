@@ -49,6 +49,7 @@ use crate::{
     },
     observe::{
         capture::Capture,
+        dashboard::Dashboard,
         exchange::Observer,
         metrics::{ExtraCounters, Metrics},
     },
@@ -204,7 +205,14 @@ impl RunArgs {
         } else {
             None
         };
-        let metrics = Arc::new(Metrics::new(settings.max_route_series));
+        let mut metrics = Metrics::new(settings.max_route_series);
+        if settings.dashboard.enabled {
+            metrics = metrics.with_dashboard(Dashboard::new(
+                settings.dashboard.clone(),
+                std::time::Instant::now(),
+            ));
+        }
+        let metrics = Arc::new(metrics);
         let router = Arc::new(Router::new(
             base,
             namers(&fs_namer, &k8s_namer),
@@ -300,8 +308,14 @@ impl RunArgs {
             admin_stop_rx,
         )
         .map_err(|e| format!("admin server: {e}"))?;
-        // Told about every exchange: the access log and capture, when on.
+        // Told about every exchange: the metrics when the dashboard is on
+        // (each exchange's row there, and its bytes on its route's
+        // counters), the access log and capture when on. With none, the connections
+        // note nothing for observers.
         let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
+        if metrics.dashboard().is_some() {
+            observers.push(metrics.clone());
+        }
         let access_log = if settings.access_log.enabled {
             let log = crate::observe::access_log::AccessLog::start(&settings.access_log)
                 .map_err(|e| format!("access_log: {}: {e}", settings.access_log.path))?;
