@@ -136,16 +136,20 @@ pub fn main(args: &[String]) -> Result<()> {
 /// `/proc/sys/net` is the caller's namespace's). Best effort: a refusal
 /// shows up as connect errors, which the run counts.
 fn prepare_many_connections(fds: usize) {
-    let want = fds.max(4096) as libc::rlim_t;
-    let lim = libc::rlimit {
-        rlim_cur: want,
-        rlim_max: want,
-    };
+    let want = fds as libc::rlim_t;
     // SAFETY: `lim` is a live rlimit; a refusal changes nothing.
     unsafe {
-        let mut now: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) == 0 && now.rlim_cur < want {
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
+            let hard = lim.rlim_max;
+            // Above the hard limit only with CAP_SYS_RESOURCE; else up to it.
+            lim.rlim_cur = want;
+            lim.rlim_max = hard.max(want);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                lim.rlim_cur = hard;
+                lim.rlim_max = hard;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
         }
     }
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535");

@@ -64,38 +64,49 @@ impl Growth {
     }
 }
 
-/// The maps whose holders (`bpftool map show`'s `pids`) include one of
-/// `pids`, with their entry counts (`bpftool map dump`).
+/// The ids of the eBPF maps `pid` holds a descriptor of (each map
+/// descriptor's fdinfo names its id): other proxies' maps on the machine
+/// (other tests) are not confused with its own.
+pub fn map_ids(pid: u32) -> std::io::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        if let Some(id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// The hash maps `pids` hold, with their entry counts (`bpftool map
+/// dump`); arrays always hold every entry and are left out.
 fn ebpf_map_entries(pids: &[u32]) -> Option<Vec<(String, u64)>> {
     let json = |args: &[&str]| -> Option<serde_json::Value> {
         let out = cmd::output(Command::new("bpftool").arg("-j").args(args))?;
         serde_json::from_str(&out).ok()
     };
-    let maps = json(&["map", "show"])?;
     let mut out = Vec::new();
-    for m in maps.as_array()? {
-        let held = m["pids"].as_array().is_some_and(|holders| {
-            holders.iter().any(|h| {
-                h["pid"]
-                    .as_u64()
-                    .is_some_and(|p| pids.contains(&(p as u32)))
-            })
-        });
-        if !held {
-            continue;
+    for &pid in pids {
+        for id in map_ids(pid).ok()? {
+            let id = id.to_string();
+            let m = json(&["map", "show", "id", &id])?;
+            if !m["type"].as_str().is_some_and(|t| t.contains("hash")) {
+                continue;
+            }
+            let name = m["name"].as_str().unwrap_or("?").to_owned();
+            let n = json(&["map", "dump", "id", &id])
+                .and_then(|d| d.as_array().map(|a| a.len() as u64));
+            let Some(n) = n else { continue };
+            out.push((name, n));
         }
-        let (Some(id), Some(kind)) = (m["id"].as_u64(), m["type"].as_str()) else {
-            continue;
-        };
-        // Arrays always hold every entry; only the hashes can grow.
-        if !kind.contains("hash") {
-            continue;
-        }
-        let name = m["name"].as_str().unwrap_or("?").to_owned();
-        let n = json(&["map", "dump", "id", &id.to_string()])
-            .and_then(|d| d.as_array().map(|a| a.len() as u64))
-            .unwrap_or(0);
-        out.push((name, n));
     }
     Some(out)
 }

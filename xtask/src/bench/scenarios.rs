@@ -42,10 +42,16 @@ pub const PINGORA_PORT: u16 = 4144;
 /// The service the transparent scenarios call: an address nothing owns.
 pub const SERVICE_PORT: u16 = 80;
 pub const PROXY_MARK: u32 = 0x5354;
-/// Connections every proxy is configured to take (the many-connections
-/// phase holds 10,100 clients, and a proxy may hold a server connection
-/// for each).
-pub const MAX_CONNECTIONS: usize = 32_768;
+/// Connections every proxy is configured to take: room for the
+/// many-connections phase's 9,900 clients and their server connections.
+/// haproxy is the exception: it needs two descriptors per `maxconn` and
+/// refuses to start without them, and these VMs cap RLIMIT_NOFILE at
+/// 20,000 (hard, without CAP_SYS_RESOURCE to raise it), so it gets
+/// [`HAPROXY_MAXCONN`].
+pub const MAX_CONNECTIONS: usize = 16_384;
+pub const HAPROXY_MAXCONN: usize = 9_950;
+/// nginx's `worker_rlimit_nofile`: under the 20,000 hard limit.
+const NGINX_NOFILE: usize = 19_990;
 /// "Never splice": the copy variant of the large-body part.
 pub const NO_SPLICE: u64 = 1 << 40;
 
@@ -515,8 +521,8 @@ impl Bed {
             port = SERVER_PORT,
             cgroup = self.node.cgroup_path().display(),
         );
-        // Room for the many-connections phase (10,100 clients; the
-        // default is 10,000).
+        // Room for the many-connections phase and its server connections
+        // (the default is 10,000).
         conf.push_str(&format!("limits:\n  max_connections: {MAX_CONNECTIONS}\n"));
         if let Some(t) = variant.splice_threshold {
             conf.push_str(&format!("  splice_threshold_bytes: {t}\n"));
@@ -565,7 +571,7 @@ impl Bed {
     /// One worker (or `workers`), keep-alive both ways (64 idle upstream
     /// connections, like Sidetrack's pool), no logging, no buffering to
     /// disk (bodies stream both ways: request buffering off, no temp file),
-    /// room for 32k connections.
+    /// room for 16k connections.
     fn write_nginx_conf(&self, workers: usize) -> Result<PathBuf> {
         let prefix = self.dir.join("nginx");
         fs::create_dir_all(prefix.join("tmp"))?;
@@ -582,7 +588,7 @@ impl Bed {
              server {{\n    listen {node}:{NGINX_PORT};\n    location / {{\n      proxy_pass http://bench;\n      \
              proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
             pid = self.dir.join("nginx.pid").display(),
-            nofile = 2 * MAX_CONNECTIONS + 1024,
+            nofile = NGINX_NOFILE,
             log = self.dir.join("nginx-error.log").display(),
             up = self.upstream(),
             node = self.node.ip(),
@@ -593,10 +599,11 @@ impl Bed {
     }
 
     /// One thread (or `workers`), HTTP mode with keep-alive both ways and
-    /// server-side connection reuse, no logging, room for 32k connections.
+    /// server-side connection reuse, no logging, room for 9,950 client
+    /// connections (see [`HAPROXY_MAXCONN`]).
     fn haproxy_conf(&self, workers: usize) -> String {
         format!(
-            "global\n  nbthread {workers}\n  maxconn {MAX_CONNECTIONS}\n  pidfile {pid}\n\
+            "global\n  nbthread {workers}\n  maxconn {HAPROXY_MAXCONN}\n  pidfile {pid}\n\
              defaults\n  mode http\n  option http-keep-alive\n  http-reuse always\n  timeout connect 5s\n  \
              timeout client 60s\n  timeout server 60s\n  timeout http-keep-alive 60s\n\
              frontend fe\n  bind {node}:{HAPROXY_PORT}\n  default_backend be\n\
