@@ -88,8 +88,10 @@ pub struct Plan {
     /// Each new-connection phase (four per scenario and round).
     pub new_conn_secs: f64,
     /// The many-connections phase's measured part (after the idle ones are
-    /// up).
+    /// up), and how many idle ones it holds (fewer with `--quick`: opening
+    /// them takes seconds).
     pub many_secs: f64,
+    pub idle_conns: usize,
     /// The two-worker phase.
     pub workers2_secs: f64,
 }
@@ -104,23 +106,25 @@ impl Plan {
                 open_secs: 1.5,
                 open_low_rps: 1_000,
                 open_high_rps: 5_000,
-                large_secs: 1.0,
-                new_conn_secs: 1.0,
-                many_secs: 1.5,
-                workers2_secs: 1.5,
+                large_secs: 0.5,
+                new_conn_secs: 0.5,
+                many_secs: 1.0,
+                idle_conns: 2_000,
+                workers2_secs: 1.0,
             }
         } else {
             Plan {
-                rounds: 4,
+                rounds: 3,
                 c1_secs: 2.5,
                 c32_secs: 3.0,
                 open_secs: 2.5,
                 open_low_rps: 1_000,
                 open_high_rps: 5_000,
                 large_secs: 2.0,
-                new_conn_secs: 1.5,
-                many_secs: 2.5,
-                workers2_secs: 2.5,
+                new_conn_secs: 1.0,
+                many_secs: 2.0,
+                idle_conns: IDLE_CONNS,
+                workers2_secs: 2.0,
             }
         }
     }
@@ -225,7 +229,7 @@ impl Phase {
                 )
             },
             Phase::ManyConns => LoadArgs {
-                idle_conns: IDLE_CONNS,
+                idle_conns: plan.idle_conns,
                 ..LoadArgs::open(plan.open_low_rps, OPEN_CONNS, plan.many_secs)
             },
             Phase::Workers2 => LoadArgs::closed(WIDE_CONNS, plan.workers2_secs),
@@ -427,7 +431,7 @@ pub struct ScenarioResult {
     /// Client keep-alive, the server closing after each answer.
     pub backend_close_c1: Option<PhaseResult>,
     pub backend_close_c32: Option<PhaseResult>,
-    /// 10,000 idle connections held, 100 active at the low open-loop rate;
+    /// `Plan::idle_conns` idle connections held, 100 active at the low open-loop rate;
     /// its CPU is the proxy's from when the idle ones were up to the end.
     pub many_conns: Option<PhaseResult>,
     /// Two workers (processes, threads), closed loop over 256 connections.
