@@ -8,7 +8,9 @@
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
-use pingora_core::{Result, server::Server, server::configuration::ServerConf, upstreams::peer::HttpPeer};
+use pingora_core::{
+    Result, server::Server, server::configuration::ServerConf, upstreams::peer::HttpPeer,
+};
 use pingora_proxy::{ProxyHttp, Session};
 
 /// Sends everything to `upstream`.
