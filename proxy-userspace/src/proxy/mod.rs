@@ -21,6 +21,7 @@ pub mod observed;
 pub mod park;
 pub mod policy;
 pub mod pool;
+mod routing;
 pub mod shadow;
 pub mod splice;
 mod stream;
