@@ -349,6 +349,21 @@ impl Conn {
             let head_len = match head_len {
                 Ok(Some(n)) => n,
                 Ok(None) => return,
+                // HTTP/2 with prior knowledge: the client preface.
+                Err(Failure::Respond { .. })
+                    if self.served == 0
+                        && self.shared.cfg.http2.enabled
+                        && super::http2::is_preface(&self.from_client) =>
+                {
+                    let from = routing::Origin {
+                        peer: self.peer,
+                        orig_dst: self.orig_dst,
+                    };
+                    let read = std::mem::take(&mut self.from_client);
+                    super::http2::serve(&self.client, read, from, &self.worker, &self.deadline)
+                        .await;
+                    return;
+                }
                 // Not HTTP, on an intercepted connection: pass it on untouched.
                 Err(Failure::Respond {
                     kind: ErrorKind::BadRequest,
