@@ -214,7 +214,10 @@ impl Http2 {
             ));
         }
         for (name, v) in [
-            ("initial_stream_window_bytes", self.initial_stream_window_bytes),
+            (
+                "initial_stream_window_bytes",
+                self.initial_stream_window_bytes,
+            ),
             (
                 "initial_connection_window_bytes",
                 self.initial_connection_window_bytes,

@@ -122,7 +122,10 @@ impl Drop for Relay {
 /// The trailers (or trailers-only headers) of a gRPC status.
 pub fn status_trailers(code: grpc::Code, message: &str) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(2);
-    h.insert("grpc-status", hyper::header::HeaderValue::from_static(code.text()));
+    h.insert(
+        "grpc-status",
+        hyper::header::HeaderValue::from_static(code.text()),
+    );
     h.insert("grpc-message", grpc::message(message));
     h
 }

@@ -266,9 +266,7 @@ impl End {
             shared.metrics.error(kind);
         }
         if let (Ending::Whole, Some((addr, sender))) = (how, self.h1) {
-            self.worker
-                .upstreams
-                .put_h1(addr, sender, &shared.cfg.pool);
+            self.worker.upstreams.put_h1(addr, sender, &shared.cfg.pool);
         }
         if let Some(mut t) = self.told {
             t.obs.bytes_in += self.bytes_in.get();
@@ -329,7 +327,15 @@ impl Conn {
         let mut request = obs.on.then(|| (req.method().clone(), req.uri().clone()));
         let (mut name, mut key) = self.spare.borrow_mut().pop().unwrap_or_default();
         let answer = self
-            .forward(req, grpc, &mut obs, &mut request, &mut name, &mut key, started)
+            .forward(
+                req,
+                grpc,
+                &mut obs,
+                &mut request,
+                &mut name,
+                &mut key,
+                started,
+            )
             .await;
         {
             let mut spare = self.spare.borrow_mut();
@@ -500,10 +506,9 @@ impl Conn {
         );
         let mut out: [Option<(HeaderName, HeaderValue)>; routing::MAX_ADDED] = Default::default();
         for (slot, (name, value)) in out.iter_mut().zip(&fields[..n]) {
-            let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name),
-                HeaderValue::from_bytes(value),
-            ) else {
+            let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            else {
                 continue;
             };
             *slot = Some((name, value));
@@ -680,12 +685,10 @@ fn to_http1(parts: &mut Parts) {
     {
         parts.headers.insert(header::HOST, host);
     }
-    let origin = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| Uri::from_static("/"), |p| {
-            Uri::try_from(p.as_str()).unwrap_or_else(|_| Uri::from_static("/"))
-        });
+    let origin = parts.uri.path_and_query().map_or_else(
+        || Uri::from_static("/"),
+        |p| Uri::try_from(p.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
+    );
     parts.uri = origin;
     // HTTP/2's TE may say only "trailers"; HTTP/1.1 would need it named
     // in Connection too, and the backend's trailers are read either way.
@@ -720,12 +723,10 @@ fn error_response(grpc: bool, r: &Refused) -> Response<Body> {
     } else {
         text.push(b'\n');
         let mut response = Response::new(Body::Full(Some(Bytes::from(text))));
-        *response.status_mut() =
-            StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain"),
-        );
+        *response.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         response
     };
     response.headers_mut().insert("l5d-err", l5d_err);
@@ -777,11 +778,18 @@ mod tests {
 
     #[test]
     fn grpc_errors_are_trailers_only() {
-        let r = refused(503, ErrorKind::NoEndpoints, "no endpoints for /#/io.l5d.fs/x");
+        let r = refused(
+            503,
+            ErrorKind::NoEndpoints,
+            "no endpoints for /#/io.l5d.fs/x",
+        );
         let resp = error_response(true, &r);
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["grpc-status"], "14");
-        assert_eq!(resp.headers()["grpc-message"], "no endpoints for /#/io.l5d.fs/x");
+        assert_eq!(
+            resp.headers()["grpc-message"],
+            "no endpoints for /#/io.l5d.fs/x"
+        );
         assert_eq!(resp.headers()["content-type"], "application/grpc");
         assert!(http_body::Body::is_end_stream(resp.body()));
         let resp = error_response(false, &r);
