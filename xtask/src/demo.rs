@@ -11,7 +11,8 @@
 //! `users-v2` whose greeting differs, and to `users-b`, a second instance
 //! of the live version whose answers differ from it only in a timestamp;
 //! after 300 requests `sidetrack diff` reports the greeting and cancels the
-//! timestamp as noise. Everything is torn down at the end (or on Ctrl-C).
+//! timestamp as noise. Last, the dashboard's address and its summary line
+//! per version. Everything is torn down at the end (or on Ctrl-C).
 
 use std::time::Duration;
 
@@ -96,6 +97,7 @@ pub fn run(keep: bool) -> Result<()> {
     );
 
     shadowing(&mut s)?;
+    dashboard(&s)?;
 
     if keep {
         cmd::step("running until Ctrl-C (try the delegator page, or curl from the client pod)");
@@ -106,6 +108,47 @@ pub fn run(keep: bool) -> Result<()> {
     cmd::step("tearing the node down");
     drop(s);
     cmd::step("demo done");
+    Ok(())
+}
+
+/// The dashboard: its address, and one summary line per version from
+/// `/dashboard.json` (the last minute).
+fn dashboard(s: &Staging) -> Result<()> {
+    cmd::step("every version's dashboard");
+    let (status, body) =
+        staging::http_get(std::net::SocketAddr::V4(s.admin_addr), "/dashboard.json")?;
+    ensure!(status == 200, "/dashboard.json answered {status}");
+    let d: serde_json::Value = serde_json::from_str(&body)?;
+    println!("dashboard: http://{}/dashboard", s.admin_addr);
+    println!(
+        "$ curl http://{}/dashboard.json   (the last minute, one line per version)",
+        s.admin_addr
+    );
+    let mut versions = 0;
+    for name in d["names"].as_array().into_iter().flatten() {
+        for row in name["rows"].as_array().into_iter().flatten() {
+            let w = &row["windows"]["1m"];
+            let flag = match row["windows"]["1m"]["flagged"].as_bool() {
+                Some(true) => format!("  FLAGGED: {}", w["why"].as_str().unwrap_or("")),
+                _ => String::new(),
+            };
+            println!(
+                "  {:<11} {:<26} via {:<8} {:>4} req  {:>5.1}% ok  p50 {:>6.2} ms  p99 {:>6.2} ms{flag}",
+                name["name"].as_str().unwrap_or(""),
+                row["dst"].as_str().unwrap_or(""),
+                row["via"].as_str().unwrap_or(""),
+                w["requests"].as_u64().unwrap_or(0),
+                w["success_rate"].as_f64().unwrap_or(0.0) * 100.0,
+                w["p50_ms"].as_f64().unwrap_or(0.0),
+                w["p99_ms"].as_f64().unwrap_or(0.0),
+            );
+            versions += 1;
+        }
+    }
+    ensure!(
+        versions >= 4,
+        "expected rows for world-v1, world-v2 and the users versions:\n{body}"
+    );
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        mpsc::{self, Receiver, TryRecvError, SyncSender, TrySendError},
     },
     thread,
     time::{Duration, Instant, SystemTime},
@@ -49,6 +49,11 @@ pub const REPLAY_HEADER: &str = "l5d-replay";
 
 /// How often an idle writer applies the age bound.
 const TICK: Duration = Duration::from_secs(1);
+
+/// How often the writer takes what the workers sent: with the default
+/// `buffer` of 1024 exchanges, 100k captured requests a second before any
+/// is dropped.
+const POLL: Duration = Duration::from_millis(10);
 
 /// Which exchanges are captured.
 #[derive(Clone, Debug)]
@@ -305,16 +310,28 @@ struct Writer {
 }
 
 impl Writer {
+    /// Takes what has gathered every [`POLL`], rather than waiting on the
+    /// channel: a waiting receiver would be woken by every send, a context
+    /// switch per captured request on the worker's side.
     fn run(mut self, rx: Receiver<Exchange>) {
+        let mut expired = Instant::now();
         loop {
-            match rx.recv_timeout(TICK) {
-                Ok(x) => self.write(&x),
-                Err(RecvTimeoutError::Timeout) => self.ring.expire(SystemTime::now()),
-                Err(RecvTimeoutError::Disconnected) => return,
+            loop {
+                match rx.try_recv() {
+                    Ok(x) => self.write(&x),
+                    Err(TryRecvError::Empty) => break,
+                    // Only once what was sent has been taken.
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
+            if expired.elapsed() >= TICK {
+                self.ring.expire(SystemTime::now());
+                expired = Instant::now();
             }
             self.stats
                 .disk_bytes
                 .store(self.ring.total_bytes(), Ordering::Relaxed);
+            std::thread::sleep(POLL);
         }
     }
 
