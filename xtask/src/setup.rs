@@ -327,20 +327,9 @@ pub fn install_kubernetes_validate() -> Result<()> {
         )
         .context("making the venv failed: is python3-venv installed?")?;
     }
-    cmd::run(
-        Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg(format!(
-                "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
-            )),
-    )
-    .context("pip could not install kubernetes-validate: is PyPI reachable?")?;
+    pip_install(&format!(
+        "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+    ))?;
     if !kubernetes_validate_ok() {
         bail!(
             "kubernetes-validate was installed but {} does not answer --version with {KUBERNETES_VALIDATE_VERSION}",
@@ -369,6 +358,18 @@ pub fn install_grpcio() -> Result<()> {
         "setup: installing grpcio {GRPCIO_VERSION} into {}",
         venv_dir().display()
     ));
+    pip_install(&format!("grpcio=={GRPCIO_VERSION}"))?;
+    if !grpcio_ok() {
+        bail!(
+            "grpcio was installed but {} does not import it at {GRPCIO_VERSION}",
+            venv_python().display()
+        );
+    }
+    Ok(())
+}
+
+/// `pip install SPEC` into the venv.
+fn pip_install(spec: &str) -> Result<()> {
     cmd::run(
         Command::new(venv_python())
             .args([
@@ -378,14 +379,7 @@ pub fn install_grpcio() -> Result<()> {
                 "--quiet",
                 "--disable-pip-version-check",
             ])
-            .arg(format!("grpcio=={GRPCIO_VERSION}")),
+            .arg(spec),
     )
-    .context("pip could not install grpcio: is PyPI reachable?")?;
-    if !grpcio_ok() {
-        bail!(
-            "grpcio was installed but {} does not import it at {GRPCIO_VERSION}",
-            venv_python().display()
-        );
-    }
-    Ok(())
+    .with_context(|| format!("pip could not install {spec}: is PyPI reachable?"))
 }

@@ -66,9 +66,6 @@ use crate::{
 /// never idle out.
 const NEVER: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
-/// How often a request waiting for a namer's first sync is routed again.
-const SYNC_POLL: std::time::Duration = std::time::Duration::from_millis(20);
-
 /// The first allocation of a connection's read buffers; they grow up to the
 /// head limit when a head needs it.
 const INITIAL_BUF: usize = 8 * 1024;
@@ -849,20 +846,14 @@ impl Conn {
     /// Pending routes are not cached, so each try binds afresh.
     async fn await_synced(
         &mut self,
-        mut route: Arc<Route>,
-        mut req: RequestFacts,
+        route: Arc<Route>,
+        req: RequestFacts,
     ) -> Result<(Arc<Route>, RequestFacts), Failure> {
-        let until = Instant::now() + self.shared.cfg.sync_timeout;
-        while matches!(route.outcome, Outcome::Pending(_)) && Instant::now() < until {
-            let pause = SYNC_POLL.min(until.saturating_duration_since(Instant::now()));
-            let _ = self
-                .worker
-                .watchdog
-                .timeout(pause, std::future::pending::<()>())
-                .await;
-            (route, req) = self.route()?;
-        }
-        Ok((route, req))
+        let watchdog = self.worker.watchdog.clone();
+        let timeout = self.shared.cfg.sync_timeout;
+        let pending =
+            |(r, _): &(Arc<Route>, RequestFacts)| matches!(r.outcome, Outcome::Pending(_));
+        routing::until_synced(&watchdog, timeout, (route, req), pending, || self.route()).await
     }
 
     /// Which of the route's mirrors take a copy of this request, and the

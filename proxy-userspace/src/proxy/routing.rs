@@ -8,11 +8,12 @@
 use std::{
     net::{SocketAddr, SocketAddrV4},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use rand::{Rng, rngs::SmallRng};
 
-use super::{Shared, observed::Observed};
+use super::{Shared, observed::Observed, watchdog::Watchdog};
 use crate::{
     http,
     observe::{
@@ -28,6 +29,8 @@ pub(super) const VIA: &[u8] = b"1.1 sidetrack";
 /// The `Via` entry on requests and responses that crossed the proxy as
 /// HTTP/2 (RFC 9110 §7.6.3 names the received protocol).
 pub(super) const VIA_H2: &[u8] = b"2 sidetrack";
+/// How often a request waiting for a namer's first sync is routed again.
+const SYNC_POLL: Duration = Duration::from_millis(20);
 /// Dtab headers a request may repeat; more instances are refused.
 pub(super) const MAX_DTAB_HEADERS: usize = 16;
 
@@ -382,6 +385,26 @@ pub(super) fn route<H: RequestView>(
         shared.metrics.error(ErrorKind::OverrideRefused);
     }
     Ok(Routed { route, edge })
+}
+
+/// A route a namer could not bind yet (it has not synced what the name
+/// needs, `pending`): routed `again` every few milliseconds until it binds
+/// or `timeout` passes (the last answer, pending, is then refused).
+/// Pending routes are not cached, so each try binds afresh.
+pub(super) async fn until_synced<T, E>(
+    watchdog: &Watchdog,
+    timeout: Duration,
+    mut routed: T,
+    pending: impl Fn(&T) -> bool,
+    mut again: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let until = Instant::now() + timeout;
+    while pending(&routed) && Instant::now() < until {
+        let pause = SYNC_POLL.min(until.saturating_duration_since(Instant::now()));
+        let _ = watchdog.timeout(pause, std::future::pending::<()>()).await;
+        routed = again()?;
+    }
+    Ok(routed)
 }
 
 /// What routing rules ask of a request.

@@ -75,9 +75,6 @@ use crate::{
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How often a request waiting for a namer's first sync is routed again.
-const SYNC_POLL: Duration = Duration::from_millis(20);
-
 /// Whether a new connection's first bytes (all of them, or as many as
 /// came) are the HTTP/2 client preface.
 pub(super) fn is_preface(first: &[u8]) -> bool {
@@ -384,19 +381,16 @@ impl Conn {
             ));
         }
         let view = H2View { parts: &parts };
-        let mut routed = routing::route(shared, &view, self.from, name, key, obs)?;
-        // A namer that has not synced what the name needs: routed again
-        // until it binds or k8s.sync_timeout_ms passes.
-        let until = Instant::now() + cfg.sync_timeout;
-        while matches!(routed.route.outcome, Outcome::Pending(_)) && Instant::now() < until {
-            let pause = SYNC_POLL.min(until.saturating_duration_since(Instant::now()));
-            let _ = self
-                .worker
-                .watchdog
-                .timeout(pause, std::future::pending::<()>())
-                .await;
-            routed = routing::route(shared, &view, self.from, name, key, obs)?;
-        }
+        let routed = routing::route(shared, &view, self.from, name, key, obs)?;
+        let pending = |r: &routing::Routed| matches!(r.route.outcome, Outcome::Pending(_));
+        let routed = routing::until_synced(
+            &self.worker.watchdog,
+            cfg.sync_timeout,
+            routed,
+            pending,
+            || routing::route(shared, &view, self.from, name, key, obs),
+        )
+        .await?;
         let route = routed.route;
         if obs.on || obs.timing {
             obs.routed(&route, &shared.observers);
