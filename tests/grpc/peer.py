@@ -3,8 +3,9 @@
 Messages are raw bytes (no protobuf): the methods of the service
 `test.Echo` take and return text, so no code generation is needed.
 
-    peer.py serve PORT NAME       serve test.Echo on 127.0.0.1:PORT, answering as NAME;
-                                  prints "ready" when listening
+    peer.py serve PORT NAME [HOST]
+                                  serve test.Echo on HOST:PORT (127.0.0.1), answering
+                                  as NAME; prints "ready" when listening
     peer.py call TARGET AUTHORITY SCENARIO [ARG]
                                   run SCENARIO on one channel to TARGET (the proxy)
                                   with :authority AUTHORITY; prints one JSON object
@@ -24,7 +25,7 @@ import grpc
 SERVICE = "test.Echo"
 
 
-def serve(port, name):
+def serve(port, name, host):
     cancelled = {"n": 0}
 
     def meta(ctx):
@@ -106,7 +107,7 @@ def serve(port, name):
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
     server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.add_insecure_port(f"{host}:{port}")
     server.start()
     print("ready", flush=True)
     # Exits with the test: stdin closes when the test process goes.
@@ -138,11 +139,13 @@ def call(target, authority, scenario, arg):
         out["client_stream"] = method(channel, "su", "ClientStream")(iter([b"a" * 1000] * 7), timeout=10).decode()
         out["bidi"] = [m.decode() for m in method(channel, "ss", "Bidi")(iter([b"x", b"y", b"z"]), timeout=10)]
     elif scenario == "stage":
-        # arg calls; the one at index arg//2 carries the override.
-        n = int(arg)
+        # N[,DTAB]: N calls; the one at index N//2 carries the override DTAB.
+        n, _, dtab = arg.partition(",")
+        n = int(n)
+        dtab = dtab or "/svc/world => /#/io.l5d.fs/world-v2"
         answers = []
         for i in range(n):
-            md = [("l5d-dtab", "/svc/world => /#/io.l5d.fs/world-v2")] if i == n // 2 else []
+            md = [("l5d-dtab", dtab)] if i == n // 2 else []
             answers.append(json.loads(method(channel, "uu", "Unary")(str(i).encode(), metadata=md, timeout=10)))
         out["answers"] = answers
     elif scenario == "spread":
@@ -211,6 +214,6 @@ def call(target, authority, scenario, arg):
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve(int(sys.argv[2]), sys.argv[3])
+        serve(int(sys.argv[2]), sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1")
     else:
         call(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "")

@@ -45,9 +45,18 @@ impl GrpcServer {
     }
 
     pub fn start_on(name: &str, port: u16) -> GrpcServer {
-        let mut child = Command::new(python())
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Self::spawn(name, addr, Command::new(python()))
+    }
+
+    /// Serves `test.Echo` on `addr` (`0.0.0.0` and a port, for a pod)
+    /// through `cmd`, a command for
+    /// [`python`] (say, one that runs in a pod), answering as `name`.
+    pub fn spawn(name: &str, addr: SocketAddr, mut cmd: Command) -> GrpcServer {
+        let mut child = cmd
             .arg(peer_script())
-            .args(["serve", &port.to_string(), name])
+            .args(["serve", &addr.port().to_string(), name])
+            .arg(addr.ip().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -64,7 +73,7 @@ impl GrpcServer {
         }
         GrpcServer {
             name: name.to_owned(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr,
             child,
             _stdin: stdin,
         }
@@ -92,9 +101,34 @@ impl Drop for GrpcServer {
 /// `:authority` `authority` (not started).
 pub fn call_command(proxy: SocketAddr, authority: &str, scenario: &str, arg: &str) -> Command {
     let mut cmd = Command::new(python());
-    cmd.arg(peer_script())
-        .args(["call", &proxy.to_string(), authority, scenario, arg]);
+    with_call_args(&mut cmd, proxy, authority, scenario, arg);
     cmd
+}
+
+/// The peer's arguments for a client call, onto `cmd` (a command for
+/// [`python`], say one that runs in a pod).
+pub fn with_call_args(
+    cmd: &mut Command,
+    target: SocketAddr,
+    authority: &str,
+    scenario: &str,
+    arg: &str,
+) {
+    cmd.arg(peer_script())
+        .args(["call", &target.to_string(), authority, scenario, arg]);
+}
+
+/// The JSON a client call printed last.
+pub fn answer(out: std::process::Output, scenario: &str) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "gRPC client {scenario} failed: {}: {text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// Runs `scenario` and returns the JSON it printed last.
@@ -103,12 +137,5 @@ pub fn call(proxy: SocketAddr, authority: &str, scenario: &str, arg: &str) -> se
         .stderr(Stdio::inherit())
         .output()
         .expect("run the gRPC client");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "gRPC client {scenario} failed: {}: {text}",
-        out.status
-    );
-    let last = text.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {text}"))
+    answer(out, scenario)
 }

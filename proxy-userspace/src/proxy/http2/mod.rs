@@ -121,6 +121,12 @@ pub(super) async fn serve(
     let shared = worker.shared.clone();
     let cfg = &shared.cfg.http2;
     shared.metrics.http2_connections.inc();
+    // What a client can make the proxy hold on this connection whatever it
+    // reads: its receive window, and what queues to be sent to it.
+    let _charged = Charged::new(
+        &shared,
+        cfg.initial_connection_window_bytes as usize + cfg.max_send_buf_bytes,
+    );
     let conn = Rc::new(Conn {
         worker: worker.clone(),
         from,
@@ -179,6 +185,26 @@ pub(super) async fn serve(
         } else {
             tracing::debug!(peer = %from.peer, error = %e, "HTTP/2 connection ended");
         }
+    }
+}
+
+/// An HTTP/2 connection's charge against the memory budget, given back
+/// when it ends.
+struct Charged<'a> {
+    shared: &'a super::Shared,
+    bytes: usize,
+}
+
+impl Charged<'_> {
+    fn new(shared: &super::Shared, bytes: usize) -> Charged<'_> {
+        shared.budget.recharge(0, bytes);
+        Charged { shared, bytes }
+    }
+}
+
+impl Drop for Charged<'_> {
+    fn drop(&mut self) {
+        self.shared.budget.recharge(self.bytes, 0);
     }
 }
 
@@ -308,6 +334,16 @@ impl Conn {
     async fn stream(self: Rc<Self>, req: Request<Incoming>) -> Response<Body> {
         let shared = self.worker.shared.clone();
         shared.metrics.http2_streams.inc();
+        if shared.budget.pressure() == super::budget::Pressure::ShedRequests {
+            shared.budget.count_shed_request();
+            let r = refused(
+                503,
+                ErrorKind::Overloaded,
+                "the proxy is at its memory budget (limits.memory_budget_bytes)",
+            );
+            shared.metrics.error(r.kind);
+            return error_response(grpc::is_grpc(req.headers()), &r);
+        }
         self.deadline
             .extend(&self.worker.watchdog, shared.cfg.idle_timeout);
         let started = Instant::now();
