@@ -121,12 +121,11 @@ pub(super) async fn serve(
     let shared = worker.shared.clone();
     let cfg = &shared.cfg.http2;
     shared.metrics.http2_connections.inc();
-    // What a client can make the proxy hold on this connection whatever it
-    // reads: its receive window, and what queues to be sent to it.
-    let _charged = Charged::new(
-        &shared,
-        cfg.initial_connection_window_bytes as usize + cfg.max_send_buf_bytes,
-    );
+    // What a client can make the proxy hold on this connection whatever
+    // the other side reads: its connection's receive window. (What goes
+    // the other way is pulled from the backend only as the client's
+    // window lets it be sent.)
+    let _charged = Charged::new(&shared, cfg.initial_connection_window_bytes as usize);
     let conn = Rc::new(Conn {
         worker: worker.clone(),
         from,
