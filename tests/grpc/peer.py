@@ -190,6 +190,10 @@ def call(target, authority, scenario, arg):
                 break
             time.sleep(0.05)
         out["cancellations"] = int(n)
+    elif scenario == "unary":
+        # One call, with `arg` as its l5d-dtab when given.
+        md = [("l5d-dtab", arg)] if arg else []
+        out = json.loads(method(channel, "uu", "Unary")(b"hi", metadata=md, timeout=10))
     elif scenario == "sleep":
         out["result"] = method(channel, "uu", "Sleep")(arg.encode(), timeout=30).decode()
     elif scenario == "unavailable":
