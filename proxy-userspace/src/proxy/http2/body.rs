@@ -24,10 +24,6 @@ use super::{End, Ending, grpc};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-// Made once per stream and moved into hyper's stream state; the small
-// variants are the proxy's own rare answers. Boxing the relay would cost an
-// allocation per stream to save bytes only those answers waste.
-#[allow(clippy::large_enum_variant)]
 pub enum Body {
     Empty,
     /// The proxy's own (an error's text).
@@ -48,12 +44,14 @@ pub struct Relay {
     owed: Option<HeaderMap>,
     done: bool,
     failed: bool,
-    end: Option<End>,
+    /// Boxed: a body is moved several times on its way through hyper, and
+    /// what its end settles is most of its size.
+    end: Option<Box<End>>,
 }
 
 impl Relay {
     /// `inner` relayed, counting into `moved`; `end` told when it is done.
-    pub fn new(inner: Incoming, moved: Rc<Cell<u64>>, grpc: bool, end: Option<End>) -> Relay {
+    pub fn new(inner: Incoming, moved: Rc<Cell<u64>>, grpc: bool, end: Option<Box<End>>) -> Relay {
         Relay {
             inner,
             moved,

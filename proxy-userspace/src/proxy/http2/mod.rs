@@ -274,7 +274,7 @@ struct Telling {
 }
 
 impl End {
-    fn finish(self, how: Ending, bytes_out: u64) {
+    fn finish(self: Box<Self>, how: Ending, bytes_out: u64) {
         let shared = &self.worker.shared;
         self.stats
             .latency
@@ -358,17 +358,18 @@ impl Conn {
         }
         let mut request = obs.on.then(|| (req.method().clone(), req.uri().clone()));
         let (mut name, mut key) = self.spare.borrow_mut().pop().unwrap_or_default();
-        let answer = self
-            .forward(
-                req,
-                grpc,
-                &mut obs,
-                &mut request,
-                &mut name,
-                &mut key,
-                started,
-            )
-            .await;
+        // Boxed: hyper moves a stream's future when it spawns it, and the
+        // exchange's state is kilobytes.
+        let answer = Box::pin(self.forward(
+            req,
+            grpc,
+            &mut obs,
+            &mut request,
+            &mut name,
+            &mut key,
+            started,
+        ))
+        .await;
         {
             let mut spare = self.spare.borrow_mut();
             if spare.len() < MAX_SPARE {
@@ -494,7 +495,7 @@ impl Conn {
                 uri,
             })
         });
-        let end = End {
+        let end = Box::new(End {
             worker: self.worker.clone(),
             stats: dest.stats.clone(),
             in_flight: sent.in_flight,
@@ -502,7 +503,7 @@ impl Conn {
             told,
             bytes_in,
             peer: self.from.peer,
-        };
+        });
         let body = Body::Relay(Relay::new(body, Rc::new(Cell::new(0)), grpc, Some(end)));
         Ok(Response::from_parts(parts, body))
     }
