@@ -54,11 +54,18 @@ impl Proxy {
     /// file namer) under the settings `config` (YAML, written to
     /// `dir/config.yaml`), with more `args`.
     pub fn with_fs_namer(dir: &TempDir, config: &str, args: &[&str]) -> Proxy {
+        Self::with_dtab(dir, "/svc => /#/io.l5d.fs", config, args)
+    }
+
+    /// A proxy with the base dtab `dtab`, the file namer reading `dir`,
+    /// and the settings `config` (YAML, written to `dir/config.yaml`),
+    /// with more `args`.
+    pub fn with_dtab(dir: &TempDir, dtab: &str, config: &str, args: &[&str]) -> Proxy {
         dir.write("config.yaml", config);
         let config = dir.path().join("config.yaml");
         let mut all = vec![
             "--dtab",
-            "/svc => /#/io.l5d.fs",
+            dtab,
             "--fs-dir",
             dir.str(),
             "--config",

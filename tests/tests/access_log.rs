@@ -37,17 +37,7 @@ fn bed(tag: &str, config: &str) -> Bed {
     }
     // Port 1 on loopback: nothing listens, connects are refused.
     dir.write("dead", "127.0.0.1 1\n");
-    let config = config.replace("DIR", dir.str());
-    dir.write("config.yaml", &config);
-    let config = dir.path().join("config.yaml");
-    let proxy = Proxy::start(&[
-        "--dtab",
-        DTAB,
-        "--fs-dir",
-        dir.str(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let proxy = Proxy::with_dtab(&dir, DTAB, &config.replace("DIR", dir.str()), &[]);
     Bed {
         dir,
         backends,

@@ -498,7 +498,12 @@ fn ebpf_a_server_first_protocol_is_tunnelled_after_the_detection_timeout() {
         "{said} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(said.trim(), format!("banner 220 {addr} ready then QUIT"));
+    assert_eq!(
+        said.trim(),
+        format!("banner 220 {addr} ready then QUIT"),
+        "{}",
+        s.proxy_log()
+    );
     // The detection timeout (300 ms), not the first-byte timeout (5 s).
     assert!(took < Duration::from_secs(3), "{took:?}");
     // Through the proxy: the server saw the node's address.

@@ -25,16 +25,7 @@ fn bed(config: &str) -> Bed {
     for b in &backends {
         dir.write(&b.name, &b.fs_line());
     }
-    dir.write("config.yaml", config);
-    let config = dir.path().join("config.yaml");
-    let proxy = Proxy::start(&[
-        "--dtab",
-        DTAB,
-        "--fs-dir",
-        dir.str(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let proxy = Proxy::with_dtab(&dir, DTAB, config, &[]);
     Bed {
         dir,
         _backends: backends,

@@ -42,15 +42,7 @@ fn bed(config: &str) -> Bed {
     dir.write("world", &live.fs_line());
     dir.write("world-v2", &candidate.fs_line());
     dir.write("hello", &hello.fs_line());
-    dir.write("config.yaml", &format!("watch_interval_ms: 50\n{config}"));
-    let proxy = Proxy::start(&[
-        "--dtab",
-        DTAB,
-        "--fs-dir",
-        dir.str(),
-        "--config",
-        dir.path().join("config.yaml").to_str().unwrap(),
-    ]);
+    let proxy = Proxy::with_dtab(&dir, DTAB, &format!("watch_interval_ms: 50\n{config}"), &[]);
     Bed {
         dir,
         live,

@@ -9,21 +9,16 @@
 //! markup. Each cell carries a class named after its JSON field, so the
 //! tests (and a curious user) can find a value.
 
-pub const DASHBOARD: &str = r##"<!doctype html>
+pub const DASHBOARD: &str = concat!(
+    r##"<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>Sidetrack dashboard</title>
 <style>
- body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
- h1 { font-size: 1.3em; } h2 { font-size: 1.05em; margin: 1.6em 0 .3em; font-family: ui-monospace, monospace; }
- #bar { display: flex; gap: 1.2em; align-items: center; flex-wrap: wrap; }
- #summary { color: #444; }
- table { border-collapse: collapse; margin-top: .4em; }
- th, td { text-align: left; padding: .2em .8em .2em 0; vertical-align: top; }
- th { font-weight: 600; border-bottom: 1px solid #ccc; } th.num { text-align: right; }
- td.num { text-align: right; font-variant-numeric: tabular-nums; }
- td.dst { font: 12px ui-monospace, monospace; }
+"##,
+    table_page_style!(),
+    r##" td.dst { font: 12px ui-monospace, monospace; }
  .via { display: inline-block; padding: 0 .4em; border-radius: .3em; background: #eee; font-size: 12px; }
  .via-override { background: #fde9c8; } .via-rule { background: #dbeafe; } .via-mirror { background: #e9e0fb; }
  tr.flagged td { background: #fdecea; } td.why { color: #b42318; }
@@ -146,4 +141,5 @@ refresh();
 </script>
 </body>
 </html>
-"##;
+"##
+);

@@ -8,21 +8,16 @@
 //! a response is set as text, never as markup: the bodies are whatever the
 //! services answered.
 
-pub const DIFF: &str = r##"<!doctype html>
+pub const DIFF: &str = concat!(
+    r##"<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>Sidetrack diff</title>
 <style>
- body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
- h1 { font-size: 1.3em; } h2 { font-size: 1.05em; margin: 1.6em 0 .3em; font-family: ui-monospace, monospace; }
- #bar { display: flex; gap: 1.2em; align-items: center; flex-wrap: wrap; }
- #summary { color: #444; }
- table { border-collapse: collapse; margin-top: .4em; }
- th, td { text-align: left; padding: .2em .8em .2em 0; vertical-align: top; }
- th { font-weight: 600; border-bottom: 1px solid #ccc; } th.num { text-align: right; }
- td.num { text-align: right; font-variant-numeric: tabular-nums; }
- td.path, .mono, pre { font: 12px ui-monospace, monospace; }
+"##,
+    table_page_style!(),
+    r##" td.path, .mono, pre { font: 12px ui-monospace, monospace; }
  tr.quiet { color: #777; }
  .verdict { font-weight: 600; } tr.reported .verdict { color: #b42318; }
  .counts { color: #444; }
@@ -179,4 +174,5 @@ load();
 </script>
 </body>
 </html>
-"##;
+"##
+);

@@ -6,6 +6,22 @@
 //! It runs on a thread and a single-threaded runtime of its own, so a slow
 //! scrape or a big explanation tree never takes a worker from the data path.
 
+/// The style the table pages (`/diff`, `/dashboard`) share, as a literal
+/// for `concat!`.
+macro_rules! table_page_style {
+    () => {
+        r##" body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
+ h1 { font-size: 1.3em; } h2 { font-size: 1.05em; margin: 1.6em 0 .3em; font-family: ui-monospace, monospace; }
+ #bar { display: flex; gap: 1.2em; align-items: center; flex-wrap: wrap; }
+ #summary { color: #444; }
+ table { border-collapse: collapse; margin-top: .4em; }
+ th, td { text-align: left; padding: .2em .8em .2em 0; vertical-align: top; }
+ th { font-weight: 600; border-bottom: 1px solid #ccc; } th.num { text-align: right; }
+ td.num { text-align: right; font-variant-numeric: tabular-nums; }
+"##
+    };
+}
+
 mod dashboard_page;
 mod diff_page;
 mod page;

@@ -103,12 +103,7 @@ fn endpoint(out: &mut String, ep: &EndpointReport, all: bool) {
     }
     let shown: Vec<&FieldReport> = ep.fields.iter().filter(|f| all || f.reported).collect();
     if !shown.is_empty() {
-        let width = shown
-            .iter()
-            .map(|f| f.path.chars().count())
-            .max()
-            .unwrap_or(0)
-            .clamp(5, 60);
+        let width = super::column_width(shown.iter().map(|f| f.path.as_str()), 5, 60);
         out.push_str(&format!(
             "  {:<width$}  {:<8}  {:>16}  {:>16}  {}\n",
             "FIELD", "VERDICT", "RAW", "NOISE", "KINDS"

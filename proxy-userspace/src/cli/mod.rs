@@ -75,3 +75,17 @@ impl Cli {
         }
     }
 }
+
+/// The width of a text column in a report: its longest entry, within
+/// `min..=max` characters.
+pub(crate) fn column_width<'a>(
+    texts: impl Iterator<Item = &'a str>,
+    min: usize,
+    max: usize,
+) -> usize {
+    texts
+        .map(|t| t.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(min, max)
+}

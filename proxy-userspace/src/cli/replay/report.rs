@@ -232,13 +232,7 @@ pub fn render(r: &Report) -> String {
     if r.endpoints.is_empty() {
         return out;
     }
-    let width = r
-        .endpoints
-        .iter()
-        .map(|e| e.endpoint.chars().count())
-        .max()
-        .unwrap_or(0)
-        .clamp(8, 80);
+    let width = crate::cli::column_width(r.endpoints.iter().map(|e| e.endpoint.as_str()), 8, 80);
     out.push_str(&format!(
         "\n{:<width$}  {:>8}  {:>6}  {:>7}  {:>6}\n",
         "ENDPOINT", "REPLAYED", "SAME", "DIFFERS", "ERRORS"
