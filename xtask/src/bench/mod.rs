@@ -568,7 +568,7 @@ pub fn run(
     } else {
         Vec::new()
     };
-    let http2 = if only.is_empty() {
+    let http2 = if only.is_empty() || http2_only {
         h2::measure(&bed, &plan)?
     } else {
         Vec::new()

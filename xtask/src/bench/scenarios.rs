@@ -319,7 +319,7 @@ impl Bed {
     pub fn start_proxy(&self, scenario: Scenario, splice_threshold: Option<u64>) -> Result<Proxy> {
         let name = scenario.name();
         let log_path = self.dir.join(format!("{name}.log"));
-        let mut cmd = match scenario {
+        let cmd = match scenario {
             Scenario::Direct => {
                 return Ok(Proxy {
                     child: None,
@@ -375,18 +375,7 @@ impl Bed {
                 c
             }
         };
-        let log = fs::File::create(&log_path)?;
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        node_process(&mut cmd, &self.proxy_cgroup)?;
-        let child = cmd.spawn().with_context(|| format!("start {name}"))?;
-        let mut proxy = Proxy {
-            child: Some(child),
-            cgroup: self.proxy_cgroup.clone(),
-            log: log_path,
-            name,
-        };
+        let mut proxy = self.spawn_in_proxy_cgroup(name, cmd, log_path)?;
         let ready = match scenario {
             _ if scenario.sidetrack_mode().is_some() => {
                 SocketAddr::from((self.node.ip(), SIDETRACK_ADMIN_PORT))
@@ -429,22 +418,11 @@ impl Bed {
     pub fn spawn_h2_proxy(
         &self,
         name: &'static str,
-        mut cmd: Command,
+        cmd: Command,
         ready: SocketAddr,
     ) -> Result<Proxy> {
         let log_path = self.dir.join(format!("{name}-h2.log"));
-        let log = fs::File::create(&log_path)?;
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        node_process(&mut cmd, &self.proxy_cgroup)?;
-        let child = cmd.spawn().with_context(|| format!("start {name}"))?;
-        let mut proxy = Proxy {
-            child: Some(child),
-            cgroup: self.proxy_cgroup.clone(),
-            log: log_path,
-            name,
-        };
+        let mut proxy = self.spawn_in_proxy_cgroup(name, cmd, log_path)?;
         if let Err(e) = wait_listening(ready) {
             let _ = proxy.stop();
             bail!("{name}: {e}:\n{}", proxy.log_text());
@@ -452,28 +430,38 @@ impl Bed {
         Ok(proxy)
     }
 
+    /// Starts `cmd` in the proxies' cgroup, its output to `log_path`.
+    fn spawn_in_proxy_cgroup(
+        &self,
+        name: &'static str,
+        mut cmd: Command,
+        log_path: PathBuf,
+    ) -> Result<Proxy> {
+        let log = fs::File::create(&log_path)?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        node_process(&mut cmd, &self.proxy_cgroup)?;
+        let child = cmd.spawn().with_context(|| format!("start {name}"))?;
+        Ok(Proxy {
+            child: Some(child),
+            cgroup: self.proxy_cgroup.clone(),
+            log: log_path,
+            name,
+        })
+    }
+
     /// nginx for the HTTP/2 rows: h2c with prior knowledge in, and out
     /// through `grpc_pass` (nginx's only HTTP/2 upstream), one worker.
     pub fn write_nginx_h2_conf(&self, listen: SocketAddrV4, up: SocketAddrV4) -> Result<PathBuf> {
-        let prefix = self.dir.join("nginx");
-        fs::create_dir_all(prefix.join("tmp"))?;
-        let tmp = prefix.join("tmp");
-        let tmp = tmp.display();
-        let conf = format!(
-            "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {log} warn;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n  \
-             fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n  \
-             keepalive_requests 1000000;\n  keepalive_timeout 60s;\n  http2_max_requests 1000000;\n  \
-             http2_max_concurrent_streams 128;\n  tcp_nodelay on;\n  \
-             upstream bench {{\n    server {up};\n    keepalive 64;\n    keepalive_requests 1000000;\n  }}\n  \
-             server {{\n    listen {listen} http2;\n    location / {{\n      grpc_pass grpc://bench;\n    }}\n  }}\n}}\n",
-            pid = self.dir.join("nginx-h2.pid").display(),
-            log = self.dir.join("nginx-h2-error.log").display(),
-        );
-        let path = self.dir.join("nginx-h2.conf");
-        fs::write(&path, conf)?;
-        Ok(path)
+        self.write_nginx(
+            "nginx-h2",
+            "http2_max_requests 1000000;\n  http2_max_concurrent_streams 128;\n  ",
+            up,
+            &format!(
+                "listen {listen} http2;\n    location / {{\n      grpc_pass grpc://bench;\n    }}"
+            ),
+        )
     }
 
     /// haproxy for the HTTP/2 rows: h2c in and out, one thread.
@@ -560,6 +548,28 @@ impl Bed {
     /// One worker, keep-alive both ways (64 idle upstream connections, like
     /// Sidetrack's pool), no logging, no buffering to disk.
     fn write_nginx_conf(&self) -> Result<PathBuf> {
+        self.write_nginx(
+            "nginx",
+            "",
+            self.upstream(),
+            &format!(
+                "listen {node}:{NGINX_PORT};\n    location / {{\n      proxy_pass http://bench;\n      \
+                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}",
+                node = self.node.ip()
+            ),
+        )
+    }
+
+    /// `<file>.conf`: one worker, keep-alive to the upstream `bench` at
+    /// `up`, no logging and no buffering to disk, `http_extra` in the http
+    /// block and `server` as the server block's body.
+    fn write_nginx(
+        &self,
+        file: &str,
+        http_extra: &str,
+        up: SocketAddrV4,
+        server: &str,
+    ) -> Result<PathBuf> {
         let prefix = self.dir.join("nginx");
         fs::create_dir_all(prefix.join("tmp"))?;
         let tmp = prefix.join("tmp");
@@ -569,16 +579,13 @@ impl Bed {
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n  \
              fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n  \
-             keepalive_requests 1000000;\n  keepalive_timeout 60s;\n  tcp_nodelay on;\n  \
+             keepalive_requests 1000000;\n  keepalive_timeout 60s;\n  {http_extra}tcp_nodelay on;\n  \
              upstream bench {{\n    server {up};\n    keepalive 64;\n    keepalive_requests 1000000;\n  }}\n  \
-             server {{\n    listen {node}:{NGINX_PORT};\n    location / {{\n      proxy_pass http://bench;\n      \
-             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
-            pid = self.dir.join("nginx.pid").display(),
-            log = self.dir.join("nginx-error.log").display(),
-            up = self.upstream(),
-            node = self.node.ip(),
+             server {{\n    {server}\n  }}\n}}\n",
+            pid = self.dir.join(format!("{file}.pid")).display(),
+            log = self.dir.join(format!("{file}-error.log")).display(),
         );
-        let path = self.dir.join("nginx.conf");
+        let path = self.dir.join(format!("{file}.conf"));
         fs::write(&path, conf)?;
         Ok(path)
     }
