@@ -17,10 +17,12 @@
 
 pub mod budget;
 pub mod conn;
+mod http2;
 pub mod observed;
 pub mod park;
 pub mod policy;
 pub mod pool;
+mod routing;
 pub mod shadow;
 pub mod splice;
 mod stream;
@@ -87,6 +89,8 @@ pub struct ProxyConfig {
     /// How long a request waits for a namer that has not synced what it
     /// names (`k8s.sync_timeout_ms`).
     pub sync_timeout: Duration,
+    /// HTTP/2 in and out.
+    pub http2: crate::config::Http2,
 }
 
 impl ProxyConfig {
@@ -129,6 +133,7 @@ impl ProxyConfig {
             opaque_ports: s.interception.opaque_ports.clone(),
             detect_timeout: ms(s.interception.detect_timeout_ms),
             sync_timeout: ms(s.k8s.sync_timeout_ms),
+            http2: s.http2.clone(),
         }
     }
 }
@@ -166,6 +171,8 @@ pub struct Worker {
     /// Where lingering connections' unread bytes are read and dropped:
     /// one buffer per worker, not one per connection.
     drain: RefCell<Vec<u8>>,
+    /// Backend connections for requests that came as HTTP/2.
+    upstreams: http2::Upstreams,
 }
 
 impl Worker {
@@ -177,6 +184,7 @@ impl Worker {
             shadow: shadow::Shadow::new(shared.cfg.pool),
             shared,
             drain: RefCell::default(),
+            upstreams: http2::Upstreams::default(),
         })
     }
 
