@@ -134,6 +134,107 @@ pub struct Settings {
     /// Requests and their answers recorded to an on-disk ring, for
     /// `sidetrack replay` (see `observe::capture`). Read at start.
     pub capture: Capture,
+    /// HTTP/2 in (cleartext, prior knowledge) and out (see `proxy::h2`,
+    /// docs/http2.md). Read at start.
+    pub http2: Http2,
+}
+
+/// HTTP/2: the limits a client connection gets, and which requests go out
+/// to backends as HTTP/2 (docs/http2.md). Read at start.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http2 {
+    /// Connections that start with the HTTP/2 preface are served as
+    /// HTTP/2; off, they are refused as bad HTTP/1 (or tunnelled, when
+    /// intercepted).
+    pub enabled: bool,
+    /// Streams a client may have open at once on one connection
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// The largest header list a client may send, decoded
+    /// (SETTINGS_MAX_HEADER_LIST_SIZE); a larger one resets its stream.
+    pub max_header_list_size: u32,
+    /// The HPACK table the client's encoder may use (SETTINGS_HEADER_TABLE_SIZE).
+    pub header_table_size: u32,
+    /// Flow-control windows the proxy gives its peers, per stream and per
+    /// connection: what a peer may send before the other side reads.
+    pub initial_stream_window_bytes: u32,
+    pub initial_connection_window_bytes: u32,
+    /// The largest frame the proxy takes (SETTINGS_MAX_FRAME_SIZE).
+    pub max_frame_size: u32,
+    /// What a stream may queue to send before its writer waits.
+    pub max_send_buf_bytes: usize,
+    /// Streams a client may open and reset before the proxy accepted them
+    /// (the rapid-reset attack, CVE-2023-44487); past it, GOAWAY
+    /// ENHANCE_YOUR_CALM.
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the proxy may reset for a client's protocol errors before
+    /// it ends the connection with GOAWAY ENHANCE_YOUR_CALM.
+    pub max_local_error_reset_streams: usize,
+    /// HTTP/2 connections a worker keeps per backend address; streams are
+    /// spread over them.
+    pub connections_per_endpoint: usize,
+    /// Logical names (prefixes, path-segment-wise: `/svc/world` holds
+    /// `/svc/world` and `/svc/world/x`) whose requests go out as HTTP/2
+    /// whatever their content type. gRPC requests (`content-type:
+    /// application/grpc...`) always do; the others go out as HTTP/1.1.
+    pub h2_names: Vec<String>,
+}
+
+impl Default for Http2 {
+    fn default() -> Self {
+        Http2 {
+            enabled: true,
+            max_concurrent_streams: 100,
+            max_header_list_size: 16 << 10,
+            header_table_size: 4096,
+            initial_stream_window_bytes: 256 << 10,
+            initial_connection_window_bytes: 1 << 20,
+            max_frame_size: 16 << 10,
+            max_send_buf_bytes: 256 << 10,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            connections_per_endpoint: 2,
+            h2_names: Vec::new(),
+        }
+    }
+}
+
+impl Http2 {
+    /// Values HTTP/2 itself refuses (RFC 9113 §6.5.2), or that serve nobody.
+    pub fn validate(&self) -> Result<(), String> {
+        let window = 1u32 << 31;
+        if self.max_concurrent_streams == 0 {
+            return Err("http2.max_concurrent_streams: 0 would serve no request".into());
+        }
+        if !(16_384..=16_777_215).contains(&self.max_frame_size) {
+            return Err(format!(
+                "http2.max_frame_size: {} is outside 16384..=16777215 (RFC 9113 §6.5.2)",
+                self.max_frame_size
+            ));
+        }
+        for (name, v) in [
+            (
+                "initial_stream_window_bytes",
+                self.initial_stream_window_bytes,
+            ),
+            (
+                "initial_connection_window_bytes",
+                self.initial_connection_window_bytes,
+            ),
+        ] {
+            if v == 0 || v >= window {
+                return Err(format!("http2.{name}: {v} is outside 1..2^31"));
+            }
+        }
+        if self.connections_per_endpoint == 0 {
+            return Err("http2.connections_per_endpoint: 0 could reach no backend".into());
+        }
+        if let Some(bad) = self.h2_names.iter().find(|n| !n.starts_with('/')) {
+            return Err(format!("http2.h2_names: {bad:?} is not a path (/svc/...)"));
+        }
+        Ok(())
+    }
 }
 
 /// Which routed requests capture records.
@@ -675,6 +776,7 @@ impl Default for Settings {
             access_log: Default::default(),
             trace: Default::default(),
             capture: Capture::default(),
+            http2: Http2::default(),
         }
     }
 }
@@ -788,6 +890,7 @@ impl Settings {
         self.dashboard.validate()?;
         self.access_log.validate()?;
         self.capture.validate()?;
+        self.http2.validate()?;
         if l.max_connections == 0 {
             return Err("limits.max_connections: 0 would serve nobody".into());
         }

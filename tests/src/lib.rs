@@ -5,6 +5,7 @@ pub mod backend;
 pub mod browser;
 pub mod cgroup;
 pub mod client;
+pub mod grpc;
 pub mod kube_api;
 pub mod proxy;
 

@@ -498,7 +498,12 @@ fn ebpf_a_server_first_protocol_is_tunnelled_after_the_detection_timeout() {
         "{said} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(said.trim(), format!("banner 220 {addr} ready then QUIT"));
+    assert_eq!(
+        said.trim(),
+        format!("banner 220 {addr} ready then QUIT"),
+        "{}",
+        s.proxy_log()
+    );
     // The detection timeout (300 ms), not the first-byte timeout (5 s).
     assert!(took < Duration::from_secs(3), "{took:?}");
     // Through the proxy: the server saw the node's address.
@@ -1076,4 +1081,71 @@ fn ebpf_host_network_pods_are_not_intercepted() {
     let said = get_pod(&s, s.world_v1.ip(), APP_PORT, "world");
     assert!(said.starts_with("world ("), "{said}");
     assert_eq!(c("connect_intercepted"), intercepted + 1.0);
+}
+
+/// gRPC (HTTP/2 with prior knowledge) from an unaware app in eBPF mode:
+/// the connect is steered, the preface detected on the intercepted
+/// connection, every kind of call passes through the sk_msg shortcut, and
+/// one call of the connection's ten carries an `l5d-dtab` that stages it
+/// alone onto grpc-v2.
+#[test]
+fn ebpf_grpc_calls_are_routed_and_staged_per_call() {
+    use sidetrack_tests::grpc::{self, GrpcServer};
+    let s = start("ebpf-grpc", Mode::Ebpf);
+    let port = 9095;
+    let any = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+    let disco = s.dir.join("disco");
+    for (name, pod) in [
+        ("grpc", &s.world_v1),
+        ("grpc-v1", &s.world_v1),
+        ("grpc-v2", &s.world_v2),
+    ] {
+        std::fs::write(disco.join(name), format!("{} {port}\n", pod.ip())).unwrap();
+    }
+    // After the namer files, which the namer reads within its interval
+    // (200 ms) while the servers start (a second).
+    let _v1 = GrpcServer::spawn("grpc-v1", any, s.world_v1.command(grpc::python()));
+    let _v2 = GrpcServer::spawn("grpc-v2", any, s.world_v2.command(grpc::python()));
+    // The service address nothing owns: only interception gets there.
+    let target = std::net::SocketAddr::V4(world_service());
+    let call = |scenario: &str, arg: &str| {
+        let mut cmd = s.client.command(grpc::python());
+        grpc::with_call_args(&mut cmd, target, "grpc", scenario, arg);
+        grpc::answer(
+            cmd.output().expect("run the gRPC client in the client pod"),
+            scenario,
+        )
+    };
+    let out = call("kinds", "");
+    assert_eq!(out["unary"]["server"], "grpc-v1", "{out}");
+    assert_eq!(out["unary"]["dst_service"], "/svc/grpc");
+    assert_eq!(out["server_stream"].as_array().unwrap().len(), 5, "{out}");
+    assert_eq!(out["client_stream"], "grpc-v1 7 7000");
+    assert_eq!(out["bidi"].as_array().unwrap().len(), 3, "{out}");
+    let out = call("stage", "10,/host/grpc => /srv/grpc-v2");
+    let servers: Vec<_> = out["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["server"].as_str().unwrap().to_owned())
+        .collect();
+    let mut want = vec!["grpc-v1".to_owned(); 10];
+    want[5] = "grpc-v2".into();
+    assert_eq!(servers, want);
+    let m = s.metrics().unwrap();
+    assert_eq!(
+        metric(&m, "sidetrack_http2_connections_total", &[]),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sidetrack_requests_total",
+            &[("dst", "/#/io.l5d.fs/grpc-v2"), ("override", "true")]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(counter(&s, "sidetrack_ebpf_msg_redirected_total") > 0.0);
 }

@@ -7,6 +7,10 @@
 //! request carrying `l5d-dtab: /host/world => /srv/world-v2`, to the staged
 //! `world-v2`.
 //!
+//! The same for gRPC: a call from the client pod to a `greeter` service
+//! (grpcio, HTTP/2 without TLS, to world's service address) goes to
+//! `greeter-v1`, and one carrying `l5d-dtab` as metadata to `greeter-v2`.
+//!
 //! Then shadowing, Diffy's way: `users` (JSON) is mirrored to a candidate
 //! `users-v2` whose greeting differs, and to `users-b`, a second instance
 //! of the live version whose answers differ from it only in a timestamp;
@@ -58,6 +62,8 @@ pub fn run(keep: bool) -> Result<()> {
     let want = format!("Hello ({}) earth ({})!!", s.hello.ip(), s.world_v2.ip());
     ensure!(staged == want, "expected {want:?}");
 
+    let greeters = grpc(&s)?;
+
     cmd::step("what the proxy saw");
     let m = s.metrics()?;
     let intercepted = staging::metric(&m, "sidetrack_ebpf_connect_intercepted_total", &[]);
@@ -106,9 +112,104 @@ pub fn run(keep: bool) -> Result<()> {
         }
     }
     cmd::step("tearing the node down");
+    drop(greeters);
     drop(s);
     cmd::step("demo done");
     Ok(())
+}
+
+/// gRPC servers in the world pods, killed when dropped.
+struct Greeters(Vec<std::process::Child>);
+
+impl Drop for Greeters {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The port the greeters listen on in their pods.
+const GREETER_PORT: u16 = 9095;
+
+/// gRPC through the same interception: a `greeter` in each world pod
+/// (tests/grpc/peer.py on grpcio), a call from the client pod, and the same
+/// call staged onto greeter-v2 by its `l5d-dtab` metadata.
+fn grpc(s: &Staging) -> Result<Greeters> {
+    use std::io::BufRead;
+    cmd::step(
+        "gRPC (HTTP/2): a call to greeter, and the same call staging greeter-v2 for itself only",
+    );
+    let peer = crate::workspace_root().join("tests/grpc/peer.py");
+    let python = crate::setup::venv_python();
+    let disco = s.dir.join("disco");
+    let mut greeters = Greeters(Vec::new());
+    for (pod, name) in [(&s.world_v1, "greeter-v1"), (&s.world_v2, "greeter-v2")] {
+        std::fs::write(disco.join(name), format!("{} {GREETER_PORT}\n", pod.ip()))?;
+        let mut child = pod
+            .command(&python)
+            .arg(&peer)
+            .args(["serve", &GREETER_PORT.to_string(), name, "0.0.0.0"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        greeters.0.push(child);
+        ensure!(line.trim() == "ready", "{name} did not start: {line:?}");
+    }
+    std::fs::write(
+        disco.join("greeter"),
+        format!("{} {GREETER_PORT}\n", s.world_v1.ip()),
+    )?;
+    let call = |dtab: &str| -> Result<serde_json::Value> {
+        let out = s
+            .client
+            .command(&python)
+            .arg(&peer)
+            .args([
+                "call",
+                &staging::world_service().to_string(),
+                "greeter",
+                "unary",
+                dtab,
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "the gRPC call failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(serde_json::from_str(
+            text.lines().last().unwrap_or_default(),
+        )?)
+    };
+    // The namer reads the new files within its interval.
+    std::thread::sleep(Duration::from_millis(400));
+    println!(
+        "$ grpc test.Echo/Unary greeter   (grpcio, an insecure channel to {})",
+        staging::world_service()
+    );
+    let plain = call("")?;
+    println!("answered by {} ({})", plain["server"], plain["dst_client"]);
+    ensure!(
+        plain["server"] == "greeter-v1",
+        "expected greeter-v1: {plain}"
+    );
+    let dtab = "/host/greeter => /srv/greeter-v2";
+    println!("$ grpc test.Echo/Unary greeter   with metadata l5d-dtab: {dtab}");
+    let staged = call(dtab)?;
+    println!(
+        "answered by {} ({})",
+        staged["server"], staged["dst_client"]
+    );
+    ensure!(
+        staged["server"] == "greeter-v2",
+        "expected greeter-v2: {staged}"
+    );
+    Ok(greeters)
 }
 
 /// The dashboard: its address, and one summary line per version from
@@ -171,12 +272,14 @@ fn shadowing(s: &mut Staging) -> Result<()> {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while diffed(s)? == 0.0 {
+        // The namer reads the users files within its interval (200 ms):
+        // until then the name is not bound, and the request is tried again.
+        let tried = s.curl("http://users/users/0", staging::world_service(), &[]);
         ensure!(
             std::time::Instant::now() < deadline,
-            "the mirror did not load:\n{}",
+            "the mirror did not load ({tried:?}):\n{}",
             s.proxy_log()
         );
-        s.curl("http://users/users/0", staging::world_service(), &[])?;
         std::thread::sleep(Duration::from_millis(100));
     }
     let before = diffed(s)?;

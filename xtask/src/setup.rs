@@ -13,6 +13,8 @@
 //!   checks deploy/ against the Kubernetes API's schemas offline; umoci,
 //!   skopeo and oci-image-tool, which `cargo xtask image` assembles and
 //!   checks the container image with.
+//! * grpcio from PyPI into the same venv: the HTTP/2 tests' gRPC servers
+//!   and clients (tests/grpc/peer.py); nghttp2-client (nghttp, h2load).
 //!
 //! A second run checks and prints, and takes seconds.
 
@@ -38,8 +40,10 @@ pub const PACKAGES: &[&str] = &[
     "curl",
     // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
     "g++",
-    // The venv kubernetes-validate is installed into.
+    // The venv kubernetes-validate and grpcio are installed into.
     "python3-venv",
+    // HTTP/2 clients for the HTTP/2 tests and bench: nghttp, h2load.
+    "nghttp2-client",
 ];
 
 /// What `cargo xtask image` assembles, converts and validates the OCI
@@ -54,6 +58,9 @@ pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Validates deploy/ offline: its wheel ships the API's JSON schemas for
 /// Kubernetes 1.25 to 1.37. Pinned: the version decides the newest schema.
 pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// The gRPC runtime the HTTP/2 tests' Python peers use. Pinned, so the
+/// wheel (and what it sends on the wire) does not change under the tests.
+pub const GRPCIO_VERSION: &str = "1.85.4";
 /// Where Debian's llvm-22-dev puts `llvm-config`, which bpf-linker's build needs.
 pub const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
@@ -79,6 +86,11 @@ pub fn kubernetes_validate() -> PathBuf {
     venv_dir().join("bin/kubernetes-validate")
 }
 
+/// The venv's Python, which has grpcio.
+pub fn venv_python() -> PathBuf {
+    venv_dir().join("bin/python3")
+}
+
 /// Installs whatever is missing; prints what it finds either way.
 pub fn run() -> Result<()> {
     step("setup: checking the machine");
@@ -87,6 +99,7 @@ pub fn run() -> Result<()> {
     install_bpf_linker()?;
     install_cargo_fuzz()?;
     install_kubernetes_validate()?;
+    install_grpcio()?;
     step("setup: everything is in place");
     Ok(())
 }
@@ -108,6 +121,7 @@ pub fn is_complete() -> bool {
         && bpf_linker_ok()
         && cargo_fuzz_ok()
         && kubernetes_validate_ok()
+        && grpcio_ok()
 }
 
 fn check_os() -> Result<()> {
@@ -313,20 +327,9 @@ pub fn install_kubernetes_validate() -> Result<()> {
         )
         .context("making the venv failed: is python3-venv installed?")?;
     }
-    cmd::run(
-        Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg(format!(
-                "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
-            )),
-    )
-    .context("pip could not install kubernetes-validate: is PyPI reachable?")?;
+    pip_install(&format!(
+        "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+    ))?;
     if !kubernetes_validate_ok() {
         bail!(
             "kubernetes-validate was installed but {} does not answer --version with {KUBERNETES_VALIDATE_VERSION}",
@@ -334,4 +337,49 @@ pub fn install_kubernetes_validate() -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn grpcio_ok() -> bool {
+    cmd::output(Command::new(venv_python()).args(["-c", "import grpc; print(grpc.__version__)"]))
+        .is_some_and(|v| v.trim() == GRPCIO_VERSION)
+}
+
+/// Installs grpcio from PyPI into the venv unless it is there (a wheel:
+/// seconds). Runs after [`install_kubernetes_validate`], which makes the venv.
+pub fn install_grpcio() -> Result<()> {
+    if grpcio_ok() {
+        note(format!(
+            "grpcio {GRPCIO_VERSION}: present in {}",
+            venv_dir().display()
+        ));
+        return Ok(());
+    }
+    step(format!(
+        "setup: installing grpcio {GRPCIO_VERSION} into {}",
+        venv_dir().display()
+    ));
+    pip_install(&format!("grpcio=={GRPCIO_VERSION}"))?;
+    if !grpcio_ok() {
+        bail!(
+            "grpcio was installed but {} does not import it at {GRPCIO_VERSION}",
+            venv_python().display()
+        );
+    }
+    Ok(())
+}
+
+/// `pip install SPEC` into the venv.
+fn pip_install(spec: &str) -> Result<()> {
+    cmd::run(
+        Command::new(venv_python())
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(spec),
+    )
+    .with_context(|| format!("pip could not install {spec}: is PyPI reachable?"))
 }

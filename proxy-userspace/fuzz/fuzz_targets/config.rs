@@ -117,6 +117,7 @@ fn spelling_free(mut s: Settings) -> Settings {
     s.capture.dir = None;
     s.capture.names.clear();
     s.capture.redact.clear();
+    s.http2.h2_names.clear();
     s
 }
 

@@ -75,7 +75,9 @@ pub fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     &digits[i..]
 }
 
-fn push_sanitised(out: &mut Vec<u8>, reason: &str) {
+/// `reason` as an `l5d-err` value: printable ASCII (others become `?`),
+/// cut at a bound.
+pub fn push_sanitised(out: &mut Vec<u8>, reason: &str) {
     let bytes = reason.as_bytes();
     let cut = bytes.len() > MAX_REASON;
     let keep = if cut { &bytes[..MAX_REASON - 3] } else { bytes };

@@ -144,8 +144,9 @@ impl FieldName for &str {
     fn matches(&self, name: &[u8]) -> bool {
         name.eq_ignore_ascii_case(self.as_bytes())
     }
+    /// A known field asked for by its name is found through the index too.
     fn known(self) -> Option<Known> {
-        None
+        Known::of(self.as_bytes())
     }
 }
 

@@ -337,7 +337,8 @@ pub fn via_hops(head: &RequestHead, buf: &[u8]) -> usize {
     head.get_all(buf, Known::Via).map(count_via_entries).sum()
 }
 
-fn count_via_entries(value: &[u8]) -> usize {
+/// How many proxies one `Via` value names.
+pub fn count_via_entries(value: &[u8]) -> usize {
     let mut count = 0;
     let mut depth = 0u32; // comment nesting
     let mut escaped = false; // after a backslash inside a comment

@@ -281,6 +281,12 @@ pub struct Metrics {
     pub bytes_spliced: Counter,
     /// Intercepted connections that did not speak HTTP and were tunnelled.
     pub opaque_connections: Counter,
+    /// HTTP/2: client connections served, streams (requests) taken, and
+    /// connections ended with GOAWAY ENHANCE_YOUR_CALM (a rapid-reset
+    /// client, or one whose streams kept erring).
+    pub http2_connections: Counter,
+    pub http2_streams: Counter,
+    pub http2_calm: Counter,
     extras: Arc<Extras>,
     route_series: AtomicUsize,
     max_route_series: usize,
@@ -362,6 +368,22 @@ impl Metrics {
         let connections_total = Counter::default();
         let connections_evicted = Counter::default();
         let opaque_connections = Counter::default();
+        let [http2_connections, http2_streams, http2_calm] = [(); 3].map(|_| Counter::default());
+        registry.register(
+            "http2_connections",
+            "Client connections served as HTTP/2",
+            http2_connections.clone(),
+        );
+        registry.register(
+            "http2_streams",
+            "HTTP/2 streams (requests) taken from clients",
+            http2_streams.clone(),
+        );
+        registry.register(
+            "http2_goaway_calm",
+            "HTTP/2 client connections ended with GOAWAY ENHANCE_YOUR_CALM (rapid reset, too many stream errors)",
+            http2_calm.clone(),
+        );
         let bytes = Family::<ModeLabels, Counter>::default();
 
         registry.register(
@@ -450,6 +472,9 @@ impl Metrics {
             bytes_copied,
             bytes_spliced,
             opaque_connections,
+            http2_connections,
+            http2_streams,
+            http2_calm,
             extras,
             route_series: AtomicUsize::new(0),
             max_route_series,

@@ -43,6 +43,7 @@ use super::{
         ResponseFacts, SendFailure,
     },
     pool::{self, Liveness},
+    routing::{self, RequestView, VIA, is_l5d_header, is_proxy_header, write_addr},
     shadow::{Copies, Tee},
     splice::{Broken, Pipe},
     stream::{self, copy_until_eof},
@@ -50,35 +51,25 @@ use super::{
     watchdog::{Deadline, Elapsed},
 };
 use crate::{
-    dtab::Choice,
     http::{self, BodyLength, ChunkedScanner, HeadError, Known, Parsed, RequestHead, ResponseHead},
     namer::balancer::InFlight,
     observe::{
         exchange::Bodies,
         log_limit,
         metrics::ErrorKind,
-        trace::{self, TIMING_HEADER, TRACEPARENT, Timing},
+        trace::{self, TIMING_HEADER, Timing},
     },
     policy::{
-        OnRefusal, Refusal, SourceVerdict,
         mirror::{HostSettings, Verdict},
-        overrides, rules,
         signing::SIGNATURE_HEADER,
     },
-    route::{self, Dest, Outcome, Route, RouteError, RouteQuery, identify},
+    route::{Dest, Outcome, Route},
 };
 
 /// A deadline that never comes in practice (a year): for tunnels that
 /// never idle out.
 const NEVER: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
-/// How often a request waiting for a namer's first sync is routed again.
-const SYNC_POLL: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// The `Via` entry the proxy adds.
-const VIA: &[u8] = b"1.1 sidetrack";
-/// Dtab headers a request may repeat; more instances are refused.
-const MAX_DTAB_HEADERS: usize = 16;
 /// The first allocation of a connection's read buffers; they grow up to the
 /// head limit when a head needs it.
 const INITIAL_BUF: usize = 8 * 1024;
@@ -87,67 +78,31 @@ const SMALL_COPY: usize = 4096;
 /// Chunk size for copying bodies through userspace.
 const COPY_CHUNK: usize = 64 * 1024;
 
-/// Headers the proxy sets or consumes itself, so incoming copies are
-/// dropped (checked for every field: one length switch, then one
-/// comparison).
-fn is_proxy_header(name: &[u8]) -> bool {
-    let is = |wanted: &[u8]| http::eq_ignore_case_lower(name, wanted);
-    match name.len() {
-        8 => is(b"l5d-dtab"),
-        // l5d-dtab-sig too: the proxy sends it itself with the override
-        // it forwards, when that override was signed.
-        12 => is(b"l5d-ctx-dtab") || is(b"l5d-dtab-sig"),
-        14 => is(b"l5d-dst-client"),
-        15 => is(b"l5d-dst-service"),
-        // Credentials for a proxy: this one takes none, and they are not
-        // the backend's to see (RFC 9110 §11.7.2).
-        19 => is(b"proxy-authorization"),
-        _ => false,
-    }
-}
-
-/// [`is_proxy_header`], and `Max-Forwards`, which the proxy sends itself
-/// (one less) on a TRACE or OPTIONS.
-fn is_proxy_header_or_max_forwards(name: &[u8]) -> bool {
-    is_proxy_header(name) || http::eq_ignore_case_lower(name, b"max-forwards")
-}
-
-/// Every `l5d-` header: what an edge proxy removes from clients' requests.
-fn is_l5d_header(name: &[u8]) -> bool {
-    name.len() > 4 && http::eq_ignore_case_lower(&name[..4], b"l5d-")
-}
-
-/// What routing rules ask of a request, from its parsed head.
-struct RuleFacts<'a> {
+/// A parsed HTTP/1 request head and the buffer its spans index, as
+/// routing sees a request.
+struct H1View<'a> {
     req: &'a RequestHead,
     buf: &'a [u8],
-    name: &'a [u8],
-    peer: std::net::IpAddr,
-    /// The calling pod, when known.
-    pod: Option<&'a crate::namer::k8s::pods::PodInfo>,
 }
 
-impl rules::Facts for RuleFacts<'_> {
-    fn header_values(&self, name: &[u8], each: &mut dyn FnMut(&[u8]) -> bool) -> bool {
-        let Ok(name) = std::str::from_utf8(name) else {
-            return false;
-        };
-        self.req.get_all(self.buf, name).any(each)
+impl RequestView for H1View<'_> {
+    fn method(&self) -> &[u8] {
+        self.req.method(self.buf)
     }
     fn target(&self) -> &[u8] {
         self.req.target(self.buf)
     }
-    fn logical_name(&self) -> &[u8] {
-        self.name
+    fn authority(&self) -> Option<&[u8]> {
+        self.req.authority(self.buf)
     }
-    fn source(&self) -> std::net::IpAddr {
-        self.peer
+    fn version(&self) -> u8 {
+        self.req.minor_version()
     }
-    fn source_namespace(&self) -> Option<&str> {
-        self.pod.map(|p| &*p.namespace)
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.req.get(self.buf, name)
     }
-    fn source_label(&self, name: &str) -> Option<&str> {
-        self.pod.and_then(|p| p.label(name))
+    fn any_value<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8]) -> bool) -> bool {
+        self.req.get_all(self.buf, name).any(each)
     }
 }
 
@@ -456,6 +411,21 @@ impl Conn {
             let head_len = match head_len {
                 Ok(Some(n)) => n,
                 Ok(None) => return,
+                // HTTP/2 with prior knowledge: the client preface.
+                Err(Failure::Respond { .. })
+                    if self.served == 0
+                        && self.shared.cfg.http2.enabled
+                        && super::http2::is_preface(&self.from_client) =>
+                {
+                    let from = routing::Origin {
+                        peer: self.peer,
+                        orig_dst: self.orig_dst,
+                    };
+                    let read = std::mem::take(&mut self.from_client);
+                    super::http2::serve(&self.client, read, from, &self.worker, &self.deadline)
+                        .await;
+                    return;
+                }
                 // Not HTTP, on an intercepted connection: pass it on untouched.
                 Err(Failure::Respond {
                     kind: ErrorKind::BadRequest,
@@ -970,20 +940,14 @@ impl Conn {
     /// Pending routes are not cached, so each try binds afresh.
     async fn await_synced(
         &mut self,
-        mut route: Arc<Route>,
-        mut req: RequestFacts,
+        route: Arc<Route>,
+        req: RequestFacts,
     ) -> Result<(Arc<Route>, RequestFacts), Failure> {
-        let until = Instant::now() + self.shared.cfg.sync_timeout;
-        while matches!(route.outcome, Outcome::Pending(_)) && Instant::now() < until {
-            let pause = SYNC_POLL.min(until.saturating_duration_since(Instant::now()));
-            let _ = self
-                .worker
-                .watchdog
-                .timeout(pause, std::future::pending::<()>())
-                .await;
-            (route, req) = self.route()?;
-        }
-        Ok((route, req))
+        let watchdog = self.worker.watchdog.clone();
+        let timeout = self.shared.cfg.sync_timeout;
+        let pending =
+            |(r, _): &(Arc<Route>, RequestFacts)| matches!(r.outcome, Outcome::Pending(_));
+        routing::until_synced(&watchdog, timeout, (route, req), pending, || self.route()).await
     }
 
     /// Which of the route's mirrors take a copy of this request, and the
@@ -1100,173 +1064,27 @@ impl Conn {
             ));
         }
         let framing = http::request_body(req, buf)?;
-        let mut orig_text = [0u8; 21];
-        // In a cluster, the calling pod's namespace: that of its short
-        // names, and what rules and the override policy may ask.
-        let pod = match (&shared.k8s, self.peer.ip()) {
-            (Some(k8s), std::net::IpAddr::V4(ip)) => k8s.pod_at(ip),
-            _ => None,
+        let view = H1View { req, buf };
+        let from = routing::Origin {
+            peer: self.peer,
+            orig_dst: self.orig_dst,
         };
-        let pod_namespace = pod.as_ref().map(|p| p.namespace.clone());
-        // In a cluster, a request without a usable Host (none, or an IP
-        // address) is named by the Service that owns the ClusterIP it was
-        // sent to, as its Host would have named it.
-        let service = match (&shared.k8s, self.orig_dst) {
-            (Some(k8s), Some(dst))
-                if shared.identifier.is_k8s() && identify::names_no_host(req.authority(buf)) =>
-            {
-                k8s.service_at(*dst.ip()).map(|s| (s, dst.port()))
-            }
-            _ => None,
-        };
-        if let Some(((namespace, name), port)) = service {
-            shared
-                .identifier
-                .k8s_service(&mut self.name, &namespace, port, &name);
-        } else {
-            shared
-                .identifier
-                .identify_from(
-                    &mut self.name,
-                    req.method(buf),
-                    req.minor_version(),
-                    name_authority(req.authority(buf), self.orig_dst, &mut orig_text),
-                    self.orig_dst.map(|a| a.port()),
-                    pod_namespace
-                        .as_deref()
-                        .filter(|_| shared.identifier.is_k8s()),
-                )
-                .map_err(|e| Failure::Respond {
-                    status: 400,
-                    reason: e.to_string(),
-                    kind: ErrorKind::Unidentified,
-                    close: framing.length != BodyLength::None,
-                })?;
-        }
-        if self.obs.track() {
-            self.obs.spans.identified = Some(self.obs.since());
-        }
-        let mut ctx: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
-        let mut dtab: [&[u8]; MAX_DTAB_HEADERS] = [&[]; MAX_DTAB_HEADERS];
-        let (mut nctx, mut ndtab) = (0, 0);
-        let lines = req
-            .get_all(buf, "l5d-ctx-dtab")
-            .map(|v| (true, v))
-            .chain(req.get_all(buf, Known::L5dDtab).map(|v| (false, v)));
-        for (is_ctx, value) in lines {
-            let (slots, n) = if is_ctx {
-                (&mut ctx, &mut nctx)
-            } else {
-                (&mut dtab, &mut ndtab)
-            };
-            if *n == MAX_DTAB_HEADERS {
-                return Err(Failure::respond(
-                    400,
-                    ErrorKind::BadDtab,
-                    "too many dtab header lines",
-                ));
-            }
-            slots[*n] = value;
-            *n += 1;
-        }
-        // Who may send an override (the policy's `mode`), and the edge,
-        // where every l5d- header from outside goes.
-        let policy = shared.router.policy();
-        self.edge = policy.edge;
-        // At the edge a signed override may stay: its signature decides.
-        if policy.edge && policy.mode != overrides::Mode::Signed {
-            (nctx, ndtab) = (0, 0);
-        } else if nctx + ndtab > 0 {
-            let refused = match policy.source_in(self.peer.ip(), pod_namespace.as_deref()) {
-                SourceVerdict::Honoured => false,
-                SourceVerdict::Dropped => true,
-                SourceVerdict::Refused if policy.on_refusal == OnRefusal::Drop => true,
-                SourceVerdict::Refused => {
-                    return Err(Failure::Respond {
-                        status: 403,
-                        reason: Refusal::Source(self.peer.ip()).to_string(),
-                        kind: ErrorKind::OverrideRefused,
-                        close: framing.length != BodyLength::None,
-                    });
-                }
-            };
-            if refused {
-                shared.metrics.error(ErrorKind::OverrideRefused);
-                (nctx, ndtab) = (0, 0);
-            }
-        }
-        // The copy a request asks for: the same source rules as its dtab
-        // headers (but it is refused in `signed` mode, when routed).
-        let mut mirror = None;
-        if !policy.edge
-            && let Some(to) = req.get(buf, shared.cfg.shadow.request_header.as_str())
-        {
-            match policy.source_in(self.peer.ip(), pod_namespace.as_deref()) {
-                SourceVerdict::Honoured => mirror = Some(to),
-                SourceVerdict::Refused if policy.on_refusal == OnRefusal::Reject => {
-                    return Err(Failure::Respond {
-                        status: 403,
-                        reason: Refusal::Source(self.peer.ip()).to_string(),
-                        kind: ErrorKind::OverrideRefused,
-                        close: framing.length != BodyLength::None,
-                    });
-                }
-                SourceVerdict::Refused | SourceVerdict::Dropped => {
-                    shared.metrics.error(ErrorKind::OverrideRefused);
-                }
-            }
-        }
-        drop(policy);
-        let sig = if nctx + ndtab > 0 {
-            req.get(buf, SIGNATURE_HEADER)
-        } else {
-            None
-        };
-        // The first routing rule the request matches, if there are rules.
-        let rules = shared.router.rules();
-        let rule = if rules.is_empty() {
-            None
-        } else {
-            rules.first_match(&RuleFacts {
-                req,
-                buf,
-                name: &self.name,
-                peer: self.peer.ip(),
-                pod: pod.as_deref(),
-            })
-        };
-        drop(rules);
-        let query = RouteQuery {
-            ctx: &ctx[..nctx],
-            dtab: &dtab[..ndtab],
-            sig,
-            rule,
-            mirror,
-            name: &self.name,
-        };
-        route::route_key(&mut self.key, &query);
-        let route = shared
-            .router
-            .route(&self.key, &query)
-            .map_err(|e| match e {
-                RouteError::BadDtab { .. } | RouteError::TooManyEntries { .. } => {
-                    Failure::Respond {
-                        status: 400,
-                        reason: e.to_string(),
-                        kind: ErrorKind::BadDtab,
-                        close: true,
-                    }
-                }
-                RouteError::Refused(_) | RouteError::BadMirror(_) => Failure::Respond {
-                    status: 403,
-                    reason: e.to_string(),
-                    kind: ErrorKind::OverrideRefused,
-                    close: framing.length != BodyLength::None,
-                },
-            })?;
-        if route.dropped_override.is_some() {
-            shared.metrics.error(ErrorKind::OverrideRefused);
-        }
+        let routed = routing::route(
+            shared,
+            &view,
+            from,
+            &mut self.name,
+            &mut self.key,
+            &mut self.obs,
+        )
+        .map_err(|r| Failure::Respond {
+            close: r.always_close || framing.length != BodyLength::None,
+            status: r.status,
+            reason: r.reason,
+            kind: r.kind,
+        })?;
+        self.edge = routed.edge;
+        let route = routed.route;
         Ok((route, RequestFacts::of(req, buf, framing)))
     }
 
@@ -1281,31 +1099,11 @@ impl Conn {
         req: &RequestFacts,
         head_len: usize,
     ) -> (bool, usize) {
-        let mut reqid = [0u8; 16];
-        // At the edge the client's l5d-reqid goes with its other l5d- headers.
-        let has_reqid = !self.edge && self.req.get(&self.from_client, Known::L5dReqid).is_some();
-        if !has_reqid {
-            route::new_request_id(&mut self.rng, &mut reqid);
-        }
-        // A trace started here, for a request that comes without one.
-        let mut traceparent = [0u8; trace::TRACEPARENT_LEN];
-        let client_trace = self.req.get(&self.from_client, TRACEPARENT);
-        let start_trace = client_trace.is_none() && self.shared.cfg.trace.start;
-        if start_trace {
-            trace::start_traceparent(self.rng.random(), &mut traceparent);
-        }
-        if self.obs.details {
-            match self.req.get(&self.from_client, Known::L5dReqid) {
-                Some(id) if has_reqid => self.obs.request_id.set(id),
-                _ => self.obs.request_id.set(&reqid),
-            }
-            match client_trace {
-                Some(t) => self.obs.traceparent.set(t),
-                None if start_trace => self.obs.traceparent.set(&traceparent),
-                None => {}
-            }
-        }
-        let timing = self.obs.timing;
+        let view = H1View {
+            req: &self.req,
+            buf: &self.from_client,
+        };
+        let ids = routing::Ids::of(&view, self.edge, &self.shared, &mut self.rng, &mut self.obs);
         // HTTP/1.1 requires Host (RFC 9112 §3.2): an HTTP/1.0 request
         // without one (routed by its original destination in the
         // transparent modes) gets that address, or an empty value.
@@ -1315,8 +1113,6 @@ impl Conn {
             self.orig_dst,
             &mut host_text,
         );
-        let edge = self.edge;
-        let request_header = self.shared.cfg.shadow.request_header.as_bytes();
         // A TRACE or OPTIONS goes on with one forward less (0 was answered).
         let max_forwards = http::max_forwards(&self.req, &self.from_client);
         let mut forwards_text = [0u8; 20];
@@ -1327,36 +1123,16 @@ impl Conn {
             Some(_) => self.req.get(&self.from_client, SIGNATURE_HEADER),
             None => None,
         };
-        let mut extra: [(&[u8], &[u8]); 9] = [(b"", b""); 9];
-        let mut n = 0;
-        for (k, v, on) in [
-            (TRACEPARENT.as_bytes(), &traceparent[..], start_trace),
-            (
-                SIGNATURE_HEADER.as_bytes(),
-                signature.unwrap_or_default(),
-                signature.is_some(),
-            ),
-            (
-                b"Max-Forwards",
-                forwards.unwrap_or_default(),
-                forwards.is_some(),
-            ),
-            (b"Host", host.unwrap_or_default(), host.is_some()),
-            (b"l5d-dst-service", route.name.as_bytes(), true),
-            (b"l5d-dst-client", dest.id.as_bytes(), true),
-            (
-                b"l5d-ctx-dtab",
-                route.local_dtab.as_bytes(),
-                !route.local_dtab.is_empty(),
-            ),
-            (b"l5d-reqid", &reqid[..], !has_reqid),
-            (b"Via", VIA, true),
-        ] {
-            if on {
-                extra[n] = (k, v);
-                n += 1;
-            }
-        }
+        let mut extra = [(&b""[..], &b""[..]); routing::MAX_ADDED];
+        let n = routing::added(
+            &mut extra, route, dest, &ids, signature, forwards, host, VIA,
+        );
+        let dropped = routing::Dropped {
+            edge: self.edge,
+            max_forwards: max_forwards.is_some(),
+            request_header: self.shared.cfg.shadow.request_header.as_bytes(),
+            timing: self.obs.timing,
+        };
         self.heads.clear();
         http::write_request(
             &mut self.heads,
@@ -1364,17 +1140,7 @@ impl Conn {
             &self.from_client,
             &req.body,
             req.kind.upgrade,
-            |name: &[u8]| {
-                let dropped = if max_forwards.is_some() {
-                    is_proxy_header_or_max_forwards(name)
-                } else {
-                    is_proxy_header(name)
-                };
-                dropped
-                    || (edge && is_l5d_header(name))
-                    || http::eq_ignore_case_lower(name, request_header)
-                    || (timing && http::eq_ignore_case_lower(name, TIMING_HEADER.as_bytes()))
-            },
+            |name: &[u8]| dropped.drops(name),
             &extra[..n],
         );
         self.from_client.drain(..head_len);
@@ -1991,33 +1757,6 @@ impl Conn {
     }
 }
 
-/// The authority a request is named by: its own, unless it has none or
-/// names a bare IP address and the connection was intercepted, in which
-/// case the original destination `ip:port` (written into `scratch`) stands in.
-fn name_authority<'a>(
-    authority: Option<&'a [u8]>,
-    orig: Option<SocketAddrV4>,
-    scratch: &'a mut [u8; 21],
-) -> Option<&'a [u8]> {
-    let is_address = |a: &[u8]| {
-        let text = std::str::from_utf8(a).unwrap_or("");
-        let host = text
-            .rsplit_once(':')
-            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(text, |(h, _)| h);
-        host.parse::<std::net::IpAddr>().is_ok()
-            || host
-                .trim_matches(['[', ']'])
-                .parse::<std::net::Ipv6Addr>()
-                .is_ok()
-    };
-    match (authority, orig) {
-        (Some(a), Some(dst)) if is_address(a) => Some(write_addr(scratch, dst)),
-        (None, Some(dst)) => Some(write_addr(scratch, dst)),
-        (a, _) => a,
-    }
-}
-
 /// A failure on the way to or from a backend, answered with `status` and
 /// counted against the destination like a response from it.
 fn upstream_failure(dest: &Dest, status: u16, kind: ErrorKind, reason: String) -> Failure {
@@ -2062,15 +1801,6 @@ fn missing_host<'a>(
     })
 }
 
-/// `ip:port` into a stack buffer (21 bytes hold the longest IPv4 one).
-fn write_addr(scratch: &mut [u8; 21], addr: SocketAddrV4) -> &[u8] {
-    use std::io::Write as _;
-    let mut cursor = std::io::Cursor::new(&mut scratch[..]);
-    let _ = write!(cursor, "{addr}");
-    let n = cursor.position() as usize;
-    &scratch[..n]
-}
-
 /// Moves a body that `pending` holds whole (or an absent one) to `out`, so
 /// it is written with its head; false when the body is still to come.
 fn take_whole_body(
@@ -2104,55 +1834,12 @@ fn pick_dest<'r>(
     sticky: Option<&[u8]>,
     has_body: bool,
 ) -> Result<&'r Dest, Failure> {
-    let refuse = |status: u16, kind: ErrorKind, why: String| Failure::Respond {
-        status,
-        reason: why,
-        kind,
+    routing::pick_dest(route, rng, sticky).map_err(|r| Failure::Respond {
+        status: r.status,
+        reason: r.reason,
+        kind: r.kind,
         close: has_body,
-    };
-    // A bound tree chooses per request, or by the sticky key; the other
-    // outcomes are the same answers a choice can come to.
-    let choice = match &route.outcome {
-        Outcome::Bound(tree) => match sticky {
-            Some(key) if !key.is_empty() => tree.choose_sticky(key),
-            _ => tree.choose(rng),
-        },
-        Outcome::Neg => Choice::Neg,
-        Outcome::Fail => Choice::Fail,
-        Outcome::Empty => Choice::Empty,
-        Outcome::Error(e) => {
-            return Err(refuse(
-                502,
-                ErrorKind::BindFailed,
-                format!("binding {} failed: {e}", route.name),
-            ));
-        }
-        Outcome::Pending(e) => {
-            return Err(refuse(
-                503,
-                ErrorKind::NoEndpoints,
-                format!("{e}; gave up after k8s.sync_timeout_ms"),
-            ));
-        }
-    };
-    match choice {
-        Choice::Leaf(dest) => Ok(dest),
-        Choice::Empty => Err(refuse(
-            503,
-            ErrorKind::NoEndpoints,
-            format!("{} is bound to an empty name set", route.name),
-        )),
-        Choice::Neg => Err(refuse(
-            502,
-            ErrorKind::BindNeg,
-            format!("no route to {}: the name is not bound (neg)", route.name),
-        )),
-        Choice::Fail => Err(refuse(
-            502,
-            ErrorKind::BindFailed,
-            format!("no route to {}: the dtab says fail", route.name),
-        )),
-    }
+    })
 }
 
 /// Reads more of a head into `buf`, growing it (by doubling, up to the

@@ -17,10 +17,12 @@
 
 pub mod budget;
 pub mod conn;
+mod http2;
 pub mod observed;
 pub mod park;
 pub mod policy;
 pub mod pool;
+mod routing;
 pub mod shadow;
 pub mod splice;
 mod stream;
@@ -87,6 +89,8 @@ pub struct ProxyConfig {
     /// How long a request waits for a namer that has not synced what it
     /// names (`k8s.sync_timeout_ms`).
     pub sync_timeout: Duration,
+    /// HTTP/2 in and out.
+    pub http2: crate::config::Http2,
 }
 
 impl ProxyConfig {
@@ -129,6 +133,7 @@ impl ProxyConfig {
             opaque_ports: s.interception.opaque_ports.clone(),
             detect_timeout: ms(s.interception.detect_timeout_ms),
             sync_timeout: ms(s.k8s.sync_timeout_ms),
+            http2: s.http2.clone(),
         }
     }
 }
@@ -168,6 +173,8 @@ pub struct Worker {
     drain: RefCell<Vec<u8>>,
     /// Buffers idle connections lent (at most `conn::SPARES`).
     pub spares: RefCell<Vec<conn::Spare>>,
+    /// Backend connections for requests that came as HTTP/2.
+    upstreams: http2::Upstreams,
 }
 
 impl Worker {
@@ -180,6 +187,7 @@ impl Worker {
             shared,
             drain: RefCell::default(),
             spares: RefCell::new(Vec::with_capacity(conn::SPARES)),
+            upstreams: http2::Upstreams::default(),
         })
     }
 

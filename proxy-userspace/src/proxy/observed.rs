@@ -195,36 +195,44 @@ impl Observed {
         req: &RequestHead,
         bodies: Option<Bodies<'_>>,
     ) {
+        let head = &self.head[..];
+        // A head cut short (the exchange failed before it was whole) has
+        // no fields to read.
+        let parsed = !head.is_empty() && req.head_len() <= head.len();
+        let request = if parsed {
+            Request {
+                method: text(Some(req.method(head))),
+                authority: text(req.authority(head)),
+                target: text(Some(req.target(head))),
+            }
+        } else {
+            Request::default()
+        };
+        self.tell_request(observers, peer, request, bodies);
+    }
+
+    /// The record of the exchange of `request`, to each observer.
+    pub(super) fn tell_request(
+        &self,
+        observers: &[Arc<dyn Observer>],
+        peer: SocketAddr,
+        request: Request<'_>,
+        bodies: Option<Bodies<'_>>,
+    ) {
         let route = self.route.as_deref();
         let dest = match (route, self.dest) {
             (Some(route), Some(index)) => leaf(route, index),
             _ => None,
         };
-        let head = &self.head[..];
-        // A head cut short (the exchange failed before it was whole) has
-        // no fields to read.
-        let parsed = !head.is_empty() && req.head_len() <= head.len();
         let record = Record {
             started: self.started,
             started_wall: self.started_wall,
             total: self.since(),
             spans: self.spans,
             peer,
-            method: if parsed {
-                text(Some(req.method(head)))
-            } else {
-                ""
-            },
-            authority: if parsed {
-                text(req.authority(head))
-            } else {
-                ""
-            },
-            target: if parsed {
-                text(Some(req.target(head)))
-            } else {
-                ""
-            },
+            method: request.method,
+            authority: request.authority,
+            target: request.target,
             status: self.status,
             error: self.error,
             bytes_in: self.bytes_in,
@@ -245,6 +253,14 @@ impl Observed {
             o.exchange(&record);
         }
     }
+}
+
+/// What the record says of the request itself.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Request<'a> {
+    pub method: &'a str,
+    pub authority: &'a str,
+    pub target: &'a str,
 }
 
 /// A head's field as text (empty when absent or not UTF-8).

@@ -26,6 +26,10 @@ pub struct Identifier {
     cluster_domain: String,
 }
 
+/// The version an HTTP/2 request is identified with (in place of HTTP/1's
+/// minor version): `io.l5d.methodAndHost` names it `/svc/2/<METHOD>/<host>`.
+pub const HTTP2: u8 = u8::MAX;
+
 /// Whether an authority (`host[:port]`) names its host by an IP address,
 /// or not at all: then a Service may name it instead.
 pub fn names_no_host(authority: Option<&[u8]>) -> bool {
@@ -94,7 +98,11 @@ impl Identifier {
             return Ok(());
         }
         if self.kind == IdentifierKind::MethodAndHost {
-            out.extend_from_slice(if minor == 0 { b"/1.0/" } else { b"/1.1/" });
+            out.extend_from_slice(match minor {
+                0 => b"/1.0/",
+                HTTP2 => b"/2/",
+                _ => b"/1.1/",
+            });
             out.extend_from_slice(method);
         }
         out.push(b'/');

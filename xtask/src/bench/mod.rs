@@ -19,8 +19,13 @@
 //! dtab criterion bench. `report.rs` prints the table, checks the issue's
 //! targets and writes `target/bench/results.json` and `latency.svg`.
 //!
+//! Then the HTTP/2 rows (`h2.rs`): h2load over one connection with 1 and
+//! 100 streams, direct, through Sidetrack (explicit, eBPF), haproxy and
+//! nginx.
+//!
 //! `--only` picks scenarios, including two the default run leaves out: the
-//! runtime floors `tokio-relay` and `uring-relay` (`floors.rs`).
+//! runtime floors `tokio-relay` and `uring-relay` (`floors.rs`); `--only
+//! http2` runs the HTTP/2 rows alone.
 //!
 //! `--baseline REV` adds `baseline-explicit` and `baseline-ebpf`: Sidetrack's
 //! two modes again from another revision's binary (`baseline.rs`), compared
@@ -33,6 +38,7 @@
 
 mod baseline;
 pub mod floors;
+mod h2;
 mod haltpoll;
 pub mod loadgen;
 mod machine;
@@ -485,6 +491,8 @@ pub struct Results {
     pub measure_secs: f64,
     pub scenarios: Vec<ScenarioResult>,
     pub large: Vec<LargeResult>,
+    /// HTTP/2: h2load over one connection, 1 and 100 streams (`h2.rs`).
+    pub http2: Vec<h2::H2Row>,
     /// Criterion's summary lines, or why there are none.
     pub dtab: Vec<String>,
     pub targets: Vec<report::Target>,
@@ -523,13 +531,18 @@ pub fn run(
     pod_cgroups: bool,
 ) -> Result<()> {
     let rev = baseline_rev.map(baseline::Rev::resolve).transpose()?;
+    // `http2` names the HTTP/2 rows (`h2.rs`), not a scenario: alone, it
+    // runs only them.
+    let http2_only = only.iter().any(|o| o == "http2");
+    let only: Vec<String> = only.iter().filter(|o| *o != "http2").cloned().collect();
+    let only = &only[..];
     let known = || {
         Scenario::ALL
             .into_iter()
             .chain(Scenario::EXTRA)
             .chain(Scenario::BASELINE.map(|(_, b)| b))
     };
-    let mut chosen: Vec<Scenario> = if only.is_empty() {
+    let mut chosen: Vec<Scenario> = if only.is_empty() && !http2_only {
         Scenario::ALL.to_vec()
     } else {
         let mut v = Vec::new();
@@ -563,7 +576,7 @@ pub fn run(
     if !setup::is_complete() {
         setup::run()?;
     }
-    setup::install_packages(&["nginx", "haproxy"])?;
+    setup::install_packages(&["nginx", "haproxy", "nghttp2-server"])?;
 
     let built = Instant::now();
     build_ebpf::run()?;
@@ -679,7 +692,35 @@ pub fn run(
             measure_scenario(&bed, &plan, &phases, acc)?;
         }
     }
-    let large = measure_large(&bed, &plan, &chosen)?;
+    let large = if http2_only {
+        Vec::new()
+    } else {
+        measure_large(&bed, &plan, &chosen)?
+    };
+    let http2 = if only.is_empty() || http2_only {
+        h2::measure(&bed, &plan)?
+    } else {
+        Vec::new()
+    };
+    if chosen.is_empty() {
+        // The HTTP/2 rows alone.
+        drop(bed);
+        drop(halt_poll);
+        let mut text = h2::table(&http2);
+        for t in h2::targets(&http2) {
+            text.push_str(&format!("\n{}: {} ({})", t.name, t.measured, t.verdict));
+        }
+        println!("{text}");
+        let dir = out_dir();
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("http2.md"), &text)?;
+        std::fs::write(
+            dir.join("http2.json"),
+            serde_json::to_string_pretty(&http2)?,
+        )?;
+        cmd::note(format!("wrote {0}/http2.md, {0}/http2.json", dir.display()));
+        return Ok(());
+    }
     drop(bed);
     let halt_poll_state = halt_poll.state.clone();
     drop(halt_poll);
@@ -719,6 +760,7 @@ pub fn run(
         .collect();
     let mut targets = report::targets(&scenarios, &plan);
     targets.extend(report::wide_targets(&scenarios, &large));
+    targets.extend(h2::targets(&http2));
     let costs = report::feature_pairs(&scenarios);
     let baseline = rev.map(|rev| report::Baseline {
         pairs: report::baseline_pairs(&scenarios),
@@ -740,6 +782,7 @@ pub fn run(
         measure_secs: measured.elapsed().as_secs_f64(),
         scenarios,
         large,
+        http2,
         dtab,
         targets,
         baseline,

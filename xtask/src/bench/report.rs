@@ -43,7 +43,7 @@ impl Target {
     }
 }
 
-fn verdict(pass: bool, measurable: bool) -> &'static str {
+pub(super) fn verdict(pass: bool, measurable: bool) -> &'static str {
     match (measurable, pass) {
         (false, _) => "N/A",
         (true, true) => "PASS",
@@ -828,6 +828,9 @@ pub fn tables(r: &Results) -> String {
         .map(|p| p.errors)
         .sum::<u64>()
         + r.large.iter().map(|l| l.result.errors).sum::<u64>();
+    if !r.http2.is_empty() {
+        let _ = write!(t, "\n{}", super::h2::table(&r.http2));
+    }
     let _ = writeln!(
         t,
         "\nErrors: {errors}. Builds {:.0} s, measuring {:.0} s.",

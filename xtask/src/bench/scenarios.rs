@@ -379,7 +379,7 @@ impl Bed {
     pub fn start_proxy(&self, scenario: Scenario, variant: Variant) -> Result<Proxy> {
         let name = scenario.name();
         let log_path = self.dir.join(format!("{name}.log"));
-        let mut cmd = match scenario {
+        let cmd = match scenario {
             Scenario::Direct => {
                 return Ok(Proxy {
                     child: None,
@@ -449,18 +449,7 @@ impl Bed {
                 c
             }
         };
-        let log = fs::File::create(&log_path)?;
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        node_process(&mut cmd, &self.proxy_cgroup)?;
-        let child = cmd.spawn().with_context(|| format!("start {name}"))?;
-        let mut proxy = Proxy {
-            child: Some(child),
-            cgroup: self.proxy_cgroup.clone(),
-            log: log_path,
-            name,
-        };
+        let mut proxy = self.spawn_in_proxy_cgroup(name, cmd, log_path)?;
         let ready = match scenario {
             _ if scenario.sidetrack_mode().is_some() => {
                 SocketAddr::from((self.node.ip(), SIDETRACK_ADMIN_PORT))
@@ -497,6 +486,71 @@ impl Bed {
         }
     }
 
+    /// Starts `cmd` as a proxy of the HTTP/2 rows (nginx, haproxy) in the
+    /// proxies' cgroup, logging to `<name>-h2.log`, and waits until it
+    /// accepts on `ready`.
+    pub fn spawn_h2_proxy(
+        &self,
+        name: &'static str,
+        cmd: Command,
+        ready: SocketAddr,
+    ) -> Result<Proxy> {
+        let log_path = self.dir.join(format!("{name}-h2.log"));
+        let mut proxy = self.spawn_in_proxy_cgroup(name, cmd, log_path)?;
+        if let Err(e) = wait_listening(ready) {
+            let _ = proxy.stop();
+            bail!("{name}: {e}:\n{}", proxy.log_text());
+        }
+        Ok(proxy)
+    }
+
+    /// Starts `cmd` in the proxies' cgroup, its output to `log_path`.
+    fn spawn_in_proxy_cgroup(
+        &self,
+        name: &'static str,
+        mut cmd: Command,
+        log_path: PathBuf,
+    ) -> Result<Proxy> {
+        let log = fs::File::create(&log_path)?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        node_process(&mut cmd, &self.proxy_cgroup)?;
+        let child = cmd.spawn().with_context(|| format!("start {name}"))?;
+        Ok(Proxy {
+            child: Some(child),
+            cgroup: self.proxy_cgroup.clone(),
+            log: log_path,
+            name,
+        })
+    }
+
+    /// nginx for the HTTP/2 rows: h2c with prior knowledge in, and out
+    /// through `grpc_pass` (nginx's only HTTP/2 upstream), one worker.
+    pub fn write_nginx_h2_conf(&self, listen: SocketAddrV4, up: SocketAddrV4) -> Result<PathBuf> {
+        self.write_nginx(
+            "nginx-h2",
+            1,
+            "http2_max_requests 1000000;\n  http2_max_concurrent_streams 128;\n  ",
+            up,
+            &format!(
+                "listen {listen} http2;\n    location / {{\n      grpc_pass grpc://bench;\n    }}"
+            ),
+        )
+    }
+
+    /// haproxy for the HTTP/2 rows: h2c in and out, one thread.
+    pub fn haproxy_h2_conf(&self, listen: SocketAddrV4, up: SocketAddrV4) -> String {
+        format!(
+            "global\n  nbthread 1\n  maxconn 4096\n  pidfile {pid}\n\
+             defaults\n  mode http\n  option http-keep-alive\n  http-reuse always\n  timeout connect 5s\n  \
+             timeout client 60s\n  timeout server 60s\n  timeout http-keep-alive 60s\n\
+             frontend fe\n  bind {listen} proto h2\n  default_backend be\n\
+             backend be\n  server s1 {up} proto h2\n",
+            pid = self.dir.join("haproxy-h2.pid").display(),
+        )
+    }
+
     fn upstream(&self) -> SocketAddrV4 {
         SocketAddrV4::new(self.server.ip(), SERVER_PORT)
     }
@@ -507,7 +561,8 @@ impl Bed {
         let workers = variant.workers;
         let mut conf = format!(
             "listen: {node}:{SIDETRACK_PORT}\nadmin: {node}:{SIDETRACK_ADMIN_PORT}\nworkers: {workers}\n\
-             intercept: {mode}\ndtab: |\n  /svc/bench => /$/inet/{ip}/{port};\n\
+             intercept: {mode}\ndtab: |\n  /svc/bench => /$/inet/{ip}/{port};\n  /svc/bench-h2 => /$/inet/{ip}/{h2port};\n\
+             http2:\n  h2_names: [/svc/bench-h2]\n\
              interception:\n  cidrs: [{svc}/{svc_len}{server}]\n  cgroup: {cgroup}\n  mark: {PROXY_MARK}\n\
              shutdown_grace_ms: 2000\n",
             mode = scenario.sidetrack_mode().unwrap_or("none"),
@@ -519,6 +574,7 @@ impl Bed {
             },
             ip = self.server.ip(),
             port = SERVER_PORT,
+            h2port = super::h2::H2_SERVER_PORT,
             cgroup = self.node.cgroup_path().display(),
         );
         // Room for the many-connections phase and its server connections
@@ -573,6 +629,30 @@ impl Bed {
     /// disk (bodies stream both ways: request buffering off, no temp file),
     /// room for 16k connections.
     fn write_nginx_conf(&self, workers: usize) -> Result<PathBuf> {
+        self.write_nginx(
+            "nginx",
+            workers,
+            "",
+            self.upstream(),
+            &format!(
+                "listen {node}:{NGINX_PORT};\n    location / {{\n      proxy_pass http://bench;\n      \
+                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}",
+                node = self.node.ip()
+            ),
+        )
+    }
+
+    /// `<file>.conf`: `workers` workers, keep-alive to the upstream `bench`
+    /// at `up`, no logging and no buffering to disk, `http_extra` in the
+    /// http block and `server` as the server block's body.
+    fn write_nginx(
+        &self,
+        file: &str,
+        workers: usize,
+        http_extra: &str,
+        up: SocketAddrV4,
+        server: &str,
+    ) -> Result<PathBuf> {
         let prefix = self.dir.join("nginx");
         fs::create_dir_all(prefix.join("tmp"))?;
         let tmp = prefix.join("tmp");
@@ -582,18 +662,15 @@ impl Bed {
              events {{ worker_connections {MAX_CONNECTIONS}; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n  \
              fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n  \
-             keepalive_requests 1000000;\n  keepalive_timeout 60s;\n  tcp_nodelay on;\n  \
+             keepalive_requests 1000000;\n  keepalive_timeout 60s;\n  {http_extra}tcp_nodelay on;\n  \
              client_max_body_size 0;\n  proxy_request_buffering off;\n  proxy_max_temp_file_size 0;\n  \
              upstream bench {{\n    server {up};\n    keepalive 64;\n    keepalive_requests 1000000;\n  }}\n  \
-             server {{\n    listen {node}:{NGINX_PORT};\n    location / {{\n      proxy_pass http://bench;\n      \
-             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
-            pid = self.dir.join("nginx.pid").display(),
+             server {{\n    {server}\n  }}\n}}\n",
+            pid = self.dir.join(format!("{file}.pid")).display(),
             nofile = NGINX_NOFILE,
-            log = self.dir.join("nginx-error.log").display(),
-            up = self.upstream(),
-            node = self.node.ip(),
+            log = self.dir.join(format!("{file}-error.log")).display(),
         );
-        let path = self.dir.join("nginx.conf");
+        let path = self.dir.join(format!("{file}.conf"));
         fs::write(&path, conf)?;
         Ok(path)
     }

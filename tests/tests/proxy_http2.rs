@@ -1,0 +1,501 @@
+//! HTTP/2 and gRPC through the proxy on loopback (docs/http2.md), with
+//! real clients and servers: curl --http2-prior-knowledge, nghttp and
+//! h2load (nghttp2-client), and grpcio (tests/grpc/peer.py).
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sidetrack_tests::{
+    TempDir,
+    backend::Backend,
+    eventually,
+    grpc::{self, GrpcServer},
+    proxy::{Proxy, rss_kb},
+};
+
+/// A proxy routing `/svc/<name>` through the file namer in `dir`.
+fn proxy(dir: &TempDir, config: &str) -> Proxy {
+    Proxy::with_fs_namer(dir, config, &[])
+}
+
+/// Runs a command, returning its standard output; fails on a bad exit.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the client");
+    assert!(out.status.success(), "{cmd:?}: {}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn curl_h2(proxy: SocketAddr, host: &str, path: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "--http2-prior-knowledge",
+        "--max-time",
+        "10",
+        "-D",
+        "-",
+    ])
+    .args(["-H", &format!("Host: {host}")])
+    .args(extra)
+    .arg(format!("http://{proxy}{path}"));
+    cmd
+}
+
+/// gRPC calls of every kind (unary, server streaming, client streaming,
+/// bidirectional) pass, and the backend sees the l5d- fields and Via an
+/// HTTP/1.1 request would carry.
+#[test]
+fn grpc_calls_of_every_kind_pass_through() {
+    let dir = TempDir::new("h2-kinds");
+    let world = GrpcServer::start("world-v1");
+    dir.write("world", &world.fs_line());
+    let proxy = proxy(&dir, "");
+    let out = grpc::call(proxy.addr, "world", "kinds", "");
+    let unary = &out["unary"];
+    assert_eq!(unary["server"], "world-v1");
+    assert_eq!(unary["echo"], "hi");
+    assert_eq!(unary["dst_service"], "/svc/world");
+    assert_eq!(unary["dst_client"], "/#/io.l5d.fs/world");
+    assert_eq!(unary["via"], "2 sidetrack");
+    assert_eq!(unary["reqid"].as_str().unwrap().len(), 16);
+    assert_eq!(
+        out["server_stream"],
+        serde_json::json!([
+            "world-v1 0",
+            "world-v1 1",
+            "world-v1 2",
+            "world-v1 3",
+            "world-v1 4"
+        ])
+    );
+    assert_eq!(out["client_stream"], "world-v1 7 7000");
+    assert_eq!(
+        out["bidi"],
+        serde_json::json!(["world-v1 x", "world-v1 y", "world-v1 z"])
+    );
+    let requests = proxy.metric(
+        "sidetrack_requests_total",
+        &[("service", "/svc/world"), ("dst", "/#/io.l5d.fs/world")],
+    );
+    assert_eq!(requests, 4.0);
+    assert_eq!(proxy.metric("sidetrack_http2_streams_total", &[]), 4.0);
+}
+
+/// One call of a connection carries `l5d-dtab`: it alone goes to
+/// world-v2 (and goes on with it as `l5d-ctx-dtab`), the calls before and
+/// after it on the same connection stay on world-v1; the metrics count the
+/// override apart.
+#[test]
+fn an_l5d_dtab_stages_one_call_while_the_others_on_the_connection_stay() {
+    let dir = TempDir::new("h2-stage");
+    let v1 = GrpcServer::start("world-v1");
+    let v2 = GrpcServer::start("world-v2");
+    dir.write("world-v1", &v1.fs_line());
+    dir.write("world-v2", &v2.fs_line());
+    let fs = dir.str().to_owned();
+    let proxy = Proxy::start(&[
+        "--fs-dir",
+        &fs,
+        "--dtab",
+        "/svc=>/#/io.l5d.fs;/svc/world=>/#/io.l5d.fs/world-v1",
+    ]);
+    let out = grpc::call(proxy.addr, "world", "stage", "20");
+    let answers = out["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 20);
+    for (i, a) in answers.iter().enumerate() {
+        if i == 10 {
+            assert_eq!(a["server"], "world-v2", "{a}");
+            assert_eq!(a["ctx_dtab"], "/svc/world=>/#/io.l5d.fs/world-v2");
+            assert_eq!(a["dtab"], "", "l5d-dtab is not passed on");
+        } else {
+            assert_eq!(a["server"], "world-v1", "call {i}: {a}");
+            assert_eq!(a["ctx_dtab"], "");
+        }
+    }
+    assert_eq!(
+        proxy.metric(
+            "sidetrack_requests_total",
+            &[("dst", "/#/io.l5d.fs/world-v2"), ("override", "true")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        proxy.metric(
+            "sidetrack_requests_total",
+            &[("dst", "/#/io.l5d.fs/world-v1"), ("override", "false")]
+        ),
+        19.0
+    );
+}
+
+/// Three gRPC backends share the calls of one client connection: each
+/// call is routed and balanced on its own (one long-lived connection does
+/// not pin a client to one backend). Through a weighted union of the
+/// three (chosen per request), each share is within a binomial band
+/// (n = 600, p = 1/3: 4.5 standard deviations); through one name with
+/// the three addresses, P2C over peak-EWMA latency (not a uniform draw:
+/// it leans to whichever measured faster) gives each a share.
+#[test]
+fn three_grpc_backends_share_one_connections_calls() {
+    let dir = TempDir::new("h2-spread");
+    let servers: Vec<_> = (0..3)
+        .map(|i| GrpcServer::start(&format!("world-{i}")))
+        .collect();
+    for (i, s) in servers.iter().enumerate() {
+        dir.write(&format!("world-{i}"), &s.fs_line());
+    }
+    let lines: String = servers.iter().map(GrpcServer::fs_line).collect();
+    dir.write("world", &lines);
+    let fs = dir.str().to_owned();
+    let proxy = Proxy::start(&[
+        "--fs-dir",
+        &fs,
+        "--dtab",
+        "/svc=>/#/io.l5d.fs;/svc/union=>1*/#/io.l5d.fs/world-0 & 1*/#/io.l5d.fs/world-1 & 1*/#/io.l5d.fs/world-2",
+    ]);
+    let n = 600u64;
+    let out = grpc::call(proxy.addr, "union", "spread", &n.to_string());
+    let counts = out["counts"].as_object().unwrap();
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    let sd = (n as f64 * (1.0 / 3.0) * (2.0 / 3.0)).sqrt();
+    for (server, c) in counts {
+        let c = c.as_u64().unwrap() as f64;
+        assert!(
+            (c - n as f64 / 3.0).abs() <= 4.5 * sd,
+            "{server}: {c} of {n}: {counts:?}"
+        );
+    }
+    let out = grpc::call(proxy.addr, "world", "spread", &n.to_string());
+    let counts = out["counts"].as_object().unwrap();
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (server, c) in counts {
+        assert!(
+            c.as_u64().unwrap() >= n / 20,
+            "{server}: {c} of {n}: {counts:?}"
+        );
+    }
+}
+
+/// curl, nghttp and h2load through the proxy, to an HTTP/1.1 backend: the
+/// request is translated (origin form, Host from :authority), the l5d-
+/// fields added, bodies both ways byte-exact; h2load's 100 streams on one
+/// connection all answered.
+#[test]
+fn curl_nghttp_and_h2load_reach_an_http1_backend() {
+    let dir = TempDir::new("h2-curl");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    let proxy = proxy(&dir, "");
+    let head = run(&mut curl_h2(
+        proxy.addr,
+        "web",
+        "/a?b=c",
+        &["-o", "/dev/null"],
+    ));
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    assert!(head.contains("via: 2 sidetrack"), "{head}");
+    assert!(head.contains("x-backend: web"), "{head}");
+    let seen = web.seen().pop().unwrap();
+    assert_eq!(seen.header("l5d-dst-service"), Some("/svc/web"));
+    assert_eq!(seen.header("l5d-dst-client"), Some("/#/io.l5d.fs/web"));
+    assert_eq!(seen.header("host"), Some("web"));
+    assert_eq!(seen.header("via"), Some("2 sidetrack"));
+
+    // A body out and back: nghttp's POST, the backend's digest of it.
+    let body = dir.path().join("body");
+    std::fs::write(&body, vec![b'q'; 300_000]).unwrap();
+    let out = run(Command::new("nghttp")
+        .args(["-H", ":authority: web", "-d"])
+        .arg(&body)
+        .arg(format!("http://{}/post", proxy.addr)));
+    let answer: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(answer["body_len"], 300_000, "{answer}");
+    // A large response body, byte-exact.
+    let out = Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-H", "Host: web"])
+        .arg(format!("http://{}/bytes/1000000", proxy.addr))
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, sidetrack_tests::pattern(1_000_000));
+
+    let out = run(Command::new("h2load")
+        .args([
+            "-n",
+            "2000",
+            "-c",
+            "1",
+            "-m",
+            "100",
+            "-H",
+            ":authority: web",
+        ])
+        .arg(format!("http://{}/", proxy.addr)));
+    assert!(out.contains("2000 succeeded"), "{out}");
+    assert!(out.contains("status codes: 2000 2xx"), "{out}");
+}
+
+/// The proxy's own errors: a gRPC call gets a trailers-only response
+/// with grpc-status (UNAVAILABLE for a name bound nowhere, a dead
+/// backend) and grpc-message; another HTTP/2 request the status and
+/// l5d-err HTTP/1.1 would get.
+#[test]
+fn proxy_errors_speak_the_clients_language() {
+    let dir = TempDir::new("h2-errors");
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    dir.write("gone", &format!("127.0.0.1 {}\n", dead.port()));
+    let proxy = proxy(&dir, "");
+    let out = grpc::call(proxy.addr, "nothing", "unavailable", "");
+    assert_eq!(out["error"]["code"], "UNAVAILABLE", "{out}");
+    assert!(
+        out["error"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("no route to /svc/nothing"),
+        "{out}"
+    );
+    let out = grpc::call(proxy.addr, "gone", "unavailable", "");
+    assert_eq!(out["error"]["code"], "UNAVAILABLE", "{out}");
+    let head = run(&mut curl_h2(
+        proxy.addr,
+        "nothing",
+        "/",
+        &["-o", "/dev/null"],
+    ));
+    assert!(head.starts_with("HTTP/2 502"), "{head}");
+    assert!(
+        head.contains("l5d-err: no route to /svc/nothing: the name is not bound (neg)"),
+        "{head}"
+    );
+    let head = run(&mut curl_h2(
+        proxy.addr,
+        "web",
+        "/",
+        &["-H", "l5d-dtab: /svc/web => !!", "-o", "/dev/null"],
+    ));
+    assert!(head.starts_with("HTTP/2 400"), "{head}");
+    assert!(head.contains("l5d-err:"), "{head}");
+}
+
+/// A gRPC frame (uncompressed) holding `message`.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut f = vec![0];
+    f.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    f.extend_from_slice(message);
+    f
+}
+
+/// `grpc-timeout` is the proxy's response timeout for the call: a backend
+/// that takes longer gets the client DEADLINE_EXCEEDED from the proxy
+/// (trailers-only) at the deadline, not at the response timeout; grpcio's
+/// own deadline gives the same code.
+#[test]
+fn grpc_timeouts_are_honoured() {
+    let dir = TempDir::new("h2-deadline");
+    let world = GrpcServer::start("world");
+    dir.write("world", &world.fs_line());
+    let proxy = proxy(&dir, "");
+    let frame = dir.path().join("frame");
+    std::fs::write(&frame, grpc_frame(b"3000")).unwrap();
+    let started = Instant::now();
+    let head = run(&mut curl_h2(
+        proxy.addr,
+        "world",
+        "/test.Echo/Sleep",
+        &[
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-H",
+            "grpc-timeout: 300m",
+            "--data-binary",
+            &format!("@{}", frame.display()),
+            "-o",
+            "/dev/null",
+        ],
+    ));
+    let took = started.elapsed();
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    assert!(head.contains("grpc-status: 4"), "{head}");
+    assert!(head.contains("did not answer within 300ms"), "{head}");
+    assert!(took < Duration::from_millis(2000), "{took:?}");
+    let out = grpc::call(proxy.addr, "world", "deadline", "2000");
+    assert_eq!(out["error"]["code"], "DEADLINE_EXCEEDED", "{out}");
+}
+
+/// A client that cancels a server-streaming call: the cancellation
+/// reaches the backend (its handler sees the call end), and the
+/// connection goes on.
+#[test]
+fn cancellations_reach_the_backend() {
+    let dir = TempDir::new("h2-cancel");
+    let world = GrpcServer::start("world");
+    dir.write("world", &world.fs_line());
+    let proxy = proxy(&dir, "");
+    let out = grpc::call(proxy.addr, "world", "cancel", "");
+    assert_eq!(out["first"].as_array().unwrap().len(), 3);
+    assert!(out["cancellations"].as_u64().unwrap() >= 1, "{out}");
+}
+
+/// A backend killed in the middle of a server stream: the client gets a
+/// clean gRPC error (UNAVAILABLE, not a reset), and the next calls on the
+/// same connection go to the backend left.
+#[test]
+fn a_backend_killed_mid_stream_gives_a_clean_grpc_error() {
+    let dir = TempDir::new("h2-die");
+    let mut doomed = GrpcServer::start("doomed");
+    let survivor = GrpcServer::start("survivor");
+    dir.write("doomed", &doomed.fs_line());
+    dir.write("world", &(doomed.fs_line() + &survivor.fs_line()));
+    let proxy = proxy(&dir, "");
+    // The stream goes to the doomed one by name, the calls after by the
+    // shared name, whose other backend lives.
+    let out = grpc::call(proxy.addr, "doomed", "die", "");
+    assert_eq!(out["error"]["code"], "UNAVAILABLE", "{out}");
+    assert_eq!(out["got"].as_array().unwrap().len(), 3, "{out}");
+    assert!(eventually(5, || !doomed.alive()));
+    let out = grpc::call(proxy.addr, "world", "spread", "10");
+    assert_eq!(out["counts"], serde_json::json!({"survivor": 10}), "{out}");
+}
+
+/// HTTP/2 frame header.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The rapid-reset attack (CVE-2023-44487): a client opens streams and
+/// resets each at once. It is cut off with GOAWAY ENHANCE_YOUR_CALM and
+/// counted, while another client's calls are served meanwhile.
+#[test]
+fn a_rapid_reset_client_is_cut_off_while_others_are_served() {
+    let dir = TempDir::new("h2-reset");
+    let world = GrpcServer::start("world");
+    dir.write("world", &world.fs_line());
+    let proxy = proxy(&dir, "");
+    let mut attacker = TcpStream::connect(proxy.addr).unwrap();
+    attacker
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    // :method GET, :scheme http, :path / (static table), :authority world.
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 5];
+    block.extend_from_slice(b"world");
+    let mut streams = 0;
+    for id in (1..2000).step_by(2) {
+        out.extend(frame(1, 0x5, id, &block));
+        out.extend(frame(3, 0, id, &8u32.to_be_bytes()));
+        streams += 1;
+    }
+    // The others meanwhile.
+    let calls = std::thread::spawn({
+        let addr = proxy.addr;
+        move || grpc::call(addr, "world", "spread", "50")
+    });
+    let _ = attacker.write_all(&out);
+    // Frames until GOAWAY.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    let goaway = loop {
+        match attacker.read(&mut buf) {
+            Ok(0) | Err(_) => break None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        let mut at = 0;
+        let mut found = None;
+        while got.len() >= at + 9 {
+            let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+            if got.len() < at + 9 + len {
+                break;
+            }
+            if got[at + 3] == 7 {
+                let p = &got[at + 9..at + 9 + len];
+                found = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+            }
+            at += 9 + len;
+        }
+        if found.is_some() {
+            break found;
+        }
+    };
+    assert_eq!(
+        goaway,
+        Some(0xb),
+        "GOAWAY ENHANCE_YOUR_CALM after {streams} resets"
+    );
+    assert!(eventually(5, || {
+        proxy.metric("sidetrack_http2_goaway_calm_total", &[]) >= 1.0
+    }));
+    let out = calls.join().unwrap();
+    assert_eq!(out["counts"]["world"], 50, "{out}");
+}
+
+/// A client that stops reading a large server stream: flow control holds
+/// the backend back, and the proxy's memory stays within a few windows
+/// (the stream is 25 MiB); once the client reads again every message
+/// arrives.
+#[test]
+fn a_stopped_reader_keeps_the_proxys_memory_bounded() {
+    let dir = TempDir::new("h2-slow");
+    let world = GrpcServer::start("world");
+    dir.write("world", &world.fs_line());
+    let proxy = proxy(&dir, "");
+    let pid = proxy.child.id();
+    let mut client = grpc::call_command(proxy.addr, "world", "slow-reader", "3")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.contains("paused"), "{line}");
+    let before = rss_kb(pid);
+    std::thread::sleep(Duration::from_millis(2000));
+    let during = rss_kb(pid);
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(client.wait().unwrap().success());
+    let out: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(out["messages"], 400, "{out}");
+    assert!(
+        during < before + 8 * 1024,
+        "the proxy grew from {before} KiB to {during} KiB while the reader stopped"
+    );
+}
+
+/// SIGTERM: the proxy sends GOAWAY and lets the call in flight finish,
+/// then exits 0.
+#[test]
+fn sigterm_drains_calls_in_flight() {
+    let dir = TempDir::new("h2-drain");
+    let world = GrpcServer::start("world");
+    dir.write("world", &world.fs_line());
+    let mut proxy = proxy(&dir, "shutdown_grace_ms: 5000\n");
+    let client = grpc::call_command(proxy.addr, "world", "sleep", "1500")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    proxy.terminate();
+    let out = client.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\"slept\""), "{text}");
+    let status = proxy.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
