@@ -41,7 +41,8 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_ANY, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE,
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, bpf_sock,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, bpf_sock,
         sk_action::SK_PASS,
     },
     btf_maps::SkStorage,
@@ -90,8 +91,9 @@ static ORIG_DST: LruHashMap<SockKey, OrigDst> = LruHashMap::with_max_entries(ORI
 /// for sk_msg to read its peer's queue: a SOCKHASH lookup from sk_msg
 /// takes a reference that an sk_msg program cannot give back
 /// (`bpf_sk_release` is not among its helpers). Written when the socket is
-/// filed, so an entry whose key is in `SOCKHASH` names that socket; left
-/// to the LRU after it closes.
+/// filed, so an entry whose key is in `SOCKHASH` names that socket;
+/// removed when the socket closes (its state callback, asked for when it
+/// is filed), so that the map holds the open sockets only.
 #[map(name = "SOCKETS")]
 static SOCKETS: LruHashMap<SockKey, u64> = LruHashMap::with_max_entries(SOCKHASH_CAPACITY, 0);
 
@@ -250,6 +252,9 @@ fn remote_port_host(raw: u32) -> u32 {
     u32::from_be(raw)
 }
 
+/// `TCP_CLOSE` in the kernel's `enum tcp_state` (include/net/tcp_states.h).
+const TCP_CLOSE: u32 = 7;
+
 #[sock_ops]
 pub fn sidetrack_sockops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
@@ -275,6 +280,11 @@ pub fn sidetrack_sockops(ctx: SockOpsContext) -> u32 {
     match op {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(&ctx, key, true),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx, key, false),
+        // The kernel drops a closed socket from SOCKHASH itself; its
+        // address goes from SOCKETS here.
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
+            let _ = SOCKETS.remove(&key);
+        }
         _ => {}
     }
     0
@@ -310,7 +320,10 @@ fn established(ctx: &SockOpsContext, mut key: SockKey, active: bool) {
             // SAFETY: `sk` of a live bpf_sock_ops; at ESTABLISHED it is the
             // full socket (null would only make the entry useless).
             let sk = unsafe { core::ptr::read_volatile(&(*ctx.ops).__bindgen_anon_2.sk) };
-            let _ = SOCKETS.insert(&key, &(sk as u64), BPF_ANY as u64);
+            if SOCKETS.insert(&key, &(sk as u64), BPF_ANY as u64).is_ok() {
+                // Told when it closes, to remove the entry.
+                let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+            }
             debug!(
                 ctx,
                 "sockhash add {:i}:{} -> {:i}:{} active={}",

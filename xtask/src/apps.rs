@@ -24,7 +24,10 @@
 //! * `bench-server LISTEN`: the benchmark's upstream, as cheap as a server
 //!   can be so that the proxies' costs show: `GET /bytes/N` answers N bytes
 //!   from a buffer made once, anything else a 13-byte body, each response
-//!   in one write, over keep-alive connections (a thread each).
+//!   in one write, over keep-alive connections (a thread each, on a small
+//!   stack: the many-connections phase holds thousands). A request with a
+//!   `Content-Length` has its body read and dropped first (uploads); `/close`
+//!   is answered with `Connection: close` and the connection closed.
 //! * `loadgen ...`: the load generator (`bench/loadgen.rs`).
 //! * `relay LISTEN TO`: a bare epoll byte pump, the floor of a userspace
 //!   hop; `tokio-relay` and `uring-relay` are the same pump on tokio and on
@@ -44,7 +47,18 @@ pub fn run(args: &[String]) -> std::io::Result<()> {
         [app, listen, arg] if app == "hello" => serve_forever(listen, arg, hello_serve),
         [app, listen, arg] if app == "world" => serve_forever(listen, arg, world_serve),
         [app, listen, arg] if app == "json-world" => serve_forever(listen, arg, json_world_serve),
-        [app, listen] if app == "bench-server" => serve_forever(listen, "", bench_serve),
+        [app, listen] if app == "bench-server" => {
+            let listener = TcpListener::bind(listen)?;
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                // A thread may fail to start at the pid limit: the
+                // connection is then dropped, which the client counts.
+                let _ = thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || bench_serve(stream, ""));
+            }
+            Ok(())
+        }
         [app, listen, to] if app == "relay" => relay(listen, to),
         [app, listen, to] if app == "tokio-relay" => crate::bench::floors::tokio_relay(listen, to),
         [app, listen, to] if app == "uring-relay" => crate::bench::floors::uring_relay(listen, to),
@@ -346,7 +360,9 @@ fn bench_serve(mut stream: TcpStream, _: &str) -> std::io::Result<()> {
         // Serve every complete head in the buffer, then read more.
         while let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
             let end = end + 4;
-            let target = buf[..end].split(|&b| b == b' ').nth(1).unwrap_or(b"/");
+            let head = &buf[..end];
+            let target = head.split(|&b| b == b' ').nth(1).unwrap_or(b"/");
+            let close = target == b"/close";
             let n = std::str::from_utf8(target)
                 .ok()
                 .and_then(|t| t.strip_prefix("/bytes/"))
@@ -370,7 +386,33 @@ fn bench_serve(mut stream: TcpStream, _: &str) -> std::io::Result<()> {
                         left -= k;
                     }
                 }
+                None if close => {
+                    out.extend_from_slice(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: close\r\n\r\nhello, bench\n",
+                    );
+                    stream.write_all(&out)?;
+                    return Ok(());
+                }
                 None => {
+                    let body = if head.starts_with(b"POST") {
+                        content_length(head)
+                    } else {
+                        0
+                    };
+                    // The body: first what came with the head, then reads.
+                    let here = body.min((filled - end) as u64) as usize;
+                    let mut left = body - here as u64;
+                    buf.copy_within(end + here..filled, end);
+                    filled -= here;
+                    while left > 0 {
+                        let room = &mut buf[end..];
+                        let want = room.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                        let n = stream.read(&mut room[..want])?;
+                        if n == 0 {
+                            return Ok(());
+                        }
+                        left -= n as u64;
+                    }
                     out.extend_from_slice(
                         b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nhello, bench\n",
                     );
@@ -389,4 +431,16 @@ fn bench_serve(mut stream: TcpStream, _: &str) -> std::io::Result<()> {
         }
         filled += n;
     }
+}
+
+/// A request head's Content-Length (0 when it has none or it is not a
+/// number).
+fn content_length(head: &[u8]) -> u64 {
+    head.split(|&b| b == b'\n')
+        .find_map(|line| {
+            let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+            name.eq_ignore_ascii_case(b"content-length")
+                .then(|| std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok())?
+        })
+        .unwrap_or(0)
 }

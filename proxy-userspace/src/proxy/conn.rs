@@ -5,12 +5,16 @@
 //! the final response, relay); what to do at each turn is decided by
 //! [`policy`](super::policy) from the heads, and the steps here do the I/O.
 //!
-//! Buffers live as long as the connection and are reused by every request:
-//! `from_client` holds what has been read from the client (a head, the
-//! start of a body, pipelined requests after it), `from_backend` what has
-//! been read from the backend, `heads` the heads the proxy writes. Parsed
-//! heads are offsets into those buffers. A request that hits the route
-//! cache allocates nothing.
+//! Buffers are reused by every request of a connection: `from_client`
+//! holds what has been read from the client (a head, the start of a body,
+//! pipelined requests after it), `from_backend` what has been read from the
+//! backend, `heads` the heads the proxy writes. Parsed heads are offsets
+//! into those buffers. While a connection waits idle for its next request
+//! with nothing buffered, it lends them to its worker ([`Spare`]), which
+//! keeps a few for the next connection that wakes and frees the rest: an
+//! idle keep-alive connection holds no buffers, and a busy one takes them
+//! back without allocating. A request that hits the route cache allocates
+//! nothing.
 //!
 //! Requests are answered strictly in order, one at a time: a pipelined
 //! request waits in `from_client` until the response before it is complete.
@@ -183,6 +187,21 @@ impl Drop for Conn {
     }
 }
 
+/// The buffers a connection lends its worker while it waits idle between
+/// requests; any connection of the worker may take them back.
+pub struct Spare {
+    from_client: Vec<u8>,
+    from_backend: Vec<u8>,
+    heads: Vec<u8>,
+    req: RequestHead,
+    resp: ResponseHead,
+}
+
+/// How many [`Spare`]s a worker keeps: enough for the connections that are
+/// active at once on one worker; the buffers of the rest of the idle ones
+/// are freed.
+pub const SPARES: usize = 64;
+
 /// Charges `now` bytes for a connection that was charged `charged`.
 fn charge(charged: &mut usize, budget: &MemoryBudget, now: usize) {
     if now != *charged {
@@ -292,6 +311,52 @@ impl Conn {
             + self.key.capacity()
             + self.scratch.capacity()
             + self.copies.capacity()
+    }
+
+    /// Idle between requests with nothing buffered: lends the buffers to
+    /// the worker (false, and nothing changes, when something is buffered).
+    fn park(&mut self) -> bool {
+        if !self.from_client.is_empty() || !self.from_backend.is_empty() {
+            return false;
+        }
+        let mut heads = std::mem::take(&mut self.heads);
+        heads.clear();
+        let spare = Spare {
+            from_client: std::mem::take(&mut self.from_client),
+            from_backend: std::mem::take(&mut self.from_backend),
+            heads,
+            req: std::mem::replace(&mut self.req, RequestHead::with_capacity(0)),
+            resp: std::mem::replace(&mut self.resp, ResponseHead::with_capacity(0)),
+        };
+        let mut spares = self.worker.spares.borrow_mut();
+        if spares.len() < SPARES {
+            spares.push(spare);
+        }
+        drop(spares);
+        self.account();
+        true
+    }
+
+    /// Takes buffers back after [`Conn::park`]: a worker's spare ones, or
+    /// new ones.
+    fn unpark(&mut self) {
+        let spare = self.worker.spares.borrow_mut().pop();
+        let spare = spare.unwrap_or_else(|| {
+            let max_headers = self.shared.cfg.limits.max_headers;
+            Spare {
+                from_client: Vec::with_capacity(INITIAL_BUF),
+                from_backend: Vec::with_capacity(INITIAL_BUF),
+                heads: Vec::with_capacity(1024),
+                req: RequestHead::with_capacity(max_headers),
+                resp: ResponseHead::with_capacity(max_headers),
+            }
+        });
+        self.from_client = spare.from_client;
+        self.from_backend = spare.from_backend;
+        self.heads = spare.heads;
+        self.req = spare.req;
+        self.resp = spare.resp;
+        self.account();
     }
 
     /// Between requests with the budget nearly spent: the buffers give
@@ -688,7 +753,9 @@ impl Conn {
     /// Reads until `from_client` holds a whole request head. `None` when the client
     /// closed (or idled out, or the proxy is draining) between requests.
     async fn read_request_head(&mut self) -> Result<Option<usize>, Failure> {
-        let cfg = &self.shared.cfg;
+        // Its own handle: `park` and `unpark` borrow the connection.
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
         let mut deadline: Option<Instant> = None;
         loop {
             if !self.from_client.is_empty() {
@@ -723,19 +790,46 @@ impl Conn {
                     } else {
                         (cfg.idle_timeout, true)
                     };
-                    let wait = read_more(
-                        &self.client,
-                        &mut self.from_client,
-                        max_head,
-                        &self.shared.budget,
-                    );
-                    match self
-                        .deadline
-                        .within(&self.worker.watchdog, after, idle, wait)
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(Elapsed) => return Ok(None),
+                    // Idle with nothing buffered: wait without buffers.
+                    // The socket's readiness may be left over from the
+                    // last read, so a wake-up is only a hint: a read that
+                    // finds nothing clears it, and the wait starts again.
+                    let mut idle_read = None;
+                    while self.served > 0 && self.park() {
+                        let ready = stream::read_ready(&self.client);
+                        let waited = self
+                            .deadline
+                            .within(&self.worker.watchdog, after, idle, ready)
+                            .await;
+                        self.unpark();
+                        if let Err(Elapsed) = waited {
+                            return Ok(None);
+                        }
+                        match self.client.try_read_buf(&mut self.from_client) {
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            r => {
+                                idle_read = Some(r);
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(r) = idle_read {
+                        r
+                    } else {
+                        let wait = read_more(
+                            &self.client,
+                            &mut self.from_client,
+                            max_head,
+                            &self.shared.budget,
+                        );
+                        match self
+                            .deadline
+                            .within(&self.worker.watchdog, after, idle, wait)
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(Elapsed) => return Ok(None),
+                        }
                     }
                 }
                 Some(at) => {

@@ -171,6 +171,8 @@ pub struct Worker {
     /// Where lingering connections' unread bytes are read and dropped:
     /// one buffer per worker, not one per connection.
     drain: RefCell<Vec<u8>>,
+    /// Buffers idle connections lent (at most `conn::SPARES`).
+    pub spares: RefCell<Vec<conn::Spare>>,
     /// Backend connections for requests that came as HTTP/2.
     upstreams: http2::Upstreams,
 }
@@ -184,6 +186,7 @@ impl Worker {
             shadow: shadow::Shadow::new(shared.cfg.pool),
             shared,
             drain: RefCell::default(),
+            spares: RefCell::new(Vec::with_capacity(conn::SPARES)),
             upstreams: http2::Upstreams::default(),
         })
     }

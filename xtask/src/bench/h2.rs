@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::{
     Plan, report,
-    scenarios::{Bed, HAPROXY_PORT, NGINX_PORT, Proxy, SIDETRACK_PORT, Scenario},
+    scenarios::{Bed, HAPROXY_PORT, NGINX_PORT, Proxy, SIDETRACK_PORT, Scenario, Variant},
 };
 use crate::{cmd, staging::metric};
 
@@ -181,8 +181,10 @@ fn start(bed: &Bed, case: Case, up: SocketAddrV4) -> Result<Option<Proxy>> {
     let node = bed.node.ip();
     Ok(match case {
         Case::Direct => None,
-        Case::SidetrackExplicit => Some(bed.start_proxy(Scenario::SidetrackExplicit, None)?),
-        Case::SidetrackEbpf => Some(bed.start_proxy(Scenario::SidetrackEbpf, None)?),
+        Case::SidetrackExplicit => {
+            Some(bed.start_proxy(Scenario::SidetrackExplicit, Variant::default())?)
+        }
+        Case::SidetrackEbpf => Some(bed.start_proxy(Scenario::SidetrackEbpf, Variant::default())?),
         Case::Haproxy => {
             let listen = SocketAddrV4::new(node, HAPROXY_PORT);
             let conf = bed.dir.join("haproxy-h2.cfg");
@@ -346,6 +348,8 @@ pub fn targets(rows: &[H2Row]) -> Vec<report::Target> {
             added(haproxy)
         ),
         verdict: report::verdict(ratio <= 0.5, added(haproxy) > 0.0),
+        issue: 24,
+        ratios: vec![ratio],
     });
     if let (Some(ebpf), Some(haproxy)) =
         (row(rows, "sidetrack-ebpf", 100), row(rows, "haproxy", 100))
@@ -355,6 +359,8 @@ pub fn targets(rows: &[H2Row]) -> Vec<report::Target> {
             name: "HTTP/2, 100 streams: eBPF mode makes at least 1.25x haproxy's requests/s".into(),
             measured: format!("{:.0} against {:.0}: {ratio:.2}x", ebpf.rps, haproxy.rps),
             verdict: report::verdict(ratio >= 1.25, haproxy.rps > 0.0),
+            issue: 24,
+            ratios: vec![ratio],
         });
     }
     out

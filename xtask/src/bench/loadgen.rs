@@ -12,6 +12,12 @@
 //!   a stall that delays the following sends counts against them too (no
 //!   coordinated omission).
 //!
+//! Three variations: `--close` makes every request a fresh connection with
+//! `Connection: close` (latency then includes the handshake); `--idle-conns
+//! N` first opens N more connections, one request each, and holds them idle
+//! while the measured ones run; `--upload N` sends a POST with an N-byte
+//! body instead of a GET.
+//!
 //! Every loop stops at a deadline and at a request count. Latencies go into
 //! HDR histograms in nanoseconds, shipped as (value, count) pairs so that the
 //! parent merges the rounds exactly.
@@ -69,6 +75,17 @@ pub struct Args {
     /// the connection as opaque bytes.
     #[arg(long)]
     pub preamble: Option<String>,
+    /// A fresh connection for every request, which asks for
+    /// `Connection: close`; latency runs from before the connect.
+    #[arg(long)]
+    pub close: bool,
+    /// Connections opened first (one request each, unmeasured) and held
+    /// idle until the end. When they are up, `ready` goes to stderr.
+    #[arg(long, default_value_t = 0)]
+    pub idle_conns: usize,
+    /// POST a body of this many bytes with each request (0: GET).
+    #[arg(long, default_value_t = 0)]
+    pub upload: u64,
 }
 
 /// What one run measured.
@@ -101,6 +118,9 @@ pub fn main(args: &[String]) -> Result<()> {
     if let Some(cpu) = args.cpu {
         pin_self(cpu)?;
     }
+    if args.close || args.idle_conns > 0 {
+        prepare_many_connections(args.idle_conns + args.conns + 1024);
+    }
     // Sleeps wake on time, not up to 50 µs late (the default slack), which
     // matters to the open loop's schedule.
     // SAFETY: prctl with integer arguments.
@@ -108,6 +128,32 @@ pub fn main(args: &[String]) -> Result<()> {
     let result = run(&args)?;
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
+}
+
+/// Room for many connections from this pod: descriptors (RLIMIT_NOFILE,
+/// soft and hard, as root), the whole ephemeral port range, and reuse of
+/// ports in TIME_WAIT for new connects (this pod's network namespace only:
+/// `/proc/sys/net` is the caller's namespace's). Best effort: a refusal
+/// shows up as connect errors, which the run counts.
+fn prepare_many_connections(fds: usize) {
+    let want = fds as libc::rlim_t;
+    // SAFETY: `lim` is a live rlimit; a refusal changes nothing.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
+            let hard = lim.rlim_max;
+            // Above the hard limit only with CAP_SYS_RESOURCE; else up to it.
+            lim.rlim_cur = want;
+            lim.rlim_max = hard.max(want);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                lim.rlim_cur = hard;
+                lim.rlim_max = hard;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    }
+    let _ = std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535");
+    let _ = std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
 }
 
 /// Pins the calling thread (and the threads it starts later) to `cpu`.
@@ -167,8 +213,7 @@ pub fn run(args: &Args) -> Result<LoadResult> {
     if args.conns == 0 {
         bail!("--conns must be at least 1");
     }
-    let request = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", args.path, args.host).into_bytes();
-    let request = Arc::new(request);
+    let request = Arc::new(request_bytes(args));
     let measured = Duration::from_secs_f64(args.secs);
     let warmup = if args.rate.is_some() {
         Duration::ZERO
@@ -182,17 +227,37 @@ pub fn run(args: &Args) -> Result<LoadResult> {
     let target = Target {
         addr: args.addr,
         preamble: preamble.as_deref(),
+        close: args.close,
     };
-    // Connections are made before the clock starts.
+    let idle = open_idle(
+        target,
+        args.idle_conns,
+        &request_bytes(&Args {
+            upload: 0,
+            close: false,
+            ..args.clone()
+        }),
+    )?;
+    if args.idle_conns > 0 {
+        eprintln!("ready");
+    }
+    // Connections are made before the clock starts (`--close`: each
+    // request makes its own).
     let mut streams = Vec::with_capacity(args.conns);
     for _ in 0..args.conns {
-        streams.push(connect(target)?);
+        streams.push(if args.close {
+            None
+        } else {
+            Some(connect(target)?)
+        });
     }
     // Open loop: one unmeasured request per connection first.
     if args.rate.is_some() {
         let mut buf = vec![0u8; 64 * 1024];
-        for s in &mut streams {
+        for s in streams.iter_mut().flatten() {
             exchange(s, &request, &mut buf).context("warm-up request")?;
+            // (A server that closes after each answer is not an open-loop
+            // case.)
         }
     }
     let budget = Arc::new(AtomicU64::new(args.max_requests));
@@ -206,7 +271,7 @@ pub fn run(args: &Args) -> Result<LoadResult> {
             let request = Arc::clone(&request);
             let budget = Arc::clone(&budget);
             let preamble = preamble.clone();
-            let addr = args.addr;
+            let (addr, close) = (args.addr, args.close);
             let schedule = args.rate.map(|rate| {
                 let every = Duration::from_secs_f64(args.conns as f64 / rate as f64);
                 let offset = Duration::from_secs_f64(i as f64 / rate as f64);
@@ -225,6 +290,7 @@ pub fn run(args: &Args) -> Result<LoadResult> {
                     Target {
                         addr,
                         preamble: preamble.as_deref(),
+                        close,
                     },
                     &request,
                     &budget,
@@ -260,6 +326,9 @@ pub fn run(args: &Args) -> Result<LoadResult> {
             .as_secs_f64()
             .max(1e-6);
     }
+    drop(idle);
+    // Uploads: the bytes sent count as the bytes moved.
+    out.body_bytes += out.requests * args.upload;
     out.hist = hist
         .iter_recorded()
         .map(|v| (v.value_iterated_to(), v.count_at_value()))
@@ -267,17 +336,79 @@ pub fn run(args: &Args) -> Result<LoadResult> {
     Ok(out)
 }
 
-/// Where connections go, and what each sends first.
+/// The bytes of one request: the head, then `--upload`'s body.
+fn request_bytes(args: &Args) -> Vec<u8> {
+    let (method, mut extra) = if args.upload > 0 {
+        ("POST", format!("Content-Length: {}\r\n", args.upload))
+    } else {
+        ("GET", String::new())
+    };
+    if args.close {
+        extra.push_str("Connection: close\r\n");
+    }
+    let mut req = format!(
+        "{method} {} HTTP/1.1\r\nHost: {}\r\n{extra}\r\n",
+        args.path, args.host
+    )
+    .into_bytes();
+    req.resize(req.len() + args.upload as usize, b'u');
+    req
+}
+
+/// `--idle-conns`: `n` connections, each with one answered request, made
+/// by a few threads at once (a connect through a proxy is a round trip).
+fn open_idle(target: Target<'_>, n: usize, request: &[u8]) -> Result<Vec<TcpStream>> {
+    const OPENERS: usize = 8;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..OPENERS)
+            .map(|k| {
+                let count = n / OPENERS + usize::from(k < n % OPENERS);
+                s.spawn(move || -> Result<Vec<TcpStream>> {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut v = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        let mut c = connect(target)?;
+                        exchange(&mut c, request, &mut buf)
+                            .context("an idle connection's request")?;
+                        v.push(c);
+                    }
+                    Ok(v)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(n);
+        for h in handles {
+            all.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("an opener panicked"))??,
+            );
+        }
+        Ok(all)
+    })
+}
+
+/// Where connections go, what each sends first, and whether each request
+/// gets a connection of its own.
 #[derive(Clone, Copy)]
 struct Target<'a> {
     addr: SocketAddr,
     preamble: Option<&'a [u8]>,
+    close: bool,
 }
 
 fn connect(target: Target<'_>) -> Result<TcpStream> {
     let addr = target.addr;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-        .with_context(|| format!("connect to {addr}"))?;
+    // `--close` measures connects: the plain blocking one, as clients make
+    // it (the timed one costs three more system calls).
+    let s = if target.close {
+        TcpStream::connect(addr)
+    } else {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+    };
+    let mut s = s.with_context(|| format!("connect to {addr}"))?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
@@ -295,7 +426,7 @@ fn take(budget: &AtomicU64) -> bool {
 }
 
 fn connection_loop(
-    mut stream: TcpStream,
+    mut stream: Option<TcpStream>,
     target: Target<'_>,
     request: &[u8],
     budget: &AtomicU64,
@@ -331,8 +462,20 @@ fn connection_loop(
             return;
         }
         tally.sent += 1;
-        match exchange(&mut stream, request, &mut buf) {
-            Ok(body) => {
+        // A connection the last answer closed, or `--close`'s fresh one:
+        // the connect is part of this request's time.
+        if stream.is_none() {
+            stream = connect(target).ok();
+        }
+        let outcome = match &mut stream {
+            Some(s) => exchange_closing(s, request, &mut buf),
+            None => Err(anyhow::anyhow!("connect to {} failed", target.addr)),
+        };
+        match outcome {
+            Ok((body, closed)) => {
+                if closed || target.close {
+                    stream = None;
+                }
                 let done = Instant::now();
                 if measured && done <= deadline + Duration::from_secs(1) {
                     tally.requests += 1;
@@ -349,10 +492,7 @@ fn connection_loop(
                 }
                 // A fresh connection, at most one try per 10 ms.
                 thread::sleep(Duration::from_millis(10));
-                match connect(target) {
-                    Ok(s) => stream = s,
-                    Err(_) => continue,
-                }
+                stream = None;
             }
         }
     }
@@ -368,9 +508,14 @@ fn sleep_until(t: Instant) {
 /// Sends one request and reads its whole response; returns the body length.
 /// Fails on anything but a 2xx with a Content-Length.
 pub fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> Result<u64> {
+    exchange_closing(stream, request, buf).map(|(body, _)| body)
+}
+
+/// [`exchange`], and whether the answer said `Connection: close`.
+fn exchange_closing(stream: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> Result<(u64, bool)> {
     stream.write_all(request)?;
     let mut filled = 0;
-    let (head_len, body_len) = loop {
+    let (head_len, (body_len, close)) = loop {
         let n = stream.read(&mut buf[filled..])?;
         if n == 0 {
             bail!("connection closed before the response head");
@@ -392,7 +537,7 @@ pub fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> Resul
         }
         left -= n;
     }
-    Ok(body_len)
+    Ok((body_len, close))
 }
 
 /// Where a head ends (after its blank line), if it has.
@@ -400,22 +545,26 @@ pub fn find_head_end(b: &[u8]) -> Option<usize> {
     b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
-/// The status must be 2xx; returns the Content-Length.
-fn parse_head(head: &[u8]) -> Result<u64> {
+/// The status must be 2xx; returns the Content-Length, and whether the
+/// server closes the connection after this answer (`Connection: close`).
+fn parse_head(head: &[u8]) -> Result<(u64, bool)> {
     let text = std::str::from_utf8(head).context("response head is not UTF-8")?;
     let mut lines = text.split("\r\n");
     let status = lines.next().and_then(|l| l.split(' ').nth(1)).unwrap_or("");
     if !status.starts_with('2') {
         bail!("status {status}");
     }
+    let (mut length, mut close) = (None, false);
     for line in lines {
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            return value.trim().parse().context("bad Content-Length");
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = Some(value.trim().parse().context("bad Content-Length")?);
+            } else if name.eq_ignore_ascii_case("connection") {
+                close = value.trim().eq_ignore_ascii_case("close");
+            }
         }
     }
-    bail!("response without Content-Length")
+    Ok((length.context("response without Content-Length")?, close))
 }
 
 #[cfg(test)]
@@ -484,6 +633,9 @@ mod tests {
             max_requests: 3,
             cpu: None,
             preamble: Some("@not-http".into()),
+            close: false,
+            idle_conns: 0,
+            upload: 0,
         };
         let r = run(&args).unwrap();
         assert_eq!((r.requests, r.errors), (3, 0));
@@ -497,7 +649,9 @@ mod tests {
     fn head_parsing() {
         let head = b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n";
         assert_eq!(find_head_end(head), Some(head.len()));
-        assert_eq!(parse_head(head).unwrap(), 12);
+        assert_eq!(parse_head(head).unwrap(), (12, false));
+        let closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(parse_head(closing).unwrap(), (0, true));
         assert!(parse_head(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n").is_err());
     }
 }

@@ -42,18 +42,20 @@ mod h2;
 mod haltpoll;
 pub mod loadgen;
 mod machine;
+mod peers;
 pub(crate) mod proc;
 mod report;
+pub(crate) mod resources;
 mod scenarios;
 
-use std::{path::PathBuf, process::Command, time::Instant};
+use std::{fs, path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{Context, Result, ensure};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{build_ebpf, cmd, setup, testbed};
-use scenarios::{Bed, Bins, LoadArgs, NO_SPLICE, Proxy, Scenario};
+use scenarios::{Bed, Bins, LoadArgs, NO_SPLICE, Proxy, Scenario, Variant};
 
 pub(crate) use report::machine;
 
@@ -72,6 +74,12 @@ const BUILD_SIDETRACK: [&str; 7] = [
 /// The CPU the pinned phase puts client, proxy and server on.
 const PINNED_CPU: usize = 1;
 const OPEN_CONNS: usize = 100;
+/// The many-connections phase: this many idle beside `OPEN_CONNS` active.
+/// The issue asks for 10,000; 9,900 connections in all is what haproxy can
+/// take under these VMs' descriptor limit (`scenarios::HAPROXY_MAXCONN`).
+const IDLE_CONNS: usize = 9_800;
+/// The two-worker phase's connections.
+const WIDE_CONNS: usize = 256;
 
 /// How long each part runs.
 #[derive(Clone, Debug, Serialize)]
@@ -83,6 +91,15 @@ pub struct Plan {
     pub open_low_rps: u64,
     pub open_high_rps: u64,
     pub large_secs: f64,
+    /// Each new-connection phase (four per scenario and round).
+    pub new_conn_secs: f64,
+    /// The many-connections phase's measured part (after the idle ones are
+    /// up), and how many idle ones it holds (fewer with `--quick`: opening
+    /// them takes seconds).
+    pub many_secs: f64,
+    pub idle_conns: usize,
+    /// The two-worker phase.
+    pub workers2_secs: f64,
 }
 
 impl Plan {
@@ -95,17 +112,25 @@ impl Plan {
                 open_secs: 1.5,
                 open_low_rps: 1_000,
                 open_high_rps: 5_000,
-                large_secs: 1.0,
+                large_secs: 0.5,
+                new_conn_secs: 0.5,
+                many_secs: 1.0,
+                idle_conns: 2_000,
+                workers2_secs: 1.0,
             }
         } else {
             Plan {
-                rounds: 4,
+                rounds: 3,
                 c1_secs: 2.5,
                 c32_secs: 3.0,
                 open_secs: 2.5,
                 open_low_rps: 1_000,
                 open_high_rps: 5_000,
-                large_secs: 3.0,
+                large_secs: 2.0,
+                new_conn_secs: 1.0,
+                many_secs: 2.0,
+                idle_conns: IDLE_CONNS,
+                workers2_secs: 2.0,
             }
         }
     }
@@ -124,10 +149,23 @@ enum Phase {
     C32,
     OpenLow,
     OpenHigh,
+    /// Wide scenarios only (`Scenario::is_wide`), from here on: a fresh
+    /// connection per request with `Connection: close`, c=1 and c=32.
+    NewConnC1,
+    NewConnC32,
+    /// Client keep-alive, the server answering `Connection: close`: a new
+    /// server connection per request.
+    BackendCloseC1,
+    BackendCloseC32,
+    /// `IDLE_CONNS` idle connections held open, `OPEN_CONNS` active at the
+    /// low open-loop rate.
+    ManyConns,
+    /// The proxy restarted with two workers; closed loop over `WIDE_CONNS`.
+    Workers2,
 }
 
 impl Phase {
-    const ALL: [Phase; 7] = [
+    const ALL: [Phase; 13] = [
         Phase::C1,
         Phase::C1Pinned,
         Phase::C1Pods,
@@ -135,6 +173,12 @@ impl Phase {
         Phase::C32,
         Phase::OpenLow,
         Phase::OpenHigh,
+        Phase::NewConnC1,
+        Phase::NewConnC32,
+        Phase::BackendCloseC1,
+        Phase::BackendCloseC32,
+        Phase::ManyConns,
+        Phase::Workers2,
     ];
 
     /// The phases a run measures.
@@ -143,6 +187,19 @@ impl Phase {
             .into_iter()
             .filter(|p| pod_cgroups || !matches!(p, Phase::C1Pods | Phase::C1PinnedPods))
             .collect()
+    }
+
+    /// Only the wide scenarios run it.
+    fn is_wide(self) -> bool {
+        self as usize >= Phase::NewConnC1 as usize
+    }
+
+    /// Makes new connections for every request (on one side or both).
+    fn is_new_conn(self) -> bool {
+        matches!(
+            self,
+            Phase::NewConnC1 | Phase::NewConnC32 | Phase::BackendCloseC1 | Phase::BackendCloseC32
+        )
     }
 
     fn args(self, plan: &Plan) -> LoadArgs {
@@ -163,6 +220,25 @@ impl Phase {
             Phase::C32 => LoadArgs::closed(32, plan.c32_secs),
             Phase::OpenLow => LoadArgs::open(plan.open_low_rps, OPEN_CONNS, plan.open_secs),
             Phase::OpenHigh => LoadArgs::open(plan.open_high_rps, OPEN_CONNS, plan.open_secs),
+            Phase::NewConnC1 | Phase::NewConnC32 => LoadArgs {
+                close: true,
+                ..LoadArgs::closed(
+                    if self == Phase::NewConnC1 { 1 } else { 32 },
+                    plan.new_conn_secs,
+                )
+            },
+            Phase::BackendCloseC1 | Phase::BackendCloseC32 => LoadArgs {
+                path: "/close".into(),
+                ..LoadArgs::closed(
+                    if self == Phase::BackendCloseC1 { 1 } else { 32 },
+                    plan.new_conn_secs,
+                )
+            },
+            Phase::ManyConns => LoadArgs {
+                idle_conns: plan.idle_conns,
+                ..LoadArgs::open(plan.open_low_rps, OPEN_CONNS, plan.many_secs)
+            },
+            Phase::Workers2 => LoadArgs::closed(WIDE_CONNS, plan.workers2_secs),
         }
     }
 }
@@ -324,6 +400,9 @@ struct ScenarioAcc {
     phases: Vec<PhaseAcc>,
     idle_rss_kb: u64,
     hwm_kb: u64,
+    /// Per round: the proxy's resources before and after the
+    /// new-connection phases.
+    conn_growth: Vec<resources::Growth>,
 }
 
 impl ScenarioAcc {
@@ -351,10 +430,41 @@ pub struct ScenarioResult {
     pub c32: PhaseResult,
     pub open_low: PhaseResult,
     pub open_high: PhaseResult,
+    /// The wide phases (`Scenario::is_wide`; `None` for the others): a new
+    /// connection per request (`Connection: close`), c=1 and c=32.
+    pub new_conn_c1: Option<PhaseResult>,
+    pub new_conn_c32: Option<PhaseResult>,
+    /// Client keep-alive, the server closing after each answer.
+    pub backend_close_c1: Option<PhaseResult>,
+    pub backend_close_c32: Option<PhaseResult>,
+    /// `Plan::idle_conns` idle connections held, 100 active at the low open-loop rate;
+    /// its CPU is the proxy's from when the idle ones were up to the end.
+    pub many_conns: Option<PhaseResult>,
+    /// Two workers (processes, threads), closed loop over 256 connections.
+    pub workers2: Option<PhaseResult>,
+    /// Per round: descriptors, memory and eBPF map entries before and after
+    /// the new-connection phases.
+    pub conn_growth: Vec<resources::Growth>,
     /// VmRSS after start and one warm-up request, before load (kB).
     pub idle_rss_kb: Option<u64>,
     /// VmHWM when stopped: the most it ever held (kB).
     pub peak_hwm_kb: Option<u64>,
+}
+
+impl ScenarioResult {
+    /// The issue-23 phases it ran.
+    pub fn wide_phases(&self) -> impl Iterator<Item = &PhaseResult> {
+        [
+            &self.new_conn_c1,
+            &self.new_conn_c32,
+            &self.backend_close_c1,
+            &self.backend_close_c32,
+            &self.many_conns,
+            &self.workers2,
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 /// One large-body case.
@@ -362,6 +472,8 @@ pub struct ScenarioResult {
 pub struct LargeResult {
     pub name: String,
     pub body_bytes: u64,
+    /// The body went up (a POST) rather than down.
+    pub upload: bool,
     pub result: PhaseResult,
 }
 
@@ -460,6 +572,7 @@ pub fn run(
     }
     // First, before any thread exists: Ctrl-C tears the test bed down.
     testbed::teardown_on_signal()?;
+    raise_fd_limit();
     if !setup::is_complete() {
         setup::run()?;
     }
@@ -484,6 +597,10 @@ pub fn run(
         cmd::run(cmd::cargo().args(dtab_bench_args(true)))?;
     }
     let baseline_bin = rev.as_ref().map(baseline::build).transpose()?;
+    let pingora_bin = chosen
+        .contains(&Scenario::Pingora)
+        .then(peers::build_pingora)
+        .transpose()?;
     let build_secs = built.elapsed().as_secs_f64();
     cmd::note(format!("builds took {build_secs:.1} s"));
 
@@ -513,11 +630,22 @@ pub fn run(
         }
     };
     let plan = Plan::new(quick);
+    // Copies of this run's own: the target directory may be shared with
+    // other trees, whose builds would replace the binaries mid-run.
     let release = crate::target_dir().join("release");
+    let bin_dir = std::env::temp_dir().join(format!("sidetrack-bench-bin-{}", std::process::id()));
+    fs::create_dir_all(&bin_dir)?;
+    let _remove_bins = RemoveOnDrop(bin_dir.clone());
+    let private = |name: &str| -> Result<PathBuf> {
+        let to = bin_dir.join(name);
+        fs::copy(release.join(name), &to).with_context(|| format!("copy {name}"))?;
+        Ok(to)
+    };
     let bins = Bins {
-        sidetrack: release.join("sidetrack"),
-        xtask: release.join("xtask"),
+        sidetrack: private("sidetrack")?,
+        xtask: private("xtask")?,
         baseline: baseline_bin,
+        pingora: pingora_bin,
     };
     cmd::step(format!(
         "test bed: pods client and server; {} round(s) of {} scenarios",
@@ -548,6 +676,7 @@ pub fn run(
             phases: Phase::ALL.map(|_| PhaseAcc::new()).into(),
             idle_rss_kb: 0,
             hwm_kb: 0,
+            conn_growth: Vec::new(),
         })
         .collect();
     for round in 0..plan.rounds {
@@ -563,10 +692,10 @@ pub fn run(
             measure_scenario(&bed, &plan, &phases, acc)?;
         }
     }
-    let large = if only.is_empty() && !http2_only {
-        measure_large(&bed, &plan)?
-    } else {
+    let large = if http2_only {
         Vec::new()
+    } else {
+        measure_large(&bed, &plan, &chosen)?
     };
     let http2 = if only.is_empty() || http2_only {
         h2::measure(&bed, &plan)?
@@ -617,12 +746,20 @@ pub fn run(
                 c32: a.result(Phase::C32),
                 open_low: a.result(Phase::OpenLow),
                 open_high: a.result(Phase::OpenHigh),
+                new_conn_c1: a.measured(Phase::NewConnC1),
+                new_conn_c32: a.measured(Phase::NewConnC32),
+                backend_close_c1: a.measured(Phase::BackendCloseC1),
+                backend_close_c32: a.measured(Phase::BackendCloseC32),
+                many_conns: a.measured(Phase::ManyConns),
+                workers2: a.measured(Phase::Workers2),
+                conn_growth: a.conn_growth.clone(),
                 idle_rss_kb: real.then_some(a.idle_rss_kb),
                 peak_hwm_kb: real.then_some(a.hwm_kb),
             }
         })
         .collect();
     let mut targets = report::targets(&scenarios, &plan);
+    targets.extend(report::wide_targets(&scenarios, &large));
     targets.extend(h2::targets(&http2));
     let costs = report::feature_pairs(&scenarios);
     let baseline = rev.map(|rev| report::Baseline {
@@ -660,70 +797,170 @@ pub fn run(
     Ok(())
 }
 
-/// Starts the scenario's proxy, runs the phases, stops it.
+/// Starts the scenario's proxy, runs the phases, stops it; then, for the
+/// two-worker phase, starts it again with two workers.
 fn measure_scenario(bed: &Bed, plan: &Plan, phases: &[Phase], acc: &mut ScenarioAcc) -> Result<()> {
     let scenario = acc.scenario;
-    let mut proxy = bed.start_proxy(scenario, None)?;
+    let phases: Vec<Phase> = phases
+        .iter()
+        .copied()
+        .filter(|p| !p.is_wide() || scenario.is_wide())
+        .collect();
+    let mut proxy = bed.start_proxy(scenario, Variant::default())?;
     warm_up(bed, scenario, &proxy, "/")?;
     acc.idle_rss_kb = acc.idle_rss_kb.max(proxy.memory().rss_kb);
-    for &phase in phases {
-        let args = phase.args(plan);
-        if args.pod_cgroups {
-            bed.own_cpu_cgroups(&proxy, true)?;
+    let mut before_new_conns = None;
+    let mut new_conns = 0;
+    for &phase in phases.iter().filter(|&&p| p != Phase::Workers2) {
+        if phase.is_new_conn() && before_new_conns.is_none() && scenario != Scenario::Direct {
+            // The last phase's clients have closed; let the proxy see it.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            before_new_conns = Some(resources::Snapshot::take(&proxy.pids()));
         }
-        if args.cpu.is_some() {
-            bed.pin(&proxy, args.cpu)?;
+        let sent = measure_phase(bed, plan, phase, &proxy, acc)?;
+        if phase.is_new_conn() {
+            new_conns += sent;
         }
-        let sk_before = bed.proxy_metrics(scenario).map(|t| SkMsg::read(&t));
-        let cpu_before = proxy.cpu();
-        let loaded = bed.load(scenario, &proxy, &args);
-        let cpu_after = proxy.cpu();
-        if args.cpu.is_some() {
-            bed.pin(&proxy, None)?;
-        }
-        if args.pod_cgroups {
-            bed.own_cpu_cgroups(&proxy, false)?;
-        }
-        let (r, peak) = loaded?;
-        let sk = sk_before
-            .zip(bed.proxy_metrics(scenario))
-            .map(|(b, t)| SkMsg::read(&t).since(b));
-        let cpu = cpu_before.zip(cpu_after).map(|(a, b)| b.minus(a));
-        let sk_note = sk.map_or(String::new(), |s| {
-            format!(
-                "  sk_msg: {} msgs redirected, {} passed",
-                s.msgs_redirected, s.msgs_passed
-            )
-        });
-        let cpu_note = cpu.map_or(String::new(), |c| {
-            let per = 1e6 / r.sent_total.max(1) as f64;
-            format!(
-                "  cpu/req user {:.2} µs kernel {:.2} µs, switches/req {:.2} + {:.2} preempted, \
-                 CPU moves/req {:.2}",
-                c.user * per,
-                c.sys * per,
-                c.voluntary_switches / r.sent_total.max(1) as f64,
-                c.involuntary_switches / r.sent_total.max(1) as f64,
-                c.migrations / r.sent_total.max(1) as f64
-            )
-        });
-        cmd::note(format!(
-            "{:<12} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  errors {}{cpu_note}{sk_note}",
-            format!("{phase:?}"),
-            r.requests as f64 / r.secs,
-            quantile_us(&r, 0.5),
-            quantile_us(&r, 0.99),
-            r.errors
-        ));
-        let phase_acc = &mut acc.phases[phase as usize];
-        phase_acc.add(&r, cpu, peak);
-        if let Some(s) = sk {
-            phase_acc.sk_msg.get_or_insert_default().add(s);
+        if phase == Phase::BackendCloseC32
+            && let Some(before) = before_new_conns.take()
+        {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let after = resources::Snapshot::take(&proxy.pids());
+            let g = resources::Growth {
+                before,
+                after,
+                connections: new_conns,
+            };
+            cmd::note(format!(
+                "after {} new connections: fds {} -> {}, RSS {} -> {} kB, eBPF map entries {} -> {}",
+                g.connections,
+                g.before.fds,
+                g.after.fds,
+                g.before.rss_kb,
+                g.after.rss_kb,
+                opt_u64(g.before.map_entries()),
+                opt_u64(g.after.map_entries()),
+            ));
+            acc.conn_growth.push(g);
         }
     }
     acc.hwm_kb = acc.hwm_kb.max(proxy.memory().hwm_kb);
     proxy.stop()?;
+    if phases.contains(&Phase::Workers2) && scenario.has_workers() {
+        let two = Variant {
+            workers: 2,
+            ..Variant::default()
+        };
+        let mut proxy = bed.start_proxy(scenario, two)?;
+        warm_up(bed, scenario, &proxy, "/")?;
+        measure_phase(bed, plan, Phase::Workers2, &proxy, acc)?;
+        proxy.stop()?;
+    }
     Ok(())
+}
+
+/// Removes a directory when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit, so that the
+/// proxies and the server it starts inherit room for the many-connections
+/// phase (nginx and haproxy set their own from their configs, Pingora does
+/// not).
+fn raise_fd_limit() {
+    // SAFETY: `lim` is a live rlimit; a refusal changes nothing.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn opt_u64(v: Option<u64>) -> String {
+    v.map_or("–".to_owned(), |v| v.to_string())
+}
+
+/// Runs one phase against a running proxy; returns the requests sent.
+fn measure_phase(
+    bed: &Bed,
+    plan: &Plan,
+    phase: Phase,
+    proxy: &Proxy,
+    acc: &mut ScenarioAcc,
+) -> Result<u64> {
+    let scenario = acc.scenario;
+    let args = phase.args(plan);
+    if args.pod_cgroups {
+        bed.own_cpu_cgroups(proxy, true)?;
+    }
+    if args.cpu.is_some() {
+        bed.pin(proxy, args.cpu)?;
+    }
+    let sk_before = bed.proxy_metrics(scenario).map(|t| SkMsg::read(&t));
+    let cpu_before = proxy.cpu();
+    let loaded = bed.load(scenario, proxy, &args);
+    let cpu_after = proxy.cpu();
+    if args.cpu.is_some() {
+        bed.pin(proxy, None)?;
+    }
+    if args.pod_cgroups {
+        bed.own_cpu_cgroups(proxy, false)?;
+    }
+    let (r, peak, ready_cpu) = loaded?;
+    let sk = sk_before
+        .zip(bed.proxy_metrics(scenario))
+        .map(|(b, t)| SkMsg::read(&t).since(b));
+    // The many-connections phase: the CPU from when the idle connections
+    // were up, so that it is what holding them and serving the active
+    // ones costs.
+    let cpu = ready_cpu
+        .or(cpu_before)
+        .zip(cpu_after)
+        .map(|(a, b)| b.minus(a));
+    let sk_note = sk.map_or(String::new(), |s| {
+        format!(
+            "  sk_msg: {} msgs redirected, {} passed",
+            s.msgs_redirected, s.msgs_passed
+        )
+    });
+    let cpu_note = cpu.map_or(String::new(), |c| {
+        let per = 1e6 / r.sent_total.max(1) as f64;
+        format!(
+            "  cpu/req user {:.2} µs kernel {:.2} µs, switches/req {:.2} + {:.2} preempted, \
+             CPU moves/req {:.2}",
+            c.user * per,
+            c.sys * per,
+            c.voluntary_switches / r.sent_total.max(1) as f64,
+            c.involuntary_switches / r.sent_total.max(1) as f64,
+            c.migrations / r.sent_total.max(1) as f64
+        )
+    });
+    let rss_note = if phase == Phase::ManyConns {
+        format!("  peak RSS {:.1} MB", peak as f64 * 1024.0 / 1e6)
+    } else {
+        String::new()
+    };
+    cmd::note(format!(
+        "{:<15} {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs  errors {}{cpu_note}{sk_note}{rss_note}",
+        format!("{phase:?}"),
+        r.requests as f64 / r.secs,
+        quantile_us(&r, 0.5),
+        quantile_us(&r, 0.99),
+        r.errors
+    ));
+    let phase_acc = &mut acc.phases[phase as usize];
+    phase_acc.add(&r, cpu, peak);
+    if let Some(s) = sk {
+        phase_acc.sk_msg.get_or_insert_default().add(s);
+    }
+    Ok(r.sent_total)
 }
 
 /// A short unmeasured run that also proves the path works end to end.
@@ -732,7 +969,7 @@ fn warm_up(bed: &Bed, scenario: Scenario, proxy: &Proxy, path: &str) -> Result<(
         path: path.to_owned(),
         ..LoadArgs::closed(1, 0.2)
     };
-    let (r, _) = bed.load(scenario, proxy, &args)?;
+    let (r, _, _) = bed.load(scenario, proxy, &args)?;
     ensure!(
         r.requests > 0 && r.errors == 0,
         "{}: the warm-up got {} answers and {} errors:\n{}",
@@ -752,51 +989,91 @@ fn quantile_us(r: &loadgen::LoadResult, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1e3
 }
 
-/// Large bodies: one connection, back to back, through each case.
-fn measure_large(bed: &Bed, plan: &Plan) -> Result<Vec<LargeResult>> {
-    let cases: [(&str, Scenario, Option<u64>); 4] = [
-        ("direct", Scenario::Direct, None),
+/// Large bodies: one connection, back to back, through each case of the
+/// chosen scenarios (with `direct`), downloads (`GET /bytes/N`) and uploads
+/// (`POST` of N bytes).
+fn measure_large(bed: &Bed, plan: &Plan, chosen: &[Scenario]) -> Result<Vec<LargeResult>> {
+    let copy = Variant {
+        splice_threshold: Some(NO_SPLICE),
+        ..Variant::default()
+    };
+    let cases: [(&str, Scenario, Variant); 9] = [
+        ("direct", Scenario::Direct, Variant::default()),
         (
             "sidetrack-explicit splice",
             Scenario::SidetrackExplicit,
-            None,
+            Variant::default(),
+        ),
+        ("sidetrack-explicit copy", Scenario::SidetrackExplicit, copy),
+        (
+            "baseline-explicit",
+            Scenario::BaselineExplicit,
+            Variant::default(),
         ),
         (
-            "sidetrack-explicit copy",
-            Scenario::SidetrackExplicit,
-            Some(NO_SPLICE),
+            "sidetrack-iptables",
+            Scenario::SidetrackIptables,
+            Variant::default(),
         ),
-        ("sidetrack-ebpf", Scenario::SidetrackEbpf, None),
+        (
+            "sidetrack-ebpf",
+            Scenario::SidetrackEbpf,
+            Variant::default(),
+        ),
+        ("nginx", Scenario::Nginx, Variant::default()),
+        ("haproxy", Scenario::Haproxy, Variant::default()),
+        ("pingora", Scenario::Pingora, Variant::default()),
     ];
+    if !chosen.contains(&Scenario::Direct) {
+        return Ok(Vec::new());
+    }
     let sizes: [u64; 2] = [1 << 20, 64 << 20];
     let mut out = Vec::new();
-    for (name, scenario, splice) in cases {
+    for (name, scenario, variant) in cases {
+        if !chosen.contains(&scenario) {
+            continue;
+        }
         cmd::step(format!("large bodies: {name}"));
-        let mut proxy = bed.start_proxy(scenario, splice)?;
+        let mut proxy = bed.start_proxy(scenario, variant)?;
         warm_up(bed, scenario, &proxy, "/bytes/65536")?;
-        for size in sizes {
-            let args = LoadArgs {
-                path: format!("/bytes/{size}"),
-                ..LoadArgs::closed(1, plan.large_secs)
-            };
-            let cpu_before = proxy.cpu();
-            let (r, peak) = bed.load(scenario, &proxy, &args)?;
-            let cpu = proxy.cpu().zip(cpu_before).map(|(b, a)| b.minus(a));
-            let mut acc = PhaseAcc::new();
-            acc.add(&r, cpu, peak);
-            let result = acc.result();
-            cmd::note(format!(
-                "{:>6} MiB: {:.2} GB/s ({} responses, {} errors)",
-                size >> 20,
-                result.gb_per_s,
-                result.requests,
-                result.errors
-            ));
-            out.push(LargeResult {
-                name: name.to_owned(),
-                body_bytes: size,
-                result,
-            });
+        for upload in [false, true] {
+            for size in sizes {
+                let args = if upload {
+                    LoadArgs {
+                        upload: size,
+                        ..LoadArgs::closed(1, plan.large_secs)
+                    }
+                } else {
+                    LoadArgs {
+                        path: format!("/bytes/{size}"),
+                        ..LoadArgs::closed(1, plan.large_secs)
+                    }
+                };
+                let cpu_before = proxy.cpu();
+                let (r, peak, _) = bed.load(scenario, &proxy, &args)?;
+                let cpu = proxy.cpu().zip(cpu_before).map(|(b, a)| b.minus(a));
+                let mut acc = PhaseAcc::new();
+                acc.add(&r, cpu, peak);
+                let result = acc.result();
+                cmd::note(format!(
+                    "{} {:>3} MiB: {:.2} GB/s ({} requests, {} errors, proxy CPU {} ms/GB)",
+                    if upload { "up  " } else { "down" },
+                    size >> 20,
+                    result.gb_per_s,
+                    result.requests,
+                    result.errors,
+                    cpu.map_or("–".to_owned(), |c| format!(
+                        "{:.0}",
+                        c.total() * 1e3 / (r.body_bytes.max(1) as f64 / 1e9)
+                    )),
+                ));
+                out.push(LargeResult {
+                    name: name.to_owned(),
+                    body_bytes: size,
+                    upload,
+                    result,
+                });
+            }
         }
         proxy.stop()?;
     }

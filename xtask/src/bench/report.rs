@@ -10,7 +10,8 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use super::{
-    PINNED_CPU, PhaseResult, Plan, Results, ScenarioResult, baseline, proc, scenarios::Scenario,
+    LargeResult, PINNED_CPU, PhaseResult, Plan, Results, ScenarioResult, baseline, proc,
+    scenarios::Scenario,
 };
 
 /// One of the issue's targets.
@@ -22,6 +23,24 @@ pub struct Target {
     /// peer added nothing measurable over direct, as happens unpinned,
     /// where cross-CPU wake-ups swamp a hop's cost).
     pub verdict: &'static str,
+    /// The issue the target comes from.
+    pub issue: u32,
+    /// The deciding ratios, as `measured` states them (empty where the
+    /// target is a bound rather than a ratio).
+    pub ratios: Vec<f64>,
+}
+
+impl Target {
+    /// An issue-23 target.
+    fn wide(name: String, measured: String, verdict: &'static str, ratios: Vec<f64>) -> Target {
+        Target {
+            name,
+            measured,
+            verdict,
+            issue: 23,
+            ratios,
+        }
+    }
 }
 
 pub(super) fn verdict(pass: bool, measurable: bool) -> &'static str {
@@ -72,14 +91,7 @@ fn phase(s: &ScenarioResult, pinned: bool) -> &PhaseResult {
 /// and the least of them is the closest to the cost; each scenario is
 /// treated alike.
 fn added_best(s: &ScenarioResult, direct: &ScenarioResult, pinned: bool) -> f64 {
-    let best = |p: &PhaseResult| {
-        p.p50_rounds_us
-            .iter()
-            .copied()
-            .reduce(f64::min)
-            .unwrap_or(p.p50_us)
-    };
-    best(phase(s, pinned)) - best(phase(direct, pinned))
+    best_p50(phase(s, pinned)) - best_p50(phase(direct, pinned))
 }
 
 /// What `s` adds at p50 over `direct`: round by round, then the median of
@@ -151,6 +163,8 @@ pub fn targets(s: &[ScenarioResult], plan: &Plan) -> Vec<Target> {
                 em / hm
             ),
             verdict: verdict(e <= n / 3.0 && e <= h / 3.0, n > 0.0 && h > 0.0),
+            issue: 6,
+            ratios: vec![e / n, e / h],
         });
         out.push(Target {
             name: format!("ebpf adds >= 20% less than iptables at p50 ({how}, c=1)"),
@@ -161,6 +175,8 @@ pub fn targets(s: &[ScenarioResult], plan: &Plan) -> Vec<Target> {
                 em / im
             ),
             verdict: verdict(e <= 0.8 * i, i > 0.0),
+            issue: 6,
+            ratios: vec![e / i],
         });
     }
     let ratio = ebpf.c32.rps / haproxy.c32.rps;
@@ -171,12 +187,16 @@ pub fn targets(s: &[ScenarioResult], plan: &Plan) -> Vec<Target> {
             ebpf.c32.rps, haproxy.c32.rps
         ),
         verdict: verdict(ratio >= 1.25, haproxy.c32.rps > 0.0),
+        issue: 6,
+        ratios: vec![ratio],
     });
     let idle = ebpf.idle_rss_kb.unwrap_or(0);
     out.push(Target {
         name: "idle RSS < 10 MB (sidetrack-ebpf)".into(),
         measured: format!("{:.1} MB", mb(idle)),
         verdict: verdict(mb(idle) < 10.0, idle > 0),
+        issue: 6,
+        ratios: Vec::new(),
     });
     let loaded = ebpf.open_low.peak_rss_kb.unwrap_or(0);
     out.push(Target {
@@ -186,8 +206,233 @@ pub fn targets(s: &[ScenarioResult], plan: &Plan) -> Vec<Target> {
         ),
         measured: format!("{:.1} MB (peak of VmRSS sampled every 25 ms)", mb(loaded)),
         verdict: verdict(mb(loaded) < 20.0, loaded > 0),
+        issue: 6,
+        ratios: Vec::new(),
     });
     out
+}
+
+/// Sidetrack's three modes, for the issue-23 targets that hold for each.
+const MODES: [&str; 3] = ["sidetrack-explicit", "sidetrack-iptables", "sidetrack-ebpf"];
+
+/// Issue 23's targets (the wider bench), from the phases that ran; a target
+/// whose numbers are missing (`--only`) is left out.
+pub fn wide_targets(s: &[ScenarioResult], large: &[LargeResult]) -> Vec<Target> {
+    let mut out = Vec::new();
+    let haproxy = find(s, "haproxy");
+    let modes = || MODES.into_iter().filter_map(|m| find(s, m));
+    // New connection per request, c=32.
+    if let Some(h) = haproxy.and_then(|h| h.new_conn_c32.as_ref()) {
+        for x in modes() {
+            let Some(p) = &x.new_conn_c32 else { continue };
+            let r = p.rps / h.rps;
+            out.push(Target::wide(
+                format!(
+                    "{}: new connection per request, c=32: connections/s >= haproxy's",
+                    x.name
+                ),
+                format!(
+                    "{:.0} /s, haproxy {:.0} /s: {r:.2}x (need >= 1.00)",
+                    p.rps, h.rps
+                ),
+                verdict(r >= 1.0, h.rps > 0.0),
+                vec![r],
+            ));
+            let cpu = |p: &PhaseResult| p.cpu_s_per_1k_requests.map(|c| c * 1e3);
+            if let (Some(c), Some(ch)) = (cpu(p), cpu(h)) {
+                let r = c / ch;
+                out.push(Target::wide(
+                    format!(
+                        "{}: CPU per new connection at c=32 <= 2/3 of haproxy's",
+                        x.name
+                    ),
+                    format!("{c:.1} µs, haproxy {ch:.1} µs: {r:.2} (need <= 0.67)"),
+                    verdict(r <= 2.0 / 3.0, ch > 0.0),
+                    vec![r],
+                ));
+            }
+        }
+    }
+    // Nothing grows with the connections made: the worst round.
+    for x in modes().filter(|x| !x.conn_growth.is_empty()) {
+        let fds = x.conn_growth.iter().map(|g| g.fds()).max().unwrap_or(0);
+        let rss = x.conn_growth.iter().map(|g| g.rss_kb()).max().unwrap_or(0);
+        let maps = x.conn_growth.iter().filter_map(|g| g.map_entries()).max();
+        let made: u64 = x
+            .conn_growth
+            .iter()
+            .map(|g| g.connections)
+            .min()
+            .unwrap_or(0);
+        let ok = fds <= GROWTH_FDS
+            && mb(rss.max(0) as u64) <= GROWTH_MB
+            && maps.is_none_or(|m| m <= GROWTH_ENTRIES);
+        out.push(Target::wide(
+            format!("{}: nothing grows with connections made (fds, RSS, eBPF map entries)", x.name),
+            format!(
+                "worst of {} round(s), each over >= {made} new connections: fds {fds:+}, RSS {:+.2} MB, eBPF map entries {} \
+                 (need <= +{GROWTH_FDS}, <= +{GROWTH_MB} MB, <= +{GROWTH_ENTRIES})",
+                x.conn_growth.len(),
+                rss as f64 * 1024.0 / 1e6,
+                maps.map_or("–".to_owned(), |m| format!("{m:+}")),
+            ),
+            verdict(ok, made > 0),
+            Vec::new(),
+        ));
+    }
+    // 10,000 idle + 100 active.
+    if let Some(h) = haproxy.and_then(|h| h.many_conns.as_ref()) {
+        for x in modes() {
+            let Some(p) = &x.many_conns else { continue };
+            let r = p.p99_us / h.p99_us;
+            out.push(Target::wide(
+                format!(
+                    "{}: many idle + 100 active: active p99 <= haproxy's",
+                    x.name
+                ),
+                format!(
+                    "p99 {:.1} µs, haproxy {:.1} µs: {r:.2} (need <= 1.00)",
+                    p.p99_us, h.p99_us
+                ),
+                verdict(r <= 1.0, h.p99_us > 0.0),
+                vec![r],
+            ));
+            let rss = p.peak_rss_kb.unwrap_or(0);
+            out.push(Target::wide(
+                format!("{}: many idle + 100 active: RSS < 64 MB", x.name),
+                format!("{:.1} MB (peak of VmRSS sampled every 25 ms)", mb(rss)),
+                verdict(mb(rss) < 64.0, rss > 0),
+                Vec::new(),
+            ));
+        }
+    }
+    // Two workers, c=256.
+    if let Some(h) = haproxy.and_then(|h| h.workers2.as_ref()) {
+        for x in modes() {
+            let Some(p) = &x.workers2 else { continue };
+            let r = p.rps / h.rps;
+            out.push(Target::wide(
+                format!(
+                    "{}: two workers, c=256: requests/s >= 1.3x haproxy's (nbthread 2)",
+                    x.name
+                ),
+                format!(
+                    "{:.0} req/s, haproxy {:.0} req/s: {r:.2}x (need >= 1.30)",
+                    p.rps, h.rps
+                ),
+                verdict(r >= 1.3, h.rps > 0.0),
+                vec![r],
+            ));
+        }
+    }
+    // Keep-alive c=32, explicit and iptables.
+    if let Some(h) = haproxy {
+        for x in modes().filter(|x| x.name != "sidetrack-ebpf") {
+            let r = x.c32.rps / h.c32.rps;
+            out.push(Target::wide(
+                format!("{}: keep-alive c=32: requests/s >= 1.1x haproxy's", x.name),
+                format!(
+                    "{:.0} req/s, haproxy {:.0} req/s: {r:.2}x (need >= 1.10)",
+                    x.c32.rps, h.c32.rps
+                ),
+                verdict(r >= 1.1, h.c32.rps > 0.0),
+                vec![r],
+            ));
+        }
+    }
+    let direct = find(s, "direct");
+    // Per-pod CPU cgroups.
+    if let (Some(d), Some(e), Some(n), Some(h)) =
+        (direct, find(s, "sidetrack-ebpf"), find(s, "nginx"), haproxy)
+        && [d, e, n, h].iter().all(|x| x.c1_pinned_pods.is_some())
+    {
+        let pods = |x: &ScenarioResult| {
+            best_p50(x.c1_pinned_pods.as_ref().expect("checked"))
+                - best_p50(d.c1_pinned_pods.as_ref().expect("checked"))
+        };
+        let (pe, pn, ph) = (pods(e), pods(n), pods(h));
+        out.push(Target::wide(
+            "sidetrack-ebpf: per-pod CPU cgroups: adds <= 1/2 of nginx's and haproxy's pinned p50".into(),
+            format!(
+                "best rounds: ebpf +{pe:.1} µs, nginx +{pn:.1} µs, haproxy +{ph:.1} µs: {:.2}, {:.2} (need <= 0.50)",
+                pe / pn,
+                pe / ph
+            ),
+            verdict(pe <= pn / 2.0 && pe <= ph / 2.0, pn > 0.0 && ph > 0.0),
+            vec![pe / pn, pe / ph],
+        ));
+    }
+    // Against Pingora.
+    if let (Some(d), Some(e), Some(p)) = (direct, find(s, "sidetrack-ebpf"), find(s, "pingora")) {
+        let (ae, ap) = (added_best(e, d, true), added_best(p, d, true));
+        out.push(Target::wide(
+            "sidetrack-ebpf: adds <= 1/3 of pingora's pinned p50".into(),
+            format!(
+                "best rounds: ebpf +{ae:.1} µs, pingora +{ap:.1} µs: {:.2} (need <= 0.33)",
+                ae / ap
+            ),
+            verdict(ae <= ap / 3.0, ap > 0.0),
+            vec![ae / ap],
+        ));
+        let r = e.c32.rps / p.c32.rps;
+        out.push(Target::wide(
+            "sidetrack-ebpf: >= 1.25x pingora's requests/s at c=32".into(),
+            format!(
+                "{:.0} req/s, pingora {:.0} req/s: {r:.2}x (need >= 1.25)",
+                e.c32.rps, p.c32.rps
+            ),
+            verdict(r >= 1.25, p.c32.rps > 0.0),
+            vec![r],
+        ));
+    }
+    // Large bodies: explicit and iptables at >= 90% of direct.
+    let gbs = |name: &str, size: u64, upload: bool| {
+        large
+            .iter()
+            .find(|l| l.name == name && l.body_bytes == size && l.upload == upload)
+            .map(|l| l.result.gb_per_s)
+    };
+    for name in ["sidetrack-explicit splice", "sidetrack-iptables"] {
+        for upload in [false, true] {
+            let sizes = [1u64 << 20, 64 << 20];
+            let pairs: Vec<(f64, f64)> = sizes
+                .iter()
+                .filter_map(|&z| Some((gbs(name, z, upload)?, gbs("direct", z, upload)?)))
+                .collect();
+            if pairs.len() != sizes.len() {
+                continue;
+            }
+            let ratios: Vec<f64> = pairs.iter().map(|(x, d)| x / d).collect();
+            out.push(Target::wide(
+                format!(
+                    "{name}: large bodies {}: >= 0.9x direct's GB/s, 1 MiB and 64 MiB",
+                    if upload { "up" } else { "down" }
+                ),
+                format!(
+                    "1 MiB {:.2} / {:.2} GB/s: {:.2}; 64 MiB {:.2} / {:.2} GB/s: {:.2} (need >= 0.90)",
+                    pairs[0].0, pairs[0].1, ratios[0], pairs[1].0, pairs[1].1, ratios[1]
+                ),
+                verdict(ratios.iter().all(|&r| r >= 0.9), pairs.iter().all(|p| p.1 > 0.0)),
+                ratios,
+            ));
+        }
+    }
+    out
+}
+
+/// "Nothing grows": bounds on what the new-connection phases may leave
+/// behind (a pooled server connection or two, allocator slack).
+const GROWTH_FDS: i64 = 8;
+const GROWTH_MB: f64 = 1.0;
+const GROWTH_ENTRIES: i64 = 8;
+
+/// A phase's best round's p50 (µs).
+fn best_p50(p: &PhaseResult) -> f64 {
+    p.p50_rounds_us
+        .iter()
+        .copied()
+        .reduce(f64::min)
+        .unwrap_or(p.p50_us)
 }
 
 /// `--baseline`: the revision, and each current scenario against its
@@ -550,32 +795,8 @@ pub fn tables(r: &Results) -> String {
             c.map_or("–".to_owned(), switches)
         );
     }
-    let _ = writeln!(
-        t,
-        "\nLarge bodies, one connection, back to back (GB/s of response body):\n"
-    );
-    let mut sizes: Vec<u64> = r.large.iter().map(|l| l.body_bytes).collect();
-    sizes.sort_unstable();
-    sizes.dedup();
-    let mut names: Vec<&str> = r.large.iter().map(|l| l.name.as_str()).collect();
-    names.dedup();
-    let _ = write!(t, "| path |");
-    for size in &sizes {
-        let _ = write!(t, " {} MiB |", size >> 20);
-    }
-    let _ = writeln!(t, "\n|---|{}", "--:|".repeat(sizes.len()));
-    for name in names {
-        let _ = write!(t, "| {name} |");
-        for size in &sizes {
-            let v = r
-                .large
-                .iter()
-                .find(|l| l.name == name && l.body_bytes == *size)
-                .map(|l| &l.result);
-            let _ = write!(t, " {} |", opt(v.map(|p: &PhaseResult| p.gb_per_s), 2));
-        }
-        let _ = writeln!(t);
-    }
+    wide_tables(&mut t, s, r.plan.idle_conns);
+    large_table(&mut t, &r.large);
     let _ = writeln!(
         t,
         "\nDtab (criterion, `cargo bench -p sidetrack --bench dtab`):\n"
@@ -585,7 +806,7 @@ pub fn tables(r: &Results) -> String {
     }
     let _ = writeln!(
         t,
-        "\nTargets (issue 6; added latency from each scenario's best of {} round(s), the median of per-round differences beside it):\n",
+        "\nTargets (issues 6 and 23; added latency from each scenario's best of {} round(s), the median of per-round differences beside it):\n",
         r.plan.rounds
     );
     for target in &r.targets {
@@ -602,6 +823,7 @@ pub fn tables(r: &Results) -> String {
                 .into_iter()
                 .chain(x.c1_pods.as_ref())
                 .chain(x.c1_pinned_pods.as_ref())
+                .chain(x.wide_phases())
         })
         .map(|p| p.errors)
         .sum::<u64>()
@@ -615,6 +837,197 @@ pub fn tables(r: &Results) -> String {
         r.build_secs, r.measure_secs
     );
     t
+}
+
+/// The issue-23 tables: new connections, what they leave behind, many
+/// connections, two workers. Rows for the scenarios that ran the phases.
+fn wide_tables(t: &mut String, s: &[ScenarioResult], idle: usize) {
+    let cpu = |p: &PhaseResult| opt(p.cpu_s_per_1k_requests.map(|c| c * 1e3), 1);
+    let lat = |p: &PhaseResult| format!("{:.0} | {:.1} / {:.1}", p.rps, p.p50_us, p.p99_us);
+    let rows: Vec<&ScenarioResult> = s.iter().filter(|x| x.new_conn_c1.is_some()).collect();
+    if !rows.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nNew connection per request (closed loop; latency from before the connect to the last byte, µs; CPU: the proxy's per request, µs). \
+             `close`: every request on a fresh client connection with `Connection: close`; `server close`: client keep-alive, the server \
+             answers `Connection: close`, so the proxy connects anew for each request:\n"
+        );
+        let _ = writeln!(
+            t,
+            "| scenario | close c=1 conn/s | p50 / p99 | close c=32 conn/s | p50 / p99 | CPU / conn c=32 | server close c=1 req/s | p50 / p99 | server close c=32 req/s | p50 / p99 | CPU / req c=32 |"
+        );
+        let _ = writeln!(t, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        for x in &rows {
+            let (Some(a), Some(b), Some(c), Some(d)) = (
+                &x.new_conn_c1,
+                &x.new_conn_c32,
+                &x.backend_close_c1,
+                &x.backend_close_c32,
+            ) else {
+                continue;
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                x.name,
+                lat(a),
+                lat(b),
+                cpu(b),
+                lat(c),
+                lat(d),
+                cpu(d)
+            );
+        }
+    }
+    let grown: Vec<&ScenarioResult> = s.iter().filter(|x| !x.conn_growth.is_empty()).collect();
+    if !grown.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nWhat the proxy holds before and after the new-connection phases (last round; growth: the worst round): open descriptors \
+             (/proc/PID/fd), VmRSS, and the entries of the eBPF maps its process holds (bpftool):\n"
+        );
+        let _ = writeln!(
+            t,
+            "| scenario | new connections | fds | fds growth | RSS MB | RSS growth MB | eBPF map entries | map growth |"
+        );
+        let _ = writeln!(t, "|---|--:|--:|--:|--:|--:|--:|--:|");
+        for x in grown {
+            let last = x.conn_growth.last().expect("not empty");
+            let maps = |sn: &super::resources::Snapshot| {
+                sn.ebpf_maps.as_ref().map_or("–".to_owned(), |m| {
+                    if m.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        m.iter()
+                            .map(|(n, c)| format!("{n} {c}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                })
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} → {} | {:+} | {:.1} → {:.1} | {:+.2} | {} → {} | {} |",
+                x.name,
+                last.connections,
+                last.before.fds,
+                last.after.fds,
+                x.conn_growth.iter().map(|g| g.fds()).max().unwrap_or(0),
+                mb(last.before.rss_kb),
+                mb(last.after.rss_kb),
+                x.conn_growth.iter().map(|g| g.rss_kb()).max().unwrap_or(0) as f64 * 1024.0 / 1e6,
+                maps(&last.before),
+                maps(&last.after),
+                x.conn_growth
+                    .iter()
+                    .filter_map(|g| g.map_entries())
+                    .max()
+                    .map_or("–".to_owned(), |m| format!("{m:+}")),
+            );
+        }
+    }
+    let many: Vec<&ScenarioResult> = s.iter().filter(|x| x.many_conns.is_some()).collect();
+    if !many.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nMany connections: {} idle keep-alive connections held open (one request each first), 100 active at a fixed rate \
+             (open loop, latency from the intended send time, µs); the proxy's peak VmRSS, and its CPU from when the idle ones were up:\n",
+            idle
+        );
+        let _ = writeln!(
+            t,
+            "| scenario | active p50 | active p99 | p99.9 | achieved req/s | peak RSS MB | CPU % of a core | CPU µs / active req | errors |"
+        );
+        let _ = writeln!(t, "|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+        for x in many {
+            let p = x.many_conns.as_ref().expect("filtered");
+            let per_req = p.cpu_s_per_1k_requests.map(|c| c * 1e3);
+            let _ = writeln!(
+                t,
+                "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} |",
+                x.name,
+                p.p50_us,
+                p.p99_us,
+                p.p999_us,
+                p.rps,
+                opt(p.peak_rss_kb.map(mb), 1),
+                opt(per_req.map(|c| c * p.rps / 1e4), 1),
+                opt(per_req, 1),
+                p.errors
+            );
+        }
+    }
+    let two: Vec<&ScenarioResult> = s.iter().filter(|x| x.workers2.is_some()).collect();
+    if !two.is_empty() {
+        let h = find(s, "haproxy").and_then(|h| h.workers2.as_ref());
+        let _ = writeln!(
+            t,
+            "\nTwo workers (Sidetrack `workers: 2`, nginx `worker_processes 2`, haproxy `nbthread 2`, Pingora `threads: 2`), closed loop over \
+             256 keep-alive connections; the load generator shares the two CPUs with them as in every phase:\n"
+        );
+        let _ = writeln!(
+            t,
+            "| scenario | req/s | p50 µs | p99 µs | CPU µs / req | req/s / haproxy's |"
+        );
+        let _ = writeln!(t, "|---|--:|--:|--:|--:|--:|");
+        for x in two {
+            let p = x.workers2.as_ref().expect("filtered");
+            let _ = writeln!(
+                t,
+                "| {} | {:.0} | {:.1} | {:.1} | {} | {} |",
+                x.name,
+                p.rps,
+                p.p50_us,
+                p.p99_us,
+                cpu(p),
+                opt(h.map(|h| p.rps / h.rps), 2)
+            );
+        }
+    }
+}
+
+/// Large bodies: GB/s per path, down and up, and each over direct's.
+fn large_table(t: &mut String, large: &[LargeResult]) {
+    if large.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        t,
+        "\nLarge bodies, one connection, back to back (GB/s of body; down: `GET /bytes/N`, up: a POST of N bytes; in brackets, over direct's):\n"
+    );
+    let cols = [
+        (false, 1u64 << 20),
+        (false, 64 << 20),
+        (true, 1 << 20),
+        (true, 64 << 20),
+    ];
+    let _ = writeln!(
+        t,
+        "| path | down 1 MiB | down 64 MiB | up 1 MiB | up 64 MiB |"
+    );
+    let _ = writeln!(t, "|---|--:|--:|--:|--:|");
+    let get = |name: &str, (upload, size): (bool, u64)| {
+        large
+            .iter()
+            .find(|l| l.name == name && l.body_bytes == size && l.upload == upload)
+            .map(|l| l.result.gb_per_s)
+    };
+    let mut names: Vec<&str> = large.iter().map(|l| l.name.as_str()).collect();
+    names.dedup();
+    for name in names {
+        let _ = write!(t, "| {name} |");
+        for c in cols {
+            let cell = match (get(name, c), get("direct", c)) {
+                (Some(v), Some(d)) if name != "direct" && d > 0.0 => {
+                    format!("{v:.2} ({:.2})", v / d)
+                }
+                (Some(v), _) => format!("{v:.2}"),
+                (None, _) => "–".to_owned(),
+            };
+            let _ = write!(t, " {cell} |");
+        }
+        let _ = writeln!(t);
+    }
 }
 
 /// `--pod-cgroups`: the c=1 rows again with client, proxy and server each in

@@ -38,9 +38,20 @@ pub const SIDETRACK_ADMIN_PORT: u16 = 9990;
 pub const NGINX_PORT: u16 = 4141;
 pub const HAPROXY_PORT: u16 = 4142;
 pub const RELAY_PORT: u16 = 4143;
+pub const PINGORA_PORT: u16 = 4144;
 /// The service the transparent scenarios call: an address nothing owns.
 pub const SERVICE_PORT: u16 = 80;
 pub const PROXY_MARK: u32 = 0x5354;
+/// Connections every proxy is configured to take: room for the
+/// many-connections phase's 9,900 clients and their server connections.
+/// haproxy is the exception: it needs two descriptors per `maxconn` and
+/// refuses to start without them, and these VMs cap RLIMIT_NOFILE at
+/// 20,000 (hard, without CAP_SYS_RESOURCE to raise it), so it gets
+/// [`HAPROXY_MAXCONN`].
+pub const MAX_CONNECTIONS: usize = 16_384;
+pub const HAPROXY_MAXCONN: usize = 9_950;
+/// nginx's `worker_rlimit_nofile`: under the 20,000 hard limit.
+const NGINX_NOFILE: usize = 19_990;
 /// "Never splice": the copy variant of the large-body part.
 pub const NO_SPLICE: u64 = 1 << 40;
 
@@ -53,6 +64,8 @@ pub enum Scenario {
     SidetrackEbpf,
     Nginx,
     Haproxy,
+    /// A minimal reverse proxy on Cloudflare's Pingora (`xtask/peers/pingora`).
+    Pingora,
     /// The floor of an epoll-based userspace hop: a byte pump with the
     /// system calls Sidetrack makes and nothing else (`xtask app relay`).
     TcpRelay,
@@ -93,7 +106,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Direct,
         Scenario::SidetrackExplicit,
         Scenario::SidetrackIptables,
@@ -104,6 +117,7 @@ impl Scenario {
         Scenario::SidetrackEbpfCapture,
         Scenario::Nginx,
         Scenario::Haproxy,
+        Scenario::Pingora,
         Scenario::TcpRelay,
     ];
 
@@ -152,6 +166,7 @@ impl Scenario {
             Scenario::SidetrackEbpf => "sidetrack-ebpf",
             Scenario::Nginx => "nginx",
             Scenario::Haproxy => "haproxy",
+            Scenario::Pingora => "pingora",
             Scenario::TcpRelay => "tcp-relay",
             Scenario::TokioRelay => "tokio-relay",
             Scenario::UringRelay => "uring-relay",
@@ -165,6 +180,30 @@ impl Scenario {
             Scenario::BaselineExplicit => "baseline-explicit",
             Scenario::BaselineEbpf => "baseline-ebpf",
         }
+    }
+
+    /// The scenarios the wider phases (new connections, many connections,
+    /// two workers) run against: the limit, Sidetrack's modes and the
+    /// peers. The feature scenarios (mirrors, logs, capture) and the floors
+    /// answer other questions.
+    pub fn is_wide(self) -> bool {
+        matches!(
+            self,
+            Scenario::Direct
+                | Scenario::SidetrackExplicit
+                | Scenario::SidetrackIptables
+                | Scenario::SidetrackEbpf
+                | Scenario::Nginx
+                | Scenario::Haproxy
+                | Scenario::Pingora
+                | Scenario::BaselineExplicit
+                | Scenario::BaselineEbpf
+        )
+    }
+
+    /// Whether it runs with two workers (the relays have one thread).
+    pub fn has_workers(self) -> bool {
+        self.is_wide()
     }
 
     /// A byte pump rather than an HTTP proxy.
@@ -201,6 +240,26 @@ pub struct Bins {
     pub xtask: PathBuf,
     /// `--baseline`: the baseline revision's `sidetrack`.
     pub baseline: Option<PathBuf>,
+    /// `pingora-peer`, when the run has the `pingora` scenario.
+    pub pingora: Option<PathBuf>,
+}
+
+/// How a proxy is started beyond its scenario's defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct Variant {
+    /// Sidetrack's `limits.splice_threshold_bytes` (`None`: its default).
+    pub splice_threshold: Option<u64>,
+    /// Worker processes or threads (1 everywhere but the two-worker phase).
+    pub workers: usize,
+}
+
+impl Default for Variant {
+    fn default() -> Variant {
+        Variant {
+            splice_threshold: None,
+            workers: 1,
+        }
+    }
 }
 
 /// The node, its two pods, the server, and the scratch directory. Dropping
@@ -308,6 +367,7 @@ impl Bed {
             | Scenario::BaselineEbpf => self.service_addr(),
             Scenario::Nginx => SocketAddrV4::new(node, NGINX_PORT),
             Scenario::Haproxy => SocketAddrV4::new(node, HAPROXY_PORT),
+            Scenario::Pingora => SocketAddrV4::new(node, PINGORA_PORT),
             Scenario::TcpRelay | Scenario::TokioRelay | Scenario::UringRelay => {
                 SocketAddrV4::new(node, RELAY_PORT)
             }
@@ -315,8 +375,8 @@ impl Bed {
     }
 
     /// Starts the scenario's proxy (none for `direct`) and waits until it
-    /// answers. `splice_threshold` overrides Sidetrack's default.
-    pub fn start_proxy(&self, scenario: Scenario, splice_threshold: Option<u64>) -> Result<Proxy> {
+    /// answers.
+    pub fn start_proxy(&self, scenario: Scenario, variant: Variant) -> Result<Proxy> {
         let name = scenario.name();
         let log_path = self.dir.join(format!("{name}.log"));
         let cmd = match scenario {
@@ -329,7 +389,7 @@ impl Bed {
                 });
             }
             Scenario::Nginx => {
-                let conf = self.write_nginx_conf()?;
+                let conf = self.write_nginx_conf(variant.workers)?;
                 let mut c = Command::new("nginx");
                 c.arg("-c").arg(conf).arg("-p").arg(self.dir.join("nginx"));
                 c.arg("-e").arg(&log_path);
@@ -337,10 +397,24 @@ impl Bed {
             }
             Scenario::Haproxy => {
                 let conf = self.dir.join("haproxy.cfg");
-                fs::write(&conf, self.haproxy_conf())?;
+                fs::write(&conf, self.haproxy_conf(variant.workers))?;
                 let mut c = Command::new("haproxy");
                 // -db: foreground, one process, no daemon.
                 c.arg("-db").arg("-f").arg(conf);
+                c
+            }
+            Scenario::Pingora => {
+                let conf = self.dir.join("pingora.yaml");
+                fs::write(&conf, self.pingora_conf(variant.workers))?;
+                let bin = self
+                    .bins
+                    .pingora
+                    .as_ref()
+                    .context("pingora-peer was not built")?;
+                let mut c = Command::new(bin);
+                c.arg(self.target(scenario).to_string())
+                    .arg(self.upstream().to_string())
+                    .arg(conf);
                 c
             }
             Scenario::TcpRelay | Scenario::TokioRelay | Scenario::UringRelay => {
@@ -357,7 +431,7 @@ impl Bed {
             }
             _ => {
                 let conf = self.dir.join(format!("{name}.yaml"));
-                fs::write(&conf, self.sidetrack_conf(scenario, splice_threshold))?;
+                fs::write(&conf, self.sidetrack_conf(scenario, variant))?;
                 let bin = if scenario.is_baseline() {
                     self.bins
                         .baseline
@@ -456,6 +530,7 @@ impl Bed {
     pub fn write_nginx_h2_conf(&self, listen: SocketAddrV4, up: SocketAddrV4) -> Result<PathBuf> {
         self.write_nginx(
             "nginx-h2",
+            1,
             "http2_max_requests 1000000;\n  http2_max_concurrent_streams 128;\n  ",
             up,
             &format!(
@@ -480,11 +555,12 @@ impl Bed {
         SocketAddrV4::new(self.server.ip(), SERVER_PORT)
     }
 
-    fn sidetrack_conf(&self, scenario: Scenario, splice_threshold: Option<u64>) -> String {
+    fn sidetrack_conf(&self, scenario: Scenario, variant: Variant) -> String {
         let (svc, svc_len) = SERVICE_RANGE;
         let node = self.node.ip();
+        let workers = variant.workers;
         let mut conf = format!(
-            "listen: {node}:{SIDETRACK_PORT}\nadmin: {node}:{SIDETRACK_ADMIN_PORT}\nworkers: 1\n\
+            "listen: {node}:{SIDETRACK_PORT}\nadmin: {node}:{SIDETRACK_ADMIN_PORT}\nworkers: {workers}\n\
              intercept: {mode}\ndtab: |\n  /svc/bench => /$/inet/{ip}/{port};\n  /svc/bench-h2 => /$/inet/{ip}/{h2port};\n\
              http2:\n  h2_names: [/svc/bench-h2]\n\
              interception:\n  cidrs: [{svc}/{svc_len}{server}]\n  cgroup: {cgroup}\n  mark: {PROXY_MARK}\n\
@@ -501,8 +577,11 @@ impl Bed {
             h2port = super::h2::H2_SERVER_PORT,
             cgroup = self.node.cgroup_path().display(),
         );
-        if let Some(t) = splice_threshold {
-            conf.push_str(&format!("limits:\n  splice_threshold_bytes: {t}\n"));
+        // Room for the many-connections phase and its server connections
+        // (the default is 10,000).
+        conf.push_str(&format!("limits:\n  max_connections: {MAX_CONNECTIONS}\n"));
+        if let Some(t) = variant.splice_threshold {
+            conf.push_str(&format!("  splice_threshold_bytes: {t}\n"));
         }
         if scenario == Scenario::SidetrackEbpfNoYield {
             conf.push_str("yield_before_wait: false\n");
@@ -545,11 +624,14 @@ impl Bed {
         conf
     }
 
-    /// One worker, keep-alive both ways (64 idle upstream connections, like
-    /// Sidetrack's pool), no logging, no buffering to disk.
-    fn write_nginx_conf(&self) -> Result<PathBuf> {
+    /// One worker (or `workers`), keep-alive both ways (64 idle upstream
+    /// connections, like Sidetrack's pool), no logging, no buffering to
+    /// disk (bodies stream both ways: request buffering off, no temp file),
+    /// room for 16k connections.
+    fn write_nginx_conf(&self, workers: usize) -> Result<PathBuf> {
         self.write_nginx(
             "nginx",
+            workers,
             "",
             self.upstream(),
             &format!(
@@ -560,12 +642,13 @@ impl Bed {
         )
     }
 
-    /// `<file>.conf`: one worker, keep-alive to the upstream `bench` at
-    /// `up`, no logging and no buffering to disk, `http_extra` in the http
-    /// block and `server` as the server block's body.
+    /// `<file>.conf`: `workers` workers, keep-alive to the upstream `bench`
+    /// at `up`, no logging and no buffering to disk, `http_extra` in the
+    /// http block and `server` as the server block's body.
     fn write_nginx(
         &self,
         file: &str,
+        workers: usize,
         http_extra: &str,
         up: SocketAddrV4,
         server: &str,
@@ -575,14 +658,16 @@ impl Bed {
         let tmp = prefix.join("tmp");
         let tmp = tmp.display();
         let conf = format!(
-            "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {log} warn;\n\
-             events {{ worker_connections 4096; }}\n\
+            "worker_processes {workers};\nworker_rlimit_nofile {nofile};\ndaemon off;\npid {pid};\nerror_log {log} warn;\n\
+             events {{ worker_connections {MAX_CONNECTIONS}; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n  \
              fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n  \
              keepalive_requests 1000000;\n  keepalive_timeout 60s;\n  {http_extra}tcp_nodelay on;\n  \
+             client_max_body_size 0;\n  proxy_request_buffering off;\n  proxy_max_temp_file_size 0;\n  \
              upstream bench {{\n    server {up};\n    keepalive 64;\n    keepalive_requests 1000000;\n  }}\n  \
              server {{\n    {server}\n  }}\n}}\n",
             pid = self.dir.join(format!("{file}.pid")).display(),
+            nofile = NGINX_NOFILE,
             log = self.dir.join(format!("{file}-error.log")).display(),
         );
         let path = self.dir.join(format!("{file}.conf"));
@@ -590,11 +675,12 @@ impl Bed {
         Ok(path)
     }
 
-    /// One thread, HTTP mode with keep-alive both ways and server-side
-    /// connection reuse, no logging.
-    fn haproxy_conf(&self) -> String {
+    /// One thread (or `workers`), HTTP mode with keep-alive both ways and
+    /// server-side connection reuse, no logging, room for 9,950 client
+    /// connections (see [`HAPROXY_MAXCONN`]).
+    fn haproxy_conf(&self, workers: usize) -> String {
         format!(
-            "global\n  nbthread 1\n  maxconn 4096\n  pidfile {pid}\n\
+            "global\n  nbthread {workers}\n  maxconn {HAPROXY_MAXCONN}\n  pidfile {pid}\n\
              defaults\n  mode http\n  option http-keep-alive\n  http-reuse always\n  timeout connect 5s\n  \
              timeout client 60s\n  timeout server 60s\n  timeout http-keep-alive 60s\n\
              frontend fe\n  bind {node}:{HAPROXY_PORT}\n  default_backend be\n\
@@ -605,15 +691,29 @@ impl Bed {
         )
     }
 
+    /// Pingora's server file: one worker thread (or `workers`) with no work
+    /// stealing, an upstream keep-alive pool of 64 like nginx's, a quick
+    /// exit on SIGTERM, its pid file and upgrade socket in the bench's
+    /// directory.
+    fn pingora_conf(&self, workers: usize) -> String {
+        format!(
+            "---\nversion: 1\nthreads: {workers}\nwork_stealing: false\nupstream_keepalive_pool_size: 64\n\
+             grace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\npid_file: {pid}\nupgrade_sock: {sock}\n",
+            pid = self.dir.join("pingora.pid").display(),
+            sock = self.dir.join("pingora-upgrade.sock").display(),
+        )
+    }
+
     /// Runs the load generator in the client pod against `scenario` while
-    /// sampling `proxy`'s memory; returns its result and the peak resident
-    /// set seen meanwhile (kB).
+    /// sampling `proxy`'s memory; returns its result, the peak resident set
+    /// seen meanwhile (kB), and (`idle_conns`) the proxy's CPU time when the
+    /// idle connections were all up.
     pub fn load(
         &self,
         scenario: Scenario,
         proxy: &Proxy,
         args: &LoadArgs,
-    ) -> Result<(loadgen::LoadResult, u64)> {
+    ) -> Result<(loadgen::LoadResult, u64, Option<proc::Cpu>)> {
         let out_path = self.dir.join("loadgen.json");
         let err_path = self.dir.join("loadgen.err");
         let mut cmd = self.client.command(&self.bins.xtask);
@@ -635,17 +735,33 @@ impl Bed {
         if let Some(p) = scenario.preamble() {
             cmd.args(["--preamble", p]);
         }
+        if args.close {
+            cmd.arg("--close");
+        }
+        if args.idle_conns > 0 {
+            cmd.args(["--idle-conns", &args.idle_conns.to_string()]);
+        }
+        if args.upload > 0 {
+            cmd.args(["--upload", &args.upload.to_string()]);
+        }
         if args.pod_cgroups {
             node_process(&mut cmd, &self.cpu_cgroups()?.client)?;
         }
         let mut child = cmd.spawn().context("start the load generator")?;
-        let limit = Instant::now() + Duration::from_secs_f64(args.secs + 30.0);
+        let limit = Instant::now() + Duration::from_secs_f64(args.secs + 60.0);
         let mut peak_rss = 0;
+        let mut ready_cpu = None;
         let status = loop {
             if let Some(status) = child.try_wait()? {
                 break status;
             }
             peak_rss = peak_rss.max(proxy.memory().rss_kb);
+            if args.idle_conns > 0
+                && ready_cpu.is_none()
+                && fs::read_to_string(&err_path).is_ok_and(|t| t.contains("ready"))
+            {
+                ready_cpu = proxy.cpu();
+            }
             if Instant::now() > limit {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -664,7 +780,7 @@ impl Bed {
         let text = fs::read_to_string(&out_path)?;
         let result =
             serde_json::from_str(&text).with_context(|| format!("loadgen printed {text:?}"))?;
-        Ok((result, peak_rss))
+        Ok((result, peak_rss, ready_cpu))
     }
 
     fn cpu_cgroups(&self) -> Result<&CpuCgroups> {
@@ -756,6 +872,12 @@ pub struct LoadArgs {
     /// The load generator starts in the client pod's own CPU cgroup (see
     /// [`Bed::own_cpu_cgroups`]).
     pub pod_cgroups: bool,
+    /// A fresh connection per request, with `Connection: close`.
+    pub close: bool,
+    /// Connections held idle meanwhile (one request each first).
+    pub idle_conns: usize,
+    /// POST bodies of this many bytes.
+    pub upload: u64,
 }
 
 impl LoadArgs {
@@ -768,6 +890,9 @@ impl LoadArgs {
             max_requests: 5_000_000,
             cpu: None,
             pod_cgroups: false,
+            close: false,
+            idle_conns: 0,
+            upload: 0,
         }
     }
 

@@ -40,20 +40,8 @@ impl Maps {
     /// other proxies on the machine (other tests) are not confused with
     /// the soak's.
     pub fn of(pid: u32) -> Result<Maps> {
-        let mut ids = Vec::new();
-        let dir = format!("/proc/{pid}/fdinfo");
-        for entry in fs::read_dir(&dir).with_context(|| format!("read {dir}"))? {
-            let Ok(text) = fs::read_to_string(entry?.path()) else {
-                continue;
-            };
-            if let Some(id) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("map_id:"))
-                .and_then(|v| v.trim().parse::<u32>().ok())
-            {
-                ids.push(id);
-            }
-        }
+        let ids = crate::bench::resources::map_ids(pid)
+            .with_context(|| format!("read /proc/{pid}/fdinfo"))?;
         let mut found = Vec::new();
         for id in ids {
             let out = cmd::output(Command::new("bpftool").args([
