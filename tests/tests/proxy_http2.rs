@@ -445,6 +445,127 @@ fn a_rapid_reset_client_is_cut_off_while_others_are_served() {
     assert_eq!(out["counts"]["world"], 50, "{out}");
 }
 
+/// What a client that wrote `out` (after the preface) got back: the
+/// error code of the GOAWAY it was sent, and whether the proxy then
+/// closed the connection (rather than leaving it open until the timeout).
+fn goaway_after(addr: SocketAddr, out: &[u8]) -> (Option<u32>, bool) {
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut all = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    all.extend(frame(4, 0, 0, &[]));
+    all.extend_from_slice(out);
+    // The proxy may close before it read everything.
+    let _ = client.write_all(&all);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    let closed = loop {
+        match client.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                break !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+            }
+        }
+    };
+    let mut at = 0;
+    let mut goaway = None;
+    while got.len() >= at + 9 {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        if got.len() < at + 9 + len {
+            break;
+        }
+        if got[at + 3] == 7 {
+            let p = &got[at + 9..at + 9 + len];
+            goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+        }
+        at += 9 + len;
+    }
+    (goaway, closed)
+}
+
+/// Floods the proxy answers itself and h2 does not bound: PINGs, SETTINGS
+/// and empty DATA frames, each far past its `http2.max_*_per_second`. Each
+/// flooding client gets GOAWAY ENHANCE_YOUR_CALM and its connection
+/// closed, counted by frame kind, while another client's calls on the
+/// same proxy are all served; a client that pings within the limit keeps
+/// its connection.
+#[test]
+fn ping_settings_and_empty_frame_floods_are_cut_off_while_others_are_served() {
+    let dir = TempDir::new("h2-flood");
+    let world = GrpcServer::start("world");
+    dir.write("world", &world.fs_line());
+    let proxy = proxy(
+        &dir,
+        "http2:\n  max_pings_per_second: 50\n  max_settings_per_second: 20\n",
+    );
+    let calls = std::thread::spawn({
+        let addr = proxy.addr;
+        move || grpc::call(addr, "world", "spread", "200")
+    });
+    let pings: Vec<u8> = (0..2000u64)
+        .flat_map(|i| frame(6, 0, 0, &i.to_be_bytes()))
+        .collect();
+    let settings: Vec<u8> = (0..2000).flat_map(|_| frame(4, 0, 0, &[])).collect();
+    // A POST on stream 1 (:method POST, :scheme http, :path /,
+    // :authority world), then empty DATA frames.
+    let mut block = vec![0x83, 0x86, 0x84, 0x01, 5];
+    block.extend_from_slice(b"world");
+    let mut empty = frame(1, 0x4, 1, &block);
+    for _ in 0..2000 {
+        empty.extend(frame(0, 0, 1, &[]));
+    }
+    for (kind, out) in [("ping", pings), ("settings", settings), ("empty", empty)] {
+        let (goaway, closed) = goaway_after(proxy.addr, &out);
+        assert_eq!(goaway, Some(0xb), "{kind} flood: GOAWAY ENHANCE_YOUR_CALM");
+        assert!(closed, "{kind} flood: the connection is closed");
+        assert_eq!(
+            proxy.metric("sidetrack_http2_floods_total", &[("frame", kind)]),
+            1.0,
+            "{kind}"
+        );
+    }
+    assert_eq!(proxy.metric("sidetrack_http2_goaway_calm_total", &[]), 3.0);
+    // Within the limit: 40 pings at once, then 40 more a second later,
+    // answered, and the connection stays.
+    let mut polite = TcpStream::connect(proxy.addr).unwrap();
+    polite
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    let forty: Vec<u8> = (0..40u64)
+        .flat_map(|i| frame(6, 0, 0, &i.to_be_bytes()))
+        .collect();
+    out.extend_from_slice(&forty);
+    polite.write_all(&out).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    polite.write_all(&forty).unwrap();
+    let mut acks = 0;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    while acks < 80 {
+        let n = polite.read(&mut buf).expect("the PING answers");
+        assert!(n > 0, "the proxy closed a client within the limit");
+        got.extend_from_slice(&buf[..n]);
+        acks = 0;
+        let mut at = 0;
+        while got.len() >= at + 9 {
+            let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+            assert_ne!(got[at + 3], 7, "GOAWAY to a client within the limit");
+            acks += usize::from(got[at + 3] == 6 && got[at + 4] == 1);
+            at += 9 + len;
+        }
+    }
+    let out = calls.join().unwrap();
+    assert_eq!(out["counts"]["world"], 200, "{out}");
+    assert_eq!(proxy.metric("sidetrack_http2_goaway_calm_total", &[]), 3.0);
+}
+
 /// A client that stops reading a large server stream: flow control holds
 /// the backend back, and the proxy's memory stays within a few windows
 /// (the stream is 25 MiB); once the client reads again every message

@@ -23,10 +23,13 @@
 //! make the proxy hold (docs/http2.md): streams at once, header lists,
 //! the HPACK table, windows, and streams reset before they were accepted
 //! (rapid reset) or for the client's errors, past which the connection
-//! gets GOAWAY ENHANCE_YOUR_CALM.
+//! gets GOAWAY ENHANCE_YOUR_CALM. What they do not bound, a client's
+//! PING, SETTINGS and empty frames a second, the connection's I/O counts
+//! ([`frames`]); a flood ends the connection with the same GOAWAY.
 
 mod body;
 mod client;
+mod frames;
 mod grpc;
 mod io;
 
@@ -53,7 +56,8 @@ pub(super) use self::client::Upstreams;
 use self::{
     body::{Body, Relay},
     client::{Failed, H1Sender},
-    io::Io,
+    frames::{Flood, Guard},
+    io::{Io, Watched},
 };
 use super::{
     Worker,
@@ -150,7 +154,19 @@ pub(super) async fn serve(
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(conn.stream(req).await) }
     });
-    let served = builder.serve_connection(Io::new(client, read), service);
+    let limits = frames::Limits {
+        pings: cfg.max_pings_per_second,
+        settings: cfg.max_settings_per_second,
+        empty: cfg.max_empty_frames_per_second,
+    };
+    let watched = Rc::new(Watched::default());
+    let io = Io::watched(
+        client,
+        read,
+        Guard::new(limits, Instant::now()),
+        watched.clone(),
+    );
+    let served = builder.serve_connection(io, service);
     let mut served = std::pin::pin!(served);
     // Idle-marked: the drain, and a new connection at max_connections,
     // end the wait as they end an idle HTTP/1 connection's; each stream
@@ -171,7 +187,9 @@ pub(super) async fn serve(
             served.await
         }
     };
-    if let Err(e) = ended {
+    if let Some(flood) = watched.flood.get() {
+        cut_off(client, &watched, flood, &shared, from);
+    } else if let Err(e) = ended {
         let calm = std::error::Error::source(&e)
             .and_then(|s| s.downcast_ref::<h2::Error>())
             .and_then(h2::Error::reason)
@@ -184,6 +202,37 @@ pub(super) async fn serve(
         } else {
             tracing::debug!(peer = %from.peer, error = %e, "HTTP/2 connection ended");
         }
+    }
+}
+
+/// A client that flooded the proxy: GOAWAY ENHANCE_YOUR_CALM (when the
+/// proxy's output ends with a whole frame, as it does unless the client
+/// stopped reading, and the socket takes it), then the connection's end.
+/// hyper is done with the connection: its streams are gone.
+fn cut_off(
+    client: &TcpStream,
+    watched: &Watched,
+    flood: Flood,
+    shared: &super::Shared,
+    from: Origin,
+) {
+    let sent = watched.at_boundary.get()
+        && client
+            .try_write(&frames::goaway(
+                watched.last_stream.get(),
+                frames::ENHANCE_YOUR_CALM,
+            ))
+            .is_ok_and(|n| n == 17);
+    super::stream::shutdown_write(client);
+    shared.metrics.http2_calm.inc();
+    shared.metrics.http2_flood(flood.label());
+    if crate::observe::log_limit::allow() {
+        tracing::warn!(
+            peer = %from.peer,
+            frames = flood.label(),
+            goaway = sent,
+            "HTTP/2 client cut off for a flood (GOAWAY ENHANCE_YOUR_CALM); see http2.max_*_per_second"
+        );
     }
 }
 
