@@ -241,6 +241,45 @@ fn curl_nghttp_and_h2load_reach_an_http1_backend() {
     assert!(out.contains("status codes: 2000 2xx"), "{out}");
 }
 
+/// Max-Forwards on HTTP/2, as on HTTP/1.1 (RFC 9110 §7.6.2): a TRACE or
+/// OPTIONS at 0 is answered by the proxy (OPTIONS 200, TRACE 405, both
+/// `Allow: OPTIONS`), one above goes on with one forward less, and other
+/// methods pass it untouched.
+#[test]
+fn max_forwards_is_answered_at_0_and_decremented_over_http2() {
+    let dir = TempDir::new("h2-maxfwd");
+    let web = Backend::start("web");
+    dir.write("web", &web.fs_line());
+    let proxy = proxy(&dir, "");
+    let ask = |method: &str, forwards: &str| {
+        run(&mut curl_h2(
+            proxy.addr,
+            "web",
+            "/mf",
+            &["-X", method, "-H", &format!("Max-Forwards: {forwards}")],
+        ))
+    };
+    let options = ask("OPTIONS", "0");
+    assert!(options.starts_with("HTTP/2 200"), "{options}");
+    assert!(options.contains("allow: OPTIONS"), "{options}");
+    assert!(options.contains("via: 2 sidetrack"), "{options}");
+    assert!(!options.contains("x-backend"), "not forwarded: {options}");
+    let trace = ask("TRACE", "0");
+    assert!(trace.starts_with("HTTP/2 405"), "{trace}");
+    assert!(trace.contains("l5d-err: Max-Forwards"), "{trace}");
+    assert!(!trace.contains("x-backend"), "not forwarded: {trace}");
+    assert_eq!(web.requests(), 0);
+    let forwarded = ask("OPTIONS", "3");
+    assert!(forwarded.contains("x-backend: web"), "{forwarded}");
+    assert_eq!(web.seen().pop().unwrap().header("max-forwards"), Some("2"));
+    let traced = ask("TRACE", "1");
+    assert!(traced.contains("x-backend: web"), "{traced}");
+    assert_eq!(web.seen().pop().unwrap().header("max-forwards"), Some("0"));
+    let get = ask("GET", "0");
+    assert!(get.contains("x-backend: web"), "{get}");
+    assert_eq!(web.seen().pop().unwrap().header("max-forwards"), Some("0"));
+}
+
 /// The proxy's own errors: a gRPC call gets a trailers-only response
 /// with grpc-status (UNAVAILABLE for a name bound nowhere, a dead
 /// backend) and grpc-message; another HTTP/2 request the status and

@@ -452,6 +452,18 @@ impl Conn {
         let shared = &*self.worker.shared;
         let cfg = &shared.cfg;
         let (mut parts, body) = req.into_parts();
+        // A TRACE or OPTIONS goes on with one forward less; at 0 the proxy
+        // is its final recipient, as for HTTP/1.1.
+        let max_forwards = http::max_forwards_of(
+            parts.method.as_str().as_bytes(),
+            parts
+                .headers
+                .get(header::MAX_FORWARDS)
+                .map(HeaderValue::as_bytes),
+        );
+        if max_forwards == Some(0) {
+            return Ok(max_forwards_answer(parts.method == Method::TRACE));
+        }
         let hops: usize = parts
             .headers
             .get_all(header::VIA)
@@ -490,10 +502,12 @@ impl Conn {
             obs.picked(&route, dest);
         }
         let out_h2 = grpc || names_h2(&cfg.http2.h2_names, &route.name);
-        let added = self.added(&view, &route, dest, routed.edge, obs);
+        let mut forwards_text = [0u8; 20];
+        let forwards = max_forwards.map(|n| http::decimal(n - 1, &mut forwards_text));
+        let added = self.added(&view, &route, dest, routed.edge, forwards, obs);
         let dropped = routing::Dropped {
             edge: routed.edge,
-            max_forwards: false,
+            max_forwards: max_forwards.is_some(),
             request_header: cfg.shadow.request_header.as_bytes(),
             timing: obs.timing,
         };
@@ -564,6 +578,7 @@ impl Conn {
         route: &Route,
         dest: &Dest,
         edge: bool,
+        max_forwards: Option<&[u8]>,
         obs: &mut Observed,
     ) -> [Option<(HeaderName, HeaderValue)>; routing::MAX_ADDED] {
         let shared = &*self.worker.shared;
@@ -579,7 +594,7 @@ impl Conn {
             dest,
             &ids,
             signature,
-            None,
+            max_forwards,
             None,
             VIA_H2,
         );
@@ -781,6 +796,28 @@ fn refused(status: u16, kind: ErrorKind, reason: impl Into<String>) -> Refused {
         kind,
         always_close: false,
     }
+}
+
+/// The answer to a TRACE or OPTIONS at `Max-Forwards: 0`, as HTTP/1.1's
+/// (`http::write_max_forwards_answer`): OPTIONS 200, TRACE 405 (the proxy
+/// does not reflect requests); both `Allow: OPTIONS`.
+fn max_forwards_answer(trace: bool) -> Response<Body> {
+    let mut response = if trace {
+        let mut text = http::TRACE_REASON.as_bytes().to_vec();
+        text.push(b'\n');
+        let mut response = Response::new(Body::Full(Some(Bytes::from(text))));
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        let h = response.headers_mut();
+        h.insert("l5d-err", HeaderValue::from_static(http::TRACE_REASON));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        response
+    } else {
+        Response::new(Body::Empty)
+    };
+    let h = response.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS"));
+    h.insert(header::VIA, HeaderValue::from_static("2 sidetrack"));
+    response
 }
 
 /// The proxy's own answer: for gRPC a trailers-only response with the
