@@ -605,6 +605,100 @@ fn ping_settings_and_empty_frame_floods_are_cut_off_while_others_are_served() {
     assert_eq!(proxy.metric("sidetrack_http2_goaway_calm_total", &[]), 3.0);
 }
 
+/// Shadowing HTTP/2: a mirrored gRPC call is copied to the candidate (as
+/// gRPC, marked `l5d-shadow: 1`, its message whole) while the client's
+/// answer comes from the live version alone; a non-gRPC HTTP/2 request
+/// is copied as it went out, as HTTP/1.1 with its body; a dead candidate
+/// changes nothing the clients see, and every copy is counted.
+#[test]
+fn mirrored_http2_requests_are_copied_to_the_candidate_off_the_live_path() {
+    let dir = TempDir::new("h2-mirror");
+    let live = GrpcServer::start("world-v1");
+    let candidate = GrpcServer::start("world-v2");
+    let web = Backend::start("web");
+    let web2 = Backend::start("web-v2");
+    dir.write("world", &live.fs_line());
+    dir.write("world-v2", &candidate.fs_line());
+    dir.write("web", &web.fs_line());
+    dir.write("web-v2", &web2.fs_line());
+    // A port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    dir.write("gone", &format!("127.0.0.1 {}\n", dead.port()));
+    let proxy = proxy(
+        &dir,
+        "watch_interval_ms: 50\nmirrors:\n\
+         \x20 - {name: /svc/world, to: /svc/world-v2, allow_writes: true}\n\
+         \x20 - {name: /svc/web, to: /svc/web-v2, allow_writes: true}\n",
+    );
+    let out = grpc::call(proxy.addr, "world", "unary", "");
+    assert_eq!(out["server"], "world-v1", "{out}");
+    assert_eq!(out["echo"], "hi");
+    let copied = |server: &GrpcServer| {
+        grpc::call(server.addr, "world", "seen", "")["seen"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    assert!(eventually(5, || copied(&candidate).len() == 1));
+    let copy = &copied(&candidate)[0];
+    assert_eq!(copy["echo"], "hi", "{copy}");
+    assert_eq!(copy["shadow"], "1", "{copy}");
+    assert_eq!(copy["dst_service"], "/svc/world", "{copy}");
+    // The live version took the call once, unmarked.
+    let lived = copied(&live);
+    assert_eq!(lived.len(), 1, "{lived:?}");
+    assert_eq!(lived[0]["shadow"], "");
+    let mirrored = |target: &str, outcome: &str| {
+        proxy.metric(
+            "sidetrack_mirror_requests_total",
+            &[("target", target), ("outcome", outcome)],
+        )
+    };
+    assert!(eventually(5, || mirrored("/svc/world-v2", "answered") == 1.0));
+
+    // A POST that goes out as HTTP/1.1: so does its copy, body and all.
+    let head = run(&mut curl_h2(
+        proxy.addr,
+        "web",
+        "/post",
+        &["-o", "/dev/null", "--data-binary", "shadowed body"],
+    ));
+    assert!(head.contains("x-backend: web\r"), "{head}");
+    assert!(eventually(5, || web2.requests() == 1));
+    let copy = web2.seen().pop().unwrap();
+    assert_eq!(copy.method, "POST");
+    assert_eq!(copy.target, "/post");
+    assert_eq!(copy.body, b"shadowed body");
+    assert_eq!(copy.header("l5d-shadow"), Some("1"));
+    assert_eq!(copy.header("host"), Some("web"));
+    assert_eq!(web.requests(), 1);
+    assert!(web.seen()[0].header("l5d-shadow").is_none());
+    assert!(eventually(5, || mirrored("/svc/web-v2", "answered") == 1.0));
+
+    // A dead candidate: every call answered by the live version.
+    dir.write(
+        "config.yaml",
+        "watch_interval_ms: 50\nmirrors:\n  - {name: /svc/world, to: /svc/gone, allow_writes: true}\n",
+    );
+    assert!(eventually(5, || {
+        grpc::call(proxy.addr, "world", "unary", "");
+        mirrored("/svc/gone", "failed") >= 1.0
+    }));
+    let before = mirrored("/svc/gone", "failed");
+    let to_v2 = copied(&candidate).len();
+    let out = grpc::call(proxy.addr, "world", "spread", "30");
+    assert_eq!(out["counts"], serde_json::json!({"world-v1": 30}), "{out}");
+    assert!(eventually(5, || mirrored("/svc/gone", "failed") == before + 30.0));
+    assert_eq!(
+        copied(&candidate).len(),
+        to_v2,
+        "no more copies to world-v2"
+    );
+}
+
 /// A client that stops reading a large server stream: flow control holds
 /// the backend back, and the proxy's memory stays within a few windows
 /// (the stream is 25 MiB); once the client reads again every message

@@ -12,6 +12,7 @@
 //! hyper resets the backend stream when the client's goes (the request's
 //! future or body is dropped), and the client's when the backend's fails
 //! (a gRPC call gets UNAVAILABLE trailers instead, see [`body::Relay`]).
+//! Mirrors copy streams as they copy HTTP/1.1 requests ([`mirror`]).
 //! The proxy's own errors are answered as HTTP/1.1's are (status and
 //! `l5d-err`), and to gRPC clients as trailers-only responses with the
 //! matching `grpc-status` ([`grpc`]).
@@ -32,6 +33,7 @@ mod client;
 mod frames;
 mod grpc;
 mod io;
+mod mirror;
 
 use std::{
     cell::{Cell, RefCell},
@@ -313,6 +315,8 @@ pub(super) struct End {
     told: Option<Box<Telling>>,
     bytes_in: Rc<Cell<u64>>,
     peer: SocketAddr,
+    /// The request's copies, sent once the answer has ended whole.
+    copies: Option<Box<mirror::Copies>>,
 }
 
 /// The exchange as observers will see it, while its body streams.
@@ -338,6 +342,9 @@ impl End {
         }
         if let (Ending::Whole, Some((addr, sender))) = (how, self.h1) {
             self.worker.upstreams.put_h1(addr, sender, &shared.cfg.pool);
+        }
+        if let (Ending::Whole, Some(copies)) = (how, self.copies) {
+            copies.dispatch(&self.worker);
         }
         if let Some(mut t) = self.told {
             t.obs.bytes_in += self.bytes_in.get();
@@ -520,6 +527,16 @@ impl Conn {
         for name in doomed {
             parts.headers.remove(name);
         }
+        // Copies (shadowing) start from the request as it goes on, before
+        // the fields for its live destination are added.
+        let copies = if route.mirrors.is_empty() {
+            None
+        } else {
+            mirror::choose(shared, &mut self.rng.borrow_mut(), &route, &parts, out_h2)
+        };
+        if obs.on {
+            obs.mirrored = copies.is_some();
+        }
         for (name, value) in added.into_iter().flatten() {
             parts.headers.append(name, value);
         }
@@ -533,8 +550,11 @@ impl Conn {
             None => cfg.response_timeout,
         };
         let bytes_in = Rc::new(Cell::new(0));
-        let body = Body::Relay(Relay::new(body, bytes_in.clone(), false, None));
-        let req = Request::from_parts(parts, body);
+        let mut relay = Relay::new(body, bytes_in.clone(), false, None);
+        if let Some(c) = &copies {
+            relay = relay.keeping(c.body.clone());
+        }
+        let req = Request::from_parts(parts, Body::Relay(relay));
         let sent = self
             .send(dest, req, out_h2, started, deadline, obs)
             .await
@@ -566,6 +586,7 @@ impl Conn {
             told,
             bytes_in,
             peer: self.from.peer,
+            copies,
         });
         let body = Body::Relay(Relay::new(body, Rc::new(Cell::new(0)), grpc, Some(end)));
         Ok(Response::from_parts(parts, body))
