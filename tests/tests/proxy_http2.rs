@@ -699,6 +699,112 @@ fn mirrored_http2_requests_are_copied_to_the_candidate_off_the_live_path() {
     );
 }
 
+/// Standard base64, decoded (for the captured bodies).
+fn unbase64(text: &str) -> Vec<u8> {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().take_while(|&c| c != b'=') {
+        let v = ABC.iter().position(|&a| a == c).expect("base64") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// Capture records HTTP/2 exchanges with their heads and bodies: a gRPC
+/// call's messages as base64 (binary, whatever they look like), a text
+/// body as text, and a body over `max_body_bytes` by its size alone.
+#[test]
+fn capture_records_http2_bodies() {
+    let dir = TempDir::new("h2-capture");
+    let ring = dir.path().join("ring");
+    let world = GrpcServer::start("world-v1");
+    let web = Backend::start("web");
+    dir.write("world", &world.fs_line());
+    dir.write("web", &web.fs_line());
+    let proxy = proxy(
+        &dir,
+        &format!(
+            "capture:\n  enabled: true\n  dir: {}\n  names: [/svc/world, /svc/web]\n  max_body_bytes: 1024\n",
+            ring.display()
+        ),
+    );
+    let out = grpc::call(proxy.addr, "world", "unary", "");
+    assert_eq!(out["server"], "world-v1", "{out}");
+    let head = run(&mut curl_h2(
+        proxy.addr,
+        "web",
+        "/post",
+        &["-o", "/dev/null", "--data-binary", "captured body"],
+    ));
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    let head = run(&mut curl_h2(
+        proxy.addr,
+        "web",
+        "/bytes/5000",
+        &["-o", "/dev/null"],
+    ));
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    assert!(eventually(10, || {
+        proxy.metric("sidetrack_capture_entries_total", &[]) == 3.0
+    }));
+    let mut entries: Vec<serde_json::Value> = std::fs::read_dir(&ring)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    entries.sort_by_key(|e| e["request"]["url"].as_str().unwrap().to_owned());
+    let [bytes, post, call] = &entries[..] else {
+        panic!("{entries:#?}");
+    };
+    // The gRPC call: its request message and its answer, base64.
+    assert_eq!(
+        call["request"]["url"], "http://world/test.Echo/Unary",
+        "{call}"
+    );
+    assert_eq!(call["request"]["method"], "POST");
+    assert_eq!(call["request"]["httpVersion"], "HTTP/2");
+    let sent = &call["request"]["postData"];
+    assert_eq!(sent["_encoding"], "base64", "{call}");
+    assert_eq!(unbase64(sent["text"].as_str().unwrap()), b"\0\0\0\0\x02hi");
+    let content = &call["response"]["content"];
+    assert_eq!(content["encoding"], "base64", "{call}");
+    assert_eq!(content["mimeType"], "application/grpc");
+    let answer = unbase64(content["text"].as_str().unwrap());
+    assert_eq!(content["size"], answer.len());
+    let message: serde_json::Value = serde_json::from_slice(&answer[5..]).unwrap();
+    assert_eq!(message["server"], "world-v1");
+    assert_eq!(message["echo"], "hi");
+    // A text body both ways.
+    assert_eq!(
+        post["request"]["postData"]["text"], "captured body",
+        "{post}"
+    );
+    assert!(post["request"]["postData"].get("_encoding").is_none());
+    let answer: serde_json::Value =
+        serde_json::from_str(post["response"]["content"]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(answer["body_len"], 13, "{post}");
+    // Over the limit: its size alone.
+    assert!(
+        bytes["response"]["content"].get("text").is_none(),
+        "{bytes}"
+    );
+    assert_eq!(bytes["response"]["content"]["size"], 5000, "{bytes}");
+    assert_eq!(bytes["response"]["bodySize"], 5000, "{bytes}");
+}
+
 /// A client that stops reading a large server stream: flow control holds
 /// the backend back, and the proxy's memory stays within a few windows
 /// (the stream is 25 MiB); once the client reads again every message

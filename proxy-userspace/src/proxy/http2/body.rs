@@ -140,14 +140,17 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        let how = if self.failed {
+            Ending::BackendFailed
+        } else if self.done || self.inner.is_end_stream() {
+            Ending::Whole
+        } else {
+            Ending::Dropped
+        };
+        if let (Ending::Whole, Some(tee)) = (how, &self.tee) {
+            tee.borrow_mut().finish();
+        }
         if let Some(end) = self.end.take() {
-            let how = if self.failed {
-                Ending::BackendFailed
-            } else if self.done || self.inner.is_end_stream() {
-                Ending::Whole
-            } else {
-                Ending::Dropped
-            };
             end.finish(how, self.moved.get());
         }
     }

@@ -133,11 +133,17 @@ impl Copies {
     /// arrive whole; the proxy is near its memory budget).
     pub(super) fn dispatch(self: Box<Self>, worker: &Rc<Worker>) {
         let tee = self.body.borrow();
-        let body = tee.kept().map(Bytes::copy_from_slice);
+        // The tee may have kept more, for capture.
+        let max_body = worker.shared.cfg.shadow.max_body;
+        let body = tee
+            .kept()
+            .filter(|b| b.len() <= max_body)
+            .map(Bytes::copy_from_slice);
+        let too_large = tee.overflowed() || tee.kept().is_some_and(|b| b.len() > max_body);
         for (index, authority) in &self.chosen {
             let bound = &self.route.mirrors[*index];
             let Some(body) = &body else {
-                if tee.overflowed() {
+                if too_large {
                     bound.stats.body_too_large.inc();
                 } else {
                     bound.stats.failed.inc();

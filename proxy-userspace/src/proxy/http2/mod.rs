@@ -65,12 +65,14 @@ use super::{
     Worker,
     observed::{Observed, Request as Told},
     routing::{self, Origin, Refused, RequestView, VIA_H2},
+    shadow::Tee,
     watchdog::{Deadline, Elapsed},
 };
 use crate::{
     http,
     namer::balancer::InFlight,
     observe::{
+        exchange::Bodies,
         metrics::{ErrorKind, RouteStats},
         trace::{self, TIMING_HEADER, Timing},
     },
@@ -324,6 +326,17 @@ struct Telling {
     obs: Observed,
     method: Method,
     uri: Uri,
+    /// What capture keeps of it, when it asked.
+    kept: Option<Box<Kept>>,
+}
+
+/// An exchange's heads, in HTTP/1.1's text form (the version `HTTP/2`),
+/// and its bodies as they passed, for capture.
+struct Kept {
+    request_head: Vec<u8>,
+    request: Rc<RefCell<Tee>>,
+    response_head: Vec<u8>,
+    response: Rc<RefCell<Tee>>,
 }
 
 impl End {
@@ -350,7 +363,23 @@ impl End {
             t.obs.bytes_in += self.bytes_in.get();
             t.obs.bytes_out += bytes_out;
             t.obs.error = t.obs.error.or(error);
-            tell(&t.obs, &shared.observers, self.peer, &t.method, &t.uri);
+            let kept = t.kept.as_deref();
+            let request = kept.map(|k| k.request.borrow());
+            let response = kept.map(|k| k.response.borrow());
+            let bodies = kept.map(|k| Bodies {
+                request_head: &k.request_head,
+                request_body: request.as_ref().and_then(|t| t.kept()),
+                response_head: &k.response_head,
+                response_body: response.as_ref().and_then(|t| t.kept()),
+            });
+            tell(
+                &t.obs,
+                &shared.observers,
+                self.peer,
+                &t.method,
+                &t.uri,
+                bodies,
+            );
         }
     }
 }
@@ -361,13 +390,56 @@ fn tell(
     peer: SocketAddr,
     method: &Method,
     uri: &Uri,
+    bodies: Option<Bodies<'_>>,
 ) {
     let told = Told {
         method: method.as_str(),
         authority: uri.authority().map_or("", |a| a.as_str()),
         target: uri.path_and_query().map_or("/", |p| p.as_str()),
     };
-    obs.tell_request(observers, peer, told, None);
+    obs.tell_request(observers, peer, told, bodies);
+}
+
+/// A request head as capture records it: HTTP/1.1's text form with the
+/// version `HTTP/2`, `:authority` as Host when the request has none.
+fn request_text(parts: &Parts) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/2\r\n");
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+    {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(a.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    push_fields(&mut out, &parts.headers);
+    out
+}
+
+/// A response head as capture records it (see [`request_text`]).
+fn response_text(parts: &hyper::http::response::Parts) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/2 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    push_fields(&mut out, &parts.headers);
+    out
+}
+
+fn push_fields(out: &mut Vec<u8>, headers: &hyper::HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A backend connection a stream was sent on.
@@ -438,7 +510,7 @@ impl Conn {
             if let Some((method, uri)) = &request {
                 obs.error = Some(refused.kind);
                 obs.status = refused.status;
-                tell(&obs, &shared.observers, self.from.peer, method, uri);
+                tell(&obs, &shared.observers, self.from.peer, method, uri, None);
             }
             error_response(grpc, &refused)
         })
@@ -499,6 +571,16 @@ impl Conn {
         if obs.on || obs.timing {
             obs.routed(&route, &shared.observers);
         }
+        // Capture wants the exchange's heads and bodies: the request's as
+        // it came.
+        let mut kept = obs.keep.map(|_| {
+            Box::new(Kept {
+                request_head: request_text(&parts),
+                request: Rc::default(),
+                response_head: Vec::new(),
+                response: Rc::default(),
+            })
+        });
         let sticky = match &cfg.sticky_header {
             Some(h) => view.get(h),
             None => None,
@@ -550,9 +632,25 @@ impl Conn {
             None => cfg.response_timeout,
         };
         let bytes_in = Rc::new(Cell::new(0));
+        // The request body is kept for copies and for capture, up to the
+        // larger of their limits, in one tee.
+        let tee = match (&copies, &mut kept) {
+            (Some(c), Some(k)) => {
+                let limit = cfg.shadow.max_body.max(obs.keep.unwrap_or(0));
+                c.body.borrow_mut().start(limit);
+                k.request = c.body.clone();
+                Some(c.body.clone())
+            }
+            (Some(c), None) => Some(c.body.clone()),
+            (None, Some(k)) => {
+                k.request.borrow_mut().start(obs.keep.unwrap_or(0));
+                Some(k.request.clone())
+            }
+            (None, None) => None,
+        };
         let mut relay = Relay::new(body, bytes_in.clone(), false, None);
-        if let Some(c) = &copies {
-            relay = relay.keeping(c.body.clone());
+        if let Some(tee) = tee {
+            relay = relay.keeping(tee);
         }
         let req = Request::from_parts(parts, Body::Relay(relay));
         let sent = self
@@ -570,12 +668,18 @@ impl Conn {
             .headers
             .append(header::VIA, HeaderValue::from_static("2 sidetrack"));
         obs.status = status;
+        let response_tee = kept.as_mut().map(|k| {
+            k.response_head = response_text(&parts);
+            k.response.borrow_mut().start(obs.keep.unwrap_or(0));
+            k.response.clone()
+        });
         // The observers are told when the body ends.
         let told = request.take().map(|(method, uri)| {
             Box::new(Telling {
                 obs: std::mem::replace(obs, Observed::new(&[])),
                 method,
                 uri,
+                kept,
             })
         });
         let end = Box::new(End {
@@ -588,8 +692,11 @@ impl Conn {
             peer: self.from.peer,
             copies,
         });
-        let body = Body::Relay(Relay::new(body, Rc::new(Cell::new(0)), grpc, Some(end)));
-        Ok(Response::from_parts(parts, body))
+        let mut relay = Relay::new(body, Rc::new(Cell::new(0)), grpc, Some(end));
+        if let Some(tee) = response_tee {
+            relay = relay.keeping(tee);
+        }
+        Ok(Response::from_parts(parts, Body::Relay(relay)))
     }
 
     /// The fields the request goes on with, as HTTP/1.1's do (`routing::added`).
@@ -911,6 +1018,31 @@ mod tests {
         assert_eq!(parts.uri, "/a/b?c=d");
         assert_eq!(parts.headers["host"], "world:8080");
         assert!(!parts.headers.contains_key("te"));
+    }
+
+    #[test]
+    fn heads_are_recorded_in_http1_text_form() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("http://world/test.Echo/Unary")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        assert_eq!(
+            request_text(&parts),
+            b"POST /test.Echo/Unary HTTP/2\r\nhost: world\r\ncontent-type: application/grpc\r\n\r\n"
+        );
+        let resp = Response::builder()
+            .status(404)
+            .header("via", "2 sidetrack")
+            .body(())
+            .unwrap();
+        let (parts, ()) = resp.into_parts();
+        assert_eq!(
+            response_text(&parts),
+            b"HTTP/2 404 Not Found\r\nvia: 2 sidetrack\r\n\r\n"
+        );
     }
 
     #[test]
