@@ -805,6 +805,102 @@ fn capture_records_http2_bodies() {
     assert_eq!(bytes["response"]["bodySize"], 5000, "{bytes}");
 }
 
+/// Frames read from `conn` until `done` says so or the connection ends
+/// (or 5 s pass), PINGs acknowledged as a client must; whether it ended
+/// (EOF or reset).
+fn frames_until(
+    conn: &mut TcpStream,
+    mut done: impl FnMut(&[(u8, u8, u32, Vec<u8>)]) -> bool,
+) -> (Vec<(u8, u8, u32, Vec<u8>)>, bool) {
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (mut got, mut frames) = (Vec::new(), Vec::new());
+    let mut buf = [0u8; 16384];
+    loop {
+        while got.len() >= 9 {
+            let len = u32::from_be_bytes([0, got[0], got[1], got[2]]) as usize;
+            if got.len() < 9 + len {
+                break;
+            }
+            let stream = u32::from_be_bytes([got[5], got[6], got[7], got[8]]);
+            let payload = got[9..9 + len].to_vec();
+            if got[3] == 6 && got[4] & 1 == 0 {
+                let _ = conn.write_all(&frame(6, 1, 0, &payload));
+            }
+            frames.push((got[3], got[4], stream, payload));
+            got.drain(..9 + len);
+        }
+        if done(&frames) {
+            return (frames, false);
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => return (frames, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                let timed_out = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+                return (frames, !timed_out);
+            }
+        }
+    }
+}
+
+/// An HTTP/2 connection counts as idle only while it serves no stream:
+/// at `max_connections` a new client closes the idle one (GOAWAY, then
+/// the close), not an older one whose stream is in flight, which gets its
+/// answer and no GOAWAY.
+#[test]
+fn at_the_connection_limit_a_busy_http2_connection_is_not_the_idle_one() {
+    let dir = TempDir::new("h2-evict");
+    let slow = Backend::start("slow");
+    slow.delay_ms
+        .store(1500, std::sync::atomic::Ordering::Relaxed);
+    let web = Backend::start("web");
+    dir.write("slow", &slow.fs_line());
+    dir.write("web", &web.fs_line());
+    let proxy = proxy(&dir, "limits:\n  max_connections: 2\n");
+    let preface = || {
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(4, 0, 0, &[]));
+        out
+    };
+    // The older connection: a GET / to slow (:method GET, :scheme http,
+    // :path /, :authority slow), in flight for 1.5 s.
+    let mut busy = TcpStream::connect(proxy.addr).unwrap();
+    let mut out = preface();
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 4];
+    block.extend_from_slice(b"slow");
+    out.extend(frame(1, 0x5, 1, &block));
+    busy.write_all(&out).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // The newer one, idle.
+    let mut idle = TcpStream::connect(proxy.addr).unwrap();
+    idle.write_all(&preface()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // It reads, and answers the proxy's PINGs, meanwhile.
+    let idle = std::thread::spawn(move || frames_until(&mut idle, |_| false));
+    let r = sidetrack_tests::client::get(proxy.addr, "web", "/", &[]);
+    assert_eq!(r.status, 200);
+    let (frames, closed) = idle.join().unwrap();
+    assert!(closed, "the idle connection is closed: {frames:?}");
+    assert!(frames.iter().any(|f| f.0 == 7), "with GOAWAY: {frames:?}");
+    let answered = |f: &[(u8, u8, u32, Vec<u8>)]| {
+        f.iter()
+            .any(|(kind, flags, stream, _)| *stream == 1 && *kind <= 1 && flags & 1 != 0)
+    };
+    let (frames, _) = frames_until(&mut busy, answered);
+    assert!(answered(&frames), "the busy stream is answered: {frames:?}");
+    assert!(
+        !frames.iter().any(|f| f.0 == 7),
+        "no GOAWAY to the busy connection: {frames:?}"
+    );
+    assert_eq!(
+        proxy.metric("sidetrack_connections_evicted_total", &[]),
+        1.0
+    );
+}
+
 /// A client that stops reading a large server stream: flow control holds
 /// the backend back, and the proxy's memory stays within a few windows
 /// (the stream is 25 MiB); once the client reads again every message

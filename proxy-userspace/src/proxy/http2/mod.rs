@@ -18,9 +18,9 @@
 //! matching `grpc-status` ([`grpc`]).
 //!
 //! A client connection lives until its client closes it, until it has
-//! taken no stream for `limits.idle_timeout_ms`, or until the proxy
-//! drains or needs its slot (`max_connections`): then it is sent GOAWAY
-//! and its streams in flight finish. hyper and h2 bound what a client may
+//! served no stream for `limits.idle_timeout_ms`, or until the proxy
+//! drains or, while it serves none, needs its slot (`max_connections`):
+//! then it is sent GOAWAY and its streams in flight finish. hyper and h2 bound what a client may
 //! make the proxy hold (docs/http2.md): streams at once, header lists,
 //! the HPACK table, windows, and streams reset before they were accepted
 //! (rapid reset) or for the client's errors, past which the connection
@@ -112,6 +112,39 @@ struct Conn {
     rng: RefCell<SmallRng>,
     /// Name and key buffers of streams that ended, for the next ones.
     spare: RefCell<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Streams being served ([`Open`]).
+    open: Cell<usize>,
+}
+
+/// A stream the connection serves, from its request to its response's
+/// end. While one is, the connection is busy: no idle timeout ends it,
+/// nor is it the idle one closed for room at `max_connections`; when the
+/// last ends, it is idle from then, as an HTTP/1.1 connection between
+/// requests.
+struct Open(Rc<Conn>);
+
+impl Open {
+    fn new(conn: &Rc<Conn>) -> Open {
+        let n = conn.open.get();
+        if n == 0 {
+            conn.deadline
+                .set_idle(&conn.worker.watchdog, false, Duration::ZERO);
+        }
+        conn.open.set(n + 1);
+        Open(conn.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let conn = &self.0;
+        let n = conn.open.get() - 1;
+        conn.open.set(n);
+        if n == 0 {
+            let idle = conn.worker.shared.cfg.idle_timeout;
+            conn.deadline.set_idle(&conn.worker.watchdog, true, idle);
+        }
+    }
 }
 
 /// Most spare buffer pairs a connection keeps.
@@ -140,6 +173,7 @@ pub(super) async fn serve(
         deadline: deadline.clone(),
         rng: RefCell::new(SmallRng::from_os_rng()),
         spare: RefCell::default(),
+        open: Cell::new(0),
     });
     let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
     builder
@@ -172,9 +206,10 @@ pub(super) async fn serve(
     );
     let served = builder.serve_connection(io, service);
     let mut served = std::pin::pin!(served);
-    // Idle-marked: the drain, and a new connection at max_connections,
-    // end the wait as they end an idle HTTP/1 connection's; each stream
-    // pushes the idle timeout on.
+    // Idle-marked while no stream is served ([`Open`]): the idle timeout,
+    // the drain and a new connection at max_connections end the wait as
+    // they end an idle HTTP/1 connection's; while streams are served only
+    // the drain does.
     let waited = deadline
         .within(
             &worker.watchdog,
@@ -319,6 +354,8 @@ pub(super) struct End {
     peer: SocketAddr,
     /// The request's copies, sent once the answer has ended whole.
     copies: Option<Box<mirror::Copies>>,
+    /// The stream keeps its connection busy until its answer ends.
+    _open: Option<Open>,
 }
 
 /// The exchange as observers will see it, while its body streams.
@@ -471,8 +508,7 @@ impl Conn {
             shared.metrics.error(r.kind);
             return error_response(grpc::is_grpc(req.headers()), &r);
         }
-        self.deadline
-            .extend(&self.worker.watchdog, shared.cfg.idle_timeout);
+        let mut open = Some(Open::new(&self));
         let started = Instant::now();
         let grpc = grpc::is_grpc(req.headers());
         let mut obs = Observed::new(&shared.observers);
@@ -496,6 +532,7 @@ impl Conn {
             &mut name,
             &mut key,
             started,
+            &mut open,
         ))
         .await;
         {
@@ -527,6 +564,7 @@ impl Conn {
         name: &mut Vec<u8>,
         key: &mut Vec<u8>,
         started: Instant,
+        open: &mut Option<Open>,
     ) -> Result<Response<Body>, Refused> {
         let shared = &*self.worker.shared;
         let cfg = &shared.cfg;
@@ -691,6 +729,7 @@ impl Conn {
             bytes_in,
             peer: self.from.peer,
             copies,
+            _open: open.take(),
         });
         let mut relay = Relay::new(body, Rc::new(Cell::new(0)), grpc, Some(end));
         if let Some(tee) = response_tee {
