@@ -255,6 +255,9 @@ fn cut_off(
     shared: &super::Shared,
     from: Origin,
 ) {
+    // Counted before the client can see its end.
+    shared.metrics.http2_calm.inc();
+    shared.metrics.http2_flood(flood.label());
     let sent = watched.at_boundary.get()
         && client
             .try_write(&frames::goaway(
@@ -263,8 +266,6 @@ fn cut_off(
             ))
             .is_ok_and(|n| n == 17);
     super::stream::shutdown_write(client);
-    shared.metrics.http2_calm.inc();
-    shared.metrics.http2_flood(flood.label());
     if crate::observe::log_limit::allow() {
         tracing::warn!(
             peer = %from.peer,
