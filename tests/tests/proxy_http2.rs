@@ -805,13 +805,16 @@ fn capture_records_http2_bodies() {
     assert_eq!(bytes["response"]["bodySize"], 5000, "{bytes}");
 }
 
+/// A frame read: its type, flags, stream and payload.
+type Frame = (u8, u8, u32, Vec<u8>);
+
 /// Frames read from `conn` until `done` says so or the connection ends
 /// (or 5 s pass), PINGs acknowledged as a client must; whether it ended
 /// (EOF or reset).
 fn frames_until(
     conn: &mut TcpStream,
-    mut done: impl FnMut(&[(u8, u8, u32, Vec<u8>)]) -> bool,
-) -> (Vec<(u8, u8, u32, Vec<u8>)>, bool) {
+    mut done: impl FnMut(&[Frame]) -> bool,
+) -> (Vec<Frame>, bool) {
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let (mut got, mut frames) = (Vec::new(), Vec::new());
     let mut buf = [0u8; 16384];
@@ -885,7 +888,7 @@ fn at_the_connection_limit_a_busy_http2_connection_is_not_the_idle_one() {
     let (frames, closed) = idle.join().unwrap();
     assert!(closed, "the idle connection is closed: {frames:?}");
     assert!(frames.iter().any(|f| f.0 == 7), "with GOAWAY: {frames:?}");
-    let answered = |f: &[(u8, u8, u32, Vec<u8>)]| {
+    let answered = |f: &[Frame]| {
         f.iter()
             .any(|(kind, flags, stream, _)| *stream == 1 && *kind <= 1 && flags & 1 != 0)
     };

@@ -339,17 +339,17 @@ pub struct Job {
     charged: usize,
 }
 
+/// What a [`Carry`] comes to: the answer's status and body bytes, or why
+/// there was none.
+pub type Carried<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(u16, u64), String>> + 'a>>;
+
 /// A copy sent its own way, not as HTTP/1.1 bytes on the shadow pool:
 /// an HTTP/2 request's, sent as the live one went out (`proxy::http2`).
 /// The lane chooses the backend, times the copy out and counts it.
 pub trait Carry {
     /// Sends the copy to `addr` and reads its answer to the end, throwing
     /// it away: its status and the answer's body bytes.
-    fn carry<'a>(
-        &'a self,
-        worker: &'a Rc<Worker>,
-        addr: std::net::SocketAddr,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(u16, u64), String>> + 'a>>;
+    fn carry<'a>(&'a self, worker: &'a Rc<Worker>, addr: std::net::SocketAddr) -> Carried<'a>;
     /// What it holds, for the memory budget.
     fn size(&self) -> usize;
 }

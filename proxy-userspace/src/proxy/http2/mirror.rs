@@ -11,7 +11,7 @@
 //! is read and thrown away: it is not compared (the diff takes HTTP/1.1
 //! answers).
 
-use std::{cell::RefCell, future::Future, net::SocketAddr, pin::Pin, rc::Rc, sync::Arc};
+use std::{cell::RefCell, net::SocketAddr, rc::Rc, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -28,7 +28,7 @@ use crate::{
     proxy::{
         Shared, Worker,
         budget::Pressure,
-        shadow::{self, Carry, Job, Tee},
+        shadow::{self, Carried, Carry, Job, Tee},
     },
     route::Route,
 };
@@ -215,11 +215,7 @@ impl H2Copy {
 }
 
 impl Carry for H2Copy {
-    fn carry<'a>(
-        &'a self,
-        worker: &'a Rc<Worker>,
-        addr: SocketAddr,
-    ) -> Pin<Box<dyn Future<Output = Result<(u16, u64), String>> + 'a>> {
+    fn carry<'a>(&'a self, worker: &'a Rc<Worker>, addr: SocketAddr) -> Carried<'a> {
         Box::pin(async move {
             let cfg = &worker.shared.cfg;
             let upstreams = &worker.upstreams;
