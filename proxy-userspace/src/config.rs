@@ -171,6 +171,14 @@ pub struct Http2 {
     /// Streams the proxy may reset for a client's protocol errors before
     /// it ends the connection with GOAWAY ENHANCE_YOUR_CALM.
     pub max_local_error_reset_streams: usize,
+    /// Frames a client may send a second, of each kind that asks the
+    /// proxy for work and carries no request: PING (without ACK), SETTINGS
+    /// (without ACK), and empty frames (DATA without END_STREAM, HEADERS
+    /// or CONTINUATION without END_HEADERS). Past one, GOAWAY
+    /// ENHANCE_YOUR_CALM; 0 sets no limit.
+    pub max_pings_per_second: u32,
+    pub max_settings_per_second: u32,
+    pub max_empty_frames_per_second: u32,
     /// HTTP/2 connections a worker keeps per backend address; streams are
     /// spread over them.
     pub connections_per_endpoint: usize,
@@ -194,6 +202,9 @@ impl Default for Http2 {
             max_send_buf_bytes: 256 << 10,
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 1024,
+            max_pings_per_second: 100,
+            max_settings_per_second: 50,
+            max_empty_frames_per_second: 100,
             connections_per_endpoint: 2,
             h2_names: Vec::new(),
         }

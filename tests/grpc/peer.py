@@ -27,12 +27,16 @@ SERVICE = "test.Echo"
 
 def serve(port, name, host):
     cancelled = {"n": 0}
+    # The unary calls taken (the last 100), for Seen.
+    seen = []
 
     def meta(ctx):
         return {k: v for k, v in ctx.invocation_metadata()}
 
     def unary(req, ctx):
         md = meta(ctx)
+        seen.append({"echo": req.decode(), "shadow": md.get("l5d-shadow", ""), "dst_service": md.get("l5d-dst-service", "")})
+        del seen[:-100]
         return json.dumps(
             {
                 "server": name,
@@ -85,6 +89,9 @@ def serve(port, name, host):
     def cancellations(req, ctx):
         return str(cancelled["n"]).encode()
 
+    def seen_calls(req, ctx):
+        return json.dumps(seen).encode()
+
     def big(req, ctx):
         # A stream of 64 KiB messages, as fast as flow control lets it go.
         chunk = b"x" * 65536
@@ -102,6 +109,7 @@ def serve(port, name, host):
             "Die": grpc.unary_stream_rpc_method_handler(die),
             "Watch": grpc.unary_stream_rpc_method_handler(watch),
             "Cancellations": grpc.unary_unary_rpc_method_handler(cancellations),
+            "Seen": grpc.unary_unary_rpc_method_handler(seen_calls),
             "Big": grpc.unary_stream_rpc_method_handler(big),
         },
     )
@@ -194,6 +202,9 @@ def call(target, authority, scenario, arg):
         # One call, with `arg` as its l5d-dtab when given.
         md = [("l5d-dtab", arg)] if arg else []
         out = json.loads(method(channel, "uu", "Unary")(b"hi", metadata=md, timeout=10))
+    elif scenario == "seen":
+        # The unary calls the server took (called on the server itself).
+        out["seen"] = json.loads(method(channel, "uu", "Seen")(b"", timeout=10))
     elif scenario == "sleep":
         out["result"] = method(channel, "uu", "Sleep")(arg.encode(), timeout=30).decode()
     elif scenario == "unavailable":

@@ -33,6 +33,9 @@ pub fn write_error(out: &mut Vec<u8>, status: u16, reason: &str, close: bool) {
     out.push(b'\n');
 }
 
+/// Why a TRACE at `Max-Forwards: 0` gets 405 (`l5d-err` and the body).
+pub const TRACE_REASON: &str = "Max-Forwards reached 0 at the proxy, which does not reflect TRACE";
+
 /// The proxy's own answer to a TRACE or OPTIONS request it may forward no
 /// further (`Max-Forwards: 0`), as the final recipient (RFC 9110 §7.6.2):
 /// OPTIONS gets 200, TRACE 405 with `l5d-err` (the proxy does not reflect
@@ -40,7 +43,6 @@ pub fn write_error(out: &mut Vec<u8>, status: u16, reason: &str, close: bool) {
 /// credentials to whatever script sent it). Both say `Allow: OPTIONS` and
 /// carry `via`, so the client sees which hop answered.
 pub fn write_max_forwards_answer(out: &mut Vec<u8>, trace: bool, via: &[u8], close: bool) {
-    const TRACE_REASON: &str = "Max-Forwards reached 0 at the proxy, which does not reflect TRACE";
     if trace {
         out.extend_from_slice(b"HTTP/1.1 405 Method Not Allowed\r\nl5d-err: ");
         out.extend_from_slice(TRACE_REASON.as_bytes());

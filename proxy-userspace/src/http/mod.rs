@@ -36,7 +36,9 @@ pub mod framing;
 pub mod head;
 pub mod rewrite;
 
-pub use error::{decimal, push_sanitised, reason_phrase, write_error, write_max_forwards_answer};
+pub use error::{
+    TRACE_REASON, decimal, push_sanitised, reason_phrase, write_error, write_max_forwards_answer,
+};
 pub use framing::{
     BodyLength, ChunkedScanner, Framing, RequestKind, expects_continue, has_token, is_idempotent,
     is_upgrade, request_body, response_body, wants_close,
@@ -45,8 +47,8 @@ pub use head::{
     FieldName, Known, Parsed, RequestHead, ResponseHead, TargetForm, read_later_minor_as_1_1,
 };
 pub use rewrite::{
-    count_via_entries, is_hop_by_hop, max_forwards, via_hops, write_interim, write_request,
-    write_response, write_response_dechunked,
+    count_via_entries, is_hop_by_hop, max_forwards, max_forwards_of, via_hops, write_interim,
+    write_request, write_response, write_response_dechunked,
 };
 
 /// Bounds on what a peer may make the proxy hold or scan.

@@ -324,7 +324,16 @@ pub fn max_forwards(head: &RequestHead, buf: &[u8]) -> Option<u64> {
     if method != b"TRACE" && method != b"OPTIONS" {
         return None;
     }
-    let value = head.get(buf, "max-forwards")?.trim_ascii();
+    max_forwards_of(method, head.get(buf, "max-forwards"))
+}
+
+/// [`max_forwards`] of a request with `method` and the `Max-Forwards`
+/// field `value` (its first), whichever version carried them.
+pub fn max_forwards_of(method: &[u8], value: Option<&[u8]>) -> Option<u64> {
+    if method != b"TRACE" && method != b"OPTIONS" {
+        return None;
+    }
+    let value = value?.trim_ascii();
     if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -370,6 +379,17 @@ pub fn count_via_entries(value: &[u8]) -> usize {
 mod tests {
     use super::*;
     use crate::http::{Limits, RequestKind, request_body, response_body};
+
+    #[test]
+    fn max_forwards_counts_on_trace_and_options_only() {
+        assert_eq!(max_forwards_of(b"OPTIONS", Some(b"0")), Some(0));
+        assert_eq!(max_forwards_of(b"TRACE", Some(b" 12 ")), Some(12));
+        assert_eq!(max_forwards_of(b"GET", Some(b"0")), None);
+        assert_eq!(max_forwards_of(b"OPTIONS", None), None);
+        for bad in [&b""[..], b"-1", b"1x", b"1234567890123456789"] {
+            assert_eq!(max_forwards_of(b"TRACE", Some(bad)), None);
+        }
+    }
 
     use crate::http::parsed::request as req;
 

@@ -121,6 +121,15 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+/// The `frame` labels of `sidetrack_http2_floods_total` (each present
+/// from the start).
+pub const HTTP2_FLOOD_FRAMES: [&str; 3] = ["ping", "settings", "empty"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FrameLabels {
+    frame: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabels {
     pub mode: &'static str,
@@ -287,6 +296,8 @@ pub struct Metrics {
     pub http2_connections: Counter,
     pub http2_streams: Counter,
     pub http2_calm: Counter,
+    /// HTTP/2 client connections cut off for a flood, by frame kind.
+    http2_floods: [Counter; 3],
     extras: Arc<Extras>,
     route_series: AtomicUsize,
     max_route_series: usize,
@@ -384,6 +395,14 @@ impl Metrics {
             "HTTP/2 client connections ended with GOAWAY ENHANCE_YOUR_CALM (rapid reset, too many stream errors)",
             http2_calm.clone(),
         );
+        let flood_family = Family::<FrameLabels, Counter>::default();
+        registry.register(
+            "http2_floods",
+            "HTTP/2 client connections cut off (GOAWAY ENHANCE_YOUR_CALM) for sending more PING, SETTINGS or empty frames a second than http2.max_*_per_second, by frame",
+            flood_family.clone(),
+        );
+        let http2_floods = HTTP2_FLOOD_FRAMES
+            .map(|frame| flood_family.get_or_create_owned(&FrameLabels { frame }));
         let bytes = Family::<ModeLabels, Counter>::default();
 
         registry.register(
@@ -475,6 +494,7 @@ impl Metrics {
             http2_connections,
             http2_streams,
             http2_calm,
+            http2_floods,
             extras,
             route_series: AtomicUsize::new(0),
             max_route_series,
@@ -497,6 +517,14 @@ impl Metrics {
     /// Adds counters read at scrape time.
     pub fn add_extra(&self, source: Arc<dyn ExtraCounters>) {
         self.extras.0.lock().expect("extras lock").push(source);
+    }
+
+    /// Counts a client cut off for a flood of `frame`s (one of
+    /// [`HTTP2_FLOOD_FRAMES`]).
+    pub fn http2_flood(&self, frame: &str) {
+        if let Some(i) = HTTP2_FLOOD_FRAMES.iter().position(|f| *f == frame) {
+            self.http2_floods[i].inc();
+        }
     }
 
     pub fn error(&self, kind: ErrorKind) {

@@ -16,6 +16,10 @@
 //! A copy's answer is read and thrown away, or, in diff mode, kept (its
 //! head and its body up to the limit, dechunked) with the live answer's
 //! and the secondary's, and handed to the diff engine.
+//!
+//! A copy of a request that came as HTTP/2 carries itself ([`Carry`],
+//! made by `proxy::http2::mirror`): the lane picks its backend, times it
+//! out and counts it, and it is never compared.
 
 use std::{
     cell::{Cell, RefCell},
@@ -104,6 +108,11 @@ impl Tee {
     /// through userspace (no splice).
     pub fn is_on(&self) -> bool {
         self.on && !self.done
+    }
+
+    /// What it keeps at most.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Bytes passing.
@@ -252,6 +261,7 @@ impl Copies {
                 route: route.clone(),
                 index,
                 request: head,
+                carried: None,
                 live: bound.secondary.as_ref().and(live.clone()),
                 charged: 0,
             };
@@ -319,12 +329,43 @@ pub struct Job {
     pub route: Arc<Route>,
     /// Which of the route's mirrors.
     pub index: usize,
-    /// The copy's head and body.
+    /// The copy's head and body (HTTP/1.1).
     pub request: Vec<u8>,
+    /// A copy that carries itself instead (an HTTP/2 request's).
+    pub carried: Option<Box<dyn Carry>>,
     /// Diff mode: the live answer.
     pub live: Option<Rc<Kept>>,
     /// What the job is charged against the memory budget.
     charged: usize,
+}
+
+/// What a [`Carry`] comes to: the answer's status and body bytes, or why
+/// there was none.
+pub type Carried<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(u16, u64), String>> + 'a>>;
+
+/// A copy sent its own way, not as HTTP/1.1 bytes on the shadow pool:
+/// an HTTP/2 request's, sent as the live one went out (`proxy::http2`).
+/// The lane chooses the backend, times the copy out and counts it.
+pub trait Carry {
+    /// Sends the copy to `addr` and reads its answer to the end, throwing
+    /// it away: its status and the answer's body bytes.
+    fn carry<'a>(&'a self, worker: &'a Rc<Worker>, addr: std::net::SocketAddr) -> Carried<'a>;
+    /// What it holds, for the memory budget.
+    fn size(&self) -> usize;
+}
+
+impl Job {
+    /// A copy for the route's mirror `index` that carries itself.
+    pub fn carried(route: Arc<Route>, index: usize, carried: Box<dyn Carry>) -> Job {
+        Job {
+            route,
+            index,
+            request: Vec::new(),
+            carried: Some(carried),
+            live: None,
+            charged: 0,
+        }
+    }
 }
 
 impl Job {
@@ -423,7 +464,9 @@ pub fn submit(worker: &Rc<Worker>, mut job: Job) {
     let admitted = lane.in_flight < cfg.max_in_flight || lane.queue.len() < cfg.max_queued;
     if admitted {
         // What a copy holds counts against the memory budget until it is done.
-        job.charged = job.request.capacity() + job.live.as_ref().map_or(0, |k| k.size());
+        job.charged = job.request.capacity()
+            + job.live.as_ref().map_or(0, |k| k.size())
+            + job.carried.as_ref().map_or(0, |c| c.size());
         worker.shared.budget.recharge(0, job.charged);
     }
     if lane.in_flight < cfg.max_in_flight {
@@ -475,6 +518,15 @@ async fn run(worker: &Rc<Worker>, job: &Job, rng: &mut SmallRng) {
     let stats = &bound.stats;
     let timeout = worker.shared.cfg.shadow.timeout;
     let watchdog = worker.watchdog.clone();
+    if let Some(carried) = &job.carried {
+        // To the candidate only: the diff compares HTTP/1.1 answers.
+        let sent = watchdog.timeout(timeout, carry(worker, &bound.target, &**carried, rng));
+        count(stats, sent.await.unwrap_or(Err(CopyError::TimedOut)));
+        if bound.secondary.is_some() {
+            stats.diff_skipped.inc();
+        }
+        return;
+    }
     let Some(secondary) = &bound.secondary else {
         let sent = watchdog.timeout(
             timeout,
@@ -614,6 +666,45 @@ fn count(stats: &crate::observe::metrics::MirrorStats, r: Result<(), CopyError>)
     }
 }
 
+/// A member of `target`, counted as sent a request.
+fn pick<'t>(
+    target: &'t Result<NameTree<Dest>, String>,
+    rng: &mut SmallRng,
+) -> Result<(&'t Dest, std::net::SocketAddr), CopyError> {
+    let tree = target.as_ref().map_err(|e| CopyError::Failed(e.clone()))?;
+    let Choice::Leaf(dest) = tree.choose(rng) else {
+        return Err(CopyError::Failed("the target chose no destination".into()));
+    };
+    let backend = dest
+        .balancer
+        .pick(rng)
+        .ok_or_else(|| CopyError::Failed(format!("no endpoints for {}", dest.id)))?;
+    dest.stats.requests.inc();
+    Ok((dest, backend.addr()))
+}
+
+/// Sends a copy that carries itself to a member of `target`.
+async fn carry(
+    worker: &Rc<Worker>,
+    target: &Result<NameTree<Dest>, String>,
+    carried: &dyn Carry,
+    rng: &mut SmallRng,
+) -> Result<(), CopyError> {
+    let (dest, addr) = pick(target, rng)?;
+    let started = Instant::now();
+    let mut tally = Tally::new(dest, started, carried.size());
+    let (status, bytes) = carried
+        .carry(worker, addr)
+        .await
+        .map_err(|e| CopyError::Failed(format!("{addr}: {e}")))?;
+    dest.stats.response(status);
+    dest.stats.latency.observe(started.elapsed());
+    tally.status = status;
+    tally.bytes_out = bytes;
+    tally.answered = true;
+    Ok(())
+}
+
 /// Sends `request` to a member of `target` and reads the answer, keeping
 /// it (up to a number of body bytes) in `keep` when given. A pooled
 /// connection found closed before any answer is replaced once by a new one.
@@ -624,19 +715,9 @@ async fn copy(
     mut keep: Option<(&mut Kept, usize)>,
     rng: &mut SmallRng,
 ) -> Result<(), CopyError> {
-    let tree = target.as_ref().map_err(|e| CopyError::Failed(e.clone()))?;
-    let Choice::Leaf(dest) = tree.choose(rng) else {
-        return Err(CopyError::Failed("the target chose no destination".into()));
-    };
-    let backend = dest
-        .balancer
-        .pick(rng)
-        .ok_or_else(|| CopyError::Failed(format!("no endpoints for {}", dest.id)))?
-        .clone();
-    let addr = backend.addr();
+    let (dest, addr) = pick(target, rng)?;
     let shared = &worker.shared;
     let started = Instant::now();
-    dest.stats.requests.inc();
     let mut tally = Tally::new(dest, started, request.len());
     let mut spare = worker.shadow.spare(shared.cfg.limits.max_headers);
     let pooled = {

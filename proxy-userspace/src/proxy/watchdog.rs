@@ -39,9 +39,12 @@ pub struct Deadline {
     /// One word, so that the sweeper decides on a snapshot of a wait and
     /// fires it with a compare-and-swap: a wait that ended meanwhile (and
     /// the next one armed) is never fired by a decision about the last.
-    /// Bits 0–61: milliseconds on the watchdog's clock, 0 when disarmed;
-    /// [`IDLE`]: waiting between requests (fired at once when the proxy
-    /// drains); [`FIRED`]: the sweeper fired this wait.
+    /// Bits 0–60: milliseconds on the watchdog's clock, 0 when disarmed;
+    /// [`BUSY`]: a connection serving requests at once (HTTP/2) that is
+    /// busy now: no time ends its wait, the drain does; [`IDLE`]: waiting
+    /// between requests (fired at once when the proxy drains, and the
+    /// one idle longest when room is needed); [`FIRED`]: the sweeper
+    /// fired this wait.
     state: AtomicU64,
     /// When the current idle wait began, on the watchdog's clock: which
     /// idle connection is the oldest, when one must make room.
@@ -49,9 +52,10 @@ pub struct Deadline {
     waker: AtomicWaker,
 }
 
+const BUSY: u64 = 1 << 61;
 const IDLE: u64 = 1 << 62;
 const FIRED: u64 = 1 << 63;
-const AT_MASK: u64 = IDLE - 1;
+const AT_MASK: u64 = BUSY - 1;
 
 impl Deadline {
     /// Moves the current wait's deadline to `after` from now: progress on
@@ -71,11 +75,42 @@ impl Deadline {
         );
     }
 
+    /// Turns the current wait of a connection that serves requests at once
+    /// (an HTTP/2 connection's, which waits the whole connection) idle or
+    /// busy. Idle, as between HTTP/1.1 requests: it ends `after` from now,
+    /// when it is the one idle longest and room is needed, or at the
+    /// drain. Busy: only at the drain. A wait that fired, or ended, stays
+    /// as it is.
+    pub fn set_idle(&self, dog: &Watchdog, idle: bool, after: Duration) {
+        let state = self.state.load(Ordering::Acquire);
+        if state & AT_MASK == 0 || state & FIRED != 0 {
+            return;
+        }
+        let next = if idle {
+            let now = dog.now_ms();
+            self.idle_since.store(now, Ordering::Relaxed);
+            let mut at = (now + after.as_millis() as u64).min(AT_MASK);
+            if dog.draining() {
+                // Past the drain's grace: the next sweep ends it.
+                at = at.min(dog.idle_until_ms.load(Ordering::Relaxed).max(1));
+            }
+            at | IDLE
+        } else {
+            AT_MASK | BUSY
+        };
+        // Lost only to the sweeper firing it, which stands.
+        let _ = self
+            .state
+            .compare_exchange(state, next, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
     /// Fires the wait `state` describes if it is due at `now`, unless that
     /// wait is over; returns whether it fired.
     fn fire_if_due(&self, state: u64, now: u64, draining: bool) -> bool {
         let at = state & AT_MASK;
-        let due = at != 0 && state & FIRED == 0 && (at <= now || (draining && state & IDLE != 0));
+        let due = at != 0
+            && state & FIRED == 0
+            && (at <= now || (draining && state & (IDLE | BUSY) != 0));
         // `draining`: the drain's grace for idle connections is over.
         let fired = due
             && self
@@ -333,6 +368,40 @@ mod tests {
         assert!(d.fire_if_due(d.state.load(Ordering::Acquire), 150, true));
         d.state.store(9_000, Ordering::Release);
         assert!(!d.fire_if_due(d.state.load(Ordering::Acquire), 150, true));
+    }
+
+    #[test]
+    fn a_busy_connection_makes_no_room_and_times_out_never_but_drains() {
+        let dog = Watchdog::default();
+        let (busy, idle) = (dog.deadline(), dog.deadline());
+        for d in [&busy, &idle] {
+            d.state.store(60_000 | IDLE, Ordering::Release);
+        }
+        // The busy one has been idle longest, but is busy now.
+        busy.idle_since.store(1, Ordering::Relaxed);
+        idle.idle_since.store(2, Ordering::Relaxed);
+        busy.set_idle(&dog, false, Duration::from_secs(60));
+        assert!(dog.close_oldest_idle());
+        assert_ne!(idle.state.load(Ordering::Relaxed) & FIRED, 0);
+        assert_eq!(busy.state.load(Ordering::Relaxed) & FIRED, 0);
+        assert!(!dog.close_oldest_idle(), "a busy connection makes no room");
+        let state = busy.state.load(Ordering::Acquire);
+        assert!(
+            !busy.fire_if_due(state, AT_MASK - 1, false),
+            "no time ends it"
+        );
+        assert!(busy.fire_if_due(state, 150, true), "the drain does");
+        // Idle again: its idle time starts now, and it makes room.
+        busy.state.store(AT_MASK | BUSY, Ordering::Release);
+        busy.set_idle(&dog, true, Duration::from_secs(60));
+        let state = busy.state.load(Ordering::Relaxed);
+        assert_eq!(state & (IDLE | BUSY), IDLE);
+        assert_eq!(busy.idle_since.load(Ordering::Relaxed), dog.now_ms());
+        assert!(dog.close_oldest_idle());
+        // A disarmed or fired wait stays as it is.
+        let d = Deadline::default();
+        d.set_idle(&dog, false, Duration::from_secs(1));
+        assert_eq!(d.state.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -223,25 +223,31 @@ impl Entry {
             .map(|b| dechunked(&resp_headers, b));
         let req_head_len = x.request_head.len() as i64;
         let resp_head_len = x.response_head.len() as i64;
+        // HTTP/2's byte counts are of bodies alone (its heads are
+        // HPACK-coded frames, recorded here in HTTP/1.1's text form).
+        let heads_counted = req_version != "HTTP/2";
         let known = |head: i64, total: u64| {
-            if head > 0 {
+            if head <= 0 {
+                -1
+            } else if heads_counted {
                 (total as i64 - head).max(0)
             } else {
-                -1
+                total as i64
             }
         };
 
         let post_data = request_body.as_ref().filter(|b| !b.is_empty()).map(|b| {
-            let (text, encoding) = body_text(b);
+            let mime_type = header(&req_headers, "content-type");
+            let (text, encoding) = body_text(b, mime_type);
             PostData {
-                mime_type: header(&req_headers, "content-type").to_owned(),
+                mime_type: mime_type.to_owned(),
                 text,
                 encoding,
             }
         });
         let (text, encoding) = match &response_body {
             Some(b) => {
-                let (t, e) = body_text(b);
+                let (t, e) = body_text(b, header(&resp_headers, "content-type"));
                 (Some(t), e)
             }
             None => (None, None),
@@ -363,11 +369,17 @@ fn decode_text(text: &str, encoding: Option<&str>) -> Option<Vec<u8>> {
     }
 }
 
-/// A body as text: itself when it is UTF-8, else base64 (and `base64`).
-fn body_text(body: &[u8]) -> (String, Option<String>) {
+/// A body as text: itself when it is UTF-8 and not gRPC (whose
+/// length-prefixed messages are binary even when they decode as UTF-8),
+/// else base64 (and `base64`).
+fn body_text(body: &[u8], mime_type: &str) -> (String, Option<String>) {
+    const GRPC: &str = "application/grpc";
+    let grpc = mime_type
+        .get(..GRPC.len())
+        .is_some_and(|m| m.eq_ignore_ascii_case(GRPC));
     match std::str::from_utf8(body) {
-        Ok(s) => (s.to_owned(), None),
-        Err(_) => (
+        Ok(s) if !grpc => (s.to_owned(), None),
+        _ => (
             base64::engine::general_purpose::STANDARD.encode(body),
             Some("base64".to_owned()),
         ),
@@ -600,6 +612,15 @@ mod tests {
         assert_eq!(e.response.content.encoding.as_deref(), Some("base64"));
         assert_eq!(e.response_body().unwrap(), b"\xff\x00\x01hi");
         assert_eq!(e.response.content.size, 5);
+    }
+
+    #[test]
+    fn grpc_bodies_are_base64_even_when_they_read_as_utf8() {
+        assert_eq!(
+            body_text(b"\0\0\0\0\x02hi", "application/grpc+proto"),
+            ("AAAAAAJoaQ==".to_owned(), Some("base64".to_owned()))
+        );
+        assert_eq!(body_text(b"hi", "text/plain"), ("hi".to_owned(), None));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! is done with it.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, ready},
@@ -21,6 +21,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use hyper::{HeaderMap, body::Incoming};
 
 use super::{End, Ending, grpc};
+use crate::proxy::shadow::Tee;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -47,6 +48,8 @@ pub struct Relay {
     /// Boxed: a body is moved several times on its way through hyper, and
     /// what its end settles is most of its size.
     end: Option<Box<End>>,
+    /// Where the body is kept as it passes (for copies), if anywhere.
+    tee: Option<Rc<RefCell<Tee>>>,
 }
 
 impl Relay {
@@ -60,7 +63,23 @@ impl Relay {
             done: false,
             failed: false,
             end,
+            tee: None,
         }
+    }
+
+    /// Keeps the body in `tee` as it passes (up to the tee's limit).
+    pub fn keeping(mut self, tee: Rc<RefCell<Tee>>) -> Relay {
+        {
+            let mut t = tee.borrow_mut();
+            match self.inner.size_hint().exact() {
+                Some(0) => t.finish(),
+                Some(n) if n > t.limit() as u64 => t.give_up(),
+                _ if self.inner.is_end_stream() => t.finish(),
+                _ => {}
+            }
+        }
+        self.tee = Some(tee);
+        self
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -76,10 +95,23 @@ impl Relay {
                 if let Some(data) = frame.data_ref() {
                     self.moved.set(self.moved.get() + data.len() as u64);
                 }
+                if let Some(tee) = &self.tee {
+                    let mut tee = tee.borrow_mut();
+                    if let Some(data) = frame.data_ref() {
+                        tee.take(data);
+                    }
+                    // hyper stops asking once the body says it has ended.
+                    if frame.is_trailers() || self.inner.is_end_stream() {
+                        tee.finish();
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             None => {
                 self.done = true;
+                if let Some(tee) = &self.tee {
+                    tee.borrow_mut().finish();
+                }
                 Poll::Ready(None)
             }
             Some(Err(e)) => {
@@ -108,14 +140,17 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        let how = if self.failed {
+            Ending::BackendFailed
+        } else if self.done || self.inner.is_end_stream() {
+            Ending::Whole
+        } else {
+            Ending::Dropped
+        };
+        if let (Ending::Whole, Some(tee)) = (how, &self.tee) {
+            tee.borrow_mut().finish();
+        }
         if let Some(end) = self.end.take() {
-            let how = if self.failed {
-                Ending::BackendFailed
-            } else if self.done || self.inner.is_end_stream() {
-                Ending::Whole
-            } else {
-                Ending::Dropped
-            };
             end.finish(how, self.moved.get());
         }
     }

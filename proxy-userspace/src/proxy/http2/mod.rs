@@ -12,23 +12,28 @@
 //! hyper resets the backend stream when the client's goes (the request's
 //! future or body is dropped), and the client's when the backend's fails
 //! (a gRPC call gets UNAVAILABLE trailers instead, see [`body::Relay`]).
+//! Mirrors copy streams as they copy HTTP/1.1 requests ([`mirror`]).
 //! The proxy's own errors are answered as HTTP/1.1's are (status and
 //! `l5d-err`), and to gRPC clients as trailers-only responses with the
 //! matching `grpc-status` ([`grpc`]).
 //!
 //! A client connection lives until its client closes it, until it has
-//! taken no stream for `limits.idle_timeout_ms`, or until the proxy
-//! drains or needs its slot (`max_connections`): then it is sent GOAWAY
-//! and its streams in flight finish. hyper and h2 bound what a client may
+//! served no stream for `limits.idle_timeout_ms`, or until the proxy
+//! drains or, while it serves none, needs its slot (`max_connections`):
+//! then it is sent GOAWAY and its streams in flight finish. hyper and h2 bound what a client may
 //! make the proxy hold (docs/http2.md): streams at once, header lists,
 //! the HPACK table, windows, and streams reset before they were accepted
 //! (rapid reset) or for the client's errors, past which the connection
-//! gets GOAWAY ENHANCE_YOUR_CALM.
+//! gets GOAWAY ENHANCE_YOUR_CALM. What they do not bound, a client's
+//! PING, SETTINGS and empty frames a second, the connection's I/O counts
+//! ([`frames`]); a flood ends the connection with the same GOAWAY.
 
 mod body;
 mod client;
+mod frames;
 mod grpc;
 mod io;
+mod mirror;
 
 use std::{
     cell::{Cell, RefCell},
@@ -53,18 +58,21 @@ pub(super) use self::client::Upstreams;
 use self::{
     body::{Body, Relay},
     client::{Failed, H1Sender},
-    io::Io,
+    frames::{Flood, Guard},
+    io::{Io, Watched},
 };
 use super::{
     Worker,
     observed::{Observed, Request as Told},
     routing::{self, Origin, Refused, RequestView, VIA_H2},
+    shadow::Tee,
     watchdog::{Deadline, Elapsed},
 };
 use crate::{
     http,
     namer::balancer::InFlight,
     observe::{
+        exchange::Bodies,
         metrics::{ErrorKind, RouteStats},
         trace::{self, TIMING_HEADER, Timing},
     },
@@ -104,6 +112,39 @@ struct Conn {
     rng: RefCell<SmallRng>,
     /// Name and key buffers of streams that ended, for the next ones.
     spare: RefCell<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Streams being served ([`Open`]).
+    open: Cell<usize>,
+}
+
+/// A stream the connection serves, from its request to its response's
+/// end. While one is, the connection is busy: no idle timeout ends it,
+/// nor is it the idle one closed for room at `max_connections`; when the
+/// last ends, it is idle from then, as an HTTP/1.1 connection between
+/// requests.
+struct Open(Rc<Conn>);
+
+impl Open {
+    fn new(conn: &Rc<Conn>) -> Open {
+        let n = conn.open.get();
+        if n == 0 {
+            conn.deadline
+                .set_idle(&conn.worker.watchdog, false, Duration::ZERO);
+        }
+        conn.open.set(n + 1);
+        Open(conn.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let conn = &self.0;
+        let n = conn.open.get() - 1;
+        conn.open.set(n);
+        if n == 0 {
+            let idle = conn.worker.shared.cfg.idle_timeout;
+            conn.deadline.set_idle(&conn.worker.watchdog, true, idle);
+        }
+    }
 }
 
 /// Most spare buffer pairs a connection keeps.
@@ -132,6 +173,7 @@ pub(super) async fn serve(
         deadline: deadline.clone(),
         rng: RefCell::new(SmallRng::from_os_rng()),
         spare: RefCell::default(),
+        open: Cell::new(0),
     });
     let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
     builder
@@ -150,11 +192,24 @@ pub(super) async fn serve(
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(conn.stream(req).await) }
     });
-    let served = builder.serve_connection(Io::new(client, read), service);
+    let limits = frames::Limits {
+        pings: cfg.max_pings_per_second,
+        settings: cfg.max_settings_per_second,
+        empty: cfg.max_empty_frames_per_second,
+    };
+    let watched = Rc::new(Watched::default());
+    let io = Io::watched(
+        client,
+        read,
+        Guard::new(limits, Instant::now()),
+        watched.clone(),
+    );
+    let served = builder.serve_connection(io, service);
     let mut served = std::pin::pin!(served);
-    // Idle-marked: the drain, and a new connection at max_connections,
-    // end the wait as they end an idle HTTP/1 connection's; each stream
-    // pushes the idle timeout on.
+    // Idle-marked while no stream is served ([`Open`]): the idle timeout,
+    // the drain and a new connection at max_connections end the wait as
+    // they end an idle HTTP/1 connection's; while streams are served only
+    // the drain does.
     let waited = deadline
         .within(
             &worker.watchdog,
@@ -171,7 +226,9 @@ pub(super) async fn serve(
             served.await
         }
     };
-    if let Err(e) = ended {
+    if let Some(flood) = watched.flood.get() {
+        cut_off(client, &watched, flood, &shared, from);
+    } else if let Err(e) = ended {
         let calm = std::error::Error::source(&e)
             .and_then(|s| s.downcast_ref::<h2::Error>())
             .and_then(h2::Error::reason)
@@ -184,6 +241,38 @@ pub(super) async fn serve(
         } else {
             tracing::debug!(peer = %from.peer, error = %e, "HTTP/2 connection ended");
         }
+    }
+}
+
+/// A client that flooded the proxy: GOAWAY ENHANCE_YOUR_CALM (when the
+/// proxy's output ends with a whole frame, as it does unless the client
+/// stopped reading, and the socket takes it), then the connection's end.
+/// hyper is done with the connection: its streams are gone.
+fn cut_off(
+    client: &TcpStream,
+    watched: &Watched,
+    flood: Flood,
+    shared: &super::Shared,
+    from: Origin,
+) {
+    // Counted before the client can see its end.
+    shared.metrics.http2_calm.inc();
+    shared.metrics.http2_flood(flood.label());
+    let sent = watched.at_boundary.get()
+        && client
+            .try_write(&frames::goaway(
+                watched.last_stream.get(),
+                frames::ENHANCE_YOUR_CALM,
+            ))
+            .is_ok_and(|n| n == 17);
+    super::stream::shutdown_write(client);
+    if crate::observe::log_limit::allow() {
+        tracing::warn!(
+            peer = %from.peer,
+            frames = flood.label(),
+            goaway = sent,
+            "HTTP/2 client cut off for a flood (GOAWAY ENHANCE_YOUR_CALM); see http2.max_*_per_second"
+        );
     }
 }
 
@@ -264,6 +353,10 @@ pub(super) struct End {
     told: Option<Box<Telling>>,
     bytes_in: Rc<Cell<u64>>,
     peer: SocketAddr,
+    /// The request's copies, sent once the answer has ended whole.
+    copies: Option<Box<mirror::Copies>>,
+    /// The stream keeps its connection busy until its answer ends.
+    _open: Option<Open>,
 }
 
 /// The exchange as observers will see it, while its body streams.
@@ -271,6 +364,17 @@ struct Telling {
     obs: Observed,
     method: Method,
     uri: Uri,
+    /// What capture keeps of it, when it asked.
+    kept: Option<Box<Kept>>,
+}
+
+/// An exchange's heads, in HTTP/1.1's text form (the version `HTTP/2`),
+/// and its bodies as they passed, for capture.
+struct Kept {
+    request_head: Vec<u8>,
+    request: Rc<RefCell<Tee>>,
+    response_head: Vec<u8>,
+    response: Rc<RefCell<Tee>>,
 }
 
 impl End {
@@ -290,11 +394,30 @@ impl End {
         if let (Ending::Whole, Some((addr, sender))) = (how, self.h1) {
             self.worker.upstreams.put_h1(addr, sender, &shared.cfg.pool);
         }
+        if let (Ending::Whole, Some(copies)) = (how, self.copies) {
+            copies.dispatch(&self.worker);
+        }
         if let Some(mut t) = self.told {
             t.obs.bytes_in += self.bytes_in.get();
             t.obs.bytes_out += bytes_out;
             t.obs.error = t.obs.error.or(error);
-            tell(&t.obs, &shared.observers, self.peer, &t.method, &t.uri);
+            let kept = t.kept.as_deref();
+            let request = kept.map(|k| k.request.borrow());
+            let response = kept.map(|k| k.response.borrow());
+            let bodies = kept.map(|k| Bodies {
+                request_head: &k.request_head,
+                request_body: request.as_ref().and_then(|t| t.kept()),
+                response_head: &k.response_head,
+                response_body: response.as_ref().and_then(|t| t.kept()),
+            });
+            tell(
+                &t.obs,
+                &shared.observers,
+                self.peer,
+                &t.method,
+                &t.uri,
+                bodies,
+            );
         }
     }
 }
@@ -305,13 +428,56 @@ fn tell(
     peer: SocketAddr,
     method: &Method,
     uri: &Uri,
+    bodies: Option<Bodies<'_>>,
 ) {
     let told = Told {
         method: method.as_str(),
         authority: uri.authority().map_or("", |a| a.as_str()),
         target: uri.path_and_query().map_or("/", |p| p.as_str()),
     };
-    obs.tell_request(observers, peer, told, None);
+    obs.tell_request(observers, peer, told, bodies);
+}
+
+/// A request head as capture records it: HTTP/1.1's text form with the
+/// version `HTTP/2`, `:authority` as Host when the request has none.
+fn request_text(parts: &Parts) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/2\r\n");
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+    {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(a.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    push_fields(&mut out, &parts.headers);
+    out
+}
+
+/// A response head as capture records it (see [`request_text`]).
+fn response_text(parts: &hyper::http::response::Parts) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/2 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    push_fields(&mut out, &parts.headers);
+    out
+}
+
+fn push_fields(out: &mut Vec<u8>, headers: &hyper::HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A backend connection a stream was sent on.
@@ -343,8 +509,7 @@ impl Conn {
             shared.metrics.error(r.kind);
             return error_response(grpc::is_grpc(req.headers()), &r);
         }
-        self.deadline
-            .extend(&self.worker.watchdog, shared.cfg.idle_timeout);
+        let mut open = Some(Open::new(&self));
         let started = Instant::now();
         let grpc = grpc::is_grpc(req.headers());
         let mut obs = Observed::new(&shared.observers);
@@ -368,6 +533,7 @@ impl Conn {
             &mut name,
             &mut key,
             started,
+            &mut open,
         ))
         .await;
         {
@@ -382,7 +548,7 @@ impl Conn {
             if let Some((method, uri)) = &request {
                 obs.error = Some(refused.kind);
                 obs.status = refused.status;
-                tell(&obs, &shared.observers, self.from.peer, method, uri);
+                tell(&obs, &shared.observers, self.from.peer, method, uri, None);
             }
             error_response(grpc, &refused)
         })
@@ -399,10 +565,23 @@ impl Conn {
         name: &mut Vec<u8>,
         key: &mut Vec<u8>,
         started: Instant,
+        open: &mut Option<Open>,
     ) -> Result<Response<Body>, Refused> {
         let shared = &*self.worker.shared;
         let cfg = &shared.cfg;
         let (mut parts, body) = req.into_parts();
+        // A TRACE or OPTIONS goes on with one forward less; at 0 the proxy
+        // is its final recipient, as for HTTP/1.1.
+        let max_forwards = http::max_forwards_of(
+            parts.method.as_str().as_bytes(),
+            parts
+                .headers
+                .get(header::MAX_FORWARDS)
+                .map(HeaderValue::as_bytes),
+        );
+        if max_forwards == Some(0) {
+            return Ok(max_forwards_answer(parts.method == Method::TRACE));
+        }
         let hops: usize = parts
             .headers
             .get_all(header::VIA)
@@ -431,6 +610,16 @@ impl Conn {
         if obs.on || obs.timing {
             obs.routed(&route, &shared.observers);
         }
+        // Capture wants the exchange's heads and bodies: the request's as
+        // it came.
+        let mut kept = obs.keep.map(|_| {
+            Box::new(Kept {
+                request_head: request_text(&parts),
+                request: Rc::default(),
+                response_head: Vec::new(),
+                response: Rc::default(),
+            })
+        });
         let sticky = match &cfg.sticky_header {
             Some(h) => view.get(h),
             None => None,
@@ -441,10 +630,12 @@ impl Conn {
             obs.picked(&route, dest);
         }
         let out_h2 = grpc || names_h2(&cfg.http2.h2_names, &route.name);
-        let added = self.added(&view, &route, dest, routed.edge, obs);
+        let mut forwards_text = [0u8; 20];
+        let forwards = max_forwards.map(|n| http::decimal(n - 1, &mut forwards_text));
+        let added = self.added(&view, &route, dest, routed.edge, forwards, obs);
         let dropped = routing::Dropped {
             edge: routed.edge,
-            max_forwards: false,
+            max_forwards: max_forwards.is_some(),
             request_header: cfg.shadow.request_header.as_bytes(),
             timing: obs.timing,
         };
@@ -456,6 +647,16 @@ impl Conn {
             .collect();
         for name in doomed {
             parts.headers.remove(name);
+        }
+        // Copies (shadowing) start from the request as it goes on, before
+        // the fields for its live destination are added.
+        let copies = if route.mirrors.is_empty() {
+            None
+        } else {
+            mirror::choose(shared, &mut self.rng.borrow_mut(), &route, &parts, out_h2)
+        };
+        if obs.on {
+            obs.mirrored = copies.is_some();
         }
         for (name, value) in added.into_iter().flatten() {
             parts.headers.append(name, value);
@@ -470,8 +671,27 @@ impl Conn {
             None => cfg.response_timeout,
         };
         let bytes_in = Rc::new(Cell::new(0));
-        let body = Body::Relay(Relay::new(body, bytes_in.clone(), false, None));
-        let req = Request::from_parts(parts, body);
+        // The request body is kept for copies and for capture, up to the
+        // larger of their limits, in one tee.
+        let tee = match (&copies, &mut kept) {
+            (Some(c), Some(k)) => {
+                let limit = cfg.shadow.max_body.max(obs.keep.unwrap_or(0));
+                c.body.borrow_mut().start(limit);
+                k.request = c.body.clone();
+                Some(c.body.clone())
+            }
+            (Some(c), None) => Some(c.body.clone()),
+            (None, Some(k)) => {
+                k.request.borrow_mut().start(obs.keep.unwrap_or(0));
+                Some(k.request.clone())
+            }
+            (None, None) => None,
+        };
+        let mut relay = Relay::new(body, bytes_in.clone(), false, None);
+        if let Some(tee) = tee {
+            relay = relay.keeping(tee);
+        }
+        let req = Request::from_parts(parts, Body::Relay(relay));
         let sent = self
             .send(dest, req, out_h2, started, deadline, obs)
             .await
@@ -487,12 +707,18 @@ impl Conn {
             .headers
             .append(header::VIA, HeaderValue::from_static("2 sidetrack"));
         obs.status = status;
+        let response_tee = kept.as_mut().map(|k| {
+            k.response_head = response_text(&parts);
+            k.response.borrow_mut().start(obs.keep.unwrap_or(0));
+            k.response.clone()
+        });
         // The observers are told when the body ends.
         let told = request.take().map(|(method, uri)| {
             Box::new(Telling {
                 obs: std::mem::replace(obs, Observed::new(&[])),
                 method,
                 uri,
+                kept,
             })
         });
         let end = Box::new(End {
@@ -503,9 +729,14 @@ impl Conn {
             told,
             bytes_in,
             peer: self.from.peer,
+            copies,
+            _open: open.take(),
         });
-        let body = Body::Relay(Relay::new(body, Rc::new(Cell::new(0)), grpc, Some(end)));
-        Ok(Response::from_parts(parts, body))
+        let mut relay = Relay::new(body, Rc::new(Cell::new(0)), grpc, Some(end));
+        if let Some(tee) = response_tee {
+            relay = relay.keeping(tee);
+        }
+        Ok(Response::from_parts(parts, Body::Relay(relay)))
     }
 
     /// The fields the request goes on with, as HTTP/1.1's do (`routing::added`).
@@ -515,6 +746,7 @@ impl Conn {
         route: &Route,
         dest: &Dest,
         edge: bool,
+        max_forwards: Option<&[u8]>,
         obs: &mut Observed,
     ) -> [Option<(HeaderName, HeaderValue)>; routing::MAX_ADDED] {
         let shared = &*self.worker.shared;
@@ -530,7 +762,7 @@ impl Conn {
             dest,
             &ids,
             signature,
-            None,
+            max_forwards,
             None,
             VIA_H2,
         );
@@ -734,6 +966,28 @@ fn refused(status: u16, kind: ErrorKind, reason: impl Into<String>) -> Refused {
     }
 }
 
+/// The answer to a TRACE or OPTIONS at `Max-Forwards: 0`, as HTTP/1.1's
+/// (`http::write_max_forwards_answer`): OPTIONS 200, TRACE 405 (the proxy
+/// does not reflect requests); both `Allow: OPTIONS`.
+fn max_forwards_answer(trace: bool) -> Response<Body> {
+    let mut response = if trace {
+        let mut text = http::TRACE_REASON.as_bytes().to_vec();
+        text.push(b'\n');
+        let mut response = Response::new(Body::Full(Some(Bytes::from(text))));
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        let h = response.headers_mut();
+        h.insert("l5d-err", HeaderValue::from_static(http::TRACE_REASON));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        response
+    } else {
+        Response::new(Body::Empty)
+    };
+    let h = response.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS"));
+    h.insert(header::VIA, HeaderValue::from_static("2 sidetrack"));
+    response
+}
+
 /// The proxy's own answer: for gRPC a trailers-only response with the
 /// status its error maps to; otherwise the status, `l5d-err` and the
 /// reason as text, as HTTP/1.1 gets it.
@@ -804,6 +1058,31 @@ mod tests {
         assert_eq!(parts.uri, "/a/b?c=d");
         assert_eq!(parts.headers["host"], "world:8080");
         assert!(!parts.headers.contains_key("te"));
+    }
+
+    #[test]
+    fn heads_are_recorded_in_http1_text_form() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("http://world/test.Echo/Unary")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        assert_eq!(
+            request_text(&parts),
+            b"POST /test.Echo/Unary HTTP/2\r\nhost: world\r\ncontent-type: application/grpc\r\n\r\n"
+        );
+        let resp = Response::builder()
+            .status(404)
+            .header("via", "2 sidetrack")
+            .body(())
+            .unwrap();
+        let (parts, ()) = resp.into_parts();
+        assert_eq!(
+            response_text(&parts),
+            b"HTTP/2 404 Not Found\r\nvia: 2 sidetrack\r\n\r\n"
+        );
     }
 
     #[test]
