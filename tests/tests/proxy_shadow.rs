@@ -240,10 +240,11 @@ fn live_p99s(proxy: &Proxy, n: usize) -> (Duration, Duration) {
 /// dropped at the lane's bound, and are counted.
 ///
 /// The bound: a copy costs the worker a connect and a write after the
-/// live answer has gone, never a wait; on a busy 2-core machine the
-/// scheduler alone moves p99 by a few milliseconds, so the mirrored p99
-/// may be at most twice the plain one plus 5 ms. A proxy that waited for
-/// the slow candidate would add 3 s to every request.
+/// live answer has gone, never a wait; on a busy 2-core machine (builds
+/// beside the test) the scheduler alone moves p99 by several
+/// milliseconds, so the mirrored p99 may be at most twice the plain one
+/// plus 250 ms. A proxy that waited for a copy would add the copy
+/// timeout (1 s) or the slow candidate's 5 s to every request.
 #[test]
 fn a_slow_dead_or_resetting_candidate_leaves_the_live_exchange_alone() {
     let resetter = Resetter::start();
@@ -254,7 +255,7 @@ fn a_slow_dead_or_resetting_candidate_leaves_the_live_exchange_alone() {
     let bound = |mirrored: Duration, plain: Duration| {
         eprintln!("live p99: {mirrored:?} mirrored, {plain:?} not");
         assert!(
-            mirrored <= plain * 2 + Duration::from_millis(5),
+            mirrored <= plain * 2 + Duration::from_millis(250),
             "live p99 {mirrored:?} with the mirror, {plain:?} without"
         );
     };
