@@ -645,6 +645,7 @@ mod tests {
             close: false,
             idle_conns: 0,
             upload: 0,
+            own_netns: false,
         };
         let r = run(&args).unwrap();
         assert_eq!((r.requests, r.errors), (3, 0));

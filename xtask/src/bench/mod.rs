@@ -117,9 +117,9 @@ impl Plan {
         if quick {
             Plan {
                 rounds: 1,
-                c1_secs: 1.5,
-                c32_secs: 2.0,
-                open_secs: 1.5,
+                c1_secs: 1.0,
+                c32_secs: 1.5,
+                open_secs: 1.0,
                 open_low_rps: 1_000,
                 open_high_rps: 5_000,
                 large_secs: 0.5,
