@@ -30,11 +30,20 @@ impl OrigDst {
     /// The original destination of the accepted `stream` from `peer`
     /// (asked once per connection: in eBPF mode the answer is taken out of
     /// the map).
-    pub fn lookup(&self, stream: &TcpStream, peer: SocketAddr) -> Option<SocketAddrV4> {
+    ///
+    /// `local` is the connection's own address when the caller knows it
+    /// (a listener bound to one address accepts only on it), which saves a
+    /// `getsockname` per connection; `None` asks the socket.
+    pub fn lookup(
+        &self,
+        stream: &TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> Option<SocketAddrV4> {
+        let local = || local.or_else(|| stream.local_addr().ok());
         match self {
             OrigDst::Ebpf(map) => {
-                let (SocketAddr::V4(peer), Ok(SocketAddr::V4(local))) = (peer, stream.local_addr())
-                else {
+                let (SocketAddr::V4(peer), Some(SocketAddr::V4(local))) = (peer, local()) else {
                     return None;
                 };
                 map.take(peer, local)
@@ -43,8 +52,9 @@ impl OrigDst {
             // conntrack then names the proxy's own address, and treating
             // that as a destination would loop (a non-HTTP one tunnelled
             // back in, again and again).
-            OrigDst::Conntrack => nft::so_original_dst(stream)
-                .filter(|dst| stream.local_addr().ok() != Some(SocketAddr::V4(*dst))),
+            OrigDst::Conntrack => {
+                nft::so_original_dst(stream).filter(|dst| local() != Some(SocketAddr::V4(*dst)))
+            }
         }
     }
 }

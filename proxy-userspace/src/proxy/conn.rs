@@ -13,8 +13,10 @@
 //! with nothing buffered, it lends them to its worker ([`Spare`]), which
 //! keeps a few for the next connection that wakes and frees the rest: an
 //! idle keep-alive connection holds no buffers, and a busy one takes them
-//! back without allocating. A request that hits the route cache allocates
-//! nothing.
+//! back without allocating. Nor does its task hold an exchange: a request's
+//! exchange runs in a block of the worker's ([`InBlock`]), so an idle
+//! task is the connection and what waiting needs. A request that hits the
+//! route cache allocates nothing.
 //!
 //! Requests are answered strictly in order, one at a time: a pipelined
 //! request waits in `from_client` until the response before it is complete.
@@ -36,6 +38,7 @@ use tokio::net::TcpStream;
 
 use super::{
     Shared, Worker,
+    blocks::InBlock,
     budget::{self, MemoryBudget, OverBudget},
     observed::Observed,
     policy::{
@@ -193,6 +196,11 @@ pub struct Spare {
     from_client: Vec<u8>,
     from_backend: Vec<u8>,
     heads: Vec<u8>,
+    name: Vec<u8>,
+    key: Vec<u8>,
+    scratch: Vec<u8>,
+    /// The observers' copy of the request head.
+    obs_head: Vec<u8>,
     req: RequestHead,
     resp: ResponseHead,
 }
@@ -270,6 +278,7 @@ impl Conn {
         let shared = worker.shared.clone();
         let shared_observers = shared.observers.clone();
         let max_headers = shared.cfg.limits.max_headers;
+        let rng = SmallRng::from_rng(&mut *worker.seeds.borrow_mut());
         Conn {
             client,
             peer,
@@ -285,7 +294,7 @@ impl Conn {
             req: RequestHead::with_capacity(max_headers),
             resp: ResponseHead::with_capacity(max_headers),
             pipe: None,
-            rng: SmallRng::from_os_rng(),
+            rng,
             orig_dst: None,
             served: 0,
             charged: 0,
@@ -319,12 +328,19 @@ impl Conn {
         if !self.from_client.is_empty() || !self.from_backend.is_empty() {
             return false;
         }
-        let mut heads = std::mem::take(&mut self.heads);
-        heads.clear();
+        let cleared = |v: &mut Vec<u8>| {
+            let mut v = std::mem::take(v);
+            v.clear();
+            v
+        };
         let spare = Spare {
             from_client: std::mem::take(&mut self.from_client),
             from_backend: std::mem::take(&mut self.from_backend),
-            heads,
+            heads: cleared(&mut self.heads),
+            name: cleared(&mut self.name),
+            key: cleared(&mut self.key),
+            scratch: std::mem::take(&mut self.scratch),
+            obs_head: cleared(&mut self.obs.head),
             req: std::mem::replace(&mut self.req, RequestHead::with_capacity(0)),
             resp: std::mem::replace(&mut self.resp, ResponseHead::with_capacity(0)),
         };
@@ -347,6 +363,10 @@ impl Conn {
                 from_client: Vec::with_capacity(INITIAL_BUF),
                 from_backend: Vec::with_capacity(INITIAL_BUF),
                 heads: Vec::with_capacity(1024),
+                name: Vec::with_capacity(128),
+                key: Vec::with_capacity(256),
+                scratch: Vec::new(),
+                obs_head: Vec::new(),
                 req: RequestHead::with_capacity(max_headers),
                 resp: ResponseHead::with_capacity(max_headers),
             }
@@ -354,6 +374,10 @@ impl Conn {
         self.from_client = spare.from_client;
         self.from_backend = spare.from_backend;
         self.heads = spare.heads;
+        self.name = spare.name;
+        self.key = spare.key;
+        self.scratch = spare.scratch;
+        self.obs.head = spare.obs_head;
         self.req = spare.req;
         self.resp = spare.resp;
         self.account();
@@ -374,9 +398,16 @@ impl Conn {
         self.copies.shrink();
     }
 
-    pub async fn serve(mut self) {
+    /// Serves the connection until it ends (then drop it). Through a
+    /// borrow: an `async fn` taking the connection by value would hold it
+    /// twice in its future (the argument, and the binding it is moved
+    /// into), and an idle connection's task is memory kept per connection.
+    pub async fn serve(&mut self) {
+        // Its own handle: the exchange's block is the worker's, and the
+        // exchange borrows the connection.
+        let worker = self.worker.clone();
         if let Some(orig) = &self.shared.orig_dst {
-            self.orig_dst = orig.lookup(&self.client, self.peer);
+            self.orig_dst = orig.lookup(&self.client, self.peer, self.worker.local);
         }
         self.account();
         // An intercepted connection that is not HTTP/1 by its port, or
@@ -397,7 +428,11 @@ impl Conn {
             match first {
                 First::Spoke => {}
                 First::Silent => {
-                    self.tunnel_opaque().await;
+                    // Boxed (once per connection), as the HTTP/2 path and
+                    // the exchange: the task's future is as large as its
+                    // largest state, and every idle connection carries it.
+                    let tunnel = Box::pin(self.tunnel_opaque());
+                    tunnel.await;
                     return;
                 }
                 // Closed to make room, or the proxy drains: as an idle
@@ -422,8 +457,14 @@ impl Conn {
                         orig_dst: self.orig_dst,
                     };
                     let read = std::mem::take(&mut self.from_client);
-                    super::http2::serve(&self.client, read, from, &self.worker, &self.deadline)
-                        .await;
+                    let h2 = Box::pin(super::http2::serve(
+                        &self.client,
+                        read,
+                        from,
+                        &self.worker,
+                        &self.deadline,
+                    ));
+                    h2.await;
                     return;
                 }
                 // Not HTTP, on an intercepted connection: pass it on untouched.
@@ -431,7 +472,8 @@ impl Conn {
                     kind: ErrorKind::BadRequest,
                     ..
                 }) if self.served == 0 && self.orig_dst.is_some() => {
-                    self.tunnel_opaque().await;
+                    let tunnel = Box::pin(self.tunnel_opaque());
+                    tunnel.await;
                     return;
                 }
                 Err(f) if self.obs.on && !matches!(f, Failure::Close(_)) => {
@@ -456,7 +498,12 @@ impl Conn {
                 self.obs
                     .begin(Instant::now(), &self.from_client[..head_len], timing);
             }
-            let next = self.exchange(head_len).await;
+            // In a block of the worker's while it runs: an idle
+            // connection's task does not carry an exchange's state (made
+            // apart from the await: a temporary of the awaiting statement
+            // would take its room in the task all the same).
+            let exchange = InBlock::new(&worker.blocks, self.exchange(head_len));
+            let next = exchange.await;
             self.shrink_if_pressed();
             self.account();
             match next {
@@ -1495,8 +1542,10 @@ impl Conn {
         match reply.client {
             ClientNext::KeepAlive => Ok(Next::KeepAlive),
             ClientNext::Close { linger } => {
-                stream::shutdown_write(&self.client);
+                // Without lingering, the close that follows at once sends
+                // the same end: no `shutdown` per closed connection.
                 if linger {
+                    stream::shutdown_write(&self.client);
                     self.linger().await;
                 }
                 Ok(Next::Close)
@@ -2189,6 +2238,40 @@ async fn copy_exact(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn returns<'a, A, F, R>(_: &F) -> usize
+    where
+        F: FnOnce(&'a mut Conn, A) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    fn returns0<'a, F, R>(_: &F) -> usize
+    where
+        F: FnOnce(&'a mut Conn) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// An idle connection's task is its `serve` future: the connection and
+    /// what waiting for a head needs, not an exchange in flight (that runs
+    /// in a block of the worker's) nor a tunnel or an HTTP/2 connection
+    /// (boxed).
+    #[test]
+    fn an_idle_connection_carries_no_exchange() {
+        let serve = returns0(&Conn::serve);
+        let exchange = returns(&Conn::exchange);
+        eprintln!(
+            "Conn {} bytes, serve {serve}, exchange {exchange}, tunnel_opaque {}",
+            std::mem::size_of::<Conn>(),
+            returns0(&Conn::tunnel_opaque),
+        );
+        assert!(
+            serve < exchange / 2,
+            "serve {serve} bytes, an exchange {exchange}"
+        );
+    }
 
     #[test]
     fn a_request_without_host_gets_its_original_destination_or_an_empty_one() {

@@ -15,6 +15,7 @@
 //! connections close at once; one taken from the queue gets to send its
 //! first), and waits for them up to the grace period.
 
+mod blocks;
 pub mod budget;
 pub mod conn;
 mod http2;
@@ -175,10 +176,19 @@ pub struct Worker {
     pub spares: RefCell<Vec<conn::Spare>>,
     /// Backend connections for requests that came as HTTP/2.
     upstreams: http2::Upstreams,
+    /// Memory for the exchanges in flight (`blocks::InBlock`), reused.
+    pub blocks: blocks::Blocks,
+    /// Seeds each new connection's random numbers: one `getrandom` per
+    /// worker rather than one per connection.
+    pub seeds: RefCell<rand::rngs::SmallRng>,
+    /// The address every accepted connection has as its own, when the
+    /// listener is bound to one (not a wildcard): no `getsockname` per
+    /// connection to learn it.
+    pub local: Option<std::net::SocketAddr>,
 }
 
 impl Worker {
-    pub fn new(shared: Arc<Shared>) -> Rc<Worker> {
+    pub fn new(shared: Arc<Shared>, local: Option<std::net::SocketAddr>) -> Rc<Worker> {
         let pool = Pool::new(shared.cfg.pool);
         Rc::new(Worker {
             watchdog: Arc::new(Watchdog::default()),
@@ -188,6 +198,9 @@ impl Worker {
             drain: RefCell::default(),
             spares: RefCell::new(Vec::with_capacity(conn::SPARES)),
             upstreams: http2::Upstreams::default(),
+            blocks: blocks::Blocks::default(),
+            seeds: RefCell::new(rand::SeedableRng::from_os_rng()),
+            local,
         })
     }
 
@@ -212,20 +225,37 @@ fn spawn_conn(
     permit: OwnedSemaphorePermit,
     worker: &Rc<Worker>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let worker = worker.clone();
-    tokio::task::spawn_local(async move {
-        let metrics = &worker.shared.metrics;
-        metrics.connections_total.inc();
-        metrics.connections_active.inc();
-        // Undone however the task ends: served, dropped at shutdown, or
-        // dropped after a panic.
-        let _active = Active {
-            shared: worker.shared.clone(),
-            _slot: permit,
-        };
-        conn::Conn::new(stream, peer, worker.clone()).serve().await;
-    });
+    // TCP_NODELAY comes from the listener (`serve` sets it there): an
+    // accepted socket inherits it, so no setsockopt per connection.
+    tokio::task::spawn_local(conn_task(stream, peer, permit, worker.clone()));
+}
+
+/// A connection's task: counted as active while it lasts, holding its
+/// slot. What it holds while the connection idles is what a busy node
+/// keeps per connection (see `conn::Conn::serve`).
+fn conn_task(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    permit: OwnedSemaphorePermit,
+    worker: Rc<Worker>,
+) -> impl Future<Output = ()> {
+    let metrics = &worker.shared.metrics;
+    metrics.connections_total.inc();
+    metrics.connections_active.inc();
+    // Undone however the task ends: served, dropped at shutdown, or
+    // dropped after a panic.
+    let active = Active {
+        shared: worker.shared.clone(),
+        _slot: permit,
+    };
+    let mut conn = conn::Conn::new(stream, peer, worker);
+    async move {
+        // Served where the task holds it (a future made outside and
+        // awaited here would be held twice: captured, and awaited).
+        conn.serve().await;
+        drop(conn);
+        drop(active);
+    }
 }
 
 /// A connection counted as active, holding its slot.
@@ -406,9 +436,18 @@ pub async fn serve(
     mut shutdown: watch::Receiver<Stop>,
     grace: Duration,
 ) -> bool {
+    // Accepted sockets inherit TCP_NODELAY from the listener (Linux), so
+    // it is set once here rather than on every connection.
+    if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
+        tracing::warn!(error = %e, "cannot set TCP_NODELAY on the listener");
+    }
     let max = shared.cfg.max_connections;
     let slots = Arc::new(Semaphore::new(max));
-    let worker = Worker::new(shared);
+    let local = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
+    let worker = Worker::new(shared, local);
     let watchdog = worker.watchdog.clone();
     if let Err(e) = watchdog.start_sweeper("sidetrack-watchdog".into()) {
         tracing::error!(error = %e, "cannot start the deadline sweeper; not serving");
@@ -470,4 +509,29 @@ pub async fn serve(
         tracing::warn!("grace period over with connections still open");
     }
     drained
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection's task holds the connection once, and no exchange.
+    #[test]
+    fn a_connection_task_is_the_connection_and_a_wait() {
+        fn task_size<
+            F: FnOnce(TcpStream, std::net::SocketAddr, OwnedSemaphorePermit, Rc<Worker>) -> R,
+            R,
+        >(
+            _: &F,
+        ) -> usize {
+            std::mem::size_of::<R>()
+        }
+        let task = task_size(&conn_task);
+        let conn = std::mem::size_of::<conn::Conn>();
+        eprintln!("task {task} bytes, the connection {conn}");
+        assert!(
+            task < conn + 1024,
+            "task {task} bytes, the connection {conn}"
+        );
+    }
 }

@@ -90,9 +90,9 @@ impl Drop for Server {
     }
 }
 
-/// Every case's rows, the cases taking turns over `plan.rounds` rounds.
+/// Every case's rows, the cases taking turns over `plan.h2_rounds` rounds.
 pub fn measure(bed: &Bed, plan: &Plan) -> Result<Vec<H2Row>> {
-    cmd::step("HTTP/2: h2load over one connection, 1 and 100 streams");
+    super::step("HTTP/2: h2load over one connection, 1 and 100 streams");
     let docroot = bed.dir.join("h2-docroot");
     fs::create_dir_all(&docroot)?;
     fs::write(docroot.join("index.html"), BODY)?;
@@ -115,12 +115,12 @@ pub fn measure(bed: &Bed, plan: &Plan) -> Result<Vec<H2Row>> {
         ensure!(Instant::now() < deadline, "nghttpd does not listen on {up}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let secs = plan.c32_secs;
+    let secs = plan.h2_secs;
     let mut acc: Vec<(Case, usize, Acc)> = Case::ALL
         .iter()
         .flat_map(|&c| STREAMS.map(|s| (c, s, Acc::default())))
         .collect();
-    for round in 0..plan.rounds {
+    for round in 0..plan.h2_rounds {
         for j in 0..Case::ALL.len() {
             let case = Case::ALL[(round + j) % Case::ALL.len()];
             let mut proxy = start(bed, case, up)?;

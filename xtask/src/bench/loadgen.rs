@@ -86,6 +86,13 @@ pub struct Args {
     /// POST a body of this many bytes with each request (0: GET).
     #[arg(long, default_value_t = 0)]
     pub upload: u64,
+    /// With `--close` or `--idle-conns`: also widen this network
+    /// namespace's ephemeral port range and allow `tcp_tw_reuse`. Only for
+    /// a namespace of its own (the bench's client pod): in the root
+    /// namespace the wide range would let every outgoing connection take
+    /// the ports the proxies listen on.
+    #[arg(long)]
+    pub own_netns: bool,
 }
 
 /// What one run measured.
@@ -119,7 +126,7 @@ pub fn main(args: &[String]) -> Result<()> {
         pin_self(cpu)?;
     }
     if args.close || args.idle_conns > 0 {
-        prepare_many_connections(args.idle_conns + args.conns + 1024);
+        prepare_many_connections(args.idle_conns + args.conns + 1024, args.own_netns);
     }
     // Sleeps wake on time, not up to 50 µs late (the default slack), which
     // matters to the open loop's schedule.
@@ -131,11 +138,11 @@ pub fn main(args: &[String]) -> Result<()> {
 }
 
 /// Room for many connections from this pod: descriptors (RLIMIT_NOFILE,
-/// soft and hard, as root), the whole ephemeral port range, and reuse of
-/// ports in TIME_WAIT for new connects (this pod's network namespace only:
-/// `/proc/sys/net` is the caller's namespace's). Best effort: a refusal
-/// shows up as connect errors, which the run counts.
-fn prepare_many_connections(fds: usize) {
+/// soft and hard, as root), and with `own_netns` the whole ephemeral port
+/// range and reuse of ports in TIME_WAIT for new connects (this pod's
+/// network namespace only: `/proc/sys/net` is the caller's namespace's).
+/// Best effort: a refusal shows up as connect errors, which the run counts.
+fn prepare_many_connections(fds: usize, own_netns: bool) {
     let want = fds as libc::rlim_t;
     // SAFETY: `lim` is a live rlimit; a refusal changes nothing.
     unsafe {
@@ -152,8 +159,10 @@ fn prepare_many_connections(fds: usize) {
             }
         }
     }
-    let _ = std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535");
-    let _ = std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
+    if own_netns {
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535");
+        let _ = std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
+    }
 }
 
 /// Pins the calling thread (and the threads it starts later) to `cpu`.
@@ -636,6 +645,7 @@ mod tests {
             close: false,
             idle_conns: 0,
             upload: 0,
+            own_netns: false,
         };
         let r = run(&args).unwrap();
         assert_eq!((r.requests, r.errors), (3, 0));
