@@ -35,14 +35,15 @@ pub enum Body {
 /// A peer's body on its way to the other side.
 pub struct Relay {
     inner: Incoming,
-    /// Data bytes relayed so far, shared with whoever reports them.
-    moved: Rc<Cell<u64>>,
+    /// Data bytes relayed so far.
+    moved: u64,
+    /// The same count, for whoever reports it once this body is gone
+    /// (only when someone does: observers).
+    shared: Option<Rc<Cell<u64>>>,
     /// A gRPC response: a backend that fails mid-body ends the call with
     /// trailers (UNAVAILABLE) rather than a reset, so the client sees a
     /// gRPC status.
     grpc: bool,
-    /// Trailers the proxy owes the client (the gRPC status of a failure).
-    owed: Option<HeaderMap>,
     done: bool,
     failed: bool,
     /// Boxed: a body is moved several times on its way through hyper, and
@@ -53,13 +54,19 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// `inner` relayed, counting into `moved`; `end` told when it is done.
-    pub fn new(inner: Incoming, moved: Rc<Cell<u64>>, grpc: bool, end: Option<Box<End>>) -> Relay {
+    /// `inner` relayed, counting also into `shared` when given; `end`
+    /// told when it is done.
+    pub fn new(
+        inner: Incoming,
+        shared: Option<Rc<Cell<u64>>>,
+        grpc: bool,
+        end: Option<Box<End>>,
+    ) -> Relay {
         Relay {
             inner,
-            moved,
+            moved: 0,
+            shared,
             grpc,
-            owed: None,
             done: false,
             failed: false,
             end,
@@ -83,17 +90,17 @@ impl Relay {
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(trailers) = self.owed.take() {
-            self.done = true;
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
         if self.done {
             return Poll::Ready(None);
         }
         match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    self.moved.set(self.moved.get() + data.len() as u64);
+                    let n = data.len() as u64;
+                    self.moved += n;
+                    if let Some(shared) = &self.shared {
+                        shared.set(shared.get() + n);
+                    }
                 }
                 if let Some(tee) = &self.tee {
                     let mut tee = tee.borrow_mut();
@@ -131,9 +138,6 @@ impl Relay {
     }
 
     fn is_end_stream(&self) -> bool {
-        if self.owed.is_some() {
-            return false;
-        }
         self.done || (!self.failed && self.inner.is_end_stream())
     }
 }
@@ -151,7 +155,7 @@ impl Drop for Relay {
             tee.borrow_mut().finish();
         }
         if let Some(end) = self.end.take() {
-            end.finish(how, self.moved.get());
+            end.finish(how, self.moved);
         }
     }
 }

@@ -40,11 +40,11 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     rc::Rc,
-    sync::Arc,
+    sync::{Arc, Weak},
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::{
     Method, Request, Response, StatusCode, Uri, Version,
     body::Incoming,
@@ -114,6 +114,12 @@ struct Conn {
     spare: RefCell<Vec<(Vec<u8>, Vec<u8>)>>,
     /// Streams being served ([`Open`]).
     open: Cell<usize>,
+    /// The header values the connection's streams share.
+    marks: RefCell<Marks>,
+    /// Deadlines of streams that ended, for the next ones' response
+    /// timeouts (`Watchdog::timeout` would make one a stream: an
+    /// allocation and the watchdog's lock).
+    deadlines: RefCell<Vec<Arc<Deadline>>>,
 }
 
 /// A stream the connection serves, from its request to its response's
@@ -147,6 +153,64 @@ impl Drop for Open {
     }
 }
 
+/// Header values made once for many streams: those of the route and
+/// destination the last stream went to (most streams of a connection go
+/// where the one before went), and the room new request ids are cut from
+/// (one allocation for many ids).
+#[derive(Default)]
+struct Marks {
+    last: Option<Marked>,
+    ids: BytesMut,
+}
+
+/// `l5d-dst-service` and `l5d-dst-client` for a route and destination.
+struct Marked {
+    /// Weak, so that a connection does not keep a route the router let
+    /// go; its allocation stays, so no other route takes its address, and
+    /// a route at that address is this one, `dest` one of its leaves.
+    route: Weak<Route>,
+    dest: *const Dest,
+    service: Option<HeaderValue>,
+    client: Option<HeaderValue>,
+}
+
+/// The request ids one allocation of [`Marks::ids`] holds.
+const IDS_PER_ALLOCATION: usize = 64;
+
+impl Marks {
+    /// `value` as a header value cut from the shared room.
+    fn id(&mut self, value: &[u8]) -> Option<HeaderValue> {
+        if self.ids.capacity() - self.ids.len() < value.len() {
+            self.ids = BytesMut::with_capacity(value.len() * IDS_PER_ALLOCATION);
+        }
+        self.ids.extend_from_slice(value);
+        HeaderValue::from_maybe_shared(self.ids.split().freeze()).ok()
+    }
+}
+
+/// The `HeaderName`s of the fields [`routing::added`] names, made without
+/// allocating.
+fn added_name(name: &[u8]) -> Option<HeaderName> {
+    const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    const SIGNATURE: HeaderName = HeaderName::from_static("l5d-dtab-sig");
+    const SERVICE: HeaderName = HeaderName::from_static("l5d-dst-service");
+    const CLIENT: HeaderName = HeaderName::from_static("l5d-dst-client");
+    const CTX_DTAB: HeaderName = HeaderName::from_static("l5d-ctx-dtab");
+    const REQID: HeaderName = HeaderName::from_static("l5d-reqid");
+    Some(match name {
+        b"traceparent" => TRACEPARENT,
+        b"l5d-dtab-sig" => SIGNATURE,
+        b"Max-Forwards" => header::MAX_FORWARDS,
+        b"Host" => header::HOST,
+        b"l5d-dst-service" => SERVICE,
+        b"l5d-dst-client" => CLIENT,
+        b"l5d-ctx-dtab" => CTX_DTAB,
+        b"l5d-reqid" => REQID,
+        b"Via" => header::VIA,
+        other => return HeaderName::from_bytes(other).ok(),
+    })
+}
+
 /// Most spare buffer pairs a connection keeps.
 const MAX_SPARE: usize = 8;
 
@@ -174,6 +238,8 @@ pub(super) async fn serve(
         rng: RefCell::new(SmallRng::from_os_rng()),
         spare: RefCell::default(),
         open: Cell::new(0),
+        marks: RefCell::default(),
+        deadlines: RefCell::default(),
     });
     let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
     builder
@@ -190,7 +256,9 @@ pub(super) async fn serve(
         .auto_date_header(false);
     let service = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(conn.stream(req).await) }
+        // Boxed: hyper moves a stream's future by value (into its task,
+        // and as it polls it), and the exchange's state is kilobytes.
+        Box::pin(async move { Ok::<_, Infallible>(conn.stream(req).await) })
     });
     let limits = frames::Limits {
         pings: cfg.max_pings_per_second,
@@ -351,7 +419,8 @@ pub(super) struct End {
     in_flight: InFlight,
     h1: Option<(SocketAddr, H1Sender)>,
     told: Option<Box<Telling>>,
-    bytes_in: Rc<Cell<u64>>,
+    /// The request body's bytes, counted when observers are told.
+    bytes_in: Option<Rc<Cell<u64>>>,
     peer: SocketAddr,
     /// The request's copies, sent once the answer has ended whole.
     copies: Option<Box<mirror::Copies>>,
@@ -398,7 +467,7 @@ impl End {
             copies.dispatch(&self.worker);
         }
         if let Some(mut t) = self.told {
-            t.obs.bytes_in += self.bytes_in.get();
+            t.obs.bytes_in += self.bytes_in.as_ref().map_or(0, |b| b.get());
             t.obs.bytes_out += bytes_out;
             t.obs.error = t.obs.error.or(error);
             let kept = t.kept.as_deref();
@@ -523,19 +592,19 @@ impl Conn {
         }
         let mut request = obs.on.then(|| (req.method().clone(), req.uri().clone()));
         let (mut name, mut key) = self.spare.borrow_mut().pop().unwrap_or_default();
-        // Boxed: hyper moves a stream's future when it spawns it, and the
-        // exchange's state is kilobytes.
-        let answer = Box::pin(self.forward(
-            req,
-            grpc,
-            &mut obs,
-            &mut request,
-            &mut name,
-            &mut key,
-            started,
-            &mut open,
-        ))
-        .await;
+        // (Not boxed apart: the whole stream's future is, see `serve`.)
+        let answer = self
+            .forward(
+                req,
+                grpc,
+                &mut obs,
+                &mut request,
+                &mut name,
+                &mut key,
+                started,
+                &mut open,
+            )
+            .await;
         {
             let mut spare = self.spare.borrow_mut();
             if spare.len() < MAX_SPARE {
@@ -630,37 +699,15 @@ impl Conn {
             obs.picked(&route, dest);
         }
         let out_h2 = grpc || names_h2(&cfg.http2.h2_names, &route.name);
-        let mut forwards_text = [0u8; 20];
-        let forwards = max_forwards.map(|n| http::decimal(n - 1, &mut forwards_text));
-        let added = self.added(&view, &route, dest, routed.edge, forwards, obs);
-        let dropped = routing::Dropped {
-            edge: routed.edge,
-            max_forwards: max_forwards.is_some(),
-            request_header: cfg.shadow.request_header.as_bytes(),
-            timing: obs.timing,
-        };
-        let doomed: Vec<HeaderName> = parts
-            .headers
-            .keys()
-            .filter(|k| dropped.drops(k.as_str().as_bytes()))
-            .cloned()
-            .collect();
-        for name in doomed {
-            parts.headers.remove(name);
-        }
-        // Copies (shadowing) start from the request as it goes on, before
-        // the fields for its live destination are added.
-        let copies = if route.mirrors.is_empty() {
-            None
-        } else {
-            mirror::choose(shared, &mut self.rng.borrow_mut(), &route, &parts, out_h2)
-        };
-        if obs.on {
-            obs.mirrored = copies.is_some();
-        }
-        for (name, value) in added.into_iter().flatten() {
-            parts.headers.append(name, value);
-        }
+        let copies = self.mark(
+            &mut parts,
+            &route,
+            dest,
+            routed.edge,
+            max_forwards,
+            out_h2,
+            obs,
+        );
         if out_h2 {
             parts.version = Version::HTTP_2;
         } else {
@@ -670,7 +717,8 @@ impl Conn {
             Some(t) => t.min(cfg.response_timeout),
             None => cfg.response_timeout,
         };
-        let bytes_in = Rc::new(Cell::new(0));
+        // Counted for the observers only.
+        let bytes_in = request.is_some().then(|| Rc::new(Cell::new(0)));
         // The request body is kept for copies and for capture, up to the
         // larger of their limits, in one tee.
         let tee = match (&copies, &mut kept) {
@@ -732,18 +780,68 @@ impl Conn {
             copies,
             _open: open.take(),
         });
-        let mut relay = Relay::new(body, Rc::new(Cell::new(0)), grpc, Some(end));
+        let mut relay = Relay::new(body, None, grpc, Some(end));
         if let Some(tee) = response_tee {
             relay = relay.keeping(tee);
         }
         Ok(Response::from_parts(parts, Body::Relay(relay)))
     }
 
+    /// The request's own fields that do not go on dropped, and the
+    /// proxy's added; the copies (shadowing) chosen in between, from the
+    /// request as it goes on before the fields for its live destination.
+    /// Not in `forward`'s body: its future would keep room for the added
+    /// fields across its waits.
+    #[allow(clippy::too_many_arguments)]
+    fn mark(
+        &self,
+        parts: &mut Parts,
+        route: &Arc<Route>,
+        dest: &Dest,
+        edge: bool,
+        max_forwards: Option<u64>,
+        out_h2: bool,
+        obs: &mut Observed,
+    ) -> Option<Box<mirror::Copies>> {
+        let shared = &*self.worker.shared;
+        let cfg = &shared.cfg;
+        let mut forwards_text = [0u8; 20];
+        let forwards = max_forwards.map(|n| http::decimal(n - 1, &mut forwards_text));
+        let added = self.added(&H2View { parts }, route, dest, edge, forwards, obs);
+        let dropped = routing::Dropped {
+            edge,
+            max_forwards: max_forwards.is_some(),
+            request_header: cfg.shadow.request_header.as_bytes(),
+            timing: obs.timing,
+        };
+        let drops = |k: &HeaderName| dropped.drops(k.as_str().as_bytes());
+        // Most requests have nothing to drop: then nothing is collected.
+        if parts.headers.keys().any(drops) {
+            let doomed: Vec<HeaderName> =
+                parts.headers.keys().filter(|k| drops(k)).cloned().collect();
+            for name in doomed {
+                parts.headers.remove(name);
+            }
+        }
+        let copies = if route.mirrors.is_empty() {
+            None
+        } else {
+            mirror::choose(shared, &mut self.rng.borrow_mut(), route, parts, out_h2)
+        };
+        if obs.on {
+            obs.mirrored = copies.is_some();
+        }
+        for (name, value) in added.into_iter().flatten() {
+            parts.headers.append(name, value);
+        }
+        copies
+    }
+
     /// The fields the request goes on with, as HTTP/1.1's do (`routing::added`).
     fn added(
         &self,
         view: &H2View<'_>,
-        route: &Route,
+        route: &Arc<Route>,
         dest: &Dest,
         edge: bool,
         max_forwards: Option<&[u8]>,
@@ -766,14 +864,56 @@ impl Conn {
             None,
             VIA_H2,
         );
+        let mut marks = self.marks.borrow_mut();
+        let marks = &mut *marks;
+        let same = matches!(&marks.last, Some(m) if std::ptr::eq(m.route.as_ptr(), Arc::as_ptr(route)) && std::ptr::eq(m.dest, dest));
+        if !same {
+            marks.last = Some(Marked {
+                route: Arc::downgrade(route),
+                dest,
+                service: HeaderValue::from_str(&route.name).ok(),
+                client: HeaderValue::from_str(&dest.id).ok(),
+            });
+        }
         let mut out: [Option<(HeaderName, HeaderValue)>; routing::MAX_ADDED] = Default::default();
-        for (slot, (name, value)) in out.iter_mut().zip(&fields[..n]) {
-            let (Ok(name), Ok(value)) =
-                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
-            else {
+        for (slot, &(name, value)) in out.iter_mut().zip(&fields[..n]) {
+            let last = marks.last.as_ref();
+            let value = match name {
+                b"l5d-dst-service" => last.and_then(|m| m.service.clone()),
+                b"l5d-dst-client" => last.and_then(|m| m.client.clone()),
+                // A new id each time: never indexed, so that it does not
+                // take a place in the backend connection's HPACK table
+                // (evicting the fields that repeat) for nothing.
+                b"l5d-reqid" => marks.id(value).map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                }),
+                b"Via" if value == VIA_H2 => Some(HeaderValue::from_static("2 sidetrack")),
+                _ => HeaderValue::from_bytes(value).ok(),
+            };
+            let (Some(name), Some(value)) = (added_name(name), value) else {
                 continue;
             };
             *slot = Some((name, value));
+        }
+        out
+    }
+
+    /// `fut` for at most `after`, on a deadline of the connection's
+    /// (kept for the next stream, up to `spares` of them).
+    async fn within<F: Future>(
+        &self,
+        after: Duration,
+        spares: usize,
+        fut: F,
+    ) -> Result<F::Output, Elapsed> {
+        let watchdog = &*self.worker.watchdog;
+        let deadline = self.deadlines.borrow_mut().pop();
+        let deadline = deadline.unwrap_or_else(|| watchdog.deadline());
+        let out = deadline.within(watchdog, after, false, fut).await;
+        let mut kept = self.deadlines.borrow_mut();
+        if kept.len() < spares {
+            kept.push(deadline);
         }
         out
     }
@@ -796,6 +936,7 @@ impl Conn {
         let cfg = &shared.cfg;
         let watchdog = &*self.worker.watchdog;
         let respond_by = Instant::now() + timeout;
+        let spares = cfg.http2.max_concurrent_streams as usize;
         let mut attempts = dest.balancer.len().clamp(1, 3);
         // A request a pooled connection never took is sent once more.
         let mut resend = true;
@@ -849,7 +990,10 @@ impl Conn {
             let in_flight = backend.start_at(started);
             let left = respond_by.saturating_duration_since(Instant::now());
             let (sent, h1) = match sender {
-                Sender::H2(mut s) => (watchdog.timeout(left, s.try_send_request(req)).await, None),
+                Sender::H2(mut s) => (
+                    self.within(left, spares, s.try_send_request(req)).await,
+                    None,
+                ),
                 Sender::H1(mut s) => {
                     // A pooled connection whose last exchange is still
                     // being wound up is ready in a moment, or closed.
@@ -859,7 +1003,7 @@ impl Conn {
                         }
                         continue;
                     }
-                    let sent = watchdog.timeout(left, s.try_send_request(req)).await;
+                    let sent = self.within(left, spares, s.try_send_request(req)).await;
                     (sent, Some((addr, s)))
                 }
             };
@@ -1083,6 +1227,38 @@ mod tests {
             response_text(&parts),
             b"HTTP/2 404 Not Found\r\nvia: 2 sidetrack\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn added_names_are_made_as_parsed() {
+        for name in [
+            trace::TRACEPARENT.as_bytes(),
+            SIGNATURE_HEADER.as_bytes(),
+            b"Max-Forwards",
+            b"Host",
+            b"l5d-dst-service",
+            b"l5d-dst-client",
+            b"l5d-ctx-dtab",
+            b"l5d-reqid",
+            b"Via",
+            b"x-other",
+        ] {
+            let parsed = HeaderName::from_bytes(name).unwrap();
+            assert_eq!(added_name(name), Some(parsed));
+        }
+        assert_eq!(added_name(b"bad name"), None);
+    }
+
+    #[test]
+    fn ids_cut_from_one_room_keep_their_own_bytes() {
+        let mut marks = Marks::default();
+        let ids: Vec<HeaderValue> = (0..3 * IDS_PER_ALLOCATION)
+            .map(|i| marks.id(format!("{i:016x}").as_bytes()).unwrap())
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(id.as_bytes(), format!("{i:016x}").as_bytes());
+        }
+        assert!(marks.id(b"not\na value").is_none());
     }
 
     #[test]
