@@ -264,7 +264,8 @@ pub fn run(args: &Args) -> Result<LoadResult> {
     if args.rate.is_some() {
         let mut buf = vec![0u8; 64 * 1024];
         for s in streams.iter_mut().flatten() {
-            exchange(s, &request, &mut buf).context("warm-up request")?;
+            exchange(s, &request, &mut buf)
+                .with_context(|| format!("warm-up request from {:?}", s.local_addr()))?;
             // (A server that closes after each answer is not an open-loop
             // case.)
         }
