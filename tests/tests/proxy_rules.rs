@@ -210,9 +210,18 @@ fn a_sticky_rollout_keeps_its_customers_as_it_grows() {
         "dtab",
         "/host/world => 0.2 * /srv/world-v2 & 0.8 * /srv/world-v1",
     );
+    // Until the reload shows: one request per customer (a customer's
+    // answers may differ across the reload itself, so they are compared
+    // only after it, below).
     assert!(eventually(10, || {
-        let now = versions(&b.proxy, 200);
-        on_v2(&now) > on_v2(&before[..200])
+        let mut c = Client::connect(b.proxy.addr);
+        let now = (0..200)
+            .filter(|i| {
+                let header = format!("x-customer-id: customer-{i}");
+                c.get("world", "/", &[&header]).header("x-backend") == Some("world-v2")
+            })
+            .count();
+        now > on_v2(&before[..200])
     }));
     let after = versions(&b.proxy, 1_000);
     // p = 0.2: mean 200, sd 12.6.
